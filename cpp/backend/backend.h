@@ -1,0 +1,64 @@
+// The operations a model needs from a device. The CPU backend implements them
+// with the kernels of cpu/; the CUDA backend (its own shared library) will
+// implement the same interface. Activations are Tensors of activation_dtype()
+// that the backend allocated; weights are opaque handles the backend packed at load.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/attention_metadata.h"
+#include "core/buffer.h"
+#include "core/tensor.h"
+
+namespace cserve {
+
+// A weight matrix W[n][k] packed for y = x W^T (+ bias).
+class LinearWeight {
+ public:
+  virtual ~LinearWeight() = default;
+  virtual int64_t n() const = 0;
+  virtual int64_t k() const = 0;
+  virtual size_t bytes() const = 0;
+};
+
+// One layer's paged KV cache: k and v of [num_blocks][num_kv_heads][block_size][head_dim].
+struct KVCacheLayer {
+  Tensor k, v;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual DType activation_dtype() const = 0;
+  virtual int num_threads() const = 0;
+  virtual Buffer allocate(size_t bytes) = 0;
+
+  // Concatenates parts along n (e.g. q, k, v) and packs them as `dtype`.
+  // biases: empty, or one per part (data == nullptr for a part without one).
+  virtual std::unique_ptr<LinearWeight> pack_linear(const std::vector<Tensor>& parts,
+                                                    const std::vector<Tensor>& biases, DType dtype) = 0;
+  // y (= or +=) x W^T + bias. x [m][k], y [m][n]; leading dims in elements.
+  virtual void linear(const LinearWeight& w, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy,
+                      bool accumulate) = 0;
+  // Rows of an embedding table (plain [rows][dim]) or of a packed weight (tied embeddings).
+  virtual void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) = 0;
+  virtual void embedding(const LinearWeight& w, const int32_t* ids, int64_t n, Tensor& out) = 0;
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld,
+                        float eps, Tensor& out) = 0;
+  virtual void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) = 0;
+  virtual void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
+                    const Tensor& sin, int64_t rotary_dim) = 0;
+  virtual void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
+                        KVCacheLayer& cache) = 0;
+  virtual void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
+                         const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) = 0;
+  virtual void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int num_threads);
+
+}  // namespace cserve

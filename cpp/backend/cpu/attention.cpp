@@ -1,0 +1,297 @@
+// Paged attention on the CPU with an online (streaming) softmax in f32.
+//
+// Work unit: (sequence, kv head, chunk of the sequence's new tokens, key part).
+// The unit's rows are all query heads of the kv head's GQA group for every token
+// of the chunk, so each K/V block is read and converted once per unit. When
+// there are few units (decode of a few long sequences) the key range is split
+// into parts whose partial softmax states are merged at the end.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/row_ops.h"
+#include "cserve/error.h"
+
+namespace cserve::cpu {
+
+namespace {
+
+constexpr int64_t kMaxRowsPerUnit = 64;  // query rows (tokens x group heads) per unit
+constexpr int64_t kMinKeysPerPart = 256;
+
+struct Shape {
+  int64_t num_heads, kv_heads, group, dim, block_size, num_blocks;
+  int64_t ldq;
+  float scale;
+  int64_t window;
+};
+
+struct Unit {
+  int32_t seq, kv_head, tok_begin, tok_end;  // tokens in the flat batch
+};
+
+// Output of one unit for one key part: per row its running max, sum and
+// unnormalized accumulator.
+struct Partial {
+  float* m;    // [rows]
+  float* l;    // [rows]
+  float* acc;  // [rows][dim]
+};
+
+void validate(const AttentionMetadata& meta, const Shape& s, const KVLayer& cache) {
+  if (cache.k.shape.size() != 4 || cache.k.shape != cache.v.shape) {
+    throw InvalidArgument("paged_attention: k and v must be [num_blocks][num_kv_heads][block_size][head_dim]");
+  }
+  if (s.num_heads <= 0 || s.num_heads % s.kv_heads != 0) {
+    throw InvalidArgument("paged_attention: num_heads " + std::to_string(s.num_heads) +
+                          " is not a multiple of num_kv_heads " + std::to_string(s.kv_heads));
+  }
+  if (meta.block_size != s.block_size) {
+    throw InvalidArgument("paged_attention: metadata block_size " + std::to_string(meta.block_size) +
+                          " != cache block_size " + std::to_string(s.block_size));
+  }
+  if (s.window < 0) throw InvalidArgument("paged_attention: negative sliding_window");
+  if (s.ldq < s.num_heads * s.dim) throw InvalidArgument("paged_attention: ldq < num_heads * head_dim");
+  const size_t ns = static_cast<size_t>(meta.num_seqs);
+  if (meta.num_seqs < 0 || meta.query_start.size() != ns + 1 || meta.seq_lens.size() != ns ||
+      meta.block_tables.size() < ns * static_cast<size_t>(meta.max_blocks_per_seq) ||
+      meta.positions.size() < static_cast<size_t>(meta.num_tokens) ||
+      (ns > 0 && (meta.query_start[0] != 0 || meta.query_start[ns] != meta.num_tokens))) {
+    throw InvalidArgument("paged_attention: inconsistent attention metadata sizes");
+  }
+  for (size_t i = 0; i < ns; ++i) {
+    const int64_t len = meta.seq_lens[i];
+    if (len > static_cast<int64_t>(meta.max_blocks_per_seq) * s.block_size) {
+      throw InvalidArgument("paged_attention: seq_len exceeds its block table");
+    }
+    if (meta.query_start[i] > meta.query_start[i + 1]) {
+      throw InvalidArgument("paged_attention: query_start is not increasing");
+    }
+    for (int32_t t = meta.query_start[i]; t < meta.query_start[i + 1]; ++t) {
+      if (meta.positions[t] < 0 || meta.positions[t] >= len) {
+        throw InvalidArgument("paged_attention: position " + std::to_string(meta.positions[t]) +
+                              " outside sequence of length " + std::to_string(len));
+      }
+    }
+    const int64_t used_blocks = (len + s.block_size - 1) / s.block_size;
+    for (int64_t b = 0; b < used_blocks; ++b) {
+      const int32_t id = meta.block_tables[i * meta.max_blocks_per_seq + b];
+      if (id < 0 || id >= s.num_blocks) {
+        throw InvalidArgument("paged_attention: block id " + std::to_string(id) + " out of range");
+      }
+    }
+  }
+}
+
+// Key positions a token at `pos` attends to: [lo, hi).
+inline void key_range(int64_t pos, int64_t window, int64_t& lo, int64_t& hi) {
+  hi = pos + 1;
+  lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+}
+
+// Runs one unit over keys [part_lo, part_hi) and leaves its softmax state in `out`.
+void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, const KVLayer& cache,
+              const AttentionMetadata& meta, const Shape& s, const detail::RowOps& ops, Partial out) {
+  const int64_t ntok = u.tok_end - u.tok_begin, rows = ntok * s.group, dim = s.dim, bs = s.block_size;
+  thread_local std::vector<float> scratch;
+  const size_t need = static_cast<size_t>(rows * dim + rows * bs + 2 * bs * dim + 2 * rows);
+  if (scratch.size() < need) scratch.resize(need);
+  float* qs = scratch.data();      // [rows][dim], pre-scaled
+  float* sc = qs + rows * dim;     // [rows][bs]
+  float* kf = sc + rows * bs;      // [bs][dim]
+  float* vf = kf + bs * dim;       // [bs][dim]
+  // Per token: its key range clipped to the part, as int32 pairs (2 * rows floats of room).
+  int32_t* rng = reinterpret_cast<int32_t*>(vf + bs * dim);  // [ntok][2]
+  for (int64_t t = 0; t < ntok; ++t) {
+    int64_t lo, hi;
+    key_range(meta.positions[u.tok_begin + t], s.window, lo, hi);
+    rng[2 * t] = static_cast<int32_t>(std::max(lo, part_lo));
+    rng[2 * t + 1] = static_cast<int32_t>(std::min(hi, part_hi));
+  }
+  for (int64_t t = 0; t < ntok; ++t) {
+    const float* qt = q + (u.tok_begin + t) * s.ldq + u.kv_head * s.group * dim;
+    for (int64_t i = 0; i < s.group * dim; ++i) qs[t * s.group * dim + i] = qt[i] * s.scale;
+  }
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < rows; ++r) {
+    out.m[r] = neg_inf;
+    out.l[r] = 0.0f;
+  }
+  std::fill(out.acc, out.acc + rows * dim, 0.0f);
+
+  const size_t ek = dtype_size(cache.k.dtype), ev = dtype_size(cache.v.dtype);
+  const int32_t* table = meta.block_tables.data() + static_cast<int64_t>(u.seq) * meta.max_blocks_per_seq;
+  for (int64_t b = part_lo / bs; b * bs < part_hi; ++b) {
+    const int64_t base = b * bs;
+    const int64_t j0 = std::max(part_lo, base) - base, j1 = std::min(part_hi, base + bs) - base;
+    const int64_t nk = j1 - j0;
+    const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + j0;
+    ops.to_f32(static_cast<const char*>(cache.k.data) + row0 * dim * ek, cache.k.dtype, kf, nk * dim);
+    bool any = false;
+    for (int64_t t = 0; t < ntok; ++t) {
+      const int64_t jl = std::max<int64_t>(rng[2 * t] - base - j0, 0);
+      const int64_t jh = std::min<int64_t>(rng[2 * t + 1] - base - j0, nk);
+      for (int64_t g = 0; g < s.group; ++g) {
+        const int64_t r = t * s.group + g;
+        float* p = sc + r * nk;
+        if (jh <= jl) {
+          std::fill(p, p + nk, 0.0f);
+          continue;
+        }
+        any = true;
+        float bmax = neg_inf;
+        for (int64_t j = jl; j < jh; ++j) {
+          p[j] = ops.dot(qs + r * dim, kf + j * dim, dim);
+          bmax = std::max(bmax, p[j]);
+        }
+        const float m_new = std::max(out.m[r], bmax);
+        if (out.m[r] != m_new) {
+          const float alpha = std::exp(out.m[r] - m_new);  // 0 when m was -inf
+          out.l[r] *= alpha;
+          float* a = out.acc + r * dim;
+          for (int64_t d = 0; d < dim; ++d) a[d] *= alpha;
+          out.m[r] = m_new;
+        }
+        out.l[r] += ops.exp_shift_sum(p + jl, jh - jl, m_new);
+        std::fill(p, p + jl, 0.0f);
+        std::fill(p + jh, p + nk, 0.0f);
+      }
+    }
+    if (!any) continue;
+    ops.to_f32(static_cast<const char*>(cache.v.data) + row0 * dim * ev, cache.v.dtype, vf, nk * dim);
+    ops.pv(out.acc, rows, dim, sc, nk, vf, nk, dim);
+  }
+}
+
+}  // namespace
+
+void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLayer& cache,
+                     const AttentionMetadata& meta, float scale, int64_t sliding_window,
+                     float* out, ThreadPool& pool) {
+  Shape s;
+  s.num_heads = num_heads;
+  s.kv_heads = cache.k.shape.size() == 4 ? cache.k.shape[1] : 0;
+  s.block_size = cache.k.shape.size() == 4 ? cache.k.shape[2] : 0;
+  s.dim = cache.k.shape.size() == 4 ? cache.k.shape[3] : 0;
+  s.num_blocks = cache.k.shape.size() == 4 ? cache.k.shape[0] : 0;
+  s.ldq = ldq;
+  s.scale = scale;
+  s.window = sliding_window;
+  if (s.kv_heads <= 0 || s.block_size <= 0 || s.dim <= 0) {
+    throw InvalidArgument("paged_attention: bad KV cache shape");
+  }
+  validate(meta, s, cache);
+  s.group = num_heads / s.kv_heads;
+  const int64_t dim = s.dim;
+
+  // Units: chunks of each sequence's tokens, times kv heads.
+  const int64_t tokens_per_unit = std::max<int64_t>(1, kMaxRowsPerUnit / s.group);
+  // Scratch of the calling thread; the workers reach it through these references
+  // (naming a thread_local inside the worker lambda would give the worker's own).
+  thread_local std::vector<Unit> units_storage;
+  std::vector<Unit>& units = units_storage;
+  units.clear();
+  int64_t max_keys = 0;
+  for (int32_t i = 0; i < meta.num_seqs; ++i) {
+    for (int32_t t0 = meta.query_start[i]; t0 < meta.query_start[i + 1]; t0 += tokens_per_unit) {
+      const int32_t t1 = static_cast<int32_t>(std::min<int64_t>(t0 + tokens_per_unit, meta.query_start[i + 1]));
+      for (int32_t h = 0; h < s.kv_heads; ++h) units.push_back({i, h, t0, t1});
+    }
+    max_keys = std::max<int64_t>(max_keys, meta.seq_lens[i]);
+  }
+  if (units.empty()) return;
+
+  // Split keys into parts when there are too few units to keep the threads busy.
+  const int64_t threads = pool.num_threads();
+  const int64_t num_units = static_cast<int64_t>(units.size());
+  int64_t parts = 1;
+  if (threads > 1 && num_units < 4 * threads) {
+    parts = std::min<int64_t>((4 * threads + num_units - 1) / num_units,
+                              std::max<int64_t>(1, max_keys / kMinKeysPerPart));
+  }
+  const int64_t max_rows = tokens_per_unit * s.group;
+  const size_t per_partial = static_cast<size_t>(max_rows * (dim + 2));
+  // Partial states of every (unit, part); only needed when parts are merged.
+  thread_local std::vector<float> partials_storage;
+  std::vector<float>& partials = partials_storage;
+  if (parts > 1 && partials.size() < per_partial * static_cast<size_t>(num_units * parts)) {
+    partials.resize(per_partial * static_cast<size_t>(num_units * parts));
+  }
+  auto partial_in = [&](float* base) { return Partial{base, base + max_rows, base + 2 * max_rows}; };
+  auto partial_at = [&](int64_t unit, int64_t part) {
+    return partial_in(partials.data() + per_partial * static_cast<size_t>(unit * parts + part));
+  };
+
+  // out[token][head][dim] for the rows of unit u, from `count` partial states.
+  const int64_t ldo = num_heads * dim;
+  auto finish = [&](const Unit& u, const Partial* ps, int64_t count) {
+    const int64_t rows = (u.tok_end - u.tok_begin) * s.group;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t t = u.tok_begin + r / s.group, head = u.kv_head * s.group + r % s.group;
+      float* o = out + t * ldo + head * dim;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t p = 0; p < count; ++p) m = std::max(m, ps[p].m[r]);
+      float l = 0.0f;
+      std::fill(o, o + dim, 0.0f);
+      for (int64_t p = 0; p < count; ++p) {
+        if (ps[p].l[r] == 0.0f) continue;
+        const float w = std::exp(ps[p].m[r] - m);
+        l += ps[p].l[r] * w;
+        const float* a = ps[p].acc + r * dim;
+        for (int64_t d = 0; d < dim; ++d) o[d] += w * a[d];
+      }
+      const float inv = 1.0f / l;  // l > 0: every token sees at least its own key
+      for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
+    }
+  };
+  auto key_bounds = [&](const Unit& u, int64_t& lo, int64_t& hi) {
+    lo = std::numeric_limits<int64_t>::max();
+    hi = 0;
+    for (int32_t t = u.tok_begin; t < u.tok_end; ++t) {
+      int64_t a, b;
+      key_range(meta.positions[t], s.window, a, b);
+      lo = std::min(lo, a);
+      hi = std::max(hi, b);
+    }
+  };
+
+  const detail::RowOps& ops = detail::row_ops();
+  const int64_t num_tasks = num_units * parts;
+  std::atomic<int64_t> next{0};
+  auto worker = [&](int) {
+    thread_local std::vector<float> own;  // this thread's partial state when parts == 1
+    if (parts == 1 && own.size() < per_partial) own.resize(per_partial);
+    for (int64_t task = next.fetch_add(1); task < num_tasks; task = next.fetch_add(1)) {
+      const int64_t ui = task / parts, part = task % parts;
+      const Unit& u = units[ui];
+      int64_t lo, hi;
+      key_bounds(u, lo, hi);
+      const int64_t plo = lo + (hi - lo) * part / parts, phi = lo + (hi - lo) * (part + 1) / parts;
+      if (parts == 1) {
+        const Partial p = partial_in(own.data());
+        run_unit(u, plo, phi, q, cache, meta, s, ops, p);
+        finish(u, &p, 1);
+      } else {
+        run_unit(u, plo, phi, q, cache, meta, s, ops, partial_at(ui, part));
+      }
+    }
+  };
+  if (num_tasks == 1) {
+    worker(0);
+  } else {
+    pool.run_on_all(worker);
+  }
+  if (parts > 1) {
+    std::vector<Partial> ps(static_cast<size_t>(parts));
+    for (int64_t ui = 0; ui < num_units; ++ui) {
+      for (int64_t p = 0; p < parts; ++p) ps[p] = partial_at(ui, p);
+      finish(units[ui], ps.data(), parts);
+    }
+  }
+}
+
+}  // namespace cserve::cpu

@@ -1,0 +1,84 @@
+// The CPU implementation of Backend: thin adapters over the kernels in kernels.h.
+#include <memory>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "cserve/error.h"
+#include "util/thread_pool.h"
+
+namespace cserve {
+
+namespace {
+
+class CpuLinear : public LinearWeight {
+ public:
+  explicit CpuLinear(cpu::PackedMatrix m) : m_(std::move(m)) {}
+  int64_t n() const override { return m_.n; }
+  int64_t k() const override { return m_.k; }
+  size_t bytes() const override { return m_.data.size() + m_.bias.size() * sizeof(float); }
+  const cpu::PackedMatrix& matrix() const { return m_; }
+
+ private:
+  cpu::PackedMatrix m_;
+};
+
+const cpu::PackedMatrix& packed(const LinearWeight& w) { return static_cast<const CpuLinear&>(w).matrix(); }
+
+cpu::KVLayer as_kv(const KVCacheLayer& c) { return cpu::KVLayer{c.k, c.v}; }
+
+class CpuBackend : public Backend {
+ public:
+  explicit CpuBackend(int num_threads) : pool_(num_threads) {}
+  std::string name() const override { return std::string("cpu (") + cpu::isa_name(cpu::cpu_isa()) + ")"; }
+  DType activation_dtype() const override { return DType::F32; }
+  int num_threads() const override { return pool_.num_threads(); }
+  Buffer allocate(size_t bytes) override { return Buffer(bytes); }
+
+  std::unique_ptr<LinearWeight> pack_linear(const std::vector<Tensor>& parts, const std::vector<Tensor>& biases,
+                                            DType dtype) override {
+    return std::make_unique<CpuLinear>(cpu::pack_matrix(parts, biases, dtype));
+  }
+  void linear(const LinearWeight& w, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy, bool accumulate) override {
+    cpu::gemm(packed(w), x.as<float>(), x.dim(0), ldx, y.as<float>(), ldy, accumulate, pool_);
+  }
+  void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) override {
+    cpu::embedding(table, ids, n, out.as<float>());
+  }
+  void embedding(const LinearWeight& w, const int32_t* ids, int64_t n, Tensor& out) override {
+    cpu::gather_rows(packed(w), ids, n, out.as<float>());
+  }
+  void rms_norm(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld, float eps,
+                Tensor& out) override {
+    cpu::rms_norm(x.as<float>(), weight.as<float>(), rows, dim, ld, eps, out.as<float>(), pool_);
+  }
+  void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) override {
+    cpu::silu_mul(gate_up.as<float>(), tokens, inter, out.as<float>(), pool_);
+  }
+  void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
+            const Tensor& sin, int64_t rotary_dim) override {
+    cpu::rope(x.as<float>(), tokens, heads, head_dim, ld, cos.as<float>(), sin.as<float>(), rotary_dim);
+  }
+  void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
+                KVCacheLayer& cache) override {
+    cpu::KVLayer c = as_kv(cache);
+    cpu::write_kv(k.as<float>(), v.as<float>(), tokens, ld, slots, c);
+  }
+  void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
+                 const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) override {
+    cpu::paged_attention(q.as<float>(), ldq, num_heads, as_kv(cache), meta, scale, sliding_window,
+                         out.as<float>(), pool_);
+  }
+  void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) override {
+    cpu::KVLayer c = as_kv(cache);
+    cpu::copy_blocks(c, pairs);
+  }
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int num_threads) { return std::make_unique<CpuBackend>(num_threads); }
+
+}  // namespace cserve

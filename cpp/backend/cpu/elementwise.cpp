@@ -1,0 +1,64 @@
+// Row-wise kernels: RMSNorm, SiLU-and-multiply, rotary embedding.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/row_ops.h"
+#include "cserve/error.h"
+
+namespace cserve::cpu {
+
+namespace {
+// Rows per parallel chunk so that a chunk holds at least ~16K elements.
+int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_len)); }
+}  // namespace
+
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, int64_t ld, float eps,
+              float* out, ThreadPool& pool) {
+  if (dim <= 0 || ld < dim) throw InvalidArgument("rms_norm: need 0 < dim <= ld");
+  const detail::RowOps& ops = detail::row_ops();
+  pool.parallel_for(rows, row_grain(dim), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float ss = ops.sum_squares(x + r * ld, dim);
+      const float s = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
+      ops.scale_mul(x + r * ld, s, w, out + r * ld, dim);
+    }
+  });
+}
+
+void silu_mul(const float* gu, int64_t tokens, int64_t inter, float* out, ThreadPool& pool) {
+  if (inter <= 0) return;
+  const detail::RowOps& ops = detail::row_ops();
+  pool.parallel_for(tokens, row_grain(inter), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* g = gu + t * 2 * inter;
+      ops.silu_mul(g, g + inter, out + t * inter, inter);
+    }
+  });
+}
+
+void rope(float* x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const float* cos,
+          const float* sin, int64_t rotary_dim) {
+  if (rotary_dim <= 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim) {
+    throw InvalidArgument("rope: rotary_dim " + std::to_string(rotary_dim) +
+                          " must be even and in (0, head_dim]");
+  }
+  if (ld < heads * head_dim) throw InvalidArgument("rope: ld < heads * head_dim");
+  const int64_t half = rotary_dim / 2;
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* c = cos + t * half;
+    const float* s = sin + t * half;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* x1 = x + t * ld + h * head_dim;
+      float* x2 = x1 + half;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = x1[i], b = x2[i];
+        x1[i] = a * c[i] - b * s[i];
+        x2[i] = b * c[i] + a * s[i];
+      }
+    }
+  }
+}
+
+}  // namespace cserve::cpu

@@ -1,0 +1,212 @@
+// AVX-512 GEMM panel kernels (compiled with -mavx512f/bw/vl/dq/bf16 -mfma -mf16c).
+// A thread owns a range of 16-column panels; it walks them in groups of up to
+// NP panels and, for each group, passes every row tile of x (MR rows) over it,
+// so each weight byte comes from memory once while the group stays in L2.
+// Accumulators: MR x NP zmm registers.
+// GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "backend/cpu/gemm_internal.h"
+
+namespace cserve::cpu::detail {
+
+namespace {
+
+// Adds bias / the old y and stores one row's panel, masking columns >= n.
+inline void store_panel(__m512 acc, const GemmArgs& a, int64_t row, int64_t col0) {
+  const int64_t valid = std::min<int64_t>(kPanel, a.w->n - col0);
+  const __mmask16 mask = valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1u);
+  float* y = a.y + row * a.ldy + col0;
+  if (a.bias != nullptr) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, a.bias + col0));
+  if (a.accumulate) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, y));
+  _mm512_mask_storeu_ps(y, mask, acc);
+}
+
+template <int MR, int NP>
+inline void store_tile(__m512 (&acc)[MR][NP], const GemmArgs& a, int64_t row0, int64_t panel0) {
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) store_panel(acc[r][p], a, row0 + r, (panel0 + p) * kPanel);
+}
+
+// ---- f32 / f16 weights: [n/16][k][16] ----
+
+template <bool F16>
+inline __m512 load_w(const void* base, int64_t idx) {
+  if constexpr (F16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+        static_cast<const uint16_t*>(base) + idx)));
+  } else {
+    return _mm512_loadu_ps(static_cast<const float*>(base) + idx);
+  }
+}
+
+template <bool F16, int MR, int NP>
+void tile_fp(const GemmArgs& a, int64_t row0, int64_t panel0) {
+  const int64_t k = a.w->k, stride = a.w->k_padded * kPanel;
+  const int64_t esize = F16 ? 2 : 4;
+  const char* wbase = static_cast<const char*>(a.w->data.data()) + panel0 * stride * esize;
+  const float* x = a.x + row0 * a.ldx;
+  __m512 acc[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < k; ++c) {
+    __m512 w[NP];
+    for (int p = 0; p < NP; ++p) w[p] = load_w<F16>(wbase + p * stride * esize, c * kPanel);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xv = _mm512_set1_ps(x[r * a.ldx + c]);
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(xv, w[p], acc[r][p]);
+    }
+  }
+  store_tile<MR, NP>(acc, a, row0, panel0);
+}
+
+// ---- bf16 weights, pair layout [n/16][k/2][16][2], shift-convert to f32 ----
+
+template <int MR, int NP>
+void tile_bf16_shift(const GemmArgs& a, int64_t row0, int64_t panel0) {
+  const int64_t k = a.w->k, stride = a.w->k_padded * kPanel;  // in uint16
+  const uint16_t* wbase = a.w->data.as<uint16_t>() + panel0 * stride;
+  const float* x = a.x + row0 * a.ldx;
+  const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  __m512 acc[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+  const int64_t full_pairs = k / 2;
+  for (int64_t c2 = 0; c2 < full_pairs; ++c2) {
+    __m512 we[NP], wo[NP];
+    for (int p = 0; p < NP; ++p) {
+      const __m512i v = _mm512_loadu_si512(wbase + p * stride + c2 * 2 * kPanel);
+      we[p] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      wo[p] = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
+    }
+    for (int r = 0; r < MR; ++r) {
+      const __m512 x0 = _mm512_set1_ps(x[r * a.ldx + 2 * c2]);
+      const __m512 x1 = _mm512_set1_ps(x[r * a.ldx + 2 * c2 + 1]);
+      for (int p = 0; p < NP; ++p) {
+        acc[r][p] = _mm512_fmadd_ps(x0, we[p], acc[r][p]);
+        acc[r][p] = _mm512_fmadd_ps(x1, wo[p], acc[r][p]);
+      }
+    }
+  }
+  if (k & 1) {  // last pair holds only an even element
+    const int64_t c2 = full_pairs;
+    for (int p = 0; p < NP; ++p) {
+      const __m512i v = _mm512_loadu_si512(wbase + p * stride + c2 * 2 * kPanel);
+      const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      for (int r = 0; r < MR; ++r)
+        acc[r][p] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * a.ldx + 2 * c2]), we, acc[r][p]);
+    }
+  }
+  store_tile<MR, NP>(acc, a, row0, panel0);
+}
+
+// ---- bf16 weights with vdpbf16ps against bf16-rounded x ----
+
+template <int MR, int NP>
+void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0) {
+  const int64_t pairs = a.w->k_padded / 2, stride = pairs * kPanel;  // in uint32 pairs
+  const uint32_t* wbase = a.w->data.as<uint32_t>() + panel0 * stride;
+  const uint32_t* xb = reinterpret_cast<const uint32_t*>(a.xb + row0 * a.ldxb);
+  const int64_t ldxb = a.ldxb / 2;
+  __m512 acc[MR][NP];
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+  for (int64_t c2 = 0; c2 < pairs; ++c2) {
+    __m512i w[NP];
+    for (int p = 0; p < NP; ++p) w[p] = _mm512_loadu_si512(wbase + p * stride + c2 * kPanel);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i xv = _mm512_set1_epi32(static_cast<int>(xb[r * ldxb + c2]));
+      for (int p = 0; p < NP; ++p)
+        acc[r][p] = _mm512_dpbf16_ps(acc[r][p], (__m512bh)xv, (__m512bh)w[p]);
+    }
+  }
+  store_tile<MR, NP>(acc, a, row0, panel0);
+}
+
+// ---- drivers ----
+
+enum class Kind { F32, F16, Bf16Shift, Bf16Dp };
+
+template <Kind K, int MR, int NP>
+void run_tile(const GemmArgs& a, int64_t row0, int64_t panel0) {
+  if constexpr (K == Kind::F32) tile_fp<false, MR, NP>(a, row0, panel0);
+  if constexpr (K == Kind::F16) tile_fp<true, MR, NP>(a, row0, panel0);
+  if constexpr (K == Kind::Bf16Shift) tile_bf16_shift<MR, NP>(a, row0, panel0);
+  if constexpr (K == Kind::Bf16Dp) tile_bf16_dp<MR, NP>(a, row0, panel0);
+}
+
+template <Kind K, int MRMAX, int NP>
+void rows_over_group(const GemmArgs& a, int64_t panel0) {
+  int64_t row = 0;
+  for (; row + MRMAX <= a.m; row += MRMAX) run_tile<K, MRMAX, NP>(a, row, panel0);
+  const int64_t rest = a.m - row;
+  if constexpr (MRMAX > 1) {
+    if (rest > 0) {
+      // Remainder tile: pick the template for the remaining row count.
+      switch (rest) {
+        case 1: run_tile<K, 1, NP>(a, row, panel0); break;
+        case 2: if constexpr (MRMAX > 2) run_tile<K, 2, NP>(a, row, panel0); break;
+        case 3: if constexpr (MRMAX > 3) run_tile<K, 3, NP>(a, row, panel0); break;
+        case 4: if constexpr (MRMAX > 4) run_tile<K, 4, NP>(a, row, panel0); break;
+        case 5: if constexpr (MRMAX > 5) run_tile<K, 5, NP>(a, row, panel0); break;
+        default: break;
+      }
+    }
+  }
+}
+
+template <Kind K, int MRMAX, int NPMAX>
+void run_panels(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
+  static_assert(MRMAX <= 6 && NPMAX == 4, "tile shape");
+  int64_t p = panel_begin;
+  for (; p + NPMAX <= panel_end; p += NPMAX) rows_over_group<K, MRMAX, NPMAX>(a, p);
+  switch (panel_end - p) {
+    case 1: rows_over_group<K, MRMAX, 1>(a, p); break;
+    case 2: rows_over_group<K, MRMAX, 2>(a, p); break;
+    case 3: rows_over_group<K, MRMAX, 3>(a, p); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+void gemm_panels_avx512(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
+  switch (a.w->dtype) {
+    case DType::F32: run_panels<Kind::F32, 6, 4>(a, panel_begin, panel_end); break;
+    case DType::F16: run_panels<Kind::F16, 6, 4>(a, panel_begin, panel_end); break;
+    case DType::BF16: run_panels<Kind::Bf16Shift, 4, 4>(a, panel_begin, panel_end); break;
+  }
+}
+
+void gemm_panels_avx512bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
+  if (a.w->dtype != DType::BF16 || a.xb == nullptr) {
+    gemm_panels_avx512(a, panel_begin, panel_end);
+    return;
+  }
+  run_panels<Kind::Bf16Dp, 6, 4>(a, panel_begin, panel_end);
+}
+
+void convert_rows_bf16_avx512bf16(const float* x, int64_t m, int64_t ldx, int64_t k,
+                                  int64_t k_padded, uint16_t* out, int64_t ld_out) {
+  for (int64_t r = 0; r < m; ++r) {
+    const float* src = x + r * ldx;
+    uint16_t* dst = out + r * ld_out;
+    int64_t c = 0;
+    for (; c + 16 <= k; c += 16) {
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + c));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), (__m256i)v);
+    }
+    if (c < k) {
+      const __mmask16 mask = static_cast<__mmask16>((1u << (k - c)) - 1u);
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src + c));
+      _mm256_mask_storeu_epi16(dst + c, mask, (__m256i)v);
+    }
+    for (int64_t i = k; i < k_padded; ++i) dst[i] = 0;
+  }
+}
+
+}  // namespace cserve::cpu::detail

@@ -1,0 +1,91 @@
+// CPU kernels as free functions. They borrow their buffers and never allocate
+// on the hot path except per-thread scratch. Activations are always f32;
+// weights and the KV cache are f32, f16 or bf16. The instruction set is chosen
+// at run time (cpu_isa()), so one build runs on any x86-64.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "backend/attention_metadata.h"
+#include "core/buffer.h"
+#include "core/tensor.h"
+#include "util/thread_pool.h"
+
+namespace cserve::cpu {
+
+enum class Isa { Scalar, Avx2, Avx512, Avx512Bf16 };
+
+// Best ISA this CPU supports (cpuid + xgetbv). The environment variable
+// CSERVE_ISA=scalar|avx2|avx512|avx512_bf16 lowers it (never raises it) for tests.
+Isa cpu_isa();
+const char* isa_name(Isa isa);
+
+// A weight matrix W[n][k] (y = x W^T + bias) repacked at load into the layout
+// the GEMM kernels stream through: panels of 16 output rows. bf16 uses the
+// "VNNI" pair layout [n/16][k/2][16][2] so AVX512_BF16 vdpbf16ps reads it
+// directly; f32 and f16 use [n/16][k][16]. n and k are zero-padded.
+struct PackedMatrix {
+  DType dtype = DType::F32;
+  int64_t n = 0, k = 0;
+  int64_t n_padded = 0, k_padded = 0;
+  Buffer data;
+  std::vector<float> bias;  // empty or n values
+};
+
+// Packs the row-wise concatenation of `parts` (each [n_i][k], any of f32/f16/bf16,
+// converted to `dtype`) with optional biases (empty vector, or one per part; a part
+// without bias has data == nullptr). Throws InvalidArgument if the k differ.
+PackedMatrix pack_matrix(const std::vector<Tensor>& parts, const std::vector<Tensor>& biases,
+                         DType dtype);
+
+// y[m][n] (= or +=) x[m][k] * W^T + bias, for m rows with leading dims ldx, ldy.
+// Each weight byte is read from memory once per call whatever m is (panels
+// stay in cache while all rows of x pass over them). Bias is added when present
+// (also in accumulate mode).
+void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
+          bool accumulate, ThreadPool& pool);
+
+// out[i][:] = row ids[i] of W as f32 (the embedding lookup for tied embeddings).
+void gather_rows(const PackedMatrix& w, const int32_t* ids, int64_t num_ids, float* out);
+
+// out[i][:] = row ids[i] of a plain [rows][dim] table (f32/f16/bf16) as f32.
+void embedding(const Tensor& table, const int32_t* ids, int64_t num_ids, float* out);
+
+// RMSNorm over rows of length dim: out = x / sqrt(mean(x^2) + eps) * w.
+// x and out may alias. Row stride is ld for both.
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, int64_t ld, float eps,
+              float* out, ThreadPool& pool);
+
+// out[t][i] = silu(gu[t][i]) * gu[t][inter + i] for i < inter.
+void silu_mul(const float* gu, int64_t tokens, int64_t inter, float* out, ThreadPool& pool);
+
+// Rotates the first rotary_dim dims of each head in place, rotate-half (GPT-NeoX /
+// HF Llama) style: x1 = x[:r/2], x2 = x[r/2:r]; x1' = x1*c - x2*s; x2' = x2*c + x1*s.
+// x: [tokens][heads][head_dim] with token stride ld (floats). cos/sin: [tokens][rotary_dim/2].
+void rope(float* x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld,
+          const float* cos, const float* sin, int64_t rotary_dim);
+
+// One layer's KV cache: k and v are [num_blocks][num_kv_heads][block_size][head_dim]
+// of dtype f32, f16 or bf16.
+struct KVLayer {
+  Tensor k, v;
+};
+
+// Writes k[t], v[t] ([tokens][num_kv_heads][head_dim] rows with token stride ld) into
+// slot_mapping[t] = block * block_size + offset.
+void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const int64_t* slot_mapping,
+              KVLayer& cache);
+
+// Attention of each new token over its sequence's cached tokens (which already include
+// the new ones, written by write_kv): token j of sequence i at position p attends to
+// cached positions [max(0, p - sliding_window + 1) .. p] (sliding_window 0 = no window).
+// q: [tokens][num_heads][head_dim] with token stride ldq; out: [tokens][num_heads*head_dim].
+// GQA: head h reads kv head h / (num_heads / num_kv_heads).
+void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLayer& cache,
+                     const AttentionMetadata& meta, float scale, int64_t sliding_window,
+                     float* out, ThreadPool& pool);
+
+// For each (src, dst) pair copies block src to block dst in k and v.
+void copy_blocks(KVLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs);
+
+}  // namespace cserve::cpu

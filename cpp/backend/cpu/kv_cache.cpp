@@ -1,0 +1,63 @@
+// Writes into and copies between blocks of the paged KV cache.
+#include <cstring>
+#include <string>
+
+#include "backend/cpu/kernels.h"
+#include "cserve/error.h"
+
+namespace cserve::cpu {
+
+namespace {
+
+void check_layer(const KVLayer& cache, const char* what) {
+  if (cache.k.shape.size() != 4 || cache.k.shape != cache.v.shape) {
+    throw InvalidArgument(std::string(what) +
+                          ": k and v must both be [num_blocks][num_kv_heads][block_size][head_dim]");
+  }
+}
+
+}  // namespace
+
+void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const int64_t* slot_mapping,
+              KVLayer& cache) {
+  check_layer(cache, "write_kv");
+  const int64_t num_blocks = cache.k.shape[0], kv_heads = cache.k.shape[1];
+  const int64_t block_size = cache.k.shape[2], dim = cache.k.shape[3];
+  if (ld < kv_heads * dim) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
+  const size_t ek = dtype_size(cache.k.dtype), ev = dtype_size(cache.v.dtype);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t slot = slot_mapping[t];
+    if (slot < 0 || slot >= num_blocks * block_size) {
+      throw InvalidArgument("write_kv: slot " + std::to_string(slot) + " out of range");
+    }
+    const int64_t block = slot / block_size, offset = slot % block_size;
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      const int64_t row = (block * kv_heads + h) * block_size + offset;
+      convert_from_f32(k + t * ld + h * dim, static_cast<char*>(cache.k.data) + row * dim * ek,
+                       cache.k.dtype, static_cast<size_t>(dim));
+      convert_from_f32(v + t * ld + h * dim, static_cast<char*>(cache.v.data) + row * dim * ev,
+                       cache.v.dtype, static_cast<size_t>(dim));
+    }
+  }
+}
+
+void copy_blocks(KVLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) {
+  check_layer(cache, "copy_blocks");
+  const int64_t num_blocks = cache.k.shape[0];
+  const int64_t elems = cache.k.shape[1] * cache.k.shape[2] * cache.k.shape[3];
+  const size_t kbytes = static_cast<size_t>(elems) * dtype_size(cache.k.dtype);
+  const size_t vbytes = static_cast<size_t>(elems) * dtype_size(cache.v.dtype);
+  for (const auto& [src, dst] : pairs) {
+    if (src < 0 || src >= num_blocks || dst < 0 || dst >= num_blocks) {
+      throw InvalidArgument("copy_blocks: block " + std::to_string(src < 0 || src >= num_blocks ? src : dst) +
+                            " out of range");
+    }
+    if (src == dst) continue;
+    std::memcpy(static_cast<char*>(cache.k.data) + dst * kbytes,
+                static_cast<const char*>(cache.k.data) + src * kbytes, kbytes);
+    std::memcpy(static_cast<char*>(cache.v.data) + dst * vbytes,
+                static_cast<const char*>(cache.v.data) + src * vbytes, vbytes);
+  }
+}
+
+}  // namespace cserve::cpu

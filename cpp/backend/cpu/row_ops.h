@@ -1,0 +1,35 @@
+// Private to the CPU backend: small vector routines over one row, one table per
+// instruction set, used by the attention, normalization and activation kernels.
+#pragma once
+#include <cstdint>
+
+#include "backend/cpu/kernels.h"
+
+namespace cserve::cpu::detail {
+
+struct RowOps {
+  // dst[i] = src[i] as f32, for src of type t.
+  void (*to_f32)(const void* src, DType t, float* dst, int64_t n);
+  // Returns sum_i a[i] * b[i].
+  float (*dot)(const float* a, const float* b, int64_t n);
+  // For each row i < rows: acc[i*ld_acc + d] += sum_{j<nk} p[i*ld_p + j] * v[j*dim + d].
+  void (*pv)(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v,
+             int64_t nk, int64_t dim);
+  // x[i] = exp(x[i] - shift); returns the sum of the new x.
+  float (*exp_shift_sum)(float* x, int64_t n, float shift);
+  // out[i] = g[i] / (1 + exp(-g[i])) * u[i].
+  void (*silu_mul)(const float* g, const float* u, float* out, int64_t n);
+  // Returns sum_i x[i]^2.
+  float (*sum_squares)(const float* x, int64_t n);
+  // out[i] = x[i] * s * w[i].
+  void (*scale_mul)(const float* x, float s, const float* w, float* out, int64_t n);
+};
+
+extern const RowOps kRowOpsScalar;
+extern const RowOps kRowOpsAvx2;
+extern const RowOps kRowOpsAvx512;
+
+// The table for cpu_isa().
+const RowOps& row_ops();
+
+}  // namespace cserve::cpu::detail

@@ -1,0 +1,147 @@
+// AVX-512 row routines (compiled with the AVX-512 flags).
+// GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "backend/cpu/row_ops.h"
+
+namespace cserve::cpu::detail {
+
+namespace {
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u);
+}
+
+// exp(x) for |x| within float range; Cephes polynomial, about 1 ulp.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.33654f)), _mm512_set1_ps(88.3762626647949f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 load_as_f32(const void* src, DType t, int64_t i, __mmask16 m) {
+  switch (t) {
+    case DType::F32: return _mm512_maskz_loadu_ps(m, static_cast<const float*>(src) + i);
+    case DType::F16:
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(src) + i));
+    case DType::BF16: {
+      const __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(src) + i));
+      return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    }
+  }
+  return _mm512_setzero_ps();
+}
+
+void to_f32(const void* src, DType t, float* dst, int64_t n) {
+  if (t == DType::F32) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+    return;
+  }
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(dst + i, m, load_as_f32(src, t, i, m));
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+void pv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v,
+        int64_t nk, int64_t dim) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* a = acc + i * ld_acc;
+    const float* pi = p + i * ld_p;
+    for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+      const __mmask16 m0 = tail_mask(dim - d0), m1 = tail_mask(dim - d0 - 16 < 0 ? 0 : dim - d0 - 16),
+                      m2 = tail_mask(dim - d0 - 32 < 0 ? 0 : dim - d0 - 32),
+                      m3 = tail_mask(dim - d0 - 48 < 0 ? 0 : dim - d0 - 48);
+      __m512 a0 = _mm512_maskz_loadu_ps(m0, a + d0), a1 = _mm512_maskz_loadu_ps(m1, a + d0 + 16),
+             a2 = _mm512_maskz_loadu_ps(m2, a + d0 + 32), a3 = _mm512_maskz_loadu_ps(m3, a + d0 + 48);
+      for (int64_t j = 0; j < nk; ++j) {
+        const __m512 pj = _mm512_set1_ps(pi[j]);
+        const float* vj = v + j * dim + d0;
+        a0 = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m0, vj), a0);
+        a1 = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m1, vj + 16), a1);
+        a2 = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m2, vj + 32), a2);
+        a3 = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m3, vj + 48), a3);
+      }
+      _mm512_mask_storeu_ps(a + d0, m0, a0);
+      _mm512_mask_storeu_ps(a + d0 + 16, m1, a1);
+      _mm512_mask_storeu_ps(a + d0 + 32, m2, a2);
+      _mm512_mask_storeu_ps(a + d0 + 48, m3, a3);
+    }
+  }
+}
+
+float exp_shift_sum(float* x, int64_t n, float shift) {
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 s = _mm512_set1_ps(shift);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), s));
+    _mm512_mask_storeu_ps(x + i, m, e);
+    sum = _mm512_mask_add_ps(sum, m, sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+void silu_mul(const float* g, const float* u, float* out, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+    const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(one, e));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, u + i)));
+  }
+}
+
+float sum_squares(const float* x, int64_t n) {
+  __m512 s = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), x + i);
+    s = _mm512_fmadd_ps(v, v, s);
+  }
+  return _mm512_reduce_add_ps(s);
+}
+
+void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
+  const __m512 sv = _mm512_set1_ps(s);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), sv),
+                                   _mm512_maskz_loadu_ps(m, w + i));
+    _mm512_mask_storeu_ps(out + i, m, v);
+  }
+}
+
+}  // namespace
+
+const RowOps kRowOpsAvx512 = {to_f32, dot, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul};
+
+}  // namespace cserve::cpu::detail

@@ -1,0 +1,158 @@
+// nanobind module cserve._core: binding code only.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "cserve/engine.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+void bind_testing(nb::module_& m);
+
+namespace {
+
+void register_errors(nb::module_& m) {
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const cserve::InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const cserve::NotFound& e) {
+      PyErr_SetString(PyExc_FileNotFoundError, e.what());
+    } catch (const cserve::NotSupported& e) {
+      PyErr_SetString(PyExc_NotImplementedError, e.what());
+    } catch (const cserve::OutOfMemory& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+    } catch (const cserve::Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+}
+
+void bind_config(nb::module_& m) {
+  nb::class_<cserve::EngineConfig>(m, "EngineConfig")
+      .def(nb::init<>())
+      .def_rw("model", &cserve::EngineConfig::model)
+      .def_rw("dtype", &cserve::EngineConfig::dtype)
+      .def_rw("load_format", &cserve::EngineConfig::load_format)
+      .def_rw("max_model_len", &cserve::EngineConfig::max_model_len)
+      .def_rw("seed", &cserve::EngineConfig::seed)
+      .def_rw("block_size", &cserve::EngineConfig::block_size)
+      .def_rw("enable_prefix_caching", &cserve::EngineConfig::enable_prefix_caching)
+      .def_rw("prefix_caching_hash_algo", &cserve::EngineConfig::prefix_caching_hash_algo)
+      .def_rw("gpu_memory_utilization", &cserve::EngineConfig::gpu_memory_utilization)
+      .def_rw("kv_cache_memory_bytes", &cserve::EngineConfig::kv_cache_memory_bytes)
+      .def_rw("num_gpu_blocks_override", &cserve::EngineConfig::num_gpu_blocks_override)
+      .def_rw("kv_cache_dtype", &cserve::EngineConfig::kv_cache_dtype)
+      .def_rw("max_num_seqs", &cserve::EngineConfig::max_num_seqs)
+      .def_rw("max_num_batched_tokens", &cserve::EngineConfig::max_num_batched_tokens)
+      .def_rw("enable_chunked_prefill", &cserve::EngineConfig::enable_chunked_prefill)
+      .def_rw("long_prefill_token_threshold", &cserve::EngineConfig::long_prefill_token_threshold)
+      .def_rw("max_num_partial_prefills", &cserve::EngineConfig::max_num_partial_prefills)
+      .def_rw("max_long_partial_prefills", &cserve::EngineConfig::max_long_partial_prefills)
+      .def_rw("scheduling_policy", &cserve::EngineConfig::scheduling_policy)
+      .def_rw("max_logprobs", &cserve::EngineConfig::max_logprobs)
+      .def_rw("disable_sliding_window", &cserve::EngineConfig::disable_sliding_window)
+      .def_rw("num_threads", &cserve::EngineConfig::num_threads);
+
+  nb::class_<cserve::ModelInfo>(m, "ModelInfo")
+      .def_ro("architecture", &cserve::ModelInfo::architecture)
+      .def_ro("vocab_size", &cserve::ModelInfo::vocab_size)
+      .def_ro("max_model_len", &cserve::ModelInfo::max_model_len)
+      .def_ro("eos_token_ids", &cserve::ModelInfo::eos_token_ids)
+      .def_ro("bos_token_id", &cserve::ModelInfo::bos_token_id)
+      .def_ro("dtype", &cserve::ModelInfo::dtype)
+      .def_ro("num_kv_blocks", &cserve::ModelInfo::num_kv_blocks)
+      .def_ro("block_size", &cserve::ModelInfo::block_size)
+      .def_ro("kv_cache_tokens", &cserve::ModelInfo::kv_cache_tokens)
+      .def_ro("max_concurrency", &cserve::ModelInfo::max_concurrency)
+      .def_ro("load_seconds", &cserve::ModelInfo::load_seconds)
+      .def_ro("kv_alloc_seconds", &cserve::ModelInfo::kv_alloc_seconds)
+      .def_ro("warmup_seconds", &cserve::ModelInfo::warmup_seconds)
+      .def_ro("weight_bytes", &cserve::ModelInfo::weight_bytes)
+      .def_ro("kv_cache_bytes", &cserve::ModelInfo::kv_cache_bytes);
+
+  nb::class_<cserve::SamplingParams>(m, "SamplingParams")
+      .def(nb::init<>())
+      .def_rw("n", &cserve::SamplingParams::n)
+      .def_rw("temperature", &cserve::SamplingParams::temperature)
+      .def_rw("top_p", &cserve::SamplingParams::top_p)
+      .def_rw("top_k", &cserve::SamplingParams::top_k)
+      .def_rw("min_p", &cserve::SamplingParams::min_p)
+      .def_rw("presence_penalty", &cserve::SamplingParams::presence_penalty)
+      .def_rw("frequency_penalty", &cserve::SamplingParams::frequency_penalty)
+      .def_rw("repetition_penalty", &cserve::SamplingParams::repetition_penalty)
+      .def_rw("seed", &cserve::SamplingParams::seed, nb::arg("seed").none())
+      .def_rw("max_tokens", &cserve::SamplingParams::max_tokens)
+      .def_rw("min_tokens", &cserve::SamplingParams::min_tokens)
+      .def_rw("stop_token_ids", &cserve::SamplingParams::stop_token_ids)
+      .def_rw("ignore_eos", &cserve::SamplingParams::ignore_eos)
+      .def_rw("logprobs", &cserve::SamplingParams::logprobs, nb::arg("logprobs").none())
+      .def_rw("prompt_logprobs", &cserve::SamplingParams::prompt_logprobs, nb::arg("prompt_logprobs").none())
+      .def_rw("logit_bias", &cserve::SamplingParams::logit_bias)
+      .def_rw("allowed_token_ids", &cserve::SamplingParams::allowed_token_ids);
+}
+
+void bind_engine(nb::module_& m) {
+  nb::class_<cserve::PositionLogprobs>(m, "PositionLogprobs")
+      .def_ro("token_ids", &cserve::PositionLogprobs::token_ids)
+      .def_ro("logprobs", &cserve::PositionLogprobs::logprobs)
+      .def_ro("ranks", &cserve::PositionLogprobs::ranks);
+
+  nb::class_<cserve::RequestOutput>(m, "RequestOutput")
+      .def_ro("request_id", &cserve::RequestOutput::request_id)
+      .def_ro("index", &cserve::RequestOutput::index)
+      .def_ro("new_token_ids", &cserve::RequestOutput::new_token_ids)
+      .def_ro("new_logprobs", &cserve::RequestOutput::new_logprobs)
+      .def_ro("prompt_logprobs", &cserve::RequestOutput::prompt_logprobs)
+      .def_ro("has_prompt_logprobs", &cserve::RequestOutput::has_prompt_logprobs)
+      .def_prop_ro("finish_reason", [](const cserve::RequestOutput& o) -> std::optional<std::string> {
+        if (!o.finished()) return std::nullopt;
+        return std::string(cserve::finish_reason_name(o.finish_reason));
+      })
+      .def_prop_ro("finished", &cserve::RequestOutput::finished)
+      .def_ro("stop_token_id", &cserve::RequestOutput::stop_token_id)
+      .def_ro("num_prompt_tokens", &cserve::RequestOutput::num_prompt_tokens)
+      .def_ro("num_cached_tokens", &cserve::RequestOutput::num_cached_tokens);
+
+  nb::class_<cserve::EngineStats>(m, "EngineStats")
+      .def_ro("num_running", &cserve::EngineStats::num_running)
+      .def_ro("num_waiting", &cserve::EngineStats::num_waiting)
+      .def_ro("kv_cache_usage", &cserve::EngineStats::kv_cache_usage)
+      .def_ro("prefix_cache_queries", &cserve::EngineStats::prefix_cache_queries)
+      .def_ro("prefix_cache_hits", &cserve::EngineStats::prefix_cache_hits)
+      .def_ro("prompt_tokens", &cserve::EngineStats::prompt_tokens)
+      .def_ro("generation_tokens", &cserve::EngineStats::generation_tokens)
+      .def_ro("num_preemptions", &cserve::EngineStats::num_preemptions)
+      .def_ro("num_steps", &cserve::EngineStats::num_steps)
+      .def_ro("num_free_blocks", &cserve::EngineStats::num_free_blocks);
+
+  nb::class_<cserve::Engine>(m, "Engine")
+      .def(nb::init<const cserve::EngineConfig&>(), "config"_a, nb::call_guard<nb::gil_scoped_release>())
+      .def("add_request", &cserve::Engine::add_request, "request_id"_a, "prompt_token_ids"_a, "params"_a,
+           "priority"_a = 0, "cache_salt"_a = "")
+      .def("abort", &cserve::Engine::abort, "request_id"_a)
+      .def("step", &cserve::Engine::step, nb::call_guard<nb::gil_scoped_release>())
+      .def("has_unfinished_requests", &cserve::Engine::has_unfinished_requests)
+      .def("start_loop", &cserve::Engine::start_loop)
+      .def("stop_loop", &cserve::Engine::stop_loop, nb::call_guard<nb::gil_scoped_release>())
+      .def("output_fd", &cserve::Engine::output_fd)
+      .def("drain_outputs", &cserve::Engine::drain_outputs)
+      .def("stats", &cserve::Engine::stats)
+      .def("model_info", &cserve::Engine::model_info, nb::rv_policy::reference_internal)
+      .def("reset_prefix_cache", &cserve::Engine::reset_prefix_cache);
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "cserve's C++ runtime";
+  register_errors(m);
+  bind_config(m);
+  bind_engine(m);
+  nb::module_ testing = m.def_submodule("testing", "Internals exposed for tests");
+  bind_testing(testing);
+}

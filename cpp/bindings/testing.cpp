@@ -1,0 +1,220 @@
+// cserve._core.testing: the block pool, the KV cache manager with the scheduler,
+// and the CPU kernels, exposed so pytest can test them against references.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <map>
+#include <memory>
+
+#include "backend/cpu/kernels.h"
+#include "cserve/engine.h"
+#include "kv/block_pool.h"
+#include "kv/kv_cache_manager.h"
+#include "sched/scheduler.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using Array = nb::ndarray<float, nb::numpy, nb::c_contig, nb::device::cpu>;
+using ArrayIn = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+
+Array make_array(std::vector<int64_t> shape) {
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  float* data = new float[n]();
+  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  std::vector<size_t> s(shape.begin(), shape.end());
+  return Array(data, s.size(), s.data(), owner);
+}
+
+cserve::Tensor view(const ArrayIn& a) {
+  cserve::Tensor t{const_cast<float*>(a.data()), cserve::DType::F32, {}};
+  for (size_t i = 0; i < a.ndim(); ++i) t.shape.push_back(static_cast<int64_t>(a.shape(i)));
+  return t;
+}
+
+// A scheduler over a real KV cache manager, driven step by step with chosen tokens.
+class SchedulerHarness {
+ public:
+  SchedulerHarness(const cserve::SchedulerConfig& config, int64_t num_blocks, int block_size, bool prefix_caching,
+                   const std::string& hash_algo, std::vector<int64_t> eos)
+      : kv_(num_blocks, block_size, prefix_caching, hash_algo), sched_(config, kv_, std::move(eos), 0) {}
+  SchedulerHarness(const SchedulerHarness&) = delete;
+  SchedulerHarness& operator=(const SchedulerHarness&) = delete;
+
+  void add_request(const std::string& id, const std::vector<int32_t>& prompt, const cserve::SamplingParams& p,
+                   int priority) {
+    sched_.add_request(id, prompt, p, priority, "");
+  }
+  // [(request id, start, num_new_tokens, sample, block ids)]
+  std::vector<std::tuple<std::string, int64_t, int64_t, bool, std::vector<int32_t>>> schedule() {
+    last_ = sched_.schedule();
+    std::vector<std::tuple<std::string, int64_t, int64_t, bool, std::vector<int32_t>>> out;
+    for (const auto& s : last_.scheduled)
+      out.emplace_back(s.request->id, s.start, s.num_new_tokens, s.sample, *s.block_ids);
+    return out;
+  }
+  std::vector<std::pair<int32_t, int32_t>> block_copies() const { return last_.block_copies; }
+  // Completes the last scheduled step; `tokens` gives the sampled token per internal request id.
+  std::vector<cserve::RequestOutput> update(const std::map<std::string, int32_t>& tokens) {
+    cserve::RunnerOutput r;
+    for (const auto& s : last_.scheduled) {
+      auto it = tokens.find(s.request->id);
+      r.sampled_token_ids.push_back(s.sample ? (it == tokens.end() ? 0 : it->second) : -1);
+    }
+    r.logprobs.resize(last_.scheduled.size());
+    r.prompt_logprobs.resize(last_.scheduled.size());
+    auto outs = sched_.update(last_, r);
+    last_ = cserve::SchedulerOutput{};
+    return outs;
+  }
+  std::vector<cserve::RequestOutput> abort(const std::string& id) { return sched_.abort(id); }
+  int64_t num_running() const { return sched_.num_running(); }
+  int64_t num_waiting() const { return sched_.num_waiting(); }
+  int64_t num_free_blocks() const { return kv_.pool().num_free_blocks(); }
+  int64_t num_preemptions() const { return sched_.counters().num_preemptions; }
+  int64_t prefix_cache_queries() const { return kv_.prefix_cache_queries(); }
+  int64_t prefix_cache_hits() const { return kv_.prefix_cache_hits(); }
+  bool has_unfinished() const { return sched_.has_unfinished(); }
+
+ private:
+  cserve::KVCacheManager kv_;
+  cserve::Scheduler sched_;
+  cserve::SchedulerOutput last_;
+};
+
+cserve::DType dtype_of(const std::string& name) { return cserve::parse_dtype(name); }
+
+}  // namespace
+
+void bind_testing(nb::module_& m) {
+  nb::class_<cserve::BlockPool>(m, "BlockPool")
+      .def(nb::init<int64_t>(), "num_blocks"_a)
+      .def_prop_ro("num_free_blocks", &cserve::BlockPool::num_free_blocks)
+      .def_prop_ro("usage", &cserve::BlockPool::usage)
+      .def("allocate", &cserve::BlockPool::allocate, "n"_a)
+      .def("touch", &cserve::BlockPool::touch, "block_ids"_a)
+      .def("release", &cserve::BlockPool::release, "block_ids"_a)
+      .def("lookup", [](const cserve::BlockPool& p, nb::bytes h) { return p.lookup(std::string(h.c_str(), h.size())); })
+      .def("set_cached", [](cserve::BlockPool& p, int32_t id, nb::bytes h) { p.set_cached(id, std::string(h.c_str(), h.size())); })
+      .def("ref_count", &cserve::BlockPool::ref_count)
+      .def("reset_prefix_cache", &cserve::BlockPool::reset_prefix_cache);
+
+  m.def("block_hash", [](const std::string& algo, nb::bytes parent, const std::vector<int32_t>& tokens,
+                         const std::string& extra) {
+    cserve::BlockHasher h(algo);
+    auto out = h.hash(std::string(parent.c_str(), parent.size()), tokens.data(), tokens.size(), extra);
+    return nb::bytes(out.data(), out.size());
+  });
+
+  nb::class_<cserve::SchedulerConfig>(m, "SchedulerConfig")
+      .def(nb::init<>())
+      .def_rw("max_num_seqs", &cserve::SchedulerConfig::max_num_seqs)
+      .def_rw("max_num_batched_tokens", &cserve::SchedulerConfig::max_num_batched_tokens)
+      .def_rw("max_model_len", &cserve::SchedulerConfig::max_model_len)
+      .def_rw("enable_chunked_prefill", &cserve::SchedulerConfig::enable_chunked_prefill)
+      .def_rw("long_prefill_token_threshold", &cserve::SchedulerConfig::long_prefill_token_threshold)
+      .def_rw("max_num_partial_prefills", &cserve::SchedulerConfig::max_num_partial_prefills)
+      .def_rw("max_long_partial_prefills", &cserve::SchedulerConfig::max_long_partial_prefills)
+      .def_rw("priority_policy", &cserve::SchedulerConfig::priority_policy);
+
+  nb::class_<SchedulerHarness>(m, "SchedulerHarness")
+      .def(nb::init<const cserve::SchedulerConfig&, int64_t, int, bool, const std::string&, std::vector<int64_t>>(),
+           "config"_a, "num_blocks"_a, "block_size"_a = 16, "enable_prefix_caching"_a = true,
+           "hash_algo"_a = "sha256", "eos_token_ids"_a = std::vector<int64_t>{})
+      .def("add_request", &SchedulerHarness::add_request, "request_id"_a, "prompt"_a, "params"_a, "priority"_a = 0)
+      .def("schedule", &SchedulerHarness::schedule)
+      .def("block_copies", &SchedulerHarness::block_copies)
+      .def("update", &SchedulerHarness::update, "tokens"_a = std::map<std::string, int32_t>{})
+      .def("abort", &SchedulerHarness::abort)
+      .def_prop_ro("num_running", &SchedulerHarness::num_running)
+      .def_prop_ro("num_waiting", &SchedulerHarness::num_waiting)
+      .def_prop_ro("num_free_blocks", &SchedulerHarness::num_free_blocks)
+      .def_prop_ro("num_preemptions", &SchedulerHarness::num_preemptions)
+      .def_prop_ro("prefix_cache_queries", &SchedulerHarness::prefix_cache_queries)
+      .def_prop_ro("prefix_cache_hits", &SchedulerHarness::prefix_cache_hits)
+      .def("has_unfinished", &SchedulerHarness::has_unfinished);
+
+  m.def("isa", [] { return std::string(cserve::cpu::isa_name(cserve::cpu::cpu_isa())); });
+
+  m.def("gemm", [](ArrayIn w, ArrayIn x, const std::string& dtype, std::optional<ArrayIn> bias, int num_threads) {
+    std::vector<cserve::Tensor> biases;
+    if (bias) biases.push_back(view(*bias));
+    cserve::cpu::PackedMatrix p = cserve::cpu::pack_matrix({view(w)}, biases, dtype_of(dtype));
+    int64_t m_rows = static_cast<int64_t>(x.shape(0)), n = static_cast<int64_t>(w.shape(0));
+    Array y = make_array({m_rows, n});
+    cserve::ThreadPool pool(num_threads);
+    cserve::cpu::gemm(p, x.data(), m_rows, static_cast<int64_t>(x.shape(1)), y.data(), n, false, pool);
+    return y;
+  }, "w"_a, "x"_a, "dtype"_a, "bias"_a.none() = nb::none(), "num_threads"_a = 2);
+
+  m.def("gather_rows", [](ArrayIn w, const std::string& dtype, const std::vector<int32_t>& ids) {
+    cserve::cpu::PackedMatrix p = cserve::cpu::pack_matrix({view(w)}, {}, dtype_of(dtype));
+    Array y = make_array({static_cast<int64_t>(ids.size()), static_cast<int64_t>(w.shape(1))});
+    cserve::cpu::gather_rows(p, ids.data(), static_cast<int64_t>(ids.size()), y.data());
+    return y;
+  });
+
+  m.def("rms_norm", [](ArrayIn x, ArrayIn w, float eps) {
+    int64_t rows = static_cast<int64_t>(x.shape(0)), dim = static_cast<int64_t>(x.shape(1));
+    Array y = make_array({rows, dim});
+    cserve::ThreadPool pool(2);
+    cserve::cpu::rms_norm(x.data(), w.data(), rows, dim, dim, eps, y.data(), pool);
+    return y;
+  });
+
+  m.def("silu_mul", [](ArrayIn gu) {
+    int64_t t = static_cast<int64_t>(gu.shape(0)), inter = static_cast<int64_t>(gu.shape(1)) / 2;
+    Array y = make_array({t, inter});
+    cserve::ThreadPool pool(2);
+    cserve::cpu::silu_mul(gu.data(), t, inter, y.data(), pool);
+    return y;
+  });
+
+  m.def("rope", [](ArrayIn x, ArrayIn cos, ArrayIn sin, int64_t rotary_dim) {
+    int64_t t = static_cast<int64_t>(x.shape(0)), h = static_cast<int64_t>(x.shape(1)), d = static_cast<int64_t>(x.shape(2));
+    Array y = make_array({t, h, d});
+    std::copy(x.data(), x.data() + t * h * d, y.data());
+    cserve::cpu::rope(y.data(), t, h, d, h * d, cos.data(), sin.data(), rotary_dim);
+    return y;
+  });
+
+  // Attention of one sequence's new tokens over a paged cache built from k and v
+  // ([seq_len][kv_heads][head_dim]); blocks are laid out in the given (shuffled) order.
+  m.def("paged_attention", [](ArrayIn q, ArrayIn k, ArrayIn v, int block_size, const std::vector<int32_t>& block_ids,
+                              const std::string& kv_dtype, float scale, int64_t sliding_window) {
+    int64_t nq = static_cast<int64_t>(q.shape(0)), nh = static_cast<int64_t>(q.shape(1)), d = static_cast<int64_t>(q.shape(2));
+    int64_t len = static_cast<int64_t>(k.shape(0)), nkv = static_cast<int64_t>(k.shape(1));
+    int64_t num_blocks = 0;
+    for (int32_t b : block_ids) num_blocks = std::max<int64_t>(num_blocks, b + 1);
+    cserve::DType dt = dtype_of(kv_dtype);
+    size_t layer = static_cast<size_t>(num_blocks * nkv * block_size * d) * cserve::dtype_size(dt);
+    cserve::Buffer mem(2 * layer);
+    std::vector<int64_t> shape{num_blocks, nkv, block_size, d};
+    cserve::cpu::KVLayer cache{{mem.data(), dt, shape}, {mem.as<char>() + layer, dt, shape}};
+    cserve::AttentionMetadata meta;
+    meta.num_seqs = 1;
+    meta.num_tokens = static_cast<int32_t>(nq);
+    meta.block_size = block_size;
+    meta.query_start = {0, static_cast<int32_t>(nq)};
+    meta.seq_lens = {static_cast<int32_t>(len)};
+    meta.block_tables = block_ids;
+    meta.max_blocks_per_seq = static_cast<int32_t>(block_ids.size());
+    std::vector<int64_t> slots;
+    for (int64_t p = 0; p < len; ++p) slots.push_back(int64_t{block_ids[p / block_size]} * block_size + p % block_size);
+    cserve::cpu::write_kv(k.data(), v.data(), len, nkv * d, slots.data(), cache);
+    for (int64_t j = 0; j < nq; ++j) meta.positions.push_back(static_cast<int32_t>(len - nq + j));
+    Array out = make_array({nq, nh * d});
+    cserve::ThreadPool pool(2);
+    cserve::cpu::paged_attention(q.data(), nh * d, nh, cache, meta, scale, sliding_window, out.data(), pool);
+    return out;
+  });
+}

@@ -1,0 +1,26 @@
+// A non-owning view: pointer, dtype and row-major shape. Views never own.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace cserve {
+
+struct Tensor {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
+  int64_t dim(int i) const { return shape[i < 0 ? shape.size() + i : i]; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data); }
+};
+
+}  // namespace cserve

@@ -1,0 +1,338 @@
+#include "cserve/engine.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "backend/backend.h"
+#include "engine/engine_setup.h"
+#include "engine/model_runner.h"
+#include "kv/kv_cache_manager.h"
+#include "loader/model_config.h"
+#include "loader/safetensors.h"
+#include "sched/scheduler.h"
+#include "util/logging.h"
+
+namespace cserve {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string fixed(double v, int digits) {
+  std::ostringstream s;
+  s.precision(digits);
+  s << std::fixed << v;
+  return s.str();
+}
+
+struct PendingAdd {
+  std::string id;
+  std::vector<int32_t> prompt;
+  SamplingParams params;
+  int priority;
+  std::string cache_salt;
+};
+
+}  // namespace
+
+struct Engine::Impl {
+  EngineConfig config;
+  ModelConfig model_config;
+  ModelInfo info;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<SafetensorsCheckpoint> checkpoint;  // outlives the model: weights may point into it
+  std::unique_ptr<ModelRunner> runner;
+  std::unique_ptr<KVCacheManager> kv;
+  std::unique_ptr<Scheduler> scheduler;
+
+  // Inputs from any thread, applied at the start of a step.
+  std::mutex in_mu;
+  std::condition_variable in_cv;
+  std::vector<PendingAdd> pending_adds;
+  std::vector<std::string> pending_aborts;
+  std::set<std::string> live_ids;  // ids added and not yet finished
+
+  // Outputs for the loop mode, signalled through an eventfd.
+  std::mutex out_mu;
+  std::vector<RequestOutput> outputs;
+  int event_fd = -1;
+
+  std::mutex stats_mu;
+  EngineStats stats;
+
+  std::thread loop;
+  std::atomic<bool> stop{false};
+  int64_t num_steps = 0;
+
+  explicit Impl(const EngineConfig& c);
+  std::vector<RequestOutput> step();
+  void apply_inputs();
+  void refresh_stats();
+  void run_loop();
+};
+
+Engine::Impl::Impl(const EngineConfig& c) : config(c) {
+  auto t0 = std::chrono::steady_clock::now();
+  model_config = load_model_config(c.model);
+  if (c.disable_sliding_window) model_config.layer_sliding_window.assign(model_config.layer_sliding_window.size(), 0);
+  const DType dtype = resolve_dtype(c.dtype, model_config);
+  if (c.kv_cache_dtype != "auto" && parse_dtype(c.kv_cache_dtype) != dtype)
+    throw NotSupported("kv_cache_dtype " + c.kv_cache_dtype + " is not supported yet on the CPU (it follows --dtype)");
+  const int64_t max_model_len = resolve_max_model_len(c, model_config);
+  const SchedulerConfig sched_config = resolve_scheduler_config(c, max_model_len);
+
+  std::vector<int64_t> eos = model_config.eos_token_ids;
+  for (int64_t e : load_generation_eos(c.model))
+    if (std::find(eos.begin(), eos.end(), e) == eos.end()) eos.push_back(e);
+
+  backend = make_cpu_backend(c.num_threads);
+  const SafetensorsCheckpoint* ckpt = nullptr;
+  if (c.load_format == "auto" || c.load_format == "safetensors") {
+    checkpoint = std::make_unique<SafetensorsCheckpoint>(c.model);
+    ckpt = checkpoint.get();
+  } else if (c.load_format != "dummy") {
+    throw NotSupported("load_format " + c.load_format + " is not supported yet (supported: auto, safetensors, dummy)");
+  }
+  ModelWeights weights = load_weights(model_config, ckpt, dtype, *backend, static_cast<uint64_t>(c.seed));
+  const int64_t weight_bytes = static_cast<int64_t>(weights.total_bytes);
+  auto model = std::make_unique<LlamaModel>(model_config, *backend, std::move(weights));
+  info.load_seconds = seconds_since(t0);
+
+  auto t1 = std::chrono::steady_clock::now();
+  KVCachePlan plan = plan_kv_cache(c, model_config, dtype, max_model_len, weight_bytes);
+  runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, dtype, eos);
+  kv = std::make_unique<KVCacheManager>(plan.num_blocks, c.block_size, c.enable_prefix_caching,
+                                        c.prefix_caching_hash_algo);
+  scheduler = std::make_unique<Scheduler>(sched_config, *kv, eos, static_cast<uint64_t>(c.seed));
+  info.kv_alloc_seconds = seconds_since(t1);
+
+  auto t2 = std::chrono::steady_clock::now();
+  runner->warm_up(std::min<int64_t>(64, max_model_len));
+  info.warmup_seconds = seconds_since(t2);
+
+  event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (event_fd < 0) throw Error("eventfd failed");
+
+  info.architecture = model_config.architecture;
+  info.vocab_size = model_config.vocab_size;
+  info.max_model_len = max_model_len;
+  info.eos_token_ids = eos;
+  info.bos_token_id = model_config.bos_token_id;
+  info.dtype = dtype_name(dtype);
+  info.num_kv_blocks = plan.num_blocks;
+  info.block_size = c.block_size;
+  info.kv_cache_tokens = plan.num_blocks * c.block_size;
+  info.max_concurrency = static_cast<double>(info.kv_cache_tokens) / static_cast<double>(max_model_len);
+  info.weight_bytes = weight_bytes;
+  info.kv_cache_bytes = static_cast<int64_t>(runner->kv_cache_bytes());
+  log_info("Model " + info.architecture + " loaded in " + fixed(info.load_seconds, 2) + " s (" +
+           fixed(weight_bytes / 1048576.0, 1) + " MiB of " + info.dtype + " weights, backend " + backend->name() + ", " +
+           std::to_string(backend->num_threads()) + " threads)");
+  log_info("KV cache: " + std::to_string(plan.num_blocks) + " blocks of " + std::to_string(c.block_size) +
+           " tokens (" + std::to_string(info.kv_cache_tokens) + " tokens, " + fixed(info.kv_cache_bytes / 1048576.0, 1) +
+           " MiB, sized by " + plan.source + ") allocated in " + fixed(info.kv_alloc_seconds, 3) + " s");
+  log_info("Maximum concurrency for " + std::to_string(max_model_len) + " tokens per request: " +
+           fixed(info.max_concurrency, 2) + "x; warm-up took " + fixed(info.warmup_seconds, 3) + " s");
+  refresh_stats();
+}
+
+void Engine::Impl::apply_inputs() {
+  std::vector<PendingAdd> adds;
+  std::vector<std::string> aborts;
+  {
+    std::lock_guard<std::mutex> lk(in_mu);
+    adds.swap(pending_adds);
+    aborts.swap(pending_aborts);
+  }
+  for (auto& a : adds) scheduler->add_request(a.id, a.prompt, a.params, a.priority, a.cache_salt);
+  std::lock_guard<std::mutex> lk(out_mu);
+  for (const auto& id : aborts)
+    for (auto& o : scheduler->abort(id)) outputs.push_back(std::move(o));
+}
+
+void Engine::Impl::refresh_stats() {
+  std::lock_guard<std::mutex> lk(stats_mu);
+  stats.num_running = scheduler->num_running();
+  stats.num_waiting = scheduler->num_waiting();
+  stats.kv_cache_usage = kv->usage();
+  stats.prefix_cache_queries = kv->prefix_cache_queries();
+  stats.prefix_cache_hits = kv->prefix_cache_hits();
+  stats.prompt_tokens = scheduler->counters().prompt_tokens;
+  stats.generation_tokens = scheduler->counters().generation_tokens;
+  stats.num_preemptions = scheduler->counters().num_preemptions;
+  stats.num_steps = num_steps;
+  stats.num_free_blocks = kv->pool().num_free_blocks();
+}
+
+std::vector<RequestOutput> Engine::Impl::step() {
+  apply_inputs();
+  std::vector<RequestOutput> outs;
+  {
+    std::lock_guard<std::mutex> lk(out_mu);
+    outs.swap(outputs);  // aborts reported by apply_inputs
+  }
+  if (scheduler->has_unfinished()) {
+    SchedulerOutput so = scheduler->schedule();
+    RunnerOutput ro = runner->execute(so);
+    for (auto& o : scheduler->update(so, ro)) outs.push_back(std::move(o));
+    ++num_steps;
+  }
+  {
+    std::lock_guard<std::mutex> lk(in_mu);
+    for (const auto& o : outs)
+      if (o.finished() && !scheduler->has_request(o.request_id)) live_ids.erase(o.request_id);
+  }
+  refresh_stats();
+  return outs;
+}
+
+void Engine::Impl::run_loop() {
+  while (!stop.load()) {
+    {
+      std::unique_lock<std::mutex> lk(in_mu);
+      in_cv.wait(lk, [&] {
+        return stop.load() || !pending_adds.empty() || !pending_aborts.empty() || scheduler->has_unfinished();
+      });
+    }
+    if (stop.load()) break;
+    std::vector<RequestOutput> outs;
+    try {
+      outs = step();
+    } catch (const std::exception& e) {
+      // A failed step must not take the server down: fail the requests it held.
+      log(LogLevel::Error, std::string("engine step failed: ") + e.what());
+      std::vector<std::string> ids;
+      {
+        std::lock_guard<std::mutex> lk(in_mu);
+        ids.assign(live_ids.begin(), live_ids.end());
+      }
+      for (const auto& id : ids)
+        for (auto& o : scheduler->abort(id)) outs.push_back(std::move(o));
+      std::lock_guard<std::mutex> lk(in_mu);
+      for (const auto& id : ids) live_ids.erase(id);
+    }
+    if (outs.empty()) continue;
+    {
+      std::lock_guard<std::mutex> lk(out_mu);
+      for (auto& o : outs) outputs.push_back(std::move(o));
+    }
+    uint64_t one = 1;
+    ssize_t n = write(event_fd, &one, sizeof(one));
+    (void)n;
+  }
+}
+
+Engine::Engine(const EngineConfig& config) : impl_(std::make_unique<Impl>(config)) {}
+
+Engine::~Engine() {
+  stop_loop();
+  if (impl_ && impl_->event_fd >= 0) close(impl_->event_fd);
+}
+
+void Engine::add_request(const std::string& request_id, const std::vector<int32_t>& prompt,
+                         const SamplingParams& params, int priority, const std::string& cache_salt) {
+  const ModelInfo& info = impl_->info;
+  params.validate(info.vocab_size, impl_->config.max_logprobs);
+  if (prompt.empty()) throw InvalidArgument("The prompt cannot be empty");
+  for (int32_t t : prompt)
+    if (t < 0 || t >= info.vocab_size)
+      throw InvalidArgument("Token id " + std::to_string(t) + " is out of vocabulary (vocab_size " +
+                            std::to_string(info.vocab_size) + ")");
+  const int64_t len = static_cast<int64_t>(prompt.size());
+  if (len >= info.max_model_len)
+    throw InvalidArgument("This model's maximum context length is " + std::to_string(info.max_model_len) +
+                          " tokens. However, your request has " + std::to_string(len) +
+                          " input tokens. Please reduce the length of the input.");
+  const int64_t blocks = (len + info.block_size) / info.block_size;
+  if (blocks > info.num_kv_blocks)
+    throw InvalidArgument("The prompt needs " + std::to_string(blocks) + " KV blocks but the cache has only " +
+                          std::to_string(info.num_kv_blocks));
+  {
+    std::lock_guard<std::mutex> lk(impl_->in_mu);
+    if (!impl_->live_ids.insert(request_id).second)
+      throw InvalidArgument("request id " + request_id + " is already in use");
+    impl_->pending_adds.push_back(PendingAdd{request_id, prompt, params, priority, cache_salt});
+  }
+  impl_->in_cv.notify_one();
+}
+
+void Engine::abort(const std::string& request_id) {
+  {
+    std::lock_guard<std::mutex> lk(impl_->in_mu);
+    if (!impl_->live_ids.count(request_id)) return;
+    impl_->pending_aborts.push_back(request_id);
+  }
+  impl_->in_cv.notify_one();
+}
+
+std::vector<RequestOutput> Engine::step() {
+  if (impl_->loop.joinable()) throw Error("step() cannot be called while the engine loop runs");
+  return impl_->step();
+}
+
+bool Engine::has_unfinished_requests() const {
+  std::lock_guard<std::mutex> lk(impl_->in_mu);
+  return !impl_->live_ids.empty();
+}
+
+void Engine::start_loop() {
+  if (impl_->loop.joinable()) return;
+  impl_->stop = false;
+  impl_->loop = std::thread([this] { impl_->run_loop(); });
+}
+
+void Engine::stop_loop() {
+  if (!impl_ || !impl_->loop.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lk(impl_->in_mu);
+    impl_->stop = true;
+  }
+  impl_->in_cv.notify_all();
+  impl_->loop.join();
+}
+
+int Engine::output_fd() const { return impl_->event_fd; }
+
+std::vector<RequestOutput> Engine::drain_outputs() {
+  uint64_t value;
+  ssize_t n = read(impl_->event_fd, &value, sizeof(value));  // resets the counter; EAGAIN when already zero
+  (void)n;
+  std::vector<RequestOutput> outs;
+  std::lock_guard<std::mutex> lk(impl_->out_mu);
+  outs.swap(impl_->outputs);
+  return outs;
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lk(impl_->stats_mu);
+  return impl_->stats;
+}
+
+const ModelInfo& Engine::model_info() const { return impl_->info; }
+
+bool Engine::reset_prefix_cache() {
+  if (impl_->loop.joinable()) return false;
+  return impl_->kv->reset_prefix_cache();
+}
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Abort: return "abort";
+    default: return "";
+  }
+}
+
+}  // namespace cserve

@@ -1,0 +1,128 @@
+#include "engine/model_runner.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace cserve {
+
+ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, int64_t num_blocks, int block_size,
+                         DType kv_dtype, std::vector<int64_t> eos_token_ids)
+    : backend_(backend),
+      model_(std::move(model)),
+      block_size_(block_size),
+      sampler_(model_->config().vocab_size, std::move(eos_token_ids)) {
+  const ModelConfig& c = model_->config();
+  const int64_t per_layer = num_blocks * c.num_key_value_heads * block_size * c.head_dim;
+  const size_t layer_bytes = static_cast<size_t>(per_layer) * dtype_size(kv_dtype);
+  kv_memory_ = backend_.allocate(layer_bytes * 2 * static_cast<size_t>(c.num_hidden_layers));
+  std::vector<int64_t> shape{num_blocks, c.num_key_value_heads, block_size, c.head_dim};
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    char* base = kv_memory_.as<char>() + 2 * l * layer_bytes;
+    kv_layers_.push_back(KVCacheLayer{Tensor{base, kv_dtype, shape}, Tensor{base + layer_bytes, kv_dtype, shape}});
+  }
+}
+
+void ModelRunner::build_batch(const SchedulerOutput& out) {
+  ForwardBatch& b = batch_;
+  AttentionMetadata& m = b.attn;
+  b.token_ids.clear();
+  b.token_seq_len.clear();
+  b.logits_rows.clear();
+  row_owner_.clear();
+  m = AttentionMetadata{};
+  m.block_size = block_size_;
+  m.num_seqs = static_cast<int32_t>(out.scheduled.size());
+  for (const auto& s : out.scheduled)
+    m.max_blocks_per_seq = std::max(m.max_blocks_per_seq, static_cast<int32_t>(s.block_ids->size()));
+  m.block_tables.assign(static_cast<size_t>(m.num_seqs) * m.max_blocks_per_seq, 0);
+  m.query_start.push_back(0);
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    const ScheduledRequest& s = out.scheduled[i];
+    const Request& r = *s.request;
+    const auto& blocks = *s.block_ids;
+    std::copy(blocks.begin(), blocks.end(), m.block_tables.begin() + i * m.max_blocks_per_seq);
+    const int64_t end = s.start + s.num_new_tokens;
+    const bool prompt_lp = r.wants_prompt_logprobs() && !r.prompt_logprobs_sent;
+    for (int64_t pos = s.start; pos < end; ++pos) {
+      if (prompt_lp && pos + 1 < r.num_prompt_tokens()) {
+        b.logits_rows.push_back(static_cast<int32_t>(b.token_ids.size()));
+        row_owner_.emplace_back(static_cast<int32_t>(i), pos);
+      }
+      b.token_ids.push_back(r.all_token_ids[pos]);
+      b.token_seq_len.push_back(static_cast<int32_t>(end));
+      m.positions.push_back(static_cast<int32_t>(pos));
+      m.slot_mapping.push_back(static_cast<int64_t>(blocks[pos / block_size_]) * block_size_ + pos % block_size_);
+    }
+    if (s.sample) {
+      b.logits_rows.push_back(static_cast<int32_t>(b.token_ids.size() - 1));
+      row_owner_.emplace_back(static_cast<int32_t>(i), -1);
+    }
+    m.query_start.push_back(static_cast<int32_t>(b.token_ids.size()));
+    m.seq_lens.push_back(static_cast<int32_t>(end));
+  }
+  m.num_tokens = static_cast<int32_t>(b.token_ids.size());
+}
+
+RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
+  RunnerOutput result;
+  const size_t n = out.scheduled.size();
+  result.sampled_token_ids.assign(n, -1);
+  result.logprobs.resize(n);
+  result.prompt_logprobs.resize(n);
+  if (!out.block_copies.empty())
+    for (auto& layer : kv_layers_) backend_.copy_blocks(layer, out.block_copies);
+  if (n == 0) return result;
+
+  build_batch(out);
+  const int64_t V = model_->config().vocab_size;
+  logits_.resize(batch_.logits_rows.size() * static_cast<size_t>(V));
+  model_->forward(batch_, kv_layers_, logits_.data());
+
+  std::vector<float> raw;
+  for (size_t row = 0; row < row_owner_.size(); ++row) {
+    auto [i, pos] = row_owner_[row];
+    Request& r = *out.scheduled[i].request;
+    float* logits = logits_.data() + row * V;
+    if (pos >= 0) {
+      int want = *r.params.prompt_logprobs < 0 ? static_cast<int>(V) : *r.params.prompt_logprobs;
+      PositionLogprobs lp;
+      sampler_.logprobs(logits, r.prompt_token_ids[pos + 1], want, lp);
+      result.prompt_logprobs[i].push_back(std::move(lp));
+      continue;
+    }
+    if (r.params.logprobs) raw.assign(logits, logits + V);
+    int32_t token = sampler_.sample(logits, r);
+    result.sampled_token_ids[i] = token;
+    if (r.params.logprobs) {
+      int want = *r.params.logprobs < 0 ? static_cast<int>(V) : *r.params.logprobs;
+      sampler_.logprobs(raw.data(), token, want, result.logprobs[i]);
+    }
+  }
+  return result;
+}
+
+void ModelRunner::warm_up(int64_t num_tokens) {
+  if (kv_layers_.empty() || num_tokens <= 0) return;
+  const int64_t num_blocks = kv_layers_[0].k.dim(0);
+  num_tokens = std::min<int64_t>(num_tokens, num_blocks * block_size_);
+  ForwardBatch b;
+  AttentionMetadata& m = b.attn;
+  m.block_size = block_size_;
+  m.num_seqs = 1;
+  m.num_tokens = static_cast<int32_t>(num_tokens);
+  m.max_blocks_per_seq = static_cast<int32_t>((num_tokens + block_size_ - 1) / block_size_);
+  for (int32_t blk = 0; blk < m.max_blocks_per_seq; ++blk) m.block_tables.push_back(blk);
+  m.query_start = {0, static_cast<int32_t>(num_tokens)};
+  m.seq_lens = {static_cast<int32_t>(num_tokens)};
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    b.token_ids.push_back(0);
+    b.token_seq_len.push_back(static_cast<int32_t>(num_tokens));
+    m.positions.push_back(static_cast<int32_t>(t));
+    m.slot_mapping.push_back(t);
+  }
+  b.logits_rows = {static_cast<int32_t>(num_tokens - 1)};
+  std::vector<float> logits(static_cast<size_t>(model_->config().vocab_size));
+  model_->forward(b, kv_layers_, logits.data());
+}
+
+}  // namespace cserve

@@ -1,0 +1,41 @@
+// Turns a SchedulerOutput into a forward pass and sampled tokens: builds the flat
+// batch and its attention metadata, runs the model, samples, and computes logprobs.
+// Owns the model and the KV cache memory.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/llama_model.h"
+#include "sample/sampler.h"
+#include "sched/scheduler_output.h"
+
+namespace cserve {
+
+class ModelRunner {
+ public:
+  ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, int64_t num_blocks, int block_size,
+              DType kv_dtype, std::vector<int64_t> eos_token_ids);
+
+  RunnerOutput execute(const SchedulerOutput& out);
+  const LlamaModel& model() const { return *model_; }
+  size_t kv_cache_bytes() const { return kv_memory_.size(); }
+  // One dummy forward over `num_tokens` tokens so first requests meet warm caches and pools.
+  void warm_up(int64_t num_tokens);
+
+ private:
+  void build_batch(const SchedulerOutput& out);
+
+  Backend& backend_;
+  std::unique_ptr<LlamaModel> model_;
+  int block_size_;
+  Buffer kv_memory_;
+  std::vector<KVCacheLayer> kv_layers_;
+  Sampler sampler_;
+  ForwardBatch batch_;
+  // Per logits row: which scheduled request, and the prompt position it scores (-1: a sampling row).
+  std::vector<std::pair<int32_t, int64_t>> row_owner_;
+  std::vector<float> logits_;
+};
+
+}  // namespace cserve

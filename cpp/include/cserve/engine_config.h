@@ -1,0 +1,53 @@
+// Everything the engine needs to start, with vLLM's names and defaults.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cserve {
+
+struct EngineConfig {
+  std::string model;                 // a directory with config.json and safetensors
+  std::string dtype = "auto";        // auto, float32, bfloat16, float16 (float, half)
+  std::string load_format = "auto";  // auto, safetensors, dummy
+  int64_t max_model_len = 0;         // 0: from config.json
+  int64_t seed = 0;
+  // KV cache
+  int block_size = 16;
+  bool enable_prefix_caching = true;
+  std::string prefix_caching_hash_algo = "sha256";  // sha256, sha256_cbor, xxhash, xxhash_cbor
+  double gpu_memory_utilization = 0.9;  // CPU: fraction of available RAM after weights
+  int64_t kv_cache_memory_bytes = 0;    // 0: unset
+  int64_t num_gpu_blocks_override = 0;  // 0: unset
+  std::string kv_cache_dtype = "auto";  // auto or the compute dtype
+  // Scheduler
+  int max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 0;  // 0: max(8192, max_model_len) without chunked prefill, else 8192
+  bool enable_chunked_prefill = true;
+  int64_t long_prefill_token_threshold = 0;  // 0: 4% of max_model_len when partial prefills > 1
+  int max_num_partial_prefills = 1;
+  int max_long_partial_prefills = 1;
+  std::string scheduling_policy = "fcfs";  // fcfs, priority
+  int max_logprobs = 20;  // -1: no cap
+  bool disable_sliding_window = false;
+  // Runtime
+  int num_threads = 0;  // 0: all cores
+};
+
+// Facts about the loaded model and cache that front ends need.
+struct ModelInfo {
+  std::string architecture;
+  int64_t vocab_size = 0;
+  int64_t max_model_len = 0;
+  std::vector<int64_t> eos_token_ids;
+  int64_t bos_token_id = -1;
+  std::string dtype;
+  int64_t num_kv_blocks = 0;
+  int block_size = 0;
+  int64_t kv_cache_tokens = 0;
+  double max_concurrency = 0;  // kv_cache_tokens / max_model_len
+  double load_seconds = 0, kv_alloc_seconds = 0, warmup_seconds = 0;
+  int64_t weight_bytes = 0, kv_cache_bytes = 0;
+};
+
+}  // namespace cserve

@@ -1,0 +1,61 @@
+// config.json of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3 and
+// checkpoints of the same shape) read into one plain struct.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cserve {
+
+struct RopeScaling {
+  // "default", "linear", "dynamic", "llama3", "yarn"
+  std::string type = "default";
+  double factor = 1.0;
+  // llama3
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 0;  // 0: use max_position_embeddings
+  // yarn
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double attention_factor = 0.0;  // 0: derived as transformers derives it
+  double mscale = 0.0;            // 0: unset
+  double mscale_all_dim = 0.0;    // 0: unset
+  bool truncate = true;           // yarn: floor/ceil the correction range
+};
+
+struct ModelConfig {
+  std::string architecture;  // e.g. "LlamaForCausalLM"
+  std::string model_type;    // e.g. "llama"
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;  // defaults to num_attention_heads
+  int64_t head_dim = 0;             // explicit, or hidden_size / num_attention_heads
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;      // top level or rope_parameters.rope_theta
+  double partial_rotary_factor = 1.0;
+  RopeScaling rope_scaling;
+  int64_t max_position_embeddings = 2048;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;      // q/k/v bias (Qwen2 always has it)
+  bool qk_norm = false;             // Qwen3: RMSNorm on each q and k head
+  // Sliding window per layer: 0 means full attention for that layer.
+  std::vector<int64_t> layer_sliding_window;
+  std::string torch_dtype;          // "bfloat16", "float16", "float32" or ""
+  std::vector<int64_t> eos_token_ids;  // from config.json; generation_config.json adds
+  int64_t bos_token_id = -1;
+  std::string hidden_act = "silu";
+};
+
+// Reads <dir>/config.json. Throws NotFound, InvalidArgument (bad field, naming it),
+// NotSupported (unknown architecture or rope type, naming it).
+ModelConfig load_model_config(const std::string& model_dir);
+ModelConfig parse_model_config(const std::string& json_text, const std::string& source);
+
+// EOS ids from <dir>/generation_config.json (int or list); empty when absent.
+std::vector<int64_t> load_generation_eos(const std::string& model_dir);
+
+}  // namespace cserve

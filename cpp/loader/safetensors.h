@@ -1,0 +1,40 @@
+// safetensors checkpoints read in place: one file or shards listed in
+// model.safetensors.index.json, memory-mapped, never copied here.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "util/mmap_file.h"
+
+namespace cserve {
+
+struct SafetensorsEntry {
+  Tensor view;        // points into the mapped file; dtype F32, F16 or BF16
+  std::string file;   // the file it lives in (for error messages)
+};
+
+class SafetensorsCheckpoint {
+ public:
+  // Opens <dir>/model.safetensors, or the shards of <dir>/model.safetensors.index.json,
+  // or every *.safetensors in dir. Throws NotFound / InvalidArgument naming the file
+  // (and the tensor) for missing files, truncated or corrupt headers, unsupported
+  // dtypes or data offsets outside the file.
+  explicit SafetensorsCheckpoint(const std::string& model_dir);
+
+  bool has(const std::string& name) const { return entries_.count(name) != 0; }
+  // Throws NotFound naming the tensor and the checkpoint directory.
+  const SafetensorsEntry& get(const std::string& name) const;
+  std::vector<std::string> names() const;
+  const std::string& dir() const { return dir_; }
+
+ private:
+  void open_file(const std::string& path);
+  std::string dir_;
+  std::vector<std::unique_ptr<MmapFile>> files_;
+  std::map<std::string, SafetensorsEntry> entries_;
+};
+
+}  // namespace cserve

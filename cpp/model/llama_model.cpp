@@ -1,0 +1,80 @@
+#include "model/llama_model.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace cserve {
+
+LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights)
+    : config_(config), backend_(backend), weights_(std::move(weights)), rope_(config) {}
+
+Tensor LlamaModel::scratch(Buffer& buf, int64_t rows, int64_t cols) {
+  size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
+  if (buf.size() < bytes) buf = backend_.allocate(bytes + bytes / 2);
+  return Tensor{buf.data(), DType::F32, {rows, cols}};
+}
+
+void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits) {
+  const ModelConfig& c = config_;
+  const int64_t T = static_cast<int64_t>(batch.token_ids.size());
+  const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+  const int64_t NH = c.num_attention_heads, NKV = c.num_key_value_heads;
+  const int64_t q_dim = NH * D, kv_dim = NKV * D, qkv_dim = q_dim + 2 * kv_dim;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+
+  Tensor x = scratch(x_, T, H), h = scratch(h_, T, H), qkv = scratch(qkv_, T, qkv_dim);
+  Tensor attn = scratch(attn_, T, q_dim), gu = scratch(gu_, T, 2 * I), act = scratch(act_, T, I);
+  const int64_t half = rope_.rotary_dim() / 2;
+  Tensor cos = scratch(cos_, T, half), sin = scratch(sin_, T, half);
+  for (int64_t t = 0; t < T; ++t)
+    rope_.compute(batch.attn.positions[t], batch.token_seq_len[t], cos.as<float>() + t * half,
+                  sin.as<float>() + t * half);
+
+  if (weights_.tied)
+    backend_.embedding(*weights_.lm_head, batch.token_ids.data(), T, x);
+  else
+    backend_.embedding(weights_.embed_table, batch.token_ids.data(), T, x);
+
+  auto f32 = [](const Buffer& b, int64_t n) { return Tensor{b.data(), DType::F32, {n}}; };
+  auto offset = [](const Tensor& t, int64_t cols, int64_t off) {
+    return Tensor{t.as<float>() + off, DType::F32, {t.dim(0), cols}};
+  };
+
+  for (size_t l = 0; l < weights_.layers.size(); ++l) {
+    const LayerWeights& lw = weights_.layers[l];
+    backend_.rms_norm(x, f32(lw.input_norm, H), T, H, H, eps, h);
+    backend_.linear(*lw.qkv, h, H, qkv, qkv_dim, false);
+    Tensor q = offset(qkv, q_dim, 0), k = offset(qkv, kv_dim, q_dim), v = offset(qkv, kv_dim, q_dim + kv_dim);
+    if (c.qk_norm) {
+      for (int64_t t = 0; t < T; ++t) {
+        Tensor qt{q.as<float>() + t * qkv_dim, DType::F32, {NH, D}};
+        Tensor kt{k.as<float>() + t * qkv_dim, DType::F32, {NKV, D}};
+        backend_.rms_norm(qt, f32(lw.q_norm, D), NH, D, D, eps, qt);
+        backend_.rms_norm(kt, f32(lw.k_norm, D), NKV, D, D, eps, kt);
+      }
+    }
+    backend_.rope(q, T, NH, D, qkv_dim, cos, sin, rope_.rotary_dim());
+    backend_.rope(k, T, NKV, D, qkv_dim, cos, sin, rope_.rotary_dim());
+    backend_.write_kv(k, v, T, qkv_dim, batch.attn.slot_mapping.data(), kv_cache[l]);
+    int64_t window = c.layer_sliding_window.empty() ? 0 : c.layer_sliding_window[l];
+    backend_.attention(q, qkv_dim, NH, kv_cache[l], batch.attn, scale, window, attn);
+    backend_.linear(*lw.o, attn, q_dim, x, H, true);
+
+    backend_.rms_norm(x, f32(lw.post_attention_norm, H), T, H, H, eps, h);
+    backend_.linear(*lw.gate_up, h, H, gu, 2 * I, false);
+    backend_.silu_mul(gu, T, I, act);
+    backend_.linear(*lw.down, act, I, x, H, true);
+  }
+
+  const int64_t L = static_cast<int64_t>(batch.logits_rows.size());
+  if (L == 0) return;
+  Tensor sel = scratch(sel_, L, H);
+  for (int64_t i = 0; i < L; ++i)
+    std::memcpy(sel.as<float>() + i * H, x.as<float>() + batch.logits_rows[i] * H, H * sizeof(float));
+  backend_.rms_norm(sel, f32(weights_.final_norm, H), L, H, H, eps, sel);
+  Tensor out{logits, DType::F32, {L, c.vocab_size}};
+  backend_.linear(*weights_.lm_head, sel, H, out, c.vocab_size, false);
+}
+
+}  // namespace cserve

@@ -1,0 +1,38 @@
+// The weights of a Llama-family decoder, packed by the backend at load.
+// Dense matrices are fused where one GEMM can serve several: q|k|v and gate|up.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/buffer.h"
+#include "loader/model_config.h"
+
+namespace cserve {
+
+class SafetensorsCheckpoint;
+
+struct LayerWeights {
+  std::unique_ptr<LinearWeight> qkv, o, gate_up, down;
+  Buffer input_norm, post_attention_norm;  // f32 [hidden]
+  Buffer q_norm, k_norm;                   // f32 [head_dim], Qwen3 only
+};
+
+struct ModelWeights {
+  std::vector<LayerWeights> layers;
+  Buffer final_norm;                        // f32 [hidden]
+  std::unique_ptr<LinearWeight> lm_head;    // also the embedding when tied
+  Tensor embed_table;                       // untied: [vocab][hidden], in the mmap or in embed_owned
+  Buffer embed_owned;
+  bool tied = false;
+  size_t total_bytes = 0;
+};
+
+// From a checkpoint (shapes and dtypes checked, errors name the file and tensor), or
+// random (load_format dummy) when checkpoint is null. Converts to `dtype`.
+ModelWeights load_weights(const ModelConfig& config, const SafetensorsCheckpoint* checkpoint, DType dtype,
+                          Backend& backend, uint64_t seed);
+
+}  // namespace cserve

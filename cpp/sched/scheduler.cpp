@@ -1,0 +1,280 @@
+#include "sched/scheduler.h"
+
+#include <algorithm>
+
+#include "cserve/error.h"
+
+namespace cserve {
+
+Scheduler::Scheduler(const SchedulerConfig& config, KVCacheManager& kv, std::vector<int64_t> eos_token_ids,
+                     uint64_t seed)
+    : config_(config), kv_(kv), eos_(std::move(eos_token_ids)), seed_rng_(seed) {}
+
+int64_t Scheduler::num_waiting() const {
+  int64_t n = static_cast<int64_t>(waiting_.size());
+  for (const auto& [id, sibs] : pending_forks_) n += static_cast<int64_t>(sibs.size());
+  return n;
+}
+
+void Scheduler::add_request(const std::string& id, const std::vector<int32_t>& prompt,
+                            const SamplingParams& params, int priority, const std::string& cache_salt) {
+  if (children_.count(id)) throw InvalidArgument("request id " + id + " is already in use");
+  uint64_t arrival = next_arrival_++;
+  std::vector<Request*> made;
+  for (int i = 0; i < params.n; ++i) {
+    auto r = std::make_unique<Request>();
+    r->id = params.n == 1 ? id : id + "#" + std::to_string(i);
+    r->external_id = id;
+    r->index = i;
+    r->prompt_token_ids = prompt;
+    r->all_token_ids = prompt;
+    r->params = params;
+    if (i > 0) r->params.prompt_logprobs.reset();  // reported once, by the first completion
+    r->priority = priority;
+    r->arrival = arrival;
+    r->cache_salt = cache_salt;
+    // vLLM gives completion i of a seeded request the seed + i.
+    r->rng.seed(params.seed ? static_cast<uint64_t>(*params.seed + i) : seed_rng_());
+    kv_.update_block_hashes(*r);
+    made.push_back(r.get());
+    children_[id].push_back(r->id);
+    requests_[r->id] = std::move(r);
+  }
+  waiting_.push_back(made[0]);
+  if (made.size() > 1) pending_forks_[made[0]->id] = std::vector<Request*>(made.begin() + 1, made.end());
+}
+
+Request* Scheduler::pick_waiting() {
+  if (waiting_.empty()) return nullptr;
+  if (!config_.priority_policy) return waiting_.front();
+  return *std::min_element(waiting_.begin(), waiting_.end(), [](Request* a, Request* b) {
+    return a->priority != b->priority ? a->priority < b->priority : a->arrival < b->arrival;
+  });
+}
+
+void Scheduler::erase_waiting(Request* r) { waiting_.remove(r); }
+
+Request* Scheduler::choose_victim() const {
+  if (!config_.priority_policy) return running_.back();
+  return *std::max_element(running_.begin(), running_.end(), [](Request* a, Request* b) {
+    return a->priority != b->priority ? a->priority < b->priority : a->arrival < b->arrival;
+  });
+}
+
+void Scheduler::preempt(Request* victim) {
+  running_.erase(std::find(running_.begin(), running_.end(), victim));
+  kv_.free(*victim);
+  victim->num_computed_tokens = 0;
+  victim->status = RequestStatus::Preempted;
+  victim->num_preemptions++;
+  // Prompt logprobs of a recomputed prefill are produced again from the start.
+  if (!victim->prompt_logprobs_sent) victim->prompt_logprobs.clear();
+  ++counters_.num_preemptions;
+  waiting_.push_front(victim);
+}
+
+bool Scheduler::is_long(const Request& r) const {
+  return config_.long_prefill_token_threshold > 0 && r.num_prompt_tokens() > config_.long_prefill_token_threshold;
+}
+
+bool Scheduler::is_partial_after(const Request& r, int64_t num_new) const {
+  return r.num_computed_tokens + num_new < r.num_prompt_tokens();
+}
+
+SchedulerOutput Scheduler::schedule() {
+  SchedulerOutput out;
+  out.block_copies = std::move(pending_copies_);
+  pending_copies_.clear();
+  int64_t budget = config_.max_num_batched_tokens;
+  int num_partial = 0, num_long_partial = 0;
+  bool preempted = false;
+
+  auto cap = [&](const Request& r, int64_t num_new) {
+    if (config_.long_prefill_token_threshold > 0) num_new = std::min(num_new, config_.long_prefill_token_threshold);
+    return std::min(num_new, budget);
+  };
+
+  // Running requests first, in order.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Request* r = running_[i];
+    int64_t num_new = cap(*r, r->num_tokens() - r->num_computed_tokens);
+    if (num_new <= 0) { ++i; continue; }
+    bool scheduled = false;
+    while (true) {
+      if (kv_.allocate_slots(*r, num_new, {})) { scheduled = true; break; }
+      Request* victim = choose_victim();
+      // Give back what the victim had been given this step.
+      auto it = std::find_if(out.scheduled.begin(), out.scheduled.end(),
+                             [&](const ScheduledRequest& s) { return s.request == victim; });
+      if (it != out.scheduled.end()) {
+        budget += it->num_new_tokens;
+        out.num_scheduled_tokens -= it->num_new_tokens;
+        out.scheduled.erase(it);
+      }
+      preempt(victim);
+      preempted = true;
+      if (victim == r) break;
+    }
+    if (!scheduled) continue;  // r itself was preempted; running_[i] is now the next one
+    if (is_partial_after(*r, num_new)) {
+      ++num_partial;
+      if (is_long(*r)) ++num_long_partial;
+    }
+    out.scheduled.push_back({r, r->num_computed_tokens, num_new, r->num_computed_tokens + num_new >= r->num_tokens(),
+                             &kv_.block_ids(r->id)});
+    out.num_scheduled_tokens += num_new;
+    budget -= num_new;
+    ++i;
+  }
+
+  // Then waiting ones, unless this step had to preempt.
+  while (!preempted && budget > 0 && static_cast<int>(running_.size()) < config_.max_num_seqs) {
+    Request* r = pick_waiting();
+    if (!r) break;
+    ComputedBlocks computed;
+    if (r->num_computed_tokens == 0) computed = kv_.find_computed_blocks(*r);
+    int64_t remaining = r->num_tokens() - r->num_computed_tokens - computed.num_tokens;
+    if (!config_.enable_chunked_prefill && remaining > budget) break;
+    int64_t num_new = cap(*r, remaining);
+    bool partial = r->num_computed_tokens + computed.num_tokens + num_new < r->num_prompt_tokens();
+    if (partial && (num_partial >= config_.max_num_partial_prefills ||
+                    (is_long(*r) && num_long_partial >= config_.max_long_partial_prefills)))
+      break;
+    if (!kv_.allocate_slots(*r, num_new, computed)) break;
+    erase_waiting(r);
+    if (r->num_cached_tokens < 0) r->num_cached_tokens = computed.num_tokens;
+    r->num_computed_tokens += computed.num_tokens;
+    r->status = RequestStatus::Running;
+    running_.push_back(r);
+    if (partial) {
+      ++num_partial;
+      if (is_long(*r)) ++num_long_partial;
+    }
+    out.scheduled.push_back({r, r->num_computed_tokens, num_new, r->num_computed_tokens + num_new >= r->num_tokens(),
+                             &kv_.block_ids(r->id)});
+    out.num_scheduled_tokens += num_new;
+    budget -= num_new;
+  }
+  return out;
+}
+
+void Scheduler::fork_siblings(Request& first, std::vector<std::pair<int32_t, int32_t>>& copies) {
+  auto it = pending_forks_.find(first.id);
+  if (it == pending_forks_.end()) return;
+  int64_t n = first.num_prompt_tokens() - 1;  // each sibling recomputes the last prompt token itself
+  for (Request* s : it->second) {
+    if (n > 0 && kv_.fork(first, *s, n, copies)) {
+      s->num_computed_tokens = n;
+      s->num_cached_tokens = first.num_cached_tokens;
+      s->status = RequestStatus::Running;
+      running_.push_back(s);
+    } else {
+      waiting_.push_back(s);  // no block for the copy: it will find the prompt in the prefix cache
+    }
+  }
+  pending_forks_.erase(it);
+}
+
+bool Scheduler::check_stop(Request& r) const {
+  int32_t t = r.output_token_ids.back();
+  int64_t num_out = static_cast<int64_t>(r.output_token_ids.size());
+  if (num_out >= r.params.min_tokens) {
+    if (!r.params.ignore_eos && std::find(eos_.begin(), eos_.end(), t) != eos_.end()) {
+      r.finish_reason = FinishReason::Stop;
+      r.stop_token_id = t;
+      return true;
+    }
+    const auto& stops = r.params.stop_token_ids;
+    if (std::find(stops.begin(), stops.end(), t) != stops.end()) {
+      r.finish_reason = FinishReason::Stop;
+      r.stop_token_id = t;
+      return true;
+    }
+  }
+  if (num_out >= r.params.max_tokens || r.num_tokens() >= config_.max_model_len) {
+    r.finish_reason = FinishReason::Length;
+    return true;
+  }
+  return false;
+}
+
+RequestOutput Scheduler::make_output(Request& r) {
+  RequestOutput o;
+  o.request_id = r.external_id;
+  o.index = r.index;
+  o.new_token_ids.assign(r.output_token_ids.begin() + r.num_sent_tokens, r.output_token_ids.end());
+  r.num_sent_tokens = static_cast<int64_t>(r.output_token_ids.size());
+  if (r.params.prompt_logprobs && !r.prompt_logprobs_sent &&
+      (r.num_computed_tokens >= r.num_prompt_tokens() || r.finish_reason != FinishReason::None)) {
+    o.prompt_logprobs = std::move(r.prompt_logprobs);
+    o.has_prompt_logprobs = true;
+    r.prompt_logprobs_sent = true;
+  }
+  o.finish_reason = r.finish_reason;
+  o.stop_token_id = r.stop_token_id;
+  o.num_prompt_tokens = r.num_prompt_tokens();
+  o.num_cached_tokens = std::max<int64_t>(0, r.num_cached_tokens);
+  return o;
+}
+
+void Scheduler::finish(Request& r, FinishReason reason) {
+  if (r.finish_reason == FinishReason::None) r.finish_reason = reason;
+  r.status = RequestStatus::Finished;
+  kv_.free(r);
+  auto rit = std::find(running_.begin(), running_.end(), &r);
+  if (rit != running_.end()) running_.erase(rit);
+  erase_waiting(&r);
+}
+
+std::vector<RequestOutput> Scheduler::update(const SchedulerOutput& out, const RunnerOutput& result) {
+  std::vector<RequestOutput> outputs;
+  std::vector<Request*> done;
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    const ScheduledRequest& s = out.scheduled[i];
+    Request& r = *s.request;
+    bool was_prefill = r.num_computed_tokens < r.num_prompt_tokens();
+    r.num_computed_tokens = s.start + s.num_new_tokens;
+    if (was_prefill)
+      counters_.prompt_tokens += std::min(r.num_computed_tokens, r.num_prompt_tokens()) - s.start;
+    if (i < result.prompt_logprobs.size())
+      for (const auto& p : result.prompt_logprobs[i]) r.prompt_logprobs.push_back(p);
+    if (was_prefill && r.num_computed_tokens >= r.num_prompt_tokens())
+      fork_siblings(r, pending_copies_);
+    int32_t t = result.sampled_token_ids[i];
+    if (t < 0) continue;
+    r.append_output(t);
+    ++counters_.generation_tokens;
+    kv_.update_block_hashes(r);
+    bool stop = check_stop(r);
+    RequestOutput o = make_output(r);
+    if (r.params.logprobs && i < result.logprobs.size()) o.new_logprobs.push_back(result.logprobs[i]);
+    outputs.push_back(std::move(o));
+    if (stop) done.push_back(&r);
+  }
+  for (Request* r : done) {
+    finish(*r, r->finish_reason);
+    std::string ext = r->external_id, id = r->id;
+    auto& kids = children_[ext];
+    kids.erase(std::find(kids.begin(), kids.end(), id));
+    if (kids.empty()) children_.erase(ext);
+    requests_.erase(id);
+  }
+  return outputs;
+}
+
+std::vector<RequestOutput> Scheduler::abort(const std::string& external_id) {
+  std::vector<RequestOutput> outputs;
+  auto it = children_.find(external_id);
+  if (it == children_.end()) return outputs;
+  for (const std::string& id : it->second) {
+    Request& r = *requests_.at(id);
+    finish(r, FinishReason::Abort);
+    outputs.push_back(make_output(r));
+    pending_forks_.erase(id);
+    requests_.erase(id);
+  }
+  children_.erase(it);
+  return outputs;
+}
+
+}  // namespace cserve

@@ -1,0 +1,91 @@
+// The continuous-batching scheduler: the token-budget model of vLLM V1. Each step
+// gives each request a number of new tokens, running requests first, then waiting
+// ones, under max_num_batched_tokens and max_num_seqs; long prompts are chunked;
+// when blocks run out the lowest-priority running request is preempted and
+// later recomputed.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kv/kv_cache_manager.h"
+#include "sched/request.h"
+#include "sched/scheduler_output.h"
+
+namespace cserve {
+
+struct SchedulerConfig {
+  int max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 8192;
+  int64_t max_model_len = 2048;
+  bool enable_chunked_prefill = true;
+  int64_t long_prefill_token_threshold = 0;  // 0: no cap per request per step
+  int max_num_partial_prefills = 1;
+  int max_long_partial_prefills = 1;
+  bool priority_policy = false;  // false: fcfs
+};
+
+struct SchedulerCounters {
+  int64_t prompt_tokens = 0;
+  int64_t generation_tokens = 0;
+  int64_t num_preemptions = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const SchedulerConfig& config, KVCacheManager& kv, std::vector<int64_t> eos_token_ids,
+            uint64_t seed);
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues one request per completion (n of them); the n-1 extra ones join after the
+  // first one's prefill by sharing its blocks. Throws InvalidArgument on a duplicate id.
+  void add_request(const std::string& id, const std::vector<int32_t>& prompt, const SamplingParams& params,
+                   int priority, const std::string& cache_salt);
+  // Finishes every completion of the request; returns their final outputs.
+  std::vector<RequestOutput> abort(const std::string& external_id);
+
+  SchedulerOutput schedule();
+  // Applies the runner's results; returns the outputs of this step.
+  std::vector<RequestOutput> update(const SchedulerOutput& out, const RunnerOutput& result);
+
+  bool has_unfinished() const { return !requests_.empty(); }
+  bool has_request(const std::string& external_id) const { return children_.count(external_id) != 0; }
+  int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t num_waiting() const;
+  const SchedulerCounters& counters() const { return counters_; }
+
+ private:
+  Request* pick_waiting();
+  void erase_waiting(Request* r);
+  void preempt(Request* victim);
+  Request* choose_victim() const;
+  void fork_siblings(Request& first, std::vector<std::pair<int32_t, int32_t>>& copies);
+  bool check_stop(Request& r) const;
+  RequestOutput make_output(Request& r);
+  void finish(Request& r, FinishReason reason);
+  bool is_partial_after(const Request& r, int64_t num_new) const;
+  bool is_long(const Request& r) const;
+
+  SchedulerConfig config_;
+  KVCacheManager& kv_;
+  std::vector<int64_t> eos_;
+  std::mt19937_64 seed_rng_;  // seeds requests that bring no seed
+  uint64_t next_arrival_ = 0;
+
+  std::unordered_map<std::string, std::unique_ptr<Request>> requests_;      // by internal id
+  std::unordered_map<std::string, std::vector<std::string>> children_;      // external id -> internal ids
+  std::unordered_map<std::string, std::vector<Request*>> pending_forks_;    // first child id -> siblings
+  std::list<Request*> waiting_;
+  std::vector<Request*> running_;
+  std::vector<std::pair<int32_t, int32_t>> pending_copies_;
+  SchedulerCounters counters_;
+};
+
+}  // namespace cserve

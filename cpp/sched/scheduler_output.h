@@ -1,0 +1,36 @@
+// Plain structs between the scheduler and the model runner (vLLM V1's
+// SchedulerOutput / ModelRunnerOutput).
+#pragma once
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "cserve/request_output.h"
+#include "sched/request.h"
+
+namespace cserve {
+
+struct ScheduledRequest {
+  Request* request = nullptr;          // owned by the scheduler
+  int64_t start = 0;                   // first token computed this step (= num_computed_tokens)
+  int64_t num_new_tokens = 0;          // tokens computed this step
+  bool sample = false;                 // this step reaches the last known token: sample the next one
+  const std::vector<int32_t>* block_ids = nullptr;  // the request's block table
+};
+
+struct SchedulerOutput {
+  std::vector<ScheduledRequest> scheduled;
+  int64_t num_scheduled_tokens = 0;
+  // KV blocks to copy (src, dst) before the forward pass (n > 1 forks).
+  std::vector<std::pair<int32_t, int32_t>> block_copies;
+  bool empty() const { return scheduled.empty(); }
+};
+
+// One entry per ScheduledRequest, in the same order.
+struct RunnerOutput {
+  std::vector<int32_t> sampled_token_ids;                 // -1 where nothing was sampled
+  std::vector<PositionLogprobs> logprobs;                 // filled where the request asked
+  std::vector<std::vector<PositionLogprobs>> prompt_logprobs;  // positions finished this step
+};
+
+}  // namespace cserve

@@ -1,0 +1,178 @@
+// ThreadPool: persistent workers that spin for a short while after each job
+// and then sleep on a condition variable. A job is published by bumping a
+// generation counter under the mutex, so a worker that is about to sleep
+// either sees the new generation or is woken by the notify (no lost wakeups).
+#include "util/thread_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <immintrin.h>
+#define CSERVE_CPU_RELAX() _mm_pause()
+#else
+#define CSERVE_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace cserve {
+
+namespace {
+// How long a worker keeps spinning after a job before it blocks.
+constexpr auto kSpinTime = std::chrono::microseconds(100);
+// Set while a thread runs a job of some pool: nested parallel regions run inline.
+thread_local bool t_in_pool_job = false;
+}  // namespace
+
+struct ThreadPool::Impl {
+  int num_threads = 1;
+  std::vector<std::thread> workers;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  int num_sleeping = 0;  // guarded by mu
+  bool stop = false;     // guarded by mu
+
+  std::atomic<uint64_t> generation{0};  // written under mu
+  std::atomic<int> pending{0};          // workers still running the current job
+  const std::function<void(int)>* job = nullptr;
+
+  std::mutex error_mu;
+  std::exception_ptr error;
+
+  void worker_loop(int index);
+  void run(const std::function<void(int)>& fn);
+  void record_error() {
+    std::lock_guard<std::mutex> lk(error_mu);
+    if (!error) error = std::current_exception();
+  }
+};
+
+void ThreadPool::Impl::worker_loop(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    // Spin, then sleep, until a new generation (or stop) is published.
+    auto spin_start = std::chrono::steady_clock::now();
+    uint32_t spins = 0;
+    while (generation.load(std::memory_order_acquire) == seen) {
+      CSERVE_CPU_RELAX();
+      if ((++spins & 63u) != 0) continue;
+      if (std::chrono::steady_clock::now() - spin_start < kSpinTime) continue;
+      std::unique_lock<std::mutex> lk(mu);
+      if (stop) return;
+      ++num_sleeping;
+      cv.wait(lk, [&] { return stop || generation.load(std::memory_order_relaxed) != seen; });
+      --num_sleeping;
+      if (stop) return;
+      break;
+    }
+    {
+      // Checking stop needs the lock only when the generation moved without a job.
+      if (job == nullptr) {
+        std::lock_guard<std::mutex> lk(mu);
+        if (stop) return;
+      }
+    }
+    seen = generation.load(std::memory_order_acquire);
+    if (job == nullptr) return;
+    t_in_pool_job = true;
+    try {
+      (*job)(index);
+    } catch (...) {
+      record_error();
+    }
+    t_in_pool_job = false;
+    pending.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::Impl::run(const std::function<void(int)>& fn) {
+  if (num_threads == 1 || t_in_pool_job) {
+    for (int i = 0; i < num_threads; ++i) fn(i);
+    return;
+  }
+  job = &fn;
+  pending.store(num_threads - 1, std::memory_order_relaxed);
+  bool wake;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    generation.fetch_add(1, std::memory_order_release);
+    wake = num_sleeping > 0;
+  }
+  if (wake) cv.notify_all();
+
+  t_in_pool_job = true;
+  try {
+    fn(0);
+  } catch (...) {
+    record_error();
+  }
+  t_in_pool_job = false;
+
+  uint32_t spins = 0;
+  while (pending.load(std::memory_order_acquire) != 0) {
+    CSERVE_CPU_RELAX();
+    if (++spins > 4096) std::this_thread::yield();
+  }
+  std::exception_ptr e;
+  {
+    std::lock_guard<std::mutex> lk(error_mu);
+    e = std::exchange(error, nullptr);
+  }
+  if (e) std::rethrow_exception(e);
+}
+
+ThreadPool::ThreadPool(int num_threads) : impl_(std::make_unique<Impl>()) {
+  if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
+  if (num_threads <= 0) num_threads = 1;
+  impl_->num_threads = num_threads;
+  // The job pointer is non-null while workers run; give it a valid no-op so the
+  // "job == nullptr means shutdown" check in worker_loop only fires on stop.
+  static const std::function<void(int)> kNoop = [](int) {};
+  impl_->job = &kNoop;
+  impl_->workers.reserve(num_threads - 1);
+  for (int i = 1; i < num_threads; ++i) {
+    impl_->workers.emplace_back([impl = impl_.get(), i] { impl->worker_loop(i); });
+  }
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lk(impl_->mu);
+    impl_->stop = true;
+    impl_->job = nullptr;
+    impl_->generation.fetch_add(1, std::memory_order_release);
+  }
+  impl_->cv.notify_all();
+  for (auto& t : impl_->workers) t.join();
+}
+
+int ThreadPool::num_threads() const { return impl_->num_threads; }
+
+void ThreadPool::run_on_all(const std::function<void(int)>& fn) { impl_->run(fn); }
+
+void ThreadPool::parallel_for(int64_t n, int64_t grain,
+                              const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  int64_t max_chunks = (n + grain - 1) / grain;
+  int64_t chunks = std::min<int64_t>(max_chunks, impl_->num_threads);
+  if (chunks <= 1 || t_in_pool_job) {
+    fn(0, n);
+    return;
+  }
+  impl_->run([&](int t) {
+    if (t >= chunks) return;
+    int64_t begin = n * t / chunks;
+    int64_t end = n * (t + 1) / chunks;
+    if (begin < end) fn(begin, end);
+  });
+}
+
+}  // namespace cserve

@@ -1,0 +1,229 @@
+"""The offline API with vLLM's shapes: LLM(model=...).generate(prompts, sampling_params)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from cserve import _core
+from cserve.outputs import CompletionOutput, Logprob, RequestOutput
+from cserve.sampling_params import SamplingParams
+
+PromptType = Union[str, dict]
+
+# LLM(...) keyword -> EngineConfig field, with vLLM's names.
+_ENGINE_FIELDS = {
+    "dtype", "load_format", "seed", "block_size", "enable_prefix_caching", "prefix_caching_hash_algo",
+    "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override", "kv_cache_dtype",
+    "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "long_prefill_token_threshold",
+    "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy", "max_logprobs",
+    "disable_sliding_window", "max_model_len",
+}
+
+
+def _engine_config(model: str, options: dict[str, Any]) -> _core.EngineConfig:
+    config = _core.EngineConfig()
+    config.model = str(model)
+    for name, value in options.items():
+        if name not in _ENGINE_FIELDS:
+            raise TypeError(f"LLM() got an unexpected keyword argument '{name}'")
+        if value is None:
+            continue
+        setattr(config, name, value)
+    return config
+
+
+class LLM:
+    """Loads a model directory (config.json + safetensors) and generates offline."""
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: Optional[str] = None,
+        skip_tokenizer_init: bool = False,
+        num_threads: int = 0,
+        **engine_options: Any,
+    ) -> None:
+        if not Path(model).exists():
+            raise FileNotFoundError(f"{model}: no such model directory")
+        config = _engine_config(model, engine_options)
+        config.num_threads = num_threads
+        self.engine = _core.Engine(config)
+        self.model_info = self.engine.model_info()
+        self._tokenizer = None if skip_tokenizer_init else _load_tokenizer(tokenizer or model)
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self._tokenizer
+
+    def generate(
+        self,
+        prompts: Union[PromptType, Sequence[PromptType]],
+        sampling_params: Optional[Union[SamplingParams, Sequence[SamplingParams]]] = None,
+        use_tqdm: bool = False,
+        priority: Optional[list[int]] = None,
+    ) -> list[RequestOutput]:
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params = list(sampling_params) if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError("The lengths of prompts and sampling_params must be the same.")
+
+        requests: dict[str, _PendingRequest] = {}
+        order = []
+        try:
+            for i, (prompt, sp) in enumerate(zip(prompts, params)):
+                text, token_ids = self._tokenize(prompt)
+                rid = str(next(self._ids))
+                core = sp.to_core(self.model_info.max_model_len, len(token_ids))
+                self.engine.add_request(rid, token_ids, core, priority[i] if priority else 0)
+                requests[rid] = _PendingRequest(rid, text, token_ids, sp)
+                order.append(rid)
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    pending = requests[out.request_id]
+                    pending.consume(out, self._tokenizer)
+                    if pending.stop_hit and not pending.aborted:
+                        pending.aborted = True
+                        self.engine.abort(out.request_id)
+        except BaseException:
+            for rid in order:
+                self.engine.abort(rid)
+            while self.engine.has_unfinished_requests():
+                self.engine.step()
+            raise
+        return [requests[rid].result(self._tokenizer) for rid in order]
+
+    def _tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+            if "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string or a dict, got {type(prompt).__name__}")
+        if self._tokenizer is None:
+            raise ValueError("this LLM has no tokenizer: pass {'prompt_token_ids': [...]} prompts")
+        return prompt, self._tokenizer.encode(prompt, add_special_tokens=True).ids
+
+    # vLLM users call these too.
+    def reset_prefix_cache(self) -> bool:
+        return self.engine.reset_prefix_cache()
+
+
+def _load_tokenizer(path: str):
+    file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
+    if not file.exists():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(file))
+
+
+def _decode(tokenizer, ids: list[int], skip_special: bool) -> str:
+    if tokenizer is None or not ids:
+        return ""
+    return tokenizer.decode(ids, skip_special_tokens=skip_special)
+
+
+def _to_logprobs(entry, tokenizer) -> dict[int, Logprob]:
+    out: dict[int, Logprob] = {}
+    for tid, lp, rank in zip(entry.token_ids, entry.logprobs, entry.ranks):
+        if tid not in out:
+            decoded = tokenizer.decode([tid], skip_special_tokens=False) if tokenizer is not None else None
+            out[tid] = Logprob(logprob=lp, rank=rank, decoded_token=decoded)
+    return out
+
+
+class _Completion:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.token_ids: list[int] = []
+        self.logprobs: list[dict[int, Logprob]] = []
+        self.cumulative = 0.0
+        self.finish_reason: Optional[str] = None
+        self.stop_reason: Optional[object] = None
+        self.text = ""
+
+
+class _PendingRequest:
+    """Collects the engine's per-step deltas of one request; applies stop strings."""
+
+    def __init__(self, rid: str, prompt: Optional[str], token_ids: list[int], params: SamplingParams) -> None:
+        self.rid = rid
+        self.prompt = prompt
+        self.token_ids = token_ids
+        self.params = params
+        self.completions = {i: _Completion(i) for i in range(params.n)}
+        self.prompt_logprobs = None
+        self.num_cached_tokens = 0
+        self.stop_hit = False
+        self.aborted = False
+
+    def done(self) -> bool:
+        return all(c.finish_reason is not None for c in self.completions.values())
+
+    def consume(self, out, tokenizer) -> bool:
+        c = self.completions[out.index]
+        if c.finish_reason is not None:
+            return False  # already ended by a stop string
+        self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+        if out.has_prompt_logprobs:
+            self.prompt_logprobs = [None] + [_to_logprobs(e, tokenizer) for e in out.prompt_logprobs]
+        c.token_ids.extend(out.new_token_ids)
+        for e in out.new_logprobs:
+            c.logprobs.append(_to_logprobs(e, tokenizer))
+            c.cumulative += e.logprobs[0]
+        if out.finish_reason is not None:
+            c.finish_reason = "stop" if out.finish_reason == "stop" else out.finish_reason
+            if out.stop_token_id >= 0 and out.stop_token_id in (self.params.stop_token_ids or []):
+                c.stop_reason = out.stop_token_id
+        if self.params.stop and tokenizer is not None:
+            return self._check_stop_strings(c, tokenizer)
+        return False
+
+    def _check_stop_strings(self, c: _Completion, tokenizer) -> bool:
+        text = _decode(tokenizer, c.token_ids, self.params.skip_special_tokens)
+        for s in self.params.stop:
+            pos = text.find(s)
+            if pos >= 0:
+                c.text = text[: pos + len(s)] if self.params.include_stop_str_in_output else text[:pos]
+                c.finish_reason = "stop"
+                c.stop_reason = s
+                if self.done():
+                    self.stop_hit = True
+                return True
+        return False
+
+    def result(self, tokenizer) -> RequestOutput:
+        outputs = []
+        for c in self.completions.values():
+            if c.stop_reason is None or not isinstance(c.stop_reason, str):
+                c.text = _decode(tokenizer, c.token_ids, self.params.skip_special_tokens) if self.params.detokenize else ""
+            want_lp = self.params.logprobs is not None
+            outputs.append(
+                CompletionOutput(
+                    index=c.index,
+                    text=c.text,
+                    token_ids=list(c.token_ids),
+                    cumulative_logprob=c.cumulative if want_lp else None,
+                    logprobs=c.logprobs if want_lp else None,
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
+            )
+        return RequestOutput(
+            request_id=self.rid,
+            prompt=self.prompt,
+            prompt_token_ids=self.token_ids,
+            prompt_logprobs=self.prompt_logprobs,
+            outputs=outputs,
+            finished=True,
+            num_cached_tokens=self.num_cached_tokens,
+        )
