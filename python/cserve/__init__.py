@@ -13,4 +13,7 @@ def cmake_prefix_path() -> str:
     """The prefix where cserve's C++ package (cserveConfig.cmake, headers, libraries) is installed."""
     from pathlib import Path
 
-    return str(Path(__file__).parent)
+    from cserve import _core
+
+    # Installed beside the extension (an editable install keeps it out of the source tree).
+    return str(Path(_core.__file__).parent)

@@ -1,8 +1,11 @@
 // AVX-512 GEMM panel kernels (compiled with -mavx512f/bw/vl/dq/bf16 -mfma -mf16c).
 // A thread owns a range of 16-column panels; it walks them in groups of up to
 // NP panels and, for each group, passes every row tile of x (MR rows) over it,
-// so each weight byte comes from memory once while the group stays in L2.
-// Accumulators: MR x NP zmm registers.
+// so each weight byte comes from memory once while the group stays in cache.
+// Accumulators: MR x NP zmm registers. The k loop is cut into blocks and every
+// row tile advances one block at a time (partial sums parked in an L1 scratch),
+// so the weight stream is consumed at an even pace across all row tiles and the
+// hardware prefetcher overlaps memory with compute even for a few tiles.
 // GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -26,10 +29,33 @@ inline void store_panel(__m512 acc, const GemmArgs& a, int64_t row, int64_t col0
   _mm512_mask_storeu_ps(y, mask, acc);
 }
 
+// Where a tile's k range sits in the whole k loop, and its parked partial sums
+// ([MR][NP][16] floats, row stride kAccStride).
+struct KRange {
+  int64_t begin, end;  // k steps (elements for f32/f16, pairs for bf16)
+  bool first, last;
+  float* park;
+};
+constexpr int64_t kAccStride = 4 * kPanel;  // NP <= 4
+
 template <int MR, int NP>
-inline void store_tile(__m512 (&acc)[MR][NP], const GemmArgs& a, int64_t row0, int64_t panel0) {
+inline void load_tile(__m512 (&acc)[MR][NP], const KRange& kr) {
   for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p) store_panel(acc[r][p], a, row0 + r, (panel0 + p) * kPanel);
+    for (int p = 0; p < NP; ++p)
+      acc[r][p] = kr.first ? _mm512_setzero_ps() : _mm512_load_ps(kr.park + r * kAccStride + p * kPanel);
+}
+
+template <int MR, int NP>
+inline void store_tile(__m512 (&acc)[MR][NP], const GemmArgs& a, int64_t row0, int64_t panel0,
+                       const KRange& kr) {
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < NP; ++p) {
+      if (kr.last) {
+        store_panel(acc[r][p], a, row0 + r, (panel0 + p) * kPanel);
+      } else {
+        _mm512_store_ps(kr.park + r * kAccStride + p * kPanel, acc[r][p]);
+      }
+    }
 }
 
 // ---- f32 / f16 weights: [n/16][k][16] ----
@@ -45,15 +71,14 @@ inline __m512 load_w(const void* base, int64_t idx) {
 }
 
 template <bool F16, int MR, int NP>
-void tile_fp(const GemmArgs& a, int64_t row0, int64_t panel0) {
-  const int64_t k = a.w->k, stride = a.w->k_padded * kPanel;
+void tile_fp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
+  const int64_t stride = a.w->k_padded * kPanel;
   const int64_t esize = F16 ? 2 : 4;
   const char* wbase = static_cast<const char*>(a.w->data.data()) + panel0 * stride * esize;
   const float* x = a.x + row0 * a.ldx;
   __m512 acc[MR][NP];
-  for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < k; ++c) {
+  load_tile<MR, NP>(acc, kr);
+  for (int64_t c = kr.begin; c < kr.end; ++c) {
     __m512 w[NP];
     for (int p = 0; p < NP; ++p) w[p] = load_w<F16>(wbase + p * stride * esize, c * kPanel);
     for (int r = 0; r < MR; ++r) {
@@ -61,22 +86,21 @@ void tile_fp(const GemmArgs& a, int64_t row0, int64_t panel0) {
       for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(xv, w[p], acc[r][p]);
     }
   }
-  store_tile<MR, NP>(acc, a, row0, panel0);
+  store_tile<MR, NP>(acc, a, row0, panel0, kr);
 }
 
 // ---- bf16 weights, pair layout [n/16][k/2][16][2], shift-convert to f32 ----
 
 template <int MR, int NP>
-void tile_bf16_shift(const GemmArgs& a, int64_t row0, int64_t panel0) {
+void tile_bf16_shift(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
   const int64_t k = a.w->k, stride = a.w->k_padded * kPanel;  // in uint16
   const uint16_t* wbase = a.w->data.as<uint16_t>() + panel0 * stride;
   const float* x = a.x + row0 * a.ldx;
   const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   __m512 acc[MR][NP];
-  for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+  load_tile<MR, NP>(acc, kr);
   const int64_t full_pairs = k / 2;
-  for (int64_t c2 = 0; c2 < full_pairs; ++c2) {
+  for (int64_t c2 = kr.begin; c2 < std::min(kr.end, full_pairs); ++c2) {
     __m512 we[NP], wo[NP];
     for (int p = 0; p < NP; ++p) {
       const __m512i v = _mm512_loadu_si512(wbase + p * stride + c2 * 2 * kPanel);
@@ -92,7 +116,7 @@ void tile_bf16_shift(const GemmArgs& a, int64_t row0, int64_t panel0) {
       }
     }
   }
-  if (k & 1) {  // last pair holds only an even element
+  if ((k & 1) && kr.end > full_pairs) {  // the last pair holds only an even element
     const int64_t c2 = full_pairs;
     for (int p = 0; p < NP; ++p) {
       const __m512i v = _mm512_loadu_si512(wbase + p * stride + c2 * 2 * kPanel);
@@ -101,21 +125,20 @@ void tile_bf16_shift(const GemmArgs& a, int64_t row0, int64_t panel0) {
         acc[r][p] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * a.ldx + 2 * c2]), we, acc[r][p]);
     }
   }
-  store_tile<MR, NP>(acc, a, row0, panel0);
+  store_tile<MR, NP>(acc, a, row0, panel0, kr);
 }
 
 // ---- bf16 weights with vdpbf16ps against bf16-rounded x ----
 
 template <int MR, int NP>
-void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0) {
+void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
   const int64_t pairs = a.w->k_padded / 2, stride = pairs * kPanel;  // in uint32 pairs
   const uint32_t* wbase = a.w->data.as<uint32_t>() + panel0 * stride;
   const uint32_t* xb = reinterpret_cast<const uint32_t*>(a.xb + row0 * a.ldxb);
   const int64_t ldxb = a.ldxb / 2;
   __m512 acc[MR][NP];
-  for (int r = 0; r < MR; ++r)
-    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
-  for (int64_t c2 = 0; c2 < pairs; ++c2) {
+  load_tile<MR, NP>(acc, kr);
+  for (int64_t c2 = kr.begin; c2 < kr.end; ++c2) {
     __m512i w[NP];
     for (int p = 0; p < NP; ++p) w[p] = _mm512_loadu_si512(wbase + p * stride + c2 * kPanel);
     for (int r = 0; r < MR; ++r) {
@@ -124,7 +147,7 @@ void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0) {
         acc[r][p] = _mm512_dpbf16_ps(acc[r][p], (__m512bh)xv, (__m512bh)w[p]);
     }
   }
-  store_tile<MR, NP>(acc, a, row0, panel0);
+  store_tile<MR, NP>(acc, a, row0, panel0, kr);
 }
 
 // ---- drivers ----
@@ -132,27 +155,38 @@ void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0) {
 enum class Kind { F32, F16, Bf16Shift, Bf16Dp };
 
 template <Kind K, int MR, int NP>
-void run_tile(const GemmArgs& a, int64_t row0, int64_t panel0) {
-  if constexpr (K == Kind::F32) tile_fp<false, MR, NP>(a, row0, panel0);
-  if constexpr (K == Kind::F16) tile_fp<true, MR, NP>(a, row0, panel0);
-  if constexpr (K == Kind::Bf16Shift) tile_bf16_shift<MR, NP>(a, row0, panel0);
-  if constexpr (K == Kind::Bf16Dp) tile_bf16_dp<MR, NP>(a, row0, panel0);
+void run_tile(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
+  if constexpr (K == Kind::F32) tile_fp<false, MR, NP>(a, row0, panel0, kr);
+  if constexpr (K == Kind::F16) tile_fp<true, MR, NP>(a, row0, panel0, kr);
+  if constexpr (K == Kind::Bf16Shift) tile_bf16_shift<MR, NP>(a, row0, panel0, kr);
+  if constexpr (K == Kind::Bf16Dp) tile_bf16_dp<MR, NP>(a, row0, panel0, kr);
 }
 
+// k steps per block: 64-byte lines per panel, so a block of a 4-panel group is 16 KiB.
+template <Kind K>
+constexpr int64_t kStepsPerBlock = K == Kind::F16 ? 128 : 64;
+// Rows whose partial sums are parked at once (a multiple of every MRMAX).
+constexpr int64_t kRowChunk = 48;
+
 template <Kind K, int MRMAX, int NP>
-void rows_over_group(const GemmArgs& a, int64_t panel0) {
-  int64_t row = 0;
-  for (; row + MRMAX <= a.m; row += MRMAX) run_tile<K, MRMAX, NP>(a, row, panel0);
-  const int64_t rest = a.m - row;
-  if constexpr (MRMAX > 1) {
-    if (rest > 0) {
-      // Remainder tile: pick the template for the remaining row count.
-      switch (rest) {
-        case 1: run_tile<K, 1, NP>(a, row, panel0); break;
-        case 2: if constexpr (MRMAX > 2) run_tile<K, 2, NP>(a, row, panel0); break;
-        case 3: if constexpr (MRMAX > 3) run_tile<K, 3, NP>(a, row, panel0); break;
-        case 4: if constexpr (MRMAX > 4) run_tile<K, 4, NP>(a, row, panel0); break;
-        case 5: if constexpr (MRMAX > 5) run_tile<K, 5, NP>(a, row, panel0); break;
+void rows_over_group(const GemmArgs& a, int64_t panel0, float* park) {
+  const int64_t steps = (K == Kind::F32 || K == Kind::F16) ? a.w->k : a.w->k_padded / 2;
+  for (int64_t chunk = 0; chunk < a.m; chunk += kRowChunk) {
+    const int64_t chunk_end = std::min(a.m, chunk + kRowChunk);
+    for (int64_t s0 = 0; s0 < steps; s0 += kStepsPerBlock<K>) {
+      KRange kr{s0, std::min(steps, s0 + kStepsPerBlock<K>), s0 == 0, s0 + kStepsPerBlock<K> >= steps, nullptr};
+      int64_t row = chunk;
+      for (; row + MRMAX <= chunk_end; row += MRMAX) {
+        kr.park = park + (row - chunk) * kAccStride;
+        run_tile<K, MRMAX, NP>(a, row, panel0, kr);
+      }
+      kr.park = park + (row - chunk) * kAccStride;
+      switch (chunk_end - row) {
+        case 1: if constexpr (MRMAX > 1) run_tile<K, 1, NP>(a, row, panel0, kr); break;
+        case 2: if constexpr (MRMAX > 2) run_tile<K, 2, NP>(a, row, panel0, kr); break;
+        case 3: if constexpr (MRMAX > 3) run_tile<K, 3, NP>(a, row, panel0, kr); break;
+        case 4: if constexpr (MRMAX > 4) run_tile<K, 4, NP>(a, row, panel0, kr); break;
+        case 5: if constexpr (MRMAX > 5) run_tile<K, 5, NP>(a, row, panel0, kr); break;
         default: break;
       }
     }
@@ -161,13 +195,14 @@ void rows_over_group(const GemmArgs& a, int64_t panel0) {
 
 template <Kind K, int MRMAX, int NPMAX>
 void run_panels(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
-  static_assert(MRMAX <= 6 && NPMAX == 4, "tile shape");
+  static_assert(MRMAX <= 6 && NPMAX == 4 && kRowChunk % MRMAX == 0, "tile shape");
+  alignas(64) float park[kRowChunk * kAccStride];
   int64_t p = panel_begin;
-  for (; p + NPMAX <= panel_end; p += NPMAX) rows_over_group<K, MRMAX, NPMAX>(a, p);
+  for (; p + NPMAX <= panel_end; p += NPMAX) rows_over_group<K, MRMAX, NPMAX>(a, p, park);
   switch (panel_end - p) {
-    case 1: rows_over_group<K, MRMAX, 1>(a, p); break;
-    case 2: rows_over_group<K, MRMAX, 2>(a, p); break;
-    case 3: rows_over_group<K, MRMAX, 3>(a, p); break;
+    case 1: rows_over_group<K, MRMAX, 1>(a, p, park); break;
+    case 2: rows_over_group<K, MRMAX, 2>(a, p, park); break;
+    case 3: rows_over_group<K, MRMAX, 3>(a, p, park); break;
     default: break;
   }
 }

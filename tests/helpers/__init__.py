@@ -1,0 +1,1 @@
+"""Shared builders for the cserve test suite (tiny random models, references, tolerances)."""
