@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -9,9 +10,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (str(ROOT / "python"), str(ROOT)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+# An installed (or editable) cserve wins; the source tree's python/ only when nothing else provides it.
+if importlib.util.find_spec("cserve") is None:
+    sys.path.insert(0, str(ROOT / "python"))
+# `tests.helpers` (pytest normally puts the root there already, since tests/ is a package).
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
 
 # Keep torch and the engine on the two cores the CI machine has.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -20,6 +24,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def model_zoo(tmp_path_factory):
     """zoo.get(name) builds (once per session) and returns a helpers.models.BuiltModel."""
+    import torch
+
     from tests.helpers.models import ModelZoo
 
+    # One torch thread: the tiny references are faster that way and do not fight the engine's pool.
+    torch.set_num_threads(1)
     return ModelZoo(tmp_path_factory.mktemp("models"))

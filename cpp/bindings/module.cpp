@@ -1,5 +1,7 @@
 // nanobind module cserve._core: binding code only.
 #include <nanobind/nanobind.h>
+
+#include <cstring>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -14,20 +16,28 @@ void bind_testing(nb::module_& m);
 
 namespace {
 
+// Messages quote file contents, which need not be valid UTF-8: replace bad bytes
+// rather than lose the message (it names the file and the tensor).
+void set_error(PyObject* type, const char* what) {
+  PyObject* msg = PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace");
+  PyErr_SetObject(type, msg);
+  Py_XDECREF(msg);
+}
+
 void register_errors(nb::module_& m) {
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);
     } catch (const cserve::InvalidArgument& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
+      set_error(PyExc_ValueError, e.what());
     } catch (const cserve::NotFound& e) {
-      PyErr_SetString(PyExc_FileNotFoundError, e.what());
+      set_error(PyExc_FileNotFoundError, e.what());
     } catch (const cserve::NotSupported& e) {
-      PyErr_SetString(PyExc_NotImplementedError, e.what());
+      set_error(PyExc_NotImplementedError, e.what());
     } catch (const cserve::OutOfMemory& e) {
-      PyErr_SetString(PyExc_MemoryError, e.what());
+      set_error(PyExc_MemoryError, e.what());
     } catch (const cserve::Error& e) {
-      PyErr_SetString(PyExc_RuntimeError, e.what());
+      set_error(PyExc_RuntimeError, e.what());
     }
   });
 }

@@ -31,6 +31,7 @@ class BlockPool {
   // Prefix cache.
   int32_t lookup(const BlockHash& hash) const;  // -1 when absent
   void set_cached(int32_t block_id, const BlockHash& hash);  // no-op if the hash is already cached
+  void uncache(int32_t block_id) { evict(block_id); }
   int32_t ref_count(int32_t block_id) const { return blocks_[block_id].ref_count; }
   // Forgets every cached hash; fails (returns false) while any block is in use.
   bool reset_prefix_cache();

@@ -105,6 +105,11 @@ bool KVCacheManager::fork(const Request& parent, Request& child, int64_t num_tok
 void KVCacheManager::free(const Request& request) {
   auto it = tables_.find(request.id);
   if (it == tables_.end()) return;
+  const auto& table = it->second;
+  const int64_t num_valid = request.num_computed_tokens / block_size_;
+  const int64_t num_registered = std::min<int64_t>(num_cached_blocks_[request.id], static_cast<int64_t>(table.size()));
+  for (int64_t i = num_valid; i < num_registered; ++i)
+    if (pool_.ref_count(table[i]) == 1) pool_.uncache(table[i]);
   std::vector<int32_t> reversed(it->second.rbegin(), it->second.rend());
   pool_.release(reversed);
   tables_.erase(it);

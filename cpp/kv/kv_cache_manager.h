@@ -48,6 +48,8 @@ class KVCacheManager {
   bool fork(const Request& parent, Request& child, int64_t num_tokens,
             std::vector<std::pair<int32_t, int32_t>>& copies);
 
+  // Frees the request's blocks. Blocks it registered in the prefix cache beyond its
+  // num_computed_tokens (a chunk that was scheduled but never computed) leave the cache.
   void free(const Request& request);
   const std::vector<int32_t>& block_ids(const std::string& request_id) const;
   bool reset_prefix_cache() { return pool_.reset_prefix_cache(); }

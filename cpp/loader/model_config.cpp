@@ -339,6 +339,8 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
 
   c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
   c.attention_bias = c.model_type == "qwen2" ? true : r.boolean_or("attention_bias", false);
+  c.o_proj_bias = c.model_type != "qwen2" && c.attention_bias;
+  c.mlp_bias = c.model_type == "llama" && r.boolean_or("mlp_bias", false);
   c.qk_norm = c.model_type == "qwen3";
   read_sliding_window(r, c);
 

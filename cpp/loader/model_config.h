@@ -41,6 +41,8 @@ struct ModelConfig {
   int64_t max_position_embeddings = 2048;
   bool tie_word_embeddings = false;
   bool attention_bias = false;      // q/k/v bias (Qwen2 always has it)
+  bool o_proj_bias = false;         // Llama/Qwen3 attention_bias also covers o_proj; Qwen2 does not
+  bool mlp_bias = false;            // Llama's mlp_bias: gate/up/down biases
   bool qk_norm = false;             // Qwen3: RMSNorm on each q and k head
   // Sliding window per layer: 0 means full attention for that layer.
   std::vector<int64_t> layer_sliding_window;

@@ -110,9 +110,9 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     LayerWeights lw;
     lw.qkv = linear({p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"}, {q_dim, kv_dim, kv_dim},
                     H, c.attention_bias);
-    lw.o = linear({p + "self_attn.o_proj"}, {H}, q_dim, false);
-    lw.gate_up = linear({p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, H, false);
-    lw.down = linear({p + "mlp.down_proj"}, {H}, I, false);
+    lw.o = linear({p + "self_attn.o_proj"}, {H}, q_dim, c.o_proj_bias);
+    lw.gate_up = linear({p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, H, c.mlp_bias);
+    lw.down = linear({p + "mlp.down_proj"}, {H}, I, c.mlp_bias);
     lw.input_norm = norm(p + "input_layernorm.weight", H);
     lw.post_attention_norm = norm(p + "post_attention_layernorm.weight", H);
     if (c.qk_norm) {

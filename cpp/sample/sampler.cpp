@@ -80,20 +80,25 @@ int32_t Sampler::sample(float* logits, Request& r) const {
     std::nth_element(cand.begin(), cand.begin() + p.top_k, cand.end(), by_prob);
     cand.resize(static_cast<size_t>(p.top_k));
   }
-  std::sort(cand.begin(), cand.end(), by_prob);
   total = 0;
   for (const auto& c : cand) total += c.first;
   if (p.top_p < 1.0) {
-    // Keep the smallest prefix whose mass reaches top_p (at least one token).
-    double acc = 0;
-    size_t k = 0;
-    while (k < cand.size()) {
-      acc += cand[k].first;
-      ++k;
-      if (acc >= p.top_p * total) break;
+    // Only the head of the distribution needs sorting: grow it until it holds top_p of the mass.
+    const double target = p.top_p * total;
+    size_t head = std::min<size_t>(64, cand.size());
+    while (true) {
+      std::partial_sort(cand.begin(), cand.begin() + head, cand.end(), by_prob);
+      double mass = 0;
+      size_t k = 0;
+      while (k < head && mass < target) mass += cand[k++].first;
+      if (mass >= target || head == cand.size()) {
+        cand.resize(std::max<size_t>(k, 1));
+        total = 0;
+        for (const auto& c : cand) total += c.first;
+        break;
+      }
+      head = std::min(cand.size(), head * 8);
     }
-    cand.resize(k);
-    total = acc;
   }
   double u = std::generate_canonical<double, 53>(r.rng) * total;
   double acc = 0;

@@ -102,6 +102,13 @@ SchedulerOutput Scheduler::schedule() {
     bool scheduled = false;
     while (true) {
       if (kv_.allocate_slots(*r, num_new, {})) { scheduled = true; break; }
+      if (running_.size() == 1) {
+        // Alone and still short of blocks: it can never fit, so end it instead of preempting forever.
+        r->finish_reason = FinishReason::Length;
+        out_of_blocks_.push_back(r);
+        running_.erase(running_.begin());
+        break;
+      }
       Request* victim = choose_victim();
       // Give back what the victim had been given this step.
       auto it = std::find_if(out.scheduled.begin(), out.scheduled.end(),
@@ -163,13 +170,13 @@ void Scheduler::fork_siblings(Request& first, std::vector<std::pair<int32_t, int
   if (it == pending_forks_.end()) return;
   int64_t n = first.num_prompt_tokens() - 1;  // each sibling recomputes the last prompt token itself
   for (Request* s : it->second) {
-    if (n > 0 && kv_.fork(first, *s, n, copies)) {
+    if (n > 0 && static_cast<int>(running_.size()) < config_.max_num_seqs && kv_.fork(first, *s, n, copies)) {
       s->num_computed_tokens = n;
       s->num_cached_tokens = first.num_cached_tokens;
       s->status = RequestStatus::Running;
       running_.push_back(s);
     } else {
-      waiting_.push_back(s);  // no block for the copy: it will find the prompt in the prefix cache
+      waiting_.push_back(s);  // no room now: it will find the prompt in the prefix cache
     }
   }
   pending_forks_.erase(it);
@@ -228,7 +235,9 @@ void Scheduler::finish(Request& r, FinishReason reason) {
 
 std::vector<RequestOutput> Scheduler::update(const SchedulerOutput& out, const RunnerOutput& result) {
   std::vector<RequestOutput> outputs;
-  std::vector<Request*> done;
+  std::vector<Request*> done = std::move(out_of_blocks_);
+  out_of_blocks_.clear();
+  for (Request* r : done) outputs.push_back(make_output(*r));
   for (size_t i = 0; i < out.scheduled.size(); ++i) {
     const ScheduledRequest& s = out.scheduled[i];
     Request& r = *s.request;

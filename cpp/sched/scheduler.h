@@ -85,6 +85,7 @@ class Scheduler {
   std::list<Request*> waiting_;
   std::vector<Request*> running_;
   std::vector<std::pair<int32_t, int32_t>> pending_copies_;
+  std::vector<Request*> out_of_blocks_;  // ended by schedule(): alone, they still outgrew the KV cache
   SchedulerCounters counters_;
 };
 

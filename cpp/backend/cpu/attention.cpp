@@ -143,11 +143,9 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
           continue;
         }
         any = true;
+        ops.qk(qs + r * dim, kf + jl * dim, jh - jl, dim, p + jl);
         float bmax = neg_inf;
-        for (int64_t j = jl; j < jh; ++j) {
-          p[j] = ops.dot(qs + r * dim, kf + j * dim, dim);
-          bmax = std::max(bmax, p[j]);
-        }
+        for (int64_t j = jl; j < jh; ++j) bmax = std::max(bmax, p[j]);
         const float m_new = std::max(out.m[r], bmax);
         if (out.m[r] != m_new) {
           const float alpha = std::exp(out.m[r] - m_new);  // 0 when m was -inf

@@ -79,7 +79,11 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
     thread_local std::vector<uint16_t> xb;
     const int64_t ldxb = (w.k_padded + 31) / 32 * 32;
     if (xb.size() < static_cast<size_t>(m * ldxb)) xb.resize(static_cast<size_t>(m * ldxb));
-    detail::convert_rows_bf16_avx512bf16(x, m, ldx, w.k, w.k_padded, xb.data(), ldxb);
+    uint16_t* xbp = xb.data();
+    const int64_t row_grain = std::max<int64_t>(1, (int64_t{1} << 16) / w.k);
+    pool.parallel_for(m, row_grain, [&](int64_t r0, int64_t r1) {
+      detail::convert_rows_bf16_avx512bf16(x + r0 * ldx, r1 - r0, ldx, w.k, w.k_padded, xbp + r0 * ldxb, ldxb);
+    });
     a.xb = xb.data();
     a.ldxb = ldxb;
   }

@@ -35,6 +35,9 @@ struct KRange {
   int64_t begin, end;  // k steps (elements for f32/f16, pairs for bf16)
   bool first, last;
   float* park;
+  // Software prefetch of the weights `prefetch` steps ahead (0: none), spread
+  // over the row tiles of a block: this tile takes steps begin + phase + i * period.
+  int64_t prefetch, pf_phase, pf_period;
 };
 constexpr int64_t kAccStride = 4 * kPanel;  // NP <= 4
 
@@ -58,6 +61,8 @@ inline void store_tile(__m512 (&acc)[MR][NP], const GemmArgs& a, int64_t row0, i
     }
 }
 
+inline void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+
 // ---- f32 / f16 weights: [n/16][k][16] ----
 
 template <bool F16>
@@ -71,14 +76,19 @@ inline __m512 load_w(const void* base, int64_t idx) {
 }
 
 template <bool F16, int MR, int NP>
-void tile_fp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
+__attribute__((noinline)) void tile_fp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
   const int64_t stride = a.w->k_padded * kPanel;
   const int64_t esize = F16 ? 2 : 4;
   const char* wbase = static_cast<const char*>(a.w->data.data()) + panel0 * stride * esize;
   const float* x = a.x + row0 * a.ldx;
   __m512 acc[MR][NP];
   load_tile<MR, NP>(acc, kr);
+  int64_t next_pf = kr.prefetch > 0 ? kr.begin + kr.pf_phase : kr.end;
   for (int64_t c = kr.begin; c < kr.end; ++c) {
+    if (c == next_pf) {
+      for (int p = 0; p < NP; ++p) prefetch_l2(wbase + (p * stride + (c + kr.prefetch) * kPanel) * esize);
+      next_pf += kr.pf_period;
+    }
     __m512 w[NP];
     for (int p = 0; p < NP; ++p) w[p] = load_w<F16>(wbase + p * stride * esize, c * kPanel);
     for (int r = 0; r < MR; ++r) {
@@ -92,7 +102,7 @@ void tile_fp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) 
 // ---- bf16 weights, pair layout [n/16][k/2][16][2], shift-convert to f32 ----
 
 template <int MR, int NP>
-void tile_bf16_shift(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
+__attribute__((noinline)) void tile_bf16_shift(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
   const int64_t k = a.w->k, stride = a.w->k_padded * kPanel;  // in uint16
   const uint16_t* wbase = a.w->data.as<uint16_t>() + panel0 * stride;
   const float* x = a.x + row0 * a.ldx;
@@ -100,7 +110,12 @@ void tile_bf16_shift(const GemmArgs& a, int64_t row0, int64_t panel0, const KRan
   __m512 acc[MR][NP];
   load_tile<MR, NP>(acc, kr);
   const int64_t full_pairs = k / 2;
+  int64_t next_pf = kr.prefetch > 0 ? kr.begin + kr.pf_phase : kr.end;
   for (int64_t c2 = kr.begin; c2 < std::min(kr.end, full_pairs); ++c2) {
+    if (c2 == next_pf) {
+      for (int p = 0; p < NP; ++p) prefetch_l2(wbase + p * stride + (c2 + kr.prefetch) * 2 * kPanel);
+      next_pf += kr.pf_period;
+    }
     __m512 we[NP], wo[NP];
     for (int p = 0; p < NP; ++p) {
       const __m512i v = _mm512_loadu_si512(wbase + p * stride + c2 * 2 * kPanel);
@@ -131,14 +146,19 @@ void tile_bf16_shift(const GemmArgs& a, int64_t row0, int64_t panel0, const KRan
 // ---- bf16 weights with vdpbf16ps against bf16-rounded x ----
 
 template <int MR, int NP>
-void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
+__attribute__((noinline)) void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
   const int64_t pairs = a.w->k_padded / 2, stride = pairs * kPanel;  // in uint32 pairs
   const uint32_t* wbase = a.w->data.as<uint32_t>() + panel0 * stride;
   const uint32_t* xb = reinterpret_cast<const uint32_t*>(a.xb + row0 * a.ldxb);
   const int64_t ldxb = a.ldxb / 2;
   __m512 acc[MR][NP];
   load_tile<MR, NP>(acc, kr);
+  int64_t next_pf = kr.prefetch > 0 ? kr.begin + kr.pf_phase : kr.end;
   for (int64_t c2 = kr.begin; c2 < kr.end; ++c2) {
+    if (c2 == next_pf) {
+      for (int p = 0; p < NP; ++p) prefetch_l2(wbase + p * stride + (c2 + kr.prefetch) * kPanel);
+      next_pf += kr.pf_period;
+    }
     __m512i w[NP];
     for (int p = 0; p < NP; ++p) w[p] = _mm512_loadu_si512(wbase + p * stride + c2 * kPanel);
     for (int r = 0; r < MR; ++r) {
@@ -151,6 +171,7 @@ void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange&
 }
 
 // ---- drivers ----
+// The tile kernels are kept out of line so each gets the whole register file.
 
 enum class Kind { F32, F16, Bf16Shift, Bf16Dp };
 
@@ -174,11 +195,17 @@ void rows_over_group(const GemmArgs& a, int64_t panel0, float* park) {
   for (int64_t chunk = 0; chunk < a.m; chunk += kRowChunk) {
     const int64_t chunk_end = std::min(a.m, chunk + kRowChunk);
     for (int64_t s0 = 0; s0 < steps; s0 += kStepsPerBlock<K>) {
-      KRange kr{s0, std::min(steps, s0 + kStepsPerBlock<K>), s0 == 0, s0 + kStepsPerBlock<K> >= steps, nullptr};
+      const int64_t tiles = (chunk_end - chunk + MRMAX - 1) / MRMAX;
+      // Prefetch the next block into L2 while this one is computed (only in the
+      // first row chunk: later chunks find the weights in cache).
+      const int64_t steps_per_line = K == Kind::F16 ? 2 : 1;
+      KRange kr{s0, std::min(steps, s0 + kStepsPerBlock<K>), s0 == 0, s0 + kStepsPerBlock<K> >= steps,
+                nullptr, chunk == 0 ? kStepsPerBlock<K> : 0, 0, tiles * steps_per_line};
       int64_t row = chunk;
       for (; row + MRMAX <= chunk_end; row += MRMAX) {
         kr.park = park + (row - chunk) * kAccStride;
         run_tile<K, MRMAX, NP>(a, row, panel0, kr);
+        kr.pf_phase += steps_per_line;
       }
       kr.park = park + (row - chunk) * kAccStride;
       switch (chunk_end - row) {

@@ -10,8 +10,8 @@ namespace cserve::cpu::detail {
 struct RowOps {
   // dst[i] = src[i] as f32, for src of type t.
   void (*to_f32)(const void* src, DType t, float* dst, int64_t n);
-  // Returns sum_i a[i] * b[i].
-  float (*dot)(const float* a, const float* b, int64_t n);
+  // s[j] = sum_d q[d] * k[j*dim + d] for j < nk (one query row against nk key rows).
+  void (*qk)(const float* q, const float* k, int64_t nk, int64_t dim, float* s);
   // For each row i < rows: acc[i*ld_acc + d] += sum_{j<nk} p[i*ld_p + j] * v[j*dim + d].
   void (*pv)(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v,
              int64_t nk, int64_t dim);

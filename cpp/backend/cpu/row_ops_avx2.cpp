@@ -68,6 +68,10 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+void qk(const float* q, const float* k, int64_t nk, int64_t dim, float* s) {
+  for (int64_t j = 0; j < nk; ++j) s[j] = dot(q, k + j * dim, dim);
+}
+
 void pv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v,
         int64_t nk, int64_t dim) {
   for (int64_t i = 0; i < rows; ++i) {
@@ -155,6 +159,6 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 
 }  // namespace
 
-const RowOps kRowOpsAvx2 = {to_f32, dot, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul};
+const RowOps kRowOpsAvx2 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul};
 
 }  // namespace cserve::cpu::detail

@@ -4,6 +4,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "backend/cpu/row_ops.h"
@@ -57,18 +58,37 @@ void to_f32(const void* src, DType t, float* dst, int64_t n) {
   }
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+// Sums each of a[0..15] across its lanes: result lane j = sum of a[j].
+inline __m512 transpose_sum16(__m512 (&a)[16]) {
+  __m512 b[8], c[4];
+  for (int i = 0; i < 8; ++i)
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)  // 128-bit lane l of c[i]: partial sums of a[4i..4i+3]
+    c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 d0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 d1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(d0, d1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Sixteen (or fewer) dot products at a time, reduced together.
+void qk(const float* q, const float* k, int64_t nk, int64_t dim, float* s) {
+  for (int64_t j0 = 0; j0 < nk; j0 += 16) {
+    const int64_t cnt = std::min<int64_t>(16, nk - j0);
+    __m512 acc[16];
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __mmask16 m = tail_mask(dim - d);
+      const __m512 qv = _mm512_maskz_loadu_ps(m, q + d);
+      for (int j = 0; j < 16; ++j) {
+        if (j < cnt) acc[j] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k + (j0 + j) * dim + d), acc[j]);
+      }
+    }
+    _mm512_mask_storeu_ps(s + j0, tail_mask(cnt), transpose_sum16(acc));
   }
-  for (; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
 void pv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v,
@@ -142,6 +162,6 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 
 }  // namespace
 
-const RowOps kRowOpsAvx512 = {to_f32, dot, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul};
+const RowOps kRowOpsAvx512 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul};
 
 }  // namespace cserve::cpu::detail

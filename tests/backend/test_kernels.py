@@ -1,0 +1,168 @@
+"""CPU kernels against NumPy references on random inputs (odd shapes, every storage dtype).
+
+This module imports no torch, so tests/backend/test_isa.py can rerun it quickly under
+each CSERVE_ISA level in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from cserve._core import testing as T
+from tests.helpers import numerics as ref
+
+DTYPES = ["float32", "bfloat16", "float16"]
+ISAS = ["scalar", "avx2", "avx512", "avx512_bf16"]
+
+
+def test_isa_name():
+    assert T.isa() in ISAS
+    want = os.environ.get("CSERVE_ISA")
+    if want:
+        # The variable lowers the level, never raises it.
+        assert ISAS.index(T.isa()) <= ISAS.index(want)
+        if want in ("scalar", "avx2"):
+            assert T.isa() == want
+
+
+def _gemm_tol(x, w, dtype):
+    absdot = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T
+    k = x.shape[1]
+    # f32 accumulation over k terms, plus (bf16) x rounded to bf16 by the AVX512-BF16 kernel.
+    rel = 4 * k * 2.0**-24 + (1.01 * 2.0**-8 if dtype == "bfloat16" else 0.0)
+    return rel * absdot + 1e-6
+
+
+GEMM_SHAPES = [(1, 1, 1), (1, 17, 33), (3, 16, 64), (5, 33, 7), (17, 47, 130), (64, 96, 64), (7, 100, 257),
+               (33, 5, 512), (2, 300, 31)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_gemm(m, n, k, dtype):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32) if (m + n) % 2 else None
+    threads = 1 + (m + k) % 3
+    y = T.gemm(w, x, dtype, bias=bias, num_threads=threads)
+    assert y.shape == (m, n) and y.dtype == np.float32
+    want = x.astype(np.float64) @ ref.round_to(w, dtype).astype(np.float64).T
+    if bias is not None:
+        want += bias
+    err = np.abs(y - want)
+    tol = _gemm_tol(x, w, dtype)
+    assert (err <= tol).all(), f"max err {err.max()} at {np.unravel_index(err.argmax(), err.shape)}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_bf16_x_rounding_only(dtype):
+    """With x exactly representable in bf16, every dtype is exact up to f32 accumulation."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((37, 70), dtype=np.float32)
+    x = ref.round_bf16(rng.standard_normal((9, 70), dtype=np.float32))
+    y = T.gemm(w, x, dtype)
+    want = x.astype(np.float64) @ ref.round_to(w, dtype).astype(np.float64).T
+    assert np.abs(y - want).max() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_rows_rounds_to_nearest_even(dtype):
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((45, 19), dtype=np.float32)
+    # Values exactly halfway between two bf16 numbers (ties go to even) and tiny ones.
+    w[0, :4] = np.array([1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 2.0**-8), 1e-30], dtype=np.float32)
+    ids = [0, 44, 3, 3, 17]
+    got = T.gather_rows(w, dtype, ids)
+    want = ref.round_to(w, dtype)[ids]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_gather_rows_bad_id():
+    w = np.ones((4, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="out of range"):
+        T.gather_rows(w, "float32", [4])
+
+
+@pytest.mark.parametrize("rows,dim", [(1, 1), (3, 7), (5, 33), (9, 128), (2, 1000)])
+def test_rms_norm(rows, dim):
+    rng = np.random.default_rng(rows * dim)
+    x = (3 * rng.standard_normal((rows, dim))).astype(np.float32)
+    w = rng.standard_normal(dim).astype(np.float32)
+    for eps in (1e-6, 1e-2):
+        got = T.rms_norm(x, w, eps)
+        np.testing.assert_allclose(got, ref.rms_norm(x, w, eps), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("tokens,inter", [(1, 1), (3, 7), (4, 33), (7, 160), (2, 1001)])
+def test_silu_mul(tokens, inter):
+    rng = np.random.default_rng(tokens + inter)
+    gu = (4 * rng.standard_normal((tokens, 2 * inter))).astype(np.float32)
+    gu[0, 0] = -80.0  # far in the tail: silu -> -0
+    got = T.silu_mul(gu)
+    np.testing.assert_allclose(got, ref.silu_mul(gu), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("tokens,heads,dim,rotary", [(1, 1, 2, 2), (3, 4, 8, 8), (5, 3, 64, 32), (7, 2, 128, 128),
+                                                     (2, 5, 24, 12)])
+def test_rope(tokens, heads, dim, rotary):
+    rng = np.random.default_rng(tokens * heads + dim)
+    x = rng.standard_normal((tokens, heads, dim)).astype(np.float32)
+    pos = rng.integers(0, 5000, size=tokens)
+    inv = 10000.0 ** (-np.arange(0, rotary, 2) / rotary)
+    ang = pos[:, None] * inv[None, :]
+    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    got = T.rope(x, cos, sin, rotary)
+    np.testing.assert_allclose(got, ref.rope(x, cos, sin, rotary), rtol=1e-5, atol=1e-5)
+    # The dims past rotary_dim are untouched.
+    np.testing.assert_array_equal(got[:, :, rotary:], x[:, :, rotary:])
+
+
+def test_rope_rejects_odd_rotary_dim():
+    x = np.ones((1, 1, 8), dtype=np.float32)
+    c = np.ones((1, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="rotary_dim"):
+        T.rope(x, c, c, 3)
+
+
+ATTN_CASES = [
+    # nq, heads, kv_heads, dim, len, block_size, window
+    (1, 1, 1, 8, 1, 16, 0),      # one token
+    (5, 4, 2, 16, 5, 4, 0),      # full prefill, GQA
+    (17, 8, 1, 32, 17, 16, 0),   # MQA, crosses a block
+    (1, 4, 4, 64, 100, 16, 0),   # decode
+    (6, 6, 3, 24, 45, 8, 0),     # chunk in the middle of a sequence, odd head_dim
+    (40, 4, 2, 16, 40, 4, 7),    # sliding window over a whole prefill
+    (3, 2, 1, 128, 70, 32, 12),  # window in a decode-ish chunk, head_dim 128
+    (1, 4, 1, 16, 700, 16, 0),   # long decode: keys split over parts and merged
+    (2, 8, 1, 8, 600, 1, 300),   # block size 1, long window
+    (70, 2, 2, 8, 70, 16, 0),    # more rows than one work unit holds
+]
+
+
+@pytest.mark.parametrize("kv_dtype", DTYPES)
+@pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "nq{}-h{}-kv{}-d{}-len{}-bs{}-w{}".format(*c))
+def test_paged_attention(case, kv_dtype):
+    nq, nh, nkv, d, length, bs, window = case
+    rng = np.random.default_rng(nq * 7 + length)
+    q = rng.standard_normal((nq, nh, d)).astype(np.float32)
+    k = rng.standard_normal((length, nkv, d)).astype(np.float32)
+    v = rng.standard_normal((length, nkv, d)).astype(np.float32)
+    num_blocks = (length + bs - 1) // bs
+    # Blocks scattered through a larger cache, in shuffled order.
+    block_ids = [int(b) for b in rng.permutation(num_blocks + 3)[:num_blocks]]
+    scale = 1.0 / np.sqrt(d)
+    got = T.paged_attention(q, k, v, bs, block_ids, kv_dtype, float(scale), window)
+    assert got.shape == (nq, nh * d)
+    want = ref.attention(q, ref.round_to(k, kv_dtype), ref.round_to(v, kv_dtype), scale, window)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_paged_attention_rejects_bad_group():
+    q = np.ones((1, 3, 8), dtype=np.float32)
+    k = np.ones((4, 2, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match="multiple"):
+        T.paged_attention(q, k, k, 4, [0], "float32", 1.0, 0)

@@ -1,0 +1,235 @@
+"""Tiny random decoder models built with transformers, saved as safetensors, and
+the float32 transformers reference (the oracle) for what cserve computes on them.
+
+Weights are re-drawn with larger scales than transformers' default init so that
+the next-token distributions are peaked: near ties between the two best tokens
+would make greedy comparisons meaningless.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+# Logprob tolerance against transformers in float32 (from the issue).
+TOL = 1e-3
+
+# name -> (model_type, config overrides, tie_word_embeddings)
+# Across them: head sizes 8, 16, 32, 64, 128; MHA, GQA and MQA; tied and untied embeddings.
+SPECS: dict[str, dict[str, Any]] = {
+    # GQA 8:2, head_dim 8, untied.
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=96, num_attention_heads=8,
+                  num_key_value_heads=2, tie_word_embeddings=False),
+    # MHA, head_dim 64, tied.
+    "llama_tied": dict(model_type="llama", hidden_size=128, intermediate_size=160, num_attention_heads=2,
+                       num_key_value_heads=2, tie_word_embeddings=True, num_hidden_layers=1),
+    # GQA 4:2, head_dim 16, window of 12 tokens (prompts are longer), untied.
+    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, sliding_window=12, tie_word_embeddings=False),
+    # MQA 4:1, head_dim 32, q/k/v bias, tied.
+    "qwen2": dict(model_type="qwen2", hidden_size=128, intermediate_size=96, num_attention_heads=4,
+                  num_key_value_heads=1, tie_word_embeddings=True),
+    # MQA 2:1 with an explicit head_dim of 128 (q_proj widens 64 -> 256), q/k norm, untied.
+    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=96, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=128, tie_word_embeddings=False),
+}
+
+FAMILY_ARCH = {
+    "llama": "LlamaForCausalLM",
+    "llama_tied": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+BASE = dict(vocab_size=256, num_hidden_layers=2, max_position_embeddings=512, rms_norm_eps=1e-6,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+@dataclass
+class BuiltModel:
+    name: str
+    path: str
+    model: Any  # transformers model, float32, eval mode
+    config: dict = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
+
+    def logprobs(self, ids: list[int]) -> np.ndarray:
+        """log_softmax of the logits at every position of ids, [len(ids), vocab] float32."""
+        return hf_logprobs(self.model, ids)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def _randomize(model, seed: int) -> None:
+    """Peaked, deterministic random weights."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".bias"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            elif "embed_tokens" in name:
+                p.copy_(0.6 * torch.randn(p.shape, generator=g))
+            elif name == "lm_head.weight":
+                p.copy_(torch.randn(p.shape, generator=g) * (2.5 / math.sqrt(p.shape[1])))
+            elif p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def build_model(path: Path, model_type: str, seed: int = 0, generation_eos: Optional[list[int]] = None,
+                **overrides: Any) -> BuiltModel:
+    """Builds a random model of `model_type` with transformers and saves it (safetensors) to path."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = dict(BASE)
+    kwargs.update(overrides)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    _randomize(model, seed)
+    model.eval()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    if generation_eos is not None:
+        (path / "generation_config.json").write_text(json.dumps({"eos_token_id": generation_eos}))
+    saved = json.loads((path / "config.json").read_text())
+    return BuiltModel(name=model_type, path=str(path), model=model, config=saved)
+
+
+class ModelZoo:
+    """Builds each named model once per session."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._models: dict[str, BuiltModel] = {}
+
+    def get(self, name: str) -> BuiltModel:
+        if name not in self._models:
+            spec = dict(SPECS[name])
+            model_type = spec.pop("model_type")
+            built = build_model(self.root / name, model_type, seed=len(self._models) + 1, **spec)
+            built.name = name
+            self._models[name] = built
+        return self._models[name]
+
+    def custom(self, name: str, model_type: str, **overrides: Any) -> BuiltModel:
+        """A one-off model (cached under `name`)."""
+        if name not in self._models:
+            built = build_model(self.root / name, model_type, seed=len(self._models) + 101, **overrides)
+            built.name = name
+            self._models[name] = built
+        return self._models[name]
+
+
+def hf_logprobs(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([list(ids)])).logits[0].float()
+        return torch.log_softmax(logits, dim=-1).numpy()
+
+
+def random_prompt(rng: np.random.Generator, length: int, vocab: int, low: int = 3) -> list[int]:
+    return [int(t) for t in rng.integers(low, vocab, size=length)]
+
+
+# ---- comparisons ----
+
+
+def check_prompt_logprobs(out, ref: np.ndarray, tol: float = TOL) -> None:
+    """out.prompt_logprobs (prompt_logprobs=k) against ref = transformers logprobs over at least the prompt."""
+    ids = out.prompt_token_ids
+    assert out.prompt_logprobs is not None, "prompt_logprobs were requested but not returned"
+    assert len(out.prompt_logprobs) == len(ids)
+    assert out.prompt_logprobs[0] is None
+    got = np.array([out.prompt_logprobs[i][ids[i]].logprob for i in range(1, len(ids))])
+    want = np.array([ref[i - 1, ids[i]] for i in range(1, len(ids))])
+    err = np.abs(got - want)
+    assert err.max(initial=0.0) <= tol, (
+        f"prompt logprob mismatch at position {int(err.argmax()) + 1}: cserve {got[err.argmax()]}, "
+        f"transformers {want[err.argmax()]} (max |diff| {err.max()})")
+
+
+def check_greedy(completion, prompt: list[int], ref: np.ndarray, tol: float = TOL, num_tokens: Optional[int] = None):
+    """A greedy completion (logprobs=0 or more) against ref = transformers logprobs of prompt + completion.
+
+    Each generated token must be transformers' argmax at that step (up to a near tie of tol) and
+    its logprob must match transformers' within tol.
+    """
+    toks = list(completion.token_ids)
+    if num_tokens is not None:
+        assert len(toks) == num_tokens
+    assert completion.logprobs is not None and len(completion.logprobs) == len(toks)
+    P = len(prompt)
+    for j, t in enumerate(toks):
+        row = ref[P - 1 + j]
+        best = int(row.argmax())
+        got = completion.logprobs[j][t].logprob
+        assert abs(got - row[t]) <= tol, (
+            f"step {j}: logprob of token {t}: cserve {got}, transformers {row[t]}")
+        assert t == best or row[t] >= row[best] - tol, (
+            f"step {j}: cserve chose {t} (transformers logprob {row[t]}), transformers' argmax is {best} "
+            f"({row[best]}); tokens so far {toks[:j + 1]}")
+
+
+def check_request(built: BuiltModel, out, tol: float = TOL, prompt_logprobs: bool = True) -> None:
+    """Prompt logprobs (if requested) and every greedy completion of one RequestOutput."""
+    prompt = list(out.prompt_token_ids)
+    for c in out.outputs:
+        ref = built.logprobs(prompt + list(c.token_ids))
+        if prompt_logprobs:
+            check_prompt_logprobs(out, ref, tol)
+        check_greedy(c, prompt, ref, tol)
+
+
+def with_config(built: BuiltModel, path: Path, **changes: Any) -> str:
+    """A copy of built's directory with config.json fields changed (None deletes a field)."""
+    import shutil
+
+    path = Path(path)
+    shutil.copytree(built.path, path)
+    cfg = copy.deepcopy(built.config)
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (path / "config.json").write_text(json.dumps(cfg))
+    return str(path)
+
+
+def make_llm(path: str, **options: Any):
+    """LLM over a tiny model with test defaults (float32, 2 threads, short context)."""
+    from cserve import LLM
+
+    kw: dict[str, Any] = dict(dtype="float32", seed=0, max_model_len=256, num_threads=2)
+    kw.update(options)
+    return LLM(model=path, **kw)
+
+
+def greedy(max_tokens: int = 12, prompt_logprobs: Optional[int] = 0, **kw: Any):
+    from cserve import SamplingParams
+
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=0,
+                          prompt_logprobs=prompt_logprobs, **kw)

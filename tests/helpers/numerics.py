@@ -1,0 +1,71 @@
+"""NumPy references for the CPU kernels (no torch, so kernel tests start fast in subprocesses)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 -> float32, round to nearest even (finite inputs)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32)
+
+
+def round_f16(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "float32":
+        return np.asarray(x, dtype=np.float32)
+    if dtype == "bfloat16":
+        return round_bf16(x)
+    if dtype == "float16":
+        return round_f16(x)
+    raise ValueError(dtype)
+
+
+# Unit roundoff of each storage dtype.
+UNIT = {"float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    return (x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + eps) * w).astype(np.float32)
+
+
+def silu_mul(gu: np.ndarray) -> np.ndarray:
+    inter = gu.shape[1] // 2
+    g, u = gu[:, :inter].astype(np.float64), gu[:, inter:].astype(np.float64)
+    return (g / (1 + np.exp(-g)) * u).astype(np.float32)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rotary_dim: int) -> np.ndarray:
+    """Rotate-half RoPE on the first rotary_dim dims of x[T, H, D]; cos/sin [T, rotary_dim/2]."""
+    out = x.astype(np.float64).copy()
+    half = rotary_dim // 2
+    x1 = x[:, :, :half].astype(np.float64)
+    x2 = x[:, :, half:rotary_dim].astype(np.float64)
+    c, s = cos[:, None, :], sin[:, None, :]
+    out[:, :, :half] = x1 * c - x2 * s
+    out[:, :, half:rotary_dim] = x2 * c + x1 * s
+    return out.astype(np.float32)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int) -> np.ndarray:
+    """The last nq tokens of a sequence attending causally over k/v [len, KVH, D]; -> [nq, H*D]."""
+    nq, nh, d = q.shape
+    length, nkv, _ = k.shape
+    group = nh // nkv
+    out = np.zeros((nq, nh, d))
+    for j in range(nq):
+        pos = length - nq + j
+        lo = max(0, pos - window + 1) if window > 0 else 0
+        for h in range(nh):
+            kv = h // group
+            s = (k[lo:pos + 1, kv].astype(np.float64) @ q[j, h].astype(np.float64)) * scale
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            out[j, h] = p @ v[lo:pos + 1, kv].astype(np.float64)
+    return out.reshape(nq, nh * d).astype(np.float32)
