@@ -97,15 +97,19 @@ inline void key_range(int64_t pos, int64_t window, int64_t& lo, int64_t& hi) {
 void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, const KVLayer& cache,
               const AttentionMetadata& meta, const Shape& s, const detail::RowOps& ops, Partial out) {
   const int64_t ntok = u.tok_end - u.tok_begin, rows = ntok * s.group, dim = s.dim, bs = s.block_size;
+  // Keys are processed in chunks of whole blocks (about 128 keys) so the per-chunk
+  // softmax bookkeeping is amortized even with small blocks.
+  const int64_t blocks_per_chunk = std::max<int64_t>(1, 128 / bs);
+  const int64_t chunk = blocks_per_chunk * bs;
   thread_local std::vector<float> scratch;
-  const size_t need = static_cast<size_t>(rows * dim + rows * bs + 2 * bs * dim + 2 * rows);
+  const size_t need = static_cast<size_t>(rows * dim + rows * chunk + 2 * chunk * dim + 2 * rows);
   if (scratch.size() < need) scratch.resize(need);
   float* qs = scratch.data();      // [rows][dim], pre-scaled
-  float* sc = qs + rows * dim;     // [rows][bs]
-  float* kf = sc + rows * bs;      // [bs][dim]
-  float* vf = kf + bs * dim;       // [bs][dim]
+  float* sc = qs + rows * dim;     // [rows][chunk]
+  float* kf = sc + rows * chunk;   // [chunk][dim]
+  float* vf = kf + chunk * dim;    // [chunk][dim]
   // Per token: its key range clipped to the part, as int32 pairs (2 * rows floats of room).
-  int32_t* rng = reinterpret_cast<int32_t*>(vf + bs * dim);  // [ntok][2]
+  int32_t* rng = reinterpret_cast<int32_t*>(vf + chunk * dim);  // [ntok][2]
   for (int64_t t = 0; t < ntok; ++t) {
     int64_t lo, hi;
     key_range(meta.positions[u.tok_begin + t], s.window, lo, hi);
@@ -125,16 +129,24 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
 
   const size_t ek = dtype_size(cache.k.dtype), ev = dtype_size(cache.v.dtype);
   const int32_t* table = meta.block_tables.data() + static_cast<int64_t>(u.seq) * meta.max_blocks_per_seq;
-  for (int64_t b = part_lo / bs; b * bs < part_hi; ++b) {
-    const int64_t base = b * bs;
-    const int64_t j0 = std::max(part_lo, base) - base, j1 = std::min(part_hi, base + bs) - base;
-    const int64_t nk = j1 - j0;
-    const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + j0;
-    ops.to_f32(static_cast<const char*>(cache.k.data) + row0 * dim * ek, cache.k.dtype, kf, nk * dim);
+  // Converts rows [c_lo, c_hi) of K or V, gathered from their blocks, into dst.
+  auto gather = [&](const Tensor& src, size_t elem, int64_t c_lo, int64_t c_hi, float* dst) {
+    for (int64_t p = c_lo; p < c_hi;) {
+      const int64_t b = p / bs, end = std::min(c_hi, (b + 1) * bs);
+      const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + (p - b * bs);
+      ops.to_f32(static_cast<const char*>(src.data) + row0 * dim * elem, src.dtype, dst + (p - c_lo) * dim,
+                 (end - p) * dim);
+      p = end;
+    }
+  };
+  for (int64_t c_lo = part_lo; c_lo < part_hi;) {
+    const int64_t c_hi = std::min(part_hi, (c_lo / bs + blocks_per_chunk) * bs);
+    const int64_t nk = c_hi - c_lo;
+    gather(cache.k, ek, c_lo, c_hi, kf);
     bool any = false;
     for (int64_t t = 0; t < ntok; ++t) {
-      const int64_t jl = std::max<int64_t>(rng[2 * t] - base - j0, 0);
-      const int64_t jh = std::min<int64_t>(rng[2 * t + 1] - base - j0, nk);
+      const int64_t jl = std::max<int64_t>(rng[2 * t] - c_lo, 0);
+      const int64_t jh = std::min<int64_t>(rng[2 * t + 1] - c_lo, nk);
       for (int64_t g = 0; g < s.group; ++g) {
         const int64_t r = t * s.group + g;
         float* p = sc + r * nk;
@@ -159,9 +171,11 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
         std::fill(p + jh, p + nk, 0.0f);
       }
     }
-    if (!any) continue;
-    ops.to_f32(static_cast<const char*>(cache.v.data) + row0 * dim * ev, cache.v.dtype, vf, nk * dim);
-    ops.pv(out.acc, rows, dim, sc, nk, vf, nk, dim);
+    if (any) {
+      gather(cache.v, ev, c_lo, c_hi, vf);
+      ops.pv(out.acc, rows, dim, sc, nk, vf, nk, dim);
+    }
+    c_lo = c_hi;
   }
 }
 
