@@ -5,6 +5,8 @@
 // of the chunk, so each K/V block is read and converted once per unit. When
 // there are few units (decode of a few long sequences) the key range is split
 // into parts whose partial softmax states are merged at the end.
+#include <xmmintrin.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -139,9 +141,24 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
       p = end;
     }
   };
+  // Asks for the next chunk's K and V rows while this one is computed: blocks are
+  // scattered, so the hardware prefetcher cannot guess them.
+  auto prefetch = [&](int64_t c_lo, int64_t c_hi) {
+    for (int64_t p = c_lo; p < c_hi;) {
+      const int64_t b = p / bs, end = std::min(c_hi, (b + 1) * bs);
+      const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + (p - b * bs);
+      const char* kp = static_cast<const char*>(cache.k.data) + row0 * dim * ek;
+      const char* vp = static_cast<const char*>(cache.v.data) + row0 * dim * ev;
+      for (int64_t off = 0; off < (end - p) * dim * static_cast<int64_t>(ek); off += 64) _mm_prefetch(kp + off, _MM_HINT_T0);
+      for (int64_t off = 0; off < (end - p) * dim * static_cast<int64_t>(ev); off += 64) _mm_prefetch(vp + off, _MM_HINT_T1);
+      p = end;
+    }
+  };
   for (int64_t c_lo = part_lo; c_lo < part_hi;) {
     const int64_t c_hi = std::min(part_hi, (c_lo / bs + blocks_per_chunk) * bs);
     const int64_t nk = c_hi - c_lo;
+    if (c_hi < part_hi) prefetch(c_hi, std::min(part_hi, (c_hi / bs + blocks_per_chunk) * bs));
+    else if (c_lo == part_lo) prefetch(c_lo, c_hi);
     gather(cache.k, ek, c_lo, c_hi, kf);
     bool any = false;
     for (int64_t t = 0; t < ntok; ++t) {
