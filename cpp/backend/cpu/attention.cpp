@@ -131,6 +131,10 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
 
   const size_t ek = dtype_size(cache.k.dtype), ev = dtype_size(cache.v.dtype);
   const int32_t* table = meta.block_tables.data() + static_cast<int64_t>(u.seq) * meta.max_blocks_per_seq;
+  // Row of the cache holding position p (in block number blk of the sequence) for this kv head.
+  auto key_row = [&](int64_t blk, int64_t p) {
+    return (static_cast<int64_t>(table[blk]) * s.kv_heads + u.kv_head) * bs + (p - blk * bs);
+  };
   // Converts rows [c_lo, c_hi) of K or V, gathered from their blocks, into dst.
   auto gather = [&](const Tensor& src, size_t elem, int64_t c_lo, int64_t c_hi, float* dst) {
     for (int64_t p = c_lo; p < c_hi;) {
@@ -159,7 +163,22 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
     const int64_t nk = c_hi - c_lo;
     if (c_hi < part_hi) prefetch(c_hi, std::min(part_hi, (c_hi / bs + blocks_per_chunk) * bs));
     else if (c_lo == part_lo) prefetch(c_lo, c_hi);
-    gather(cache.k, ek, c_lo, c_hi, kf);
+    // Scores for keys [a, b) of the chunk against query row r: from the f32 copy,
+    // or straight from the cache's blocks where the ISA converts in registers.
+    const bool direct = ops.qk_kv != nullptr && ops.pv_kv != nullptr;
+    if (!direct) gather(cache.k, ek, c_lo, c_hi, kf);
+    auto scores = [&](const float* qr, int64_t a, int64_t b, float* out_row) {
+      if (!direct) {
+        ops.qk(qr, kf + a * dim, b - a, dim, out_row + a);
+        return;
+      }
+      for (int64_t p = c_lo + a; p < c_lo + b;) {
+        const int64_t blk = p / bs, end = std::min(c_lo + b, (blk + 1) * bs);
+        ops.qk_kv(qr, static_cast<const char*>(cache.k.data) + key_row(blk, p) * dim * ek, cache.k.dtype, end - p,
+                  dim, out_row + (p - c_lo));
+        p = end;
+      }
+    };
     bool any = false;
     for (int64_t t = 0; t < ntok; ++t) {
       const int64_t jl = std::max<int64_t>(rng[2 * t] - c_lo, 0);
@@ -172,7 +191,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
           continue;
         }
         any = true;
-        ops.qk(qs + r * dim, kf + jl * dim, jh - jl, dim, p + jl);
+        scores(qs + r * dim, jl, jh, p);
         float bmax = neg_inf;
         for (int64_t j = jl; j < jh; ++j) bmax = std::max(bmax, p[j]);
         const float m_new = std::max(out.m[r], bmax);
@@ -188,9 +207,16 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
         std::fill(p + jh, p + nk, 0.0f);
       }
     }
-    if (any) {
+    if (any && !direct) {
       gather(cache.v, ev, c_lo, c_hi, vf);
       ops.pv(out.acc, rows, dim, sc, nk, vf, nk, dim);
+    } else if (any) {
+      for (int64_t p = c_lo; p < c_hi;) {
+        const int64_t blk = p / bs, end = std::min(c_hi, (blk + 1) * bs);
+        ops.pv_kv(out.acc, rows, dim, sc + (p - c_lo), nk,
+                  static_cast<const char*>(cache.v.data) + key_row(blk, p) * dim * ev, cache.v.dtype, end - p, dim);
+        p = end;
+      }
     }
     c_lo = c_hi;
   }

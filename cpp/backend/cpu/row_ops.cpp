@@ -65,7 +65,7 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 
 }  // namespace
 
-const RowOps kRowOpsScalar = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul};
+const RowOps kRowOpsScalar = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul, nullptr, nullptr};
 
 const RowOps& row_ops() {
   switch (cpu_isa()) {

@@ -23,6 +23,11 @@ struct RowOps {
   float (*sum_squares)(const float* x, int64_t n);
   // out[i] = x[i] * s * w[i].
   void (*scale_mul)(const float* x, float s, const float* w, float* out, int64_t n);
+  // qk and pv reading K / V rows of type t straight from the cache (converted in
+  // registers, no f32 copy). Null where the ISA has no such path.
+  void (*qk_kv)(const float* q, const void* k, DType t, int64_t nk, int64_t dim, float* s);
+  void (*pv_kv)(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, DType t,
+                int64_t nk, int64_t dim);
 };
 
 extern const RowOps kRowOpsScalar;

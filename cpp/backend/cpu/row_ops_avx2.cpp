@@ -159,6 +159,6 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 
 }  // namespace
 
-const RowOps kRowOpsAvx2 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul};
+const RowOps kRowOpsAvx2 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul, nullptr, nullptr};
 
 }  // namespace cserve::cpu::detail

@@ -118,6 +118,51 @@ void pv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, 
   }
 }
 
+// As qk, with K rows of type t converted in registers.
+void qk_kv(const float* q, const void* k, DType t, int64_t nk, int64_t dim, float* s) {
+  for (int64_t j0 = 0; j0 < nk; j0 += 16) {
+    const int64_t cnt = std::min<int64_t>(16, nk - j0);
+    __m512 acc[16];
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __mmask16 m = tail_mask(dim - d);
+      const __m512 qv = _mm512_maskz_loadu_ps(m, q + d);
+      for (int j = 0; j < 16; ++j) {
+        if (j < cnt) acc[j] = _mm512_fmadd_ps(qv, load_as_f32(k, t, (j0 + j) * dim + d, m), acc[j]);
+      }
+    }
+    _mm512_mask_storeu_ps(s + j0, tail_mask(cnt), transpose_sum16(acc));
+  }
+}
+
+// As pv, with V rows of type t converted in registers.
+void pv_kv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, DType t,
+           int64_t nk, int64_t dim) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* a = acc + i * ld_acc;
+    const float* pi = p + i * ld_p;
+    for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+      const __mmask16 m0 = tail_mask(dim - d0), m1 = tail_mask(dim - d0 - 16 < 0 ? 0 : dim - d0 - 16),
+                      m2 = tail_mask(dim - d0 - 32 < 0 ? 0 : dim - d0 - 32),
+                      m3 = tail_mask(dim - d0 - 48 < 0 ? 0 : dim - d0 - 48);
+      __m512 a0 = _mm512_maskz_loadu_ps(m0, a + d0), a1 = _mm512_maskz_loadu_ps(m1, a + d0 + 16),
+             a2 = _mm512_maskz_loadu_ps(m2, a + d0 + 32), a3 = _mm512_maskz_loadu_ps(m3, a + d0 + 48);
+      for (int64_t j = 0; j < nk; ++j) {
+        const __m512 pj = _mm512_set1_ps(pi[j]);
+        const int64_t base = j * dim + d0;
+        a0 = _mm512_fmadd_ps(pj, load_as_f32(v, t, base, m0), a0);
+        a1 = _mm512_fmadd_ps(pj, load_as_f32(v, t, base + 16, m1), a1);
+        a2 = _mm512_fmadd_ps(pj, load_as_f32(v, t, base + 32, m2), a2);
+        a3 = _mm512_fmadd_ps(pj, load_as_f32(v, t, base + 48, m3), a3);
+      }
+      _mm512_mask_storeu_ps(a + d0, m0, a0);
+      _mm512_mask_storeu_ps(a + d0 + 16, m1, a1);
+      _mm512_mask_storeu_ps(a + d0 + 32, m2, a2);
+      _mm512_mask_storeu_ps(a + d0 + 48, m3, a3);
+    }
+  }
+}
+
 float exp_shift_sum(float* x, int64_t n, float shift) {
   __m512 sum = _mm512_setzero_ps();
   const __m512 s = _mm512_set1_ps(shift);
@@ -162,6 +207,6 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 
 }  // namespace
 
-const RowOps kRowOpsAvx512 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul};
+const RowOps kRowOpsAvx512 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul, qk_kv, pv_kv};
 
 }  // namespace cserve::cpu::detail
