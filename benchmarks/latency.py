@@ -60,6 +60,7 @@ def main(argv=None) -> dict:
     full = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.output_len, ignore_eos=True, seed=args.seed)
     first = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=1, ignore_eos=True, seed=args.seed)
 
+    bw_before = bench_common.bandwidth_probe(args.num_threads)
     contention = bench_common.Contention()
     for _ in range(args.num_iters_warmup):
         _timed(llm, next(prompt_sets), full)
@@ -78,8 +79,11 @@ def main(argv=None) -> dict:
           f"({decode_s / max(1, args.output_len - 1) * 1000:.2f} ms per step)")
     cpu = contention.report()
     print(cpu)
+    bw_after = bench_common.bandwidth_probe(args.num_threads)
+    print(f"memory read bandwidth: {bw_before} before, {bw_after} after")
     result = dict(
-        cpu=cpu, model=model_dir, dtype=llm.model_info.dtype, input_len=args.input_len, output_len=args.output_len,
+        cpu=cpu, bandwidth_before=bw_before, bandwidth_after=bw_after, build=bench_common.build_id(),
+        model=model_dir, dtype=llm.model_info.dtype, input_len=args.input_len, output_len=args.output_len,
         batch_size=args.batch_size, num_threads=args.num_threads, avg_latency=avg, latencies=latencies,
         percentiles={str(q): _percentile(latencies, q) for q in PERCENTILES}, ttft_median=ttft,
         decode_tokens_per_second_per_stream=per_stream,

