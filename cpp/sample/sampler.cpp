@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <unordered_map>
@@ -13,6 +15,42 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int32_t argmax(const float* x, int64_t n) {
   return static_cast<int32_t>(std::max_element(x, x + n) - x);
+}
+
+// The vocabulary-wide loops of sampling, written so the compiler vectorizes them;
+// target_clones picks the AVX-512 / AVX2 / baseline version at load time.
+#define CSERVE_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+CSERVE_VECTOR_CLONES float scale_and_max(float* x, int64_t n, float s) {
+  float m = kNegInf;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] *= s;
+    m = x[i] > m ? x[i] : m;
+  }
+  return m;
+}
+
+// x[i] = exp(x[i] - shift) for x[i] - shift <= 0 (Cephes-style polynomial, ~2 ulp);
+// exactly 0 below e^-87, so masked (-inf) logits stay impossible.
+CSERVE_VECTOR_CLONES void exp_shifted(float* x, int64_t n, float shift) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] - shift;
+    const bool negligible = v < -87.0f;
+    v = negligible ? -87.0f : v;
+    const float k = __builtin_roundf(v * 1.44269504088896341f);
+    const float r = v - k * 0.693359375f + k * 2.12194440e-4f;
+    float poly = 1.9875691500e-4f;
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    poly = poly * r * r + r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &bits, 4);
+    x[i] = negligible ? 0.0f : poly * scale;
+  }
 }
 }  // namespace
 
@@ -56,49 +94,78 @@ int32_t Sampler::sample(float* logits, Request& r) const {
   const SamplingParams& p = r.params;
   if (p.greedy()) return argmax(logits, vocab_);
 
-  float inv_t = static_cast<float>(1.0 / p.temperature);
-  float mx = kNegInf;
-  for (int64_t i = 0; i < vocab_; ++i) mx = std::max(mx, logits[i] *= inv_t);
-  // Candidates with their probabilities (unnormalized), most likely first after filtering.
+  const float mx = scale_and_max(logits, vocab_, static_cast<float>(1.0 / p.temperature));
+  // min_p and top_k as one floor on the (scaled) logits: min_p keeps p >= min_p * p_max,
+  // top_k keeps logits >= the k-th largest (ties kept, as vLLM).
+  float cutoff = kNegInf;
+  if (p.min_p > 0) cutoff = mx + static_cast<float>(std::log(p.min_p));
+  if (p.top_k > 0 && p.top_k < vocab_) {
+    std::vector<float> copy(logits, logits + vocab_);
+    std::nth_element(copy.begin(), copy.begin() + (p.top_k - 1), copy.end(), std::greater<float>());
+    cutoff = std::max(cutoff, copy[static_cast<size_t>(p.top_k - 1)]);
+  }
+  // Candidates with their unnormalized probabilities.
   std::vector<std::pair<float, int32_t>> cand;
-  cand.reserve(static_cast<size_t>(vocab_));
+  if (cutoff == kNegInf) {
+    exp_shifted(logits, vocab_, mx);
+    cand.reserve(static_cast<size_t>(vocab_));
+    for (int64_t i = 0; i < vocab_; ++i)
+      if (logits[i] > 0) cand.emplace_back(logits[i], static_cast<int32_t>(i));
+  } else {
+    std::vector<float> vals;
+    for (int64_t i = 0; i < vocab_; ++i)
+      if (logits[i] >= cutoff) {
+        vals.push_back(logits[i]);
+        cand.emplace_back(0.0f, static_cast<int32_t>(i));
+      }
+    exp_shifted(vals.data(), static_cast<int64_t>(vals.size()), mx);
+    for (size_t i = 0; i < vals.size(); ++i) cand[i].first = vals[i];
+  }
   double total = 0;
-  for (int64_t i = 0; i < vocab_; ++i) {
-    float e = std::exp(logits[i] - mx);
-    if (e > 0) {
-      cand.emplace_back(e, static_cast<int32_t>(i));
-      total += e;
-    }
-  }
-  if (p.min_p > 0) {
-    float floor = static_cast<float>(p.min_p);  // the max has e = 1
-    auto keep = std::remove_if(cand.begin(), cand.end(), [&](const auto& c) { return c.first < floor; });
-    cand.erase(keep, cand.end());
-  }
   auto by_prob = [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; };
-  if (p.top_k > 0 && static_cast<size_t>(p.top_k) < cand.size()) {
-    std::nth_element(cand.begin(), cand.begin() + p.top_k, cand.end(), by_prob);
-    cand.resize(static_cast<size_t>(p.top_k));
-  }
-  total = 0;
   for (const auto& c : cand) total += c.first;
   if (p.top_p < 1.0) {
-    // Only the head of the distribution needs sorting: grow it until it holds top_p of the mass.
+    // The smallest most-likely set holding top_p of the mass, in linear time: bucket the
+    // candidates by 12 bits of their (positive) float bits, which order like the values;
+    // buckets above the boundary are kept whole, and the boundary bucket is refined on the
+    // next 12 bits, then sorted (by then it is small unless values are exactly equal).
     const double target = p.top_p * total;
-    size_t head = std::min<size_t>(64, cand.size());
-    while (true) {
-      std::partial_sort(cand.begin(), cand.begin() + head, cand.end(), by_prob);
-      double mass = 0;
-      size_t k = 0;
-      while (k < head && mass < target) mass += cand[k++].first;
-      if (mass >= target || head == cand.size()) {
-        cand.resize(std::max<size_t>(k, 1));
-        total = 0;
-        for (const auto& c : cand) total += c.first;
-        break;
+    std::vector<std::pair<float, int32_t>> kept, edge;
+    std::vector<double> mass(4096);
+    double acc = 0;
+    for (int shift : {19, 7}) {
+      auto key = [shift](float v) {
+        uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        return (bits >> shift) & 0xFFFu;
+      };
+      std::fill(mass.begin(), mass.end(), 0.0);
+      for (const auto& c : cand) mass[key(c.first)] += c.first;
+      uint32_t boundary = 0;
+      for (uint32_t b = 4096; b-- > 0;) {
+        if (acc + mass[b] >= target) {
+          boundary = b;
+          break;
+        }
+        acc += mass[b];
       }
-      head = std::min(cand.size(), head * 8);
+      edge.clear();
+      for (const auto& c : cand) {
+        uint32_t b = key(c.first);
+        if (b > boundary) kept.push_back(c);
+        else if (b == boundary) edge.push_back(c);
+      }
+      cand.swap(edge);
+      if (cand.size() <= 64) break;
     }
+    std::sort(cand.begin(), cand.end(), by_prob);
+    for (const auto& c : cand) {
+      if (acc >= target && !kept.empty()) break;
+      kept.push_back(c);
+      acc += c.first;
+    }
+    cand.swap(kept);
+    total = acc;
   }
   double u = std::generate_canonical<double, 53>(r.rng) * total;
   double acc = 0;
