@@ -23,7 +23,7 @@ namespace cserve::cpu {
 namespace {
 
 constexpr int64_t kMaxRowsPerUnit = 64;  // query rows (tokens x group heads) per unit
-constexpr int64_t kMinKeysPerPart = 256;
+constexpr int64_t kMinKeysPerPart = 64;
 
 struct Shape {
   int64_t num_heads, kv_heads, group, dim, block_size, num_blocks;
