@@ -5,6 +5,7 @@
 
 #include "cserve/error.h"
 #include "loader/safetensors.h"
+#include "util/mmap_file.h"
 
 namespace cserve {
 
@@ -21,6 +22,7 @@ class TensorSource {
   Tensor get(const std::string& name, const std::vector<int64_t>& shape, float dummy_value_or_nan) {
     if (!ckpt_) return make_dummy(shape, dummy_value_or_nan);
     const SafetensorsEntry& e = ckpt_->get(name);
+    fetched_.push_back(e.view);
     if (e.view.shape != shape)
       throw InvalidArgument(e.file + ": tensor " + name + " has shape " + shape_str(e.view.shape) +
                             ", expected " + shape_str(shape));
@@ -55,12 +57,20 @@ class TensorSource {
   }
 
  public:
-  void release_scratch() { scratch_.clear(); }
+  // Drops the dummy tensors, and the file pages of the checkpoint tensors fetched since
+  // the last call, which have been converted and packed: the mapping need not stay resident.
+  void release_scratch(bool keep_file_pages = false) {
+    scratch_.clear();
+    if (!keep_file_pages)
+      for (const Tensor& t : fetched_) drop_file_pages(t.data, t.nbytes());
+    fetched_.clear();
+  }
 
  private:
   const SafetensorsCheckpoint* ckpt_;
   uint64_t state_;
   std::vector<Buffer> scratch_;
+  std::vector<Tensor> fetched_;
 };
 
 constexpr float kRandom = std::numeric_limits<float>::quiet_NaN();
@@ -139,7 +149,7 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
       w.embed_table = Tensor{w.embed_owned.data(), dtype, {c.vocab_size, H}};
     }
     w.total_bytes += e.numel() * dtype_size(dtype);
-    src.release_scratch();
+    src.release_scratch(/*keep_file_pages=*/w.embed_owned.size() == 0);
   }
   return w;
 }

@@ -106,6 +106,21 @@ int32_t Sampler::sample(float* logits, Request& r) const {
   }
   // Candidates with their unnormalized probabilities.
   std::vector<std::pair<float, int32_t>> cand;
+  if (cutoff == kNegInf && p.top_p >= 1.0) {
+    // Plain temperature sampling: draw straight from the whole vocabulary.
+    exp_shifted(logits, vocab_, mx);
+    double sum = 0;
+    for (int64_t i = 0; i < vocab_; ++i) sum += logits[i];
+    double u = std::generate_canonical<double, 53>(r.rng) * sum;
+    int32_t last = 0;
+    for (int64_t i = 0; i < vocab_; ++i) {
+      if (logits[i] <= 0) continue;
+      last = static_cast<int32_t>(i);
+      u -= logits[i];
+      if (u < 0) return last;
+    }
+    return last;
+  }
   if (cutoff == kNegInf) {
     exp_shifted(logits, vocab_, mx);
     cand.reserve(static_cast<size_t>(vocab_));

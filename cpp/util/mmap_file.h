@@ -6,6 +6,10 @@
 
 namespace cserve {
 
+// Tells the kernel the pages inside [p, p + n) of a read-only file mapping are not
+// needed now: they stop counting as resident and are read again if touched.
+void drop_file_pages(const void* p, size_t n);
+
 class MmapFile {
  public:
   explicit MmapFile(const std::string& path);
