@@ -37,7 +37,8 @@ CSERVE_VECTOR_CLONES void exp_shifted(float* x, int64_t n, float shift) {
     float v = x[i] - shift;
     const bool negligible = v < -87.0f;
     v = negligible ? -87.0f : v;
-    const float k = __builtin_roundf(v * 1.44269504088896341f);
+    // Round to nearest by the 1.5 * 2^23 trick (vectorizes, unlike roundf).
+    const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     const float r = v - k * 0.693359375f + k * 2.12194440e-4f;
     float poly = 1.9875691500e-4f;
     poly = poly * r + 1.3981999507e-3f;

@@ -71,8 +71,8 @@ const RowOps& row_ops() {
   switch (cpu_isa()) {
     case Isa::Scalar: return kRowOpsScalar;
     case Isa::Avx2: return kRowOpsAvx2;
-    case Isa::Avx512:
-    case Isa::Avx512Bf16: return kRowOpsAvx512;
+    case Isa::Avx512: return kRowOpsAvx512;
+    case Isa::Avx512Bf16: return kRowOpsAvx512Bf16;
   }
   return kRowOpsScalar;
 }

@@ -33,6 +33,7 @@ struct RowOps {
 extern const RowOps kRowOpsScalar;
 extern const RowOps kRowOpsAvx2;
 extern const RowOps kRowOpsAvx512;
+extern const RowOps kRowOpsAvx512Bf16;  // AVX512 plus bf16 dot products in attention
 
 // The table for cpu_isa().
 const RowOps& row_ops();

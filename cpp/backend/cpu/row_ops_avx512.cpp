@@ -135,6 +135,41 @@ void qk_kv(const float* q, const void* k, DType t, int64_t nk, int64_t dim, floa
   }
 }
 
+// qk_kv for bf16 K on CPUs with AVX512_BF16: q rounded to bf16 once per call and
+// vdpbf16ps against the K rows as stored (two multiply-adds per instruction lane, no
+// conversion), as vLLM's CPU attention computes in bf16.
+void qk_kv_dp(const float* q, const void* k, DType t, int64_t nk, int64_t dim, float* s) {
+  if (t != DType::BF16 || dim > 256) {
+    qk_kv(q, k, t, nk, dim, s);
+    return;
+  }
+  const int64_t nvec = (dim + 31) / 32;
+  __m512i qb[8];
+  __mmask32 km[8];
+  for (int64_t v = 0; v < nvec; ++v) {
+    const int64_t d = v * 32, left = dim - d;
+    const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(left), q + d);
+    const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(left > 16 ? left - 16 : 0), q + d + 16);
+    qb[v] = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+    km[v] = left >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << left) - 1u);
+  }
+  const uint16_t* kb = static_cast<const uint16_t*>(k);
+  for (int64_t j0 = 0; j0 < nk; j0 += 16) {
+    const int64_t cnt = std::min<int64_t>(16, nk - j0);
+    __m512 acc[16];
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t v = 0; v < nvec; ++v) {
+      for (int j = 0; j < 16; ++j) {
+        if (j < cnt) {
+          const __m512i kv = _mm512_maskz_loadu_epi16(km[v], kb + (j0 + j) * dim + v * 32);
+          acc[j] = _mm512_dpbf16_ps(acc[j], reinterpret_cast<__m512bh>(qb[v]), reinterpret_cast<__m512bh>(kv));
+        }
+      }
+    }
+    _mm512_mask_storeu_ps(s + j0, tail_mask(cnt), transpose_sum16(acc));
+  }
+}
+
 // As pv, with V rows of type t converted in registers.
 void pv_kv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, DType t,
            int64_t nk, int64_t dim) {
@@ -208,5 +243,6 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 }  // namespace
 
 const RowOps kRowOpsAvx512 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul, qk_kv, pv_kv};
+const RowOps kRowOpsAvx512Bf16 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul, qk_kv_dp, pv_kv};
 
 }  // namespace cserve::cpu::detail
