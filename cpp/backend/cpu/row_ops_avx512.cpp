@@ -170,30 +170,35 @@ void qk_kv_dp(const float* q, const void* k, DType t, int64_t nk, int64_t dim, f
   }
 }
 
-// As pv, with V rows of type t converted in registers.
+// As pv, with V rows of type t converted in registers. Each converted V slice is used by
+// up to four query rows (a GQA group shares its K/V), so it is converted once for them.
 void pv_kv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, DType t,
            int64_t nk, int64_t dim) {
-  for (int64_t i = 0; i < rows; ++i) {
-    float* a = acc + i * ld_acc;
-    const float* pi = p + i * ld_p;
+  constexpr int kRows = 4;
+  for (int64_t i0 = 0; i0 < rows; i0 += kRows) {
+    const int nr = static_cast<int>(std::min<int64_t>(kRows, rows - i0));
     for (int64_t d0 = 0; d0 < dim; d0 += 64) {
-      const __mmask16 m0 = tail_mask(dim - d0), m1 = tail_mask(dim - d0 - 16 < 0 ? 0 : dim - d0 - 16),
-                      m2 = tail_mask(dim - d0 - 32 < 0 ? 0 : dim - d0 - 32),
-                      m3 = tail_mask(dim - d0 - 48 < 0 ? 0 : dim - d0 - 48);
-      __m512 a0 = _mm512_maskz_loadu_ps(m0, a + d0), a1 = _mm512_maskz_loadu_ps(m1, a + d0 + 16),
-             a2 = _mm512_maskz_loadu_ps(m2, a + d0 + 32), a3 = _mm512_maskz_loadu_ps(m3, a + d0 + 48);
-      for (int64_t j = 0; j < nk; ++j) {
-        const __m512 pj = _mm512_set1_ps(pi[j]);
-        const int64_t base = j * dim + d0;
-        a0 = _mm512_fmadd_ps(pj, load_as_f32(v, t, base, m0), a0);
-        a1 = _mm512_fmadd_ps(pj, load_as_f32(v, t, base + 16, m1), a1);
-        a2 = _mm512_fmadd_ps(pj, load_as_f32(v, t, base + 32, m2), a2);
-        a3 = _mm512_fmadd_ps(pj, load_as_f32(v, t, base + 48, m3), a3);
+      __mmask16 m[4];
+      for (int c = 0; c < 4; ++c) {
+        const int64_t left = dim - d0 - 16 * c;
+        m[c] = tail_mask(left < 0 ? 0 : left);
       }
-      _mm512_mask_storeu_ps(a + d0, m0, a0);
-      _mm512_mask_storeu_ps(a + d0 + 16, m1, a1);
-      _mm512_mask_storeu_ps(a + d0 + 32, m2, a2);
-      _mm512_mask_storeu_ps(a + d0 + 48, m3, a3);
+      __m512 a[kRows][4];
+      for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < 4; ++c)
+          a[r][c] = r < nr ? _mm512_maskz_loadu_ps(m[c], acc + (i0 + r) * ld_acc + d0 + 16 * c) : _mm512_setzero_ps();
+      for (int64_t j = 0; j < nk; ++j) {
+        const int64_t base = j * dim + d0;
+        __m512 vv[4];
+        for (int c = 0; c < 4; ++c) vv[c] = load_as_f32(v, t, base + 16 * c, m[c]);
+        for (int r = 0; r < kRows; ++r) {
+          if (r >= nr) break;
+          const __m512 pj = _mm512_set1_ps(p[(i0 + r) * ld_p + j]);
+          for (int c = 0; c < 4; ++c) a[r][c] = _mm512_fmadd_ps(pj, vv[c], a[r][c]);
+        }
+      }
+      for (int r = 0; r < nr; ++r)
+        for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(acc + (i0 + r) * ld_acc + d0 + 16 * c, m[c], a[r][c]);
     }
   }
 }
