@@ -89,6 +89,24 @@ void validate(const AttentionMetadata& meta, const Shape& s, const KVLayer& cach
   }
 }
 
+// Asks for the K and V rows of keys [p_lo, p_hi) of a unit's sequence and kv head: blocks
+// are scattered, so the hardware prefetcher cannot guess them.
+void prefetch_keys(const KVLayer& cache, const AttentionMetadata& meta, const Shape& s, const Unit& u,
+                   int64_t p_lo, int64_t p_hi) {
+  const int64_t bs = s.block_size, dim = s.dim;
+  const int64_t ek = static_cast<int64_t>(dtype_size(cache.k.dtype)), ev = static_cast<int64_t>(dtype_size(cache.v.dtype));
+  const int32_t* table = meta.block_tables.data() + static_cast<int64_t>(u.seq) * meta.max_blocks_per_seq;
+  for (int64_t p = p_lo; p < p_hi;) {
+    const int64_t b = p / bs, end = std::min(p_hi, (b + 1) * bs);
+    const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + (p - b * bs);
+    const char* kp = static_cast<const char*>(cache.k.data) + row0 * dim * ek;
+    const char* vp = static_cast<const char*>(cache.v.data) + row0 * dim * ev;
+    for (int64_t off = 0; off < (end - p) * dim * ek; off += 64) _mm_prefetch(kp + off, _MM_HINT_T0);
+    for (int64_t off = 0; off < (end - p) * dim * ev; off += 64) _mm_prefetch(vp + off, _MM_HINT_T1);
+    p = end;
+  }
+}
+
 // Key positions a token at `pos` attends to: [lo, hi).
 inline void key_range(int64_t pos, int64_t window, int64_t& lo, int64_t& hi) {
   hi = pos + 1;
@@ -145,24 +163,12 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
       p = end;
     }
   };
-  // Asks for the next chunk's K and V rows while this one is computed: blocks are
-  // scattered, so the hardware prefetcher cannot guess them.
-  auto prefetch = [&](int64_t c_lo, int64_t c_hi) {
-    for (int64_t p = c_lo; p < c_hi;) {
-      const int64_t b = p / bs, end = std::min(c_hi, (b + 1) * bs);
-      const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + (p - b * bs);
-      const char* kp = static_cast<const char*>(cache.k.data) + row0 * dim * ek;
-      const char* vp = static_cast<const char*>(cache.v.data) + row0 * dim * ev;
-      for (int64_t off = 0; off < (end - p) * dim * static_cast<int64_t>(ek); off += 64) _mm_prefetch(kp + off, _MM_HINT_T0);
-      for (int64_t off = 0; off < (end - p) * dim * static_cast<int64_t>(ev); off += 64) _mm_prefetch(vp + off, _MM_HINT_T1);
-      p = end;
-    }
-  };
   for (int64_t c_lo = part_lo; c_lo < part_hi;) {
     const int64_t c_hi = std::min(part_hi, (c_lo / bs + blocks_per_chunk) * bs);
     const int64_t nk = c_hi - c_lo;
-    if (c_hi < part_hi) prefetch(c_hi, std::min(part_hi, (c_hi / bs + blocks_per_chunk) * bs));
-    else if (c_lo == part_lo) prefetch(c_lo, c_hi);
+    // The next chunk's rows arrive while this one is computed (the first chunk was asked
+    // for by the worker before it started this unit).
+    if (c_hi < part_hi) prefetch_keys(cache, meta, s, u, c_hi, std::min(part_hi, (c_hi / bs + blocks_per_chunk) * bs));
     // Scores for keys [a, b) of the chunk against query row r: from the f32 copy,
     // or straight from the cache's blocks where the ISA converts in registers.
     const bool direct = ops.qk_kv != nullptr && ops.pv_kv != nullptr;
@@ -320,12 +326,29 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
   auto worker = [&](int) {
     thread_local std::vector<float> own;  // this thread's partial state when parts == 1
     if (parts == 1 && own.size() < per_partial) own.resize(per_partial);
-    for (int64_t task = next.fetch_add(1); task < num_tasks; task = next.fetch_add(1)) {
+    auto part_bounds = [&](int64_t task, int64_t& plo, int64_t& phi) {
+      int64_t lo, hi;
+      key_bounds(units[task / parts], lo, hi);
+      const int64_t part = task % parts;
+      plo = lo + (hi - lo) * part / parts;
+      phi = lo + (hi - lo) * (part + 1) / parts;
+    };
+    auto prefetch_first_chunk = [&](int64_t task) {
+      if (task >= num_tasks) return;
+      int64_t plo, phi;
+      part_bounds(task, plo, phi);
+      prefetch_keys(cache, meta, s, units[task / parts], plo, std::min(phi, plo + 128));
+    };
+    int64_t task = next.fetch_add(1);
+    prefetch_first_chunk(task);
+    for (; task < num_tasks;) {
+      // Tasks are taken in turn, so this thread most likely gets task + threads next:
+      // its first keys load while this one computes.
+      prefetch_first_chunk(task + threads);
       const int64_t ui = task / parts, part = task % parts;
       const Unit& u = units[ui];
-      int64_t lo, hi;
-      key_bounds(u, lo, hi);
-      const int64_t plo = lo + (hi - lo) * part / parts, phi = lo + (hi - lo) * (part + 1) / parts;
+      int64_t plo, phi;
+      part_bounds(task, plo, phi);
       if (parts == 1) {
         const Partial p = partial_in(own.data());
         run_unit(u, plo, phi, q, cache, meta, s, ops, p);
@@ -333,6 +356,7 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
       } else {
         run_unit(u, plo, phi, q, cache, meta, s, ops, partial_at(ui, part));
       }
+      task = next.fetch_add(1);
     }
   };
   if (num_tasks == 1) {
