@@ -271,3 +271,18 @@ def test_priority_preemption_of_a_scheduled_chunk_keeps_outputs_right(built):
     assert eng.stats().num_preemptions == 1
     completion = CompletionOutput(index=0, text="", token_ids=toks, cumulative_logprob=None, logprobs=entries)
     check_greedy(completion, prompt, built.logprobs(prompt + toks))
+
+
+def test_common_vllm_keywords_are_accepted_or_refused_clearly(tiny_model_dir):
+    from cserve import LLM, SamplingParams
+
+    llm = LLM(tiny_model_dir, dtype="float32", trust_remote_code=True, enforce_eager=True,
+              tensor_parallel_size=1, device="cpu", disable_log_stats=True, quantization=None)
+    out = llm.generate({"prompt_token_ids": [1, 2, 3]}, SamplingParams(temperature=0, max_tokens=2))
+    assert len(out[0].outputs[0].token_ids) == 2
+    with pytest.raises(NotImplementedError, match="tensor_parallel_size=2 is not supported yet"):
+        LLM(tiny_model_dir, tensor_parallel_size=2)
+    with pytest.raises(NotImplementedError, match="quantization='awq'"):
+        LLM(tiny_model_dir, quantization="awq")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'"):
+        LLM(tiny_model_dir, no_such_option=1)

@@ -22,9 +22,31 @@ _ENGINE_FIELDS = {
 }
 
 
+# vLLM keywords whose default (or any value) needs nothing from the CPU engine:
+# cserve never runs model code from the checkpoint, and the CPU backend is always eager.
+_ACCEPTED_AS_IS = {"trust_remote_code", "enforce_eager", "disable_log_stats", "swap_space", "tokenizer_mode",
+                   "disable_custom_all_reduce", "cpu_offload_gb"}
+# vLLM keywords that cserve supports only at their default value so far.
+_ONLY_DEFAULT = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "data_parallel_size": 1,
+                 "quantization": None, "device": "auto", "revision": None, "tokenizer_revision": None}
+
+
+def _check_unsupported(options: dict[str, Any]) -> None:
+    for name in list(options):
+        if name in _ACCEPTED_AS_IS:
+            options.pop(name)
+        elif name in _ONLY_DEFAULT:
+            value = options.pop(name)
+            default = _ONLY_DEFAULT[name]
+            if value != default and not (name == "device" and value == "cpu"):
+                raise NotImplementedError(f"{name}={value!r} is not supported yet")
+
+
 def _engine_config(model: str, options: dict[str, Any]) -> _core.EngineConfig:
     config = _core.EngineConfig()
     config.model = str(model)
+    options = dict(options)
+    _check_unsupported(options)
     for name, value in options.items():
         if name not in _ENGINE_FIELDS:
             raise TypeError(f"LLM() got an unexpected keyword argument '{name}'")
