@@ -94,17 +94,20 @@ SchedulerOutput Scheduler::schedule() {
     return std::min(num_new, budget);
   };
 
-  // Running requests first, in order.
-  for (size_t i = 0; i < running_.size() && budget > 0;) {
-    Request* r = running_[i];
+  // Running requests first, in order (over a snapshot: preemption removes entries).
+  const std::vector<Request*> running_before = running_;
+  for (Request* r : running_before) {
+    if (budget <= 0) break;
+    if (r->status != RequestStatus::Running) continue;  // preempted earlier in this step
     int64_t num_new = cap(*r, r->num_tokens() - r->num_computed_tokens);
-    if (num_new <= 0) { ++i; continue; }
+    if (num_new <= 0) continue;
     bool scheduled = false;
     while (true) {
       if (kv_.allocate_slots(*r, num_new, {})) { scheduled = true; break; }
       if (running_.size() == 1) {
         // Alone and still short of blocks: it can never fit, so end it instead of preempting forever.
         r->finish_reason = FinishReason::Length;
+        r->status = RequestStatus::Finished;
         out_of_blocks_.push_back(r);
         running_.erase(running_.begin());
         break;
@@ -122,7 +125,7 @@ SchedulerOutput Scheduler::schedule() {
       preempted = true;
       if (victim == r) break;
     }
-    if (!scheduled) continue;  // r itself was preempted; running_[i] is now the next one
+    if (!scheduled) continue;  // r itself was preempted or ended
     if (is_partial_after(*r, num_new)) {
       ++num_partial;
       if (is_long(*r)) ++num_long_partial;
@@ -131,7 +134,6 @@ SchedulerOutput Scheduler::schedule() {
                              &kv_.block_ids(r->id)});
     out.num_scheduled_tokens += num_new;
     budget -= num_new;
-    ++i;
   }
 
   // Then waiting ones, unless this step had to preempt.

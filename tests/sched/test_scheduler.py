@@ -382,3 +382,46 @@ def test_preempting_a_scheduled_request_does_not_cache_uncomputed_blocks():
     # A was computed up to 16 before it was preempted: resuming later than 16 reuses uncomputed KV.
     resumed = [start for i, start in starts if i >= 2]
     assert resumed and resumed[0] <= 16, f"A resumed at token {resumed[0]}"
+
+
+@pytest.mark.parametrize("priority_policy", [False, True], ids=["fcfs", "priority"])
+@pytest.mark.parametrize("seed", range(12))
+def test_random_workloads_keep_the_invariants(seed, priority_policy):
+    """Random prompts, priorities, n and arrival times on a tight cache: every step respects the
+    budgets, every request ends with its max_tokens (or length when it cannot fit), no block leaks."""
+    import random
+
+    rng = random.Random(seed)
+    block_size, num_blocks = 4, rng.randrange(6, 20)
+    c = config(max_num_seqs=rng.randrange(1, 6), max_num_batched_tokens=rng.randrange(4, 40),
+               max_model_len=200, priority_policy=priority_policy,
+               long_prefill_token_threshold=rng.choice([0, 4, 9]))
+    h = SchedulerHarness(c, num_blocks, block_size, enable_prefix_caching=rng.random() < 0.7)
+    want = {}
+    pending = []
+    for i in range(rng.randrange(3, 9)):
+        prompt = [rng.randrange(1, 50) for _ in range(rng.randrange(1, 3 * block_size * 2))]
+        n = rng.choice([1, 1, 2, 3])
+        max_tokens = rng.randrange(1, 12)
+        pending.append((rng.randrange(0, 6), f"r{i}", prompt, params(max_tokens, n=n), rng.randrange(-2, 3)))
+        want[f"r{i}"] = (n, max_tokens)
+    pending.sort(key=lambda x: x[0])
+    finished = {}
+    for step_no in range(2000):
+        while pending and pending[0][0] <= step_no:
+            _, rid, prompt, p, prio = pending.pop(0)
+            h.add_request(rid, prompt, p, prio)
+        if not pending and not h.has_unfinished():
+            break
+        sched, outs = step(h)
+        assert sum(num for _, _, num, _, _ in sched) <= c.max_num_batched_tokens
+        assert len(sched) <= c.max_num_seqs
+        assert len({rid for rid, *_ in sched}) == len(sched)
+        for o in outs:
+            if o.finished:
+                finished[(o.request_id, o.index)] = o.finish_reason
+    assert not pending and not h.has_unfinished()
+    for rid, (n, max_tokens) in want.items():
+        for i in range(n):
+            assert finished[(rid, i)] == "length"
+    assert h.num_free_blocks == num_blocks
