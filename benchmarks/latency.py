@@ -40,7 +40,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 def _timed(llm, prompts, params) -> float:
     start = time.perf_counter()
-    llm.generate(prompts, params)
+    llm.generate(prompts, params, use_tqdm=False)
     return time.perf_counter() - start
 
 

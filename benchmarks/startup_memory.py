@@ -22,7 +22,7 @@ def main() -> None:
     ready = time.perf_counter() - start
     rng = random.Random(0)
     prompts = [{"prompt_token_ids": [rng.randrange(1000, 40000) for _ in range(100)]} for _ in range(16)]
-    llm.generate(prompts, SamplingParams(max_tokens=64, ignore_eos=True))
+    llm.generate(prompts, SamplingParams(max_tokens=64, ignore_eos=True), use_tqdm=False)
     print(f"LLM(...) ready in {ready:.2f} s (import, load, KV cache, warm-up)")
 
 

@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     if not args.no_warmup:  # touch the KV pages and kernel code paths once, untimed
         warm = bench_common.random_prompts(min(args.num_prompts, args.max_num_seqs), args.input_len, vocab,
                                            args.seed + 1)
-        llm.generate(warm, SamplingParams(max_tokens=4, ignore_eos=True))
+        llm.generate(warm, SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
 
     bw_before = bench_common.bandwidth_probe(args.num_threads)
     contention = bench_common.Contention()
@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     for it in range(args.num_iters):
         prompts = bench_common.random_prompts(args.num_prompts, args.input_len, vocab, args.seed + 100 + it)
         start = time.perf_counter()
-        outputs = llm.generate(prompts, params)
+        outputs = llm.generate(prompts, params, use_tqdm=False)
         elapsed.append(time.perf_counter() - start)
         num_out = sum(len(o.outputs[0].token_ids) for o in outputs)
         if num_out != args.num_prompts * args.output_len:
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
         for it in range(args.num_iters):
             prompts = bench_common.random_prompts(args.num_prompts, args.input_len, vocab, args.seed + 200 + it)
             start = time.perf_counter()
-            llm.generate(prompts, one)
+            llm.generate(prompts, one, use_tqdm=False)
             prefill_t.append(time.perf_counter() - start)
         prefill = sum(prefill_t) / len(prefill_t)
         decode = mean_t - prefill

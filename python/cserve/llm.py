@@ -83,7 +83,7 @@ class LLM:
         self,
         prompts: Union[PromptType, Sequence[PromptType]],
         sampling_params: Optional[Union[SamplingParams, Sequence[SamplingParams]]] = None,
-        use_tqdm: bool = False,
+        use_tqdm: bool = True,
         priority: Optional[list[int]] = None,
     ) -> list[RequestOutput]:
         if isinstance(prompts, (str, dict)):
@@ -105,13 +105,18 @@ class LLM:
                 self.engine.add_request(rid, token_ids, core, priority[i] if priority else 0)
                 requests[rid] = _PendingRequest(rid, text, token_ids, sp)
                 order.append(rid)
+            progress = _progress_bar(len(order)) if use_tqdm else None
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
                     pending = requests[out.request_id]
                     pending.consume(out, self._tokenizer)
+                    if progress is not None and out.finished and pending.done():
+                        progress.update(1)
                     if pending.stop_hit and not pending.aborted:
                         pending.aborted = True
                         self.engine.abort(out.request_id)
+            if progress is not None:
+                progress.close()
         except BaseException:
             for rid in order:
                 self.engine.abort(rid)
@@ -137,6 +142,15 @@ class LLM:
     # vLLM users call these too.
     def reset_prefix_cache(self) -> bool:
         return self.engine.reset_prefix_cache()
+
+
+def _progress_bar(total: int):
+    """A tqdm bar over finished prompts, as vLLM shows; None when tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="Processed prompts", dynamic_ncols=True)
 
 
 def _load_tokenizer(path: str):
