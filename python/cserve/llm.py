@@ -110,7 +110,8 @@ class LLM:
                 for out in self.engine.step():
                     pending = requests[out.request_id]
                     pending.consume(out, self._tokenizer)
-                    if progress is not None and out.finished and pending.done():
+                    if progress is not None and pending.done() and not pending.counted:
+                        pending.counted = True
                         progress.update(1)
                     if pending.stop_hit and not pending.aborted:
                         pending.aborted = True
@@ -201,6 +202,7 @@ class _PendingRequest:
         self.num_cached_tokens = 0
         self.stop_hit = False
         self.aborted = False
+        self.counted = False  # shown as processed in the progress bar
 
     def done(self) -> bool:
         return all(c.finish_reason is not None for c in self.completions.values())
