@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/tensor.h"
+
 namespace cserve {
 
 struct AttentionMetadata {
@@ -21,6 +23,12 @@ struct AttentionMetadata {
   std::vector<int64_t> slot_mapping;
   // Per token: its position in its sequence.
   std::vector<int32_t> positions;
+};
+
+// One layer's paged KV cache: k and v of [num_blocks][num_kv_heads][block_size][head_dim],
+// dtype f32, f16 or bf16.
+struct KVCacheLayer {
+  Tensor k, v;
 };
 
 }  // namespace cserve

@@ -24,11 +24,6 @@ class LinearWeight {
   virtual size_t bytes() const = 0;
 };
 
-// One layer's paged KV cache: k and v of [num_blocks][num_kv_heads][block_size][head_dim].
-struct KVCacheLayer {
-  Tensor k, v;
-};
-
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -24,8 +24,6 @@ class CpuLinear : public LinearWeight {
 
 const cpu::PackedMatrix& packed(const LinearWeight& w) { return static_cast<const CpuLinear&>(w).matrix(); }
 
-cpu::KVLayer as_kv(const KVCacheLayer& c) { return cpu::KVLayer{c.k, c.v}; }
-
 class CpuBackend : public Backend {
  public:
   explicit CpuBackend(int num_threads) : pool_(num_threads) {}
@@ -60,17 +58,15 @@ class CpuBackend : public Backend {
   }
   void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
                 KVCacheLayer& cache) override {
-    cpu::KVLayer c = as_kv(cache);
-    cpu::write_kv(k.as<float>(), v.as<float>(), tokens, ld, slots, c);
+    cpu::write_kv(k.as<float>(), v.as<float>(), tokens, ld, slots, cache);
   }
   void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
                  const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) override {
-    cpu::paged_attention(q.as<float>(), ldq, num_heads, as_kv(cache), meta, scale, sliding_window,
+    cpu::paged_attention(q.as<float>(), ldq, num_heads, cache, meta, scale, sliding_window,
                          out.as<float>(), pool_);
   }
   void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) override {
-    cpu::KVLayer c = as_kv(cache);
-    cpu::copy_blocks(c, pairs);
+    cpu::copy_blocks(cache, pairs);
   }
 
  private:

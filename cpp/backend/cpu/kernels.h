@@ -65,11 +65,8 @@ void silu_mul(const float* gu, int64_t tokens, int64_t inter, float* out, Thread
 void rope(float* x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld,
           const float* cos, const float* sin, int64_t rotary_dim);
 
-// One layer's KV cache: k and v are [num_blocks][num_kv_heads][block_size][head_dim]
-// of dtype f32, f16 or bf16.
-struct KVLayer {
-  Tensor k, v;
-};
+// One layer's KV cache (see attention_metadata.h).
+using KVLayer = KVCacheLayer;
 
 // Writes k[t], v[t] ([tokens][num_kv_heads][head_dim] rows with token stride ld) into
 // slot_mapping[t] = block * block_size + offset.
