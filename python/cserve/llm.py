@@ -73,7 +73,8 @@ class LLM:
         config.num_threads = num_threads
         self.engine = _core.Engine(config)
         self.model_info = self.engine.model_info()
-        self._tokenizer = None if skip_tokenizer_init else _load_tokenizer(tokenizer or model)
+        self._tokenizer_dir = tokenizer or model
+        self._tokenizer = None if skip_tokenizer_init else _load_tokenizer(self._tokenizer_dir)
         self._ids = itertools.count()
 
     def get_tokenizer(self):
@@ -125,6 +126,34 @@ class LLM:
                 self.engine.step()
             raise
         return [requests[rid].result(self._tokenizer) for rid in order]
+
+    def chat(
+        self,
+        messages: Union[list[dict], list[list[dict]]],
+        sampling_params: Optional[Union[SamplingParams, Sequence[SamplingParams]]] = None,
+        use_tqdm: bool = True,
+        chat_template: Optional[str] = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: Optional[dict[str, Any]] = None,
+    ) -> list[RequestOutput]:
+        """Generates replies to one conversation or a list of them, rendered with the model's
+        chat template (or `chat_template`: a file or the template text), as vLLM's LLM.chat."""
+        from cserve.tokenizer import load_chat_template
+
+        if self._tokenizer is None:
+            raise ValueError("LLM.chat needs a tokenizer (tokenizer.json in the model directory)")
+        template = load_chat_template(self._tokenizer_dir, chat_template)
+        if template is None:
+            raise ValueError("the model has no chat template: pass chat_template=")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = []
+        for conversation in conversations:
+            text = template.render(list(conversation), add_generation_prompt=add_generation_prompt,
+                                   continue_final_message=continue_final_message, **(chat_template_kwargs or {}))
+            ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+            prompts.append({"prompt": text, "prompt_token_ids": ids})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def _tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
         if isinstance(prompt, dict):
