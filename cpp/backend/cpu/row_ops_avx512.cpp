@@ -74,51 +74,8 @@ inline __m512 transpose_sum16(__m512 (&a)[16]) {
                        _mm512_shuffle_f32x4(d0, d1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-// Sixteen (or fewer) dot products at a time, reduced together.
-void qk(const float* q, const float* k, int64_t nk, int64_t dim, float* s) {
-  for (int64_t j0 = 0; j0 < nk; j0 += 16) {
-    const int64_t cnt = std::min<int64_t>(16, nk - j0);
-    __m512 acc[16];
-    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < dim; d += 16) {
-      const __mmask16 m = tail_mask(dim - d);
-      const __m512 qv = _mm512_maskz_loadu_ps(m, q + d);
-      for (int j = 0; j < 16; ++j) {
-        if (j < cnt) acc[j] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k + (j0 + j) * dim + d), acc[j]);
-      }
-    }
-    _mm512_mask_storeu_ps(s + j0, tail_mask(cnt), transpose_sum16(acc));
-  }
-}
-
-void pv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v,
-        int64_t nk, int64_t dim) {
-  for (int64_t i = 0; i < rows; ++i) {
-    float* a = acc + i * ld_acc;
-    const float* pi = p + i * ld_p;
-    for (int64_t d0 = 0; d0 < dim; d0 += 64) {
-      const __mmask16 m0 = tail_mask(dim - d0), m1 = tail_mask(dim - d0 - 16 < 0 ? 0 : dim - d0 - 16),
-                      m2 = tail_mask(dim - d0 - 32 < 0 ? 0 : dim - d0 - 32),
-                      m3 = tail_mask(dim - d0 - 48 < 0 ? 0 : dim - d0 - 48);
-      __m512 a0 = _mm512_maskz_loadu_ps(m0, a + d0), a1 = _mm512_maskz_loadu_ps(m1, a + d0 + 16),
-             a2 = _mm512_maskz_loadu_ps(m2, a + d0 + 32), a3 = _mm512_maskz_loadu_ps(m3, a + d0 + 48);
-      for (int64_t j = 0; j < nk; ++j) {
-        const __m512 pj = _mm512_set1_ps(pi[j]);
-        const float* vj = v + j * dim + d0;
-        a0 = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m0, vj), a0);
-        a1 = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m1, vj + 16), a1);
-        a2 = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m2, vj + 32), a2);
-        a3 = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m3, vj + 48), a3);
-      }
-      _mm512_mask_storeu_ps(a + d0, m0, a0);
-      _mm512_mask_storeu_ps(a + d0 + 16, m1, a1);
-      _mm512_mask_storeu_ps(a + d0 + 32, m2, a2);
-      _mm512_mask_storeu_ps(a + d0 + 48, m3, a3);
-    }
-  }
-}
-
-// As qk, with K rows of type t converted in registers.
+// Sixteen (or fewer) dot products at a time, reduced together; K rows of type t are
+// converted in registers.
 void qk_kv(const float* q, const void* k, DType t, int64_t nk, int64_t dim, float* s) {
   for (int64_t j0 = 0; j0 < nk; j0 += 16) {
     const int64_t cnt = std::min<int64_t>(16, nk - j0);
@@ -170,7 +127,7 @@ void qk_kv_dp(const float* q, const void* k, DType t, int64_t nk, int64_t dim, f
   }
 }
 
-// As pv, with V rows of type t converted in registers. Each converted V slice is used by
+// acc[i] += p[i] . V over nk keys, with V rows of type t converted in registers. Each V slice is used by
 // up to four query rows (a GQA group shares its K/V), so it is converted once for them.
 void pv_kv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, DType t,
            int64_t nk, int64_t dim) {
@@ -201,6 +158,13 @@ void pv_kv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_
         for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(acc + (i0 + r) * ld_acc + d0 + 16 * c, m[c], a[r][c]);
     }
   }
+}
+
+void qk(const float* q, const float* k, int64_t nk, int64_t dim, float* s) { qk_kv(q, k, DType::F32, nk, dim, s); }
+
+void pv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v, int64_t nk,
+        int64_t dim) {
+  pv_kv(acc, rows, ld_acc, p, ld_p, v, DType::F32, nk, dim);
 }
 
 float exp_shift_sum(float* x, int64_t n, float shift) {
