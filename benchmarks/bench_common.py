@@ -71,6 +71,16 @@ def make_llm(args: argparse.Namespace, model_dir: str):
     return LLM(model_dir, num_threads=args.num_threads, **options)
 
 
+def start_engine(args: argparse.Namespace):
+    """Resolves --model, loads it with the engine flags, and prints the machine and engine lines
+    every benchmark report starts with. Returns (llm, model_dir)."""
+    model_dir = resolve_model(args.model)
+    llm = make_llm(args, model_dir)
+    print(f"machine: {machine_line()}")
+    print(f"engine: {engine_line(llm)}")
+    return llm, model_dir
+
+
 def random_prompts(num_prompts: int, input_len: int, vocab_size: int, seed: int) -> list[dict]:
     """Token-id prompts drawn uniformly, skipping the low ids where special tokens live."""
     import numpy as np

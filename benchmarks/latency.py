@@ -48,10 +48,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from cserve import SamplingParams
 
-    model_dir = bench_common.resolve_model(args.model)
-    llm = bench_common.make_llm(args, model_dir)
-    print(f"machine: {bench_common.machine_line()}")
-    print(f"engine: {bench_common.engine_line(llm)}")
+    llm, model_dir = bench_common.start_engine(args)
     vocab = llm.model_info.vocab_size
     # Each iteration uses fresh random prompts, so the prefix cache (if enabled) never helps.
     prompt_sets = iter(

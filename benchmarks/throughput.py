@@ -47,10 +47,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from cserve import SamplingParams
 
-    model_dir = bench_common.resolve_model(args.model)
-    llm = bench_common.make_llm(args, model_dir)
-    print(f"machine: {bench_common.machine_line()}")
-    print(f"engine: {bench_common.engine_line(llm)}")
+    llm, model_dir = bench_common.start_engine(args)
     vocab = llm.model_info.vocab_size
     params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.output_len, ignore_eos=True, seed=args.seed)
 
