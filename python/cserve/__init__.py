@@ -1,12 +1,22 @@
 """cserve: an LLM inference server and library, a drop-in for vLLM."""
 
-from cserve.llm import LLM
-from cserve.outputs import CompletionOutput, Logprob, RequestOutput
-from cserve.sampling_params import SamplingParams
-
 __version__ = "0.1.0"
 
 __all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob", "cmake_prefix_path"]
+
+# Loaded on first use, so `cserve serve --help` and the CLI start without the C++ extension.
+_LAZY = {"LLM": "cserve.llm", "SamplingParams": "cserve.sampling_params", "RequestOutput": "cserve.outputs",
+         "CompletionOutput": "cserve.outputs", "Logprob": "cserve.outputs"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cserve' has no attribute {name!r}")
 
 
 def cmake_prefix_path() -> str:

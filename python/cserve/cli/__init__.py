@@ -1,0 +1,1 @@
+"""The `cserve` command line: `cserve serve` and the vLLM flag table."""

@@ -1,0 +1,73 @@
+"""The `cserve` command: `cserve serve MODEL [OPTIONS]` (the flags of `vllm serve`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import sys
+from typing import Optional
+
+USAGE = """usage: cserve <command> [options]
+
+commands:
+  serve MODEL [OPTIONS]   start the OpenAI-compatible server (the flags of `vllm serve`;
+                          `cserve serve --help` lists them)
+
+options:
+  -h, --help              show this help
+  -v, --version           show the version
+"""
+
+logger = logging.getLogger("cserve")
+
+
+def setup_logging(args) -> None:
+    if getattr(args, "log_config_file", None):
+        with open(args.log_config_file) as f:
+            logging.config.dictConfig(json.load(f))
+        return
+    # vLLM's line format: "INFO 11-28 18:00:00 [api_server.py:123] message".
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s",
+                        datefmt="%m-%d %H:%M:%S")
+
+
+def serve(argv: list[str]) -> int:
+    from cserve.cli.args import UnsupportedFlagError, no_effect_notes, parse_serve_args
+
+    try:
+        args = parse_serve_args(argv)
+    except (UnsupportedFlagError, ValueError) as e:
+        print(f"cserve serve: error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(args)
+    for note in no_effect_notes(args):
+        logger.info(note)
+    from cserve.entrypoints.openai.api_server import run_server
+
+    try:
+        run_server(args)
+    except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:
+        logger.error("%s", e)
+        return 1
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] in ("-v", "--version"):
+        from cserve import __version__
+
+        print(__version__)
+        return 0
+    if argv[0] == "serve":
+        return serve(argv[1:])
+    print(f"cserve: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr, end="")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""The OpenAI-compatible HTTP server: FastAPI on uvicorn (uvloop), one engine per process.
+
+build_state() loads the model; build_app() makes the FastAPI app; run_server() serves it on
+TCP, TLS or a Unix socket until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cserve.engine import EngineDeadError
+from cserve.entrypoints.openai.errors import APIError, error_body
+from cserve.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                                ModelCard, ModelList, TokenizeRequest, random_id)
+from cserve.entrypoints.openai.serving import ServerState
+
+logger = logging.getLogger("cserve.server")
+
+
+def _error(message: str, status: int, param: Optional[str] = None) -> JSONResponse:
+    return JSONResponse(error_body(message, status, param), status_code=status)
+
+
+def _watch_disconnect(request: Request) -> asyncio.Future:
+    """Completes when the client closes its connection (uvicorn sends http.disconnect)."""
+
+    async def wait() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    return asyncio.ensure_future(wait())
+
+
+async def _parse(request: Request, model: type) -> Any:
+    body = await request.body()
+    try:
+        data = json.loads(body) if body else {}
+    except json.JSONDecodeError as e:
+        raise APIError(f"The request body is not valid JSON: {e}", 400) from None
+    if not isinstance(data, dict):
+        raise APIError("The request body must be a JSON object.", 400)
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise APIError(f"{where}: {first.get('msg')}" if where else str(first.get("msg")), 400,
+                       where or None) from None
+    if parsed.model_extra:
+        logger.warning("The following fields were present in the request but ignored: %s", set(parsed.model_extra))
+    return parsed
+
+
+def _request_id(request: Request, prefix: str) -> str:
+    given = request.headers.get("x-request-id")
+    return f"{prefix}-{given}" if given else random_id(prefix)
+
+
+def _log_request(state: ServerState, request_id: str, prompt: Any, params: Any) -> None:
+    if not state.args.enable_log_requests:
+        return
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+    limit = state.args.max_log_len
+    if limit is not None:
+        text = text[:limit]
+    logger.info("Received request %s: prompt: %r, params: %s", request_id, text, params)
+
+
+class _ASGIGuards:
+    """Plain ASGI middleware: the h11 header-count limit (--h11-max-header-count), the API key on
+    /v1 routes, and the X-Request-Id response header."""
+
+    def __init__(self, app, state: ServerState, api_keys: list[str]) -> None:
+        self.app = app
+        self.state = state
+        self.tokens = {f"Bearer {k}".encode() for k in api_keys}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        args = self.state.args
+        headers = scope["headers"]
+        if args.h11_max_header_count and len(headers) > args.h11_max_header_count:
+            return await _send_error(send, f"Too many request headers (limit {args.h11_max_header_count}).", 431)
+        root = scope.get("root_path", "")
+        path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
+        if self.tokens and scope["method"] != "OPTIONS" and path.startswith("/v1"):
+            auth = dict(headers).get(b"authorization")
+            if auth not in self.tokens:
+                return await _send_error(send, "Unauthorized", 401)
+        if not args.enable_request_id_headers:
+            return await self.app(scope, receive, send)
+        rid = dict(headers).get(b"x-request-id") or random_id("req").encode()
+
+        async def send_with_id(message) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = list(message.get("headers", [])) + [(b"x-request-id", rid)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def _send_error(send, message: str, status: int) -> None:
+    body = json.dumps(error_body(message, status)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_app(state: ServerState, on_startup=None) -> FastAPI:
+    from cserve import __version__
+    from cserve.entrypoints.openai.serving_chat import create_chat_completion, render_request
+    from cserve.entrypoints.openai.serving_completion import create_completion
+
+    args = state.args
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.engine.start()
+        if on_startup is not None:
+            await on_startup()
+        try:
+            yield
+        finally:
+            state.draining = True
+            state.engine.stop()
+
+    docs = {} if not args.disable_fastapi_docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
+    app = FastAPI(lifespan=lifespan, root_path=args.root_path or "", title="cserve", version=__version__, **docs)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, e: APIError):
+        return _error(e.message, e.status, e.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, e: RequestValidationError):
+        return _error(str(e), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException):
+        return _error(str(e.detail), e.status_code)
+
+    @app.exception_handler(EngineDeadError)
+    async def engine_dead(_: Request, e: EngineDeadError):
+        return _error(str(e), 503)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, e: Exception):
+        if args.log_error_stack:
+            logger.exception("request failed")
+        else:
+            logger.error("request failed: %s: %s", type(e).__name__, e)
+        return _error(f"Internal server error: {type(e).__name__}", 500)
+
+    async def _respond(request: Request, create, parsed, request_id: str):
+        watcher = _watch_disconnect(request)
+        try:
+            result = await create(state, parsed, request_id, watcher)
+        except BaseException:
+            watcher.cancel()
+            raise
+        if result is None or isinstance(result, dict):
+            watcher.cancel()
+            if result is None:
+                return Response(status_code=499)  # the client is gone; nobody reads this
+            return JSONResponse(result)
+
+        async def body():
+            try:
+                async for item in result:
+                    yield item
+            finally:
+                watcher.cancel()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def _generate(request: Request, body_type: type, prefix: str, prompt_field: str, create):
+        parsed = await _parse(request, body_type)
+        rid = _request_id(request, prefix)
+        _log_request(state, rid, getattr(parsed, prompt_field),
+                     parsed.model_dump(exclude={prompt_field}, exclude_none=True))
+        return await _respond(request, create, parsed, rid)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _generate(request, CompletionRequest, "cmpl", "prompt", create_completion)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _generate(request, ChatCompletionRequest, "chatcmpl", "messages", create_chat_completion)
+
+    @app.get("/v1/models")
+    async def models():
+        cards = [ModelCard(id=name, root=state.model_path, max_model_len=state.max_model_len)
+                 for name in state.served_names]
+        return JSONResponse(ModelList(data=cards).model_dump(mode="json"))
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        state.check_model(name)
+        return JSONResponse(ModelCard(id=name, root=state.model_path, max_model_len=state.max_model_len)
+                            .model_dump(mode="json"))
+
+    @app.get("/health")
+    async def health():
+        if not state.engine.running:
+            return _error("The engine is not running.", 503)
+        return Response(status_code=200)
+
+    @app.api_route("/ping", methods=["GET", "POST"])
+    async def ping():
+        return await health()
+
+    @app.get("/version")
+    async def version():
+        return JSONResponse({"version": __version__})
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        parsed = await _parse(request, TokenizeRequest)
+        state.check_model(parsed.model)
+        if (parsed.prompt is None) == (parsed.messages is None):
+            raise APIError("Give exactly one of prompt and messages.", 400)
+        if parsed.messages is not None:
+            chat = ChatCompletionRequest(messages=parsed.messages, add_generation_prompt=parsed.add_generation_prompt,
+                                         continue_final_message=parsed.continue_final_message,
+                                         chat_template=parsed.chat_template,
+                                         chat_template_kwargs=parsed.chat_template_kwargs,
+                                         add_special_tokens=bool(parsed.add_special_tokens))
+            _, ids = await render_request(state, chat)
+        else:
+            add = True if parsed.add_special_tokens is None else parsed.add_special_tokens
+            ids = await state.tokenize(parsed.prompt, add)
+        body: dict[str, Any] = {"count": len(ids), "max_model_len": state.max_model_len, "tokens": ids}
+        if parsed.return_token_strs:
+            body["token_strs"] = [state.tokenizer.id_to_token(t) for t in ids]
+        return JSONResponse(body)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        parsed = await _parse(request, DetokenizeRequest)
+        state.check_model(parsed.model)
+        tok = state.require_tokenizer()
+        vocab = state.engine.model_info.vocab_size
+        bad = [t for t in parsed.tokens if t < 0 or t >= vocab]
+        if bad:
+            raise APIError(f"Token ids {bad[:8]} are out of vocabulary (vocab_size {vocab}).", 400, "tokens")
+        return JSONResponse({"prompt": tok.decode(parsed.tokens, skip_special_tokens=False)})
+
+    if args.enable_tokenizer_info_endpoint:
+        @app.get("/tokenizer_info")
+        async def tokenizer_info():
+            info = {k: v for k, v in state.tokenizer_config.items() if k != "added_tokens_decoder"}
+            info.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+            info["model_max_length"] = state.max_model_len
+            if state.chat_template is not None:
+                info["chat_template"] = state.chat_template.source
+            return JSONResponse(info)
+
+    if args.enable_server_load_tracking:
+        @app.get("/load")
+        async def load():
+            return JSONResponse({"server_load": state.engine.num_in_flight})
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    api_keys = args.api_key if isinstance(args.api_key, list) else [args.api_key] if args.api_key else []
+    env_key = os.environ.get("VLLM_API_KEY")
+    if not api_keys and env_key:
+        api_keys = [env_key]
+    app.add_middleware(_ASGIGuards, state=state, api_keys=api_keys)
+    from fastapi.middleware.cors import CORSMiddleware
+
+    app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
+                       allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
+    return app
+
+
+def build_state(args) -> ServerState:
+    """Loads the model, tokenizer, chat template and generation defaults; logs where time went."""
+    from cserve import _core
+    from cserve.cli.args import engine_options
+    from cserve.entrypoints.openai.metrics import Metrics
+    from cserve.generation_config import load_generation_defaults
+    from cserve.llm import _engine_config, _load_tokenizer
+    from cserve.tokenizer import load_chat_template
+
+    t0 = time.perf_counter()
+    model = args.model
+    if not Path(model).exists():
+        raise FileNotFoundError(f"{model}: no such model directory (cserve loads local model directories)")
+    options = engine_options(args)
+    options.pop("model", None)
+    config = _engine_config(model, options)
+    config.num_threads = int(os.environ.get("CSERVE_NUM_THREADS", "0"))  # 0: every core
+    engine = _core.Engine(config)
+    info = engine.model_info()
+    t_engine = time.perf_counter() - t0
+    tokenizer_dir = args.tokenizer or model
+    tokenizer = None if args.skip_tokenizer_init else _load_tokenizer(tokenizer_dir)
+    if tokenizer is None and not args.skip_tokenizer_init:
+        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer.json (pass --tokenizer or --skip-tokenizer-init)")
+    template = None
+    if not args.skip_tokenizer_init:
+        template = load_chat_template(tokenizer_dir, args.chat_template)
+    tokenizer_config = {}
+    cfg_file = Path(tokenizer_dir) / "tokenizer_config.json"
+    if cfg_file.is_file():
+        tokenizer_config = json.loads(cfg_file.read_text())
+    defaults = load_generation_defaults(model, args.generation_config, args.override_generation_config)
+    if defaults:
+        logger.info("Default sampling parameters from the generation config: %s", defaults)
+    names = list(args.served_model_name or [model])
+    from cserve.engine import AsyncEngine
+
+    metrics = Metrics(names[0], info.max_model_len, engine.stats,
+                      {"block_size": info.block_size, "num_gpu_blocks": info.num_kv_blocks,
+                       "enable_prefix_caching": config.enable_prefix_caching,
+                       "cache_dtype": config.kv_cache_dtype})
+    state = ServerState(
+        engine=AsyncEngine(engine), tokenizer=tokenizer, model_path=tokenizer_dir, served_names=names,
+        max_model_len=info.max_model_len, generation_defaults=defaults, metrics=metrics, args=args,
+        chat_template=template, executor=ThreadPoolExecutor(1, thread_name_prefix="cserve-tokenize"),
+        max_pending=int(os.environ.get("CSERVE_MAX_PENDING_REQUESTS", "4096")), tokenizer_config=tokenizer_config)
+    logger.info("Startup: weights %.2f s, KV cache %.2f s, warm-up %.2f s; engine ready in %.2f s, "
+                "tokenizer and template %.2f s", info.load_seconds, info.kv_alloc_seconds, info.warmup_seconds,
+                t_engine, time.perf_counter() - t0 - t_engine)
+    logger.info("KV cache: %d tokens; maximum concurrency for %d tokens per request: %.2fx",
+                info.kv_cache_tokens, info.max_model_len, info.max_concurrency)
+    return state
+
+
+def _access_log_filter(excluded: list[str]) -> logging.Filter:
+    class Exclude(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            path = record.args[2] if isinstance(record.args, tuple) and len(record.args) > 2 else ""
+            return not any(str(path).split("?")[0] == p for p in excluded)
+
+    return Exclude()
+
+
+async def _refresh_ssl(config, files: list[str], interval: float = 1.0) -> None:
+    """--enable-ssl-refresh: reload the certificate chain and CA file when they change."""
+    stamps = {f: os.stat(f).st_mtime_ns for f in files if f}
+    while True:
+        await asyncio.sleep(interval)
+        now = {f: os.stat(f).st_mtime_ns for f in stamps if os.path.exists(f)}
+        if now != stamps:
+            stamps = now
+            try:
+                config.ssl.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+                if config.ssl_ca_certs:
+                    config.ssl.load_verify_locations(config.ssl_ca_certs)
+                logger.info("Reloaded the SSL certificates")
+            except Exception as e:  # noqa: BLE001 - keep serving with the old context
+                logger.error("Could not reload the SSL certificates: %s", e)
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process would die by
+        the signal; a clean shutdown exits with status 0 instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def run_server(args) -> None:
+    import uvicorn
+
+    state = build_state(args)
+    holder: dict[str, Any] = {}
+
+    async def on_startup() -> None:
+        config = holder["config"]
+        if args.enable_ssl_refresh and config.ssl is not None:
+            holder["refresher"] = asyncio.ensure_future(
+                _refresh_ssl(config, [args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs]))
+        where = f"unix:{args.uds}" if args.uds else \
+            f"{'https' if args.ssl_certfile else 'http'}://{args.host or '0.0.0.0'}:{args.port}"
+        logger.info("cserve is serving %s at %s", ", ".join(state.served_names), where)
+
+    app = build_app(state, on_startup)
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    kwargs: dict[str, Any] = dict(
+        host=args.host or "0.0.0.0", port=args.port, uds=args.uds, loop=loop,
+        log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
+        ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile, ssl_ca_certs=args.ssl_ca_certs,
+        ssl_cert_reqs=args.ssl_cert_reqs, h11_max_incomplete_event_size=args.h11_max_incomplete_event_size,
+        timeout_graceful_shutdown=5, timeout_keep_alive=5)
+    if args.ssl_ciphers:
+        kwargs["ssl_ciphers"] = args.ssl_ciphers
+    if args.log_config_file:
+        kwargs["log_config"] = None  # configured by the CLI from the file
+    config = uvicorn.Config(app, **kwargs)
+    holder["config"] = config
+    if args.disable_access_log_for_endpoints:
+        excluded = [p.strip() for p in args.disable_access_log_for_endpoints.split(",") if p.strip()]
+        logging.getLogger("uvicorn.access").addFilter(_access_log_filter(excluded))
+    server = _server_class()(config)
+    server.run()

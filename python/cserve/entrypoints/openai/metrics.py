@@ -1,0 +1,126 @@
+"""Prometheus metrics with vLLM's names (vllm:...), rendered in the text exposition format,
+so dashboards and routers written for vLLM keep working against cserve."""
+
+from __future__ import annotations
+
+import bisect
+from typing import Callable, Iterable
+
+# vLLM's histogram buckets.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0)
+LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                   240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+
+def token_buckets(max_model_len: int) -> tuple[float, ...]:
+    """1, 2, 5, 10, 20, 50, ... up to max_model_len, as vLLM builds them."""
+    out, exp = [], 0
+    while True:
+        for m in (1, 2, 5):
+            v = m * 10**exp
+            if v > max_model_len:
+                return tuple(out)
+            out.append(float(v))
+        exp += 1
+
+
+def _fmt(v: float) -> str:
+    if v == float("inf"):
+        return "+Inf"
+    return repr(float(v))
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    body = ",".join(f'{k}="{v}"' for k, v in pairs)
+    return "{" + body + "}" if body else ""
+
+
+class Histogram:
+    def __init__(self, name: str, doc: str, buckets: Iterable[float]) -> None:
+        self.name, self.doc = name, doc
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def render(self, labels: list[tuple[str, str]]) -> list[str]:
+        lines = [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} histogram"]
+        cumulative = 0
+        for bound, count in zip(self.bounds + [float("inf")], self.counts):
+            cumulative += count
+            lines.append(f"{self.name}_bucket{_labels(labels + [('le', _fmt(bound))])} {cumulative}")
+        lines.append(f"{self.name}_count{_labels(labels)} {cumulative}")
+        lines.append(f"{self.name}_sum{_labels(labels)} {_fmt(self.sum)}")
+        return lines
+
+
+class Metrics:
+    """Counts the server keeps per request, plus gauges and counters read from the engine."""
+
+    FINISH_REASONS = ("stop", "length", "abort")
+
+    def __init__(self, model_name: str, max_model_len: int, engine_stats: Callable[[], object],
+                 cache_info: dict[str, str]) -> None:
+        self.labels = [("model_name", model_name), ("engine", "0")]
+        self.engine_stats = engine_stats
+        self.cache_info = cache_info
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.success = {r: 0 for r in self.FINISH_REASONS}
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                              TTFT_BUCKETS)
+        self.itl = Histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                             ITL_BUCKETS)
+        self.tpot = Histogram("vllm:request_time_per_output_token_seconds",
+                              "Histogram of time_per_output_token_seconds per request.", ITL_BUCKETS)
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+                             LATENCY_BUCKETS)
+        self.request_prompt = Histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
+                                        token_buckets(max_model_len))
+        self.request_generation = Histogram("vllm:request_generation_tokens",
+                                            "Number of generation tokens processed.", token_buckets(max_model_len))
+        self.request_max_tokens = Histogram("vllm:request_params_max_tokens",
+                                            "Histogram of the max_tokens request parameter.",
+                                            token_buckets(max_model_len))
+        self.request_n = Histogram("vllm:request_params_n", "Histogram of the n request parameter.",
+                                   (1, 2, 5, 10, 20))
+
+    def render(self) -> str:
+        s = self.engine_stats()
+        lab = self.labels
+        lines: list[str] = []
+
+        def gauge(name: str, doc: str, value: float) -> None:
+            lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name}{_labels(lab)} {_fmt(value)}"])
+
+        def counter(name: str, doc: str, value: float, extra: list[tuple[str, str]] = ()) -> None:
+            lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} counter",
+                          f"{name}_total{_labels(lab + list(extra))} {_fmt(value)}"])
+
+        gauge("vllm:num_requests_running", "Number of requests in model execution batches.", s.num_running)
+        gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", s.num_waiting)
+        gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", s.kv_cache_usage)
+        counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
+                s.prefix_cache_queries)
+        counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
+                s.prefix_cache_hits)
+        counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", s.num_preemptions)
+        counter("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens)
+        counter("vllm:generation_tokens", "Number of generation tokens processed.", self.generation_tokens)
+        lines.extend(["# HELP vllm:request_success Count of successfully processed requests.",
+                      "# TYPE vllm:request_success counter"])
+        for reason, count in self.success.items():
+            lines.append(f"vllm:request_success_total{_labels(lab + [('finished_reason', reason)])} {_fmt(count)}")
+        for h in (self.ttft, self.itl, self.tpot, self.e2e, self.request_prompt, self.request_generation,
+                  self.request_max_tokens, self.request_n):
+            lines.extend(h.render(lab))
+        info = [(k, str(v)) for k, v in self.cache_info.items()]
+        lines.extend(["# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig",
+                      "# TYPE vllm:cache_config_info gauge", f"vllm:cache_config_info{_labels(info)} 1.0"])
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,342 @@
+"""What completions and chat share: the server's state, prompt checks, sampling parameters
+from a request (request > generation_config.json > vLLM's defaults), and RequestRun, which turns
+one engine request's output batches into per-choice text, token and logprob deltas."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Optional
+
+from cserve.engine import AsyncEngine, IncrementalDetokenizer
+from cserve.entrypoints.openai.errors import APIError
+from cserve.entrypoints.openai.metrics import Metrics
+from cserve.sampling_params import SamplingParams
+
+logger = logging.getLogger("cserve.server")
+
+# Text longer than this is tokenized (and chats rendered) on a worker thread, off the event loop.
+OFF_LOOP_CHARS = 2048
+
+
+@dataclass
+class ServerState:
+    engine: AsyncEngine
+    tokenizer: Any  # tokenizers.Tokenizer or None (--skip-tokenizer-init)
+    model_path: str
+    served_names: list[str]
+    max_model_len: int
+    generation_defaults: dict[str, Any]
+    metrics: Metrics
+    args: Any  # the parsed `cserve serve` namespace
+    chat_template: Any = None  # cserve.tokenizer.ChatTemplate or None
+    executor: Any = None
+    max_pending: int = 4096
+    draining: bool = False
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.served_names[0]
+
+    def check_model(self, name: Optional[str]) -> None:
+        if name and name not in self.served_names:
+            raise APIError(f"The model `{name}` does not exist.", 404, "model")
+
+    def check_capacity(self) -> None:
+        if self.draining or not self.engine.running:
+            raise APIError("The server is shutting down.", 503)
+        if self.engine.num_in_flight >= self.max_pending:
+            raise APIError(f"The server is at capacity ({self.max_pending} requests in flight); retry later.", 503)
+
+    async def off_loop(self, size: int, fn, *a):
+        """Runs fn on the worker thread when the input is long, inline when it is short."""
+        if size < OFF_LOOP_CHARS:
+            return fn(*a)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *a)
+
+    def require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise APIError("This server runs with --skip-tokenizer-init: send token ids, not text.", 400)
+        return self.tokenizer
+
+    async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        tok = self.require_tokenizer()
+        return await self.off_loop(len(text), lambda: tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode_token(self, token_id: int) -> str:
+        if self.args.return_tokens_as_token_ids or self.tokenizer is None:
+            return f"token_id:{token_id}"
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def check_prompt_length(state: ServerState, prompt_len: int, max_tokens: Optional[int]) -> int:
+    """vLLM's context checks; returns max_tokens (the rest of the context when not given)."""
+    limit = state.max_model_len
+    if prompt_len == 0:
+        raise APIError("The prompt cannot be empty.", 400, "prompt")
+    if prompt_len >= limit:
+        raise APIError(f"This model's maximum context length is {limit} tokens. However, your request has "
+                       f"{prompt_len} input tokens. Please reduce the length of the input.", 400, "prompt")
+    if max_tokens is None:
+        return limit - prompt_len
+    if prompt_len + max_tokens > limit:
+        raise APIError(f"This model's maximum context length is {limit} tokens. However, you requested "
+                       f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the "
+                       f"completion). Please reduce the length of the messages or completion.", 400, "max_tokens")
+    return max_tokens
+
+
+def check_common(state: ServerState, request) -> None:
+    if request.n < 1:
+        raise APIError("n must be at least 1.", 400, "n")
+    fmt = request.response_format
+    if fmt is not None and fmt.get("type", "text") != "text":
+        raise APIError(f"response_format {fmt.get('type')!r} is not supported yet.", 400, "response_format")
+    if request.priority != 0 and state.args.scheduling_policy != "priority":
+        raise APIError(f"Got priority {request.priority} but priority scheduling is not enabled "
+                       "(start the server with --scheduling-policy priority).", 400, "priority")
+    if request.stream_options is not None and not request.stream:
+        raise APIError("Stream options can only be defined when `stream=True`.", 400, "stream_options")
+
+
+def sampling_params(state: ServerState, request, max_tokens: int, logprobs: Optional[int],
+                    prompt_logprobs: Optional[int]) -> SamplingParams:
+    d = state.generation_defaults
+
+    def pick(name: str, fallback):
+        value = getattr(request, name, None)
+        if value is not None:
+            return value
+        return d.get(name, fallback)
+
+    try:
+        bias = {int(k): float(v) for k, v in (request.logit_bias or {}).items()}
+    except ValueError:
+        raise APIError("logit_bias keys must be token ids.", 400, "logit_bias") from None
+    try:
+        return SamplingParams(
+            n=request.n, temperature=pick("temperature", 1.0), top_p=pick("top_p", 1.0), top_k=pick("top_k", 0),
+            min_p=pick("min_p", 0.0), repetition_penalty=pick("repetition_penalty", 1.0),
+            presence_penalty=pick("presence_penalty", 0.0), frequency_penalty=pick("frequency_penalty", 0.0),
+            seed=request.seed, stop=request.stop, stop_token_ids=request.stop_token_ids,
+            ignore_eos=request.ignore_eos, max_tokens=max_tokens, min_tokens=request.min_tokens,
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+            skip_special_tokens=request.skip_special_tokens,
+            spaces_between_special_tokens=request.spaces_between_special_tokens,
+            include_stop_str_in_output=request.include_stop_str_in_output, logit_bias=bias or None,
+            allowed_token_ids=request.allowed_token_ids,
+        )
+    except (ValueError, TypeError) as e:
+        raise APIError(str(e), 400) from None
+
+
+def default_max_tokens(state: ServerState, requested: Optional[int]) -> Optional[int]:
+    return requested if requested is not None else state.generation_defaults.get("max_tokens")
+
+
+def truncate_prompt(ids: list[int], truncate: Optional[int]) -> list[int]:
+    if truncate is None:
+        return ids
+    if truncate == -1:
+        return ids  # vLLM: -1 keeps up to max_model_len, which the length check then enforces
+    if truncate < 1:
+        raise APIError("truncate_prompt_tokens must be -1 or at least 1.", 400, "truncate_prompt_tokens")
+    return ids[-truncate:]
+
+
+def clean_logprob(v: float) -> float:
+    return -9999.0 if v == -math.inf or math.isnan(v) else float(v)
+
+
+@dataclass
+class ChoiceDelta:
+    index: int  # choice index in the response
+    token_ids: list[int]
+    logprobs: list  # _core.PositionLogprobs per token (empty unless logprobs were asked)
+    text: str
+    finish_reason: Optional[str]
+    stop_reason: Any
+
+
+class _Choice:
+    def __init__(self, index: int, detok: IncrementalDetokenizer) -> None:
+        self.index = index
+        self.detok = detok
+        self.token_ids: list[int] = []
+        self.finish_reason: Optional[str] = None
+        self.stop_reason: Any = None
+
+
+class RequestRun:
+    """One prompt's engine request: n choices, each with its incremental detokenizer."""
+
+    def __init__(self, state: ServerState, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                 first_choice: int, priority: int = 0, cache_salt: str = "") -> None:
+        self.state = state
+        self.request_id = request_id
+        self.prompt_ids = prompt_ids
+        self.params = params
+        tok = state.tokenizer if params.detokenize else None
+        self.choices = [
+            _Choice(first_choice + i, IncrementalDetokenizer(tok, params.stop, params.include_stop_str_in_output,
+                                                             params.skip_special_tokens, params.min_tokens))
+            for i in range(params.n)
+        ]
+        self.prompt_logprobs = None
+        self.num_cached_tokens = 0
+        self.arrival = time.monotonic()
+        self._last_token_time: Optional[float] = None
+        self._num_generated = 0
+        self._finish_recorded = False
+        core = params.to_core(state.max_model_len, len(prompt_ids))
+        try:
+            self.stream = state.engine.add(request_id, prompt_ids, core, priority, cache_salt)
+        except ValueError as e:
+            raise APIError(str(e), 400) from None
+        m = state.metrics
+        m.request_n.observe(params.n)
+        m.request_max_tokens.observe(params.max_tokens)
+
+    @property
+    def done(self) -> bool:
+        return all(c.finish_reason is not None for c in self.choices)
+
+    def apply(self, batch: list) -> list[ChoiceDelta]:
+        deltas: list[ChoiceDelta] = []
+        now = time.monotonic()
+        for out in batch:
+            if out.has_prompt_logprobs:
+                self.prompt_logprobs = list(out.prompt_logprobs)
+            self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+            c = self.choices[out.index]
+            if c.finish_reason is not None:
+                continue  # ended by a stop string; the engine had not heard yet
+            taken, stop = c.detok.add(out.new_token_ids)
+            ids = list(out.new_token_ids[:taken])
+            lps = list(out.new_logprobs[:taken]) if out.new_logprobs else []
+            c.token_ids.extend(ids)
+            if stop is not None:
+                c.finish_reason, c.stop_reason = "stop", stop
+            elif out.finished:
+                c.finish_reason = out.finish_reason
+                if out.stop_token_id >= 0 and out.stop_token_id in (self.params.stop_token_ids or []):
+                    c.stop_reason = out.stop_token_id
+            self._record_tokens(len(ids), now)
+            deltas.append(ChoiceDelta(c.index, ids, lps, c.detok.delta(c.finish_reason is not None),
+                                      c.finish_reason, c.stop_reason))
+        if self.done and not self.stream.finished:
+            self.state.engine.abort(self.request_id)  # every choice hit a stop string
+        if self.done:
+            self._record_finish(now)
+        return deltas
+
+    def _record_tokens(self, count: int, now: float) -> None:
+        if count == 0:
+            return
+        m = self.state.metrics
+        if self._last_token_time is None:
+            m.ttft.observe(now - self.arrival)
+            m.prompt_tokens += len(self.prompt_ids)
+        else:
+            m.itl.observe(now - self._last_token_time)
+        self._last_token_time = now
+        self._num_generated += count
+        m.generation_tokens += count
+
+    def _record_finish(self, now: float) -> None:
+        if self._finish_recorded:
+            return
+        self._finish_recorded = True
+        m = self.state.metrics
+        reason = "stop" if any(c.finish_reason == "stop" for c in self.choices) else self.choices[0].finish_reason
+        m.success[reason if reason in m.success else "stop"] += 1
+        m.e2e.observe(now - self.arrival)
+        m.request_prompt.observe(len(self.prompt_ids))
+        m.request_generation.observe(self._num_generated)
+        if self._num_generated > 1 and self._last_token_time is not None:
+            m.tpot.observe((self._last_token_time - self.arrival) / self._num_generated)
+
+    def aborted(self) -> None:
+        """The client went away before the end: count it as vLLM does."""
+        if not self.done:
+            for c in self.choices:
+                c.finish_reason = c.finish_reason or "abort"
+            self._record_finish(time.monotonic())
+
+
+_DISCONNECTED = object()
+
+
+async def run_all(state: ServerState, runs: list[RequestRun],
+                  disconnected: Optional[asyncio.Future] = None) -> AsyncIterator[list[ChoiceDelta]]:
+    """Yields the deltas of all runs as their outputs arrive (one item per engine wake-up per
+    run). Stops early, aborting what is left, when `disconnected` completes or the consumer
+    stops iterating."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(run: RequestRun) -> None:
+        try:
+            async for batch in state.engine.iterate(run.stream):
+                await queue.put((run, batch))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            await queue.put((run, e))
+            return
+        await queue.put((run, None))
+
+    tasks = [asyncio.ensure_future(pump(r)) for r in runs]
+    watcher = None
+    if disconnected is not None:
+        watcher = asyncio.ensure_future(_forward(disconnected, queue))
+    open_runs = len(runs)
+    try:
+        while open_runs:
+            item = await queue.get()
+            if item is _DISCONNECTED:
+                return
+            run, batch = item
+            if batch is None:
+                open_runs -= 1
+                continue
+            if isinstance(batch, BaseException):
+                raise batch
+            deltas = run.apply(batch)
+            if deltas:
+                yield deltas
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        for t in tasks:
+            t.cancel()  # their iterate() aborts unfinished requests
+        for r in runs:
+            r.aborted()
+
+
+async def _forward(fut: asyncio.Future, queue: asyncio.Queue) -> None:
+    await fut
+    await queue.put(_DISCONNECTED)
+
+
+def prompt_logprobs_json(state: ServerState, entries, prompt_ids: list[int]) -> Optional[list]:
+    """vLLM's prompt_logprobs: None for the first token, then {token_id: {logprob, rank, decoded_token}}."""
+    if entries is None:
+        return None
+    out: list = [None]
+    for e in entries:
+        pos: dict[int, dict[str, Any]] = {}
+        for tid, lp, rank in zip(e.token_ids, e.logprobs, e.ranks):
+            pos.setdefault(int(tid), {"logprob": clean_logprob(lp), "rank": int(rank),
+                                      "decoded_token": state.decode_token(int(tid))})
+        out.append(pos)
+    return out
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached: Optional[int], details: bool) -> dict:
+    u = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+         "total_tokens": prompt_tokens + completion_tokens}
+    if details:
+        u["prompt_tokens_details"] = {"cached_tokens": cached or 0}
+    return u

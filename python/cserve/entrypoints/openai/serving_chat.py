@@ -1,0 +1,224 @@
+"""POST /v1/chat/completions: messages rendered with the chat template, then generated like a
+completion; streamed (SSE) or not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any, AsyncIterator, Optional, Union
+
+from cserve.entrypoints.openai.errors import APIError
+from cserve.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
+                                                ChatCompletionResponse, ChatDelta, ChatLogProbEntry, ChatLogProbs,
+                                                ChatMessage, ChatStreamChoice, UsageInfo)
+from cserve.entrypoints.openai.serving import (RequestRun, ServerState, check_common, check_prompt_length,
+                                               clean_logprob, default_max_tokens, prompt_logprobs_json, run_all,
+                                               sampling_params, truncate_prompt, usage)
+
+# A template that walks message content as a list of parts wants the "openai" format.
+_OPENAI_FORMAT_HINTS = re.compile(r"for\s+\w+\s+in\s+(message|msg|m)\s*(\[\s*['\"]content['\"]\s*\]|\.content)"
+                                  r"|content\s*\[\s*['\"]type['\"]\s*\]|\[\s*['\"]type['\"]\s*\]\s*==")
+
+
+def content_format(state: ServerState, template) -> str:
+    fmt = state.args.chat_template_content_format or "auto"
+    if fmt != "auto":
+        return fmt
+    return "openai" if template is not None and _OPENAI_FORMAT_HINTS.search(template.source) else "string"
+
+
+def _text_parts(content: list, where: str) -> list[str]:
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise APIError(f"{where}: a content part must be an object.", 400, "messages")
+        kind = part.get("type", "text")
+        if kind in ("text", "input_text", "output_text", "refusal"):
+            texts.append(str(part.get("text", part.get("refusal", ""))))
+        else:
+            raise APIError(f"{where}: content of type {kind!r} is not supported (the model is text-only).", 400,
+                           "messages")
+    return texts
+
+
+def normalize_messages(state: ServerState, messages: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
+    if not messages:
+        raise APIError("messages cannot be empty.", 400, "messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise APIError(f"messages[{i}] needs a string 'role'.", 400, "messages")
+        m = dict(m)
+        content = m.get("content")
+        if isinstance(content, list):
+            texts = _text_parts(content, f"messages[{i}]")
+            m["content"] = [{"type": "text", "text": t} for t in texts] if fmt == "openai" else "\n".join(texts)
+        elif content is not None and not isinstance(content, str):
+            raise APIError(f"messages[{i}].content must be a string or a list of parts.", 400, "messages")
+        elif isinstance(content, str) and fmt == "openai":
+            m["content"] = [{"type": "text", "text": content}]
+        out.append(m)
+    return out
+
+
+def render_chat(state: ServerState, messages: list, template_override: Optional[str], add_generation_prompt: bool,
+                continue_final_message: bool, kwargs: dict[str, Any]) -> str:
+    """Renders the conversation (blocking: run it off the loop for long chats)."""
+    from jinja2 import TemplateError
+
+    from cserve.tokenizer import load_chat_template
+
+    template = state.chat_template
+    if template_override is not None:
+        if not state.args.trust_request_chat_template:
+            raise APIError("Chat template is passed with request, but --trust-request-chat-template is not set. "
+                           "Refused request with untrusted chat template.", 400, "chat_template")
+        try:
+            template = load_chat_template(state.model_path, template_override)
+        except TemplateError as e:
+            raise APIError(f"invalid chat_template: {e}", 400, "chat_template") from None
+    if template is None:
+        raise APIError("The model has no chat template and none was given (--chat-template): "
+                       "use /v1/completions or pass a template.", 400, "messages")
+    msgs = normalize_messages(state, messages, content_format(state, template))
+    merged = dict(state.args.default_chat_template_kwargs or {})
+    merged.update(kwargs)
+    try:
+        return template.render(msgs, add_generation_prompt=add_generation_prompt,
+                               continue_final_message=continue_final_message, **merged)
+    except (TemplateError, ValueError, TypeError) as e:
+        raise APIError(f"The chat template failed to render: {e}", 400, "messages") from None
+
+
+def _check_tools(request: ChatCompletionRequest) -> None:
+    choice = request.tool_choice
+    if request.tools and choice == "auto" or choice == "required" or isinstance(choice, dict):
+        raise APIError(f"tool_choice {choice if isinstance(choice, str) else 'named'!r} needs tool-call parsing, "
+                       "which is not supported yet (--enable-auto-tool-choice, --tool-call-parser).", 400,
+                       "tool_choice")
+
+
+async def render_request(state: ServerState, request: ChatCompletionRequest) -> tuple[str, list[int]]:
+    kwargs = dict(request.chat_template_kwargs or {})
+    if request.tools:
+        kwargs.setdefault("tools", request.tools)
+    if request.documents:
+        kwargs.setdefault("documents", request.documents)
+    size = sum(len(json.dumps(m.get("content"), ensure_ascii=False)) for m in request.messages)
+    text = await state.off_loop(size, render_chat, state, request.messages, request.chat_template,
+                                request.add_generation_prompt, request.continue_final_message, kwargs)
+    ids = await state.tokenize(text, request.add_special_tokens)
+    return text, ids
+
+
+def _logprob_entry(state: ServerState, tid: int, lp: float) -> ChatLogProbEntry:
+    token = state.decode_token(int(tid))
+    return ChatLogProbEntry(token=token, logprob=clean_logprob(lp), bytes=list(token.encode("utf-8")))
+
+
+def _chat_logprobs(state: ServerState, entries: list, top: int) -> ChatLogProbs:
+    content = []
+    for e in entries:
+        entry = _logprob_entry(state, e.token_ids[0], e.logprobs[0])
+        entry.top_logprobs = [_logprob_entry(state, t, lp) for t, lp in zip(e.token_ids[1:top + 1],
+                                                                             e.logprobs[1:top + 1])]
+        content.append(entry)
+    return ChatLogProbs(content=content)
+
+
+async def create_chat_completion(state: ServerState, request: ChatCompletionRequest, request_id: str,
+                                 disconnected: asyncio.Future) -> Union[dict, AsyncIterator[str], None]:
+    state.check_model(request.model)
+    check_common(state, request)
+    _check_tools(request)
+    if request.top_logprobs and not request.logprobs:
+        raise APIError("when using `top_logprobs`, `logprobs` must be set to true.", 400, "top_logprobs")
+    if request.echo and request.stream is False and request.n > 1:
+        pass  # allowed: every choice echoes the same text
+    state.check_capacity()
+    _, ids = await render_request(state, request)
+    ids = truncate_prompt(ids, request.truncate_prompt_tokens)
+    requested = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+    max_tokens = check_prompt_length(state, len(ids), default_max_tokens(state, requested))
+    top = (request.top_logprobs or 0) if request.logprobs else None
+    params = sampling_params(state, request, max_tokens, top, request.prompt_logprobs)
+    role = state.args.response_role if request.add_generation_prompt else request.messages[-1].get("role")
+    echo = ""
+    if request.echo:
+        last = request.messages[-1]
+        if last.get("role") == role and isinstance(last.get("content"), str):
+            echo = last["content"]
+    run = RequestRun(state, request_id, ids, params, 0, request.priority, request.cache_salt or "")
+    if request.stream:
+        return _stream(state, request, request_id, run, role, echo, top, disconnected)
+    return await _full(state, request, request_id, run, role, echo, top, disconnected)
+
+
+async def _full(state, request, request_id, run, role, echo, top, disconnected) -> Optional[dict]:
+    texts = [echo] * request.n
+    token_ids: list[list[int]] = [[] for _ in range(request.n)]
+    logprobs: list[list] = [[] for _ in range(request.n)]
+    async for deltas in run_all(state, [run], disconnected):
+        for d in deltas:
+            texts[d.index] += d.text
+            token_ids[d.index].extend(d.token_ids)
+            logprobs[d.index].extend(d.logprobs)
+    if not run.done:
+        return None  # the client went away
+    choices = []
+    for i, c in enumerate(run.choices):
+        choices.append(ChatChoice(
+            index=i, message=ChatMessage(role=role, content=texts[i]),
+            logprobs=_chat_logprobs(state, logprobs[i], top) if top is not None else None,
+            finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+            token_ids=token_ids[i] if request.return_token_ids else None))
+    generated = sum(len(t) for t in token_ids)
+    resp = ChatCompletionResponse(
+        id=request_id, model=state.model_name, choices=choices,
+        usage=UsageInfo(**usage(len(run.prompt_ids), generated, run.num_cached_tokens,
+                                state.args.enable_prompt_tokens_details)),
+        prompt_logprobs=prompt_logprobs_json(state, run.prompt_logprobs, run.prompt_ids)
+        if request.prompt_logprobs is not None else None,
+        prompt_token_ids=run.prompt_ids if request.return_token_ids else None)
+    return resp.model_dump(mode="json")
+
+
+async def _stream(state, request, request_id, run, role, echo, top, disconnected) -> AsyncIterator[str]:
+    created = int(time.time())
+    include_usage = state.args.enable_force_include_usage or bool(
+        request.stream_options and request.stream_options.include_usage)
+    continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
+    prompt_tokens = len(run.prompt_ids)
+    generated = 0
+
+    def chunk(choices: list[ChatStreamChoice], usage_obj: Optional[dict] = None, first: bool = False) -> str:
+        resp = ChatCompletionChunk(id=request_id, created=created, model=state.model_name, choices=choices,
+                                   usage=UsageInfo(**usage_obj) if usage_obj else None,
+                                   prompt_token_ids=run.prompt_ids if first and request.return_token_ids else None)
+        return f"data: {resp.model_dump_json()}\n\n"
+
+    u0 = usage(prompt_tokens, 0, None, False) if include_usage and continuous else None
+    for i in range(request.n):
+        yield chunk([ChatStreamChoice(index=i, delta=ChatDelta(role=role, content=echo))], u0, first=i == 0)
+    async for deltas in run_all(state, [run], disconnected):
+        for d in deltas:
+            generated += len(d.token_ids)
+            carries_tokens = d.token_ids and (request.return_token_ids or top is not None)
+            if not d.text and d.finish_reason is None and not carries_tokens:
+                continue
+            choice = ChatStreamChoice(
+                index=d.index, delta=ChatDelta(content=d.text),
+                logprobs=_chat_logprobs(state, d.logprobs, top) if top is not None else None,
+                finish_reason=d.finish_reason, stop_reason=d.stop_reason,
+                token_ids=d.token_ids if request.return_token_ids else None)
+            yield chunk([choice], usage(prompt_tokens, generated, None, False) if include_usage and continuous else None)
+    if not run.done:
+        return
+    if include_usage:
+        yield chunk([], usage(prompt_tokens, generated, run.num_cached_tokens, state.args.enable_prompt_tokens_details))
+    yield "data: [DONE]\n\n"
