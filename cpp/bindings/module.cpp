@@ -2,6 +2,7 @@
 #include <nanobind/nanobind.h>
 
 #include <cstring>
+#include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -66,7 +67,8 @@ void bind_config(nb::module_& m) {
       .def_rw("scheduling_policy", &cserve::EngineConfig::scheduling_policy)
       .def_rw("max_logprobs", &cserve::EngineConfig::max_logprobs)
       .def_rw("disable_sliding_window", &cserve::EngineConfig::disable_sliding_window)
-      .def_rw("num_threads", &cserve::EngineConfig::num_threads);
+      .def_rw("num_threads", &cserve::EngineConfig::num_threads)
+      .def_rw("load_progress", &cserve::EngineConfig::load_progress, nb::arg("load_progress").none());
 
   nb::class_<cserve::ModelInfo>(m, "ModelInfo")
       .def_ro("architecture", &cserve::ModelInfo::architecture)

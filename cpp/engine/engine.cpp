@@ -83,6 +83,7 @@ struct Engine::Impl {
 };
 
 Engine::Impl::Impl(const EngineConfig& c) : config(c) {
+  config.load_progress = nullptr;  // used only while loading, from `c`; not kept
   auto t0 = std::chrono::steady_clock::now();
   model_config = load_model_config(c.model);
   if (c.disable_sliding_window) model_config.layer_sliding_window.assign(model_config.layer_sliding_window.size(), 0);
@@ -104,7 +105,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   } else if (c.load_format != "dummy") {
     throw NotSupported("load_format " + c.load_format + " is not supported yet (supported: auto, safetensors, dummy)");
   }
-  ModelWeights weights = load_weights(model_config, ckpt, dtype, *backend, static_cast<uint64_t>(c.seed));
+  ModelWeights weights = load_weights(model_config, ckpt, dtype, *backend, static_cast<uint64_t>(c.seed), c.load_progress);
   const int64_t weight_bytes = static_cast<int64_t>(weights.total_bytes);
   auto model = std::make_unique<LlamaModel>(model_config, *backend, std::move(weights));
   info.load_seconds = seconds_since(t0);

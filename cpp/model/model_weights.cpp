@@ -90,7 +90,8 @@ Buffer to_f32(const Tensor& t, DType dtype) {
 }  // namespace
 
 ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckpt, DType dtype, Backend& backend,
-                          uint64_t seed) {
+                          uint64_t seed, const LoadProgress& progress) {
+  const int64_t steps = c.num_hidden_layers + 1;
   TensorSource src(ckpt, seed);
   ModelWeights w;
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
@@ -130,6 +131,7 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
       lw.k_norm = norm(p + "self_attn.k_norm.weight", D);
     }
     w.layers.push_back(std::move(lw));
+    if (progress) progress(l + 1, steps);
   }
   w.final_norm = norm("model.norm.weight", H);
 
@@ -151,6 +153,7 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     w.total_bytes += e.numel() * dtype_size(dtype);
     src.release_scratch(/*keep_file_pages=*/w.embed_owned.size() == 0);
   }
+  if (progress) progress(steps, steps);
   return w;
 }
 

@@ -2,6 +2,7 @@
 // Dense matrices are fused where one GEMM can serve several: q|k|v and gate|up.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,9 +31,12 @@ struct ModelWeights {
   size_t total_bytes = 0;
 };
 
+// Called after each layer (and the head) is loaded: (done, total).
+using LoadProgress = std::function<void(int64_t done, int64_t total)>;
+
 // From a checkpoint (shapes and dtypes checked, errors name the file and tensor), or
 // random (load_format dummy) when checkpoint is null. Converts to `dtype`.
 ModelWeights load_weights(const ModelConfig& config, const SafetensorsCheckpoint* checkpoint, DType dtype,
-                          Backend& backend, uint64_t seed);
+                          Backend& backend, uint64_t seed, const LoadProgress& progress = {});
 
 }  // namespace cserve

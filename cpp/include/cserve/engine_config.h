@@ -1,6 +1,7 @@
 // Everything the engine needs to start, with vLLM's names and defaults.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,8 @@ struct EngineConfig {
   bool disable_sliding_window = false;
   // Runtime
   int num_threads = 0;  // 0: all cores
+  // Optional: told (done, total) as the weights load, for a progress bar.
+  std::function<void(int64_t done, int64_t total)> load_progress;
 };
 
 // Facts about the loaded model and cache that front ends need.

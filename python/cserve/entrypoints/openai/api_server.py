@@ -135,12 +135,15 @@ def build_app(state: ServerState, on_startup=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.engine.start()
+        stats_task = None if args.disable_log_stats else asyncio.ensure_future(_log_stats(state))
         if on_startup is not None:
             await on_startup()
         try:
             yield
         finally:
             state.draining = True
+            if stats_task is not None:
+                stats_task.cancel()
             state.engine.stop()
 
     docs = {} if not args.disable_fastapi_docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
@@ -313,7 +316,23 @@ def build_state(args) -> ServerState:
     options.pop("model", None)
     config = _engine_config(model, options)
     config.num_threads = int(os.environ.get("CSERVE_NUM_THREADS", "0"))  # 0: every core
-    engine = _core.Engine(config)
+    bar = None
+    if args.use_tqdm_on_load:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="Loading weights", unit="layer", dynamic_ncols=True)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        config.load_progress = progress
+    try:
+        engine = _core.Engine(config)
+    finally:
+        config.load_progress = None
+        if bar is not None:
+            bar.close()
     info = engine.model_info()
     t_engine = time.perf_counter() - t0
     tokenizer_dir = args.tokenizer or model
@@ -348,6 +367,27 @@ def build_state(args) -> ServerState:
     logger.info("KV cache: %d tokens; maximum concurrency for %d tokens per request: %.2fx",
                 info.kv_cache_tokens, info.max_model_len, info.max_concurrency)
     return state
+
+
+async def _log_stats(state: ServerState, interval: float = 10.0) -> None:
+    """vLLM's periodic stats line, while there is work (off with --disable-log-stats)."""
+    m = state.metrics
+    last = (time.monotonic(), m.prompt_tokens, m.generation_tokens)
+    last_prefix = (0, 0)
+    while True:
+        await asyncio.sleep(interval)
+        s = state.engine.stats()
+        now = (time.monotonic(), m.prompt_tokens, m.generation_tokens)
+        dt = now[0] - last[0]
+        busy = now[1:] != last[1:] or s.num_running or s.num_waiting
+        if busy:
+            queries = s.prefix_cache_queries - last_prefix[0]
+            hits = s.prefix_cache_hits - last_prefix[1]
+            logger.info("Avg prompt throughput: %.1f tokens/s, Avg generation throughput: %.1f tokens/s, "
+                        "Running: %d reqs, Waiting: %d reqs, KV cache usage: %.1f%%, Prefix cache hit rate: %.1f%%",
+                        (now[1] - last[1]) / dt, (now[2] - last[2]) / dt, s.num_running, s.num_waiting,
+                        100 * s.kv_cache_usage, 100 * hits / queries if queries else 0.0)
+        last, last_prefix = now, (s.prefix_cache_queries, s.prefix_cache_hits)
 
 
 def _access_log_filter(excluded: list[str]) -> logging.Filter:

@@ -175,8 +175,9 @@ class RequestRun:
     """One prompt's engine request: n choices, each with its incremental detokenizer."""
 
     def __init__(self, state: ServerState, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                 first_choice: int, priority: int = 0, cache_salt: str = "") -> None:
+                 first_choice: int, priority: int = 0, cache_salt: str = "", streaming: bool = False) -> None:
         self.state = state
+        self.streaming = streaming
         self.request_id = request_id
         self.prompt_ids = prompt_ids
         self.params = params
@@ -226,13 +227,31 @@ class RequestRun:
                 if out.stop_token_id >= 0 and out.stop_token_id in (self.params.stop_token_ids or []):
                     c.stop_reason = out.stop_token_id
             self._record_tokens(len(ids), now)
-            deltas.append(ChoiceDelta(c.index, ids, lps, c.detok.delta(c.finish_reason is not None),
-                                      c.finish_reason, c.stop_reason))
+            delta = ChoiceDelta(c.index, ids, lps, c.detok.delta(c.finish_reason is not None), c.finish_reason,
+                                c.stop_reason)
+            deltas.append(delta)
+            self._log_output(c, delta)
         if self.done and not self.stream.finished:
             self.state.engine.abort(self.request_id)  # every choice hit a stop string
         if self.done:
             self._record_finish(now)
         return deltas
+
+    def _log_output(self, c: _Choice, delta: ChoiceDelta) -> None:
+        """--enable-log-outputs: each streamed delta (unless --no-enable-log-deltas), and every
+        choice's whole output when it ends."""
+        args = self.state.args
+        if not args.enable_log_outputs:
+            return
+        limit = args.max_log_len
+        if self.streaming and args.enable_log_deltas and (delta.text or delta.token_ids):
+            logger.info("Generated response %s (streaming delta): output: %r, output_token_ids: %s, "
+                        "finish_reason: %s", self.request_id, delta.text[:limit], delta.token_ids[:limit],
+                        delta.finish_reason)
+        if c.finish_reason is not None:
+            kind = " (streaming complete)" if self.streaming else ""
+            logger.info("Generated response %s%s: output: %r, output_token_ids: %s, finish_reason: %s",
+                        self.request_id, kind, c.detok.text[:limit], c.token_ids[:limit], c.finish_reason)
 
     def _record_tokens(self, count: int, now: float) -> None:
         if count == 0:

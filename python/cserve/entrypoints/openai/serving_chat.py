@@ -153,7 +153,8 @@ async def create_chat_completion(state: ServerState, request: ChatCompletionRequ
         last = request.messages[-1]
         if last.get("role") == role and isinstance(last.get("content"), str):
             echo = last["content"]
-    run = RequestRun(state, request_id, ids, params, 0, request.priority, request.cache_salt or "")
+    run = RequestRun(state, request_id, ids, params, 0, request.priority, request.cache_salt or "",
+                     streaming=request.stream)
     if request.stream:
         return _stream(state, request, request_id, run, role, echo, top, disconnected)
     return await _full(state, request, request_id, run, role, echo, top, disconnected)

@@ -104,7 +104,7 @@ async def create_completion(state: ServerState, request: CompletionRequest, requ
             max_tokens = check_prompt_length(state, len(ids), default_max_tokens(state, request.max_tokens))
             params = sampling_params(state, request, max_tokens, request.logprobs, want_prompt_lp)
             runs.append(RequestRun(state, f"{request_id}-{i}", ids, params, i * request.n, request.priority,
-                                   request.cache_salt or ""))
+                                   request.cache_salt or "", streaming=request.stream))
             if request.echo:
                 echo_texts.append(text if text is not None else
                                   (state.tokenizer.decode(ids, skip_special_tokens=False) if state.tokenizer else ""))
