@@ -104,7 +104,7 @@ class ServerProcess:
         self.scheme = scheme
         cmd = [sys.executable, "-m", "cserve.cli.main", "serve", model, *args]
         cmd += ["--uds", uds] if uds else ["--host", "127.0.0.1", "--port", str(self.port)]
-        full_env = dict(os.environ, PYTHONPATH=_pythonpath(), CSERVE_NUM_THREADS="1", **(env or {}))
+        full_env = {**os.environ, "PYTHONPATH": _pythonpath(), "CSERVE_NUM_THREADS": "1", **(env or {})}
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
         self.log_path = log_dir / f"cserve-serve-{os.getpid()}-{self.port or 'uds'}-{time.time_ns()}.log"
         self._log = open(self.log_path, "wb")

@@ -43,10 +43,13 @@ def serve(argv: list[str]) -> int:
     setup_logging(args)
     for note in no_effect_notes(args):
         logger.info(note)
-    from cserve.entrypoints.openai.api_server import run_server
-
     try:
-        run_server(args)
+        from cserve.entrypoints.openai.engine_loader import start_engine_load
+
+        pending = start_engine_load(args)  # the weights load while the server's modules import
+        from cserve.entrypoints.openai.api_server import run_server
+
+        run_server(args, pending)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:
         logger.error("%s", e)
         return 1

@@ -69,3 +69,9 @@ def test_unknown_route_and_method(http):
 def test_server_still_healthy_after_errors(client):
     out = client.completions.create(model=MODEL_NAME, prompt="Hi", max_tokens=2)
     assert out.choices[0].text is not None
+
+
+def test_too_many_headers_is_431(http):
+    headers = {f"x-extra-{i}": "1" for i in range(300)}  # over --h11-max-header-count's 256
+    r = http.get("/health", headers=headers)
+    assert r.status_code == 431 and r.json()["error"]["code"] == 431

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -72,21 +73,39 @@ def _self_signed(tmp_path):
     return key, cert
 
 
-def test_tls_with_env_api_key(chat_model_dir, tmp_path):
+def test_tls_with_env_api_key_and_certificate_refresh(chat_model_dir, tmp_path):
     import openai
 
     key, cert = _self_signed(tmp_path)
     proc = ServerProcess(chat_model_dir, "--ssl-keyfile", str(key), "--ssl-certfile", str(cert),
-                         "--max-model-len", "256", env={"VLLM_API_KEY": "env-key"}, log_dir=tmp_path,
-                         scheme="https")
+                         "--enable-ssl-refresh", "--max-model-len", "256", env={"VLLM_API_KEY": "env-key"},
+                         log_dir=tmp_path, scheme="https")
     try:
         proc.wait_ready(verify=str(cert))
         client = openai.OpenAI(base_url=proc.base_url + "/v1", api_key="env-key", max_retries=0,
                                http_client=httpx.Client(verify=ssl.create_default_context(cafile=str(cert))))
         out = client.completions.create(model=client.models.list().data[0].id, prompt="Hi", max_tokens=2)
         assert out.usage.completion_tokens >= 1
-        with pytest.raises(httpx.ConnectError):  # plain HTTP is not served, and unverified TLS fails
+        with pytest.raises(httpx.ConnectError):  # a client that does not trust the certificate
             httpx.get(proc.base_url + "/health", verify=True)
+        # --enable-ssl-refresh: a new certificate in place is served without a restart.
+        old_pem = cert.read_text()
+        new_dir = tmp_path / "new"
+        new_dir.mkdir()
+        new_key, new_cert = _self_signed(new_dir)
+        key.write_bytes(new_key.read_bytes())
+        cert.write_bytes(new_cert.read_bytes())
+        assert cert.read_text() != old_pem
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(proc.base_url + "/health", verify=ssl.create_default_context(cafile=str(new_cert)))
+                break
+            except httpx.ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert "Reloaded the SSL certificates" in proc.log()
     finally:
         proc.stop()
 

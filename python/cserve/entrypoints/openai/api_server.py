@@ -299,42 +299,19 @@ def build_app(state: ServerState, on_startup=None) -> FastAPI:
     return app
 
 
-def build_state(args) -> ServerState:
-    """Loads the model, tokenizer, chat template and generation defaults; logs where time went."""
-    from cserve import _core
-    from cserve.cli.args import engine_options
+def build_state(args, pending=None) -> ServerState:
+    """Loads the model (or waits for `pending`, a start_engine_load future), tokenizer, chat
+    template and generation defaults; logs where time went."""
+    from cserve.entrypoints.openai.engine_loader import start_engine_load
     from cserve.entrypoints.openai.metrics import Metrics
     from cserve.generation_config import load_generation_defaults
-    from cserve.llm import _engine_config, _load_tokenizer
+    from cserve.llm import _load_tokenizer
     from cserve.tokenizer import load_chat_template
 
     t0 = time.perf_counter()
     model = args.model
-    if not Path(model).exists():
-        raise FileNotFoundError(f"{model}: no such model directory (cserve loads local model directories)")
-    options = engine_options(args)
-    options.pop("model", None)
-    config = _engine_config(model, options)
-    config.num_threads = int(os.environ.get("CSERVE_NUM_THREADS", "0"))  # 0: every core
-    bar = None
-    if args.use_tqdm_on_load:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="Loading weights", unit="layer", dynamic_ncols=True)
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        config.load_progress = progress
-    try:
-        engine = _core.Engine(config)
-    finally:
-        config.load_progress = None
-        if bar is not None:
-            bar.close()
-    info = engine.model_info()
-    t_engine = time.perf_counter() - t0
+    if pending is None:
+        pending = start_engine_load(args)
     tokenizer_dir = args.tokenizer or model
     tokenizer = None if args.skip_tokenizer_init else _load_tokenizer(tokenizer_dir)
     if tokenizer is None and not args.skip_tokenizer_init:
@@ -347,6 +324,9 @@ def build_state(args) -> ServerState:
     if cfg_file.is_file():
         tokenizer_config = json.loads(cfg_file.read_text())
     defaults = load_generation_defaults(model, args.generation_config, args.override_generation_config)
+    t_tokenizer = time.perf_counter() - t0
+    engine, config, t_engine = pending.result()
+    info = engine.model_info()
     if defaults:
         logger.info("Default sampling parameters from the generation config: %s", defaults)
     names = list(args.served_model_name or [model])
@@ -361,9 +341,9 @@ def build_state(args) -> ServerState:
         max_model_len=info.max_model_len, generation_defaults=defaults, metrics=metrics, args=args,
         chat_template=template, executor=ThreadPoolExecutor(1, thread_name_prefix="cserve-tokenize"),
         max_pending=int(os.environ.get("CSERVE_MAX_PENDING_REQUESTS", "4096")), tokenizer_config=tokenizer_config)
-    logger.info("Startup: weights %.2f s, KV cache %.2f s, warm-up %.2f s; engine ready in %.2f s, "
-                "tokenizer and template %.2f s", info.load_seconds, info.kv_alloc_seconds, info.warmup_seconds,
-                t_engine, time.perf_counter() - t0 - t_engine)
+    logger.info("Startup: weights %.2f s, KV cache %.2f s, warm-up %.2f s; engine ready in %.2f s; "
+                "tokenizer and template %.2f s (alongside)", info.load_seconds, info.kv_alloc_seconds,
+                info.warmup_seconds, t_engine, t_tokenizer)
     logger.info("KV cache: %d tokens; maximum concurrency for %d tokens per request: %.2fx",
                 info.kv_cache_tokens, info.max_model_len, info.max_concurrency)
     return state
@@ -435,10 +415,13 @@ def _server_class():
     return Server
 
 
-def run_server(args) -> None:
+_H11_DEFAULT_EVENT_SIZE = 4194304
+
+
+def run_server(args, pending=None) -> None:
     import uvicorn
 
-    state = build_state(args)
+    state = build_state(args, pending)
     holder: dict[str, Any] = {}
 
     async def on_startup() -> None:
@@ -465,6 +448,8 @@ def run_server(args) -> None:
         timeout_graceful_shutdown=5, timeout_keep_alive=5)
     if args.ssl_ciphers:
         kwargs["ssl_ciphers"] = args.ssl_ciphers
+    if args.h11_max_incomplete_event_size != _H11_DEFAULT_EVENT_SIZE:
+        kwargs["http"] = "h11"  # only the h11 protocol has this limit (httptools is faster otherwise)
     if args.log_config_file:
         kwargs["log_config"] = None  # configured by the CLI from the file
     config = uvicorn.Config(app, **kwargs)
