@@ -41,3 +41,25 @@ def test_chat_greedy_matches_transformers(smol_server, smollm2_model_dir):
     assert out.choices[0].model_extra["token_ids"] == ref
     assert out.choices[0].message.content == tok.decode(ref, skip_special_tokens=True)
     assert "Paris" in out.choices[0].message.content
+
+
+def test_sampled_stream_equals_full_and_stops_on_text(smol_server):
+    """A real tokenizer (byte-level BPE with multi-byte characters): sampled text streamed in
+    deltas adds up to the non-streamed text, and a stop string taken from the middle of that text
+    ends both at the same place."""
+    import openai
+
+    client = openai.OpenAI(base_url=smol_server.base_url + "/v1", api_key="x", max_retries=0)
+    messages = [{"role": "user", "content": "Write two sentences about café culture in Paris, with an emoji."}]
+    kw = dict(model="smol", messages=messages, temperature=0.9, seed=1234, max_tokens=48)
+    full = client.chat.completions.create(**kw).choices[0].message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)
+                       if c.choices)
+    assert streamed == full and len(full) > 20
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    cut = full.find(stop)
+    stopped = client.chat.completions.create(stop=[stop], **kw).choices[0]
+    assert stopped.message.content == full[:cut] and stopped.finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       client.chat.completions.create(stop=[stop], stream=True, **kw) if c.choices)
+    assert streamed == full[:cut]
