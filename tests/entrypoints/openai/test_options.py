@@ -28,7 +28,8 @@ def options_server(chat_model_dir, tmp_path_factory):
         "--response-role", "bot", "--trust-request-chat-template", "--generation-config", "vllm",
         "--override-generation-config", '{"max_new_tokens": 5}', "--return-tokens-as-token-ids",
         "--enable-force-include-usage", "--enable-log-requests", "--enable-log-outputs", "--max-log-len", "12",
-        "--disable-access-log-for-endpoints", "/health,/metrics", log_dir=tmp)
+        "--disable-access-log-for-endpoints", "/health,/metrics", "--h11-max-incomplete-event-size", "16384",
+        log_dir=tmp)
     proc.wait_ready()
     yield proc
     proc.stop()
@@ -96,3 +97,10 @@ def test_unknown_fields_are_ignored_with_a_warning(options_server):
                       headers={"content-type": "application/json"})
     assert r.status_code == 200
     assert "frobnicate" in options_server.log()
+
+
+def test_h11_incomplete_event_limit(options_server):
+    with options_server.client() as http:
+        assert http.get("/health", headers={"x-big": "a" * 4000}).status_code == 200
+        assert http.get("/health", headers={"x-big": "a" * 200000}).status_code >= 400
+        assert http.get("/health").status_code == 200
