@@ -159,3 +159,28 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def metric(http: httpx.Client, name: str) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if "finished_reason" in name or "finished_reason" not in line:
+                return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+def abort_count(http: httpx.Client) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("vllm:request_success_total") and 'finished_reason="abort"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError("abort")
+
+
+def wait_idle(http: httpx.Client, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (metric(http, "vllm:num_requests_running") == 0 and metric(http, "vllm:num_requests_waiting") == 0
+                and metric(http, "vllm:kv_cache_usage_perc") == 0):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server did not return to idle:\n" + http.get("/metrics").text[:2000])

@@ -164,6 +164,10 @@ FLAGS: tuple = (
         Flag("--port", INT, 8000, "Port to listen on.", check=Range(0, 65535), **ok("server")),
         Flag("--uds", STR, None, "Unix domain socket path; when set, --host and --port are ignored.",
              **ok("server")),
+        # cserve's own: vLLM has no gRPC server.
+        Flag("--grpc-port", INT, None, "cserve only: also serve the gRPC API (cserve.v1.Generation, health, "
+             "reflection) on this port, in the same process and on the same engine; --host, --api-key and the "
+             "--ssl-* flags apply to it too.", check=Range(0, 65535), **ok("server")),
         Flag("--uvicorn-log-level", STR, "info", "Log level of uvicorn.",
              choices=("critical", "debug", "error", "info", "trace", "warning"), **ok("server")),
         Flag("--disable-uvicorn-access-log", BOOL, False, "Disable uvicorn's access log.", **ok("server")),

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.server import ServerProcess, build_chat_model
+from tests.helpers.server import ServerProcess
 
 MODEL_NAME = "tiny-chat"
-
-
-@pytest.fixture(scope="session")
-def chat_model_dir(tmp_path_factory) -> str:
-    return str(build_chat_model(tmp_path_factory.mktemp("tiny_chat"), generation_config={"temperature": 0.7}))
 
 
 @pytest.fixture(scope="module")

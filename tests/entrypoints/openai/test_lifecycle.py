@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import httpx
 import pytest
 
-from tests.helpers.server import ServerProcess
+from tests.helpers.server import ServerProcess, abort_count, wait_idle
 
 NAME = "tiny"
 
@@ -34,31 +33,6 @@ def slow_server(chat_model_dir, tmp_path_factory):
     proc.stop()
 
 LONG = {"model": NAME, "prompt": "Tell me a long story", "max_tokens": 8000, "ignore_eos": True}
-
-
-def metric(http: httpx.Client, name: str) -> float:
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if "finished_reason" in name or "finished_reason" not in line:
-                return float(line.rsplit(" ", 1)[1])
-    raise KeyError(name)
-
-
-def abort_count(http: httpx.Client) -> float:
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith("vllm:request_success_total") and 'finished_reason="abort"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    raise KeyError("abort")
-
-
-def wait_idle(http: httpx.Client, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (metric(http, "vllm:num_requests_running") == 0 and metric(http, "vllm:num_requests_waiting") == 0
-                and metric(http, "vllm:kv_cache_usage_perc") == 0):
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server did not return to idle:\n" + http.get("/metrics").text[:2000])
 
 
 def test_64_concurrent_requests_all_complete(busy_server):

@@ -125,7 +125,7 @@ async def _send_error(send, message: str, status: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build_app(state: ServerState, on_startup=None) -> FastAPI:
+def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
     from cserve import __version__
     from cserve.entrypoints.openai.serving_chat import create_chat_completion, render_request
     from cserve.entrypoints.openai.serving_completion import create_completion
@@ -144,6 +144,8 @@ def build_app(state: ServerState, on_startup=None) -> FastAPI:
             state.draining = True
             if stats_task is not None:
                 stats_task.cancel()
+            if on_shutdown is not None:
+                await on_shutdown()
             state.engine.stop()
 
     docs = {} if not args.disable_fastapi_docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
@@ -287,16 +289,20 @@ def build_app(state: ServerState, on_startup=None) -> FastAPI:
     async def metrics():
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    api_keys = args.api_key if isinstance(args.api_key, list) else [args.api_key] if args.api_key else []
-    env_key = os.environ.get("VLLM_API_KEY")
-    if not api_keys and env_key:
-        api_keys = [env_key]
-    app.add_middleware(_ASGIGuards, state=state, api_keys=api_keys)
+    app.add_middleware(_ASGIGuards, state=state, api_keys=api_keys(args))
     from fastapi.middleware.cors import CORSMiddleware
 
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
     return app
+
+
+def api_keys(args) -> list[str]:
+    """--api-key, else the VLLM_API_KEY environment variable, as vLLM reads them."""
+    if args.api_key:
+        return args.api_key if isinstance(args.api_key, list) else [args.api_key]
+    env_key = os.environ.get("VLLM_API_KEY")
+    return [env_key] if env_key else []
 
 
 def build_state(args, pending=None) -> ServerState:
@@ -432,8 +438,17 @@ def run_server(args, pending=None) -> None:
         where = f"unix:{args.uds}" if args.uds else \
             f"{'https' if args.ssl_certfile else 'http'}://{args.host or '0.0.0.0'}:{args.port}"
         logger.info("cserve is serving %s at %s", ", ".join(state.served_names), where)
+        if args.grpc_port is not None:
+            from cserve.entrypoints.grpc.server import GrpcServer
 
-    app = build_app(state, on_startup)
+            holder["grpc"] = GrpcServer(state, api_keys(args))
+            await holder["grpc"].start()
+
+    async def on_shutdown() -> None:
+        if "grpc" in holder:
+            await holder["grpc"].stop()
+
+    app = build_app(state, on_startup, on_shutdown)
     try:
         import uvloop  # noqa: F401
 

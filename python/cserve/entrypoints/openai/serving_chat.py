@@ -131,15 +131,15 @@ def _chat_logprobs(state: ServerState, entries: list, top: int) -> ChatLogProbs:
     return ChatLogProbs(content=content)
 
 
-async def create_chat_completion(state: ServerState, request: ChatCompletionRequest, request_id: str,
-                                 disconnected: asyncio.Future) -> Union[dict, AsyncIterator[str], None]:
+async def prepare_chat(state: ServerState, request: ChatCompletionRequest,
+                       request_id: str) -> tuple[RequestRun, str, str, Optional[int]]:
+    """Checks the request, renders and submits it: (run, response role, echo text, top
+    logprobs or None). The gRPC API shares this path."""
     state.check_model(request.model)
     check_common(state, request)
     _check_tools(request)
     if request.top_logprobs and not request.logprobs:
         raise APIError("when using `top_logprobs`, `logprobs` must be set to true.", 400, "top_logprobs")
-    if request.echo and request.stream is False and request.n > 1:
-        pass  # allowed: every choice echoes the same text
     state.check_capacity()
     _, ids = await render_request(state, request)
     ids = truncate_prompt(ids, request.truncate_prompt_tokens)
@@ -155,6 +155,12 @@ async def create_chat_completion(state: ServerState, request: ChatCompletionRequ
             echo = last["content"]
     run = RequestRun(state, request_id, ids, params, 0, request.priority, request.cache_salt or "",
                      streaming=request.stream)
+    return run, role, echo, top
+
+
+async def create_chat_completion(state: ServerState, request: ChatCompletionRequest, request_id: str,
+                                 disconnected: asyncio.Future) -> Union[dict, AsyncIterator[str], None]:
+    run, role, echo, top = await prepare_chat(state, request, request_id)
     if request.stream:
         return _stream(state, request, request_id, run, role, echo, top, disconnected)
     return await _full(state, request, request_id, run, role, echo, top, disconnected)

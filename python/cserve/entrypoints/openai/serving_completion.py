@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator, Optional, Union
+from typing import AsyncIterator, Optional, Union
 
 from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.protocol import (CompletionChoice, CompletionLogProbs, CompletionRequest,
-                                                CompletionResponse, UsageInfo, random_id)
-from cserve.entrypoints.openai.serving import (ChoiceDelta, RequestRun, ServerState, check_common,
+                                                CompletionResponse, UsageInfo)
+from cserve.entrypoints.openai.serving import (RequestRun, ServerState, check_common,
                                                check_prompt_length, clean_logprob, default_max_tokens,
                                                prompt_logprobs_json, run_all, sampling_params, truncate_prompt,
                                                usage)
@@ -83,8 +83,10 @@ def _echo_logprobs(state: ServerState, run: RequestRun, top: int) -> CompletionL
     return out
 
 
-async def create_completion(state: ServerState, request: CompletionRequest, request_id: str,
-                            disconnected: asyncio.Future) -> Union[dict, AsyncIterator[str], None]:
+async def prepare_completion(state: ServerState, request: CompletionRequest,
+                             request_id: str) -> tuple[list[RequestRun], list[str]]:
+    """Checks the request and submits one engine request per prompt: (runs, echo texts).
+    The gRPC API shares this path."""
     state.check_model(request.model)
     check_common(state, request)
     if request.suffix is not None:
@@ -113,6 +115,12 @@ async def create_completion(state: ServerState, request: CompletionRequest, requ
             state.engine.abort(r.request_id)
             r.aborted()
         raise
+    return runs, echo_texts
+
+
+async def create_completion(state: ServerState, request: CompletionRequest, request_id: str,
+                            disconnected: asyncio.Future) -> Union[dict, AsyncIterator[str], None]:
+    runs, echo_texts = await prepare_completion(state, request, request_id)
     if request.stream:
         return _stream(state, request, request_id, runs, echo_texts, disconnected)
     return await _full(state, request, request_id, runs, echo_texts, disconnected)

@@ -1,0 +1,1 @@
+"""The gRPC API (cserve.v1.Generation) served beside the HTTP server, on the same engine."""
