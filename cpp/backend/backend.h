@@ -11,6 +11,7 @@
 
 #include "backend/attention_metadata.h"
 #include "core/buffer.h"
+#include "core/quant.h"
 #include "core/tensor.h"
 
 namespace cserve {
@@ -22,6 +23,18 @@ class LinearWeight {
   virtual int64_t n() const = 0;
   virtual int64_t k() const = 0;
   virtual size_t bytes() const = 0;
+};
+
+// One part of a quantized linear weight as a GGUF file stores it: `rows` rows of `cols`
+// values of ggml type `type`; row r at data + r * row_stride, or row row_order[r] when
+// row_order is set (llama.cpp permutes q/k rows). Optional bias of `rows` floats.
+struct QuantPart {
+  GgmlType type = GgmlType::Q8_0;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0, cols = 0;
+  size_t row_stride = 0;
+  const float* bias = nullptr;
+  const int32_t* row_order = nullptr;
 };
 
 class Backend {
@@ -36,6 +49,8 @@ class Backend {
   // biases: empty, or one per part (data == nullptr for a part without one).
   virtual std::unique_ptr<LinearWeight> pack_linear(const std::vector<Tensor>& parts,
                                                     const std::vector<Tensor>& biases, DType dtype) = 0;
+  // Concatenates quantized parts along n; the weights stay quantized (4 or 8 bits per value).
+  virtual std::unique_ptr<LinearWeight> pack_linear_quantized(const std::vector<QuantPart>& parts) = 0;
   // y (= or +=) x W^T + bias. x [m][k], y [m][n]; leading dims in elements.
   virtual void linear(const LinearWeight& w, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy,
                       bool accumulate) = 0;

@@ -14,6 +14,7 @@ namespace nb = nanobind;
 using namespace nb::literals;
 
 void bind_testing(nb::module_& m);
+void bind_gguf(nb::module_& m);
 
 namespace {
 
@@ -165,6 +166,7 @@ NB_MODULE(_core, m) {
   register_errors(m);
   bind_config(m);
   bind_engine(m);
+  bind_gguf(m);
   nb::module_ testing = m.def_submodule("testing", "Internals exposed for tests");
   bind_testing(testing);
 }

@@ -13,6 +13,8 @@
 #include <memory>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/qgemm.h"
+#include "core/quant.h"
 #include "cserve/engine.h"
 #include "kv/block_pool.h"
 #include "kv/kv_cache_manager.h"
@@ -155,6 +157,36 @@ void bind_testing(nb::module_& m) {
     cserve::cpu::gemm(p, x.data(), m_rows, static_cast<int64_t>(x.shape(1)), y.data(), n, false, pool);
     return y;
   }, "w"_a, "x"_a, "dtype"_a, "bias"_a.none() = nb::none(), "num_threads"_a = 2);
+
+  // Quantized weights given as raw ggml blocks (bytes of n rows of k values of ggml type `type`).
+  m.def("dequantize", [](uint32_t type, nb::bytes data, int64_t n, int64_t k) {
+    const auto t = static_cast<cserve::GgmlType>(type);
+    if (!cserve::ggml_type_supported(t)) throw cserve::NotSupported("ggml type " + std::to_string(type));
+    const size_t row = cserve::ggml_row_bytes(t, k);
+    if (data.size() != row * static_cast<size_t>(n)) throw cserve::InvalidArgument("dequantize: wrong byte count");
+    Array out = make_array({n, k});
+    for (int64_t r = 0; r < n; ++r)
+      cserve::dequantize_row(t, static_cast<const uint8_t*>(data.data()) + r * row, out.data() + r * k, k);
+    return out;
+  }, "type"_a, "data"_a, "n"_a, "k"_a);
+
+  m.def("quant_linear", [](uint32_t type, nb::bytes data, int64_t n, int64_t k, ArrayIn x, int num_threads) {
+    const auto t = static_cast<cserve::GgmlType>(type);
+    cserve::QuantPart part;
+    part.type = t;
+    part.data = static_cast<const uint8_t*>(data.data());
+    part.rows = n;
+    part.cols = k;
+    part.row_stride = cserve::ggml_row_bytes(t, k);
+    if (data.size() != part.row_stride * static_cast<size_t>(n))
+      throw cserve::InvalidArgument("quant_linear: wrong byte count");
+    cserve::ThreadPool pool(num_threads);
+    cserve::cpu::QuantMatrix w = cserve::cpu::pack_quant_matrix({part}, pool);
+    const int64_t m_rows = static_cast<int64_t>(x.shape(0));
+    Array y = make_array({m_rows, n});
+    cserve::cpu::qgemm(w, x.data(), m_rows, static_cast<int64_t>(x.shape(1)), y.data(), n, false, pool);
+    return nb::make_tuple(y, w.bits);
+  }, "type"_a, "data"_a, "n"_a, "k"_a, "x"_a, "num_threads"_a = 2);
 
   m.def("gather_rows", [](ArrayIn w, const std::string& dtype, const std::vector<int32_t>& ids) {
     cserve::cpu::PackedMatrix p = cserve::cpu::pack_matrix({view(w)}, {}, dtype_of(dtype));

@@ -16,6 +16,8 @@
 #include "engine/engine_setup.h"
 #include "engine/model_runner.h"
 #include "kv/kv_cache_manager.h"
+#include "loader/gguf.h"
+#include "loader/gguf_model.h"
 #include "loader/model_config.h"
 #include "loader/safetensors.h"
 #include "sched/scheduler.h"
@@ -52,6 +54,7 @@ struct Engine::Impl {
   ModelInfo info;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<SafetensorsCheckpoint> checkpoint;  // outlives the model: weights may point into it
+  std::unique_ptr<GgufFile> gguf;
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<KVCacheManager> kv;
   std::unique_ptr<Scheduler> scheduler;
@@ -85,7 +88,16 @@ struct Engine::Impl {
 Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   config.load_progress = nullptr;  // used only while loading, from `c`; not kept
   auto t0 = std::chrono::steady_clock::now();
-  model_config = load_model_config(c.model);
+  // A .gguf path (or --load-format gguf) is one file holding the config and the weights.
+  const bool from_gguf = c.load_format == "gguf" || (c.load_format == "auto" && is_gguf_path(c.model));
+  if (from_gguf) {
+    if (!is_gguf_path(c.model))
+      throw InvalidArgument("load_format gguf needs a .gguf file, got " + c.model);
+    gguf = std::make_unique<GgufFile>(c.model);
+    model_config = gguf_model_config(*gguf);
+  } else {
+    model_config = load_model_config(c.model);
+  }
   if (c.disable_sliding_window) model_config.layer_sliding_window.assign(model_config.layer_sliding_window.size(), 0);
   const DType dtype = resolve_dtype(c.dtype, model_config);
   if (c.kv_cache_dtype != "auto" && parse_dtype(c.kv_cache_dtype) != dtype)
@@ -94,18 +106,20 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   const SchedulerConfig sched_config = resolve_scheduler_config(c, max_model_len);
 
   std::vector<int64_t> eos = model_config.eos_token_ids;
-  for (int64_t e : load_generation_eos(c.model))
+  for (int64_t e : from_gguf ? std::vector<int64_t>{} : load_generation_eos(c.model))
     if (std::find(eos.begin(), eos.end(), e) == eos.end()) eos.push_back(e);
 
   backend = make_cpu_backend(c.num_threads);
   const SafetensorsCheckpoint* ckpt = nullptr;
-  if (c.load_format == "auto" || c.load_format == "safetensors") {
+  if (!from_gguf && (c.load_format == "auto" || c.load_format == "safetensors")) {
     checkpoint = std::make_unique<SafetensorsCheckpoint>(c.model);
     ckpt = checkpoint.get();
-  } else if (c.load_format != "dummy") {
-    throw NotSupported("load_format " + c.load_format + " is not supported yet (supported: auto, safetensors, dummy)");
+  } else if (!from_gguf && c.load_format != "dummy") {
+    throw NotSupported("load_format " + c.load_format +
+                       " is not supported yet (supported: auto, safetensors, gguf, dummy)");
   }
-  ModelWeights weights = load_weights(model_config, ckpt, dtype, *backend, static_cast<uint64_t>(c.seed), c.load_progress);
+  ModelWeights weights = load_weights(model_config, ckpt, dtype, *backend, static_cast<uint64_t>(c.seed),
+                                      c.load_progress, gguf.get());
   const int64_t weight_bytes = static_cast<int64_t>(weights.total_bytes);
   auto model = std::make_unique<LlamaModel>(model_config, *backend, std::move(weights));
   info.load_seconds = seconds_since(t0);

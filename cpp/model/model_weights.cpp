@@ -2,8 +2,11 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "cserve/error.h"
+#include "loader/gguf.h"
+#include "loader/gguf_model.h"
 #include "loader/safetensors.h"
 #include "util/mmap_file.h"
 
@@ -15,11 +18,34 @@ namespace {
 // or freshly made random ones for load_format dummy.
 class TensorSource {
  public:
-  TensorSource(const SafetensorsCheckpoint* ckpt, uint64_t seed) : ckpt_(ckpt), state_(seed) {}
+  TensorSource(const SafetensorsCheckpoint* ckpt, uint64_t seed, const GgufFile* gguf = nullptr,
+               const ModelConfig* config = nullptr)
+      : ckpt_(ckpt), gguf_(gguf), config_(config), state_(seed) {}
 
-  bool has(const std::string& name) const { return !ckpt_ || ckpt_->has(name); }
+  bool has(const std::string& name) const {
+    if (gguf_) return gguf_->has_tensor(gguf_tensor_name(name));
+    return !ckpt_ || ckpt_->has(name);
+  }
+
+  // A GGUF tensor of a quantized type, as a QuantPart (rows un-permuted); nullopt for
+  // dense tensors and for other sources.
+  std::optional<QuantPart> quant_part(const std::string& name, const std::vector<int64_t>& shape) {
+    if (!gguf_) return std::nullopt;
+    const GgufTensor& t = gguf_tensor(name, shape);
+    if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) return std::nullopt;
+    QuantPart p;
+    p.type = t.type;
+    p.data = t.data;
+    p.rows = shape[0];
+    p.cols = shape[1];
+    p.row_stride = ggml_row_bytes(t.type, p.cols);
+    p.row_order = row_order(name, p.rows);
+    fetched_.push_back(Tensor{const_cast<uint8_t*>(t.data), DType::F32, {static_cast<int64_t>(t.nbytes / 4)}});
+    return p;
+  }
 
   Tensor get(const std::string& name, const std::vector<int64_t>& shape, float dummy_value_or_nan) {
+    if (gguf_) return get_gguf(name, shape);
     if (!ckpt_) return make_dummy(shape, dummy_value_or_nan);
     const SafetensorsEntry& e = ckpt_->get(name);
     fetched_.push_back(e.view);
@@ -30,6 +56,51 @@ class TensorSource {
   }
 
  private:
+  const GgufTensor& gguf_tensor(const std::string& name, const std::vector<int64_t>& shape) {
+    const std::string gname = gguf_tensor_name(name);
+    if (gname.empty()) throw NotFound(gguf_->path() + ": no GGUF name for tensor " + name);
+    const GgufTensor& t = gguf_->tensor(gname);
+    if (t.shape != shape)
+      throw InvalidArgument(gguf_->path() + ": tensor " + gname + " has shape " + shape_str(t.shape) +
+                            ", expected " + shape_str(shape));
+    return t;
+  }
+
+  // The source row of each output row, undoing llama.cpp's q/k permutation; null when none.
+  const int32_t* row_order(const std::string& name, int64_t rows) {
+    const int64_t heads = gguf_permuted_heads(*gguf_, *config_, name);
+    if (heads == 0) return nullptr;
+    const int64_t hd = rows / heads, half = hd / 2;
+    orders_.emplace_back(static_cast<size_t>(rows));
+    std::vector<int32_t>& order = orders_.back();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t h = r / hd, t = (r % hd) / half, j = (r % hd) % half;
+      order[r] = static_cast<int32_t>(h * hd + 2 * j + t);
+    }
+    return order.data();
+  }
+
+  // Dense GGUF tensors are used in place when their type is one cserve stores; anything
+  // quantized (or permuted) becomes an f32 copy.
+  Tensor get_gguf(const std::string& name, const std::vector<int64_t>& shape) {
+    const GgufTensor& t = gguf_tensor(name, shape);
+    const int64_t rows = shape.size() == 2 ? shape[0] : 1;
+    const int64_t cols = shape.back();
+    const int32_t* order = shape.size() == 2 ? row_order(name, rows) : nullptr;
+    if (!order && (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16)) {
+      const DType dt = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
+      fetched_.push_back(Tensor{const_cast<uint8_t*>(t.data), dt, shape});
+      return Tensor{const_cast<uint8_t*>(t.data), dt, shape};
+    }
+    scratch_.emplace_back(static_cast<size_t>(rows * cols) * sizeof(float));
+    float* out = scratch_.back().as<float>();
+    const size_t row_bytes = ggml_row_bytes(t.type, cols);
+    for (int64_t r = 0; r < rows; ++r)
+      dequantize_row(t.type, t.data + static_cast<size_t>(order ? order[r] : r) * row_bytes, out + r * cols, cols);
+    fetched_.push_back(Tensor{const_cast<uint8_t*>(t.data), DType::F32, {static_cast<int64_t>(t.nbytes / 4)}});
+    return Tensor{out, DType::F32, shape};
+  }
+
   static std::string shape_str(const std::vector<int64_t>& s) {
     std::string out = "[";
     for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -61,6 +132,7 @@ class TensorSource {
   // the last call, which have been converted and packed: the mapping need not stay resident.
   void release_scratch(bool keep_file_pages = false) {
     scratch_.clear();
+    orders_.clear();
     if (!keep_file_pages)
       for (const Tensor& t : fetched_) drop_file_pages(t.data, t.nbytes());
     fetched_.clear();
@@ -68,6 +140,9 @@ class TensorSource {
 
  private:
   const SafetensorsCheckpoint* ckpt_;
+  const GgufFile* gguf_;
+  const ModelConfig* config_;
+  std::vector<std::vector<int32_t>> orders_;
   uint64_t state_;
   std::vector<Buffer> scratch_;
   std::vector<Tensor> fetched_;
@@ -90,9 +165,9 @@ Buffer to_f32(const Tensor& t, DType dtype) {
 }  // namespace
 
 ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckpt, DType dtype, Backend& backend,
-                          uint64_t seed, const LoadProgress& progress) {
+                          uint64_t seed, const LoadProgress& progress, const GgufFile* gguf) {
   const int64_t steps = c.num_hidden_layers + 1;
-  TensorSource src(ckpt, seed);
+  TensorSource src(ckpt, seed, gguf, &c);
   ModelWeights w;
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
   const int64_t q_dim = c.num_attention_heads * D, kv_dim = c.num_key_value_heads * D;
@@ -101,6 +176,18 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
   auto linear = [&](const std::vector<std::string>& names, const std::vector<int64_t>& rows, int64_t k,
                     bool with_bias) {
     std::vector<Tensor> parts, biases;
+    std::vector<QuantPart> qparts;
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (auto q = src.quant_part(names[i] + ".weight", {rows[i], k})) qparts.push_back(*q);
+    }
+    if (!qparts.empty() && qparts.size() == names.size()) {  // every part quantized: keep it so
+      for (size_t i = 0; i < names.size(); ++i)
+        if (with_bias) qparts[i].bias = src.get(names[i] + ".bias", {rows[i]}, 0.0f).as<float>();
+      auto packed = backend.pack_linear_quantized(qparts);
+      w.total_bytes += packed->bytes();
+      src.release_scratch();
+      return packed;
+    }
     for (size_t i = 0; i < names.size(); ++i) {
       parts.push_back(src.get(names[i] + ".weight", {rows[i], k}, kRandom));
       if (with_bias) biases.push_back(src.get(names[i] + ".bias", {rows[i]}, 0.0f));

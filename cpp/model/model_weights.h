@@ -13,6 +13,8 @@
 
 namespace cserve {
 
+class GgufFile;
+
 class SafetensorsCheckpoint;
 
 struct LayerWeights {
@@ -36,7 +38,10 @@ using LoadProgress = std::function<void(int64_t done, int64_t total)>;
 
 // From a checkpoint (shapes and dtypes checked, errors name the file and tensor), or
 // random (load_format dummy) when checkpoint is null. Converts to `dtype`.
+// From a GGUF file instead when `gguf` is set: quantized linear weights stay quantized,
+// other tensors are dequantized to `dtype`.
 ModelWeights load_weights(const ModelConfig& config, const SafetensorsCheckpoint* checkpoint, DType dtype,
-                          Backend& backend, uint64_t seed, const LoadProgress& progress = {});
+                          Backend& backend, uint64_t seed, const LoadProgress& progress = {},
+                          const GgufFile* gguf = nullptr);
 
 }  // namespace cserve

@@ -18,7 +18,7 @@ def load_generation_defaults(model_dir: str, mode: Optional[str] = "auto",
     mode = mode or "auto"
     raw: dict[str, Any] = {}
     if mode != "vllm":
-        directory = Path(model_dir) if mode == "auto" else Path(mode)
+        directory = Path(model_dir) if mode == "auto" else Path(mode)  # a GGUF file has none: no such dir
         if mode != "auto" and not directory.is_dir():
             raise ValueError(f"--generation-config {mode}: not a directory")
         file = directory / "generation_config.json"

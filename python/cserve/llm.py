@@ -68,7 +68,7 @@ class LLM:
         **engine_options: Any,
     ) -> None:
         if not Path(model).exists():
-            raise FileNotFoundError(f"{model}: no such model directory")
+            raise FileNotFoundError(f"{model}: no such model directory or GGUF file")
         config = _engine_config(model, engine_options)
         config.num_threads = num_threads
         self.engine = _core.Engine(config)
@@ -139,11 +139,11 @@ class LLM:
     ) -> list[RequestOutput]:
         """Generates replies to one conversation or a list of them, rendered with the model's
         chat template (or `chat_template`: a file or the template text), as vLLM's LLM.chat."""
-        from cserve.tokenizer import load_chat_template
+        from cserve.tokenizer.loading import load_template
 
         if self._tokenizer is None:
             raise ValueError("LLM.chat needs a tokenizer (tokenizer.json in the model directory)")
-        template = load_chat_template(self._tokenizer_dir, chat_template)
+        template = load_template(self._tokenizer_dir, chat_template)
         if template is None:
             raise ValueError("the model has no chat template: pass chat_template=")
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
@@ -184,12 +184,9 @@ def _progress_bar(total: int):
 
 
 def _load_tokenizer(path: str):
-    file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
-    if not file.exists():
-        return None
-    from tokenizers import Tokenizer
+    from cserve.tokenizer.loading import load_tokenizer
 
-    return Tokenizer.from_file(str(file))
+    return load_tokenizer(path)
 
 
 def _decode(tokenizer, ids: list[int], skip_special: bool) -> str:

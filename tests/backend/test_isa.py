@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 NODES = [
     "tests/backend/test_kernels.py",
+    "tests/backend/test_qgemm.py",
     "tests/model/test_parity.py::test_alone[llama]",
     "tests/model/test_parity.py::test_alone[qwen3]",
     "tests/model/test_parity.py::test_chunked_prefill[mistral]",

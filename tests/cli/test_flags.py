@@ -177,7 +177,6 @@ def test_no_effect_notes():
     assert no_effect_notes(args) == [
         "--trust-remote-code: no effect (cserve never runs code from the checkpoint)",
         "--enforce-eager: no effect (cserve captures no CUDA graphs)",
-        "--download-dir: no effect (cserve loads local directories and downloads nothing)",
         "--swap-space: no effect (preempted requests are recomputed, never swapped)",
     ]
 
@@ -359,10 +358,30 @@ def test_model_positional_or_flag(argv, model):
     assert parse_serve_args(argv).model == model
 
 
-def test_model_is_required():
-    with pytest.raises(ServeArgsError) as info:
-        parse_serve_args(["--port", "8001"])
-    assert str(info.value) == "a model is required (MODEL or --model)"
+def test_model_is_optional():
+    # Neither MODEL nor --model: `cserve serve` serves its default model (cserve.model_source).
+    from cserve.model_source import DEFAULT_MODEL
+
+    assert parse_serve_args(["--port", "8001"]).model is None
+    assert DEFAULT_MODEL in BY_NAME["--model"].help
+
+
+@pytest.mark.parametrize("flag", ["--revision", "--tokenizer-revision", "--hf-token", "--download-dir",
+                                  "--ignore-patterns", "--tokenizer"])
+def test_model_source_flags_are_supported(flag):
+    assert BY_NAME[flag].support == SUPPORTED and BY_NAME[flag].config == "server"
+
+
+def test_hf_token_is_a_string_or_true(tmp_path):
+    # vLLM: `--hf-token` alone means "the stored token" (True), `--hf-token T` the token T.
+    assert parse().hf_token is None
+    assert parse("--hf-token").hf_token is True
+    assert parse("--hf-token", "hf_abc").hf_token == "hf_abc"
+    assert parse("--hf-token=hf_abc", "--port", "1").hf_token == "hf_abc"
+    path = tmp_path / "serve.yaml"
+    for text, value in [("hf_token: true\n", True), ("hf_token: false\n", None), ("hf-token: hf_x\n", "hf_x")]:
+        path.write_text(text)
+        assert parse("--config", str(path)).hf_token == value, text
 
 
 def test_unknown_flag_exits_2(capsys):
@@ -402,7 +421,7 @@ def test_malformed_values_exit_2(argv, capsys):
 def test_refusals_name_the_flag_and_value():
     assert refusal("-tp", "2") == "--tensor-parallel-size 2 is not supported yet"
     assert refusal("-q", "awq") == "--quantization awq is not supported yet"
-    assert refusal("--load-format", "gguf") == "--load-format gguf is not supported yet"
+    assert refusal("--load-format", "tensorizer") == "--load-format tensorizer is not supported yet"
     assert refusal("--limit-mm-per-prompt", "image=2") == '--limit-mm-per-prompt {"image": 2} is not supported yet'
 
 

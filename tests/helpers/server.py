@@ -95,14 +95,14 @@ def _pythonpath() -> str:
 
 
 class ServerProcess:
-    """`python -m cserve.cli.main serve MODEL ARGS` until stop(); log in self.log_path."""
+    """`python -m cserve.cli.main serve [MODEL] ARGS` until stop(); log in self.log_path."""
 
-    def __init__(self, model: str, *args: str, port: Optional[int] = None, uds: Optional[str] = None,
+    def __init__(self, model: Optional[str], *args: str, port: Optional[int] = None, uds: Optional[str] = None,
                  env: Optional[dict] = None, log_dir: Optional[Path] = None, scheme: str = "http") -> None:
         self.port = None if uds else (port or free_port())
         self.uds = uds
         self.scheme = scheme
-        cmd = [sys.executable, "-m", "cserve.cli.main", "serve", model, *args]
+        cmd = [sys.executable, "-m", "cserve.cli.main", "serve", *([model] if model else []), *args]
         cmd += ["--uds", uds] if uds else ["--host", "127.0.0.1", "--port", str(self.port)]
         full_env = {**os.environ, "PYTHONPATH": _pythonpath(), "CSERVE_NUM_THREADS": "1", **(env or {})}
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))

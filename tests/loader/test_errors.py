@@ -218,13 +218,14 @@ def test_sharded_checkpoint(built, tmp_path):
     (dict(max_model_len=100000), ValueError, "max_model_len"),
     (dict(scheduling_policy="lifo"), ValueError, "scheduling_policy"),
     (dict(dtype="int8"), ValueError, "int8"),
-    (dict(load_format="gguf"), NotImplementedError, "gguf"),
+    (dict(load_format="tensorizer"), NotImplementedError, "tensorizer"),
+    (dict(load_format="gguf"), ValueError, "needs a .gguf file"),
     (dict(prefix_caching_hash_algo="md5"), ValueError, "md5"),
     (dict(block_size=0), ValueError, "block_size"),
     (dict(max_num_seqs=0), ValueError, "max_num_seqs"),
     (dict(enable_chunked_prefill=False, max_num_batched_tokens=16), ValueError, "max_num_batched_tokens"),
     (dict(no_such_option=1), TypeError, "no_such_option"),
-], ids=["max_model_len", "policy", "dtype", "load_format", "hash", "block_size", "max_num_seqs", "budget", "kwarg"])
+], ids=["max_model_len", "policy", "dtype", "load_format", "gguf_dir", "hash", "block_size", "max_num_seqs", "budget", "kwarg"])
 def test_bad_engine_options(built, kw, exc, match):
     with pytest.raises(exc, match=match):
         make_llm(built.path, **kw)

@@ -3,6 +3,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/qgemm.h"
 #include "cserve/error.h"
 #include "util/thread_pool.h"
 
@@ -22,7 +23,25 @@ class CpuLinear : public LinearWeight {
   cpu::PackedMatrix m_;
 };
 
+class CpuQuantLinear : public LinearWeight {
+ public:
+  explicit CpuQuantLinear(cpu::QuantMatrix m) : m_(std::move(m)) {}
+  int64_t n() const override { return m_.n; }
+  int64_t k() const override { return m_.k; }
+  size_t bytes() const override {
+    return m_.codes.size() + m_.scales.size() + m_.mins.size() + m_.bias.size() * sizeof(float);
+  }
+  const cpu::QuantMatrix& matrix() const { return m_; }
+
+ private:
+  cpu::QuantMatrix m_;
+};
+
 const cpu::PackedMatrix& packed(const LinearWeight& w) { return static_cast<const CpuLinear&>(w).matrix(); }
+const cpu::QuantMatrix* quantized(const LinearWeight& w) {
+  const auto* q = dynamic_cast<const CpuQuantLinear*>(&w);
+  return q ? &q->matrix() : nullptr;
+}
 
 class CpuBackend : public Backend {
  public:
@@ -36,13 +55,24 @@ class CpuBackend : public Backend {
                                             DType dtype) override {
     return std::make_unique<CpuLinear>(cpu::pack_matrix(parts, biases, dtype));
   }
+  std::unique_ptr<LinearWeight> pack_linear_quantized(const std::vector<QuantPart>& parts) override {
+    return std::make_unique<CpuQuantLinear>(cpu::pack_quant_matrix(parts, pool_));
+  }
   void linear(const LinearWeight& w, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy, bool accumulate) override {
+    if (const cpu::QuantMatrix* q = quantized(w)) {
+      cpu::qgemm(*q, x.as<float>(), x.dim(0), ldx, y.as<float>(), ldy, accumulate, pool_);
+      return;
+    }
     cpu::gemm(packed(w), x.as<float>(), x.dim(0), ldx, y.as<float>(), ldy, accumulate, pool_);
   }
   void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) override {
     cpu::embedding(table, ids, n, out.as<float>());
   }
   void embedding(const LinearWeight& w, const int32_t* ids, int64_t n, Tensor& out) override {
+    if (const cpu::QuantMatrix* q = quantized(w)) {
+      cpu::qgather_rows(*q, ids, n, out.as<float>());
+      return;
+    }
     cpu::gather_rows(packed(w), ids, n, out.as<float>());
   }
   void rms_norm(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld, float eps,

@@ -67,6 +67,20 @@ Isa cpu_isa() {
   return isa;
 }
 
+bool cpu_has_avx512_vnni() {
+  static const bool vnni = [] {
+    if (static_cast<int>(cpu_isa()) < static_cast<int>(Isa::Avx512)) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (c & (1u << 11)) != 0;
+#else
+    return false;
+#endif
+  }();
+  return vnni;
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return "scalar";

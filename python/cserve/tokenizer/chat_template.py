@@ -48,6 +48,15 @@ def _token_text(value: Any) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+def _file_text(override: str) -> str:
+    """The file's text when `override` names a file, else `override` itself (the template)."""
+    try:
+        path = Path(override)
+        return path.read_text() if path.is_file() else override
+    except OSError:  # e.g. a long template line is not a valid file name
+        return override
+
+
 def load_chat_template(model_dir: str, override: Optional[str] = None) -> Optional[ChatTemplate]:
     """The model's template (chat_template.jinja, or chat_template in tokenizer_config.json),
     or `override`: a file path or the template text itself. None when there is none."""
@@ -58,8 +67,7 @@ def load_chat_template(model_dir: str, override: Optional[str] = None) -> Option
         config = json.loads(config_file.read_text())
     special = {name: _token_text(config.get(name)) or "" for name in ("bos_token", "eos_token", "unk_token", "pad_token")}
     if override is not None:
-        path = Path(override)
-        source = path.read_text() if path.is_file() else override
+        source = _file_text(override)
         return ChatTemplate(source, special)
     jinja_file = directory / "chat_template.jinja"
     if jinja_file.is_file():

@@ -14,7 +14,6 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
@@ -311,24 +310,20 @@ def build_state(args, pending=None) -> ServerState:
     from cserve.entrypoints.openai.engine_loader import start_engine_load
     from cserve.entrypoints.openai.metrics import Metrics
     from cserve.generation_config import load_generation_defaults
-    from cserve.llm import _load_tokenizer
-    from cserve.tokenizer import load_chat_template
+    from cserve.tokenizer.loading import load_template, load_tokenizer, tokenizer_config
 
     t0 = time.perf_counter()
     model = args.model
     if pending is None:
         pending = start_engine_load(args)
     tokenizer_dir = args.tokenizer or model
-    tokenizer = None if args.skip_tokenizer_init else _load_tokenizer(tokenizer_dir)
+    tokenizer = None if args.skip_tokenizer_init else load_tokenizer(tokenizer_dir)
     if tokenizer is None and not args.skip_tokenizer_init:
-        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer.json (pass --tokenizer or --skip-tokenizer-init)")
+        raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer (tokenizer.json or GGUF metadata); pass --tokenizer "
+                                "or --skip-tokenizer-init")
     template = None
     if not args.skip_tokenizer_init:
-        template = load_chat_template(tokenizer_dir, args.chat_template)
-    tokenizer_config = {}
-    cfg_file = Path(tokenizer_dir) / "tokenizer_config.json"
-    if cfg_file.is_file():
-        tokenizer_config = json.loads(cfg_file.read_text())
+        template = load_template(tokenizer_dir, args.chat_template)
     defaults = load_generation_defaults(model, args.generation_config, args.override_generation_config)
     t_tokenizer = time.perf_counter() - t0
     engine, config, t_engine = pending.result()
@@ -346,7 +341,7 @@ def build_state(args, pending=None) -> ServerState:
         engine=AsyncEngine(engine), tokenizer=tokenizer, model_path=tokenizer_dir, served_names=names,
         max_model_len=info.max_model_len, generation_defaults=defaults, metrics=metrics, args=args,
         chat_template=template, executor=ThreadPoolExecutor(1, thread_name_prefix="cserve-tokenize"),
-        max_pending=int(os.environ.get("CSERVE_MAX_PENDING_REQUESTS", "4096")), tokenizer_config=tokenizer_config)
+        max_pending=int(os.environ.get("CSERVE_MAX_PENDING_REQUESTS", "4096")), tokenizer_config=tokenizer_config(tokenizer_dir))
     logger.info("Startup: weights %.2f s, KV cache %.2f s, warm-up %.2f s; engine ready in %.2f s; "
                 "tokenizer and template %.2f s (alongside)", info.load_seconds, info.kv_alloc_seconds,
                 info.warmup_seconds, t_engine, t_tokenizer)

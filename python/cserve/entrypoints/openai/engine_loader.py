@@ -19,7 +19,7 @@ def start_engine_load(args) -> Future:
 
     model = args.model
     if not Path(model).exists():
-        raise FileNotFoundError(f"{model}: no such model directory (cserve loads local model directories)")
+        raise FileNotFoundError(f"{model}: no such model directory or GGUF file")
     options = engine_options(args)
     options.pop("model", None)
     config = _engine_config(model, options)
