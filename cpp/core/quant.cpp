@@ -218,6 +218,11 @@ void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n) {
     });
 }
 
+bool qblock_scales_are_f16(GgmlType t) {
+  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q5_0 || t == GgmlType::Q5_1 ||
+         t == GgmlType::Q8_0;
+}
+
 int qblock_bits(GgmlType t) {
   return (t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q4_K) ? 4 : 8;
 }

@@ -36,6 +36,9 @@ constexpr int64_t kQBlock = 32;
 
 // 4 for Q4_0 / Q4_1 / Q4_K, 8 for any other type.
 int qblock_bits(GgmlType t);
+// True when t's blocks map to (d, m) pairs that f16 holds exactly (Q4_0, Q4_1, Q5_0, Q5_1,
+// Q8_0: f16 scales in the file, offsets a power-of-two multiple of them or f16 too).
+bool qblock_scales_are_f16(GgmlType t);
 // Bytes of codes for one row of k_padded values (k_padded a multiple of 64).
 inline size_t qblock_code_bytes(int bits, int64_t k_padded) {
   return static_cast<size_t>(bits == 4 ? k_padded / 2 : k_padded);

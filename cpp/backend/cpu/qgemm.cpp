@@ -38,15 +38,17 @@ void quantize_acts(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t k_
 }
 
 void qgemm_rows_scalar(const QGemmArgs& g, int64_t n_begin, int64_t n_end) {
-  const int bits = g.w->bits;
-  const int64_t blocks = g.w->blocks;
-  for_each_output(g, n_begin, n_end, [&](const uint8_t* codes, const float* d, const int8_t* q, const float* dx) {
+  const QuantMatrix& w = *g.w;
+  const QuantActs& a = *g.a;
+  for_each_output(g, n_begin, n_end, [&](int64_t n, int64_t r) {
+    const uint8_t* codes = w.codes.as<uint8_t>() + n * w.row_code_bytes();
+    const int8_t* q = a.q.data() + r * a.k_padded;
     float acc = 0.0f;
-    for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t b = 0; b < w.blocks; ++b) {
       int dot = 0;
       for (int j = 0; j < 32; ++j) {
         int u;
-        if (bits == 8) {
+        if (w.bits == 8) {
           u = codes[b * 32 + j];
         } else {
           const uint8_t byte = codes[(b / 2) * 32 + j];
@@ -54,7 +56,8 @@ void qgemm_rows_scalar(const QGemmArgs& g, int64_t n_begin, int64_t n_end) {
         }
         dot += u * q[b * 32 + j];
       }
-      acc += d[b] * dx[b] * static_cast<float>(dot);
+      acc += scale_at(w, w.row_scales(n), b) * a.dx[r * a.blocks + b] * static_cast<float>(dot) +
+             scale_at(w, w.row_mins(n), b) * a.sx[r * a.blocks + b];
     }
     return acc;
   });
@@ -67,10 +70,12 @@ QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& p
   QuantMatrix w;
   w.k = parts[0].cols;
   w.bits = 4;
+  w.half_scales = true;
   bool any_bias = false;
   for (const QuantPart& p : parts) {
     if (p.cols != w.k) throw InvalidArgument("pack_quant_matrix: parts differ in k");
     if (qblock_bits(p.type) == 8) w.bits = 8;
+    if (!qblock_scales_are_f16(p.type)) w.half_scales = false;
     w.n += p.rows;
     any_bias = any_bias || p.bias != nullptr;
   }
@@ -78,19 +83,26 @@ QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& p
   w.k_padded = (w.k + 63) / 64 * 64;
   w.blocks = w.k_padded / kQBlock;
   w.codes = Buffer(static_cast<size_t>(w.n) * w.row_code_bytes());
-  w.scales = Buffer(static_cast<size_t>(w.n * w.blocks) * sizeof(float));
-  w.mins = Buffer(static_cast<size_t>(w.n * w.blocks) * sizeof(float));
+  w.scales = Buffer(static_cast<size_t>(w.n * w.blocks) * w.scale_bytes());
+  w.mins = Buffer(static_cast<size_t>(w.n * w.blocks) * w.scale_bytes());
   if (any_bias) w.bias.assign(static_cast<size_t>(w.n), 0.0f);
   int64_t row0 = 0;
   for (const QuantPart& p : parts) {
     pool.parallel_for(p.rows, 64, [&](int64_t begin, int64_t end) {
-      std::vector<float> scratch(static_cast<size_t>(w.k));
+      std::vector<float> scratch(static_cast<size_t>(w.k)), d(static_cast<size_t>(w.blocks)),
+          m(static_cast<size_t>(w.blocks));
       for (int64_t r = begin; r < end; ++r) {
         const int64_t src = p.row_order ? p.row_order[r] : r;
         const int64_t dst = row0 + r;
         to_qblocks(p.type, p.data + static_cast<size_t>(src) * p.row_stride, w.k, w.k_padded, w.bits,
-                   w.codes.as<uint8_t>() + dst * w.row_code_bytes(), w.scales.as<float>() + dst * w.blocks,
-                   w.mins.as<float>() + dst * w.blocks, scratch.data());
+                   w.codes.as<uint8_t>() + dst * w.row_code_bytes(), d.data(), m.data(), scratch.data());
+        if (w.half_scales) {
+          convert_from_f32(d.data(), w.scales.as<uint16_t>() + dst * w.blocks, DType::F16, d.size());
+          convert_from_f32(m.data(), w.mins.as<uint16_t>() + dst * w.blocks, DType::F16, m.size());
+        } else {
+          std::memcpy(w.scales.as<float>() + dst * w.blocks, d.data(), d.size() * sizeof(float));
+          std::memcpy(w.mins.as<float>() + dst * w.blocks, m.data(), m.size() * sizeof(float));
+        }
         if (p.bias) w.bias[dst] = p.bias[src];
       }
     });
@@ -116,10 +128,11 @@ void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
 }
 
 void qgather_rows(const QuantMatrix& w, const int32_t* ids, int64_t num_ids, float* out) {
+  std::vector<float> d(static_cast<size_t>(w.blocks)), m(static_cast<size_t>(w.blocks));
   for (int64_t i = 0; i < num_ids; ++i) {
     const int64_t n = ids[i];
-    qblocks_to_f32(w.codes.as<uint8_t>() + n * w.row_code_bytes(), w.scales.as<float>() + n * w.blocks,
-                   w.mins.as<float>() + n * w.blocks, w.bits, w.k, out + i * w.k);
+    for (int64_t b = 0; b < w.blocks; ++b) d[b] = scale_at(w, w.row_scales(n), b), m[b] = scale_at(w, w.row_mins(n), b);
+    qblocks_to_f32(w.codes.as<uint8_t>() + n * w.row_code_bytes(), d.data(), m.data(), w.bits, w.k, out + i * w.k);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "backend/backend.h"
 #include "core/buffer.h"
+#include "core/dtype.h"
 #include "core/quant.h"
 #include "util/thread_pool.h"
 
@@ -19,12 +20,24 @@ struct QuantMatrix {
   int64_t n = 0, k = 0;
   int64_t k_padded = 0;         // a multiple of 64 (a pair of blocks)
   int64_t blocks = 0;           // k_padded / 32 per row
+  // Block scales d and offsets m, n rows of `blocks` each: f16 when every part's are
+  // f16 in the file (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: as few bytes per weight as the file),
+  // f32 for the K-quants (whose sub-block scales are products) and requantized types.
+  bool half_scales = false;
   Buffer codes;                 // n rows of qblock_code_bytes(bits, k_padded)
-  Buffer scales;                // n rows of `blocks` floats: d
-  Buffer mins;                  // n rows of `blocks` floats: m
+  Buffer scales, mins;
   std::vector<float> bias;      // empty or n values
   size_t row_code_bytes() const { return qblock_code_bytes(bits, k_padded); }
+  size_t scale_bytes() const { return half_scales ? 2 : 4; }
+  const uint8_t* row_scales(int64_t row) const { return scales.as<uint8_t>() + row * blocks * scale_bytes(); }
+  const uint8_t* row_mins(int64_t row) const { return mins.as<uint8_t>() + row * blocks * scale_bytes(); }
 };
+
+// Block b of a row of scales (or offsets) as f32.
+inline float scale_at(const QuantMatrix& w, const uint8_t* row, int64_t b) {
+  if (w.half_scales) return f16_to_f32(reinterpret_cast<const uint16_t*>(row)[b]);
+  return reinterpret_cast<const float*>(row)[b];
+}
 
 // Concatenates parts along n into one QuantMatrix (4-bit when every part is a 4-bit type).
 QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& pool);
@@ -59,30 +72,19 @@ void qgemm_rows_scalar(const QGemmArgs& g, int64_t n_begin, int64_t n_end);
 void qgemm_rows_avx2(const QGemmArgs& g, int64_t n_begin, int64_t n_end);
 void qgemm_rows_avx512vnni(const QGemmArgs& g, int64_t n_begin, int64_t n_end);
 
-// Finishes one output: the block-offset term, the bias, and accumulate mode.
-inline void qgemm_store(const QGemmArgs& g, int64_t row, int64_t n, float dot) {
-  const QuantMatrix& w = *g.w;
-  const float* mins = w.mins.as<float>() + n * w.blocks;
-  const float* sx = g.a->sx.data() + row * w.blocks;
-  float offset = 0.0f;
-  for (int64_t b = 0; b < w.blocks; ++b) offset += mins[b] * sx[b];
-  float v = dot + offset + (w.bias.empty() ? 0.0f : w.bias[n]);
+// Finishes one output: bias, and accumulate mode.
+inline void qgemm_store(const QGemmArgs& g, int64_t row, int64_t n, float v) {
+  if (!g.w->bias.empty()) v += g.w->bias[n];
   float* out = g.y + row * g.ldy + n;
   *out = g.accumulate ? *out + v : v;
 }
 
 // The loop of the one-weight-row-at-a-time kernels: every output in [n_begin, n_end) x
-// activation rows gets dot(codes, d, q, dx), the row's block-scaled code dot product.
+// activation rows gets dot(n, activation row), the row's full block-scaled product.
 template <class Dot>
 void for_each_output(const QGemmArgs& g, int64_t n_begin, int64_t n_end, Dot&& dot) {
-  const QuantMatrix& w = *g.w;
-  const QuantActs& a = *g.a;
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    const uint8_t* codes = w.codes.as<uint8_t>() + n * w.row_code_bytes();
-    const float* d = w.scales.as<float>() + n * w.blocks;
-    for (int64_t r = 0; r < a.m; ++r)
-      qgemm_store(g, r, n, dot(codes, d, a.q.data() + r * a.k_padded, a.dx.data() + r * a.blocks));
-  }
+  for (int64_t n = n_begin; n < n_end; ++n)
+    for (int64_t r = 0; r < g.a->m; ++r) qgemm_store(g, r, n, dot(n, r));
 }
 
 }  // namespace detail

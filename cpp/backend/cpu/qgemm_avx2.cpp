@@ -37,15 +37,24 @@ inline __m256i block_dot(const uint8_t* codes, int64_t b, __m256i q) {
 
 template <int Bits>
 void run(const QGemmArgs& g, int64_t n_begin, int64_t n_end) {
-  const int64_t blocks = g.w->blocks;
-  for_each_output(g, n_begin, n_end, [&](const uint8_t* codes, const float* d, const int8_t* q, const float* dx) {
+  const QuantMatrix& w = *g.w;
+  const QuantActs& a = *g.a;
+  for_each_output(g, n_begin, n_end, [&](int64_t n, int64_t r) {
+    const uint8_t* codes = w.codes.as<uint8_t>() + n * w.row_code_bytes();
+    const uint8_t* scales = w.row_scales(n);
+    const uint8_t* mins = w.row_mins(n);
+    const int8_t* q = a.q.data() + r * a.k_padded;
+    const float* dx = a.dx.data() + r * a.blocks;
+    const float* sx = a.sx.data() + r * a.blocks;
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < blocks; ++b) {
+    float offset = 0.0f;
+    for (int64_t b = 0; b < w.blocks; ++b) {
       const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + b * 32));
       const __m256 dot = _mm256_cvtepi32_ps(block_dot<Bits>(codes, b, qv));
-      acc = _mm256_fmadd_ps(dot, _mm256_set1_ps(d[b] * dx[b]), acc);
+      acc = _mm256_fmadd_ps(dot, _mm256_set1_ps(scale_at(w, scales, b) * dx[b]), acc);
+      offset += scale_at(w, mins, b) * sx[b];
     }
-    return hsum(acc);
+    return hsum(acc) + offset;
   });
 }
 
