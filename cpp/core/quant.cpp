@@ -131,18 +131,6 @@ void dequantize_q6_k(const uint8_t* b, float* y) {
   }
 }
 
-void put_codes(uint8_t* codes, int bits, int64_t block, const uint8_t* u) {
-  if (bits == 8) {
-    std::memcpy(codes + block * 32, u, 32);
-    return;
-  }
-  // 4-bit pair layout: block 2p in the low nibbles, block 2p+1 in the high ones.
-  uint8_t* pair = codes + (block / 2) * 32;
-  const int shift = (block % 2) ? 4 : 0;
-  const uint8_t keep = shift ? 0x0F : 0xF0;
-  for (int j = 0; j < 32; ++j) pair[j] = static_cast<uint8_t>((pair[j] & keep) | ((u[j] & 0xF) << shift));
-}
-
 }  // namespace
 
 const char* ggml_type_name(GgmlType t) {
@@ -227,12 +215,7 @@ int qblock_bits(GgmlType t) {
   return (t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q4_K) ? 4 : 8;
 }
 
-void to_qblocks(GgmlType t, const void* src, int64_t k, int64_t k_padded, int bits, uint8_t* codes, float* d,
-                float* m, float* scratch) {
-  if (bits < qblock_bits(t)) throw InvalidArgument("to_qblocks: too few bits for " + std::string(ggml_type_name(t)));
-  std::memset(codes, 0, qblock_code_bytes(bits, k_padded));
-  const int64_t nb = k_padded / kQBlock, used = k / kQBlock;
-  for (int64_t b = used; b < nb; ++b) d[b] = 0.0f, m[b] = 0.0f;
+void to_qblocks(GgmlType t, const void* src, int64_t k, uint8_t* codes, float* d, float* m, float* scratch) {
   if (maps_to_qblocks(t)) {
     const int64_t be = ggml_block_elems(t), bb = ggml_block_bytes(t);
     const auto* p = static_cast<const uint8_t*>(src);
@@ -241,39 +224,22 @@ void to_qblocks(GgmlType t, const void* src, int64_t k, int64_t k_padded, int bi
         const int64_t block = i * (be / kQBlock) + sub;
         d[block] = dd;
         m[block] = mm;
-        put_codes(codes, bits, block, u);
+        std::memcpy(codes + block * kQBlock, u, kQBlock);
       });
     return;
   }
   // Requantize to symmetric 8-bit blocks: u = round(w / d) + 128.
-  if (bits != 8) throw InvalidArgument("to_qblocks: requantizing needs 8-bit blocks");
   dequantize_row(t, src, scratch, k);
-  uint8_t u[32];
-  for (int64_t b = 0; b < used; ++b) {
+  for (int64_t b = 0; b < k / kQBlock; ++b) {
     const float* w = scratch + b * kQBlock;
     float amax = 0.0f;
     for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(w[j]));
     const float dd = amax / 127.0f;
     const float inv = dd > 0.0f ? 1.0f / dd : 0.0f;
-    for (int j = 0; j < 32; ++j) u[j] = static_cast<uint8_t>(static_cast<int>(std::lrintf(w[j] * inv)) + 128);
+    for (int j = 0; j < 32; ++j)
+      codes[b * kQBlock + j] = static_cast<uint8_t>(static_cast<int>(std::lrintf(w[j] * inv)) + 128);
     d[b] = dd;
     m[b] = -128.0f * dd;
-    put_codes(codes, 8, b, u);
-  }
-}
-
-void qblocks_to_f32(const uint8_t* codes, const float* d, const float* m, int bits, int64_t k, float* out) {
-  for (int64_t i = 0; i < k; ++i) {
-    const int64_t b = i / kQBlock;
-    uint8_t u;
-    if (bits == 8) {
-      u = codes[i];
-    } else {
-      const int64_t pair = i / 64, j = i % 64;
-      const uint8_t byte = codes[pair * 32 + (j % 32)];
-      u = j < 32 ? (byte & 0xF) : (byte >> 4);
-    }
-    out[i] = d[b] * u + m[b];
   }
 }
 

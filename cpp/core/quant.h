@@ -24,31 +24,20 @@ size_t ggml_row_bytes(GgmlType t, int64_t cols);
 // Dequantizes `n` elements (a multiple of the block size) of type t to f32.
 void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n);
 
-// cserve's quantized weight rows: blocks of 32 values w = d * u + m with unsigned
-// codes u of 4 bits (packed) or 8 bits. Every ggml 4-bit format (Q4_0, Q4_1, Q4_K)
-// maps onto 4-bit blocks exactly, the 5- and 8-bit ones (Q5_0, Q5_1, Q5_K, Q8_0) onto
-// 8-bit blocks exactly; anything else is dequantized and requantized to 8 bits.
-//
-// 4-bit codes are stored per pair of blocks (64 values) in 32 bytes: byte j holds
-// value j in its low nibble and value j + 32 in its high nibble, so unpacking the 32
-// bytes into 64 lanes yields the pair in natural order.
+// cserve's quantized weights: blocks of 32 values w = d * u + m with unsigned codes u.
+// Every ggml 4-bit format (Q4_0, Q4_1, Q4_K) maps onto codes below 16 exactly, the 5- and
+// 8-bit ones (Q5_0, Q5_1, Q5_K, Q8_0) onto 8-bit codes exactly; anything else (Q6_K, F16,
+// ...) is dequantized and requantized to symmetric 8-bit blocks. The backend decides how
+// the codes are laid out in memory.
 constexpr int64_t kQBlock = 32;
 
-// 4 for Q4_0 / Q4_1 / Q4_K, 8 for any other type.
+// 4 for Q4_0 / Q4_1 / Q4_K (codes below 16), 8 for any other type.
 int qblock_bits(GgmlType t);
 // True when t's blocks map to (d, m) pairs that f16 holds exactly (Q4_0, Q4_1, Q5_0, Q5_1,
-// Q8_0: f16 scales in the file, offsets a power-of-two multiple of them or f16 too).
+// Q8_0: f16 scales in the file, offsets f16 too or a power-of-two multiple of them).
 bool qblock_scales_are_f16(GgmlType t);
-// Bytes of codes for one row of k_padded values (k_padded a multiple of 64).
-inline size_t qblock_code_bytes(int bits, int64_t k_padded) {
-  return static_cast<size_t>(bits == 4 ? k_padded / 2 : k_padded);
-}
-// Converts one row of `k` values of type t into codes (qblock_code_bytes) and per-block
-// d and m (k_padded / 32 each), padding k..k_padded with zero blocks. `bits` must be at
-// least qblock_bits(t). `scratch` holds k floats (used when requantizing).
-void to_qblocks(GgmlType t, const void* src, int64_t k, int64_t k_padded, int bits, uint8_t* codes,
-                float* d, float* m, float* scratch);
-// The inverse, for checks and for the dense fallback: k values as f32.
-void qblocks_to_f32(const uint8_t* codes, const float* d, const float* m, int bits, int64_t k, float* out);
+// Converts one row of `k` values (a multiple of 32) of type t into one code per value (u)
+// and per-block d and m (k / 32 each). `scratch` holds k floats (used when requantizing).
+void to_qblocks(GgmlType t, const void* src, int64_t k, uint8_t* u, float* d, float* m, float* scratch);
 
 }  // namespace cserve

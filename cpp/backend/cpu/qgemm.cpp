@@ -11,24 +11,24 @@ namespace cserve::cpu {
 
 namespace detail {
 
-void quantize_acts(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t k_padded, QuantActs& out) {
+void quantize_acts(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out) {
   out.m = m;
-  out.k_padded = k_padded;
-  out.blocks = k_padded / kQBlock;
-  out.q.assign(static_cast<size_t>(m * k_padded), 0);
-  out.dx.assign(static_cast<size_t>(m * out.blocks), 0.0f);
-  out.sx.assign(static_cast<size_t>(m * out.blocks), 0.0f);
+  out.k = k;
+  out.blocks = k / kQBlock;
+  out.q.resize(static_cast<size_t>(m * k));
+  out.dx.resize(static_cast<size_t>(m * out.blocks));
+  out.sx.resize(static_cast<size_t>(m * out.blocks));
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * ldx;
-    for (int64_t b = 0; b * kQBlock < k; ++b) {
-      const int64_t len = std::min<int64_t>(kQBlock, k - b * kQBlock);
+    for (int64_t b = 0; b < out.blocks; ++b) {
+      const float* xb = xr + b * kQBlock;
       float amax = 0.0f;
-      for (int64_t j = 0; j < len; ++j) amax = std::max(amax, std::fabs(xr[b * kQBlock + j]));
+      for (int64_t j = 0; j < kQBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
       const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      int8_t* q = out.q.data() + r * k_padded + b * kQBlock;
+      int8_t* q = out.q.data() + r * k + b * kQBlock;
       int sum = 0;
-      for (int64_t j = 0; j < len; ++j) {
-        q[j] = static_cast<int8_t>(std::lrintf(xr[b * kQBlock + j] * inv));
+      for (int64_t j = 0; j < kQBlock; ++j) {
+        q[j] = static_cast<int8_t>(std::lrintf(xb[j] * inv));
         sum += q[j];
       }
       out.dx[r * out.blocks + b] = d;
@@ -37,33 +37,60 @@ void quantize_acts(const float* x, int64_t m, int64_t ldx, int64_t k, int64_t k_
   }
 }
 
-void qgemm_rows_scalar(const QGemmArgs& g, int64_t n_begin, int64_t n_end) {
+void qgemm_panels_scalar(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end) {
   const QuantMatrix& w = *g.w;
   const QuantActs& a = *g.a;
-  for_each_output(g, n_begin, n_end, [&](int64_t n, int64_t r) {
-    const uint8_t* codes = w.codes.as<uint8_t>() + n * w.row_code_bytes();
-    const int8_t* q = a.q.data() + r * a.k_padded;
-    float acc = 0.0f;
-    for (int64_t b = 0; b < w.blocks; ++b) {
-      int dot = 0;
-      for (int j = 0; j < 32; ++j) {
-        int u;
-        if (w.bits == 8) {
-          u = codes[b * 32 + j];
-        } else {
-          const uint8_t byte = codes[(b / 2) * 32 + j];
-          u = (b % 2) ? (byte >> 4) : (byte & 0xF);
+  float out[kQPanel];
+  for (int64_t p = panel_begin; p < panel_end; ++p) {
+    for (int64_t i = 0; i < a.m; ++i) {
+      std::fill(out, out + kQPanel, 0.0f);
+      for (int64_t b = 0; b < w.blocks; ++b) {
+        const uint8_t* codes = w.block_codes(p, b);
+        const int8_t* q = a.q.data() + i * a.k + b * kQBlock;
+        const float dx = a.dx[i * a.blocks + b], sx = a.sx[i * a.blocks + b];
+        for (int64_t r = 0; r < kQPanel; ++r) {
+          int dot = 0;
+          for (int64_t j = 0; j < kQBlock; ++j) dot += w.code_at(codes, r, j) * q[j];
+          out[r] += w.scale_at(w.block_scales(p, b), r) * dx * static_cast<float>(dot) +
+                    w.scale_at(w.block_mins(p, b), r) * sx;
         }
-        dot += u * q[b * 32 + j];
       }
-      acc += scale_at(w, w.row_scales(n), b) * a.dx[r * a.blocks + b] * static_cast<float>(dot) +
-             scale_at(w, w.row_mins(n), b) * a.sx[r * a.blocks + b];
+      qgemm_store_panel(g, i, p, out);
     }
-    return acc;
-  });
+  }
 }
 
 }  // namespace detail
+
+namespace {
+
+// Writes row `row` (codes u, one per value; d and m per block) into its panel.
+void place_row(QuantMatrix& w, int64_t row, const uint8_t* u, const float* d, const float* m) {
+  const int64_t p = row / kQPanel, r = row % kQPanel;
+  for (int64_t b = 0; b < w.blocks; ++b) {
+    uint8_t* block = const_cast<uint8_t*>(w.block_codes(p, b));
+    const uint8_t* ub = u + b * kQBlock;
+    for (int64_t j = 0; j < kQBlock; ++j) {
+      if (w.bits == 8) {
+        block[(j / 4) * 64 + r * 4 + j % 4] = ub[j];
+      } else {
+        uint8_t& byte = block[(j / 8) * 64 + r * 4 + j % 4];
+        byte = (j % 8) < 4 ? static_cast<uint8_t>((byte & 0xF0) | ub[j]) : static_cast<uint8_t>((byte & 0x0F) | (ub[j] << 4));
+      }
+    }
+    auto* sc = const_cast<uint8_t*>(w.block_scales(p, b));
+    auto* mn = const_cast<uint8_t*>(w.block_mins(p, b));
+    if (w.half_scales) {
+      reinterpret_cast<uint16_t*>(sc)[r] = f32_to_f16(d[b]);
+      reinterpret_cast<uint16_t*>(mn)[r] = f32_to_f16(m[b]);
+    } else {
+      reinterpret_cast<float*>(sc)[r] = d[b];
+      reinterpret_cast<float*>(mn)[r] = m[b];
+    }
+  }
+}
+
+}  // namespace
 
 QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& pool) {
   if (parts.empty()) throw InvalidArgument("pack_quant_matrix: no parts");
@@ -80,29 +107,31 @@ QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& p
     any_bias = any_bias || p.bias != nullptr;
   }
   if (w.k % kQBlock != 0) throw InvalidArgument("pack_quant_matrix: k must be a multiple of 32");
-  w.k_padded = (w.k + 63) / 64 * 64;
-  w.blocks = w.k_padded / kQBlock;
-  w.codes = Buffer(static_cast<size_t>(w.n) * w.row_code_bytes());
-  w.scales = Buffer(static_cast<size_t>(w.n * w.blocks) * w.scale_bytes());
-  w.mins = Buffer(static_cast<size_t>(w.n * w.blocks) * w.scale_bytes());
+  w.blocks = w.k / kQBlock;
+  w.panels = (w.n + kQPanel - 1) / kQPanel;
+  w.codes = Buffer(static_cast<size_t>(w.panels * w.blocks) * w.block_bytes());
+  w.scales = Buffer(static_cast<size_t>(w.panels * w.blocks * kQPanel) * w.scale_bytes());
+  w.mins = Buffer(static_cast<size_t>(w.panels * w.blocks * kQPanel) * w.scale_bytes());
+  std::memset(w.codes.data(), 0, w.codes.size());
+  std::memset(w.scales.data(), 0, w.scales.size());
+  std::memset(w.mins.data(), 0, w.mins.size());
   if (any_bias) w.bias.assign(static_cast<size_t>(w.n), 0.0f);
   int64_t row0 = 0;
   for (const QuantPart& p : parts) {
-    pool.parallel_for(p.rows, 64, [&](int64_t begin, int64_t end) {
+    // Whole panels per task: rows of one panel share bytes.
+    const int64_t first_panel = row0 / kQPanel, last_panel = (row0 + p.rows - 1) / kQPanel;
+    pool.parallel_for(last_panel - first_panel + 1, 4, [&](int64_t begin, int64_t end) {
       std::vector<float> scratch(static_cast<size_t>(w.k)), d(static_cast<size_t>(w.blocks)),
           m(static_cast<size_t>(w.blocks));
-      for (int64_t r = begin; r < end; ++r) {
+      std::vector<uint8_t> u(static_cast<size_t>(w.k));
+      const int64_t lo = std::max(row0, (first_panel + begin) * kQPanel);
+      const int64_t hi = std::min(row0 + p.rows, (first_panel + end) * kQPanel);
+      for (int64_t dst = lo; dst < hi; ++dst) {
+        const int64_t r = dst - row0;
         const int64_t src = p.row_order ? p.row_order[r] : r;
-        const int64_t dst = row0 + r;
-        to_qblocks(p.type, p.data + static_cast<size_t>(src) * p.row_stride, w.k, w.k_padded, w.bits,
-                   w.codes.as<uint8_t>() + dst * w.row_code_bytes(), d.data(), m.data(), scratch.data());
-        if (w.half_scales) {
-          convert_from_f32(d.data(), w.scales.as<uint16_t>() + dst * w.blocks, DType::F16, d.size());
-          convert_from_f32(m.data(), w.mins.as<uint16_t>() + dst * w.blocks, DType::F16, m.size());
-        } else {
-          std::memcpy(w.scales.as<float>() + dst * w.blocks, d.data(), d.size() * sizeof(float));
-          std::memcpy(w.mins.as<float>() + dst * w.blocks, m.data(), m.size() * sizeof(float));
-        }
+        to_qblocks(p.type, p.data + static_cast<size_t>(src) * p.row_stride, w.k, u.data(), d.data(), m.data(),
+                   scratch.data());
+        place_row(w, dst, u.data(), d.data(), m.data());
         if (p.bias) w.bias[dst] = p.bias[src];
       }
     });
@@ -114,25 +143,25 @@ QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& p
 void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, bool accumulate,
            ThreadPool& pool) {
   thread_local detail::QuantActs acts;
-  detail::quantize_acts(x, m, ldx, w.k, w.k_padded, acts);
+  if (cpu_has_avx512_vnni()) detail::quantize_acts_avx512(x, m, ldx, w.k, acts);
+  else detail::quantize_acts(x, m, ldx, w.k, acts);
   detail::QGemmArgs g{&w, &acts, y, ldy, accumulate};
-  auto kernel = detail::qgemm_rows_scalar;
-  const Isa isa = cpu_isa();
-  if (cpu_has_avx512_vnni()) kernel = detail::qgemm_rows_avx512vnni;
-  else if (isa != Isa::Scalar) kernel = detail::qgemm_rows_avx2;
-  // Units of 4 weight rows (the kernels' tile); enough per task to amortize the dispatch.
-  const int64_t tiles = (w.n + 3) / 4;
-  pool.parallel_for(tiles, std::max<int64_t>(1, 64 / std::max<int64_t>(1, m)), [&](int64_t begin, int64_t end) {
-    kernel(g, begin * 4, std::min(w.n, end * 4));
-  });
+  auto kernel = detail::qgemm_panels_scalar;
+  if (cpu_has_avx512_vnni()) kernel = detail::qgemm_panels_avx512vnni;
+  else if (cpu_isa() != Isa::Scalar) kernel = detail::qgemm_panels_avx2;
+  // Enough panels per task to amortize the dispatch when m is small.
+  const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, m));
+  pool.parallel_for(w.panels, grain, [&](int64_t begin, int64_t end) { kernel(g, begin, end); });
 }
 
 void qgather_rows(const QuantMatrix& w, const int32_t* ids, int64_t num_ids, float* out) {
-  std::vector<float> d(static_cast<size_t>(w.blocks)), m(static_cast<size_t>(w.blocks));
   for (int64_t i = 0; i < num_ids; ++i) {
-    const int64_t n = ids[i];
-    for (int64_t b = 0; b < w.blocks; ++b) d[b] = scale_at(w, w.row_scales(n), b), m[b] = scale_at(w, w.row_mins(n), b);
-    qblocks_to_f32(w.codes.as<uint8_t>() + n * w.row_code_bytes(), d.data(), m.data(), w.bits, w.k, out + i * w.k);
+    const int64_t p = ids[i] / kQPanel, r = ids[i] % kQPanel;
+    for (int64_t b = 0; b < w.blocks; ++b) {
+      const uint8_t* codes = w.block_codes(p, b);
+      const float d = w.scale_at(w.block_scales(p, b), r), m = w.scale_at(w.block_mins(p, b), r);
+      for (int64_t j = 0; j < kQBlock; ++j) out[i * w.k + b * kQBlock + j] = d * w.code_at(codes, r, j) + m;
+    }
   }
 }
 

@@ -1,10 +1,11 @@
-// AVX512_VNNI quantized GEMM: vpdpbusd multiplies 64 unsigned weight codes by 64 int8
-// activation codes, 4 products summed per int32 lane; a zmm covers a pair of blocks, so
-// lanes 0-7 belong to block 2p and lanes 8-15 to block 2p+1 and are scaled by their own
-// d_w * dx. The block offset m_w * (dx * sum q) is spread over the block's 8 lanes in the
-// same accumulator. Tiles of R weight rows x A activation rows share each unpacked weight
-// vector and each activation vector.
+// AVX512_VNNI quantized GEMM over 16-row panels (layout in qgemm.h): each vpdpbusd
+// multiplies 4 codes of 16 rows by one broadcast group of 4 int8 activations, so the 16
+// int32 lanes are the panel's 16 outputs; a block (32 values) is 8 of them, then one float
+// multiply-add scales it (d of the 16 rows x dx) and one adds the offset (m x dx * sum q).
+// Up to 4 activation rows share each loaded (and, for 4-bit, unpacked) weight vector.
 #include <immintrin.h>
+
+#include <cstring>
 
 #include "backend/cpu/qgemm.h"
 
@@ -12,113 +13,108 @@ namespace cserve::cpu::detail {
 
 namespace {
 
-// [v[0] x8, v[1] x8]: a pair of block values spread over the lanes of their blocks.
-inline __m512 spread_pair(__m128 two) {
-  const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two));
-}
-
 template <bool Half>
-inline __m512 pair_at(const uint8_t* row, int64_t p) {
-  if constexpr (Half) {
-    int32_t bits;
-    __builtin_memcpy(&bits, row + p * 4, 4);
-    return spread_pair(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
-  } else {
-    return spread_pair(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(row + p * 8))));
-  }
+inline __m512 load16(const uint8_t* p) {
+  if constexpr (Half) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  else return _mm512_loadu_ps(reinterpret_cast<const float*>(p));
 }
 
-inline __m512 pair_at(const float* v, int64_t p) {
-  return spread_pair(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(v + 2 * p))));
+inline __m512i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
 }
 
-template <int Bits>
-inline __m512i load_codes(const uint8_t* p) {
-  if constexpr (Bits == 8) {
-    return _mm512_loadu_si512(p);
-  } else {
-    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    const __m256i mask = _mm256_set1_epi8(0x0F);
-    const __m256i lo = _mm256_and_si256(packed, mask);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-  }
-}
-
-template <int Bits, bool Half, int R, int A>
-void tile(const QGemmArgs& g, int64_t n0, int64_t r0) {
+template <int Bits, bool Half, int A>
+void panel(const QGemmArgs& g, int64_t p, int64_t i0) {
   const QuantMatrix& w = *g.w;
   const QuantActs& a = *g.a;
-  const size_t row_bytes = w.row_code_bytes();
-  const uint8_t* codes[R];
-  const uint8_t* scales[R];
-  const uint8_t* mins[R];
-  for (int r = 0; r < R; ++r) {
-    codes[r] = w.codes.as<uint8_t>() + (n0 + r) * row_bytes;
-    scales[r] = w.row_scales(n0 + r);
-    mins[r] = w.row_mins(n0 + r);
-  }
-  __m512 acc[R][A];
-  for (int r = 0; r < R; ++r)
-    for (int i = 0; i < A; ++i) acc[r][i] = _mm512_setzero_ps();
-  const int64_t pairs = w.blocks / 2;
-  constexpr int64_t pair_bytes = Bits == 8 ? 64 : 32;
-  const __m512 eighth = _mm512_set1_ps(0.125f);
-  for (int64_t p = 0; p < pairs; ++p) {
-    __m512i wv[R];
-    __m512 ws[R], wm[R];
-    for (int r = 0; r < R; ++r) {
-      wv[r] = load_codes<Bits>(codes[r] + p * pair_bytes);
-      ws[r] = pair_at<Half>(scales[r], p);
-      wm[r] = pair_at<Half>(mins[r], p);
-    }
-    for (int i = 0; i < A; ++i) {
-      const __m512i xv = _mm512_loadu_si512(a.q.data() + (r0 + i) * a.k_padded + p * 64);
-      const __m512 xs = pair_at(a.dx.data() + (r0 + i) * a.blocks, p);
-      const __m512 xm = _mm512_mul_ps(pair_at(a.sx.data() + (r0 + i) * a.blocks, p), eighth);
-      for (int r = 0; r < R; ++r) {
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
-        acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws[r], xs), acc[r][i]);
-        acc[r][i] = _mm512_fmadd_ps(wm[r], xm, acc[r][i]);
+  const int8_t* x[A];
+  for (int i = 0; i < A; ++i) x[i] = a.q.data() + (i0 + i) * a.k;
+  __m512 acc[A];
+  for (int i = 0; i < A; ++i) acc[i] = _mm512_setzero_ps();
+  const __m512i mask = _mm512_set1_epi8(0x0F);
+  for (int64_t b = 0; b < w.blocks; ++b) {
+    const uint8_t* codes = w.block_codes(p, b);
+    __m512i dot[A];
+    for (int i = 0; i < A; ++i) dot[i] = _mm512_setzero_si512();
+    if constexpr (Bits == 8) {
+      for (int grp = 0; grp < 8; ++grp) {
+        const __m512i v = _mm512_loadu_si512(codes + grp * 64);
+        for (int i = 0; i < A; ++i) dot[i] = _mm512_dpbusd_epi32(dot[i], v, bcast4(x[i] + b * 32 + grp * 4));
+      }
+    } else {
+      for (int grp = 0; grp < 4; ++grp) {
+        const __m512i v = _mm512_loadu_si512(codes + grp * 64);
+        const __m512i lo = _mm512_and_si512(v, mask);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+        for (int i = 0; i < A; ++i) {
+          dot[i] = _mm512_dpbusd_epi32(dot[i], lo, bcast4(x[i] + b * 32 + grp * 8));
+          dot[i] = _mm512_dpbusd_epi32(dot[i], hi, bcast4(x[i] + b * 32 + grp * 8 + 4));
+        }
       }
     }
+    const __m512 d = load16<Half>(w.block_scales(p, b));
+    const __m512 m = load16<Half>(w.block_mins(p, b));
+    for (int i = 0; i < A; ++i) {
+      const float dx = a.dx[(i0 + i) * a.blocks + b], sx = a.sx[(i0 + i) * a.blocks + b];
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i]), _mm512_mul_ps(d, _mm512_set1_ps(dx)), acc[i]);
+      acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(sx), acc[i]);
+    }
   }
-  for (int r = 0; r < R; ++r)
-    for (int i = 0; i < A; ++i) qgemm_store(g, r0 + i, n0 + r, _mm512_reduce_add_ps(acc[r][i]));
-}
-
-template <int Bits, bool Half, int R>
-void rows(const QGemmArgs& g, int64_t n0) {
-  const int64_t m = g.a->m;
-  int64_t r0 = 0;
-  for (; r0 + 4 <= m; r0 += 4) tile<Bits, Half, R, 4>(g, n0, r0);
-  switch (m - r0) {
-    case 3: tile<Bits, Half, R, 3>(g, n0, r0); break;
-    case 2: tile<Bits, Half, R, 2>(g, n0, r0); break;
-    case 1: tile<Bits, Half, R, 1>(g, n0, r0); break;
-    default: break;
+  alignas(64) float out[kQPanel];
+  for (int i = 0; i < A; ++i) {
+    _mm512_store_ps(out, acc[i]);
+    qgemm_store_panel(g, i0 + i, p, out);
   }
 }
 
 template <int Bits, bool Half>
-void run(const QGemmArgs& g, int64_t n_begin, int64_t n_end) {
-  int64_t n = n_begin;
-  for (; n + 4 <= n_end; n += 4) rows<Bits, Half, 4>(g, n);
-  switch (n_end - n) {
-    case 3: rows<Bits, Half, 3>(g, n); break;
-    case 2: rows<Bits, Half, 2>(g, n); break;
-    case 1: rows<Bits, Half, 1>(g, n); break;
-    default: break;
+void run(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end) {
+  const int64_t m = g.a->m;
+  for (int64_t p = panel_begin; p < panel_end; ++p) {
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) panel<Bits, Half, 4>(g, p, i);
+    switch (m - i) {
+      case 3: panel<Bits, Half, 3>(g, p, i); break;
+      case 2: panel<Bits, Half, 2>(g, p, i); break;
+      case 1: panel<Bits, Half, 1>(g, p, i); break;
+      default: break;
+    }
   }
 }
 
 }  // namespace
 
-void qgemm_rows_avx512vnni(const QGemmArgs& g, int64_t n_begin, int64_t n_end) {
+void quantize_acts_avx512(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out) {
+  out.m = m;
+  out.k = k;
+  out.blocks = k / kQBlock;
+  out.q.resize(static_cast<size_t>(m * k));
+  out.dx.resize(static_cast<size_t>(m * out.blocks));
+  out.sx.resize(static_cast<size_t>(m * out.blocks));
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t b = 0; b < out.blocks; ++b) {
+      const float* xb = x + r * ldx + b * kQBlock;
+      const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+      const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
+      int8_t* q = out.q.data() + r * k + b * kQBlock;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtsepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtsepi32_epi8(q1));
+      out.dx[r * out.blocks + b] = d;
+      out.sx[r * out.blocks + b] = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+    }
+  }
+}
+
+void qgemm_panels_avx512vnni(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end) {
   const bool half = g.w->half_scales;
-  if (g.w->bits == 4) half ? run<4, true>(g, n_begin, n_end) : run<4, false>(g, n_begin, n_end);
-  else half ? run<8, true>(g, n_begin, n_end) : run<8, false>(g, n_begin, n_end);
+  if (g.w->bits == 4) half ? run<4, true>(g, panel_begin, panel_end) : run<4, false>(g, panel_begin, panel_end);
+  else half ? run<8, true>(g, panel_begin, panel_end) : run<8, false>(g, panel_begin, panel_end);
 }
 
 }  // namespace cserve::cpu::detail
