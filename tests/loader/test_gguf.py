@@ -97,3 +97,16 @@ def test_metadata_binding(llama, tmp_path):
     assert meta["general.architecture"] == "llama"
     assert meta["llama.block_count"] == 2 and meta["tokenizer.ggml.tokens"][:2] == ["t0", "t1"]
     assert isinstance(meta["llama.attention.layer_norm_rms_epsilon"], float)
+
+
+def test_version_2_files_load(llama, tmp_path):
+    """GGUF v2 has v3's layout for little-endian files: the same model loads from either."""
+    path = tmp_path / "v2.gguf"
+    write_llama_gguf(llama.model, path, Q.F32)
+    data = bytearray(path.read_bytes())
+    assert data[4:8] == (3).to_bytes(4, "little")
+    data[4:8] = (2).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    out = make_llm(str(path), skip_tokenizer_init=True).generate(
+        [{"prompt_token_ids": [5, 6, 7, 8]}], greedy(max_tokens=3, prompt_logprobs=None), use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 3
