@@ -147,15 +147,8 @@ ATTN_CASES = [
 @pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "nq{}-h{}-kv{}-d{}-len{}-bs{}-w{}".format(*c))
 def test_paged_attention(case, kv_dtype):
     nq, nh, nkv, d, length, bs, window = case
-    rng = np.random.default_rng(nq * 7 + length)
-    q = rng.standard_normal((nq, nh, d)).astype(np.float32)
-    k = rng.standard_normal((length, nkv, d)).astype(np.float32)
-    v = rng.standard_normal((length, nkv, d)).astype(np.float32)
-    num_blocks = (length + bs - 1) // bs
-    # Blocks scattered through a larger cache, in shuffled order.
-    block_ids = [int(b) for b in rng.permutation(num_blocks + 3)[:num_blocks]]
-    scale = 1.0 / np.sqrt(d)
-    got = T.paged_attention(q, k, v, bs, block_ids, kv_dtype, float(scale), window)
+    q, k, v, block_ids, scale = ref.attention_inputs(case)
+    got = T.paged_attention(q, k, v, bs, block_ids, kv_dtype, scale, window)
     assert got.shape == (nq, nh * d)
     k_stored, v_stored = ref.round_to(k, kv_dtype), ref.round_to(v, kv_dtype)
     if kv_dtype == "bfloat16" and T.isa() == "avx512_bf16":

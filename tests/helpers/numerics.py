@@ -69,3 +69,17 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window:
             p /= p.sum()
             out[j, h] = p @ v[lo:pos + 1, kv].astype(np.float64)
     return out.reshape(nq, nh * d).astype(np.float32)
+
+
+def attention_inputs(case: tuple) -> tuple:
+    """Random q, k, v for one sequence of a paged-attention case (nq, heads, kv heads, head_dim,
+    context, block size, window), its blocks scattered through a larger cache in shuffled
+    order, and the usual scale: (q, k, v, block_ids, scale)."""
+    nq, nh, nkv, d, length, bs, _ = case
+    rng = np.random.default_rng(nq * 7 + length)
+    q = rng.standard_normal((nq, nh, d)).astype(np.float32)
+    k = rng.standard_normal((length, nkv, d)).astype(np.float32)
+    v = rng.standard_normal((length, nkv, d)).astype(np.float32)
+    num_blocks = (length + bs - 1) // bs
+    block_ids = [int(b) for b in rng.permutation(num_blocks + 3)[:num_blocks]]
+    return q, k, v, block_ids, float(1.0 / np.sqrt(d))

@@ -1,0 +1,192 @@
+// cserve._cuda: the CUDA kernels (cuda/), exposed to pytest with NumPy in and out. Built
+// only where nvcc is found; imported only by the GPU tests, so `import cserve` never
+// needs CUDA. Inputs are f32 arrays, converted to the kernel's dtype on the host.
+#include <cuda_runtime.h>
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <algorithm>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "activation/silu_mul.h"
+#include "attention/kv_cache.h"
+#include "attention/paged_attention.h"
+#include "core/dtype.h"
+#include "embedding/embedding.h"
+#include "norm/rms_norm.h"
+#include "rope/rope.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+namespace cc = cserve::cuda;
+
+namespace {
+
+using Array = nb::ndarray<float, nb::numpy, nb::c_contig, nb::device::cpu>;
+using ArrayIn = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+
+void ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// Device memory for `count` elements of `dtype`, optionally filled from f32 host values.
+class DeviceArray {
+ public:
+  DeviceArray(size_t count, cserve::DType dtype) : count_(count), dtype_(dtype) {
+    ok(cudaMalloc(&ptr_, std::max<size_t>(1, count * cserve::dtype_size(dtype))), "cudaMalloc");
+  }
+  DeviceArray(const float* host, size_t count, cserve::DType dtype) : DeviceArray(count, dtype) {
+    std::vector<char> staged(count * cserve::dtype_size(dtype));
+    cserve::convert_from_f32(host, staged.data(), dtype, count);
+    ok(cudaMemcpy(ptr_, staged.data(), staged.size(), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  }
+  template <class T>
+  static DeviceArray raw(const std::vector<T>& host) {
+    DeviceArray d(host.size() * sizeof(T), cserve::DType::F32);
+    d.count_ = host.size();
+    ok(cudaMemcpy(d.ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+    return d;
+  }
+  DeviceArray(DeviceArray&& o) noexcept : ptr_(o.ptr_), count_(o.count_), dtype_(o.dtype_) { o.ptr_ = nullptr; }
+  DeviceArray(const DeviceArray&) = delete;
+  ~DeviceArray() { if (ptr_) cudaFree(ptr_); }
+  void* get() const { return ptr_; }
+  template <class T>
+  T* as() const { return static_cast<T*>(ptr_); }
+  void to_host(float* out) const {
+    ok(cudaDeviceSynchronize(), "kernel");
+    std::vector<char> staged(count_ * cserve::dtype_size(dtype_));
+    ok(cudaMemcpy(staged.data(), ptr_, staged.size(), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+    cserve::convert_to_f32(staged.data(), dtype_, out, count_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t count_ = 0;
+  cserve::DType dtype_;
+};
+
+Array make_array(std::vector<size_t> shape) {
+  size_t n = 1;
+  for (size_t d : shape) n *= d;
+  float* data = new float[n]();
+  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  return Array(data, shape.size(), shape.data(), owner);
+}
+
+int id_of(cserve::DType t) { return static_cast<int>(t); }  // cserve::DType values are the kernel ids
+cserve::DType dtype_of(const std::string& name) { return cserve::parse_dtype(name); }
+
+}  // namespace
+
+NB_MODULE(_cuda, m) {
+  m.doc() = "cserve's CUDA kernels, for tests";
+  m.def("device_count", [] {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+  });
+
+  m.def("rms_norm", [](ArrayIn x, ArrayIn w, float eps, const std::string& dtype, std::optional<ArrayIn> residual) {
+    const size_t rows = x.shape(0), dim = x.shape(1);
+    const cserve::DType dt = dtype_of(dtype);
+    DeviceArray dx(x.data(), rows * dim, dt), dout(rows * dim, dt), dw(w.data(), dim, cserve::DType::F32);
+    std::optional<DeviceArray> dres;
+    if (residual) dres.emplace(residual->data(), rows * dim, dt);
+    cc::invokeRmsNorm(dout.get(), dx.get(), dres ? dres->get() : nullptr, dw.as<float>(), rows, dim, dim, eps,
+                      id_of(dt), nullptr);
+    Array out = make_array({rows, dim}), res = make_array({rows, dim});
+    dout.to_host(out.data());
+    if (dres) dres->to_host(res.data());
+    return nb::make_tuple(out, res);
+  }, "x"_a, "w"_a, "eps"_a, "dtype"_a = "float32", "residual"_a.none() = nb::none());
+
+  m.def("silu_mul", [](ArrayIn gu, const std::string& dtype) {
+    const size_t tokens = gu.shape(0), inter = gu.shape(1) / 2;
+    const cserve::DType dt = dtype_of(dtype);
+    DeviceArray dgu(gu.data(), tokens * 2 * inter, dt), dout(tokens * inter, dt);
+    cc::invokeSiluMul(dout.get(), dgu.get(), tokens, inter, id_of(dt), nullptr);
+    Array out = make_array({tokens, inter});
+    dout.to_host(out.data());
+    return out;
+  }, "gate_up"_a, "dtype"_a = "float32");
+
+  m.def("rope", [](ArrayIn x, ArrayIn cos, ArrayIn sin, int64_t rotary_dim, const std::string& dtype) {
+    const size_t tokens = x.shape(0), heads = x.shape(1), d = x.shape(2);
+    const cserve::DType dt = dtype_of(dtype);
+    DeviceArray dx(x.data(), tokens * heads * d, dt);
+    DeviceArray dc(cos.data(), cos.size(), cserve::DType::F32), ds(sin.data(), sin.size(), cserve::DType::F32);
+    cc::invokeRope(dx.get(), tokens, heads, d, heads * d, dc.as<float>(), ds.as<float>(), rotary_dim, id_of(dt),
+                   nullptr);
+    Array out = make_array({tokens, heads, d});
+    dx.to_host(out.data());
+    return out;
+  }, "x"_a, "cos"_a, "sin"_a, "rotary_dim"_a, "dtype"_a = "float32");
+
+  m.def("embedding", [](ArrayIn table, const std::vector<int32_t>& ids, const std::string& dtype) {
+    const size_t dim = table.shape(1);
+    const cserve::DType dt = dtype_of(dtype);
+    DeviceArray dt_table(table.data(), table.size(), dt), dout(ids.size() * dim, cserve::DType::F32);
+    DeviceArray dids = DeviceArray::raw(ids);
+    cc::invokeEmbedding(dout.get(), dt_table.get(), dids.as<int32_t>(), ids.size(), dim, id_of(cserve::DType::F32),
+                        id_of(dt), nullptr);
+    Array out = make_array({ids.size(), dim});
+    dout.to_host(out.data());
+    return out;
+  }, "table"_a, "ids"_a, "dtype"_a = "float32");
+
+  // The CPU testing API's paged_attention: one sequence whose K/V ([len][kv_heads][d]) are
+  // written through write_kv into the listed blocks, then its last q.shape(0) tokens attend.
+  m.def("paged_attention", [](ArrayIn q, ArrayIn k, ArrayIn v, int block_size, const std::vector<int32_t>& block_ids,
+                              const std::string& kv_dtype, float scale, int64_t sliding_window,
+                              const std::string& act_dtype) {
+    const int64_t nq = q.shape(0), nh = q.shape(1), d = q.shape(2);
+    const int64_t len = k.shape(0), nkv = k.shape(1);
+    int64_t num_blocks = 0;
+    for (int32_t b : block_ids) num_blocks = std::max<int64_t>(num_blocks, b + 1);
+    const cserve::DType cdt = dtype_of(kv_dtype), adt = dtype_of(act_dtype);
+    const size_t cache_elems = static_cast<size_t>(num_blocks * nkv * block_size * d);
+    DeviceArray kc(cache_elems, cdt), vc(cache_elems, cdt);
+    DeviceArray dk(k.data(), k.size(), adt), dv(v.data(), v.size(), adt), dq(q.data(), q.size(), adt);
+    std::vector<int64_t> slots;
+    for (int64_t p = 0; p < len; ++p) slots.push_back(int64_t{block_ids[p / block_size]} * block_size + p % block_size);
+    DeviceArray dslots = DeviceArray::raw(slots);
+    cc::invokeWriteKv(dk.get(), dv.get(), len, nkv * d, dslots.as<int64_t>(), kc.get(), vc.get(), nkv, d, block_size,
+                      id_of(adt), id_of(cdt), nullptr);
+    std::vector<int32_t> positions, token_seq(nq, 0);
+    for (int64_t j = 0; j < nq; ++j) positions.push_back(static_cast<int32_t>(len - nq + j));
+    DeviceArray dpos = DeviceArray::raw(positions), dseq = DeviceArray::raw(token_seq),
+                dtable = DeviceArray::raw(block_ids);
+    DeviceArray dout(nq * nh * d, adt);
+    cc::PagedAttentionArgs a;
+    a.out = dout.get();
+    a.q = dq.get();
+    a.ldq = nh * d;
+    a.num_tokens = nq;
+    a.num_heads = nh;
+    a.num_kv_heads = nkv;
+    a.head_dim = d;
+    a.k_cache = kc.get();
+    a.v_cache = vc.get();
+    a.block_size = block_size;
+    a.block_tables = dtable.as<int32_t>();
+    a.max_blocks_per_seq = static_cast<int64_t>(block_ids.size());
+    a.token_seq = dseq.as<int32_t>();
+    a.positions = dpos.as<int32_t>();
+    a.scale = scale;
+    a.sliding_window = sliding_window;
+    a.act_dtype = id_of(adt);
+    a.cache_dtype = id_of(cdt);
+    cc::invokePagedAttention(a, nullptr);
+    Array out = make_array({static_cast<size_t>(nq), static_cast<size_t>(nh * d)});
+    dout.to_host(out.data());
+    return out;
+  }, "q"_a, "k"_a, "v"_a, "block_size"_a, "block_ids"_a, "kv_dtype"_a, "scale"_a, "sliding_window"_a,
+     "act_dtype"_a = "float32");
+}

@@ -1,0 +1,1 @@
+"""Tests of the CUDA kernels (cuda/), run only where a GPU is present."""
