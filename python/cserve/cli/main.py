@@ -1,4 +1,5 @@
-"""The `cserve` command: `cserve serve [MODEL] [OPTIONS]` (the flags of `vllm serve`)."""
+"""The `cserve` command: `cserve serve [MODEL] [OPTIONS]` (the flags of `vllm serve`) and
+`cserve bench serve|sweep|throughput|latency` (the flags of `vllm bench`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ commands:
   serve [MODEL] [OPTIONS] start the OpenAI-compatible server (the flags of `vllm serve`;
                           `cserve serve --help` lists them); MODEL is a directory, a .gguf
                           file or a Hugging Face repo id, cserve's default model when unset
+  bench serve|sweep|throughput|latency [OPTIONS]
+                          benchmarks with the flags and output of `vllm bench` (`serve` and
+                          `sweep` against any OpenAI-compatible server; `cserve bench --help`)
 
 options:
   -h, --help              show this help
@@ -98,6 +102,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if argv[0] == "serve":
         return serve(argv[1:])
+    if argv[0] == "bench":
+        from cserve.bench.cli import main as bench
+
+        return bench(argv[1:])
     print(f"cserve: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr, end="")
     return 2
 
