@@ -269,8 +269,9 @@ FLAGS: tuple = (
              "if any.", **ok("server")),
         Flag("--hf-overrides", JSON, {}, "JSON object merged into the Hugging Face config."),
         Flag("--hf-config-path", STR, None, "Hugging Face config to use instead of the model's."),
-        Flag("--dtype", STR, "auto", "Data type of weights and activations; auto keeps bfloat16 and uses "
-             "float16 for float32 and float16 checkpoints.",
+        Flag("--dtype", STR, "auto", "Data type of weights and activations; auto: float16 for float16 "
+             "checkpoints, else bfloat16 (float32 checkpoints too, as vLLM on the CPU; GGUF weights stay "
+             "quantized).",
              choices=("auto", "bfloat16", "float", "float16", "float32", "half"), **ok("engine")),
         Flag("--quantization", STR, None, "Weight quantization method; read from the model config when unset. "
              "cserve: gguf (a GGUF file's ggml formats, also found without this flag).", aliases=("-q",),
