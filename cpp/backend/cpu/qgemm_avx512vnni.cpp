@@ -34,8 +34,12 @@ void panel(const QGemmArgs& g, int64_t p, int64_t i0) {
   __m512 acc[A];
   for (int i = 0; i < A; ++i) acc[i] = _mm512_setzero_ps();
   const __m512i mask = _mm512_set1_epi8(0x0F);
+  constexpr int64_t kBlockBytes = Bits * 64;  // 16 rows x 32 values
   for (int64_t b = 0; b < w.blocks; ++b) {
     const uint8_t* codes = w.block_codes(p, b);
+    // The codes stream 1 KiB ahead (the next panel's blocks follow this one's).
+    for (int64_t line = 0; line < kBlockBytes; line += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(codes + 4 * kBlockBytes + line), _MM_HINT_T0);
     __m512i dot[A];
     for (int i = 0; i < A; ++i) dot[i] = _mm512_setzero_si512();
     if constexpr (Bits == 8) {
