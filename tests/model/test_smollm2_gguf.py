@@ -34,7 +34,8 @@ def test_quantized_model_tracks_transformers(smollm2_gguf, hf):
     got = np.array([out.prompt_logprobs[i][prompt[i]].logprob for i in range(1, len(prompt))])
     want = np.array([ref[i - 1, prompt[i]] for i in range(1, len(prompt))])
     # 4-bit weights are exact here; the error is int8 rounding of the activations.
-    assert np.abs(got - want).mean() < 0.15 and np.abs(got - want).max() < 0.6  # ~0.06 and ~0.3 with VNNI
+    # ~0.06 and ~0.3 with VNNI, ~0.1 and ~0.7 on AVX2: int8 rounding; a wrong weight costs nats
+    assert np.abs(got - want).mean() < 0.15 and np.abs(got - want).max() < 1.0
     # Each greedy token is (nearly) transformers' best at its position.
     for pos in range(len(prompt), len(ids)):
         row = ref[pos - 1]
