@@ -20,6 +20,7 @@
 #include "attention/paged_attention.h"
 #include "core/dtype.h"
 #include "embedding/embedding.h"
+#include "gemm/cublaslt_gemm.h"
 #include "norm/rms_norm.h"
 #include "rope/rope.h"
 
@@ -140,6 +141,22 @@ NB_MODULE(_cuda, m) {
     dout.to_host(out.data());
     return out;
   }, "table"_a, "ids"_a, "dtype"_a = "float32");
+
+  // y = x w^T (+ y0) through cuBLASLt, in `dtype`; library: a libcublasLt path or "" (see
+  // cublaslt_gemm.h). Returns (y, the library that was loaded).
+  m.def("gemm", [](ArrayIn w, ArrayIn x, const std::string& dtype, std::optional<ArrayIn> y0,
+                   const std::string& library) {
+    const int64_t n = w.shape(0), k = w.shape(1), rows = x.shape(0);
+    if (static_cast<int64_t>(x.shape(1)) != k) throw std::invalid_argument("gemm: x and w differ in k");
+    const cserve::DType dt = dtype_of(dtype);
+    DeviceArray dw(w.data(), w.size(), dt), dx(x.data(), x.size(), dt);
+    DeviceArray dy = y0 ? DeviceArray(y0->data(), y0->size(), dt) : DeviceArray(static_cast<size_t>(rows * n), dt);
+    cc::CublasLtGemm gemm(library);
+    gemm.run(dy.get(), n, dx.get(), k, dw.get(), rows, n, k, id_of(dt), y0.has_value(), nullptr);
+    Array out = make_array({static_cast<size_t>(rows), static_cast<size_t>(n)});
+    dy.to_host(out.data());
+    return nb::make_tuple(out, gemm.library());
+  }, "w"_a, "x"_a, "dtype"_a = "bfloat16", "y0"_a.none() = nb::none(), "library"_a = "");
 
   // The CPU testing API's paged_attention: one sequence whose K/V ([len][kv_heads][d]) are
   // written through write_kv into the listed blocks, then its last q.shape(0) tokens attend.

@@ -1,0 +1,66 @@
+"""Dense GEMMs through cuBLASLt (loaded at run time) against NumPy, in every dtype. Skipped
+without a GPU, and where no libcublasLt can be found (nvidia-cublas wheel, toolkit, or
+CSERVE_CUBLASLT)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import numerics as ref
+
+cuda = pytest.importorskip("cserve._cuda", reason="cserve was built without CUDA")
+if cuda.device_count() == 0:
+    pytest.skip("no CUDA device here", allow_module_level=True)
+
+
+def find_cublaslt() -> str:
+    """A libcublasLt from NVIDIA's wheels (torch brings them) or "" for the loader's own search."""
+    if os.environ.get("CSERVE_CUBLASLT"):
+        return os.environ["CSERVE_CUBLASLT"]
+    for site in sys.path:
+        for pattern in ("nvidia/cu13/lib/libcublasLt.so.*", "nvidia/cublas/lib/libcublasLt.so.*"):
+            found = sorted(glob.glob(os.path.join(site, pattern)))
+            if found:
+                return found[-1]
+    return ""
+
+
+@pytest.fixture(scope="module")
+def library():
+    lib = find_cublaslt()
+    try:
+        cuda.gemm(np.ones((16, 16), np.float32), np.ones((1, 16), np.float32), "float32", None, lib)
+    except RuntimeError as e:
+        if "cannot load cuBLASLt" in str(e):
+            pytest.skip(str(e))
+        raise
+    return lib
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("m, n, k", [(1, 4096, 4096), (16, 14336, 4096), (512, 4096, 14336), (3, 128256, 4096),
+                                     (7, 33, 40)])
+def test_gemm_matches_numpy(library, dtype, m, n, k):
+    rng = np.random.default_rng(m + n + k)
+    w = ref.round_to(rng.standard_normal((n, k)).astype(np.float32) * 0.02, dtype)
+    x = ref.round_to(rng.standard_normal((m, k)).astype(np.float32), dtype)
+    y, loaded = cuda.gemm(w, x, dtype, None, library)
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+    # f32 accumulation; the output rounded to dtype.
+    scale = np.abs(x).max() * np.abs(w).max() * np.sqrt(k)
+    np.testing.assert_allclose(y, want, rtol=ref.UNIT[dtype] * 4, atol=scale * max(ref.UNIT[dtype], 1e-6) * 4)
+    assert "cublasLt" in loaded
+
+
+def test_gemm_accumulates(library):
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 96)).astype(np.float32)
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+    y0 = rng.standard_normal((5, 64)).astype(np.float32)
+    y, _ = cuda.gemm(w, x, "float32", y0, library)
+    np.testing.assert_allclose(y, y0 + x @ w.T, rtol=1e-4, atol=1e-3)
