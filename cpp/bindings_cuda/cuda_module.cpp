@@ -23,6 +23,7 @@
 #include "gemm/cublaslt_gemm.h"
 #include "norm/rms_norm.h"
 #include "rope/rope.h"
+#include "sampling/sampler.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -157,6 +158,33 @@ NB_MODULE(_cuda, m) {
     dy.to_host(out.data());
     return nb::make_tuple(out, gemm.library());
   }, "w"_a, "x"_a, "dtype"_a = "bfloat16", "y0"_a.none() = nb::none(), "library"_a = "");
+
+  // One sampled token per row of logits [rows][vocab]; params per row: (temperature, top_k,
+  // top_p, min_p, seed, offset). Returns (ids, logprobs, top ids [rows][num_top], top logprobs).
+  m.def("sample", [](ArrayIn logits, const std::vector<std::tuple<float, int, float, float, uint64_t, uint64_t>>& params,
+                     int num_top) {
+    const int64_t rows = logits.shape(0), vocab = logits.shape(1);
+    if (static_cast<int64_t>(params.size()) != rows) throw std::invalid_argument("sample: one params tuple per row");
+    std::vector<cc::SamplingRow> host;
+    for (const auto& [t, k, p, mp, seed, offset] : params) host.push_back({t, k, p, mp, seed, offset});
+    DeviceArray dl(logits.data(), logits.size(), cserve::DType::F32);
+    DeviceArray dp = DeviceArray::raw(host);
+    DeviceArray ids(static_cast<size_t>(rows), cserve::DType::F32), lps(static_cast<size_t>(rows), cserve::DType::F32);
+    const size_t tops = static_cast<size_t>(rows * std::max(num_top, 1));
+    DeviceArray tid(tops, cserve::DType::F32), tlp(tops, cserve::DType::F32);
+    cc::invokeSample(dl.as<float>(), rows, vocab, dp.as<cc::SamplingRow>(), ids.as<int32_t>(), lps.as<float>(), num_top,
+                     tid.as<int32_t>(), tlp.as<float>(), nullptr);
+    ok(cudaDeviceSynchronize(), "sample");
+    std::vector<int32_t> out_ids(rows), out_top(tops);
+    ok(cudaMemcpy(out_ids.data(), ids.get(), rows * sizeof(int32_t), cudaMemcpyDeviceToHost), "D2H");
+    ok(cudaMemcpy(out_top.data(), tid.get(), tops * sizeof(int32_t), cudaMemcpyDeviceToHost), "D2H");
+    Array out_lp = make_array({static_cast<size_t>(rows)});
+    lps.to_host(out_lp.data());
+    Array out_tlp = make_array({static_cast<size_t>(rows), static_cast<size_t>(num_top)});
+    if (num_top > 0) tlp.to_host(out_tlp.data());
+    out_top.resize(static_cast<size_t>(rows * num_top));
+    return nb::make_tuple(out_ids, out_lp, out_top, out_tlp);
+  }, "logits"_a, "params"_a, "num_top"_a = 0);
 
   // The CPU testing API's paged_attention: one sequence whose K/V ([len][kv_heads][d]) are
   // written through write_kv into the listed blocks, then its last q.shape(0) tokens attend.

@@ -1,0 +1,79 @@
+"""GPU sampling against NumPy: greedy and raw logprobs exactly, sampled tokens by their
+distribution (temperature, top-k, top-p, min-p) over many seeds, and determinism per seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+cuda = pytest.importorskip("cserve._cuda", reason="cserve was built without CUDA")
+if cuda.device_count() == 0:
+    pytest.skip("no CUDA device here", allow_module_level=True)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def params(rows, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0):
+    return [(temperature, top_k, top_p, min_p, seed, i) for i in range(rows)]
+
+
+@pytest.mark.parametrize("vocab", [7, 1000, 128256])
+def test_greedy_and_logprobs(vocab):
+    rng = np.random.default_rng(vocab)
+    logits = (rng.standard_normal((9, vocab)) * 3).astype(np.float32)
+    ids, lps, top_ids, top_lps = cuda.sample(logits, params(9, temperature=0.0), 5 if vocab >= 5 else vocab)
+    ref = log_softmax(logits)
+    assert list(ids) == list(logits.argmax(axis=1))
+    np.testing.assert_allclose(lps, ref[np.arange(9), ids], atol=1e-4)
+    n = top_lps.shape[1]
+    want = np.argsort(-logits, axis=1, kind="stable")[:, :n]
+    assert np.array_equal(np.array(top_ids).reshape(9, n), want)
+    np.testing.assert_allclose(top_lps, np.take_along_axis(ref, want, axis=1), atol=1e-4)
+
+
+def empirical(logits_row, rows, **kw):
+    logits = np.repeat(logits_row[None, :], rows, axis=0).astype(np.float32)
+    ids, _, _, _ = cuda.sample(logits, params(rows, **kw), 0)
+    return np.bincount(ids, minlength=logits_row.size) / rows
+
+
+LOGITS = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
+
+
+@pytest.mark.parametrize("kw, keep", [
+    (dict(temperature=1.0), 8),
+    (dict(temperature=0.5), 8),
+    (dict(temperature=1.0, top_k=3), 3),
+    (dict(temperature=1.0, top_p=0.6), None),
+    (dict(temperature=1.0, min_p=0.2), None),
+])
+def test_sampled_distribution(kw, keep):
+    t = kw.get("temperature", 1.0)
+    p = np.exp(LOGITS / t - (LOGITS / t).max())
+    p /= p.sum()
+    order = np.argsort(-p)
+    mask = np.zeros(8, bool)
+    if keep is not None:
+        mask[order[:keep]] = True
+    elif "top_p" in kw:  # the smallest prefix holding top_p
+        mask[order[: int(np.searchsorted(np.cumsum(p[order]), kw["top_p"]) + 1)]] = True
+    else:
+        mask = p >= kw["min_p"] * p.max()
+    want = np.where(mask, p, 0)
+    want /= want.sum()
+    got = empirical(LOGITS, 40000, **kw)
+    assert np.all(got[~mask] == 0)
+    np.testing.assert_allclose(got, want, atol=0.01)
+
+
+def test_same_seed_same_token():
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((64, 50000)).astype(np.float32)
+    a, _, _, _ = cuda.sample(logits, params(64, seed=11), 0)
+    b, _, _, _ = cuda.sample(logits, params(64, seed=11), 0)
+    c, _, _, _ = cuda.sample(logits, params(64, seed=12), 0)
+    assert list(a) == list(b) and list(a) != list(c)
