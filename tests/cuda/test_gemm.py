@@ -4,10 +4,6 @@ CSERVE_CUBLASLT)."""
 
 from __future__ import annotations
 
-import glob
-import os
-import sys
-
 import numpy as np
 import pytest
 
@@ -18,20 +14,10 @@ if cuda.device_count() == 0:
     pytest.skip("no CUDA device here", allow_module_level=True)
 
 
-def find_cublaslt() -> str:
-    """A libcublasLt from NVIDIA's wheels (torch brings them) or "" for the loader's own search."""
-    if os.environ.get("CSERVE_CUBLASLT"):
-        return os.environ["CSERVE_CUBLASLT"]
-    for site in sys.path:
-        for pattern in ("nvidia/cu13/lib/libcublasLt.so.*", "nvidia/cublas/lib/libcublasLt.so.*"):
-            found = sorted(glob.glob(os.path.join(site, pattern)))
-            if found:
-                return found[-1]
-    return ""
-
-
 @pytest.fixture(scope="module")
 def library():
+    from cserve.cuda_libs import find_cublaslt
+
     lib = find_cublaslt()
     try:
         cuda.gemm(np.ones((16, 16), np.float32), np.ones((1, 16), np.float32), "float32", None, lib)
