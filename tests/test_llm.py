@@ -286,3 +286,20 @@ def test_common_vllm_keywords_are_accepted_or_refused_clearly(tiny_model_dir):
         LLM(tiny_model_dir, quantization="awq")
     with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'"):
         LLM(tiny_model_dir, no_such_option=1)
+
+
+def test_llm_takes_a_hugging_face_repo_id(tiny_model_dir, tmp_path, monkeypatch):
+    """LLM("org/name") loads the repo from the Hugging Face cache, as `cserve serve` does."""
+    from pathlib import Path
+
+    from tests.helpers.hub import hub_repo
+
+    files = {p.name: p.read_bytes() for p in Path(tiny_model_dir).iterdir() if p.is_file()}
+    hub_repo(tmp_path / "hub", "org/tiny", files)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    llm = LLM("org/tiny", download_dir=str(tmp_path / "hub"), dtype="float32", max_model_len=64, num_threads=1)
+    out = llm.generate([{"prompt_token_ids": [1, 2, 3]}], SamplingParams(max_tokens=3, temperature=0),
+                       use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 3
+    with pytest.raises(FileNotFoundError, match="org/missing"):
+        LLM("org/missing", download_dir=str(tmp_path / "hub"))

@@ -10,16 +10,15 @@ import os
 import urllib.error
 import urllib.request
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from cserve import model_source
+from tests.helpers.hub import COMMIT, hub_repo
 from cserve.model_source import (
     DEFAULT_MODEL, ModelSourceError, default_model_file, default_model_path, resolve_model, resolve_tokenizer,
 )
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 MODEL_FILES = {"config.json": '{"model_type": "llama"}', "model.safetensors": b"weights",
                "tokenizer.json": "{}", "tokenizer_config.json": "{}", "original/consolidated.pth": b"x"}
@@ -44,25 +43,6 @@ def no_network(monkeypatch):
         raise AssertionError("the network was touched")
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
-
-
-def hub_repo(cache: Path, repo_id: str, files: dict, commit: str = COMMIT, refs=("main",)) -> Path:
-    """A repo laid out as huggingface_hub lays out its cache: refs/<branch> holds the commit,
-    snapshots/<commit>/<file> links to blobs/<hash>."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    for ref in refs:
-        (repo / "refs" / ref).write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    for name, content in files.items():
-        data = content.encode() if isinstance(content, str) else content
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return snapshot
 
 
 def assert_one_line(error: pytest.ExceptionInfo, *parts: str) -> str:

@@ -28,7 +28,7 @@ _ACCEPTED_AS_IS = {"trust_remote_code", "enforce_eager", "disable_log_stats", "s
                    "disable_custom_all_reduce", "cpu_offload_gb"}
 # vLLM keywords that cserve supports only at their default value so far.
 _ONLY_DEFAULT = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "data_parallel_size": 1,
-                 "quantization": None, "device": "auto", "revision": None, "tokenizer_revision": None}
+                 "quantization": None, "device": "auto"}
 
 
 def _check_unsupported(options: dict[str, Any]) -> None:
@@ -67,8 +67,7 @@ class LLM:
         num_threads: int = 0,
         **engine_options: Any,
     ) -> None:
-        if not Path(model).exists():
-            raise FileNotFoundError(f"{model}: no such model directory or GGUF file")
+        model, tokenizer = _resolve(model, tokenizer, engine_options)
         config = _engine_config(model, engine_options)
         config.num_threads = num_threads
         self.engine = _core.Engine(config)
@@ -172,6 +171,29 @@ class LLM:
     # vLLM users call these too.
     def reset_prefix_cache(self) -> bool:
         return self.engine.reset_prefix_cache()
+
+
+# vLLM keywords that pick where the model comes from (cserve.model_source).
+_SOURCE_FIELDS = ("revision", "tokenizer_revision", "download_dir", "hf_token")
+
+
+def _resolve(model: str, tokenizer: Optional[str], options: dict[str, Any]) -> tuple[str, Optional[str]]:
+    """Local paths as they are; Hugging Face repo ids through the local cache (or a download),
+    as `cserve serve` resolves them."""
+    source = {k: options.pop(k) for k in _SOURCE_FIELDS if k in options}
+    if Path(model).exists() and (tokenizer is None or Path(tokenizer).exists()) and not any(source.values()):
+        return str(model), tokenizer
+    from cserve.model_source import ModelSourceError, resolve_model, resolve_tokenizer
+
+    common = dict(download_dir=source.get("download_dir"), hf_token=source.get("hf_token"))
+    try:
+        path = str(resolve_model(str(model), revision=source.get("revision"), **common))
+        if tokenizer is not None:
+            tokenizer = str(resolve_tokenizer(tokenizer, revision=source.get("tokenizer_revision") or
+                                              source.get("revision"), **common))
+    except ModelSourceError as e:
+        raise FileNotFoundError(str(e)) from None
+    return path, tokenizer
 
 
 def _progress_bar(total: int):

@@ -10,7 +10,7 @@ from typing import Optional
 import pytest
 
 from tests.helpers.server import _pythonpath
-from tests.test_model_source import hub_repo
+from tests.helpers.hub import hub_repo
 
 
 def run_cli(*args: str, timeout: float = 60, env: Optional[dict] = None) -> subprocess.CompletedProcess:
