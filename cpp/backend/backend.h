@@ -44,6 +44,14 @@ class Backend {
   virtual DType activation_dtype() const = 0;
   virtual int num_threads() const = 0;
   virtual Buffer allocate(size_t bytes) = 0;
+  // Whether allocate() returns memory the host reads and writes directly (the CPU). A device
+  // backend copies with upload/download; the host arrays the ops below take as raw pointers
+  // (token ids, slots, rows, attention metadata) stay host arrays that it copies itself.
+  virtual bool host_memory() const = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  // out[i][:] = src[rows[i]][:], rows of `cols` f32 activations.
+  virtual void gather_rows(const Tensor& src, const int32_t* rows, int64_t n, int64_t cols, Tensor& out) = 0;
 
   // Concatenates parts along n (e.g. q, k, v) and packs them as `dtype`.
   // biases: empty, or one per part (data == nullptr for a part without one).

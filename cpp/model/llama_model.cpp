@@ -1,7 +1,6 @@
 #include "model/llama_model.h"
 
 #include <cmath>
-#include <cstring>
 
 namespace cserve {
 
@@ -27,9 +26,17 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   Tensor attn = scratch(attn_, T, q_dim), gu = scratch(gu_, T, 2 * I), act = scratch(act_, T, I);
   const int64_t half = rope_.rotary_dim() / 2;
   Tensor cos = scratch(cos_, T, half), sin = scratch(sin_, T, half);
+  // The rope tables are computed on the host (straight into cos/sin on the CPU).
+  const bool host = backend_.host_memory();
+  if (!host) rope_host_.resize(static_cast<size_t>(2 * T * half));
+  float* cos_h = host ? cos.as<float>() : rope_host_.data();
+  float* sin_h = host ? sin.as<float>() : rope_host_.data() + T * half;
   for (int64_t t = 0; t < T; ++t)
-    rope_.compute(batch.attn.positions[t], batch.token_seq_len[t], cos.as<float>() + t * half,
-                  sin.as<float>() + t * half);
+    rope_.compute(batch.attn.positions[t], batch.token_seq_len[t], cos_h + t * half, sin_h + t * half);
+  if (!host) {
+    backend_.upload(cos.data, cos_h, static_cast<size_t>(T * half) * sizeof(float));
+    backend_.upload(sin.data, sin_h, static_cast<size_t>(T * half) * sizeof(float));
+  }
 
   if (weights_.tied)
     backend_.embedding(*weights_.lm_head, batch.token_ids.data(), T, x);
@@ -70,11 +77,12 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   const int64_t L = static_cast<int64_t>(batch.logits_rows.size());
   if (L == 0) return;
   Tensor sel = scratch(sel_, L, H);
-  for (int64_t i = 0; i < L; ++i)
-    std::memcpy(sel.as<float>() + i * H, x.as<float>() + batch.logits_rows[i] * H, H * sizeof(float));
+  backend_.gather_rows(x, batch.logits_rows.data(), L, H, sel);
   backend_.rms_norm(sel, f32(weights_.final_norm, H), L, H, H, eps, sel);
-  Tensor out{logits, DType::F32, {L, c.vocab_size}};
+  // Logits straight into the caller's host array on the CPU; through a download elsewhere.
+  Tensor out = host ? Tensor{logits, DType::F32, {L, c.vocab_size}} : scratch(logits_, L, c.vocab_size);
   backend_.linear(*weights_.lm_head, sel, H, out, c.vocab_size, false);
+  if (!host) backend_.download(logits, out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float));
 }
 
 }  // namespace cserve

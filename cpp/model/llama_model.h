@@ -39,7 +39,8 @@ class LlamaModel {
   ModelWeights weights_;
   RotaryEmbedding rope_;
   // Activation buffers, grown on demand and reused across steps.
-  Buffer x_, h_, qkv_, attn_, gu_, act_, cos_, sin_, sel_;
+  Buffer x_, h_, qkv_, attn_, gu_, act_, cos_, sin_, sel_, logits_;  // backend memory
+  std::vector<float> rope_host_;  // rope tables made on the host for a device backend
 };
 
 }  // namespace cserve

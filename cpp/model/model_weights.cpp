@@ -197,10 +197,17 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     src.release_scratch();
     return packed;
   };
+  // Small host-made parameters, moved to the backend's memory when that is not the host's.
+  auto in_backend = [&](Buffer host) {
+    if (backend.host_memory()) return host;
+    Buffer dev = backend.allocate(host.size());
+    backend.upload(dev.data(), host.data(), host.size());
+    return dev;
+  };
   auto norm = [&](const std::string& name, int64_t n) {
     Buffer b = to_f32(src.get(name, {n}, 1.0f), dtype);
     src.release_scratch();
-    return b;
+    return in_backend(std::move(b));
   };
 
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -239,6 +246,13 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     }
     w.total_bytes += e.numel() * dtype_size(dtype);
     src.release_scratch(/*keep_file_pages=*/w.embed_owned.size() == 0);
+  }
+  if (!w.tied && !backend.host_memory()) {  // the embedding table is read by the backend's gather
+    const size_t bytes = static_cast<size_t>(w.embed_table.numel()) * dtype_size(w.embed_table.dtype);
+    Buffer dev = backend.allocate(bytes);
+    backend.upload(dev.data(), w.embed_table.data, bytes);
+    w.embed_owned = std::move(dev);
+    w.embed_table.data = w.embed_owned.data();
   }
   if (progress) progress(steps, steps);
   return w;

@@ -1,4 +1,5 @@
 // The CPU implementation of Backend: thin adapters over the kernels in kernels.h.
+#include <cstring>
 #include <memory>
 
 #include "backend/backend.h"
@@ -50,6 +51,13 @@ class CpuBackend : public Backend {
   DType activation_dtype() const override { return DType::F32; }
   int num_threads() const override { return pool_.num_threads(); }
   Buffer allocate(size_t bytes) override { return Buffer(bytes); }
+  bool host_memory() const override { return true; }
+  void upload(void* dst, const void* host_src, size_t bytes) override { std::memcpy(dst, host_src, bytes); }
+  void download(void* host_dst, const void* src, size_t bytes) override { std::memcpy(host_dst, src, bytes); }
+  void gather_rows(const Tensor& src, const int32_t* rows, int64_t n, int64_t cols, Tensor& out) override {
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(out.as<float>() + i * cols, src.as<float>() + rows[i] * cols, static_cast<size_t>(cols) * sizeof(float));
+  }
 
   std::unique_ptr<LinearWeight> pack_linear(const std::vector<Tensor>& parts, const std::vector<Tensor>& biases,
                                             DType dtype) override {
