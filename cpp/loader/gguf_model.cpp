@@ -67,8 +67,6 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   c.o_proj_bias = f.has_tensor("blk.0.attn_output.bias");
   c.qk_norm = f.has_tensor("blk.0.attn_q_norm.weight");
   c.layer_sliding_window.assign(static_cast<size_t>(c.num_hidden_layers), 0);
-  if (const GgufValue* tokens = f.find("tokenizer.ggml.tokens"))
-    c.vocab_size = static_cast<int64_t>(tokens->array.size());
   const GgufTensor& embd = f.tensor("token_embd.weight");
   c.vocab_size = embd.shape[0];
   if (embd.shape.size() != 2 || embd.shape[1] != c.hidden_size)

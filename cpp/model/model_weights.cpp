@@ -40,7 +40,7 @@ class TensorSource {
     p.cols = shape[1];
     p.row_stride = ggml_row_bytes(t.type, p.cols);
     p.row_order = row_order(name, p.rows);
-    fetched_.push_back(Tensor{const_cast<uint8_t*>(t.data), DType::F32, {static_cast<int64_t>(t.nbytes / 4)}});
+    fetched(t);
     return p;
   }
 
@@ -89,7 +89,7 @@ class TensorSource {
     const int32_t* order = shape.size() == 2 ? row_order(name, rows) : nullptr;
     if (!order && (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16)) {
       const DType dt = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
-      fetched_.push_back(Tensor{const_cast<uint8_t*>(t.data), dt, shape});
+      fetched(t);
       return Tensor{const_cast<uint8_t*>(t.data), dt, shape};
     }
     scratch_.emplace_back(static_cast<size_t>(rows * cols) * sizeof(float));
@@ -97,8 +97,13 @@ class TensorSource {
     const size_t row_bytes = ggml_row_bytes(t.type, cols);
     for (int64_t r = 0; r < rows; ++r)
       dequantize_row(t.type, t.data + static_cast<size_t>(order ? order[r] : r) * row_bytes, out + r * cols, cols);
-    fetched_.push_back(Tensor{const_cast<uint8_t*>(t.data), DType::F32, {static_cast<int64_t>(t.nbytes / 4)}});
+    fetched(t);
     return Tensor{out, DType::F32, shape};
+  }
+
+  // Remembers a GGUF tensor's file bytes so release_scratch drops their pages once packed.
+  void fetched(const GgufTensor& t) {
+    fetched_.push_back(Tensor{const_cast<uint8_t*>(t.data), DType::F32, {static_cast<int64_t>(t.nbytes / 4)}});
   }
 
   static std::string shape_str(const std::vector<int64_t>& s) {

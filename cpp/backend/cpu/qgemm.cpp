@@ -12,12 +12,7 @@ namespace cserve::cpu {
 namespace detail {
 
 void quantize_acts(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out) {
-  out.m = m;
-  out.k = k;
-  out.blocks = k / kQBlock;
-  out.q.resize(static_cast<size_t>(m * k));
-  out.dx.resize(static_cast<size_t>(m * out.blocks));
-  out.sx.resize(static_cast<size_t>(m * out.blocks));
+  out.reset(m, k);
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * ldx;
     for (int64_t b = 0; b < out.blocks; ++b) {

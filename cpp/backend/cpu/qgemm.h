@@ -79,6 +79,15 @@ struct QuantActs {
   int64_t m = 0, k = 0, blocks = 0;
   std::vector<int8_t> q;
   std::vector<float> dx, sx;
+  // Sizes the arrays for m rows of k values (kept between calls: no allocation once grown).
+  void reset(int64_t rows, int64_t cols) {
+    m = rows;
+    k = cols;
+    blocks = cols / kQBlock;
+    q.resize(static_cast<size_t>(m * k));
+    dx.resize(static_cast<size_t>(m * blocks));
+    sx.resize(static_cast<size_t>(m * blocks));
+  }
 };
 void quantize_acts(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out);
 // The same, vectorized (identical results: round to nearest even in both).

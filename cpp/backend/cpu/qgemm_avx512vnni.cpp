@@ -93,12 +93,7 @@ void run(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end) {
 }  // namespace
 
 void quantize_acts_avx512(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out) {
-  out.m = m;
-  out.k = k;
-  out.blocks = k / kQBlock;
-  out.q.resize(static_cast<size_t>(m * k));
-  out.dx.resize(static_cast<size_t>(m * out.blocks));
-  out.sx.resize(static_cast<size_t>(m * out.blocks));
+  out.reset(m, k);
   const __m512 sign = _mm512_set1_ps(-0.0f);
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t b = 0; b < out.blocks; ++b) {
