@@ -129,6 +129,7 @@ def test_echo_with_logprobs_includes_prompt_tokens(client, http):
     lp = out.choices[0].logprobs
     assert len(lp.tokens) == len(ids) + 24
     assert lp.token_logprobs[0] is None and all(v is not None for v in lp.token_logprobs[1:])
+    assert "".join(lp.tokens[:len(ids)]) == PROMPT and lp.text_offset[len(ids)] == len(PROMPT)
 
 
 def test_prompt_logprobs_and_truncation(client, http):

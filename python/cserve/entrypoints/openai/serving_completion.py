@@ -50,7 +50,9 @@ class _ChoiceText:
 
 def _logprobs_json(state: ServerState, entries: list, top: int, offset: int,
                    prompt_part: Optional[CompletionLogProbs] = None) -> CompletionLogProbs:
-    out = prompt_part.model_copy(deep=True) if prompt_part is not None else CompletionLogProbs()
+    """OpenAI completion logprobs of `entries` (the token first, then its top alternatives),
+    appended to `prompt_part` when given; text offsets count from `offset`."""
+    out = prompt_part if prompt_part is not None else CompletionLogProbs()
     for e in entries:
         token = state.decode_token(int(e.token_ids[0]))
         out.tokens.append(token)
@@ -66,21 +68,11 @@ def _logprobs_json(state: ServerState, entries: list, top: int, offset: int,
 
 
 def _echo_logprobs(state: ServerState, run: RequestRun, top: int) -> CompletionLogProbs:
-    """The prompt's own tokens in the logprobs of an echoed completion (the first has none)."""
+    """The prompt's own tokens in the logprobs of an echoed completion: the first has none; the
+    engine's prompt logprob entries carry the others (each entry's first token is the prompt's)."""
     first = state.decode_token(run.prompt_ids[0])
     out = CompletionLogProbs(text_offset=[0], token_logprobs=[None], tokens=[first], top_logprobs=[None])
-    offset = len(first)
-    for tid, e in zip(run.prompt_ids[1:], run.prompt_logprobs or []):
-        token = state.decode_token(int(tid))
-        out.tokens.append(token)
-        out.token_logprobs.append(clean_logprob(e.logprobs[0]))
-        tops = {state.decode_token(int(t)): clean_logprob(lp) for t, lp in zip(e.token_ids[1:top + 1],
-                                                                               e.logprobs[1:top + 1])}
-        tops.setdefault(token, clean_logprob(e.logprobs[0]))
-        out.top_logprobs.append(tops)
-        out.text_offset.append(offset)
-        offset += len(token)
-    return out
+    return _logprobs_json(state, run.prompt_logprobs or [], top, len(first), out)
 
 
 async def prepare_completion(state: ServerState, request: CompletionRequest,
