@@ -48,6 +48,11 @@ def _token_text(value: Any) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+def special_tokens_of(config: dict[str, Any]) -> dict[str, str]:
+    """The special-token strings templates use (bos_token, ...) from tokenizer_config.json's fields."""
+    return {name: _token_text(config.get(name)) or "" for name in ("bos_token", "eos_token", "unk_token", "pad_token")}
+
+
 def _file_text(override: str) -> str:
     """The file's text when `override` names a file, else `override` itself (the template)."""
     try:
@@ -65,7 +70,7 @@ def load_chat_template(model_dir: str, override: Optional[str] = None) -> Option
     config_file = directory / "tokenizer_config.json"
     if config_file.is_file():
         config = json.loads(config_file.read_text())
-    special = {name: _token_text(config.get(name)) or "" for name in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    special = special_tokens_of(config)
     if override is not None:
         source = _file_text(override)
         return ChatTemplate(source, special)

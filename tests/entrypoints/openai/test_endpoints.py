@@ -6,10 +6,11 @@ from __future__ import annotations
 from tests.entrypoints.openai.conftest import MODEL_NAME
 
 
-def test_models_lists_every_served_name(client):
+def test_models_lists_every_served_name(client, chat_model_dir):
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL_NAME, "other-name"]
     assert models.data[0].model_extra["max_model_len"] == 256
+    assert models.data[0].model_extra["root"] == chat_model_dir
     # Either name is accepted; responses carry the first.
     out = client.completions.create(model="other-name", prompt="Hi", max_tokens=1)
     assert out.model == MODEL_NAME

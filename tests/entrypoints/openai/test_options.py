@@ -104,3 +104,15 @@ def test_h11_incomplete_event_limit(options_server):
         assert http.get("/health", headers={"x-big": "a" * 4000}).status_code == 200
         assert http.get("/health", headers={"x-big": "a" * 200000}).status_code >= 400
         assert http.get("/health").status_code == 200
+
+
+def test_request_template_is_text_not_a_server_file(options_server):
+    """Even trusted, a request's chat_template is the template itself: naming a file on the
+    server reads nothing from it."""
+    secret = options_server.log_path  # a file the server can read
+    with options_server.client() as http:
+        r = http.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 1,
+                                                    "chat_template": str(secret)})
+        assert r.status_code == 200, r.text
+        want = http.post("/tokenize", json={"prompt": str(secret), "add_special_tokens": False}).json()["count"]
+        assert r.json()["usage"]["prompt_tokens"] == want

@@ -338,7 +338,7 @@ def build_state(args, pending=None) -> ServerState:
                        "enable_prefix_caching": config.enable_prefix_caching,
                        "cache_dtype": config.kv_cache_dtype})
     state = ServerState(
-        engine=AsyncEngine(engine), tokenizer=tokenizer, model_path=tokenizer_dir, served_names=names,
+        engine=AsyncEngine(engine), tokenizer=tokenizer, model_path=model, served_names=names,
         max_model_len=info.max_model_len, generation_defaults=defaults, metrics=metrics, args=args,
         chat_template=template, executor=ThreadPoolExecutor(1, thread_name_prefix="cserve-tokenize"),
         max_pending=int(os.environ.get("CSERVE_MAX_PENDING_REQUESTS", "4096")), tokenizer_config=tokenizer_config(tokenizer_dir))

@@ -26,7 +26,7 @@ OFF_LOOP_CHARS = 2048
 class ServerState:
     engine: AsyncEngine
     tokenizer: Any  # tokenizers.Tokenizer or None (--skip-tokenizer-init)
-    model_path: str
+    model_path: str  # the model directory or GGUF file loaded
     served_names: list[str]
     max_model_len: int
     generation_defaults: dict[str, Any]
@@ -36,7 +36,7 @@ class ServerState:
     executor: Any = None
     max_pending: int = 4096
     draining: bool = False
-    tokenizer_config: dict[str, Any] = field(default_factory=dict)
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)  # with the special-token strings
 
     @property
     def model_name(self) -> str:

@@ -71,15 +71,15 @@ def render_chat(state: ServerState, messages: list, template_override: Optional[
     """Renders the conversation (blocking: run it off the loop for long chats)."""
     from jinja2 import TemplateError
 
-    from cserve.tokenizer import load_chat_template
+    from cserve.tokenizer.chat_template import ChatTemplate, special_tokens_of
 
     template = state.chat_template
     if template_override is not None:
         if not state.args.trust_request_chat_template:
             raise APIError("Chat template is passed with request, but --trust-request-chat-template is not set. "
                            "Refused request with untrusted chat template.", 400, "chat_template")
-        try:
-            template = load_chat_template(state.model_path, template_override)
+        try:  # the template's text: a request never names a file on the server
+            template = ChatTemplate(template_override, special_tokens_of(state.tokenizer_config))
         except TemplateError as e:
             raise APIError(f"invalid chat_template: {e}", 400, "chat_template") from None
     if template is None:
@@ -97,7 +97,7 @@ def render_chat(state: ServerState, messages: list, template_override: Optional[
 
 def _check_tools(request: ChatCompletionRequest) -> None:
     choice = request.tool_choice
-    if request.tools and choice == "auto" or choice == "required" or isinstance(choice, dict):
+    if (request.tools and choice == "auto") or choice == "required" or isinstance(choice, dict):
         raise APIError(f"tool_choice {choice if isinstance(choice, str) else 'named'!r} needs tool-call parsing, "
                        "which is not supported yet (--enable-auto-tool-choice, --tool-call-parser).", 400,
                        "tool_choice")
