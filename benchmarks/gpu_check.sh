@@ -1,19 +1,57 @@
 #!/usr/bin/env bash
-# The GPU checks in one device call (see /work/.library/device/README.md): build the C++
-# core and the CUDA kernels with CMake (the GPU machine has cmake, ninja, nanobind, numpy and
-# pytest but no registry), then run the CUDA kernel tests. From the repository root:
-#   device run: bash benchmarks/gpu_check.sh
-# Results land in $OUT (junit XML and the log) when run by the device tool.
-set -euo pipefail
+# Every GPU check in one device call (see /work/.library/device/README.md): build the C++ core,
+# the CUDA backend and the kernel test module with CMake (the GPU machine has cmake, ninja,
+# nanobind, numpy, torch, transformers and pytest, but no registry), then
+#   1. the CUDA kernel and backend tests (tests/cuda),
+#   2. the model parity suite again on the GPU (CSERVE_TEST_DEVICE=cuda),
+#   3. the Llama-3-8B-shaped benchmarks of issue 7 (--load-format dummy, bf16): one stream
+#      (cserve bench latency) and 1000 requests of 200 in / 180 out (cserve bench throughput).
+# From the repository root:   device run: bash benchmarks/gpu_check.sh
+# Results land in $OUT: gpu.txt, build logs, junit XML, test logs, bench-*.txt/json.
+# STAGES="tests parity bench" picks stages; BENCH_PROMPTS (1000) shrinks the throughput run.
+set -uo pipefail
 out="${OUT:-/tmp/cserve-gpu}"
 mkdir -p "$out"
+stages="${STAGES:-tests parity bench}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 build=/tmp/cserve-gpu-build
+t0=$(date +%s)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v python3)" \
-  -DCSERVE_BUILD_GRPC=OFF -DCSERVE_CUDA=on -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90a}" > "$out/cmake.log"
-ninja -C "$build" -j"$(nproc)" _core _cuda > "$out/build.log"
+  -DCSERVE_BUILD_GRPC=OFF -DCSERVE_CUDA=on -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90a}" > "$out/cmake.log" 2>&1 \
+  && ninja -C "$build" -j"$(nproc)" _core _cuda cserve_cuda > "$out/build.log" 2>&1 \
+  || { echo "build failed (see build.log)"; tail -40 "$out/build.log" "$out/cmake.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s" | tee "$out/times.txt"
 pkg=/tmp/cserve-gpu-pkg
 rm -rf "$pkg" && mkdir -p "$pkg"
 cp -r python/cserve "$pkg/"
-cp "$build"/_core*.so "$build"/_cuda*.so "$pkg/cserve/"
-PYTHONPATH="$pkg:." python3 -m pytest -q -p no:cacheprovider tests/cuda --junitxml="$out/cuda.xml" 2>&1 | tee "$out/tests.log"
+cp "$build"/_core*.so "$build"/_cuda*.so "$build"/libcserve_cuda.so "$pkg/cserve/"
+export PYTHONPATH="$pkg:.:${PYTHONPATH:-}"
+python3 -c "from cserve import _core; print('device auto ->', _core.resolve_device('auto'))" | tee -a "$out/gpu.txt"
+status=0
+stage() { [[ " $stages " == *" $1 "* ]]; }
+timed() {  # name, command...
+  local name=$1; shift
+  local s=$(date +%s)
+  "$@" > "$out/$name.log" 2>&1; local rc=$?
+  echo "$name: rc $rc, $(( $(date +%s) - s )) s" | tee -a "$out/times.txt"
+  tail -5 "$out/$name.log"
+  [[ $rc -eq 0 ]] || status=1
+}
+if stage tests; then
+  timed tests python3 -m pytest -q -p no:cacheprovider tests/cuda tests/backend/test_device.py --junitxml="$out/cuda.xml"
+fi
+if stage parity; then
+  CSERVE_TEST_DEVICE=cuda timed parity python3 -m pytest -q -p no:cacheprovider tests/model/test_parity.py \
+    tests/model/test_dtypes.py --junitxml="$out/parity.xml"
+fi
+if stage bench; then
+  model=/tmp/llama3-8b-dummy
+  mkdir -p "$model" && cp benchmarks/configs/llama3-8b.json "$model/config.json"
+  common=(--model "$model" --load-format dummy --dtype bfloat16 --device cuda --kv-cache-memory-bytes 0
+          --no-bandwidth-probe --disable-tqdm)
+  timed bench-latency python3 benchmarks/latency.py "${common[@]}" --batch-size 1 --input-len 32 --output-len 128 \
+    --num-iters-warmup 2 --num-iters 5 --output-json "$out/bench-latency.json"
+  timed bench-throughput python3 benchmarks/throughput.py "${common[@]}" --num-prompts "${BENCH_PROMPTS:-1000}" \
+    --input-len 200 --output-len 180 --max-num-seqs 256 --no-split --output-json "$out/bench-throughput.json"
+fi
+exit $status

@@ -1,6 +1,6 @@
 // The operations a model needs from a device. The CPU backend implements them
-// with the kernels of cpu/; the CUDA backend (its own shared library) will
-// implement the same interface. Activations are Tensors of activation_dtype()
+// with the kernels of cpu/; the CUDA backend (cuda/, its own shared library loaded
+// by make_backend) implements the same interface. Activations are Tensors of activation_dtype()
 // that the backend allocated; weights are opaque handles the backend packed at load.
 #pragma once
 #include <cstdint>
@@ -75,8 +75,23 @@ class Backend {
   virtual void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
                          const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) = 0;
   virtual void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) = 0;
+
+  // Called once at the start of each forward pass with its attention metadata, before any op
+  // takes pointers into it: a device backend copies the host arrays over in one transfer.
+  virtual void begin_forward(const AttentionMetadata& meta) {}
+  // Free and total bytes of the backend's memory where it is a device of its own (the KV
+  // cache is then sized from the device, as vLLM does); false for host memory.
+  virtual bool device_memory(size_t& free_bytes, size_t& total_bytes) { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads);
+
+// The backend for `device`: "cpu"; "cuda" or "cuda:N" (the CUDA backend library, loaded at
+// run time, and its GPU N); "auto": CUDA when that library loads and sees a GPU, else the CPU.
+// Throws NotSupported naming what is missing when "cuda" cannot be had.
+std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads);
+
+// What make_backend("auto") would pick: "cuda" or "cpu" (and why, in `reason`).
+std::string resolve_device(const std::string& device, std::string* reason = nullptr);
 
 }  // namespace cserve

@@ -8,6 +8,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "backend/backend.h"
 #include "cserve/engine.h"
 
 namespace nb = nanobind;
@@ -69,6 +70,7 @@ void bind_config(nb::module_& m) {
       .def_rw("max_logprobs", &cserve::EngineConfig::max_logprobs)
       .def_rw("disable_sliding_window", &cserve::EngineConfig::disable_sliding_window)
       .def_rw("num_threads", &cserve::EngineConfig::num_threads)
+      .def_rw("device", &cserve::EngineConfig::device)
       .def_rw("load_progress", &cserve::EngineConfig::load_progress, nb::arg("load_progress").none());
 
   nb::class_<cserve::ModelInfo>(m, "ModelInfo")
@@ -78,6 +80,7 @@ void bind_config(nb::module_& m) {
       .def_ro("eos_token_ids", &cserve::ModelInfo::eos_token_ids)
       .def_ro("bos_token_id", &cserve::ModelInfo::bos_token_id)
       .def_ro("dtype", &cserve::ModelInfo::dtype)
+      .def_ro("backend", &cserve::ModelInfo::backend)
       .def_ro("num_kv_blocks", &cserve::ModelInfo::num_kv_blocks)
       .def_ro("block_size", &cserve::ModelInfo::block_size)
       .def_ro("kv_cache_tokens", &cserve::ModelInfo::kv_cache_tokens)
@@ -167,6 +170,16 @@ NB_MODULE(_core, m) {
   bind_config(m);
   bind_engine(m);
   bind_gguf(m);
+  m.def(
+      "resolve_device",
+      [](const std::string& device) {
+        std::string reason;
+        std::string resolved = cserve::resolve_device(device, &reason);
+        return std::make_pair(resolved, reason);
+      },
+      "device"_a,
+      "The device an engine asking for `device` gets (auto, cpu, cuda, cuda:N), and why auto fell back "
+      "to the CPU; raises when a CUDA device was asked for and cannot be had.");
   nb::module_ testing = m.def_submodule("testing", "Internals exposed for tests");
   bind_testing(testing);
 }

@@ -1,4 +1,4 @@
-// Buffer: 64-byte aligned, zero-filled host allocation.
+// Buffer: 64-byte aligned, zero-filled host allocation, or adopted memory with its deleter.
 #include "core/buffer.h"
 
 #include <cstdint>
@@ -38,13 +38,25 @@ Buffer::Buffer(size_t bytes) {
   size_ = bytes;
 }
 
+Buffer Buffer::adopt(void* data, size_t size, FreeFn free_fn, void* context) {
+  Buffer b;
+  b.data_ = data;
+  b.size_ = size;
+  b.free_fn_ = free_fn;
+  b.free_context_ = context;
+  return b;
+}
+
 void Buffer::release() noexcept {
   if (!data_) return;
-  if (mapped_) munmap(data_, (size_ + kAlignment - 1) / kAlignment * kAlignment);
+  if (free_fn_) free_fn_(data_, free_context_);
+  else if (mapped_) munmap(data_, (size_ + kAlignment - 1) / kAlignment * kAlignment);
   else std::free(data_);
   data_ = nullptr;
   size_ = 0;
   mapped_ = false;
+  free_fn_ = nullptr;
+  free_context_ = nullptr;
 }
 
 }  // namespace cserve

@@ -1,5 +1,7 @@
-// Owning, 64-byte aligned, zero-filled host memory. Move-only. Large buffers are
-// anonymous mappings, so untouched pages (most of a fresh KV cache) cost no RAM.
+// Owning memory, move-only. Buffer(bytes) is 64-byte aligned, zero-filled host memory;
+// large buffers are anonymous mappings, so untouched pages (most of a fresh KV cache)
+// cost no RAM. Buffer::adopt takes memory someone else allocated (a device backend's)
+// together with the function that frees it.
 #pragma once
 #include <cstddef>
 #include <cstdlib>
@@ -9,17 +11,27 @@ namespace cserve {
 
 class Buffer {
  public:
+  using FreeFn = void (*)(void* data, void* context);
+
   Buffer() = default;
   explicit Buffer(size_t bytes);  // zero-filled; throws OutOfMemory
+  // Owns `data` (`size` bytes); free_fn(data, context) releases it.
+  static Buffer adopt(void* data, size_t size, FreeFn free_fn, void* context = nullptr);
   ~Buffer() { release(); }
   Buffer(Buffer&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)), mapped_(std::exchange(o.mapped_, false)) {}
+      : data_(std::exchange(o.data_, nullptr)),
+        size_(std::exchange(o.size_, 0)),
+        mapped_(std::exchange(o.mapped_, false)),
+        free_fn_(std::exchange(o.free_fn_, nullptr)),
+        free_context_(std::exchange(o.free_context_, nullptr)) {}
   Buffer& operator=(Buffer&& o) noexcept {
     if (this != &o) {
       release();
       data_ = std::exchange(o.data_, nullptr);
       size_ = std::exchange(o.size_, 0);
       mapped_ = std::exchange(o.mapped_, false);
+      free_fn_ = std::exchange(o.free_fn_, nullptr);
+      free_context_ = std::exchange(o.free_context_, nullptr);
     }
     return *this;
   }
@@ -36,6 +48,8 @@ class Buffer {
   void* data_ = nullptr;
   size_t size_ = 0;
   bool mapped_ = false;
+  FreeFn free_fn_ = nullptr;
+  void* free_context_ = nullptr;
 };
 
 }  // namespace cserve

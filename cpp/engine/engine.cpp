@@ -109,7 +109,11 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   for (int64_t e : from_gguf ? std::vector<int64_t>{} : load_generation_eos(c.model))
     if (std::find(eos.begin(), eos.end(), e) == eos.end()) eos.push_back(e);
 
-  backend = make_cpu_backend(c.num_threads);
+  backend = make_backend(c.device, c.num_threads);
+  // A device's memory in use before this engine put anything on it: other engines and
+  // processes are not charged to this one's gpu_memory_utilization (vLLM's per-instance meaning).
+  size_t free_at_start = 0, total_bytes = 0;
+  const bool on_device = backend->device_memory(free_at_start, total_bytes);
   const SafetensorsCheckpoint* ckpt = nullptr;
   if (!from_gguf && (c.load_format == "auto" || c.load_format == "safetensors")) {
     checkpoint = std::make_unique<SafetensorsCheckpoint>(c.model);
@@ -125,8 +129,29 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   info.load_seconds = seconds_since(t0);
 
   auto t1 = std::chrono::steady_clock::now();
-  KVCachePlan plan = plan_kv_cache(c, model_config, dtype, max_model_len, weight_bytes);
-  runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, dtype, eos);
+  KVCachePlan plan;
+  if (on_device) {
+    // A profiling run, as vLLM's: the largest step the scheduler can make, over a KV cache just
+    // big enough for it, brings the activation buffers to their peak; the KV cache then gets
+    // gpu_memory_utilization of the device less everything in use at that point.
+    const int64_t tokens = std::min<int64_t>(sched_config.max_num_batched_tokens, max_model_len);
+    const int64_t profile_blocks = (tokens + c.block_size - 1) / c.block_size;
+    runner = std::make_unique<ModelRunner>(*backend, std::move(model), profile_blocks, c.block_size, dtype, eos);
+    runner->warm_up(tokens, std::min<int64_t>(tokens, sched_config.max_num_seqs));
+    size_t free_bytes = 0;
+    backend->device_memory(free_bytes, total_bytes);
+    DeviceMemoryUse use;
+    use.total_bytes = static_cast<int64_t>(total_bytes);
+    use.used_bytes = static_cast<int64_t>(free_at_start) - static_cast<int64_t>(free_bytes) -
+                     static_cast<int64_t>(runner->kv_cache_bytes());
+    log_info("Memory profiling: " + fixed(use.used_bytes / 1073741824.0, 2) + " GiB in use of " +
+             fixed(use.total_bytes / 1073741824.0, 2) + " GiB after a " + std::to_string(tokens) + "-token forward");
+    plan = plan_kv_cache(c, model_config, dtype, max_model_len, weight_bytes, &use);
+    runner->resize_kv_cache(plan.num_blocks);
+  } else {
+    plan = plan_kv_cache(c, model_config, dtype, max_model_len, weight_bytes);
+    runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, dtype, eos);
+  }
   kv = std::make_unique<KVCacheManager>(plan.num_blocks, c.block_size, c.enable_prefix_caching,
                                         c.prefix_caching_hash_algo);
   scheduler = std::make_unique<Scheduler>(sched_config, *kv, eos, static_cast<uint64_t>(c.seed));
@@ -145,6 +170,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   info.eos_token_ids = eos;
   info.bos_token_id = model_config.bos_token_id;
   info.dtype = dtype_name(dtype);
+  info.backend = backend->name();
   info.num_kv_blocks = plan.num_blocks;
   info.block_size = c.block_size;
   info.kv_cache_tokens = plan.num_blocks * c.block_size;

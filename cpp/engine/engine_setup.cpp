@@ -81,7 +81,7 @@ SchedulerConfig resolve_scheduler_config(const EngineConfig& config, int64_t max
 }
 
 KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& m, DType kv_dtype, int64_t max_model_len,
-                          int64_t weight_bytes) {
+                          int64_t weight_bytes, const DeviceMemoryUse* device) {
   KVCachePlan plan;
   if (config.block_size <= 0) throw InvalidArgument("block_size must be positive");
   plan.bytes_per_block = 2 * m.num_hidden_layers * m.num_key_value_heads * m.head_dim * config.block_size *
@@ -100,10 +100,15 @@ KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& m, DTyp
     if (config.gpu_memory_utilization <= 0 || config.gpu_memory_utilization > 1)
       throw InvalidArgument("gpu_memory_utilization must be in (0, 1], got " +
                             std::to_string(config.gpu_memory_utilization));
-    budget = static_cast<int64_t>(config.gpu_memory_utilization * static_cast<double>(available_memory_bytes())) -
-             weight_bytes;
-    // More blocks than max_num_seqs full-length sequences can hold would never be used at once.
-    budget = std::min(budget, blocks_per_seq * config.max_num_seqs * plan.bytes_per_block);
+    if (device) {
+      budget = static_cast<int64_t>(config.gpu_memory_utilization * static_cast<double>(device->total_bytes)) -
+               device->used_bytes;
+    } else {
+      budget = static_cast<int64_t>(config.gpu_memory_utilization * static_cast<double>(available_memory_bytes())) -
+               weight_bytes;
+      // More blocks than max_num_seqs full-length sequences can hold would never be used at once.
+      budget = std::min(budget, blocks_per_seq * config.max_num_seqs * plan.bytes_per_block);
+    }
     plan.source = "gpu_memory_utilization";
   }
   plan.num_blocks = budget / plan.bytes_per_block;

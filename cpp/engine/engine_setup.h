@@ -20,10 +20,19 @@ struct KVCachePlan {
   int64_t bytes_per_block = 0;
   const char* source = "";  // which setting decided it
 };
-// num_gpu_blocks_override, else kv_cache_memory_bytes, else gpu_memory_utilization of the
-// memory available now, less the weights, capped at what max_num_seqs full-length
-// sequences can use. Throws OutOfMemory when not even one max_model_len sequence fits.
+// What a profiling run found on a device backend: the device's total memory and what this
+// engine's weights and activations use of it (everything of its own but the KV cache).
+struct DeviceMemoryUse {
+  int64_t total_bytes = 0;
+  int64_t used_bytes = 0;
+};
+// num_gpu_blocks_override, else kv_cache_memory_bytes, else gpu_memory_utilization:
+// - on a device (device != nullptr), as vLLM means it: that fraction of the device's total
+//   memory, less what the profiling run saw in use;
+// - on the CPU, of the host memory available now, less the weights, capped at what
+//   max_num_seqs full-length sequences can use.
+// Throws OutOfMemory when not even one max_model_len sequence fits.
 KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& model, DType kv_dtype,
-                          int64_t max_model_len, int64_t weight_bytes);
+                          int64_t max_model_len, int64_t weight_bytes, const DeviceMemoryUse* device = nullptr);
 
 }  // namespace cserve

@@ -10,12 +10,20 @@ ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, in
     : backend_(backend),
       model_(std::move(model)),
       block_size_(block_size),
+      kv_dtype_(kv_dtype),
       sampler_(model_->config().vocab_size, std::move(eos_token_ids)) {
+  resize_kv_cache(num_blocks);
+}
+
+void ModelRunner::resize_kv_cache(int64_t num_blocks) {
   const ModelConfig& c = model_->config();
-  const int64_t per_layer = num_blocks * c.num_key_value_heads * block_size * c.head_dim;
+  const DType kv_dtype = kv_dtype_;
+  kv_layers_.clear();
+  kv_memory_ = Buffer();  // the old cache is freed before the new one is allocated
+  const int64_t per_layer = num_blocks * c.num_key_value_heads * block_size_ * c.head_dim;
   const size_t layer_bytes = static_cast<size_t>(per_layer) * dtype_size(kv_dtype);
   kv_memory_ = backend_.allocate(layer_bytes * 2 * static_cast<size_t>(c.num_hidden_layers));
-  std::vector<int64_t> shape{num_blocks, c.num_key_value_heads, block_size, c.head_dim};
+  std::vector<int64_t> shape{num_blocks, c.num_key_value_heads, block_size_, c.head_dim};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     char* base = kv_memory_.as<char>() + 2 * l * layer_bytes;
     kv_layers_.push_back(KVCacheLayer{Tensor{base, kv_dtype, shape}, Tensor{base + layer_bytes, kv_dtype, shape}});
@@ -101,7 +109,7 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   return result;
 }
 
-void ModelRunner::warm_up(int64_t num_tokens) {
+void ModelRunner::warm_up(int64_t num_tokens, int64_t logits_rows) {
   if (kv_layers_.empty() || num_tokens <= 0) return;
   const int64_t num_blocks = kv_layers_[0].k.dim(0);
   num_tokens = std::min<int64_t>(num_tokens, num_blocks * block_size_);
@@ -120,8 +128,9 @@ void ModelRunner::warm_up(int64_t num_tokens) {
     m.positions.push_back(static_cast<int32_t>(t));
     m.slot_mapping.push_back(t);
   }
-  b.logits_rows = {static_cast<int32_t>(num_tokens - 1)};
-  std::vector<float> logits(static_cast<size_t>(model_->config().vocab_size));
+  logits_rows = std::clamp<int64_t>(logits_rows, 1, num_tokens);
+  for (int64_t r = num_tokens - logits_rows; r < num_tokens; ++r) b.logits_rows.push_back(static_cast<int32_t>(r));
+  std::vector<float> logits(static_cast<size_t>(logits_rows * model_->config().vocab_size));
   model_->forward(b, kv_layers_, logits.data());
 }
 

@@ -20,8 +20,11 @@ class ModelRunner {
   RunnerOutput execute(const SchedulerOutput& out);
   const LlamaModel& model() const { return *model_; }
   size_t kv_cache_bytes() const { return kv_memory_.size(); }
-  // One dummy forward over `num_tokens` tokens so first requests meet warm caches and pools.
-  void warm_up(int64_t num_tokens);
+  // One dummy forward over `num_tokens` tokens (logits for the last `logits_rows` of them) so
+  // first requests meet warm caches and pools, and scratch buffers reach their peak size.
+  void warm_up(int64_t num_tokens, int64_t logits_rows = 1);
+  // Replaces the KV cache with one of num_blocks blocks (contents are lost).
+  void resize_kv_cache(int64_t num_blocks);
 
  private:
   void build_batch(const SchedulerOutput& out);
@@ -29,6 +32,7 @@ class ModelRunner {
   Backend& backend_;
   std::unique_ptr<LlamaModel> model_;
   int block_size_;
+  DType kv_dtype_;
   Buffer kv_memory_;
   std::vector<KVCacheLayer> kv_layers_;
   Sampler sampler_;

@@ -22,6 +22,7 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
 
+  backend_.begin_forward(batch.attn);
   Tensor x = scratch(x_, T, H), h = scratch(h_, T, H), qkv = scratch(qkv_, T, qkv_dim);
   Tensor attn = scratch(attn_, T, q_dim), gu = scratch(gu_, T, 2 * I), act = scratch(act_, T, I);
   const int64_t half = rope_.rotary_dim() / 2;

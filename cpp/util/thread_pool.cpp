@@ -161,17 +161,24 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
                               const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
-  int64_t max_chunks = (n + grain - 1) / grain;
-  int64_t chunks = std::min<int64_t>(max_chunks, impl_->num_threads);
-  if (chunks <= 1 || t_in_pool_job) {
+  const int64_t threads = impl_->num_threads;
+  const int64_t max_chunks = (n + grain - 1) / grain;
+  if (max_chunks <= 1 || threads <= 1 || t_in_pool_job) {
     fn(0, n);
     return;
   }
-  impl_->run([&](int t) {
-    if (t >= chunks) return;
-    int64_t begin = n * t / chunks;
-    int64_t end = n * (t + 1) / chunks;
-    if (begin < end) fn(begin, end);
+  // Up to kChunksPerThread chunks per thread, handed out in order from a shared
+  // counter: a thread slowed by the VM or by memory contention takes fewer, so
+  // the region ends when the work does rather than when the slowest half does.
+  constexpr int64_t kChunksPerThread = 4;
+  const int64_t chunks = std::min(max_chunks, threads * kChunksPerThread);
+  std::atomic<int64_t> next{0};
+  impl_->run([&](int) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t begin = n * c / chunks, end = n * (c + 1) / chunks;
+      if (begin < end) fn(begin, end);
+    }
   });
 }
 

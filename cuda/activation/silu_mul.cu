@@ -18,9 +18,13 @@ __global__ void silu_mul_kernel(T* out, const T* gu, int64_t inter) {
 
 void invokeSiluMul(void* out, const void* gate_up, int64_t tokens, int64_t inter, int dtype, cudaStream_t stream) {
   if (tokens == 0) return;
-  const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(tokens));
-  CSERVE_DISPATCH_DTYPE(dtype, T,
-      silu_mul_kernel<T><<<grid, 256, 0, stream>>>(static_cast<T*>(out), static_cast<const T*>(gate_up), inter));
+  // grid.y holds at most 65535 tokens: larger batches go in slices.
+  for (int64_t t0 = 0; t0 < tokens; t0 += 65535) {
+    const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(std::min<int64_t>(65535, tokens - t0)));
+    CSERVE_DISPATCH_DTYPE(dtype, T,
+        silu_mul_kernel<T><<<grid, 256, 0, stream>>>(static_cast<T*>(out) + t0 * inter,
+                                                     static_cast<const T*>(gate_up) + t0 * 2 * inter, inter));
+  }
   check(cudaGetLastError(), "silu_mul");
 }
 

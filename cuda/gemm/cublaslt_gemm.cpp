@@ -78,7 +78,7 @@ struct CublasLtGemm::Impl {
   Api api{};
   Handle handle = nullptr;
   void* workspace = nullptr;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int>, Plan> plans;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, int>, Plan> plans;
 
   template <class F>
   void bind(F& fn, const char* name) {
@@ -88,19 +88,19 @@ struct CublasLtGemm::Impl {
 
   // Column-major cuBLASLt view of the row-major product: y^T [n][m] = w [n][k] (as stored,
   // k x n column-major, transposed) times x^T (k x m column-major, as stored).
-  Plan& plan(int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy, int dtype) {
-    auto key = std::make_tuple(m, n, k, ldx, ldy, dtype);
+  Plan& plan(int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy, int dtype, int out_dtype) {
+    auto key = std::make_tuple(m, n, k, ldx, ldy, dtype, out_dtype);
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plan p;
-    const int dt = data_type(dtype);
+    const int dt = data_type(dtype), dt_out = data_type(out_dtype);
     ok(api.desc_create(&p.desc, kComputeF32, kR32F), "MatmulDescCreate");
     const int32_t trans_a = kOpT, trans_b = kOpN;
     ok(api.desc_set(p.desc, kDescTransA, &trans_a, sizeof(trans_a)), "MatmulDescSetAttribute(TRANSA)");
     ok(api.desc_set(p.desc, kDescTransB, &trans_b, sizeof(trans_b)), "MatmulDescSetAttribute(TRANSB)");
     ok(api.layout_create(&p.a, dt, k, n, k), "MatrixLayoutCreate(A)");
     ok(api.layout_create(&p.b, dt, k, m, ldx), "MatrixLayoutCreate(B)");
-    ok(api.layout_create(&p.c, dt, n, m, ldy), "MatrixLayoutCreate(C)");
+    ok(api.layout_create(&p.c, dt_out, n, m, ldy), "MatrixLayoutCreate(C)");
     Preference pref = nullptr;
     ok(api.pref_create(&pref), "MatmulPreferenceCreate");
     const uint64_t ws = kWorkspaceBytes;
@@ -168,9 +168,9 @@ CublasLtGemm::~CublasLtGemm() {
 }
 
 void CublasLtGemm::run(void* y, int64_t ldy, const void* x, int64_t ldx, const void* w, int64_t m, int64_t n,
-                       int64_t k, int dtype, bool accumulate, cudaStream_t stream) {
+                       int64_t k, int dtype, bool accumulate, cudaStream_t stream, int out_dtype) {
   if (m == 0 || n == 0) return;
-  Plan& p = impl_->plan(m, n, k, ldx, ldy, dtype);
+  Plan& p = impl_->plan(m, n, k, ldx, ldy, dtype, out_dtype < 0 ? dtype : out_dtype);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   ok(impl_->api.matmul(impl_->handle, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
                        impl_->workspace, kWorkspaceBytes, stream),

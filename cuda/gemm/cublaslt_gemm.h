@@ -21,9 +21,11 @@ class CublasLtGemm {
   CublasLtGemm& operator=(const CublasLtGemm&) = delete;
 
   // Row-major x [m][k] (row stride ldx), w [n][k], y [m][n] (row stride ldy), all `dtype`
-  // (DTypeId). accumulate: y += x w^T. Plans (layouts, algorithm) are cached per shape.
+  // (DTypeId), except y when out_dtype >= 0 (bf16/f16 x and w into an f32 y is how the CUDA
+  // backend keeps f32 activations). accumulate: y += x w^T. Plans (layouts, algorithm) are
+  // cached per shape.
   void run(void* y, int64_t ldy, const void* x, int64_t ldx, const void* w, int64_t m, int64_t n, int64_t k,
-           int dtype, bool accumulate, cudaStream_t stream);
+           int dtype, bool accumulate, cudaStream_t stream, int out_dtype = -1);
 
   const std::string& library() const;
 

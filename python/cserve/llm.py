@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -18,7 +19,7 @@ _ENGINE_FIELDS = {
     "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override", "kv_cache_dtype",
     "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "long_prefill_token_threshold",
     "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy", "max_logprobs",
-    "disable_sliding_window", "max_model_len",
+    "disable_sliding_window", "max_model_len", "device",
 }
 
 
@@ -28,7 +29,7 @@ _ACCEPTED_AS_IS = {"trust_remote_code", "enforce_eager", "disable_log_stats", "s
                    "disable_custom_all_reduce", "cpu_offload_gb"}
 # vLLM keywords that cserve supports only at their default value so far.
 _ONLY_DEFAULT = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "data_parallel_size": 1,
-                 "quantization": None, "device": "auto"}
+                 "quantization": None}
 
 
 def _check_unsupported(options: dict[str, Any]) -> None:
@@ -38,7 +39,7 @@ def _check_unsupported(options: dict[str, Any]) -> None:
         elif name in _ONLY_DEFAULT:
             value = options.pop(name)
             default = _ONLY_DEFAULT[name]
-            if value != default and not (name == "device" and value == "cpu"):
+            if value != default:
                 raise NotImplementedError(f"{name}={value!r} is not supported yet")
 
 
@@ -53,7 +54,20 @@ def _engine_config(model: str, options: dict[str, Any]) -> _core.EngineConfig:
         if value is None:
             continue
         setattr(config, name, value)
+    if config.device != "cpu":
+        _point_at_cublaslt()
     return config
+
+
+def _point_at_cublaslt() -> None:
+    """The CUDA backend loads cuBLASLt with dlopen from $CSERVE_CUBLASLT or the loader path;
+    a copy from NVIDIA's wheels (cserve[cuda], or torch's) is named there when one exists."""
+    if not os.environ.get("CSERVE_CUBLASLT"):
+        from cserve.cuda_libs import find_cublaslt
+
+        path = find_cublaslt()
+        if path:
+            os.environ["CSERVE_CUBLASLT"] = path
 
 
 class LLM:

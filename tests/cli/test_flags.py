@@ -26,7 +26,7 @@ ENGINE_FIELDS = {
     "prefix_caching_hash_algo", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
     "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill",
     "long_prefill_token_threshold", "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy",
-    "max_logprobs", "disable_sliding_window",
+    "max_logprobs", "disable_sliding_window", "device",
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -219,11 +220,16 @@ def with_config(built: BuiltModel, path: Path, **changes: Any) -> str:
     return str(path)
 
 
+# The device make_llm runs on: the CPU, or (CSERVE_TEST_DEVICE=cuda, as benchmarks/gpu_check.sh
+# sets it) the same tests again on a GPU.
+TEST_DEVICE = os.environ.get("CSERVE_TEST_DEVICE", "cpu")
+
+
 def make_llm(path: str, **options: Any):
-    """LLM over a tiny model with test defaults (float32, 2 threads, short context)."""
+    """LLM over a tiny model with test defaults (float32, 2 threads, short context, TEST_DEVICE)."""
     from cserve import LLM
 
-    kw: dict[str, Any] = dict(dtype="float32", seed=0, max_model_len=256, num_threads=2)
+    kw: dict[str, Any] = dict(dtype="float32", seed=0, max_model_len=256, num_threads=2, device=TEST_DEVICE)
     kw.update(options)
     return LLM(model=path, **kw)
 

@@ -88,11 +88,16 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
     a.ldxb = ldxb;
   }
 
+  // Chunks are whole groups of 4 panels (the kernels' widest tile) of at least
+  // ~64 KiB of weights, fewer when many rows make each panel expensive.
+  constexpr int64_t kGroup = 4;
   const int64_t num_panels = w.n_padded / detail::kPanel;
-  const int64_t panel_bytes = w.k_padded * detail::kPanel * static_cast<int64_t>(dtype_size(w.dtype));
-  // At least ~64 KiB of weights (fewer when many rows make each panel expensive) per chunk.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (panel_bytes * (1 + m / 4)));
-  pool.parallel_for(num_panels, grain, [&](int64_t begin, int64_t end) { kernel(a, begin, end); });
+  const int64_t num_groups = (num_panels + kGroup - 1) / kGroup;
+  const int64_t group_bytes = kGroup * w.k_padded * detail::kPanel * static_cast<int64_t>(dtype_size(w.dtype));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (group_bytes * (1 + m / 4)));
+  pool.parallel_for(num_groups, grain, [&](int64_t begin, int64_t end) {
+    kernel(a, begin * kGroup, std::min(num_panels, end * kGroup));
+  });
 }
 
 }  // namespace cserve::cpu

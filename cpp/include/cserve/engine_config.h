@@ -32,7 +32,8 @@ struct EngineConfig {
   int max_logprobs = 20;  // -1: no cap
   bool disable_sliding_window = false;
   // Runtime
-  int num_threads = 0;  // 0: all cores
+  std::string device = "auto";  // auto (CUDA when a GPU and the CUDA backend are there), cpu, cuda, cuda:N
+  int num_threads = 0;  // 0: all cores (CPU backend)
   // Optional: told (done, total) as the weights load, for a progress bar.
   std::function<void(int64_t done, int64_t total)> load_progress;
 };
@@ -45,6 +46,7 @@ struct ModelInfo {
   std::vector<int64_t> eos_token_ids;
   int64_t bos_token_id = -1;
   std::string dtype;
+  std::string backend;  // e.g. "cpu (avx512_bf16)", "cuda:0 (NVIDIA H100 80GB HBM3, sm_90)"
   int64_t num_kv_blocks = 0;
   int block_size = 0;
   int64_t kv_cache_tokens = 0;

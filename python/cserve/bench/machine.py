@@ -26,7 +26,7 @@ def machine_line() -> str:
 
 def engine_line(llm) -> str:
     mi = llm.model_info
-    return (f"{mi.architecture} {mi.dtype}: {mi.weight_bytes / 2**20:.1f} MiB weights, "
+    return (f"{mi.architecture} {mi.dtype} on {mi.backend}: {mi.weight_bytes / 2**20:.1f} MiB weights, "
             f"KV cache {mi.kv_cache_tokens} tokens ({mi.kv_cache_bytes / 2**20:.0f} MiB); build {build_id()}")
 
 

@@ -34,6 +34,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, help="model directory, .gguf file or Hugging Face repo id "
                    "(default: cserve's default model)")
     g.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--load-format", default="auto",
+                   help="auto, safetensors, gguf, dummy (random weights from config.json alone; no tokenizer "
+                        "is loaded, the prompts are token ids)")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="fraction of the GPU's memory for weights, activations and the KV cache, with "
+                        "--kv-cache-memory-bytes 0")
     g.add_argument("--max-num-seqs", type=int, default=256)
     g.add_argument("--max-num-batched-tokens", type=int, default=None)
     g.add_argument("--max-model-len", type=int, default=None)
@@ -82,10 +89,11 @@ def start_engine(args: argparse.Namespace):
     model = str(resolve_model(args.model or DEFAULT_MODEL))
     options: dict[str, Any] = dict(
         dtype=args.dtype, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.max_model_len, enable_prefix_caching=args.enable_prefix_caching, seed=args.seed)
+        max_model_len=args.max_model_len, enable_prefix_caching=args.enable_prefix_caching, seed=args.seed,
+        device=args.device, load_format=args.load_format, gpu_memory_utilization=args.gpu_memory_utilization)
     if args.kv_cache_memory_bytes:
         options["kv_cache_memory_bytes"] = args.kv_cache_memory_bytes
-    llm = LLM(model, num_threads=args.num_threads, **options)
+    llm = LLM(model, num_threads=args.num_threads, skip_tokenizer_init=args.load_format == "dummy", **options)
     print(f"machine: {machine_line()}")
     print(f"engine: {engine_line(llm)}")
     return llm, model

@@ -552,8 +552,10 @@ FLAGS: tuple = (
         Flag("--task", STR, "auto", "The task to use the model for (now --runner and --convert).",
              choices=("auto", "generate", "embedding", "embed", "classify", "score", "reward", "transcription"),
              **only("auto", "generate")),
-        Flag("--device", STR, "auto", "Device type.",
-             choices=("auto", "cuda", "neuron", "cpu", "openvino", "tpu", "xpu", "hpu"), **only("auto", "cpu")),
+        Flag("--device", STR, "auto", "Device type: auto takes the CUDA backend when it was built and a GPU "
+             "is visible, else the CPU.",
+             choices=("auto", "cuda", "neuron", "cpu", "openvino", "tpu", "xpu", "hpu"),
+             **only("auto", "cpu", "cuda", config="engine")),
         Flag("--tokenizer-pool-size", INT, 0, "Tokenizer pool size for asynchronous tokenization (0: "
              "synchronous).", **noop("cserve tokenizes in the server process")),
         Flag("--tokenizer-pool-type", STR, "ray", "Tokenizer pool type.",

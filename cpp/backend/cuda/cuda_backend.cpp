@@ -1,0 +1,374 @@
+// The CUDA implementation of Backend, built into libcserve_cuda.so (loaded by make_backend).
+//
+// Weights live on the GPU in the compute dtype (bf16 by default) as plain [n][k] rows;
+// activations stay f32 (the model's arithmetic is unchanged from the CPU's), and each GEMM
+// rounds its input to the weight dtype and accumulates into f32 through cuBLASLt. The host
+// arrays an op takes (token ids, slots, attention metadata) are copied over on the backend's
+// stream: the metadata once per forward (begin_forward), in one transfer from pinned memory.
+// Everything runs on one stream, so reusing a scratch region is ordered after its last reader.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "activation/silu_mul.h"
+#include "attention/kv_cache.h"
+#include "attention/paged_attention.h"
+#include "backend/backend.h"
+#include "backend/cuda/cuda_util.h"
+#include "backend/cuda_entry.h"
+#include "core/quant.h"
+#include "cserve/error.h"
+#include "elementwise/convert.h"
+#include "embedding/embedding.h"
+#include "gemm/cublaslt_gemm.h"
+#include "norm/rms_norm.h"
+#include "rope/rope.h"
+
+namespace cserve {
+
+namespace {
+
+using cuda_util::check;
+using cuda_util::dtype_id;
+
+class CudaLinear : public LinearWeight {
+ public:
+  CudaLinear(Buffer w, Buffer bias, int64_t n, int64_t k, DType dtype)
+      : w_(std::move(w)), bias_(std::move(bias)), n_(n), k_(k), dtype_(dtype) {}
+  int64_t n() const override { return n_; }
+  int64_t k() const override { return k_; }
+  size_t bytes() const override { return w_.size() + bias_.size(); }
+  const void* data() const { return w_.data(); }
+  const float* bias() const { return bias_.size() ? bias_.as<float>() : nullptr; }
+  DType dtype() const { return dtype_; }
+
+ private:
+  Buffer w_, bias_;
+  int64_t n_, k_;
+  DType dtype_;
+};
+
+const CudaLinear& cuda_linear(const LinearWeight& w) { return static_cast<const CudaLinear&>(w); }
+
+class CudaBackend : public Backend {
+ public:
+  explicit CudaBackend(int ordinal) : ordinal_(ordinal) {
+    check(cudaSetDevice(ordinal), "cudaSetDevice");
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, ordinal), "cudaGetDeviceProperties");
+    name_ = "cuda:" + std::to_string(ordinal) + " (" + prop.name + ", sm_" + std::to_string(prop.major) +
+            std::to_string(prop.minor) + ")";
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaEventCreateWithFlags(&staged_copy_done_, cudaEventDisableTiming), "cudaEventCreate");
+    gemm_ = std::make_unique<cuda::CublasLtGemm>();
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    gemm_.reset();
+    if (pinned_) cudaFreeHost(pinned_);
+    cudaEventDestroy(staged_copy_done_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+  DType activation_dtype() const override { return DType::F32; }
+  int num_threads() const override { return 1; }
+  bool host_memory() const override { return false; }
+
+  Buffer allocate(size_t bytes) override { return cuda_util::device_buffer(bytes, stream_); }
+  void upload(void* dst, const void* host_src, size_t bytes) override {
+    check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_), "upload");
+  }
+  void download(void* host_dst, const void* src, size_t bytes) override {
+    check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "download");
+    check(cudaStreamSynchronize(stream_), "download (synchronize)");
+  }
+  bool device_memory(size_t& free_bytes, size_t& total_bytes) override {
+    check(cudaStreamSynchronize(stream_), "synchronize");
+    check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+    return true;
+  }
+
+  void gather_rows(const Tensor& src, const int32_t* rows, int64_t n, int64_t cols, Tensor& out) override {
+    cuda::invokeEmbedding(out.data, src.data, upload_ids(rows, n), n, cols, dtype_id(DType::F32),
+                          dtype_id(DType::F32), stream_);
+  }
+
+  std::unique_ptr<LinearWeight> pack_linear(const std::vector<Tensor>& parts, const std::vector<Tensor>& biases,
+                                            DType dtype) override {
+    int64_t n = 0;
+    const int64_t k = parts.empty() ? 0 : parts[0].dim(1);
+    for (const Tensor& p : parts) {
+      if (p.shape.size() != 2 || p.dim(1) != k) throw InvalidArgument("pack_linear: parts must be [rows][k] with one k");
+      n += p.dim(0);
+    }
+    // Converted on the host part by part (rows over the host's cores), then copied over.
+    std::vector<char> host(static_cast<size_t>(n * k) * dtype_size(dtype));
+    int64_t row0 = 0;
+    for (const Tensor& p : parts) {
+      cuda_util::parallel_rows(p.dim(0), [&](int64_t begin, int64_t end) {
+        std::vector<float> row_f32(static_cast<size_t>(k));
+        for (int64_t r = begin; r < end; ++r) {
+          convert_to_f32(static_cast<const char*>(p.data) + static_cast<size_t>(r * k) * dtype_size(p.dtype),
+                         p.dtype, row_f32.data(), static_cast<size_t>(k));
+          convert_from_f32(row_f32.data(), host.data() + static_cast<size_t>((row0 + r) * k) * dtype_size(dtype),
+                           dtype, static_cast<size_t>(k));
+        }
+      });
+      row0 += p.dim(0);
+    }
+    return finish_linear(host, dtype, n, k, host_bias(parts, biases, n));
+  }
+
+  // GGUF weights are dequantized to bf16 here: no quantized GPU kernels yet.
+  std::unique_ptr<LinearWeight> pack_linear_quantized(const std::vector<QuantPart>& parts) override {
+    int64_t n = 0;
+    const int64_t k = parts.empty() ? 0 : parts[0].cols;
+    for (const QuantPart& p : parts) {
+      if (p.cols != k) throw InvalidArgument("pack_linear_quantized: parts differ in k");
+      n += p.rows;
+    }
+    std::vector<char> host(static_cast<size_t>(n * k) * sizeof(uint16_t));
+    std::vector<float> bias;
+    int64_t row0 = 0;
+    for (const QuantPart& p : parts) {
+      cuda_util::parallel_rows(p.rows, [&](int64_t begin, int64_t end) {
+        std::vector<float> row_f32(static_cast<size_t>(k));
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t src_row = p.row_order ? p.row_order[r] : r;
+          dequantize_row(p.type, p.data + static_cast<size_t>(src_row) * p.row_stride, row_f32.data(), k);
+          convert_from_f32(row_f32.data(), host.data() + static_cast<size_t>((row0 + r) * k) * sizeof(uint16_t),
+                           DType::BF16, static_cast<size_t>(k));
+        }
+      });
+      row0 += p.rows;
+    }
+    bool any_bias = false;
+    for (const QuantPart& p : parts) any_bias = any_bias || p.bias != nullptr;
+    if (any_bias) {
+      for (const QuantPart& p : parts)
+        for (int64_t r = 0; r < p.rows; ++r) bias.push_back(p.bias ? p.bias[r] : 0.0f);
+    }
+    return finish_linear(host, DType::BF16, n, k, bias);
+  }
+
+  void linear(const LinearWeight& weight, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy,
+              bool accumulate) override {
+    const CudaLinear& w = cuda_linear(weight);
+    const int64_t m = x.dim(0), n = w.n(), k = w.k();
+    if (m == 0) return;
+    const int wdt = dtype_id(w.dtype()), f32 = dtype_id(DType::F32);
+    if (w.dtype() == DType::F32) {
+      gemm_->run(y.data, ldy, x.data, ldx, w.data(), m, n, k, f32, accumulate, stream_);
+    } else {
+      // x rounded to the weight dtype (as the CPU's bf16 kernels round it), product in f32.
+      void* xs = scratch(x_conv_, static_cast<size_t>(m * k) * dtype_size(w.dtype()));
+      cuda::invokeConvertRows(xs, wdt, k, x.data, f32, ldx, m, k, stream_);
+      gemm_->run(y.data, ldy, xs, k, w.data(), m, n, k, wdt, accumulate, stream_, f32);
+    }
+    if (w.bias()) cuda::invokeAddBias(y.as<float>(), ldy, w.bias(), m, n, stream_);
+  }
+
+  void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) override {
+    cuda::invokeEmbedding(out.data, table.data, upload_ids(ids, n), n, table.dim(1), dtype_id(DType::F32),
+                          dtype_id(table.dtype), stream_);
+  }
+  void embedding(const LinearWeight& weight, const int32_t* ids, int64_t n, Tensor& out) override {
+    const CudaLinear& w = cuda_linear(weight);
+    cuda::invokeEmbedding(out.data, w.data(), upload_ids(ids, n), n, w.k(), dtype_id(DType::F32),
+                          dtype_id(w.dtype()), stream_);
+  }
+  void rms_norm(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld, float eps,
+                Tensor& out) override {
+    cuda::invokeRmsNorm(out.data, x.data, nullptr, weight.as<float>(), rows, dim, ld, eps, dtype_id(DType::F32),
+                        stream_);
+  }
+  void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) override {
+    cuda::invokeSiluMul(out.data, gate_up.data, tokens, inter, dtype_id(DType::F32), stream_);
+  }
+  void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
+            const Tensor& sin, int64_t rotary_dim) override {
+    cuda::invokeRope(x.data, tokens, heads, head_dim, ld, cos.as<float>(), sin.as<float>(), rotary_dim,
+                     dtype_id(DType::F32), stream_);
+  }
+  void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
+                KVCacheLayer& cache) override {
+    const int64_t* dev_slots =
+        slots == staged_.slots_host ? staged_.slots : upload_array(slots, tokens, slots_dev_);
+    cuda::invokeWriteKv(k.data, v.data, tokens, ld, dev_slots, cache.k.data, cache.v.data, cache.k.dim(1),
+                        cache.k.dim(3), cache.k.dim(2), dtype_id(DType::F32), dtype_id(cache.k.dtype), stream_);
+  }
+  void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
+                 const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) override {
+    if (staged_.meta != &meta || staged_.slots_host != meta.slot_mapping.data()) begin_forward(meta);
+    cuda::PagedAttentionArgs a;
+    a.out = out.data;
+    a.q = q.data;
+    a.ldq = ldq;
+    a.num_tokens = meta.num_tokens;
+    a.num_heads = num_heads;
+    a.num_kv_heads = cache.k.dim(1);
+    a.head_dim = cache.k.dim(3);
+    a.k_cache = cache.k.data;
+    a.v_cache = cache.v.data;
+    a.block_size = cache.k.dim(2);
+    a.block_tables = staged_.block_tables;
+    a.max_blocks_per_seq = meta.max_blocks_per_seq;
+    a.token_seq = staged_.token_seq;
+    a.positions = staged_.positions;
+    a.scale = scale;
+    a.sliding_window = sliding_window;
+    a.act_dtype = dtype_id(DType::F32);
+    a.cache_dtype = dtype_id(cache.k.dtype);
+    cuda::invokePagedAttention(a, stream_);
+  }
+  void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) override {
+    const size_t block_bytes = static_cast<size_t>(cache.k.dim(1) * cache.k.dim(2) * cache.k.dim(3)) *
+                               dtype_size(cache.k.dtype);
+    for (const auto& [from, to] : pairs) {
+      for (const Tensor* t : {&cache.k, &cache.v}) {
+        char* base = static_cast<char*>(t->data);
+        check(cudaMemcpyAsync(base + to * block_bytes, base + from * block_bytes, block_bytes,
+                              cudaMemcpyDeviceToDevice, stream_),
+              "copy_blocks");
+      }
+    }
+  }
+
+  // Slots, positions, each token's sequence and the block tables, packed into pinned memory
+  // and copied in one transfer.
+  void begin_forward(const AttentionMetadata& meta) override {
+    const size_t T = static_cast<size_t>(meta.num_tokens), S = static_cast<size_t>(meta.num_seqs);
+    const size_t tables = S * static_cast<size_t>(meta.max_blocks_per_seq);
+    const size_t slots_bytes = T * sizeof(int64_t);
+    const size_t ints = 2 * T + tables;
+    const size_t bytes = slots_bytes + ints * sizeof(int32_t);
+    check(cudaEventSynchronize(staged_copy_done_), "staging (previous copy)");
+    if (pinned_bytes_ < bytes) {
+      if (pinned_) cudaFreeHost(pinned_);
+      pinned_ = nullptr;
+      pinned_bytes_ = 0;
+      check(cudaMallocHost(&pinned_, bytes * 2), "cudaMallocHost (metadata staging)");
+      pinned_bytes_ = bytes * 2;
+    }
+    char* h = static_cast<char*>(pinned_);
+    std::memcpy(h, meta.slot_mapping.data(), slots_bytes);
+    int32_t* hi = reinterpret_cast<int32_t*>(h + slots_bytes);
+    std::memcpy(hi, meta.positions.data(), T * sizeof(int32_t));
+    for (size_t s = 0; s < S; ++s)
+      for (int32_t t = meta.query_start[s]; t < meta.query_start[s + 1]; ++t) hi[T + t] = static_cast<int32_t>(s);
+    std::memcpy(hi + 2 * T, meta.block_tables.data(), tables * sizeof(int32_t));
+    char* d = static_cast<char*>(scratch(meta_dev_, bytes));
+    check(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_), "metadata upload");
+    check(cudaEventRecord(staged_copy_done_, stream_), "cudaEventRecord");
+    staged_.meta = &meta;
+    staged_.slots_host = meta.slot_mapping.data();
+    staged_.slots = reinterpret_cast<const int64_t*>(d);
+    const int32_t* di = reinterpret_cast<const int32_t*>(d + slots_bytes);
+    staged_.positions = di;
+    staged_.token_seq = di + T;
+    staged_.block_tables = di + 2 * T;
+  }
+
+ private:
+  std::unique_ptr<LinearWeight> finish_linear(const std::vector<char>& host, DType dtype, int64_t n, int64_t k,
+                                              const std::vector<float>& bias) {
+    Buffer w = allocate(host.size());
+    upload(w.data(), host.data(), host.size());
+    Buffer b;
+    if (!bias.empty()) {
+      b = allocate(bias.size() * sizeof(float));
+      upload(b.data(), bias.data(), bias.size() * sizeof(float));
+    }
+    // The host copies go out of scope when this returns: finish the transfers first.
+    check(cudaStreamSynchronize(stream_), "weight upload");
+    return std::make_unique<CudaLinear>(std::move(w), std::move(b), n, k, dtype);
+  }
+
+  // The parts' biases as one f32 array (zeros for parts without one); empty when none has one.
+  static std::vector<float> host_bias(const std::vector<Tensor>& parts, const std::vector<Tensor>& biases, int64_t n) {
+    std::vector<float> out;
+    bool any = false;
+    for (const Tensor& b : biases) any = any || b.data != nullptr;
+    if (!any) return out;
+    out.assign(static_cast<size_t>(n), 0.0f);
+    int64_t row = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const int64_t rows = parts[i].dim(0);
+      if (i < biases.size() && biases[i].data)
+        convert_to_f32(biases[i].data, biases[i].dtype, out.data() + row, static_cast<size_t>(rows));
+      row += rows;
+    }
+    return out;
+  }
+
+  // A device region of at least `bytes`, grown (never shrunk) as needed. Growing frees the
+  // old one, which cudaFree orders after the work that may still read it.
+  void* scratch(Buffer& buf, size_t bytes) {
+    if (buf.size() < bytes) {
+      buf = Buffer();
+      buf = allocate(bytes + bytes / 2);
+    }
+    return buf.data();
+  }
+  template <class T>
+  const T* upload_array(const T* host, int64_t n, Buffer& region) {
+    void* d = scratch(region, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T));
+    upload(d, host, static_cast<size_t>(n) * sizeof(T));
+    return static_cast<const T*>(d);
+  }
+  const int32_t* upload_ids(const int32_t* ids, int64_t n) { return upload_array(ids, n, ids_dev_); }
+
+  struct Staged {
+    const AttentionMetadata* meta = nullptr;
+    const int64_t* slots_host = nullptr;
+    const int64_t* slots = nullptr;
+    const int32_t* positions = nullptr;
+    const int32_t* token_seq = nullptr;
+    const int32_t* block_tables = nullptr;
+  };
+
+  int ordinal_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t staged_copy_done_ = nullptr;
+  std::unique_ptr<cuda::CublasLtGemm> gemm_;
+  Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_;
+  void* pinned_ = nullptr;
+  size_t pinned_bytes_ = 0;
+  Staged staged_;
+};
+
+int device_count(char* error, size_t error_len) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cuda_util::write_error(error, error_len, std::string("no usable NVIDIA GPU (the CUDA runtime says: ") + cudaGetErrorString(e) + ")");
+    return 0;
+  }
+  if (n == 0) cuda_util::write_error(error, error_len, "no CUDA device is visible");
+  return n;
+}
+
+Backend* create_backend(int ordinal, char* error, size_t error_len) {
+  try {
+    return new CudaBackend(ordinal);
+  } catch (const std::exception& e) {
+    cuda_util::write_error(error, error_len, e.what());
+    return nullptr;
+  }
+}
+
+}  // namespace
+
+}  // namespace cserve
+
+extern "C" __attribute__((visibility("default"))) void cserve_cuda_entry_points(cserve::CudaEntryPoints* out) {
+  out->abi_version = cserve::kCudaBackendAbi;
+  out->device_count = &cserve::device_count;
+  out->create_backend = &cserve::create_backend;
+}

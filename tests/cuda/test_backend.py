@@ -1,0 +1,76 @@
+"""The CUDA backend end to end (skipped without a GPU). The model-level parity suite
+(tests/model/test_parity.py, test_dtypes.py) runs on the GPU too with CSERVE_TEST_DEVICE=cuda
+(benchmarks/gpu_check.sh does both); this file holds what only a GPU has: bf16 against the
+CPU backend, memory sizing from the device, and the dummy loader at large shapes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cserve import _core
+from tests.helpers.models import greedy, make_llm, random_prompt
+
+if _core.resolve_device("auto")[0] != "cuda":
+    pytest.skip("no CUDA device (or no CUDA backend) here: " + _core.resolve_device("auto")[1],
+                allow_module_level=True)
+
+
+def _prompt_logprobs(llm, prompt):
+    (out,) = llm.generate({"prompt_token_ids": prompt}, greedy(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+    return np.array([out.prompt_logprobs[i][prompt[i]].logprob for i in range(1, len(prompt))])
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_bfloat16_matches_the_cpu_backend(model_zoo, family):
+    built = model_zoo.get(family)
+    prompt = random_prompt(np.random.default_rng(7), 60, built.vocab_size)
+    gpu = _prompt_logprobs(make_llm(built.path, dtype="bfloat16", device="cuda"), prompt)
+    cpu = _prompt_logprobs(make_llm(built.path, dtype="bfloat16", device="cpu"), prompt)
+    # Both round GEMM inputs to bf16 and accumulate in f32; only summation orders differ.
+    assert np.abs(gpu - cpu).max() < 0.05
+
+
+def test_engine_names_the_gpu(model_zoo):
+    llm = make_llm(model_zoo.get("llama").path, device="cuda")
+    assert llm.model_info.backend.startswith("cuda:0 (")
+    assert make_llm(model_zoo.get("llama").path, device="auto").model_info.backend == llm.model_info.backend
+
+
+def test_kv_cache_is_sized_from_the_device(model_zoo):
+    torch = pytest.importorskip("torch")
+    total = torch.cuda.get_device_properties(0).total_memory
+    path = model_zoo.get("llama").path
+    small = make_llm(path, device="cuda", gpu_memory_utilization=0.3, max_model_len=256)
+    # vLLM's meaning, per instance: a fraction of the device's total memory, less what this
+    # engine uses besides the cache (tiny here). The first engine stays alive while the second
+    # starts: its memory is not charged to the second.
+    large = make_llm(path, device="cuda", gpu_memory_utilization=0.5, max_model_len=256)
+    assert small.model_info.kv_cache_bytes <= 0.3 * total
+    grown = large.model_info.kv_cache_bytes - small.model_info.kv_cache_bytes
+    assert grown == pytest.approx(0.2 * total, rel=0.05)
+    fixed = make_llm(path, device="cuda", num_gpu_blocks_override=40).model_info
+    assert fixed.num_kv_blocks == 40
+
+
+def test_dummy_weights_at_llama_scale(tmp_path):
+    """A Llama-shaped config with load_format dummy: random weights straight to the GPU, and a
+    batch of greedy requests runs (no NaN logprobs) with the KV cache sized from the device."""
+    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=2048, intermediate_size=5632,
+               num_hidden_layers=4, num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+               max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, torch_dtype="bfloat16",
+               tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    from cserve import LLM, SamplingParams
+
+    llm = LLM(str(tmp_path), load_format="dummy", dtype="bfloat16", device="cuda", skip_tokenizer_init=True,
+              gpu_memory_utilization=0.5)
+    prompts = [{"prompt_token_ids": random_prompt(np.random.default_rng(i), 100 + 13 * i, 32000)} for i in range(16)]
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=0),
+                        use_tqdm=False)
+    for out in outs:
+        c = out.outputs[0]
+        assert len(c.token_ids) == 24
+        assert all(np.isfinite(lp[t].logprob) for lp, t in zip(c.logprobs, c.token_ids))
