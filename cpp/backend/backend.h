@@ -37,6 +37,26 @@ struct QuantPart {
   const int32_t* row_order = nullptr;
 };
 
+// One row of sampling done by the backend itself (the parameters of the CUDA sampler): greedy
+// when temperature is 0, else temperature, top_k (0: all), top_p, min_p, and a draw from the
+// counter-based generator at (seed, offset).
+struct DeviceSamplingRow {
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+};
+// Per row: the token, its raw logprob and 1-based rank; then [rows][num_top] top ids and logprobs.
+struct DeviceSamplingResult {
+  std::vector<int32_t> ids, ranks;
+  std::vector<float> logprobs;
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
+};
+constexpr int kMaxDeviceTopLogprobs = 64;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -82,6 +102,12 @@ class Backend {
   // Free and total bytes of the backend's memory where it is a device of its own (the KV
   // cache is then sized from the device, as vLLM does); false for host memory.
   virtual bool device_memory(size_t& free_bytes, size_t& total_bytes) { return false; }
+  // Whether sample() exists: a device backend samples where the logits are, so only token
+  // ids (and the logprobs asked for) cross to the host.
+  virtual bool can_sample() const { return false; }
+  // logits: [rows.size()][vocab] f32 in backend memory; num_top <= kMaxDeviceTopLogprobs.
+  virtual void sample(const Tensor& logits, const std::vector<DeviceSamplingRow>& rows, int num_top,
+                      DeviceSamplingResult& out) {}
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads);

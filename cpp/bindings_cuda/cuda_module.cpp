@@ -169,21 +169,23 @@ NB_MODULE(_cuda, m) {
     for (const auto& [t, k, p, mp, seed, offset] : params) host.push_back({t, k, p, mp, seed, offset});
     DeviceArray dl(logits.data(), logits.size(), cserve::DType::F32);
     DeviceArray dp = DeviceArray::raw(host);
-    DeviceArray ids(static_cast<size_t>(rows), cserve::DType::F32), lps(static_cast<size_t>(rows), cserve::DType::F32);
+    DeviceArray ids(static_cast<size_t>(rows), cserve::DType::F32), lps(static_cast<size_t>(rows), cserve::DType::F32),
+        ranks(static_cast<size_t>(rows), cserve::DType::F32);
     const size_t tops = static_cast<size_t>(rows * std::max(num_top, 1));
     DeviceArray tid(tops, cserve::DType::F32), tlp(tops, cserve::DType::F32);
-    cc::invokeSample(dl.as<float>(), rows, vocab, dp.as<cc::SamplingRow>(), ids.as<int32_t>(), lps.as<float>(), num_top,
-                     tid.as<int32_t>(), tlp.as<float>(), nullptr);
+    cc::invokeSample(dl.as<float>(), rows, vocab, dp.as<cc::SamplingRow>(), ids.as<int32_t>(), lps.as<float>(),
+                     ranks.as<int32_t>(), num_top, tid.as<int32_t>(), tlp.as<float>(), nullptr);
     ok(cudaDeviceSynchronize(), "sample");
-    std::vector<int32_t> out_ids(rows), out_top(tops);
+    std::vector<int32_t> out_ids(rows), out_top(tops), out_ranks(rows);
     ok(cudaMemcpy(out_ids.data(), ids.get(), rows * sizeof(int32_t), cudaMemcpyDeviceToHost), "D2H");
+    ok(cudaMemcpy(out_ranks.data(), ranks.get(), rows * sizeof(int32_t), cudaMemcpyDeviceToHost), "D2H");
     ok(cudaMemcpy(out_top.data(), tid.get(), tops * sizeof(int32_t), cudaMemcpyDeviceToHost), "D2H");
     Array out_lp = make_array({static_cast<size_t>(rows)});
     lps.to_host(out_lp.data());
     Array out_tlp = make_array({static_cast<size_t>(rows), static_cast<size_t>(num_top)});
     if (num_top > 0) tlp.to_host(out_tlp.data());
     out_top.resize(static_cast<size_t>(rows * num_top));
-    return nb::make_tuple(out_ids, out_lp, out_top, out_tlp);
+    return nb::make_tuple(out_ids, out_lp, out_top, out_tlp, out_ranks);
   }, "logits"_a, "params"_a, "num_top"_a = 0);
 
   // The CPU testing API's paged_attention: one sequence whose K/V ([len][kv_heads][d]) are

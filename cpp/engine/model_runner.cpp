@@ -82,6 +82,10 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   if (n == 0) return result;
 
   build_batch(out);
+  if (backend_can_sample(out)) {
+    sample_on_backend(out, result);
+    return result;
+  }
   const int64_t V = model_->config().vocab_size;
   logits_.resize(batch_.logits_rows.size() * static_cast<size_t>(V));
   model_->forward(batch_, kv_layers_, logits_.data());
@@ -107,6 +111,58 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
     }
   }
   return result;
+}
+
+bool ModelRunner::backend_can_sample(const SchedulerOutput& out) const {
+  if (!backend_.can_sample()) return false;
+  for (const auto& [i, pos] : row_owner_) {
+    if (pos >= 0) return false;  // prompt logprobs: ranks and top-N of every position, on the host
+    const Request& r = *out.scheduled[i].request;
+    const SamplingParams& p = r.params;
+    if (p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 || p.repetition_penalty != 1.0) return false;
+    if (!p.logit_bias.empty() || !p.allowed_token_ids.empty()) return false;
+    if (static_cast<int64_t>(r.output_token_ids.size()) < p.min_tokens) return false;  // EOS still masked
+    if (p.logprobs && (*p.logprobs < 0 || *p.logprobs > kMaxDeviceTopLogprobs)) return false;
+  }
+  return true;
+}
+
+void ModelRunner::sample_on_backend(const SchedulerOutput& out, RunnerOutput& result) {
+  model_->forward(batch_, kv_layers_, nullptr);
+  std::vector<DeviceSamplingRow> rows;
+  int num_top = 0;
+  for (const auto& [i, pos] : row_owner_) {
+    Request& r = *out.scheduled[i].request;
+    const SamplingParams& p = r.params;
+    DeviceSamplingRow row;
+    if (!p.greedy()) {
+      row.temperature = static_cast<float>(p.temperature);
+      row.top_k = p.top_k > 0 ? p.top_k : 0;
+      row.top_p = static_cast<float>(p.top_p);
+      row.min_p = static_cast<float>(p.min_p);
+      row.seed = r.rng();  // the request's own generator: seeded output does not depend on the batch
+    }
+    rows.push_back(row);
+    if (p.logprobs) num_top = std::max(num_top, *p.logprobs);
+  }
+  num_top = static_cast<int>(std::min<int64_t>(num_top, model_->config().vocab_size));
+  DeviceSamplingResult s;
+  backend_.sample(model_->device_logits(), rows, num_top, s);
+  for (size_t row = 0; row < row_owner_.size(); ++row) {
+    const int32_t i = row_owner_[row].first;
+    const Request& r = *out.scheduled[i].request;
+    result.sampled_token_ids[i] = s.ids[row];
+    if (!r.params.logprobs) continue;
+    PositionLogprobs& lp = result.logprobs[i];
+    lp.token_ids.assign(1, s.ids[row]);
+    lp.logprobs.assign(1, s.logprobs[row]);
+    lp.ranks.assign(1, s.ranks[row]);
+    for (int j = 0; j < std::min(*r.params.logprobs, num_top); ++j) {
+      lp.token_ids.push_back(s.top_ids[row * num_top + j]);
+      lp.logprobs.push_back(s.top_logprobs[row * num_top + j]);
+      lp.ranks.push_back(j + 1);
+    }
+  }
 }
 
 void ModelRunner::warm_up(int64_t num_tokens, int64_t logits_rows) {

@@ -28,6 +28,10 @@ class ModelRunner {
 
  private:
   void build_batch(const SchedulerOutput& out);
+  // Whether every logits row of this step can be sampled by the backend (no prompt logprobs,
+  // penalties, logit processors or more top logprobs than it returns).
+  bool backend_can_sample(const SchedulerOutput& out) const;
+  void sample_on_backend(const SchedulerOutput& out, RunnerOutput& result);
 
   Backend& backend_;
   std::unique_ptr<LlamaModel> model_;

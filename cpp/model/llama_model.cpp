@@ -80,10 +80,12 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   Tensor sel = scratch(sel_, L, H);
   backend_.gather_rows(x, batch.logits_rows.data(), L, H, sel);
   backend_.rms_norm(sel, f32(weights_.final_norm, H), L, H, H, eps, sel);
-  // Logits straight into the caller's host array on the CPU; through a download elsewhere.
-  Tensor out = host ? Tensor{logits, DType::F32, {L, c.vocab_size}} : scratch(logits_, L, c.vocab_size);
+  // Logits straight into the caller's host array on the CPU; elsewhere into backend memory,
+  // then downloaded unless the caller samples there.
+  Tensor out = host && logits ? Tensor{logits, DType::F32, {L, c.vocab_size}} : scratch(logits_, L, c.vocab_size);
   backend_.linear(*weights_.lm_head, sel, H, out, c.vocab_size, false);
-  if (!host) backend_.download(logits, out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float));
+  device_logits_ = out;
+  if (logits && !host) backend_.download(logits, out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float));
 }
 
 }  // namespace cserve

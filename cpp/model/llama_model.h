@@ -28,8 +28,11 @@ class LlamaModel {
 
   const ModelConfig& config() const { return config_; }
   size_t weight_bytes() const { return weights_.total_bytes; }
-  // logits: [logits_rows.size()][vocab_size].
+  // logits: host [logits_rows.size()][vocab_size]; nullptr leaves them in backend memory
+  // (device_logits()), for a backend that samples where they are.
   void forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits);
+  // The last forward's logits in backend memory (when it was given no host array).
+  const Tensor& device_logits() const { return device_logits_; }
 
  private:
   Tensor scratch(Buffer& buf, int64_t rows, int64_t cols);
@@ -40,6 +43,7 @@ class LlamaModel {
   RotaryEmbedding rope_;
   // Activation buffers, grown on demand and reused across steps.
   Buffer x_, h_, qkv_, attn_, gu_, act_, cos_, sin_, sel_, logits_;  // backend memory
+  Tensor device_logits_;
   std::vector<float> rope_host_;  // rope tables made on the host for a device backend
 };
 

@@ -50,7 +50,8 @@ __device__ float uniform(uint64_t seed, uint64_t offset) {
 }
 
 __global__ void sample_kernel(const float* logits, int64_t vocab, const SamplingRow* params, int32_t* out_ids,
-                              float* out_logprobs, int num_top, int32_t* top_ids, float* top_logprobs) {
+                              float* out_logprobs, int32_t* out_ranks, int num_top, int32_t* top_ids,
+                              float* top_logprobs) {
   __shared__ float scratch[32];
   __shared__ ArgMax arg_scratch[32];
   const int64_t row = blockIdx.x;
@@ -149,6 +150,13 @@ __global__ void sample_kernel(const float* logits, int64_t vocab, const Sampling
     __syncthreads();
     if (picked >= 0) chosen = picked;  // else (rounding at the very end): the most likely token
   }
+  if (out_ranks) {  // 1 + the tokens with a strictly larger logit, as the CPU sampler ranks
+    const float v = l[chosen];
+    float above = 0.0f;
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) above += l[i] > v ? 1.0f : 0.0f;
+    above = block_reduce<false>(above, scratch);
+    if (threadIdx.x == 0) out_ranks[row] = 1 + static_cast<int32_t>(above);
+  }
   if (threadIdx.x == 0) {
     out_ids[row] = chosen;
     out_logprobs[row] = l[chosen] - log_z;
@@ -176,11 +184,12 @@ __global__ void sample_kernel(const float* logits, int64_t vocab, const Sampling
 }  // namespace
 
 void invokeSample(const float* logits, int64_t rows, int64_t vocab, const SamplingRow* params, int32_t* out_ids,
-                  float* out_logprobs, int num_top, int32_t* top_ids, float* top_logprobs, cudaStream_t stream) {
+                  float* out_logprobs, int32_t* out_ranks, int num_top, int32_t* top_ids, float* top_logprobs,
+                  cudaStream_t stream) {
   if (rows == 0) return;
   if (num_top < 0 || num_top > 64) throw std::invalid_argument("sample: num_top must be in [0, 64]");
   sample_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, params, out_ids, out_logprobs,
-                                                                       num_top, top_ids, top_logprobs);
+                                                                       out_ranks, num_top, top_ids, top_logprobs);
   check(cudaGetLastError(), "sample");
 }
 

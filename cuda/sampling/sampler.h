@@ -26,8 +26,11 @@ struct SamplingRow {
 };
 
 // logits: [rows][vocab] f32 on the device; params: rows SamplingRow on the device.
-// out_ids, out_logprobs: rows each. top_ids, top_logprobs: [rows][num_top] (num_top <= 64).
+// out_ids, out_logprobs: rows each; out_ranks (may be null): the chosen token's 1-based rank
+// among the raw logits (1 + tokens with a larger logit). top_ids, top_logprobs:
+// [rows][num_top] (num_top <= 64).
 void invokeSample(const float* logits, int64_t rows, int64_t vocab, const SamplingRow* params, int32_t* out_ids,
-                  float* out_logprobs, int num_top, int32_t* top_ids, float* top_logprobs, cudaStream_t stream);
+                  float* out_logprobs, int32_t* out_ranks, int num_top, int32_t* top_ids, float* top_logprobs,
+                  cudaStream_t stream);
 
 }  // namespace cserve::cuda

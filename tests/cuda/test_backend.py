@@ -74,3 +74,36 @@ def test_dummy_weights_at_llama_scale(tmp_path):
         c = out.outputs[0]
         assert len(c.token_ids) == 24
         assert all(np.isfinite(lp[t].logprob) for lp, t in zip(c.logprobs, c.token_ids))
+
+
+def test_sampling_on_the_gpu_matches_the_cpu_sampler(model_zoo):
+    """Decode steps without penalties or processors sample on the GPU (only ids and logprobs
+    come back): greedy tokens, raw logprobs, ranks and top-5 as the CPU sampler gives them."""
+    from cserve import SamplingParams
+
+    built = model_zoo.get("llama")
+    prompts = [{"prompt_token_ids": random_prompt(np.random.default_rng(s), 20, built.vocab_size)} for s in range(4)]
+    sp = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=5)
+    gpu = make_llm(built.path, device="cuda").generate(prompts, sp, use_tqdm=False)
+    cpu = make_llm(built.path, device="cpu").generate(prompts, sp, use_tqdm=False)
+    for g, c in zip(gpu, cpu):
+        assert g.outputs[0].token_ids == c.outputs[0].token_ids
+        for lg, lc in zip(g.outputs[0].logprobs, c.outputs[0].logprobs):
+            assert list(lg) == list(lc)  # same ids, in the same order
+            for t in lc:
+                assert lg[t].rank == lc[t].rank
+                assert abs(lg[t].logprob - lc[t].logprob) < 1e-3
+
+
+def test_seeded_sampling_on_the_gpu_ignores_the_batch(model_zoo):
+    from cserve import SamplingParams
+
+    built = model_zoo.get("llama")
+    llm = make_llm(built.path, device="cuda")
+    prompt = {"prompt_token_ids": random_prompt(np.random.default_rng(1), 12, built.vocab_size)}
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=42, max_tokens=16, ignore_eos=True)
+    alone = llm.generate([prompt], seeded, use_tqdm=False)[0].outputs[0].token_ids
+    others = [{"prompt_token_ids": random_prompt(np.random.default_rng(9 + i), 30, built.vocab_size)} for i in range(5)]
+    batch = llm.generate([*others, prompt], [SamplingParams(temperature=1.0, max_tokens=16)] * 5 + [seeded],
+                         use_tqdm=False)
+    assert batch[-1].outputs[0].token_ids == alone

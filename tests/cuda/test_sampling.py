@@ -25,9 +25,10 @@ def params(rows, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0):
 def test_greedy_and_logprobs(vocab):
     rng = np.random.default_rng(vocab)
     logits = (rng.standard_normal((9, vocab)) * 3).astype(np.float32)
-    ids, lps, top_ids, top_lps = cuda.sample(logits, params(9, temperature=0.0), 5 if vocab >= 5 else vocab)
+    ids, lps, top_ids, top_lps, ranks = cuda.sample(logits, params(9, temperature=0.0), 5 if vocab >= 5 else vocab)
     ref = log_softmax(logits)
     assert list(ids) == list(logits.argmax(axis=1))
+    assert list(ranks) == [1] * 9
     np.testing.assert_allclose(lps, ref[np.arange(9), ids], atol=1e-4)
     n = top_lps.shape[1]
     want = np.argsort(-logits, axis=1, kind="stable")[:, :n]
@@ -37,7 +38,7 @@ def test_greedy_and_logprobs(vocab):
 
 def empirical(logits_row, rows, **kw):
     logits = np.repeat(logits_row[None, :], rows, axis=0).astype(np.float32)
-    ids, _, _, _ = cuda.sample(logits, params(rows, **kw), 0)
+    ids, _, _, _, _ = cuda.sample(logits, params(rows, **kw), 0)
     return np.bincount(ids, minlength=logits_row.size) / rows
 
 
@@ -73,7 +74,15 @@ def test_sampled_distribution(kw, keep):
 def test_same_seed_same_token():
     rng = np.random.default_rng(3)
     logits = rng.standard_normal((64, 50000)).astype(np.float32)
-    a, _, _, _ = cuda.sample(logits, params(64, seed=11), 0)
-    b, _, _, _ = cuda.sample(logits, params(64, seed=11), 0)
-    c, _, _, _ = cuda.sample(logits, params(64, seed=12), 0)
+    a, _, _, _, _ = cuda.sample(logits, params(64, seed=11), 0)
+    b, _, _, _, _ = cuda.sample(logits, params(64, seed=11), 0)
+    c, _, _, _, _ = cuda.sample(logits, params(64, seed=12), 0)
     assert list(a) == list(b) and list(a) != list(c)
+
+
+def test_ranks_of_sampled_tokens():
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal((64, 500)) * 2).astype(np.float32)
+    ids, _, _, _, ranks = cuda.sample(logits, params(64, temperature=1.5, seed=3), 0)
+    want = [1 + int((logits[r] > logits[r, ids[r]]).sum()) for r in range(64)]
+    assert list(ranks) == want

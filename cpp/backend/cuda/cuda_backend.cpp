@@ -27,6 +27,7 @@
 #include "gemm/cublaslt_gemm.h"
 #include "norm/rms_norm.h"
 #include "rope/rope.h"
+#include "sampling/sampler.h"
 
 namespace cserve {
 
@@ -239,6 +240,39 @@ class CudaBackend : public Backend {
     }
   }
 
+  bool can_sample() const override { return true; }
+  void sample(const Tensor& logits, const std::vector<DeviceSamplingRow>& rows, int num_top,
+              DeviceSamplingResult& out) override {
+    static_assert(sizeof(DeviceSamplingRow) == sizeof(cuda::SamplingRow), "one layout for both");
+    const int64_t n = static_cast<int64_t>(rows.size());
+    if (n == 0) return;
+    const int64_t vocab = logits.dim(1);
+    const size_t tops = static_cast<size_t>(n * num_top);
+    // One device region: params, then ids, ranks, logprobs, top ids, top logprobs (4-byte fields).
+    const size_t params_bytes = rows.size() * sizeof(DeviceSamplingRow);
+    const size_t out_words = static_cast<size_t>(3 * n) + 2 * tops;
+    char* d = static_cast<char*>(scratch(sample_dev_, params_bytes + out_words * 4));
+    upload(d, rows.data(), params_bytes);
+    int32_t* ids = reinterpret_cast<int32_t*>(d + params_bytes);
+    int32_t* ranks = ids + n;
+    float* lps = reinterpret_cast<float*>(ranks + n);
+    int32_t* top_ids = reinterpret_cast<int32_t*>(lps + n);
+    float* top_lps = reinterpret_cast<float*>(top_ids + tops);
+    cuda::invokeSample(logits.as<float>(), n, vocab, reinterpret_cast<const cuda::SamplingRow*>(d), ids, lps, ranks,
+                       num_top, top_ids, top_lps, stream_);
+    std::vector<char> host(out_words * 4);
+    download(host.data(), ids, host.size());
+    const int32_t* hi = reinterpret_cast<const int32_t*>(host.data());
+    out.ids.assign(hi, hi + n);
+    out.ranks.assign(hi + n, hi + 2 * n);
+    const float* hl = reinterpret_cast<const float*>(hi + 2 * n);
+    out.logprobs.assign(hl, hl + n);
+    const int32_t* ht = reinterpret_cast<const int32_t*>(hl + n);
+    out.top_ids.assign(ht, ht + tops);
+    const float* htl = reinterpret_cast<const float*>(ht + tops);
+    out.top_logprobs.assign(htl, htl + tops);
+  }
+
   // Slots, positions, each token's sequence and the block tables, packed into pinned memory
   // and copied in one transfer.
   void begin_forward(const AttentionMetadata& meta) override {
@@ -337,7 +371,7 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t staged_copy_done_ = nullptr;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
-  Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_;
+  Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_, sample_dev_;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
   Staged staged_;
