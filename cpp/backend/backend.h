@@ -4,6 +4,7 @@
 // that the backend allocated; weights are opaque handles the backend packed at load.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -108,6 +109,19 @@ class Backend {
   // logits: [rows.size()][vocab] f32 in backend memory; num_top <= kMaxDeviceTopLogprobs.
   virtual void sample(const Tensor& logits, const std::vector<DeviceSamplingRow>& rows, int num_top,
                       DeviceSamplingResult& out) {}
+
+  // Graphs (CUDA graphs on the GPU; the CPU has none). `forward` issues one forward pass of
+  // this backend's ops for a batch whose shape depends only on `key`.
+  // capture_graph records it as graph `key` (the first capture sizes the pinned staging the
+  // graphs copy their host inputs from, from the forward run just before); false when this
+  // backend has no graphs or the capture failed (then the reason is in `why`).
+  virtual bool capture_graph(int64_t key, const std::function<void()>& forward, std::string& why) {
+    why = "this backend has no graphs";
+    return false;
+  }
+  // Runs `forward` only for its host side (the ops refresh the host inputs the graph copies
+  // and launch nothing), then launches graph `key`.
+  virtual void replay_graph(int64_t key, const std::function<void()>& forward) {}
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads);

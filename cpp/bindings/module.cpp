@@ -71,6 +71,9 @@ void bind_config(nb::module_& m) {
       .def_rw("disable_sliding_window", &cserve::EngineConfig::disable_sliding_window)
       .def_rw("num_threads", &cserve::EngineConfig::num_threads)
       .def_rw("device", &cserve::EngineConfig::device)
+      .def_rw("enforce_eager", &cserve::EngineConfig::enforce_eager)
+      .def_rw("cudagraph_capture_sizes", &cserve::EngineConfig::cudagraph_capture_sizes)
+      .def_rw("max_cudagraph_capture_size", &cserve::EngineConfig::max_cudagraph_capture_size)
       .def_rw("load_progress", &cserve::EngineConfig::load_progress, nb::arg("load_progress").none());
 
   nb::class_<cserve::ModelInfo>(m, "ModelInfo")
@@ -81,6 +84,7 @@ void bind_config(nb::module_& m) {
       .def_ro("bos_token_id", &cserve::ModelInfo::bos_token_id)
       .def_ro("dtype", &cserve::ModelInfo::dtype)
       .def_ro("backend", &cserve::ModelInfo::backend)
+      .def_ro("num_cuda_graphs", &cserve::ModelInfo::num_cuda_graphs)
       .def_ro("num_kv_blocks", &cserve::ModelInfo::num_kv_blocks)
       .def_ro("block_size", &cserve::ModelInfo::block_size)
       .def_ro("kv_cache_tokens", &cserve::ModelInfo::kv_cache_tokens)

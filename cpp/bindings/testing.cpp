@@ -16,6 +16,7 @@
 #include "backend/cpu/qgemm.h"
 #include "core/quant.h"
 #include "cserve/engine.h"
+#include "engine/engine_setup.h"
 #include "kv/block_pool.h"
 #include "kv/kv_cache_manager.h"
 #include "sched/scheduler.h"
@@ -146,6 +147,8 @@ void bind_testing(nb::module_& m) {
       .def("has_unfinished", &SchedulerHarness::has_unfinished);
 
   m.def("isa", [] { return std::string(cserve::cpu::isa_name(cserve::cpu::cpu_isa())); });
+  m.def("cudagraph_sizes", [](const cserve::EngineConfig& c) { return cserve::resolve_cudagraph_sizes(c, c.max_num_seqs); },
+        "config"_a);
 
   m.def("gemm", [](ArrayIn w, ArrayIn x, const std::string& dtype, std::optional<ArrayIn> bias, int num_threads) {
     std::vector<cserve::Tensor> biases;

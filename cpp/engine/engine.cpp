@@ -147,6 +147,8 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
     log_info("Memory profiling: " + fixed(use.used_bytes / 1073741824.0, 2) + " GiB in use of " +
              fixed(use.total_bytes / 1073741824.0, 2) + " GiB after a " + std::to_string(tokens) + "-token forward");
     plan = plan_kv_cache(c, model_config, dtype, max_model_len, weight_bytes, &use);
+    const std::vector<int> graph_sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
+    if (!graph_sizes.empty()) runner->enable_graphs(graph_sizes, max_model_len);
     runner->resize_kv_cache(plan.num_blocks);
   } else {
     plan = plan_kv_cache(c, model_config, dtype, max_model_len, weight_bytes);
@@ -160,6 +162,22 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   auto t2 = std::chrono::steady_clock::now();
   runner->warm_up(std::min<int64_t>(64, max_model_len));
   info.warmup_seconds = seconds_since(t2);
+  if (on_device) {
+    const std::vector<int> sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
+    if (sizes.empty()) {
+      log_info("CUDA graphs: off (enforce_eager)");
+    } else {
+      auto t3 = std::chrono::steady_clock::now();
+      std::string why;
+      const int captured = runner->capture_graphs(why);
+      info.num_cuda_graphs = captured;
+      if (captured > 0)
+        log_info("CUDA graphs: captured " + std::to_string(captured) + " decode sizes (" + std::to_string(sizes.front()) +
+                 " to " + std::to_string(sizes.back()) + " requests) in " + fixed(seconds_since(t3), 2) + " s");
+      else
+        log_warning("CUDA graphs: capture failed, running eagerly: " + why);
+    }
+  }
 
   event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (event_fd < 0) throw Error("eventfd failed");

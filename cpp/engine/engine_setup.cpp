@@ -120,4 +120,24 @@ KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& m, DTyp
   return plan;
 }
 
+std::vector<int> resolve_cudagraph_sizes(const EngineConfig& config, int max_num_seqs) {
+  if (config.enforce_eager) return {};
+  std::vector<int> sizes = config.cudagraph_capture_sizes;
+  if (sizes.empty()) {
+    const int max = config.max_cudagraph_capture_size > 0 ? config.max_cudagraph_capture_size
+                                                          : std::min(2 * max_num_seqs, 512);
+    for (int s : {1, 2, 4}) sizes.push_back(s);
+    for (int s = 8; s < 256; s += 8) sizes.push_back(s);
+    for (int s = 256; s <= max; s += 16) sizes.push_back(s);
+    sizes.erase(std::remove_if(sizes.begin(), sizes.end(), [max](int s) { return s > max; }), sizes.end());
+  }
+  for (int s : sizes)
+    if (s <= 0) throw InvalidArgument("cudagraph_capture_sizes must be positive, got " + std::to_string(s));
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  const auto first_enough = std::lower_bound(sizes.begin(), sizes.end(), max_num_seqs);
+  if (first_enough != sizes.end()) sizes.erase(first_enough + 1, sizes.end());
+  return sizes;
+}
+
 }  // namespace cserve

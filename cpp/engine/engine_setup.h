@@ -35,4 +35,10 @@ struct DeviceMemoryUse {
 KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& model, DType kv_dtype,
                           int64_t max_model_len, int64_t weight_bytes, const DeviceMemoryUse* device = nullptr);
 
+// The CUDA graph sizes a device engine captures: none with enforce_eager; else
+// cudagraph_capture_sizes, or vLLM's default list ([1, 2, 4], multiples of 8 below 256, of 16
+// from 256) up to max_cudagraph_capture_size (0: min(2 * max_num_seqs, 512)). Sizes past the
+// first that holds max_num_seqs requests are dropped: no decode step is larger.
+std::vector<int> resolve_cudagraph_sizes(const EngineConfig& config, int max_num_seqs);
+
 }  // namespace cserve

@@ -20,6 +20,9 @@ void ModelRunner::resize_kv_cache(int64_t num_blocks) {
   const DType kv_dtype = kv_dtype_;
   kv_layers_.clear();
   kv_memory_ = Buffer();  // the old cache is freed before the new one is allocated
+  // With graphs, one more block than the scheduler knows of: the padding tokens' keys go there.
+  pad_block_ = graph_sizes_.empty() ? -1 : static_cast<int32_t>(num_blocks);
+  if (!graph_sizes_.empty()) ++num_blocks;
   const int64_t per_layer = num_blocks * c.num_key_value_heads * block_size_ * c.head_dim;
   const size_t layer_bytes = static_cast<size_t>(per_layer) * dtype_size(kv_dtype);
   kv_memory_ = backend_.allocate(layer_bytes * 2 * static_cast<size_t>(c.num_hidden_layers));
@@ -82,14 +85,36 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   if (n == 0) return result;
 
   build_batch(out);
-  if (backend_can_sample(out)) {
-    sample_on_backend(out, result);
+  const int64_t V = model_->config().vocab_size;
+  if (const int64_t size = graph_size_for(out); size > 0) {
+    // A decode step padded to a captured size: the graph runs the forward, the real rows'
+    // logits come first.
+    build_graph_batch(size);
+    backend_.replay_graph(size, [&] { graph_forward(); });
+    Tensor logits = model_->device_logits();
+    logits.shape[0] = static_cast<int64_t>(n);
+    if (backend_can_sample(out)) {
+      sample_on_backend(out, logits, result);
+    } else {
+      logits_.resize(n * static_cast<size_t>(V));
+      backend_.download(logits_.data(), logits.data, logits_.size() * sizeof(float));
+      sample_on_host(out, result);
+    }
     return result;
   }
-  const int64_t V = model_->config().vocab_size;
+  if (backend_can_sample(out)) {
+    model_->forward(batch_, kv_layers_, nullptr);
+    sample_on_backend(out, model_->device_logits(), result);
+    return result;
+  }
   logits_.resize(batch_.logits_rows.size() * static_cast<size_t>(V));
   model_->forward(batch_, kv_layers_, logits_.data());
+  sample_on_host(out, result);
+  return result;
+}
 
+void ModelRunner::sample_on_host(const SchedulerOutput& out, RunnerOutput& result) {
+  const int64_t V = model_->config().vocab_size;
   std::vector<float> raw;
   for (size_t row = 0; row < row_owner_.size(); ++row) {
     auto [i, pos] = row_owner_[row];
@@ -110,7 +135,6 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
       sampler_.logprobs(raw.data(), token, want, result.logprobs[i]);
     }
   }
-  return result;
 }
 
 bool ModelRunner::backend_can_sample(const SchedulerOutput& out) const {
@@ -127,8 +151,7 @@ bool ModelRunner::backend_can_sample(const SchedulerOutput& out) const {
   return true;
 }
 
-void ModelRunner::sample_on_backend(const SchedulerOutput& out, RunnerOutput& result) {
-  model_->forward(batch_, kv_layers_, nullptr);
+void ModelRunner::sample_on_backend(const SchedulerOutput& out, const Tensor& logits, RunnerOutput& result) {
   std::vector<DeviceSamplingRow> rows;
   int num_top = 0;
   for (const auto& [i, pos] : row_owner_) {
@@ -147,7 +170,7 @@ void ModelRunner::sample_on_backend(const SchedulerOutput& out, RunnerOutput& re
   }
   num_top = static_cast<int>(std::min<int64_t>(num_top, model_->config().vocab_size));
   DeviceSamplingResult s;
-  backend_.sample(model_->device_logits(), rows, num_top, s);
+  backend_.sample(logits, rows, num_top, s);
   for (size_t row = 0; row < row_owner_.size(); ++row) {
     const int32_t i = row_owner_[row].first;
     const Request& r = *out.scheduled[i].request;
@@ -163,6 +186,77 @@ void ModelRunner::sample_on_backend(const SchedulerOutput& out, RunnerOutput& re
       lp.ranks.push_back(j + 1);
     }
   }
+}
+
+void ModelRunner::enable_graphs(std::vector<int> sizes, int64_t max_model_len) {
+  std::sort(sizes.begin(), sizes.end());
+  graph_sizes_ = std::move(sizes);
+  graph_width_ = (max_model_len + block_size_ - 1) / block_size_;
+}
+
+int ModelRunner::capture_graphs(std::string& why) {
+  graphs_on_ = false;
+  if (graph_sizes_.empty()) {
+    why = "no capture sizes";
+    return 0;
+  }
+  // Padding-only batches, largest first (its capture sizes the graph buffers).
+  batch_ = ForwardBatch{};
+  batch_.attn.block_size = block_size_;
+  int captured = 0;
+  for (auto it = graph_sizes_.rbegin(); it != graph_sizes_.rend(); ++it) {
+    build_graph_batch(*it);
+    if (!backend_.capture_graph(*it, [&] { graph_forward(); }, why)) return 0;
+    ++captured;
+  }
+  graphs_on_ = true;
+  return captured;
+}
+
+int64_t ModelRunner::graph_size_for(const SchedulerOutput& out) const {
+  if (!graphs_on_ || row_owner_.size() != out.scheduled.size()) return 0;  // prompt logprob rows
+  for (const auto& s : out.scheduled)
+    if (s.num_new_tokens != 1 || !s.sample) return 0;
+  const auto it = std::lower_bound(graph_sizes_.begin(), graph_sizes_.end(), static_cast<int>(out.scheduled.size()));
+  return it == graph_sizes_.end() ? 0 : *it;
+}
+
+void ModelRunner::graph_forward() {
+  model_->forward(graph_batch_, kv_layers_, nullptr, LlamaModel::kGraphScratch);
+}
+
+void ModelRunner::build_graph_batch(int64_t size) {
+  const ForwardBatch& b = batch_;
+  const AttentionMetadata& a = b.attn;
+  ForwardBatch& g = graph_batch_;
+  AttentionMetadata& m = g.attn;
+  const int64_t real = static_cast<int64_t>(b.token_ids.size()), W = graph_width_;
+  g.token_ids = b.token_ids;
+  g.token_seq_len = b.token_seq_len;
+  m.block_size = block_size_;
+  m.num_seqs = static_cast<int32_t>(size);
+  m.num_tokens = static_cast<int32_t>(size);
+  m.max_blocks_per_seq = static_cast<int32_t>(W);
+  m.positions = a.positions;
+  m.slot_mapping = a.slot_mapping;
+  m.seq_lens = a.seq_lens;
+  m.block_tables.assign(static_cast<size_t>(size * W), 0);
+  for (int64_t s = 0; s < real; ++s)
+    std::copy_n(a.block_tables.begin() + s * a.max_blocks_per_seq, a.max_blocks_per_seq,
+                m.block_tables.begin() + s * W);
+  // Each padding token is a sequence of its own: position 0 in the spare block.
+  for (int64_t t = real; t < size; ++t) {
+    g.token_ids.push_back(0);
+    g.token_seq_len.push_back(1);
+    m.positions.push_back(0);
+    m.slot_mapping.push_back(static_cast<int64_t>(pad_block_) * block_size_);
+    m.seq_lens.push_back(1);
+    m.block_tables[t * W] = pad_block_;
+  }
+  m.query_start.resize(static_cast<size_t>(size + 1));
+  for (int64_t i = 0; i <= size; ++i) m.query_start[i] = static_cast<int32_t>(i);
+  g.logits_rows.resize(static_cast<size_t>(size));
+  for (int64_t i = 0; i < size; ++i) g.logits_rows[i] = static_cast<int32_t>(i);
 }
 
 void ModelRunner::warm_up(int64_t num_tokens, int64_t logits_rows) {

@@ -3,6 +3,7 @@
 // Owns the model and the KV cache memory.
 #pragma once
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -25,13 +26,27 @@ class ModelRunner {
   void warm_up(int64_t num_tokens, int64_t logits_rows = 1);
   // Replaces the KV cache with one of num_blocks blocks (contents are lost).
   void resize_kv_cache(int64_t num_blocks);
+  // Graphs (CUDA graphs) for decode-only steps of up to max(sizes) requests, each padded to
+  // the nearest size. Call before resize_kv_cache: the cache then keeps one spare block that
+  // the padding tokens write to.
+  void enable_graphs(std::vector<int> sizes, int64_t max_model_len);
+  // Captures every size, largest first; on failure graphs stay off, `why` says why, returns 0.
+  int capture_graphs(std::string& why);
 
  private:
   void build_batch(const SchedulerOutput& out);
   // Whether every logits row of this step can be sampled by the backend (no prompt logprobs,
   // penalties, logit processors or more top logprobs than it returns).
   bool backend_can_sample(const SchedulerOutput& out) const;
-  void sample_on_backend(const SchedulerOutput& out, RunnerOutput& result);
+  void sample_on_backend(const SchedulerOutput& out, const Tensor& logits, RunnerOutput& result);
+  // The CPU sampler over logits_ (host, one row per row_owner_ entry).
+  void sample_on_host(const SchedulerOutput& out, RunnerOutput& result);
+  // The captured size a decode-only step of this many requests is padded to; 0: run eagerly.
+  int64_t graph_size_for(const SchedulerOutput& out) const;
+  // graph_batch_ = batch_ padded to `size` single-token sequences, block tables graph_width_ wide.
+  void build_graph_batch(int64_t size);
+  // The model over graph_batch_ with the graphs' own activation buffers, logits left on the device.
+  void graph_forward();
 
   Backend& backend_;
   std::unique_ptr<LlamaModel> model_;
@@ -44,6 +59,11 @@ class ModelRunner {
   // Per logits row: which scheduled request, and the prompt position it scores (-1: a sampling row).
   std::vector<std::pair<int32_t, int64_t>> row_owner_;
   std::vector<float> logits_;
+  std::vector<int> graph_sizes_;  // ascending
+  int64_t graph_width_ = 0;
+  int32_t pad_block_ = -1;
+  bool graphs_on_ = false;
+  ForwardBatch graph_batch_;
 };
 
 }  // namespace cserve

@@ -13,7 +13,9 @@ Tensor LlamaModel::scratch(Buffer& buf, int64_t rows, int64_t cols) {
   return Tensor{buf.data(), DType::F32, {rows, cols}};
 }
 
-void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits) {
+void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits,
+                         ScratchSet set) {
+  Scratch& bufs = scratch_[set];
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
@@ -23,10 +25,10 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
 
   backend_.begin_forward(batch.attn);
-  Tensor x = scratch(x_, T, H), h = scratch(h_, T, H), qkv = scratch(qkv_, T, qkv_dim);
-  Tensor attn = scratch(attn_, T, q_dim), gu = scratch(gu_, T, 2 * I), act = scratch(act_, T, I);
+  Tensor x = scratch(bufs.x, T, H), h = scratch(bufs.h, T, H), qkv = scratch(bufs.qkv, T, qkv_dim);
+  Tensor attn = scratch(bufs.attn, T, q_dim), gu = scratch(bufs.gu, T, 2 * I), act = scratch(bufs.act, T, I);
   const int64_t half = rope_.rotary_dim() / 2;
-  Tensor cos = scratch(cos_, T, half), sin = scratch(sin_, T, half);
+  Tensor cos = scratch(bufs.cos, T, half), sin = scratch(bufs.sin, T, half);
   // The rope tables are computed on the host (straight into cos/sin on the CPU).
   const bool host = backend_.host_memory();
   if (!host) rope_host_.resize(static_cast<size_t>(2 * T * half));
@@ -77,12 +79,12 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
 
   const int64_t L = static_cast<int64_t>(batch.logits_rows.size());
   if (L == 0) return;
-  Tensor sel = scratch(sel_, L, H);
+  Tensor sel = scratch(bufs.sel, L, H);
   backend_.gather_rows(x, batch.logits_rows.data(), L, H, sel);
   backend_.rms_norm(sel, f32(weights_.final_norm, H), L, H, H, eps, sel);
   // Logits straight into the caller's host array on the CPU; elsewhere into backend memory,
   // then downloaded unless the caller samples there.
-  Tensor out = host && logits ? Tensor{logits, DType::F32, {L, c.vocab_size}} : scratch(logits_, L, c.vocab_size);
+  Tensor out = host && logits ? Tensor{logits, DType::F32, {L, c.vocab_size}} : scratch(bufs.logits, L, c.vocab_size);
   backend_.linear(*weights_.lm_head, sel, H, out, c.vocab_size, false);
   device_logits_ = out;
   if (logits && !host) backend_.download(logits, out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float));

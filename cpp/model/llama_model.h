@@ -28,9 +28,13 @@ class LlamaModel {
 
   const ModelConfig& config() const { return config_; }
   size_t weight_bytes() const { return weights_.total_bytes; }
+  // Which set of activation buffers a forward uses: graph forwards (CUDA graphs) keep their
+  // own, so that no eager step ever moves a buffer a captured graph points into.
+  enum ScratchSet { kEagerScratch = 0, kGraphScratch = 1 };
   // logits: host [logits_rows.size()][vocab_size]; nullptr leaves them in backend memory
   // (device_logits()), for a backend that samples where they are.
-  void forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits);
+  void forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits,
+               ScratchSet set = kEagerScratch);
   // The last forward's logits in backend memory (when it was given no host array).
   const Tensor& device_logits() const { return device_logits_; }
 
@@ -41,8 +45,11 @@ class LlamaModel {
   Backend& backend_;
   ModelWeights weights_;
   RotaryEmbedding rope_;
-  // Activation buffers, grown on demand and reused across steps.
-  Buffer x_, h_, qkv_, attn_, gu_, act_, cos_, sin_, sel_, logits_;  // backend memory
+  // Activation buffers (backend memory), grown on demand and reused across steps.
+  struct Scratch {
+    Buffer x, h, qkv, attn, gu, act, cos, sin, sel, logits;
+  };
+  Scratch scratch_[2];
   Tensor device_logits_;
   std::vector<float> rope_host_;  // rope tables made on the host for a device backend
 };

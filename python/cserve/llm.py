@@ -19,13 +19,14 @@ _ENGINE_FIELDS = {
     "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override", "kv_cache_dtype",
     "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "long_prefill_token_threshold",
     "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy", "max_logprobs",
-    "disable_sliding_window", "max_model_len", "device",
+    "disable_sliding_window", "max_model_len", "device", "enforce_eager", "cudagraph_capture_sizes",
+    "max_cudagraph_capture_size",
 }
 
 
 # vLLM keywords whose default (or any value) needs nothing from the CPU engine:
 # cserve never runs model code from the checkpoint, and the CPU backend is always eager.
-_ACCEPTED_AS_IS = {"trust_remote_code", "enforce_eager", "disable_log_stats", "swap_space", "tokenizer_mode",
+_ACCEPTED_AS_IS = {"trust_remote_code", "disable_log_stats", "swap_space", "tokenizer_mode",
                    "disable_custom_all_reduce", "cpu_offload_gb"}
 # vLLM keywords that cserve supports only at their default value so far.
 _ONLY_DEFAULT = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "data_parallel_size": 1,

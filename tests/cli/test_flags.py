@@ -26,7 +26,8 @@ ENGINE_FIELDS = {
     "prefix_caching_hash_algo", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
     "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill",
     "long_prefill_token_threshold", "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy",
-    "max_logprobs", "disable_sliding_window", "device",
+    "max_logprobs", "disable_sliding_window", "device", "enforce_eager", "cudagraph_capture_sizes",
+    "max_cudagraph_capture_size",
 }
 
 
@@ -67,7 +68,8 @@ def test_engine_fields_exist_in_the_core():
     options = engine_options(parse("--block-size", "32", "--max-model-len", "1k", "--max-num-seqs", "8",
                                    "--num-gpu-blocks-override", "64", "--kv-cache-memory-bytes", "1G",
                                    "--max-num-batched-tokens", "2k", "--no-enable-prefix-caching",
-                                   "--enable-chunked-prefill", "--kv-cache-dtype", "bfloat16", "--seed", "3"))
+                                   "--enable-chunked-prefill", "--kv-cache-dtype", "bfloat16", "--seed", "3",
+                                   "--cudagraph-capture-sizes", "1", "2", "4", "--max-cudagraph-capture-size", "16"))
     assert set(options) == ENGINE_FIELDS
     for name, value in options.items():
         setattr(config, name, value)
@@ -113,7 +115,10 @@ def test_every_flag_parses(flag):
     if flag.support == SUPPORTED:
         args = parse(*tokens)
         assert getattr(args, flag.dest) == expected
-        assert no_effect_notes(args) == []
+        if flag.name == "--compilation-config":  # only its CUDA graph keys mean something
+            assert [n.split(" (")[0] for n in no_effect_notes(args)] == ["--compilation-config: no effect for a"]
+        else:
+            assert no_effect_notes(args) == []
     elif flag.support == NO_EFFECT:
         args = parse(*tokens)
         assert getattr(args, flag.dest) == expected
@@ -176,7 +181,6 @@ def test_no_effect_notes():
     args = parse("--enforce-eager", "--swap-space", "8", "--trust-remote-code", "--download-dir", "/d")
     assert no_effect_notes(args) == [
         "--trust-remote-code: no effect (cserve never runs code from the checkpoint)",
-        "--enforce-eager: no effect (cserve captures no CUDA graphs)",
         "--swap-space: no effect (preempted requests are recomputed, never swapped)",
     ]
 
@@ -250,7 +254,24 @@ def test_json_flags(argv, expected):
 def test_compilation_config_forms(argv):
     args = parse(*argv)
     assert args.compilation_config == {"mode": 3}
-    assert no_effect_notes(args) == ["--compilation-config: no effect (cserve does not use torch.compile)"]
+    assert no_effect_notes(args) == ["--compilation-config: no effect for mode (cserve does not use torch.compile; "
+                                     "it reads cudagraph_capture_sizes, max_cudagraph_capture_size, cudagraph_mode)"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["-cc", '{"cudagraph_capture_sizes": [1, 2, 8]}'], {"cudagraph_capture_sizes": [1, 2, 8]}),
+    (["-cc.max_cudagraph_capture_size=64"], {"max_cudagraph_capture_size": 64}),
+    (["-cc.cudagraph_mode=NONE"], {"enforce_eager": True}),
+    (["-cc.max_cudagraph_capture_size=64", "--max-cudagraph-capture-size", "32"], {"max_cudagraph_capture_size": 32}),
+    (["--cudagraph-capture-sizes", "1", "4", "--enforce-eager"],
+     {"cudagraph_capture_sizes": [1, 4], "enforce_eager": True}),
+])
+def test_cuda_graph_settings(argv, expected):
+    args = parse(*argv)
+    options = engine_options(args)
+    for key, value in expected.items():
+        assert options[key] == value
+    assert not any(n.startswith("--compilation-config") for n in no_effect_notes(args))
 
 
 @pytest.mark.parametrize("argv, level", [(["-O3"], 3), (["-O", "3"], 3), (["-O=1"], 1), (["-O0"], 0),

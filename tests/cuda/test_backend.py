@@ -107,3 +107,32 @@ def test_seeded_sampling_on_the_gpu_ignores_the_batch(model_zoo):
     batch = llm.generate([*others, prompt], [SamplingParams(temperature=1.0, max_tokens=16)] * 5 + [seeded],
                          use_tqdm=False)
     assert batch[-1].outputs[0].token_ids == alone
+
+
+def test_cuda_graphs_give_the_eager_tokens(model_zoo):
+    """Decode steps replayed from CUDA graphs (padded to the captured sizes) produce what the
+    same engine produces eagerly: requests of different lengths make every batch size occur."""
+    built = model_zoo.get("qwen2")
+    prompts = [{"prompt_token_ids": random_prompt(np.random.default_rng(i), 5 + 7 * i, built.vocab_size)}
+               for i in range(12)]
+    from cserve import SamplingParams
+
+    params = [SamplingParams(temperature=0, max_tokens=6 + 2 * i, ignore_eos=True, logprobs=2) for i in range(12)]
+    eager_llm = make_llm(built.path, device="cuda", enforce_eager=True)
+    assert eager_llm.model_info.num_cuda_graphs == 0
+    graph_llm = make_llm(built.path, device="cuda", cudagraph_capture_sizes=[1, 2, 4, 8, 16])
+    assert graph_llm.model_info.num_cuda_graphs == 5
+    eager = eager_llm.generate(prompts, params, use_tqdm=False)
+    graphs = graph_llm.generate(prompts, params, use_tqdm=False)
+    for e, g in zip(eager, graphs):
+        assert g.outputs[0].token_ids == e.outputs[0].token_ids
+        for le, lg in zip(e.outputs[0].logprobs, g.outputs[0].logprobs):
+            assert list(le) == list(lg)
+            for t in le:
+                assert abs(le[t].logprob - lg[t].logprob) < 1e-4
+
+
+def test_default_graph_sizes_follow_max_num_seqs(model_zoo):
+    llm = make_llm(model_zoo.get("llama").path, device="cuda", max_num_seqs=20)
+    # [1, 2, 4, 8, 16, 24]: 24 is the first size that holds 20 requests.
+    assert llm.model_info.num_cuda_graphs == 6

@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -65,12 +67,16 @@ class CudaBackend : public Backend {
             std::to_string(prop.minor) + ")";
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaEventCreateWithFlags(&staged_copy_done_, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaEventCreateWithFlags(&graph_done_, cudaEventDisableTiming), "cudaEventCreate");
     gemm_ = std::make_unique<cuda::CublasLtGemm>();
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     gemm_.reset();
     if (pinned_) cudaFreeHost(pinned_);
+    for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+    if (graph_pinned_) cudaFreeHost(graph_pinned_);
+    cudaEventDestroy(graph_done_);
     cudaEventDestroy(staged_copy_done_);
     cudaStreamDestroy(stream_);
   }
@@ -80,23 +86,42 @@ class CudaBackend : public Backend {
   int num_threads() const override { return 1; }
   bool host_memory() const override { return false; }
 
-  Buffer allocate(size_t bytes) override { return cuda_util::device_buffer(bytes, stream_); }
+  Buffer allocate(size_t bytes) override {
+    use_device();
+    return cuda_util::device_buffer(bytes, stream_);
+  }
+  // Eagerly a copy on the stream. While a graph is captured or replayed, the host data goes
+  // to the next slot of the pinned staging, which a copy node of the graph reads at launch.
   void upload(void* dst, const void* host_src, size_t bytes) override {
-    check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_), "upload");
+    if (mode_ == Mode::Eager) {
+      check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_), "upload");
+      return;
+    }
+    if (mode_ == Mode::Size) {
+      graph_upload_bytes_ += staged_size(bytes);
+      return;
+    }
+    void* slot = graph_slot(bytes);
+    std::memcpy(slot, host_src, bytes);
+    if (mode_ == Mode::Capture)
+      check(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, stream_), "upload (graph)");
   }
   void download(void* host_dst, const void* src, size_t bytes) override {
+    if (mode_ != Mode::Eager) throw Error("download inside a CUDA graph");
     check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "download");
     check(cudaStreamSynchronize(stream_), "download (synchronize)");
   }
   bool device_memory(size_t& free_bytes, size_t& total_bytes) override {
+    use_device();
     check(cudaStreamSynchronize(stream_), "synchronize");
     check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
     return true;
   }
 
   void gather_rows(const Tensor& src, const int32_t* rows, int64_t n, int64_t cols, Tensor& out) override {
-    cuda::invokeEmbedding(out.data, src.data, upload_ids(rows, n), n, cols, dtype_id(DType::F32),
-                          dtype_id(DType::F32), stream_);
+    const int32_t* ids = upload_ids(rows, n);
+    if (launches())
+      cuda::invokeEmbedding(out.data, src.data, ids, n, cols, dtype_id(DType::F32), dtype_id(DType::F32), stream_);
   }
 
   std::unique_ptr<LinearWeight> pack_linear(const std::vector<Tensor>& parts, const std::vector<Tensor>& biases,
@@ -162,12 +187,15 @@ class CudaBackend : public Backend {
     const CudaLinear& w = cuda_linear(weight);
     const int64_t m = x.dim(0), n = w.n(), k = w.k();
     if (m == 0) return;
+    void* xs = w.dtype() == DType::F32
+                   ? nullptr
+                   : scratch(region(x_conv_, graph_x_conv_), static_cast<size_t>(m * k) * dtype_size(w.dtype()));
+    if (!launches()) return;
     const int wdt = dtype_id(w.dtype()), f32 = dtype_id(DType::F32);
     if (w.dtype() == DType::F32) {
       gemm_->run(y.data, ldy, x.data, ldx, w.data(), m, n, k, f32, accumulate, stream_);
     } else {
       // x rounded to the weight dtype (as the CPU's bf16 kernels round it), product in f32.
-      void* xs = scratch(x_conv_, static_cast<size_t>(m * k) * dtype_size(w.dtype()));
       cuda::invokeConvertRows(xs, wdt, k, x.data, f32, ldx, m, k, stream_);
       gemm_->run(y.data, ldy, xs, k, w.data(), m, n, k, wdt, accumulate, stream_, f32);
     }
@@ -175,37 +203,46 @@ class CudaBackend : public Backend {
   }
 
   void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) override {
-    cuda::invokeEmbedding(out.data, table.data, upload_ids(ids, n), n, table.dim(1), dtype_id(DType::F32),
-                          dtype_id(table.dtype), stream_);
+    const int32_t* dev_ids = upload_ids(ids, n);
+    if (launches())
+      cuda::invokeEmbedding(out.data, table.data, dev_ids, n, table.dim(1), dtype_id(DType::F32),
+                            dtype_id(table.dtype), stream_);
   }
   void embedding(const LinearWeight& weight, const int32_t* ids, int64_t n, Tensor& out) override {
     const CudaLinear& w = cuda_linear(weight);
-    cuda::invokeEmbedding(out.data, w.data(), upload_ids(ids, n), n, w.k(), dtype_id(DType::F32),
-                          dtype_id(w.dtype()), stream_);
+    const int32_t* dev_ids = upload_ids(ids, n);
+    if (launches())
+      cuda::invokeEmbedding(out.data, w.data(), dev_ids, n, w.k(), dtype_id(DType::F32), dtype_id(w.dtype()),
+                            stream_);
   }
   void rms_norm(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld, float eps,
                 Tensor& out) override {
+    if (!launches()) return;
     cuda::invokeRmsNorm(out.data, x.data, nullptr, weight.as<float>(), rows, dim, ld, eps, dtype_id(DType::F32),
                         stream_);
   }
   void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) override {
+    if (!launches()) return;
     cuda::invokeSiluMul(out.data, gate_up.data, tokens, inter, dtype_id(DType::F32), stream_);
   }
   void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
             const Tensor& sin, int64_t rotary_dim) override {
+    if (!launches()) return;
     cuda::invokeRope(x.data, tokens, heads, head_dim, ld, cos.as<float>(), sin.as<float>(), rotary_dim,
                      dtype_id(DType::F32), stream_);
   }
   void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
                 KVCacheLayer& cache) override {
     const int64_t* dev_slots =
-        slots == staged_.slots_host ? staged_.slots : upload_array(slots, tokens, slots_dev_);
+        slots == staged_.slots_host ? staged_.slots : upload_array(slots, tokens, region(slots_dev_, graph_slots_dev_));
+    if (!launches()) return;
     cuda::invokeWriteKv(k.data, v.data, tokens, ld, dev_slots, cache.k.data, cache.v.data, cache.k.dim(1),
                         cache.k.dim(3), cache.k.dim(2), dtype_id(DType::F32), dtype_id(cache.k.dtype), stream_);
   }
   void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
                  const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) override {
     if (staged_.meta != &meta || staged_.slots_host != meta.slot_mapping.data()) begin_forward(meta);
+    if (!launches()) return;
     cuda::PagedAttentionArgs a;
     a.out = out.data;
     a.q = q.data;
@@ -228,6 +265,7 @@ class CudaBackend : public Backend {
     cuda::invokePagedAttention(a, stream_);
   }
   void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) override {
+    use_device();
     const size_t block_bytes = static_cast<size_t>(cache.k.dim(1) * cache.k.dim(2) * cache.k.dim(3)) *
                                dtype_size(cache.k.dtype);
     for (const auto& [from, to] : pairs) {
@@ -246,6 +284,7 @@ class CudaBackend : public Backend {
     static_assert(sizeof(DeviceSamplingRow) == sizeof(cuda::SamplingRow), "one layout for both");
     const int64_t n = static_cast<int64_t>(rows.size());
     if (n == 0) return;
+    use_device();
     const int64_t vocab = logits.dim(1);
     const size_t tops = static_cast<size_t>(n * num_top);
     // One device region: params, then ids, ranks, logprobs, top ids, top logprobs (4-byte fields).
@@ -276,29 +315,41 @@ class CudaBackend : public Backend {
   // Slots, positions, each token's sequence and the block tables, packed into pinned memory
   // and copied in one transfer.
   void begin_forward(const AttentionMetadata& meta) override {
+    if (mode_ == Mode::Eager) use_device();
     const size_t T = static_cast<size_t>(meta.num_tokens), S = static_cast<size_t>(meta.num_seqs);
     const size_t tables = S * static_cast<size_t>(meta.max_blocks_per_seq);
     const size_t slots_bytes = T * sizeof(int64_t);
     const size_t ints = 2 * T + tables;
     const size_t bytes = slots_bytes + ints * sizeof(int32_t);
-    check(cudaEventSynchronize(staged_copy_done_), "staging (previous copy)");
-    if (pinned_bytes_ < bytes) {
-      if (pinned_) cudaFreeHost(pinned_);
-      pinned_ = nullptr;
-      pinned_bytes_ = 0;
-      check(cudaMallocHost(&pinned_, bytes * 2), "cudaMallocHost (metadata staging)");
-      pinned_bytes_ = bytes * 2;
+    char* d = static_cast<char*>(scratch(region(meta_dev_, graph_meta_dev_), bytes));
+    char* h = nullptr;
+    std::vector<char> sizing;
+    if (mode_ == Mode::Size) {
+      graph_upload_bytes_ = staged_size(bytes);  // a forward starts here
+      sizing.resize(bytes);
+      h = sizing.data();
+    } else if (mode_ == Mode::Eager) {
+      check(cudaEventSynchronize(staged_copy_done_), "staging (previous copy)");
+      if (pinned_bytes_ < bytes) {
+        if (pinned_) cudaFreeHost(pinned_);
+        pinned_ = nullptr;
+        pinned_bytes_ = 0;
+        check(cudaMallocHost(&pinned_, bytes * 2), "cudaMallocHost (metadata staging)");
+        pinned_bytes_ = bytes * 2;
+      }
+      h = static_cast<char*>(pinned_);
+    } else {
+      h = static_cast<char*>(graph_slot(bytes));
     }
-    char* h = static_cast<char*>(pinned_);
+    // (Sizing fills a throwaway copy: the same code runs in every mode.)
     std::memcpy(h, meta.slot_mapping.data(), slots_bytes);
     int32_t* hi = reinterpret_cast<int32_t*>(h + slots_bytes);
     std::memcpy(hi, meta.positions.data(), T * sizeof(int32_t));
     for (size_t s = 0; s < S; ++s)
       for (int32_t t = meta.query_start[s]; t < meta.query_start[s + 1]; ++t) hi[T + t] = static_cast<int32_t>(s);
     std::memcpy(hi + 2 * T, meta.block_tables.data(), tables * sizeof(int32_t));
-    char* d = static_cast<char*>(scratch(meta_dev_, bytes));
-    check(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_), "metadata upload");
-    check(cudaEventRecord(staged_copy_done_, stream_), "cudaEventRecord");
+    if (launches()) check(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_), "metadata upload");
+    if (mode_ == Mode::Eager) check(cudaEventRecord(staged_copy_done_, stream_), "cudaEventRecord");
     staged_.meta = &meta;
     staged_.slots_host = meta.slot_mapping.data();
     staged_.slots = reinterpret_cast<const int64_t*>(d);
@@ -308,7 +359,88 @@ class CudaBackend : public Backend {
     staged_.block_tables = di + 2 * T;
   }
 
+  bool capture_graph(int64_t key, const std::function<void()>& forward, std::string& why) override {
+    use_device();
+    try {
+      check(cudaStreamSynchronize(stream_), "synchronize before capture");
+      if (!graph_pinned_) {
+        // The largest graph comes first: one pass without launches grows the graph buffers
+        // (nothing may be allocated while capturing) and counts the staging it needs.
+        mode_ = Mode::Size;
+        forward();
+        mode_ = Mode::Eager;
+        graph_pinned_bytes_ = graph_upload_bytes_ + (size_t{64} << 10);
+        check(cudaMallocHost(&graph_pinned_, graph_pinned_bytes_), "cudaMallocHost (graph staging)");
+      }
+      mode_ = Mode::Capture;
+      graph_cursor_ = 0;
+      check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      cudaGraph_t graph = nullptr;
+      try {
+        forward();
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+      mode_ = Mode::Eager;
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check(e, "cudaGraphInstantiate");
+      if (auto it = graphs_.find(key); it != graphs_.end()) cudaGraphExecDestroy(it->second);
+      graphs_[key] = exec;
+      return true;
+    } catch (const std::exception& e) {
+      mode_ = Mode::Eager;
+      cudaGetLastError();
+      why = e.what();
+      return false;
+    }
+  }
+
+  void replay_graph(int64_t key, const std::function<void()>& forward) override {
+    use_device();
+    const auto it = graphs_.find(key);
+    if (it == graphs_.end()) throw Error("no CUDA graph of size " + std::to_string(key));
+    check(cudaEventSynchronize(graph_done_), "previous graph");  // its copies have read the staging
+    mode_ = Mode::Replay;
+    graph_cursor_ = 0;
+    try {
+      forward();
+    } catch (...) {
+      mode_ = Mode::Eager;
+      throw;
+    }
+    mode_ = Mode::Eager;
+    check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+    check(cudaEventRecord(graph_done_, stream_), "cudaEventRecord");
+  }
+
  private:
+  // The engine is built on one thread and stepped on another; the current device is per
+  // thread, so each entry point that starts work makes it this backend's.
+  void use_device() { check(cudaSetDevice(ordinal_), "cudaSetDevice"); }
+
+  // Eager: ops launch kernels. Size: they launch nothing, grow the graph buffers and count the
+  // staging (before the first capture). Capture: they are recorded into a graph. Replay: they
+  // only refresh the host inputs in the graph staging (the graph is launched after).
+  enum class Mode { Eager, Size, Capture, Replay };
+  bool launches() const { return mode_ == Mode::Eager || mode_ == Mode::Capture; }
+  // Graphs have device regions of their own, which eager steps never move.
+  Buffer& region(Buffer& eager, Buffer& graph) { return mode_ == Mode::Eager ? eager : graph; }
+  static size_t staged_size(size_t bytes) { return (bytes + 255) / 256 * 256; }
+  // The next 256-byte aligned slot of the graph staging; the same sequence of uploads finds
+  // the same slots at capture and at every replay.
+  void* graph_slot(size_t bytes) {
+    if (graph_cursor_ + staged_size(bytes) > graph_pinned_bytes_)
+      throw Error("CUDA graph staging too small (" + std::to_string(graph_pinned_bytes_) + " bytes)");
+    void* p = static_cast<char*>(graph_pinned_) + graph_cursor_;
+    graph_cursor_ += staged_size(bytes);
+    return p;
+  }
+
   std::unique_ptr<LinearWeight> finish_linear(const std::vector<char>& host, DType dtype, int64_t n, int64_t k,
                                               const std::vector<float>& bias) {
     Buffer w = allocate(host.size());
@@ -343,6 +475,8 @@ class CudaBackend : public Backend {
   // A device region of at least `bytes`, grown (never shrunk) as needed. Growing frees the
   // old one, which cudaFree orders after the work that may still read it.
   void* scratch(Buffer& buf, size_t bytes) {
+    if (buf.size() < bytes && (mode_ == Mode::Capture || mode_ == Mode::Replay))
+      throw Error("a CUDA graph needs a buffer larger than its sizing pass made");
     if (buf.size() < bytes) {
       buf = Buffer();
       buf = allocate(bytes + bytes / 2);
@@ -355,7 +489,9 @@ class CudaBackend : public Backend {
     upload(d, host, static_cast<size_t>(n) * sizeof(T));
     return static_cast<const T*>(d);
   }
-  const int32_t* upload_ids(const int32_t* ids, int64_t n) { return upload_array(ids, n, ids_dev_); }
+  const int32_t* upload_ids(const int32_t* ids, int64_t n) {
+    return upload_array(ids, n, region(ids_dev_, graph_ids_dev_));
+  }
 
   struct Staged {
     const AttentionMetadata* meta = nullptr;
@@ -374,6 +510,13 @@ class CudaBackend : public Backend {
   Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_, sample_dev_;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
+  Mode mode_ = Mode::Eager;
+  Buffer graph_x_conv_, graph_ids_dev_, graph_slots_dev_, graph_meta_dev_;
+  size_t graph_upload_bytes_ = 0;  // staging the sizing pass counted
+  void* graph_pinned_ = nullptr;
+  size_t graph_pinned_bytes_ = 0, graph_cursor_ = 0;
+  std::map<int64_t, cudaGraphExec_t> graphs_;
+  cudaEvent_t graph_done_ = nullptr;
   Staged staged_;
 };
 

@@ -33,6 +33,12 @@ struct EngineConfig {
   bool disable_sliding_window = false;
   // Runtime
   std::string device = "auto";  // auto (CUDA when a GPU and the CUDA backend are there), cpu, cuda, cuda:N
+  // CUDA graphs for decode steps (device backends): captured at start for each size, a step of
+  // B decode tokens is padded to the nearest size. Empty: vLLM's default sizes up to
+  // max_cudagraph_capture_size (0: min(2 * max_num_seqs, 512)). enforce_eager: none.
+  bool enforce_eager = false;
+  std::vector<int> cudagraph_capture_sizes;
+  int max_cudagraph_capture_size = 0;
   int num_threads = 0;  // 0: all cores (CPU backend)
   // Optional: told (done, total) as the weights load, for a progress bar.
   std::function<void(int64_t done, int64_t total)> load_progress;
@@ -47,6 +53,7 @@ struct ModelInfo {
   int64_t bos_token_id = -1;
   std::string dtype;
   std::string backend;  // e.g. "cpu (avx512_bf16)", "cuda:0 (NVIDIA H100 80GB HBM3, sm_90)"
+  int num_cuda_graphs = 0;  // decode sizes captured as CUDA graphs (0: eager)
   int64_t num_kv_blocks = 0;
   int block_size = 0;
   int64_t kv_cache_tokens = 0;

@@ -431,10 +431,19 @@ def parse_serve_args(argv: list) -> argparse.Namespace:
     return args
 
 
+_GRAPH_KEYS = ("cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode")
+
+
 def no_effect_notes(args: argparse.Namespace) -> list:
     """One INFO line per flag set to a non-default value that means nothing on cserve."""
-    return [f"{flag.name}: no effect ({flag.reason})" for flag in FLAGS
-            if flag.support == NO_EFFECT and not _is_default(flag, getattr(args, flag.dest))]
+    notes = [f"{flag.name}: no effect ({flag.reason})" for flag in FLAGS
+             if flag.support == NO_EFFECT and not _is_default(flag, getattr(args, flag.dest))]
+    cc = getattr(args, "compilation_config", None)
+    ignored = sorted(k for k in cc if k not in _GRAPH_KEYS) if isinstance(cc, dict) else []
+    if ignored:
+        notes.append(f"--compilation-config: no effect for {', '.join(ignored)} (cserve does not use torch.compile; "
+                     f"it reads {', '.join(_GRAPH_KEYS)})")
+    return notes
 
 
 def engine_options(args: argparse.Namespace) -> dict:
@@ -445,5 +454,20 @@ def engine_options(args: argparse.Namespace) -> dict:
         if flag.config != "engine" or value is None or (flag.kind == SIZE_AUTO and value == -1):
             continue
         options[flag.dest] = value
+    options.update(_graph_options(getattr(args, "compilation_config", None) or {}, options))
     return options
+
+
+def _graph_options(cc, options: dict) -> dict:
+    """The CUDA graph settings of -cc/--compilation-config; the plain flags win where both are set."""
+    if not isinstance(cc, dict):
+        return {}
+    out = {}
+    if cc.get("cudagraph_capture_sizes") is not None and "cudagraph_capture_sizes" not in options:
+        out["cudagraph_capture_sizes"] = [int(v) for v in cc["cudagraph_capture_sizes"]]
+    if cc.get("max_cudagraph_capture_size") is not None and "max_cudagraph_capture_size" not in options:
+        out["max_cudagraph_capture_size"] = int(cc["max_cudagraph_capture_size"])
+    if str(cc.get("cudagraph_mode", "")).upper() == "NONE":
+        out["enforce_eager"] = True
+    return out
 

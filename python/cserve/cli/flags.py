@@ -139,7 +139,7 @@ COMMON = (
     "--enable-log-requests",
 )
 
-_NO_CUDA_GRAPHS = "cserve captures no CUDA graphs"
+_GRAPHS_ANY_LENGTH = "cserve's CUDA graphs cover every context length"
 _NO_TORCH_COMPILE = "cserve does not use torch.compile"
 _NO_MAMBA = "cserve has no Mamba models"
 _ONE_WORKER = "cserve runs one worker in-process"
@@ -287,7 +287,8 @@ FLAGS: tuple = (
         Flag("--logprobs-mode", STR, "raw_logprobs", "What logprobs hold: raw or processed logprobs or logits.",
              choices=("raw_logprobs", "processed_logprobs", "raw_logits", "processed_logits"),
              **only("raw_logprobs", config="server")),
-        Flag("--enforce-eager", BOOL, False, "Always run eagerly (no CUDA graphs).", **noop(_NO_CUDA_GRAPHS)),
+        Flag("--enforce-eager", BOOL, False, "Always run eagerly (no CUDA graphs; the CPU has none).",
+             **ok("engine")),
         Flag("--disable-sliding-window", BOOL, False, "Disable the sliding window and cap the context at its "
              "size.", **ok("engine")),
         Flag("--disable-cascade-attn", BOOL, False, "Disable cascade attention.",
@@ -485,7 +486,7 @@ FLAGS: tuple = (
         Flag("--kv-cache-metrics", BOOL, False, "KV cache residency metrics."),
         Flag("--kv-cache-metrics-sample", FLOAT, 0.01, "Sampling rate of KV cache metrics.",
              **noop("KV cache metrics are not supported yet")),
-        Flag("--cudagraph-metrics", BOOL, False, "CUDA graph metrics.", **noop(_NO_CUDA_GRAPHS)),
+        Flag("--cudagraph-metrics", BOOL, False, "CUDA graph metrics.", **noop("CUDA graph metrics are not reported yet")),
         Flag("--enable-layerwise-nvtx-tracing", BOOL, False, "NVTX ranges around each layer.",
              **noop("cserve emits no NVTX ranges")),
         Flag("--enable-mfu-metrics", BOOL, False, "Model FLOPs utilization metrics."),
@@ -518,10 +519,10 @@ FLAGS: tuple = (
     ),
     *_group(
         "CompilationConfig",
-        Flag("--cudagraph-capture-sizes", LIST_INT, None, "Batch sizes to capture CUDA graphs for.",
-             **noop(_NO_CUDA_GRAPHS)),
-        Flag("--max-cudagraph-capture-size", INT, None, "Largest CUDA graph batch size.",
-             **noop(_NO_CUDA_GRAPHS)),
+        Flag("--cudagraph-capture-sizes", LIST_INT, None, "Decode batch sizes to capture CUDA graphs for "
+             "(GPU only).", **ok("engine")),
+        Flag("--max-cudagraph-capture-size", INT, None, "Largest CUDA graph batch size (default: min(2 x "
+             "max_num_seqs, 512); GPU only).", check=Range(1), **ok("engine")),
     ),
     *_group(
         "KernelConfig",
@@ -535,7 +536,8 @@ FLAGS: tuple = (
         Flag("--kv-events-config", JSON, None, "KV cache event publishing configuration (JSON)."),
         Flag("--ec-transfer-config", JSON, None, "Distributed encoder cache transfer configuration (JSON)."),
         Flag("--compilation-config", JSON, {}, "torch.compile and CUDA graph configuration (JSON); also "
-             "-cc.mode=3.", aliases=("-cc",), **noop(_NO_TORCH_COMPILE)),
+             "-cc.mode=3. cserve reads cudagraph_capture_sizes, max_cudagraph_capture_size and "
+             "cudagraph_mode (NONE: eager); it compiles nothing with torch.", aliases=("-cc",), **ok("server")),
         Flag("--attention-config", JSON, {}, "Attention configuration (JSON).", aliases=("-ac",),
              **noop("cserve has one attention implementation per device")),
         Flag("--kernel-config", JSON, {}, "Kernel configuration (JSON).",
@@ -565,9 +567,9 @@ FLAGS: tuple = (
         Flag("--rope-scaling", JSON, None, "RoPE scaling configuration (JSON; now --hf-overrides)."),
         Flag("--rope-theta", FLOAT, None, "RoPE theta (now --hf-overrides)."),
         Flag("--max-seq-len-to-capture", INT, 8192, "Longest sequence covered by CUDA graphs.",
-             **noop(_NO_CUDA_GRAPHS)),
+             **noop(_GRAPHS_ANY_LENGTH)),
         Flag("--max-context-len-to-capture", INT, 8192, "Longest context covered by CUDA graphs.",
-             **noop(_NO_CUDA_GRAPHS)),
+             **noop(_GRAPHS_ANY_LENGTH)),
         Flag("--guided-decoding-backend", STR, "xgrammar", "Default guided decoding backend."),
         Flag("--enable-reasoning", FLAG, False, "Produce reasoning_content (needs --reasoning-parser)."),
         Flag("--use-v2-block-manager", FLAG, False, "No-op in vLLM since block manager v1 was removed.",
