@@ -147,6 +147,15 @@ void bind_testing(nb::module_& m) {
       .def("has_unfinished", &SchedulerHarness::has_unfinished);
 
   m.def("isa", [] { return std::string(cserve::cpu::isa_name(cserve::cpu::cpu_isa())); });
+  m.def("round_to_dtype", [](ArrayIn x, const std::string& dtype) {
+    const cserve::DType t = cserve::parse_kv_cache_dtype(dtype);
+    const size_t n = x.size();
+    std::vector<char> stored(n * cserve::dtype_size(t));
+    cserve::convert_from_f32(x.data(), stored.data(), t, n);
+    Array out = make_array({n});
+    cserve::convert_to_f32(stored.data(), t, out.data(), n);
+    return out;
+  }, "x"_a, "dtype"_a, "float32 -> dtype -> float32 through the core conversions (fp8 included).");
   m.def("cudagraph_sizes", [](const cserve::EngineConfig& c) { return cserve::resolve_cudagraph_sizes(c, c.max_num_seqs); },
         "config"_a);
 

@@ -197,7 +197,7 @@ NB_MODULE(_cuda, m) {
     const int64_t len = k.shape(0), nkv = k.shape(1);
     int64_t num_blocks = 0;
     for (int32_t b : block_ids) num_blocks = std::max<int64_t>(num_blocks, b + 1);
-    const cserve::DType cdt = dtype_of(kv_dtype), adt = dtype_of(act_dtype);
+    const cserve::DType cdt = cserve::parse_kv_cache_dtype(kv_dtype), adt = dtype_of(act_dtype);
     const size_t cache_elems = static_cast<size_t>(num_blocks * nkv * block_size * d);
     DeviceArray kc(cache_elems, cdt), vc(cache_elems, cdt);
     DeviceArray dk(k.data(), k.size(), adt), dv(v.data(), v.size(), adt), dq(q.data(), q.size(), adt);

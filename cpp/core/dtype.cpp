@@ -1,6 +1,9 @@
 // DType names and sizes, and IEEE half <-> float conversions.
 #include "core/dtype.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "cserve/error.h"
 
 namespace cserve {
@@ -10,6 +13,8 @@ size_t dtype_size(DType t) {
     case DType::F32: return 4;
     case DType::F16: return 2;
     case DType::BF16: return 2;
+    case DType::F8E4M3:
+    case DType::F8E5M2: return 1;
   }
   throw InvalidArgument("dtype_size: unknown dtype");
 }
@@ -19,6 +24,8 @@ const char* dtype_name(DType t) {
     case DType::F32: return "float32";
     case DType::F16: return "float16";
     case DType::BF16: return "bfloat16";
+    case DType::F8E4M3: return "fp8_e4m3";
+    case DType::F8E5M2: return "fp8_e5m2";
   }
   return "unknown";
 }
@@ -28,6 +35,55 @@ DType parse_dtype(const std::string& name) {
   if (name == "float16" || name == "half") return DType::F16;
   if (name == "bfloat16") return DType::BF16;
   throw InvalidArgument("unknown dtype '" + name + "' (expected float32, float16 or bfloat16)");
+}
+
+DType parse_kv_cache_dtype(const std::string& name) {
+  if (name == "fp8" || name == "fp8_e4m3") return DType::F8E4M3;
+  if (name == "fp8_e5m2") return DType::F8E5M2;
+  return parse_dtype(name);
+}
+
+namespace {
+struct Fp8Format {
+  int mantissa_bits, bias;
+  float max;
+};
+Fp8Format fp8_format(DType t) {
+  return t == DType::F8E4M3 ? Fp8Format{3, 7, 448.0f} : Fp8Format{2, 15, 57344.0f};
+}
+}  // namespace
+
+float fp8_to_f32(uint8_t v, DType t) {
+  const Fp8Format f = fp8_format(t);
+  const int exp_bits = 7 - f.mantissa_bits;
+  const float sign = (v & 0x80u) ? -1.0f : 1.0f;
+  const int e = (v >> f.mantissa_bits) & ((1 << exp_bits) - 1);
+  const int m = v & ((1 << f.mantissa_bits) - 1);
+  if (t == DType::F8E4M3 && e == 15 && m == 7) return std::nanf("");
+  if (t == DType::F8E5M2 && e == 31) return m == 0 ? sign * INFINITY : std::nanf("");
+  const float scale = static_cast<float>(1 << f.mantissa_bits);
+  if (e == 0) return sign * std::ldexp(static_cast<float>(m) / scale, 1 - f.bias);
+  return sign * std::ldexp(1.0f + static_cast<float>(m) / scale, e - f.bias);
+}
+
+uint8_t f32_to_fp8(float x, DType t) {
+  const Fp8Format f = fp8_format(t);
+  if (std::isnan(x)) return t == DType::F8E4M3 ? 0x7f : 0x7e;
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  float a = std::min(std::fabs(x), f.max);  // saturate
+  const int emin = 1 - f.bias;
+  int e;
+  std::frexp(a, &e);  // a = frac * 2^e, frac in [0.5, 1)
+  e = std::max(e - 1, emin);  // a's binade (subnormals share the smallest)
+  const float quantum = std::ldexp(1.0f, e - f.mantissa_bits);
+  const float q = std::nearbyint(a / quantum) * quantum;  // nearest even (default rounding mode)
+  if (q == 0.0f) return sign;
+  int qe;
+  std::frexp(q, &qe);
+  qe -= 1;
+  if (qe < emin) return static_cast<uint8_t>(sign | static_cast<uint8_t>(q / std::ldexp(1.0f, emin - f.mantissa_bits)));
+  const int m = static_cast<int>((q / std::ldexp(1.0f, qe) - 1.0f) * static_cast<float>(1 << f.mantissa_bits));
+  return static_cast<uint8_t>(sign | ((qe + f.bias) << f.mantissa_bits) | m);
 }
 
 float f16_to_f32(uint16_t h) {
@@ -98,6 +154,12 @@ void convert_to_f32(const void* src, DType from, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
       return;
     }
+    case DType::F8E4M3:
+    case DType::F8E5M2: {
+      const uint8_t* s = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = fp8_to_f32(s[i], from);
+      return;
+    }
   }
 }
 
@@ -115,6 +177,12 @@ void convert_from_f32(const float* src, void* dst, DType to, size_t n) {
     case DType::BF16: {
       uint16_t* d = static_cast<uint16_t*>(dst);
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      return;
+    }
+    case DType::F8E4M3:
+    case DType::F8E5M2: {
+      uint8_t* d = static_cast<uint8_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_fp8(src[i], to);
       return;
     }
   }

@@ -100,8 +100,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   }
   if (c.disable_sliding_window) model_config.layer_sliding_window.assign(model_config.layer_sliding_window.size(), 0);
   const DType dtype = resolve_dtype(c.dtype, model_config);
-  if (c.kv_cache_dtype != "auto" && parse_dtype(c.kv_cache_dtype) != dtype)
-    throw NotSupported("kv_cache_dtype " + c.kv_cache_dtype + " is not supported yet on the CPU (it follows --dtype)");
+  const DType kv_dtype = c.kv_cache_dtype == "auto" ? dtype : parse_kv_cache_dtype(c.kv_cache_dtype);
   const int64_t max_model_len = resolve_max_model_len(c, model_config);
   const SchedulerConfig sched_config = resolve_scheduler_config(c, max_model_len);
 
@@ -114,6 +113,9 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   // processes are not charged to this one's gpu_memory_utilization (vLLM's per-instance meaning).
   size_t free_at_start = 0, total_bytes = 0;
   const bool on_device = backend->device_memory(free_at_start, total_bytes);
+  if (backend->host_memory() && kv_dtype != dtype)
+    throw NotSupported("kv_cache_dtype " + c.kv_cache_dtype + " needs the CUDA backend (on the CPU the KV cache "
+                       "follows --dtype)");
   const SafetensorsCheckpoint* ckpt = nullptr;
   if (!from_gguf && (c.load_format == "auto" || c.load_format == "safetensors")) {
     checkpoint = std::make_unique<SafetensorsCheckpoint>(c.model);
@@ -122,6 +124,9 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
     throw NotSupported("load_format " + c.load_format +
                        " is not supported yet (supported: auto, safetensors, gguf, dummy)");
   }
+  if (is_fp8(kv_dtype) && ckpt &&
+      (ckpt->has("model.layers.0.self_attn.k_scale") || ckpt->has("model.layers.0.self_attn.kv_scale")))
+    log_warning("the checkpoint's k/v scales are not applied yet: the fp8 KV cache uses scale 1.0");
   ModelWeights weights = load_weights(model_config, ckpt, dtype, *backend, static_cast<uint64_t>(c.seed),
                                       c.load_progress, gguf.get());
   const int64_t weight_bytes = static_cast<int64_t>(weights.total_bytes);
@@ -136,7 +141,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
     // gpu_memory_utilization of the device less everything in use at that point.
     const int64_t tokens = std::min<int64_t>(sched_config.max_num_batched_tokens, max_model_len);
     const int64_t profile_blocks = (tokens + c.block_size - 1) / c.block_size;
-    runner = std::make_unique<ModelRunner>(*backend, std::move(model), profile_blocks, c.block_size, dtype, eos);
+    runner = std::make_unique<ModelRunner>(*backend, std::move(model), profile_blocks, c.block_size, kv_dtype, eos);
     runner->warm_up(tokens, std::min<int64_t>(tokens, sched_config.max_num_seqs));
     size_t free_bytes = 0;
     backend->device_memory(free_bytes, total_bytes);
@@ -146,13 +151,13 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
                      static_cast<int64_t>(runner->kv_cache_bytes());
     log_info("Memory profiling: " + fixed(use.used_bytes / 1073741824.0, 2) + " GiB in use of " +
              fixed(use.total_bytes / 1073741824.0, 2) + " GiB after a " + std::to_string(tokens) + "-token forward");
-    plan = plan_kv_cache(c, model_config, dtype, max_model_len, weight_bytes, &use);
+    plan = plan_kv_cache(c, model_config, kv_dtype, max_model_len, weight_bytes, &use);
     const std::vector<int> graph_sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
     if (!graph_sizes.empty()) runner->enable_graphs(graph_sizes, max_model_len);
     runner->resize_kv_cache(plan.num_blocks);
   } else {
-    plan = plan_kv_cache(c, model_config, dtype, max_model_len, weight_bytes);
-    runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, dtype, eos);
+    plan = plan_kv_cache(c, model_config, kv_dtype, max_model_len, weight_bytes);
+    runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, kv_dtype, eos);
   }
   kv = std::make_unique<KVCacheManager>(plan.num_blocks, c.block_size, c.enable_prefix_caching,
                                         c.prefix_caching_hash_algo);
@@ -200,7 +205,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
            std::to_string(backend->num_threads()) + " threads)");
   log_info("KV cache: " + std::to_string(plan.num_blocks) + " blocks of " + std::to_string(c.block_size) +
            " tokens (" + std::to_string(info.kv_cache_tokens) + " tokens, " + fixed(info.kv_cache_bytes / 1048576.0, 1) +
-           " MiB, sized by " + plan.source + ") allocated in " + fixed(info.kv_alloc_seconds, 3) + " s");
+           " MiB of " + dtype_name(kv_dtype) + ", sized by " + plan.source + ") allocated in " + fixed(info.kv_alloc_seconds, 3) + " s");
   log_info("Maximum concurrency for " + std::to_string(max_model_len) + " tokens per request: " +
            fixed(info.max_concurrency, 2) + "x; warm-up took " + fixed(info.warmup_seconds, 3) + " s");
   refresh_stats();

@@ -26,7 +26,7 @@ void invokeWriteKv(const void* k, const void* v, int64_t tokens, int64_t ld, con
                    void* v_cache, int64_t num_kv_heads, int64_t head_dim, int64_t block_size, int act_dtype,
                    int cache_dtype, cudaStream_t stream) {
   if (tokens == 0) return;
-  CSERVE_DISPATCH_DTYPE(act_dtype, A, CSERVE_DISPATCH_DTYPE(cache_dtype, C,
+  CSERVE_DISPATCH_DTYPE(act_dtype, A, CSERVE_DISPATCH_CACHE_DTYPE(cache_dtype, C,
       write_kv_kernel<A, C><<<static_cast<unsigned>(tokens), 128, 0, stream>>>(
           static_cast<const A*>(k), static_cast<const A*>(v), ld, slots, static_cast<C*>(k_cache),
           static_cast<C*>(v_cache), num_kv_heads, head_dim, block_size)));

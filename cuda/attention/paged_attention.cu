@@ -10,11 +10,13 @@ constexpr int kChunk = 1024;     // keys scored per pass (shared memory: 4 KiB)
 constexpr int kMaxHeadDim = 256;
 
 template <class A, class C>
-__global__ void paged_attention_kernel(PagedAttentionArgs a) {
+__global__ void paged_attention_kernel(PagedAttentionArgs a, int64_t token0) {
   __shared__ float q[kMaxHeadDim];
   __shared__ float scores[kChunk];
   __shared__ float scratch[32];
-  const int64_t t = blockIdx.x, h = blockIdx.y;
+  // Heads vary fastest across blocks: the heads of one GQA group run side by side and share
+  // their K/V rows through L2 instead of each fetching them from memory.
+  const int64_t h = blockIdx.x, t = token0 + blockIdx.y;
   const int64_t kvh = h / (a.num_heads / a.num_kv_heads);
   const int64_t d = a.head_dim;
   const A* qt = static_cast<const A*>(a.q) + t * a.ldq + h * d;
@@ -60,7 +62,8 @@ __global__ void paged_attention_kernel(PagedAttentionArgs a) {
     acc1 *= rescale;
     run_sum = run_sum * rescale + l;
     run_max = new_max;
-    for (int64_t j = 0; j < n; ++j) {
+#pragma unroll 4
+    for (int64_t j = 0; j < n; ++j) {  // independent loads: unrolled so several are in flight
       const C* vr = vc + at(start + j);
       const float p = scores[j];
       if (threadIdx.x < d) acc0 += p * to_f32(vr[threadIdx.x]);
@@ -81,9 +84,12 @@ void invokePagedAttention(const PagedAttentionArgs& a, cudaStream_t stream) {
   if (a.head_dim > kMaxHeadDim) throw std::invalid_argument("paged attention: head_dim above 256");
   if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0)
     throw std::invalid_argument("paged attention: num_kv_heads must divide num_heads");
-  const dim3 grid(static_cast<unsigned>(a.num_tokens), static_cast<unsigned>(a.num_heads));
-  CSERVE_DISPATCH_DTYPE(a.act_dtype, A, CSERVE_DISPATCH_DTYPE(a.cache_dtype, C,
-      paged_attention_kernel<A, C><<<grid, kThreads, 0, stream>>>(a)));
+  // grid.y holds at most 65535 tokens: larger batches go in slices.
+  for (int64_t t0 = 0; t0 < a.num_tokens; t0 += 65535) {
+    const dim3 grid(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(std::min<int64_t>(65535, a.num_tokens - t0)));
+    CSERVE_DISPATCH_DTYPE(a.act_dtype, A, CSERVE_DISPATCH_CACHE_DTYPE(a.cache_dtype, C,
+        paged_attention_kernel<A, C><<<grid, kThreads, 0, stream>>>(a, t0)));
+  }
   check(cudaGetLastError(), "paged_attention");
 }
 

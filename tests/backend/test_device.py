@@ -45,3 +45,10 @@ def test_engine_reports_its_backend(tiny_model_dir):
     assert len(out[0].outputs[0].token_ids) == 3
     if not HAS_GPU:  # auto is the CPU here: the same engine
         assert make_llm(tiny_model_dir).model_info.backend == llm.model_info.backend
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "fp8_e5m2", "bfloat16"])
+def test_kv_cache_dtypes_other_than_the_compute_dtype_need_the_gpu(tiny_model_dir, kv_cache_dtype):
+    # make_llm computes in float32: any other cache type is the CUDA backend's alone.
+    with pytest.raises(NotImplementedError, match=f"kv_cache_dtype {kv_cache_dtype} needs the CUDA backend"):
+        make_llm(tiny_model_dir, device="cpu", kv_cache_dtype=kv_cache_dtype)

@@ -136,3 +136,18 @@ def test_default_graph_sizes_follow_max_num_seqs(model_zoo):
     llm = make_llm(model_zoo.get("llama").path, device="cuda", max_num_seqs=20)
     # [1, 2, 4, 8, 16, 24]: 24 is the first size that holds 20 requests.
     assert llm.model_info.num_cuda_graphs == 6
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "fp8_e5m2", "bfloat16"])
+def test_kv_cache_dtypes(model_zoo, kv_cache_dtype):
+    """An fp8 (or bf16) KV cache under f32 compute: the cache takes 1 (or 2) bytes a value, and
+    the prompt logprobs stay near those of the f32 cache (fp8 keeps 2-3 mantissa bits)."""
+    built = model_zoo.get("llama")
+    prompt = random_prompt(np.random.default_rng(3), 40, built.vocab_size)
+    ref_llm = make_llm(built.path, device="cuda", num_gpu_blocks_override=64)
+    llm = make_llm(built.path, device="cuda", num_gpu_blocks_override=64, kv_cache_dtype=kv_cache_dtype)
+    size = 2 if kv_cache_dtype == "bfloat16" else 1
+    # One spare block for CUDA graph padding on both.
+    assert llm.model_info.kv_cache_bytes * 4 == ref_llm.model_info.kv_cache_bytes * size
+    err = np.abs(_prompt_logprobs(llm, prompt) - _prompt_logprobs(ref_llm, prompt))
+    assert err.max() < (0.05 if kv_cache_dtype == "bfloat16" else 0.5), err.max()

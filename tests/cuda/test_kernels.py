@@ -78,7 +78,7 @@ CASES = [  # nq, heads, kv heads, head_dim, context, block size, sliding window
 ]
 
 
-@pytest.mark.parametrize("kv_dtype", DTYPES)
+@pytest.mark.parametrize("kv_dtype", [*DTYPES, "fp8_e4m3", "fp8_e5m2"])
 @pytest.mark.parametrize("case", CASES)
 def test_paged_attention(case, kv_dtype):
     nq, nh, nkv, d, length, bs, window = case

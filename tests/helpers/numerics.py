@@ -16,7 +16,23 @@ def round_f16(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
+# fp8 KV cache formats: mantissa bits, exponent bias, largest finite value.
+FP8 = {"fp8_e4m3": (3, 7, 448.0), "fp8_e5m2": (2, 15, 57344.0)}
+
+
+def round_fp8(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 -> fp8 -> float32: nearest even, saturating to the largest finite value."""
+    m_bits, bias, largest = FP8[dtype]
+    x = np.asarray(x, dtype=np.float64)
+    a = np.minimum(np.abs(x), largest)
+    binade = np.maximum(np.floor(np.log2(np.where(a > 0, a, 1.0))), 1 - bias)  # subnormals share the lowest
+    quantum = np.ldexp(1.0, (binade - m_bits).astype(np.int64))
+    return (np.sign(x) * np.round(a / quantum) * quantum).astype(np.float32)  # np.round: half to even
+
+
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype in FP8:
+        return round_fp8(x, dtype)
     if dtype == "float32":
         return np.asarray(x, dtype=np.float32)
     if dtype == "bfloat16":

@@ -157,6 +157,8 @@ void gemm_panels_avx2(const GemmArgs& a, int64_t panel_begin, int64_t panel_end)
     case DType::F32: run_panels<Kind::F32, 3>(a, panel_begin, panel_end); break;
     case DType::F16: run_panels<Kind::F16, 3>(a, panel_begin, panel_end); break;
     case DType::BF16: run_panels<Kind::Bf16, 2>(a, panel_begin, panel_end); break;
+    case DType::F8E4M3:
+    case DType::F8E5M2: break;  // never packed (pack_matrix refuses fp8)
   }
 }
 

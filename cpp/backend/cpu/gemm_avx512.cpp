@@ -241,6 +241,8 @@ void gemm_panels_avx512(const GemmArgs& a, int64_t panel_begin, int64_t panel_en
     case DType::F32: run_panels<Kind::F32, 6, 4>(a, panel_begin, panel_end); break;
     case DType::F16: run_panels<Kind::F16, 6, 4>(a, panel_begin, panel_end); break;
     case DType::BF16: run_panels<Kind::Bf16Shift, 4, 4>(a, panel_begin, panel_end); break;
+    case DType::F8E4M3:
+    case DType::F8E5M2: break;  // never packed (pack_matrix refuses fp8)
   }
 }
 

@@ -17,6 +17,8 @@ float load_as_f32(const void* base, DType t, int64_t i) {
     case DType::F32: return static_cast<const float*>(base)[i];
     case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
     case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::F8E4M3:
+    case DType::F8E5M2: return fp8_to_f32(static_cast<const uint8_t*>(base)[i], t);
   }
   return 0.0f;
 }
@@ -90,6 +92,8 @@ PackedMatrix pack_matrix(const std::vector<Tensor>& parts, const std::vector<Ten
           case DType::F32: w.data.as<float>()[idx] = v; break;
           case DType::F16: w.data.as<uint16_t>()[idx] = f32_to_f16(v); break;
           case DType::BF16: w.data.as<uint16_t>()[idx] = f32_to_bf16(v); break;
+          case DType::F8E4M3:
+          case DType::F8E5M2: throw NotSupported("fp8 weights are not supported");
         }
       }
     }

@@ -413,9 +413,11 @@ FLAGS: tuple = (
              "--gpu-memory-utilization.", check=Range(1), **ok("engine")),
         Flag("--num-gpu-blocks-override", INT, None, "Use this many KV cache blocks instead of the measured "
              "number (testing).", check=Range(1), **ok("engine")),
-        Flag("--kv-cache-dtype", STR, "auto", "KV cache data type; auto follows --dtype.",
+        Flag("--kv-cache-dtype", STR, "auto", "KV cache data type; auto follows --dtype. fp8 (= fp8_e4m3) and "
+             "other types than --dtype's need the CUDA backend; fp8 scales are 1.0.",
              choices=("auto", "bfloat16", "float16", "float32", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc",
-                      "fp8_ds_mla"), **only("auto", "bfloat16", "float16", "float32", config="engine")),
+                      "fp8_ds_mla"), **only("auto", "bfloat16", "float16", "float32", "fp8", "fp8_e4m3", "fp8_e5m2",
+                                    config="engine")),
         Flag("--calculate-kv-scales", BOOL, False, "Compute k/v scales dynamically for fp8 KV caches.",
              **noop("fp8 KV caches are not supported yet")),
         Flag("--enable-prefix-caching", BOOL, None, "Reuse the KV cache of shared prompt prefixes (on by "
