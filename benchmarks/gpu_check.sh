@@ -4,15 +4,17 @@
 # nanobind, numpy, torch, transformers and pytest, but no registry), then
 #   1. the CUDA kernel and backend tests (tests/cuda),
 #   2. the model parity suite again on the GPU (CSERVE_TEST_DEVICE=cuda),
-#   3. the Llama-3-8B-shaped benchmarks of issue 7 (--load-format dummy, bf16): one stream
+#   3. kernel figures: copy bandwidth, cuBLASLt GEMMs of an 8B layer, decode attention
+#      (benchmarks/gpu_kernels.py),
+#   4. the Llama-3-8B-shaped benchmarks of issue 7 (--load-format dummy, bf16): one stream
 #      (cserve bench latency) and 1000 requests of 200 in / 180 out (cserve bench throughput).
 # From the repository root:   device run: bash benchmarks/gpu_check.sh
 # Results land in $OUT: gpu.txt, build logs, junit XML, test logs, bench-*.txt/json.
-# STAGES="tests parity bench" picks stages; BENCH_PROMPTS (1000) shrinks the throughput run.
+# STAGES="tests parity kernels bench" picks stages; BENCH_PROMPTS (1000) shrinks the throughput run.
 set -uo pipefail
 out="${OUT:-/tmp/cserve-gpu}"
 mkdir -p "$out"
-stages="${STAGES:-tests parity bench}"
+stages="${STAGES:-tests parity kernels bench}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 build=/tmp/cserve-gpu-build
 t0=$(date +%s)
@@ -43,6 +45,9 @@ fi
 if stage parity; then
   CSERVE_TEST_DEVICE=cuda timed parity python3 -m pytest -q -p no:cacheprovider tests/model/test_parity.py \
     tests/model/test_dtypes.py --junitxml="$out/parity.xml"
+fi
+if stage kernels; then
+  timed kernels python3 benchmarks/gpu_kernels.py --output-json "$out/kernels.json"
 fi
 if stage bench; then
   model=/tmp/llama3-8b-dummy

@@ -26,6 +26,7 @@
 #include "sampling/sampler.h"
 
 namespace nb = nanobind;
+void bind_cuda_bench(nb::module_& m);  // cuda_bench.cpp
 using namespace nb::literals;
 namespace cc = cserve::cuda;
 
@@ -89,7 +90,8 @@ cserve::DType dtype_of(const std::string& name) { return cserve::parse_dtype(nam
 }  // namespace
 
 NB_MODULE(_cuda, m) {
-  m.doc() = "cserve's CUDA kernels, for tests";
+  m.doc() = "cserve's CUDA kernels, for tests and kernel benchmarks";
+  bind_cuda_bench(m);
   m.def("device_count", [] {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
@@ -158,6 +160,20 @@ NB_MODULE(_cuda, m) {
     dy.to_host(out.data());
     return nb::make_tuple(out, gemm.library());
   }, "w"_a, "x"_a, "dtype"_a = "bfloat16", "y0"_a.none() = nb::none(), "library"_a = "");
+
+  // x and w rounded to `dtype`, the product accumulated into an f32 y (the backend's linear).
+  m.def("gemm_mixed", [](ArrayIn w, ArrayIn x, const std::string& dtype, const std::string& library) {
+    const int64_t n = w.shape(0), k = w.shape(1), rows = x.shape(0);
+    if (static_cast<int64_t>(x.shape(1)) != k) throw std::invalid_argument("gemm: x and w differ in k");
+    const cserve::DType dt = dtype_of(dtype);
+    DeviceArray dw(w.data(), w.size(), dt), dx(x.data(), x.size(), dt);
+    DeviceArray dy(static_cast<size_t>(rows * n), cserve::DType::F32);
+    cc::CublasLtGemm gemm(library);
+    gemm.run(dy.get(), n, dx.get(), k, dw.get(), rows, n, k, id_of(dt), false, nullptr, id_of(cserve::DType::F32));
+    Array out = make_array({static_cast<size_t>(rows), static_cast<size_t>(n)});
+    dy.to_host(out.data());
+    return out;
+  }, "w"_a, "x"_a, "dtype"_a = "bfloat16", "library"_a = "");
 
   // One sampled token per row of logits [rows][vocab]; params per row: (temperature, top_k,
   // top_p, min_p, seed, offset). Returns (ids, logprobs, top ids [rows][num_top], top logprobs).

@@ -50,3 +50,17 @@ def test_gemm_accumulates(library):
     y0 = rng.standard_normal((5, 64)).astype(np.float32)
     y, _ = cuda.gemm(w, x, "float32", y0, library)
     np.testing.assert_allclose(y, y0 + x @ w.T, rtol=1e-4, atol=1e-3)
+
+
+def test_mixed_bf16_into_f32(library):
+    """bf16 x bf16 into an f32 y, as the CUDA backend multiplies (f32 activations)."""
+    rng = np.random.default_rng(4)
+    w = ref.round_bf16(rng.standard_normal((300, 128)).astype(np.float32))
+    x = ref.round_bf16(rng.standard_normal((7, 128)).astype(np.float32))
+    got = cuda.gemm_mixed(w, x, "bfloat16", library)
+    np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_benchmarks_run(library):
+    assert cuda.bench_copy(1 << 20, 3) > 0
+    assert cuda.bench_decode_attention(4, 100, 8, 2, 64, "fp8", 3) > 0
