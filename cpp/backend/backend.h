@@ -57,6 +57,24 @@ struct DeviceSamplingResult {
   std::vector<float> top_logprobs;
 };
 constexpr int kMaxDeviceTopLogprobs = 64;
+// The logits processors and penalties of each row, applied before sampling in the CPU
+// sampler's order (the layout of the CUDA kernel's ProcessorRow): ranges of the shared `ids`
+// (and `values`, parallel to it) for the allowed ids, bias pairs, masked ids (EOS and stop ids
+// before min_tokens), distinct seen ids (repetition penalty) and distinct output ids with
+// their counts (frequency and presence penalties).
+struct DeviceProcessorRow {
+  int32_t allowed_begin = 0, allowed_end = 0;
+  int32_t bias_begin = 0, bias_end = 0;
+  int32_t masked_begin = 0, masked_end = 0;
+  int32_t seen_begin = 0, seen_end = 0;
+  int32_t counts_begin = 0, counts_end = 0;
+  float repetition_penalty = 1.0f, frequency_penalty = 0.0f, presence_penalty = 0.0f;
+};
+struct DeviceProcessing {
+  std::vector<DeviceProcessorRow> rows;
+  std::vector<int32_t> ids;
+  std::vector<float> values;
+};
 
 class Backend {
  public:
@@ -106,9 +124,10 @@ class Backend {
   // Whether sample() exists: a device backend samples where the logits are, so only token
   // ids (and the logprobs asked for) cross to the host.
   virtual bool can_sample() const { return false; }
-  // logits: [rows.size()][vocab] f32 in backend memory; num_top <= kMaxDeviceTopLogprobs.
+  // logits: [rows.size()][vocab] f32 in backend memory (left unchanged: logprobs are of the
+  // raw logits); processing: null, or one row per sampling row; num_top <= kMaxDeviceTopLogprobs.
   virtual void sample(const Tensor& logits, const std::vector<DeviceSamplingRow>& rows, int num_top,
-                      DeviceSamplingResult& out) {}
+                      const DeviceProcessing* processing, DeviceSamplingResult& out) {}
 
   // Graphs (CUDA graphs on the GPU; the CPU has none). `forward` issues one forward pass of
   // this backend's ops for a batch whose shape depends only on `key`.

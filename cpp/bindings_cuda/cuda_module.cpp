@@ -5,6 +5,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -189,7 +190,7 @@ NB_MODULE(_cuda, m) {
         ranks(static_cast<size_t>(rows), cserve::DType::F32);
     const size_t tops = static_cast<size_t>(rows * std::max(num_top, 1));
     DeviceArray tid(tops, cserve::DType::F32), tlp(tops, cserve::DType::F32);
-    cc::invokeSample(dl.as<float>(), rows, vocab, dp.as<cc::SamplingRow>(), ids.as<int32_t>(), lps.as<float>(),
+    cc::invokeSample(dl.as<float>(), nullptr, rows, vocab, dp.as<cc::SamplingRow>(), ids.as<int32_t>(), lps.as<float>(),
                      ranks.as<int32_t>(), num_top, tid.as<int32_t>(), tlp.as<float>(), nullptr);
     ok(cudaDeviceSynchronize(), "sample");
     std::vector<int32_t> out_ids(rows), out_top(tops), out_ranks(rows);
@@ -203,6 +204,47 @@ NB_MODULE(_cuda, m) {
     out_top.resize(static_cast<size_t>(rows * num_top));
     return nb::make_tuple(out_ids, out_lp, out_top, out_tlp, out_ranks);
   }, "logits"_a, "params"_a, "num_top"_a = 0);
+
+  // Logits processors and penalties in place on logits [rows][vocab]; rows: (allowed ids, bias
+  // pairs, masked ids, seen ids, (id, count) pairs, repetition, frequency, presence).
+  m.def("process_logits", [](ArrayIn logits,
+                             const std::vector<std::tuple<std::vector<int32_t>, std::vector<std::pair<int32_t, float>>,
+                                                          std::vector<int32_t>, std::vector<int32_t>,
+                                                          std::vector<std::pair<int32_t, float>>, float, float, float>>& rows) {
+    const int64_t n = logits.shape(0), vocab = logits.shape(1);
+    if (static_cast<int64_t>(rows.size()) != n) throw std::invalid_argument("process_logits: one row spec per row");
+    std::vector<cc::ProcessorRow> params;
+    std::vector<int32_t> ids;
+    std::vector<float> values;
+    auto add = [&](const std::vector<int32_t>& list, int32_t& begin, int32_t& end) {
+      begin = static_cast<int32_t>(ids.size());
+      for (int32_t t : list) ids.push_back(t), values.push_back(0.0f);
+      end = static_cast<int32_t>(ids.size());
+    };
+    auto add_pairs = [&](const std::vector<std::pair<int32_t, float>>& list, int32_t& begin, int32_t& end) {
+      begin = static_cast<int32_t>(ids.size());
+      for (const auto& [t, v] : list) ids.push_back(t), values.push_back(v);
+      end = static_cast<int32_t>(ids.size());
+    };
+    for (const auto& [allowed, bias, masked, seen, counts, rp, fp, pp] : rows) {
+      cc::ProcessorRow r;
+      add(allowed, r.allowed_begin, r.allowed_end);
+      add_pairs(bias, r.bias_begin, r.bias_end);
+      add(masked, r.masked_begin, r.masked_end);
+      add(seen, r.seen_begin, r.seen_end);
+      add_pairs(counts, r.counts_begin, r.counts_end);
+      r.repetition_penalty = rp;
+      r.frequency_penalty = fp;
+      r.presence_penalty = pp;
+      params.push_back(r);
+    }
+    DeviceArray dl(logits.data(), logits.size(), cserve::DType::F32);
+    DeviceArray dp = DeviceArray::raw(params), di = DeviceArray::raw(ids), dv = DeviceArray::raw(values);
+    cc::invokeProcessLogits(dl.as<float>(), n, vocab, dp.as<cc::ProcessorRow>(), di.as<int32_t>(), dv.as<float>(), nullptr);
+    Array out = make_array({static_cast<size_t>(n), static_cast<size_t>(vocab)});
+    dl.to_host(out.data());
+    return out;
+  }, "logits"_a, "rows"_a);
 
   // The CPU testing API's paged_attention: one sequence whose K/V ([len][kv_heads][d]) are
   // written through write_kv into the listed blocks, then its last q.shape(0) tokens attend.

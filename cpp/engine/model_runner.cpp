@@ -11,6 +11,7 @@ ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, in
       model_(std::move(model)),
       block_size_(block_size),
       kv_dtype_(kv_dtype),
+      eos_token_ids_(eos_token_ids),
       sampler_(model_->config().vocab_size, std::move(eos_token_ids)) {
   resize_kv_cache(num_blocks);
 }
@@ -141,11 +142,7 @@ bool ModelRunner::backend_can_sample(const SchedulerOutput& out) const {
   if (!backend_.can_sample()) return false;
   for (const auto& [i, pos] : row_owner_) {
     if (pos >= 0) return false;  // prompt logprobs: ranks and top-N of every position, on the host
-    const Request& r = *out.scheduled[i].request;
-    const SamplingParams& p = r.params;
-    if (p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 || p.repetition_penalty != 1.0) return false;
-    if (!p.logit_bias.empty() || !p.allowed_token_ids.empty()) return false;
-    if (static_cast<int64_t>(r.output_token_ids.size()) < p.min_tokens) return false;  // EOS still masked
+    const SamplingParams& p = out.scheduled[i].request->params;
     if (p.logprobs && (*p.logprobs < 0 || *p.logprobs > kMaxDeviceTopLogprobs)) return false;
   }
   return true;
@@ -169,8 +166,10 @@ void ModelRunner::sample_on_backend(const SchedulerOutput& out, const Tensor& lo
     if (p.logprobs) num_top = std::max(num_top, *p.logprobs);
   }
   num_top = static_cast<int>(std::min<int64_t>(num_top, model_->config().vocab_size));
+  DeviceProcessing processing;
+  const bool process = build_processing(out, processing);
   DeviceSamplingResult s;
-  backend_.sample(logits, rows, num_top, s);
+  backend_.sample(logits, rows, num_top, process ? &processing : nullptr, s);
   for (size_t row = 0; row < row_owner_.size(); ++row) {
     const int32_t i = row_owner_[row].first;
     const Request& r = *out.scheduled[i].request;
@@ -186,6 +185,59 @@ void ModelRunner::sample_on_backend(const SchedulerOutput& out, const Tensor& lo
       lp.ranks.push_back(j + 1);
     }
   }
+}
+
+bool ModelRunner::build_processing(const SchedulerOutput& out, DeviceProcessing& proc) const {
+  bool any = false;
+  auto range = [&](int32_t& begin, int32_t& end, auto&& fill) {
+    begin = static_cast<int32_t>(proc.ids.size());
+    fill();
+    end = static_cast<int32_t>(proc.ids.size());
+    any = any || end > begin;
+  };
+  auto add = [&](int64_t id, float value) {
+    proc.ids.push_back(static_cast<int32_t>(id));
+    proc.values.push_back(value);
+  };
+  const int64_t V = model_->config().vocab_size;
+  for (const auto& [i, pos] : row_owner_) {
+    const Request& r = *out.scheduled[i].request;
+    const SamplingParams& p = r.params;
+    DeviceProcessorRow row;
+    range(row.allowed_begin, row.allowed_end, [&] { for (int32_t t : p.allowed_token_ids) add(t, 0.0f); });
+    range(row.bias_begin, row.bias_end, [&] { for (const auto& [t, b] : p.logit_bias) add(t, b); });
+    range(row.masked_begin, row.masked_end, [&] {
+      if (static_cast<int64_t>(r.output_token_ids.size()) >= p.min_tokens) return;
+      if (!p.ignore_eos)
+        for (int64_t t : eos_token_ids_) if (t >= 0 && t < V) add(t, 0.0f);
+      for (int32_t t : p.stop_token_ids) add(t, 0.0f);
+    });
+    if (p.repetition_penalty != 1.0) {
+      row.repetition_penalty = static_cast<float>(p.repetition_penalty);
+      range(row.seen_begin, row.seen_end, [&] {
+        std::vector<int32_t> seen(r.all_token_ids.begin(), r.all_token_ids.end());
+        std::sort(seen.begin(), seen.end());
+        seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+        for (int32_t t : seen) add(t, 0.0f);
+      });
+    }
+    if (p.frequency_penalty != 0.0 || p.presence_penalty != 0.0) {
+      row.frequency_penalty = static_cast<float>(p.frequency_penalty);
+      row.presence_penalty = static_cast<float>(p.presence_penalty);
+      range(row.counts_begin, row.counts_end, [&] {
+        std::vector<int32_t> outs(r.output_token_ids.begin(), r.output_token_ids.end());
+        std::sort(outs.begin(), outs.end());
+        for (size_t a = 0; a < outs.size();) {
+          size_t b = a;
+          while (b < outs.size() && outs[b] == outs[a]) ++b;
+          add(outs[a], static_cast<float>(b - a));
+          a = b;
+        }
+      });
+    }
+    proc.rows.push_back(row);
+  }
+  return any;
 }
 
 void ModelRunner::enable_graphs(std::vector<int> sizes, int64_t max_model_len) {

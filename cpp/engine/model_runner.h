@@ -36,9 +36,12 @@ class ModelRunner {
  private:
   void build_batch(const SchedulerOutput& out);
   // Whether every logits row of this step can be sampled by the backend (no prompt logprobs,
-  // penalties, logit processors or more top logprobs than it returns).
+  // no more top logprobs than it returns).
   bool backend_can_sample(const SchedulerOutput& out) const;
   void sample_on_backend(const SchedulerOutput& out, const Tensor& logits, RunnerOutput& result);
+  // The logits processors and penalties of the sampling rows, for the backend's sampler;
+  // false when no row has any.
+  bool build_processing(const SchedulerOutput& out, DeviceProcessing& proc) const;
   // The CPU sampler over logits_ (host, one row per row_owner_ entry).
   void sample_on_host(const SchedulerOutput& out, RunnerOutput& result);
   // The captured size a decode-only step of this many requests is padded to; 0: run eagerly.
@@ -52,6 +55,7 @@ class ModelRunner {
   std::unique_ptr<LlamaModel> model_;
   int block_size_;
   DType kv_dtype_;
+  std::vector<int64_t> eos_token_ids_;
   Buffer kv_memory_;
   std::vector<KVCacheLayer> kv_layers_;
   Sampler sampler_;

@@ -49,23 +49,27 @@ __device__ float uniform(uint64_t seed, uint64_t offset) {
   return static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
 }
 
-__global__ void sample_kernel(const float* logits, int64_t vocab, const SamplingRow* params, int32_t* out_ids,
-                              float* out_logprobs, int32_t* out_ranks, int num_top, int32_t* top_ids,
-                              float* top_logprobs) {
+__global__ void sample_kernel(const float* logits, const float* raw_logits, int64_t vocab, const SamplingRow* params,
+                              int32_t* out_ids, float* out_logprobs, int32_t* out_ranks, int num_top,
+                              int32_t* top_ids, float* top_logprobs) {
   __shared__ float scratch[32];
   __shared__ ArgMax arg_scratch[32];
   const int64_t row = blockIdx.x;
-  const float* l = logits + row * vocab;
+  const float* l = logits + row * vocab;     // what is sampled from (processed)
+  const float* r = raw_logits + row * vocab;  // what logprobs, ranks and the top-N report
   const SamplingRow sp = params[row];
 
-  // Raw log-softmax normalizer.
   ArgMax best{-INFINITY, INT32_MAX};
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) best = better(best, ArgMax{l[i], static_cast<int32_t>(i)});
   best = block_argmax(best, arg_scratch);
   const float max_logit = best.value;
+  // Raw log-softmax normalizer.
+  float raw_max = -INFINITY;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) raw_max = fmaxf(raw_max, r[i]);
+  raw_max = block_reduce<true>(raw_max, scratch);
   float z = 0.0f;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) z += __expf(l[i] - max_logit);
-  const float log_z = logf(block_reduce<false>(z, scratch)) + max_logit;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) z += __expf(r[i] - raw_max);
+  const float log_z = logf(block_reduce<false>(z, scratch)) + raw_max;
 
   int32_t chosen = best.index;
   if (sp.temperature > 0.0f) {
@@ -150,16 +154,16 @@ __global__ void sample_kernel(const float* logits, int64_t vocab, const Sampling
     __syncthreads();
     if (picked >= 0) chosen = picked;  // else (rounding at the very end): the most likely token
   }
-  if (out_ranks) {  // 1 + the tokens with a strictly larger logit, as the CPU sampler ranks
-    const float v = l[chosen];
+  if (out_ranks) {  // 1 + the tokens with a strictly larger raw logit, as the CPU sampler ranks
+    const float v = r[chosen];
     float above = 0.0f;
-    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) above += l[i] > v ? 1.0f : 0.0f;
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) above += r[i] > v ? 1.0f : 0.0f;
     above = block_reduce<false>(above, scratch);
     if (threadIdx.x == 0) out_ranks[row] = 1 + static_cast<int32_t>(above);
   }
   if (threadIdx.x == 0) {
     out_ids[row] = chosen;
-    out_logprobs[row] = l[chosen] - log_z;
+    out_logprobs[row] = r[chosen] - log_z;
   }
   // Top-N raw logprobs: N passes of argmax, each excluding values above the previous pick.
   float bound = INFINITY;
@@ -167,7 +171,7 @@ __global__ void sample_kernel(const float* logits, int64_t vocab, const Sampling
   for (int n = 0; n < num_top; ++n) {
     ArgMax b{-INFINITY, INT32_MAX};
     for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-      const float v = l[i];
+      const float v = r[i];
       // Strictly after the previous pick in (value descending, index ascending) order.
       if (v < bound || (v == bound && static_cast<int32_t>(i) > bound_index)) b = better(b, ArgMax{v, static_cast<int32_t>(i)});
     }
@@ -183,12 +187,13 @@ __global__ void sample_kernel(const float* logits, int64_t vocab, const Sampling
 
 }  // namespace
 
-void invokeSample(const float* logits, int64_t rows, int64_t vocab, const SamplingRow* params, int32_t* out_ids,
-                  float* out_logprobs, int32_t* out_ranks, int num_top, int32_t* top_ids, float* top_logprobs,
-                  cudaStream_t stream) {
+void invokeSample(const float* logits, const float* raw_logits, int64_t rows, int64_t vocab, const SamplingRow* params,
+                  int32_t* out_ids, float* out_logprobs, int32_t* out_ranks, int num_top, int32_t* top_ids,
+                  float* top_logprobs, cudaStream_t stream) {
   if (rows == 0) return;
   if (num_top < 0 || num_top > 64) throw std::invalid_argument("sample: num_top must be in [0, 64]");
-  sample_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, params, out_ids, out_logprobs,
+  sample_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, raw_logits ? raw_logits : logits, vocab,
+                                                                       params, out_ids, out_logprobs,
                                                                        out_ranks, num_top, top_ids, top_logprobs);
   check(cudaGetLastError(), "sample");
 }

@@ -151,3 +151,29 @@ def test_kv_cache_dtypes(model_zoo, kv_cache_dtype):
     assert llm.model_info.kv_cache_bytes * 4 == ref_llm.model_info.kv_cache_bytes * size
     err = np.abs(_prompt_logprobs(llm, prompt) - _prompt_logprobs(ref_llm, prompt))
     assert err.max() < (0.05 if kv_cache_dtype == "bfloat16" else 0.5), err.max()
+
+
+@pytest.mark.parametrize("kw", [
+    dict(repetition_penalty=1.3),
+    dict(frequency_penalty=0.7, presence_penalty=0.4),
+    dict(logit_bias={5: 3.0, 17: -2.0}),
+    dict(allowed_token_ids=[3, 8, 9, 40, 41, 100]),
+    dict(min_tokens=6, stop_token_ids=[7]),
+])
+def test_processors_and_penalties_on_the_gpu(model_zoo, kw):
+    """Penalties and logits processors applied by the GPU sampler: the greedy tokens and raw
+    logprobs the CPU sampler gives."""
+    from cserve import SamplingParams
+
+    built = model_zoo.get("llama")
+    prompts = [{"prompt_token_ids": random_prompt(np.random.default_rng(20 + s), 15, built.vocab_size)}
+               for s in range(3)]
+    sp = SamplingParams(temperature=0, max_tokens=12, logprobs=3, **kw)
+    gpu = make_llm(built.path, device="cuda").generate(prompts, sp, use_tqdm=False)
+    cpu = make_llm(built.path, device="cpu").generate(prompts, sp, use_tqdm=False)
+    for g, c in zip(gpu, cpu):
+        assert g.outputs[0].token_ids == c.outputs[0].token_ids
+        for lg, lc in zip(g.outputs[0].logprobs, c.outputs[0].logprobs):
+            assert list(lg) == list(lc)
+            for t in lc:
+                assert abs(lg[t].logprob - lc[t].logprob) < 1e-3

@@ -86,3 +86,30 @@ def test_ranks_of_sampled_tokens():
     ids, _, _, _, ranks = cuda.sample(logits, params(64, temperature=1.5, seed=3), 0)
     want = [1 + int((logits[r] > logits[r, ids[r]]).sum()) for r in range(64)]
     assert list(ranks) == want
+
+
+def test_logits_processors_and_penalties():
+    """allowed ids, bias (duplicates add up), masks, repetition, frequency and presence, in the
+    CPU sampler's order, against NumPy."""
+    rng = np.random.default_rng(8)
+    vocab = 1000
+    logits = (rng.standard_normal((4, vocab)) * 3).astype(np.float32)
+    rows = [
+        ([5, 9, 700], [(9, 2.5), (9, 1.0)], [], [], [], 1.0, 0.0, 0.0),
+        ([], [(3, -4.0)], [3, 4], [1, 2, 10, 11], [], 1.3, 0.0, 0.0),
+        ([], [], [], [], [(7, 3.0), (8, 1.0)], 1.0, 0.5, 0.25),
+        ([], [], [], [], [], 1.0, 0.0, 0.0),
+    ]
+    want = logits.astype(np.float64).copy()
+    keep = want[0, [5, 9, 700]].copy()
+    want[0, :] = -np.inf
+    want[0, [5, 9, 700]] = keep
+    want[0, 9] += 3.5
+    want[1, 3] += -4.0
+    want[1, [3, 4]] = -np.inf
+    for t in [1, 2, 10, 11]:
+        want[1, t] = want[1, t] / 1.3 if want[1, t] > 0 else want[1, t] * 1.3
+    want[2, 7] -= 0.5 * 3 + 0.25
+    want[2, 8] -= 0.5 * 1 + 0.25
+    got = cuda.process_logits(logits, rows)
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)

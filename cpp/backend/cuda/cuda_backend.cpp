@@ -280,8 +280,9 @@ class CudaBackend : public Backend {
 
   bool can_sample() const override { return true; }
   void sample(const Tensor& logits, const std::vector<DeviceSamplingRow>& rows, int num_top,
-              DeviceSamplingResult& out) override {
+              const DeviceProcessing* processing, DeviceSamplingResult& out) override {
     static_assert(sizeof(DeviceSamplingRow) == sizeof(cuda::SamplingRow), "one layout for both");
+    static_assert(sizeof(DeviceProcessorRow) == sizeof(cuda::ProcessorRow), "one layout for both");
     const int64_t n = static_cast<int64_t>(rows.size());
     if (n == 0) return;
     use_device();
@@ -297,8 +298,26 @@ class CudaBackend : public Backend {
     float* lps = reinterpret_cast<float*>(ranks + n);
     int32_t* top_ids = reinterpret_cast<int32_t*>(lps + n);
     float* top_lps = reinterpret_cast<float*>(top_ids + tops);
-    cuda::invokeSample(logits.as<float>(), n, vocab, reinterpret_cast<const cuda::SamplingRow*>(d), ids, lps, ranks,
-                       num_top, top_ids, top_lps, stream_);
+    const float* sample_from = logits.as<float>();
+    if (processing) {
+      // Processed on a copy: the logprobs stay those of the raw logits, as the CPU sampler's.
+      float* copy = static_cast<float*>(scratch(processed_logits_, static_cast<size_t>(n * vocab) * sizeof(float)));
+      check(cudaMemcpyAsync(copy, sample_from, static_cast<size_t>(n * vocab) * sizeof(float), cudaMemcpyDeviceToDevice,
+                            stream_),
+            "copy logits");
+      const size_t rows_bytes = processing->rows.size() * sizeof(DeviceProcessorRow);
+      const size_t ids_bytes = processing->ids.size() * sizeof(int32_t);
+      char* p = static_cast<char*>(scratch(processing_dev_, rows_bytes + 2 * ids_bytes + 16));
+      upload(p, processing->rows.data(), rows_bytes);
+      upload(p + rows_bytes, processing->ids.data(), ids_bytes);
+      upload(p + rows_bytes + ids_bytes, processing->values.data(), ids_bytes);
+      cuda::invokeProcessLogits(copy, n, vocab, reinterpret_cast<const cuda::ProcessorRow*>(p),
+                                reinterpret_cast<const int32_t*>(p + rows_bytes),
+                                reinterpret_cast<const float*>(p + rows_bytes + ids_bytes), stream_);
+      sample_from = copy;
+    }
+    cuda::invokeSample(sample_from, logits.as<float>(), n, vocab, reinterpret_cast<const cuda::SamplingRow*>(d), ids, lps,
+                       ranks, num_top, top_ids, top_lps, stream_);
     std::vector<char> host(out_words * 4);
     download(host.data(), ids, host.size());
     const int32_t* hi = reinterpret_cast<const int32_t*>(host.data());
@@ -507,7 +526,7 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t staged_copy_done_ = nullptr;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
-  Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_, sample_dev_;
+  Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_, sample_dev_, processed_logits_, processing_dev_;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
   Mode mode_ = Mode::Eager;
