@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from cserve import _core
+from cserve.engine.detokenizer import IncrementalDetokenizer
 from cserve.outputs import CompletionOutput, Logprob, RequestOutput
 from cserve.sampling_params import SamplingParams
 
@@ -250,6 +251,7 @@ class _Completion:
         self.finish_reason: Optional[str] = None
         self.stop_reason: Optional[object] = None
         self.text = ""
+        self.detokenizer = None  # an IncrementalDetokenizer when stop strings are watched
 
 
 class _PendingRequest:
@@ -277,29 +279,32 @@ class _PendingRequest:
         self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
         if out.has_prompt_logprobs:
             self.prompt_logprobs = [None] + [_to_logprobs(e, tokenizer) for e in out.prompt_logprobs]
-        c.token_ids.extend(out.new_token_ids)
-        for e in out.new_logprobs:
+        new_ids, new_logprobs = list(out.new_token_ids), list(out.new_logprobs)
+        matched = None
+        if self.params.stop and tokenizer is not None:
+            # The server's detokenizer: the earliest stop string in the text, only after
+            # min_tokens; tokens after the one that completes it are dropped.
+            if c.detokenizer is None:
+                c.detokenizer = IncrementalDetokenizer(
+                    tokenizer, self.params.stop, self.params.include_stop_str_in_output,
+                    self.params.skip_special_tokens, self.params.min_tokens)
+            taken, matched = c.detokenizer.add(new_ids)
+            new_ids, new_logprobs = new_ids[:taken], new_logprobs[:taken]
+        c.token_ids.extend(new_ids)
+        for e in new_logprobs:
             c.logprobs.append(_to_logprobs(e, tokenizer))
             c.cumulative += e.logprobs[0]
+        if matched is not None:
+            c.text = c.detokenizer.text
+            c.finish_reason = "stop"
+            c.stop_reason = matched
+            if self.done():
+                self.stop_hit = True
+            return True
         if out.finish_reason is not None:
             c.finish_reason = "stop" if out.finish_reason == "stop" else out.finish_reason
             if out.stop_token_id >= 0 and out.stop_token_id in (self.params.stop_token_ids or []):
                 c.stop_reason = out.stop_token_id
-        if self.params.stop and tokenizer is not None:
-            return self._check_stop_strings(c, tokenizer)
-        return False
-
-    def _check_stop_strings(self, c: _Completion, tokenizer) -> bool:
-        text = _decode(tokenizer, c.token_ids, self.params.skip_special_tokens)
-        for s in self.params.stop:
-            pos = text.find(s)
-            if pos >= 0:
-                c.text = text[: pos + len(s)] if self.params.include_stop_str_in_output else text[:pos]
-                c.finish_reason = "stop"
-                c.stop_reason = s
-                if self.done():
-                    self.stop_hit = True
-                return True
         return False
 
     def result(self, tokenizer) -> RequestOutput:
