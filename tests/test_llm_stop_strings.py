@@ -35,7 +35,7 @@ def test_earliest_stop_string_wins_and_text_is_cut(llm):
     text = _free_text(llm)
     spots = _first_occurrences(text)
     assert len(spots) >= 2, text
-    (early_at, early), (late_at, late) = spots[0], spots[-1]
+    (early_at, early), (_, late) = spots[0], spots[-1]
     sp = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=[late, early])
     c = llm.generate(PROMPT, sp, use_tqdm=False)[0].outputs[0]
     assert (c.finish_reason, c.stop_reason) == ("stop", early)
