@@ -10,7 +10,8 @@
 #      (cserve bench latency) and 1000 requests of 200 in / 180 out (cserve bench throughput).
 # From the repository root:   device run: bash benchmarks/gpu_check.sh
 # Results land in $OUT: gpu.txt, build logs, junit XML, test logs, bench-*.txt/json.
-# STAGES="tests parity kernels bench" picks stages; BENCH_PROMPTS (1000) shrinks the throughput run.
+# STAGES="tests parity kernels bench" picks stages; BENCH_PROMPTS (1000) shrinks the throughput run;
+# STAGE_TIMEOUT (300 s) bounds each stage, so one hang cannot take the whole device time.
 set -uo pipefail
 out="${OUT:-/tmp/cserve-gpu}"
 mkdir -p "$out"
@@ -31,10 +32,10 @@ export PYTHONPATH="$pkg:.:${PYTHONPATH:-}"
 python3 -c "from cserve import _core; print('device auto ->', _core.resolve_device('auto'))" | tee -a "$out/gpu.txt"
 status=0
 stage() { [[ " $stages " == *" $1 "* ]]; }
-timed() {  # name, command...
+timed() {  # name, command... (each stage stops after STAGE_TIMEOUT seconds, 300 by default)
   local name=$1; shift
   local s=$(date +%s)
-  "$@" > "$out/$name.log" 2>&1; local rc=$?
+  timeout "${STAGE_TIMEOUT:-300}" "$@" > "$out/$name.log" 2>&1; local rc=$?
   echo "$name: rc $rc, $(( $(date +%s) - s )) s" | tee -a "$out/times.txt"
   tail -5 "$out/$name.log"
   [[ $rc -eq 0 ]] || status=1
