@@ -22,7 +22,7 @@ t0=$(date +%s)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v python3)" \
   -DCSERVE_BUILD_GRPC=OFF -DCSERVE_CUDA=on -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90a}" > "$out/cmake.log" 2>&1 \
   && ninja -C "$build" -j"$(nproc)" _core _cuda cserve_cuda > "$out/build.log" 2>&1 \
-  || { echo "build failed (see build.log)"; tail -40 "$out/build.log" "$out/cmake.log"; exit 1; }
+  || { echo "build failed (see build.log)"; tail -n 40 "$out/cmake.log" "$out/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s" | tee "$out/times.txt"
 pkg=/tmp/cserve-gpu-pkg
 rm -rf "$pkg" && mkdir -p "$pkg"
