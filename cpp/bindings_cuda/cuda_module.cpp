@@ -288,6 +288,10 @@ NB_MODULE(_cuda, m) {
     a.sliding_window = sliding_window;
     a.act_dtype = id_of(adt);
     a.cache_dtype = id_of(cdt);
+    a.max_context = len;  // long contexts over few (token, head) blocks are split
+    const int64_t ws = cc::paged_attention_workspace(a);
+    DeviceArray workspace(static_cast<size_t>(std::max<int64_t>(ws, 1)), cserve::DType::F32);
+    if (ws > 0) a.workspace = workspace.as<float>();
     cc::invokePagedAttention(a, nullptr);
     Array out = make_array({static_cast<size_t>(nq), static_cast<size_t>(nh * d)});
     dout.to_host(out.data());

@@ -1,6 +1,8 @@
 #include "attention/paged_attention.h"
 #include "common.cuh"
 
+#include <algorithm>
+
 namespace cserve::cuda {
 
 namespace {
@@ -8,9 +10,11 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kChunk = 1024;     // keys scored per pass (shared memory: 4 KiB)
 constexpr int kMaxHeadDim = 256;
+constexpr int kMaxSplits = 16;
+constexpr int64_t kKeysPerSplit = 512;  // splitting shorter ranges costs more than it gains
 
 template <class A, class C>
-__global__ void paged_attention_kernel(PagedAttentionArgs a, int64_t token0) {
+__global__ void paged_attention_kernel(PagedAttentionArgs a, int64_t token0, int splits) {
   __shared__ float q[kMaxHeadDim];
   __shared__ float scores[kChunk];
   __shared__ float scratch[32];
@@ -24,7 +28,14 @@ __global__ void paged_attention_kernel(PagedAttentionArgs a, int64_t token0) {
   __syncthreads();
   const int32_t seq = a.token_seq[t];
   const int64_t pos = a.positions[t];
-  const int64_t first = a.sliding_window > 0 ? ::max(int64_t{0}, pos - a.sliding_window + 1) : 0;
+  int64_t first = a.sliding_window > 0 ? ::max(int64_t{0}, pos - a.sliding_window + 1) : 0;
+  int64_t last = pos;  // inclusive
+  if (splits > 1) {  // this block's part of the keys (possibly none)
+    const int64_t len = pos + 1 - first, split = blockIdx.z;
+    const int64_t lo = first + len * split / splits, hi = first + len * (split + 1) / splits;
+    first = lo;
+    last = hi - 1;
+  }
   const int32_t* table = a.block_tables + seq * a.max_blocks_per_seq;
   const C* kc = static_cast<const C*>(a.k_cache);
   const C* vc = static_cast<const C*>(a.v_cache);
@@ -35,8 +46,8 @@ __global__ void paged_attention_kernel(PagedAttentionArgs a, int64_t token0) {
   // Each thread owns output dims threadIdx.x, threadIdx.x + 128 (head_dim <= 256).
   float acc0 = 0.0f, acc1 = 0.0f;
   float run_max = -INFINITY, run_sum = 0.0f;
-  for (int64_t start = first; start <= pos; start += kChunk) {
-    const int64_t n = ::min(static_cast<int64_t>(kChunk), pos + 1 - start);
+  for (int64_t start = first; start <= last; start += kChunk) {
+    const int64_t n = ::min(static_cast<int64_t>(kChunk), last + 1 - start);
     // Scores: a warp per key, lanes over dims.
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     for (int64_t j = warp; j < n; j += kThreads / 32) {
@@ -71,24 +82,90 @@ __global__ void paged_attention_kernel(PagedAttentionArgs a, int64_t token0) {
     }
     __syncthreads();  // scores are rewritten by the next chunk
   }
+  if (splits > 1) {  // the partial state: max, sum, unnormalized accumulator
+    float* part = a.workspace + ((t * a.num_heads + h) * splits + blockIdx.z) * (d + 2);
+    if (threadIdx.x == 0) {
+      part[0] = run_max;
+      part[1] = run_sum;
+    }
+    if (threadIdx.x < d) part[2 + threadIdx.x] = acc0;
+    if (threadIdx.x + kThreads < d) part[2 + threadIdx.x + kThreads] = acc1;
+    return;
+  }
   A* out = static_cast<A*>(a.out) + t * a.num_heads * d + h * d;
   const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
   if (threadIdx.x < d) out[threadIdx.x] = from_f32<A>(acc0 * inv);
   if (threadIdx.x + kThreads < d) out[threadIdx.x + kThreads] = from_f32<A>(acc1 * inv);
 }
 
+// Merges the splits of one (head, token): weights exp(m_s - max) over the parts that saw keys.
+template <class A>
+__global__ void merge_splits_kernel(PagedAttentionArgs a, int64_t token0, int splits) {
+  const int64_t h = blockIdx.x, t = token0 + blockIdx.y, d = a.head_dim;
+  const float* parts = a.workspace + (t * a.num_heads + h) * splits * (d + 2);
+  float m = -INFINITY;
+  for (int s = 0; s < splits; ++s)
+    if (parts[s * (d + 2) + 1] > 0.0f) m = fmaxf(m, parts[s * (d + 2)]);
+  float total = 0.0f;
+  for (int s = 0; s < splits; ++s) {
+    const float l = parts[s * (d + 2) + 1];
+    if (l > 0.0f) total += l * __expf(parts[s * (d + 2)] - m);
+  }
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  A* out = static_cast<A*>(a.out) + t * a.num_heads * d + h * d;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float* p = parts + s * (d + 2);
+      if (p[1] > 0.0f) v += p[2 + i] * __expf(p[0] - m);
+    }
+    out[i] = from_f32<A>(v * inv);
+  }
+}
+
+// How many parts each token's keys are split into: only when (token, head) blocks alone would
+// leave SMs idle and the longest context is long.
+int split_count(const PagedAttentionArgs& a) {
+  if (a.max_context <= kKeysPerSplit) return 1;
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 1;
+  if (a.num_tokens * a.num_heads >= 2 * static_cast<int64_t>(sms)) return 1;
+  return static_cast<int>(std::min<int64_t>(kMaxSplits, (a.max_context + kKeysPerSplit - 1) / kKeysPerSplit));
+}
+
 }  // namespace
+
+int64_t paged_attention_max_workspace(int64_t head_dim) {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 0;
+  return 2 * static_cast<int64_t>(sms) * kMaxSplits * (head_dim + 2);  // split only below 2 x SMs blocks
+}
+
+int64_t paged_attention_workspace(const PagedAttentionArgs& a) {
+  const int splits = split_count(a);
+  return splits > 1 ? a.num_tokens * a.num_heads * splits * (a.head_dim + 2) : 0;
+}
 
 void invokePagedAttention(const PagedAttentionArgs& a, cudaStream_t stream) {
   if (a.num_tokens == 0) return;
   if (a.head_dim > kMaxHeadDim) throw std::invalid_argument("paged attention: head_dim above 256");
   if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0)
     throw std::invalid_argument("paged attention: num_kv_heads must divide num_heads");
+  const int splits = a.workspace ? split_count(a) : 1;
   // grid.y holds at most 65535 tokens: larger batches go in slices.
   for (int64_t t0 = 0; t0 < a.num_tokens; t0 += 65535) {
-    const dim3 grid(static_cast<unsigned>(a.num_heads), static_cast<unsigned>(std::min<int64_t>(65535, a.num_tokens - t0)));
+    const unsigned tokens = static_cast<unsigned>(std::min<int64_t>(65535, a.num_tokens - t0));
+    const dim3 grid(static_cast<unsigned>(a.num_heads), tokens, static_cast<unsigned>(splits));
     CSERVE_DISPATCH_DTYPE(a.act_dtype, A, CSERVE_DISPATCH_CACHE_DTYPE(a.cache_dtype, C,
-        paged_attention_kernel<A, C><<<grid, kThreads, 0, stream>>>(a, t0)));
+        paged_attention_kernel<A, C><<<grid, kThreads, 0, stream>>>(a, t0, splits)));
+    if (splits > 1) {
+      const dim3 merge_grid(static_cast<unsigned>(a.num_heads), tokens);
+      CSERVE_DISPATCH_DTYPE(a.act_dtype, A, merge_splits_kernel<A><<<merge_grid, kThreads, 0, stream>>>(a, t0, splits));
+    }
   }
   check(cudaGetLastError(), "paged_attention");
 }

@@ -4,10 +4,12 @@
 // [max(0, p - sliding_window + 1) .. p] (sliding_window 0: no window). GQA: head h reads
 // kv head h / (num_heads / num_kv_heads).
 //
-// This first kernel is one thread block per (token, head): the query in shared memory,
-// scores for a chunk of keys in shared memory, a running (max, sum) rescale between chunks
-// (online softmax), each thread owning output dims. Correct for any context; the tiled
-// prefill and split-context (flash-decoding) kernels replace it where they measure faster.
+// One thread block per (head, token, context split): the query in shared memory, scores for
+// a chunk of keys in shared memory, a running (max, sum) rescale between chunks (online
+// softmax), each thread owning output dims. Heads vary fastest, so a GQA group shares its K/V
+// through L2. When there are too few (token, head) blocks to fill the GPU and contexts are
+// long (flash-decoding), each token's keys are split into up to 16 parts whose partial
+// softmax states go to `workspace` and are merged by a second kernel.
 //
 // q: [tokens][num_heads][head_dim] with token stride ldq; out: [tokens][num_heads*head_dim].
 // All index arrays live on the device.
@@ -33,7 +35,17 @@ struct PagedAttentionArgs {
   float scale = 1.0f;
   int64_t sliding_window = 0;
   int act_dtype = 0, cache_dtype = 0;
+  // Split-context decoding: max_context bounds every token's key count (e.g. the block table
+  // width times block_size, fixed for CUDA graphs); workspace holds paged_attention_workspace(a)
+  // floats, or is null (no splitting).
+  int64_t max_context = 0;
+  float* workspace = nullptr;
 };
+
+// Floats of workspace the split these arguments get needs (0: they are not split), and the
+// most any arguments with this head_dim can need on the current device.
+int64_t paged_attention_workspace(const PagedAttentionArgs& a);
+int64_t paged_attention_max_workspace(int64_t head_dim);
 
 void invokePagedAttention(const PagedAttentionArgs& a, cudaStream_t stream);
 

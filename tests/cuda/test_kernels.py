@@ -75,6 +75,9 @@ CASES = [  # nq, heads, kv heads, head_dim, context, block size, sliding window
     (7, 4, 1, 128, 40, 16, 0),          # a chunked-prefill tail, MQA
     (64, 8, 2, 256, 64, 32, 0),         # prefill from position 0, head_dim 256
     (5, 6, 3, 96, 700, 16, 128),        # sliding window
+    (1, 8, 2, 64, 5000, 16, 0),         # split into parts (flash-decoding), merged
+    (3, 4, 4, 128, 3000, 16, 1100),     # split, with a window shorter than the context
+    (2, 2, 1, 64, 530, 16, 0),          # split into 2 parts, the first token's range is shorter
 ]
 
 

@@ -242,7 +242,6 @@ class CudaBackend : public Backend {
   void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
                  const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) override {
     if (staged_.meta != &meta || staged_.slots_host != meta.slot_mapping.data()) begin_forward(meta);
-    if (!launches()) return;
     cuda::PagedAttentionArgs a;
     a.out = out.data;
     a.q = q.data;
@@ -262,6 +261,15 @@ class CudaBackend : public Backend {
     a.sliding_window = sliding_window;
     a.act_dtype = dtype_id(DType::F32);
     a.cache_dtype = dtype_id(cache.k.dtype);
+    // The block table width bounds every context (for graph batches it is max_model_len's).
+    a.max_context = static_cast<int64_t>(meta.max_blocks_per_seq) * cache.k.dim(2);
+    // Graphs of every size share one workspace: it gets the most any split can need.
+    int64_t floats = cuda::paged_attention_workspace(a);
+    if (mode_ != Mode::Eager && floats > 0) floats = std::max(floats, cuda::paged_attention_max_workspace(a.head_dim));
+    if (mode_ == Mode::Size) floats = std::max(floats, cuda::paged_attention_max_workspace(a.head_dim));
+    if (floats > 0)
+      a.workspace = static_cast<float*>(scratch(region(attn_split_, graph_attn_split_), static_cast<size_t>(floats) * 4));
+    if (!launches()) return;
     cuda::invokePagedAttention(a, stream_);
   }
   void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) override {
@@ -526,11 +534,11 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t staged_copy_done_ = nullptr;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
-  Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_, sample_dev_, processed_logits_, processing_dev_;
+  Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_, sample_dev_, processed_logits_, processing_dev_, attn_split_;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
   Mode mode_ = Mode::Eager;
-  Buffer graph_x_conv_, graph_ids_dev_, graph_slots_dev_, graph_meta_dev_;
+  Buffer graph_x_conv_, graph_ids_dev_, graph_slots_dev_, graph_meta_dev_, graph_attn_split_;
   size_t graph_upload_bytes_ = 0;  // staging the sizing pass counted
   void* graph_pinned_ = nullptr;
   size_t graph_pinned_bytes_ = 0, graph_cursor_ = 0;
