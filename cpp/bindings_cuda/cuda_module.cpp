@@ -289,6 +289,14 @@ NB_MODULE(_cuda, m) {
     a.act_dtype = id_of(adt);
     a.cache_dtype = id_of(cdt);
     a.max_context = len;  // long contexts over few (token, head) blocks are split
+    std::vector<int32_t> tiles;  // several queries: the tiled prefill kernel
+    for (int64_t t = 0; nq > 1 && t < nq; t += cc::kPrefillTileTokens)
+      tiles.insert(tiles.end(), {static_cast<int32_t>(t), static_cast<int32_t>(std::min<int64_t>(cc::kPrefillTileTokens, nq - t)), 0});
+    DeviceArray dtiles = DeviceArray::raw(tiles.empty() ? std::vector<int32_t>{0} : tiles);
+    if (!tiles.empty()) {
+      a.tiles = dtiles.as<int32_t>();
+      a.num_tiles = static_cast<int64_t>(tiles.size() / 3);
+    }
     const int64_t ws = cc::paged_attention_workspace(a);
     DeviceArray workspace(static_cast<size_t>(std::max<int64_t>(ws, 1)), cserve::DType::F32);
     if (ws > 0) a.workspace = workspace.as<float>();

@@ -155,6 +155,10 @@ void invokePagedAttention(const PagedAttentionArgs& a, cudaStream_t stream) {
   if (a.head_dim > kMaxHeadDim) throw std::invalid_argument("paged attention: head_dim above 256");
   if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0)
     throw std::invalid_argument("paged attention: num_kv_heads must divide num_heads");
+  if (prefill_tiles_apply(a)) {
+    invokePrefillAttention(a, stream);
+    return;
+  }
   const int splits = a.workspace ? split_count(a) : 1;
   // grid.y holds at most 65535 tokens: larger batches go in slices.
   for (int64_t t0 = 0; t0 < a.num_tokens; t0 += 65535) {

@@ -40,13 +40,22 @@ struct PagedAttentionArgs {
   // floats, or is null (no splitting).
   int64_t max_context = 0;
   float* workspace = nullptr;
+  // Prefill tiles (optional): [num_tiles][3] = (first token, token count <= 16, sequence),
+  // covering every token once; with them (and head_dim <= 128) the tiled kernel runs.
+  const int32_t* tiles = nullptr;
+  int64_t num_tiles = 0;
 };
+constexpr int kPrefillTileTokens = 16;
 
 // Floats of workspace the split these arguments get needs (0: they are not split), and the
 // most any arguments with this head_dim can need on the current device.
 int64_t paged_attention_workspace(const PagedAttentionArgs& a);
 int64_t paged_attention_max_workspace(int64_t head_dim);
 
+// Runs the tiled prefill kernel when a.tiles apply, else the per-token kernel (with splits).
 void invokePagedAttention(const PagedAttentionArgs& a, cudaStream_t stream);
+// The tiled kernel alone (prefill_attention.cu).
+bool prefill_tiles_apply(const PagedAttentionArgs& a);
+void invokePrefillAttention(const PagedAttentionArgs& a, cudaStream_t stream);
 
 }  // namespace cserve::cuda

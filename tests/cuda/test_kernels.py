@@ -78,6 +78,8 @@ CASES = [  # nq, heads, kv heads, head_dim, context, block size, sliding window
     (1, 8, 2, 64, 5000, 16, 0),         # split into parts (flash-decoding), merged
     (3, 4, 4, 128, 3000, 16, 1100),     # split, with a window shorter than the context
     (2, 2, 1, 64, 530, 16, 0),          # split into 2 parts, the first token's range is shorter
+    (40, 4, 2, 64, 100, 16, 0),         # tiled prefill: 3 tiles of queries (16, 16, 8)
+    (33, 2, 2, 128, 33, 8, 9),          # tiled prefill from position 0 with a window
 ]
 
 

@@ -263,6 +263,10 @@ class CudaBackend : public Backend {
     a.cache_dtype = dtype_id(cache.k.dtype);
     // The block table width bounds every context (for graph batches it is max_model_len's).
     a.max_context = static_cast<int64_t>(meta.max_blocks_per_seq) * cache.k.dim(2);
+    if (meta.num_tokens > meta.num_seqs) {  // some sequence has several new tokens: tiles
+      a.tiles = staged_.tiles;
+      a.num_tiles = staged_.num_tiles;
+    }
     // Graphs of every size share one workspace: it gets the most any split can need.
     int64_t floats = cuda::paged_attention_workspace(a);
     if (mode_ != Mode::Eager && floats > 0) floats = std::max(floats, cuda::paged_attention_max_workspace(a.head_dim));
@@ -346,7 +350,13 @@ class CudaBackend : public Backend {
     const size_t T = static_cast<size_t>(meta.num_tokens), S = static_cast<size_t>(meta.num_seqs);
     const size_t tables = S * static_cast<size_t>(meta.max_blocks_per_seq);
     const size_t slots_bytes = T * sizeof(int64_t);
-    const size_t ints = 2 * T + tables;
+    // Prefill tiles: each sequence's new tokens in runs of up to kPrefillTileTokens.
+    size_t num_tiles = 0;
+    for (size_t s = 0; s < S; ++s) {
+      const size_t n = static_cast<size_t>(meta.query_start[s + 1] - meta.query_start[s]);
+      num_tiles += (n + cuda::kPrefillTileTokens - 1) / cuda::kPrefillTileTokens;
+    }
+    const size_t ints = 2 * T + tables + 3 * num_tiles;
     const size_t bytes = slots_bytes + ints * sizeof(int32_t);
     char* d = static_cast<char*>(scratch(region(meta_dev_, graph_meta_dev_), bytes));
     char* h = nullptr;
@@ -375,6 +385,13 @@ class CudaBackend : public Backend {
     for (size_t s = 0; s < S; ++s)
       for (int32_t t = meta.query_start[s]; t < meta.query_start[s + 1]; ++t) hi[T + t] = static_cast<int32_t>(s);
     std::memcpy(hi + 2 * T, meta.block_tables.data(), tables * sizeof(int32_t));
+    int32_t* tile = hi + 2 * T + tables;
+    for (size_t s = 0; s < S; ++s)
+      for (int32_t t = meta.query_start[s]; t < meta.query_start[s + 1]; t += cuda::kPrefillTileTokens) {
+        *tile++ = t;
+        *tile++ = std::min<int32_t>(cuda::kPrefillTileTokens, meta.query_start[s + 1] - t);
+        *tile++ = static_cast<int32_t>(s);
+      }
     if (launches()) check(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_), "metadata upload");
     if (mode_ == Mode::Eager) check(cudaEventRecord(staged_copy_done_, stream_), "cudaEventRecord");
     staged_.meta = &meta;
@@ -384,6 +401,8 @@ class CudaBackend : public Backend {
     staged_.positions = di;
     staged_.token_seq = di + T;
     staged_.block_tables = di + 2 * T;
+    staged_.tiles = di + 2 * T + tables;
+    staged_.num_tiles = static_cast<int64_t>(num_tiles);
   }
 
   bool capture_graph(int64_t key, const std::function<void()>& forward, std::string& why) override {
@@ -527,6 +546,8 @@ class CudaBackend : public Backend {
     const int32_t* positions = nullptr;
     const int32_t* token_seq = nullptr;
     const int32_t* block_tables = nullptr;
+    const int32_t* tiles = nullptr;
+    int64_t num_tiles = 0;
   };
 
   int ordinal_;
