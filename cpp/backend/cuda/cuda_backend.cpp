@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -69,6 +70,10 @@ class CudaBackend : public Backend {
     check(cudaEventCreateWithFlags(&staged_copy_done_, cudaEventDisableTiming), "cudaEventCreate");
     check(cudaEventCreateWithFlags(&graph_done_, cudaEventDisableTiming), "cudaEventCreate");
     gemm_ = std::make_unique<cuda::CublasLtGemm>();
+    // CSERVE_CUDA_SIMPLE_KERNELS=1: attention by the per-token kernel alone (no prefill tiles,
+    // no context splits), to tell a fault of the faster kernels from one elsewhere.
+    const char* simple = std::getenv("CSERVE_CUDA_SIMPLE_KERNELS");
+    simple_kernels_ = simple && *simple && std::string(simple) != "0";
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -263,14 +268,15 @@ class CudaBackend : public Backend {
     a.cache_dtype = dtype_id(cache.k.dtype);
     // The block table width bounds every context (for graph batches it is max_model_len's).
     a.max_context = static_cast<int64_t>(meta.max_blocks_per_seq) * cache.k.dim(2);
-    if (meta.num_tokens > meta.num_seqs) {  // some sequence has several new tokens: tiles
+    if (!simple_kernels_ && meta.num_tokens > meta.num_seqs) {  // some sequence has several new tokens: tiles
       a.tiles = staged_.tiles;
       a.num_tiles = staged_.num_tiles;
     }
     // Graphs of every size share one workspace: it gets the most any split can need.
-    int64_t floats = cuda::paged_attention_workspace(a);
+    int64_t floats = simple_kernels_ ? 0 : cuda::paged_attention_workspace(a);
     if (mode_ != Mode::Eager && floats > 0) floats = std::max(floats, cuda::paged_attention_max_workspace(a.head_dim));
-    if (mode_ == Mode::Size) floats = std::max(floats, cuda::paged_attention_max_workspace(a.head_dim));
+    if (mode_ == Mode::Size && !simple_kernels_)
+      floats = std::max(floats, cuda::paged_attention_max_workspace(a.head_dim));
     if (floats > 0)
       a.workspace = static_cast<float*>(scratch(region(attn_split_, graph_attn_split_), static_cast<size_t>(floats) * 4));
     if (!launches()) return;
@@ -551,6 +557,7 @@ class CudaBackend : public Backend {
   };
 
   int ordinal_;
+  bool simple_kernels_ = false;
   std::string name_;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t staged_copy_done_ = nullptr;
