@@ -42,6 +42,10 @@ timed() {  # name, command... (each stage stops after STAGE_TIMEOUT seconds, 300
 }
 if stage tests; then
   timed tests python3 -m pytest -q -p no:cacheprovider tests/cuda tests/backend/test_device.py --junitxml="$out/cuda.xml"
+  if [[ $status -ne 0 ]]; then  # triage: the backend tests again on the simplest attention kernel
+    CSERVE_CUDA_SIMPLE_KERNELS=1 timed triage-simple-kernels python3 -m pytest -q -p no:cacheprovider \
+      tests/cuda/test_backend.py --junitxml="$out/triage.xml"
+  fi
 fi
 if stage parity; then
   CSERVE_TEST_DEVICE=cuda timed parity python3 -m pytest -q -p no:cacheprovider tests/model/test_parity.py \
