@@ -129,8 +129,10 @@ class Backend {
   virtual void sample(const Tensor& logits, const std::vector<DeviceSamplingRow>& rows, int num_top,
                       const DeviceProcessing* processing, DeviceSamplingResult& out) {}
 
-  // Graphs (CUDA graphs on the GPU; the CPU has none). `forward` issues one forward pass of
-  // this backend's ops for a batch whose shape depends only on `key`.
+  // Graphs (CUDA graphs on the GPU; the CPU has none, but can emulate them for tests of the
+  // runner's padding: CSERVE_CPU_EMULATE_GRAPHS=1). `forward` issues one forward pass of this
+  // backend's ops for a batch whose shape depends only on `key`.
+  virtual bool graphs_supported() const { return false; }
   // capture_graph records it as graph `key` (the first capture sizes the pinned staging the
   // graphs copy their host inputs from, from the forward run just before); false when this
   // backend has no graphs or the capture failed (then the reason is in `why`).

@@ -158,6 +158,11 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   } else {
     plan = plan_kv_cache(c, model_config, kv_dtype, max_model_len, weight_bytes);
     runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, kv_dtype, eos);
+    const std::vector<int> graph_sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
+    if (backend->graphs_supported() && !graph_sizes.empty()) {  // the CPU's emulation, for tests
+      runner->enable_graphs(graph_sizes, max_model_len);
+      runner->resize_kv_cache(plan.num_blocks);
+    }
   }
   kv = std::make_unique<KVCacheManager>(plan.num_blocks, c.block_size, c.enable_prefix_caching,
                                         c.prefix_caching_hash_algo);
@@ -167,7 +172,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   auto t2 = std::chrono::steady_clock::now();
   runner->warm_up(std::min<int64_t>(64, max_model_len));
   info.warmup_seconds = seconds_since(t2);
-  if (on_device) {
+  if (backend->graphs_supported()) {
     const std::vector<int> sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
     if (sizes.empty()) {
       log_info("CUDA graphs: off (enforce_eager)");

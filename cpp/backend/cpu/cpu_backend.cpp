@@ -1,5 +1,8 @@
 // The CPU implementation of Backend: thin adapters over the kernels in kernels.h.
+#include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <string>
 #include <memory>
 
 #include "backend/backend.h"
@@ -46,7 +49,10 @@ const cpu::QuantMatrix* quantized(const LinearWeight& w) {
 
 class CpuBackend : public Backend {
  public:
-  explicit CpuBackend(int num_threads) : pool_(num_threads) {}
+  explicit CpuBackend(int num_threads) : pool_(num_threads) {
+    const char* emulate = std::getenv("CSERVE_CPU_EMULATE_GRAPHS");
+    emulate_graphs_ = emulate && *emulate && std::string(emulate) != "0";
+  }
   std::string name() const override { return std::string("cpu (") + cpu::isa_name(cpu::cpu_isa()) + ")"; }
   DType activation_dtype() const override { return DType::F32; }
   int num_threads() const override { return pool_.num_threads(); }
@@ -107,8 +113,21 @@ class CpuBackend : public Backend {
     cpu::copy_blocks(cache, pairs);
   }
 
+  // Graph emulation for tests: "capturing" records the size, "replaying" runs the padded
+  // forward eagerly, so the runner's padding path runs end to end on the CPU (no speed-up).
+  bool graphs_supported() const override { return emulate_graphs_; }
+  bool capture_graph(int64_t key, const std::function<void()>& forward, std::string& why) override {
+    if (!emulate_graphs_) {
+      why = "the CPU backend has no graphs";
+      return false;
+    }
+    return true;
+  }
+  void replay_graph(int64_t key, const std::function<void()>& forward) override { forward(); }
+
  private:
   ThreadPool pool_;
+  bool emulate_graphs_ = false;
 };
 
 }  // namespace

@@ -411,6 +411,7 @@ class CudaBackend : public Backend {
     staged_.num_tiles = static_cast<int64_t>(num_tiles);
   }
 
+  bool graphs_supported() const override { return true; }
   bool capture_graph(int64_t key, const std::function<void()>& forward, std::string& why) override {
     use_device();
     try {
