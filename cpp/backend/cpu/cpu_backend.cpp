@@ -1,5 +1,9 @@
 // The CPU implementation of Backend: thin adapters over the kernels in kernels.h.
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
+#include <numeric>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -41,6 +45,62 @@ class CpuQuantLinear : public LinearWeight {
   cpu::QuantMatrix m_;
 };
 
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::string(v) != "0";
+}
+
+// The CUDA sampler and logits processors (cuda/sampling/) on the host, for greedy rows.
+void emulated_device_sample(const Tensor& logits, const std::vector<DeviceSamplingRow>& rows, int num_top,
+                            const DeviceProcessing* processing, DeviceSamplingResult& out) {
+  const int64_t vocab = logits.dim(1), n = static_cast<int64_t>(rows.size());
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  out = DeviceSamplingResult{};
+  std::vector<float> l;
+  for (int64_t row = 0; row < n; ++row) {
+    if (rows[row].temperature != 0.0f) throw NotSupported("the CPU's device-sampling emulation is greedy only");
+    const float* raw = logits.as<float>() + row * vocab;
+    l.assign(raw, raw + vocab);
+    if (processing) {
+      const DeviceProcessorRow& p = processing->rows[row];
+      const auto& ids = processing->ids;
+      const auto& values = processing->values;
+      if (p.allowed_end > p.allowed_begin) {
+        std::vector<char> keep(static_cast<size_t>(vocab), 0);
+        for (int32_t i = p.allowed_begin; i < p.allowed_end; ++i) keep[ids[i]] = 1;
+        for (int64_t t = 0; t < vocab; ++t)
+          if (!keep[t]) l[t] = neg_inf;
+      }
+      for (int32_t i = p.bias_begin; i < p.bias_end; ++i) l[ids[i]] += values[i];
+      for (int32_t i = p.masked_begin; i < p.masked_end; ++i) l[ids[i]] = neg_inf;
+      if (p.repetition_penalty != 1.0f)
+        for (int32_t i = p.seen_begin; i < p.seen_end; ++i)
+          l[ids[i]] = l[ids[i]] > 0.0f ? l[ids[i]] / p.repetition_penalty : l[ids[i]] * p.repetition_penalty;
+      if (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f)
+        for (int32_t i = p.counts_begin; i < p.counts_end; ++i)
+          l[ids[i]] -= p.frequency_penalty * values[i] + p.presence_penalty;
+    }
+    const int32_t chosen = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    const float mx = *std::max_element(raw, raw + vocab);
+    double z = 0;
+    for (int64_t t = 0; t < vocab; ++t) z += std::exp(static_cast<double>(raw[t] - mx));
+    const float log_z = mx + static_cast<float>(std::log(z));
+    int32_t rank = 1;
+    for (int64_t t = 0; t < vocab; ++t) rank += raw[t] > raw[chosen];
+    out.ids.push_back(chosen);
+    out.ranks.push_back(rank);
+    out.logprobs.push_back(raw[chosen] - log_z);
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + num_top, order.end(),
+                      [&](int32_t a, int32_t b) { return raw[a] != raw[b] ? raw[a] > raw[b] : a < b; });
+    for (int j = 0; j < num_top; ++j) {
+      out.top_ids.push_back(order[j]);
+      out.top_logprobs.push_back(raw[order[j]] - log_z);
+    }
+  }
+}
+
 const cpu::PackedMatrix& packed(const LinearWeight& w) { return static_cast<const CpuLinear&>(w).matrix(); }
 const cpu::QuantMatrix* quantized(const LinearWeight& w) {
   const auto* q = dynamic_cast<const CpuQuantLinear*>(&w);
@@ -50,8 +110,8 @@ const cpu::QuantMatrix* quantized(const LinearWeight& w) {
 class CpuBackend : public Backend {
  public:
   explicit CpuBackend(int num_threads) : pool_(num_threads) {
-    const char* emulate = std::getenv("CSERVE_CPU_EMULATE_GRAPHS");
-    emulate_graphs_ = emulate && *emulate && std::string(emulate) != "0";
+    emulate_graphs_ = env_flag("CSERVE_CPU_EMULATE_GRAPHS");
+    emulate_sampling_ = env_flag("CSERVE_CPU_EMULATE_DEVICE_SAMPLING");
   }
   std::string name() const override { return std::string("cpu (") + cpu::isa_name(cpu::cpu_isa()) + ")"; }
   DType activation_dtype() const override { return DType::F32; }
@@ -125,9 +185,17 @@ class CpuBackend : public Backend {
   }
   void replay_graph(int64_t key, const std::function<void()>& forward) override { forward(); }
 
+  // Device-sampling emulation for tests of the runner's side (the processor ranges it builds,
+  // the results it maps back): the CUDA sampler's semantics on the host, greedy rows only.
+  bool can_sample() const override { return emulate_sampling_; }
+  void sample(const Tensor& logits, const std::vector<DeviceSamplingRow>& rows, int num_top,
+              const DeviceProcessing* processing, DeviceSamplingResult& out) override {
+    emulated_device_sample(logits, rows, num_top, processing, out);
+  }
+
  private:
   ThreadPool pool_;
-  bool emulate_graphs_ = false;
+  bool emulate_graphs_ = false, emulate_sampling_ = false;
 };
 
 }  // namespace
