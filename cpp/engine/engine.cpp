@@ -134,6 +134,9 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   info.load_seconds = seconds_since(t0);
 
   auto t1 = std::chrono::steady_clock::now();
+  // Graphs where the backend has them (the CPU only as a test emulation); none with enforce_eager.
+  const std::vector<int> sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
+  const std::vector<int> graph_sizes = backend->graphs_supported() ? sizes : std::vector<int>{};
   KVCachePlan plan;
   if (on_device) {
     // A profiling run, as vLLM's: the largest step the scheduler can make, over a KV cache just
@@ -152,18 +155,13 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
     log_info("Memory profiling: " + fixed(use.used_bytes / 1073741824.0, 2) + " GiB in use of " +
              fixed(use.total_bytes / 1073741824.0, 2) + " GiB after a " + std::to_string(tokens) + "-token forward");
     plan = plan_kv_cache(c, model_config, kv_dtype, max_model_len, weight_bytes, &use);
-    const std::vector<int> graph_sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
-    if (!graph_sizes.empty()) runner->enable_graphs(graph_sizes, max_model_len);
-    runner->resize_kv_cache(plan.num_blocks);
   } else {
     plan = plan_kv_cache(c, model_config, kv_dtype, max_model_len, weight_bytes);
     runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, kv_dtype, eos);
-    const std::vector<int> graph_sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
-    if (backend->graphs_supported() && !graph_sizes.empty()) {  // the CPU's emulation, for tests
-      runner->enable_graphs(graph_sizes, max_model_len);
-      runner->resize_kv_cache(plan.num_blocks);
-    }
   }
+  // The final cache: the planned blocks, plus the graphs' spare block.
+  if (!graph_sizes.empty()) runner->enable_graphs(graph_sizes, max_model_len);
+  if (on_device || !graph_sizes.empty()) runner->resize_kv_cache(plan.num_blocks);
   kv = std::make_unique<KVCacheManager>(plan.num_blocks, c.block_size, c.enable_prefix_caching,
                                         c.prefix_caching_hash_algo);
   scheduler = std::make_unique<Scheduler>(sched_config, *kv, eos, static_cast<uint64_t>(c.seed));
@@ -173,7 +171,6 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   runner->warm_up(std::min<int64_t>(64, max_model_len));
   info.warmup_seconds = seconds_since(t2);
   if (backend->graphs_supported()) {
-    const std::vector<int> sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
     if (sizes.empty()) {
       log_info("CUDA graphs: off (enforce_eager)");
     } else {

@@ -56,15 +56,19 @@ def _engine_config(model: str, options: dict[str, Any]) -> _core.EngineConfig:
         if value is None:
             continue
         setattr(config, name, value)
-    if config.device != "cpu":
-        _point_at_cublaslt()
+    _point_at_cublaslt(config.device)
     return config
 
 
-def _point_at_cublaslt() -> None:
+def _point_at_cublaslt(device: str) -> None:
     """The CUDA backend loads cuBLASLt with dlopen from $CSERVE_CUBLASLT or the loader path;
-    a copy from NVIDIA's wheels (cserve[cuda], or torch's) is named there when one exists."""
-    if not os.environ.get("CSERVE_CUBLASLT"):
+    a copy from NVIDIA's wheels (cserve[cuda], or torch's) is named there when one exists.
+    Only where the engine will take the GPU: searching site-packages costs start-up time."""
+    try:
+        on_gpu = _core.resolve_device(device)[0] != "cpu"
+    except (ValueError, NotImplementedError):
+        return  # the engine reports a device it cannot have
+    if on_gpu and not os.environ.get("CSERVE_CUBLASLT"):
         from cserve.cuda_libs import find_cublaslt
 
         path = find_cublaslt()

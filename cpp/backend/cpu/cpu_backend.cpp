@@ -1,7 +1,6 @@
 // The CPU implementation of Backend: thin adapters over the kernels in kernels.h.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <numeric>
 #include <cstring>
@@ -13,6 +12,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/qgemm.h"
 #include "cserve/error.h"
+#include "util/env.h"
 #include "util/thread_pool.h"
 
 namespace cserve {
@@ -44,11 +44,6 @@ class CpuQuantLinear : public LinearWeight {
  private:
   cpu::QuantMatrix m_;
 };
-
-bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v && std::string(v) != "0";
-}
 
 // The CUDA sampler and logits processors (cuda/sampling/) on the host, for greedy rows.
 void emulated_device_sample(const Tensor& logits, const std::vector<DeviceSamplingRow>& rows, int num_top,

@@ -9,7 +9,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -31,6 +30,7 @@
 #include "norm/rms_norm.h"
 #include "rope/rope.h"
 #include "sampling/sampler.h"
+#include "util/env.h"
 
 namespace cserve {
 
@@ -72,8 +72,7 @@ class CudaBackend : public Backend {
     gemm_ = std::make_unique<cuda::CublasLtGemm>();
     // CSERVE_CUDA_SIMPLE_KERNELS=1: attention by the per-token kernel alone (no prefill tiles,
     // no context splits), to tell a fault of the faster kernels from one elsewhere.
-    const char* simple = std::getenv("CSERVE_CUDA_SIMPLE_KERNELS");
-    simple_kernels_ = simple && *simple && std::string(simple) != "0";
+    simple_kernels_ = env_flag("CSERVE_CUDA_SIMPLE_KERNELS");
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);

@@ -419,7 +419,7 @@ FLAGS: tuple = (
                       "fp8_ds_mla"), **only("auto", "bfloat16", "float16", "float32", "fp8", "fp8_e4m3", "fp8_e5m2",
                                     config="engine")),
         Flag("--calculate-kv-scales", BOOL, False, "Compute k/v scales dynamically for fp8 KV caches.",
-             **noop("fp8 KV caches are not supported yet")),
+             **noop("cserve's fp8 KV cache uses scale 1.0")),
         Flag("--enable-prefix-caching", BOOL, None, "Reuse the KV cache of shared prompt prefixes (on by "
              "default).", **ok("engine")),
         Flag("--prefix-caching-hash-algo", STR, "sha256", "Hash of prefix cache blocks.",
