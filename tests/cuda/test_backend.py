@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cserve import _core
-from tests.helpers.models import greedy, make_llm, random_prompt
+from tests.helpers.models import assert_same_completions, greedy, make_llm, random_prompt
 
 if _core.resolve_device("auto")[0] != "cuda":
     pytest.skip("no CUDA device (or no CUDA backend) here: " + _core.resolve_device("auto")[1],
@@ -86,13 +86,7 @@ def test_sampling_on_the_gpu_matches_the_cpu_sampler(model_zoo):
     sp = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=5)
     gpu = make_llm(built.path, device="cuda").generate(prompts, sp, use_tqdm=False)
     cpu = make_llm(built.path, device="cpu").generate(prompts, sp, use_tqdm=False)
-    for g, c in zip(gpu, cpu):
-        assert g.outputs[0].token_ids == c.outputs[0].token_ids
-        for lg, lc in zip(g.outputs[0].logprobs, c.outputs[0].logprobs):
-            assert list(lg) == list(lc)  # same ids, in the same order
-            for t in lc:
-                assert lg[t].rank == lc[t].rank
-                assert abs(lg[t].logprob - lc[t].logprob) < 1e-3
+    assert_same_completions(cpu, gpu, tol=1e-3, ranks=True)
 
 
 def test_seeded_sampling_on_the_gpu_ignores_the_batch(model_zoo):
@@ -124,12 +118,7 @@ def test_cuda_graphs_give_the_eager_tokens(model_zoo):
     assert graph_llm.model_info.num_cuda_graphs == 5
     eager = eager_llm.generate(prompts, params, use_tqdm=False)
     graphs = graph_llm.generate(prompts, params, use_tqdm=False)
-    for e, g in zip(eager, graphs):
-        assert g.outputs[0].token_ids == e.outputs[0].token_ids
-        for le, lg in zip(e.outputs[0].logprobs, g.outputs[0].logprobs):
-            assert list(le) == list(lg)
-            for t in le:
-                assert abs(le[t].logprob - lg[t].logprob) < 1e-4
+    assert_same_completions(eager, graphs, tol=1e-4)
 
 
 def test_default_graph_sizes_follow_max_num_seqs(model_zoo):
@@ -171,9 +160,4 @@ def test_processors_and_penalties_on_the_gpu(model_zoo, kw):
     sp = SamplingParams(temperature=0, max_tokens=12, logprobs=3, **kw)
     gpu = make_llm(built.path, device="cuda").generate(prompts, sp, use_tqdm=False)
     cpu = make_llm(built.path, device="cpu").generate(prompts, sp, use_tqdm=False)
-    for g, c in zip(gpu, cpu):
-        assert g.outputs[0].token_ids == c.outputs[0].token_ids
-        for lg, lc in zip(g.outputs[0].logprobs, c.outputs[0].logprobs):
-            assert list(lg) == list(lc)
-            for t in lc:
-                assert abs(lg[t].logprob - lc[t].logprob) < 1e-3
+    assert_same_completions(cpu, gpu, tol=1e-3)

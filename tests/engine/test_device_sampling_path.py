@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cserve import SamplingParams
-from tests.helpers.models import make_llm, random_prompt
+from tests.helpers.models import assert_same_completions, make_llm, random_prompt
 
 CASES = [
     dict(),
@@ -39,11 +39,5 @@ def test_device_sampling_path_matches_the_cpu_sampler(model_zoo, monkeypatch, gr
     if graphs:
         monkeypatch.setenv("CSERVE_CPU_EMULATE_GRAPHS", "1")
     device = _generate(path, graphs=graphs)
-    for p, d in zip(plain, device):
-        assert d.outputs[0].token_ids == p.outputs[0].token_ids
-        assert d.outputs[0].finish_reason == p.outputs[0].finish_reason
-        for lp, ld in zip(p.outputs[0].logprobs, d.outputs[0].logprobs):
-            assert list(lp) == list(ld)
-            for t in lp:
-                assert ld[t].rank == lp[t].rank
-                assert ld[t].logprob == pytest.approx(lp[t].logprob, abs=1e-5)
+    assert_same_completions(plain, device, tol=1e-5, ranks=True)
+    assert [d.outputs[0].finish_reason for d in device] == [p.outputs[0].finish_reason for p in plain]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cserve import SamplingParams
-from tests.helpers.models import make_llm, random_prompt
+from tests.helpers.models import assert_same_completions, make_llm, random_prompt
 
 
 @pytest.fixture
@@ -36,12 +36,7 @@ def test_padded_decode_matches_the_plain_path(model_zoo, family, monkeypatch):
     monkeypatch.setenv("CSERVE_CPU_EMULATE_GRAPHS", "1")
     graph_llm, graphs = _run(path, cudagraph_capture_sizes=[1, 2, 4, 8, 16], max_num_seqs=16)
     assert graph_llm.model_info.num_cuda_graphs == 5
-    for p, g in zip(plain, graphs):
-        assert g.outputs[0].token_ids == p.outputs[0].token_ids
-        for lp, lg in zip(p.outputs[0].logprobs, g.outputs[0].logprobs):
-            assert list(lp) == list(lg)
-            for t in lp:
-                assert lg[t].logprob == pytest.approx(lp[t].logprob, abs=1e-5)
+    assert_same_completions(plain, graphs, tol=1e-5)
 
 
 def test_emulation_honours_enforce_eager(model_zoo, emulated):

@@ -204,6 +204,20 @@ def check_request(built: BuiltModel, out, tol: float = TOL, prompt_logprobs: boo
         check_greedy(c, prompt, ref, tol)
 
 
+def assert_same_completions(want, got, tol: float, ranks: bool = False) -> None:
+    """Two runs of the same requests (lists of RequestOutput): the same tokens, the same logprob
+    ids in the same order, logprobs within tol and, when asked, the same ranks."""
+    assert len(got) == len(want)
+    for w, g in zip(want, got):
+        assert g.outputs[0].token_ids == w.outputs[0].token_ids
+        for lw, lg in zip(w.outputs[0].logprobs, g.outputs[0].logprobs):
+            assert list(lg) == list(lw)
+            for t in lw:
+                assert abs(lg[t].logprob - lw[t].logprob) < tol
+                if ranks:
+                    assert lg[t].rank == lw[t].rank
+
+
 def with_config(built: BuiltModel, path: Path, **changes: Any) -> str:
     """A copy of built's directory with config.json fields changed (None deletes a field)."""
     import shutil
