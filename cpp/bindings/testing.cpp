@@ -19,6 +19,11 @@
 #include "engine/engine_setup.h"
 #include "kv/block_pool.h"
 #include "kv/kv_cache_manager.h"
+#include "loader/gguf.h"
+#include "loader/gguf_model.h"
+#include "loader/safetensors.h"
+#include "model/llama_model.h"
+#include "model/model_weights.h"
 #include "sched/scheduler.h"
 
 namespace nb = nanobind;
@@ -145,6 +150,26 @@ void bind_testing(nb::module_& m) {
       .def_prop_ro("prefix_cache_queries", &SchedulerHarness::prefix_cache_queries)
       .def_prop_ro("prefix_cache_hits", &SchedulerHarness::prefix_cache_hits)
       .def("has_unfinished", &SchedulerHarness::has_unfinished);
+
+  // What the engine does with a model's files before it plans the KV cache: the config, the
+  // headers, every tensor checked and packed on a one-thread CPU backend, the model built.
+  m.def("load_model", [](const std::string& path) {
+    std::unique_ptr<cserve::GgufFile> gguf;
+    std::unique_ptr<cserve::SafetensorsCheckpoint> ckpt;
+    cserve::ModelConfig config;
+    if (cserve::is_gguf_path(path)) {
+      gguf = std::make_unique<cserve::GgufFile>(path);
+      config = cserve::gguf_model_config(*gguf);
+    } else {
+      config = cserve::load_model_config(path);
+      ckpt = std::make_unique<cserve::SafetensorsCheckpoint>(path);
+    }
+    std::unique_ptr<cserve::Backend> backend = cserve::make_cpu_backend(1);
+    cserve::ModelWeights w = cserve::load_weights(config, ckpt.get(), cserve::DType::F32, *backend, 0, {}, gguf.get());
+    const size_t bytes = w.total_bytes;
+    cserve::LlamaModel model(config, *backend, std::move(w));
+    return bytes;
+  }, "path"_a, "Loads a model directory or .gguf file as the engine does (no KV cache); returns the weight bytes.");
 
   m.def("isa", [] { return std::string(cserve::cpu::isa_name(cserve::cpu::cpu_isa())); });
   m.def("round_to_dtype", [](ArrayIn x, const std::string& dtype) {

@@ -5,13 +5,18 @@
 #include <cstring>
 
 #include "cserve/error.h"
+#include "loader/checked.h"
 
 namespace cserve {
 
 namespace {
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little endian
-constexpr uint64_t kMaxCount = 1ull << 32;  // guards allocations against corrupt counts
+// Metadata values (array elements included) a header may hold: real files have a few
+// million at most (the tokenizer's vocabulary and merges); each costs ~100 bytes here.
+constexpr uint64_t kMaxValues = 1ull << 24;
+constexpr uint32_t kMaxDims = 4;
+constexpr uint64_t kMaxDim = 1ull << 40;
 
 // Bounds-checked reads from the mapped header.
 class Reader {
@@ -33,19 +38,40 @@ class Reader {
     p_ += n;
     return s;
   }
+  uint64_t remaining() const { return static_cast<uint64_t>(end_ - p_); }
   size_t offset(const uint8_t* base) const { return static_cast<size_t>(p_ - base); }
+  // Counts metadata values against kMaxValues.
+  void count_values(uint64_t n) {
+    num_values_ += n;
+    if (num_values_ > kMaxValues)
+      fail("corrupt GGUF header: more than " + std::to_string(kMaxValues) + " metadata values");
+  }
   [[noreturn]] void fail(const std::string& what) const { throw InvalidArgument(path_ + ": " + what); }
 
  private:
   void need(uint64_t n) const {
-    if (n > static_cast<uint64_t>(end_ - p_)) fail("truncated GGUF header");
+    if (n > remaining()) fail("truncated GGUF header");
   }
   const uint8_t* p_;
   const uint8_t* end_;
   const std::string& path_;
+  uint64_t num_values_ = 0;
 };
 
-GgufValue read_value(Reader& r, GgufValue::Type type, int depth) {
+// The fewest bytes a value of `type` takes in the file; 0 for an unknown type.
+uint64_t min_value_bytes(GgufValue::Type type) {
+  using T = GgufValue::Type;
+  switch (type) {
+    case T::U8: case T::I8: case T::BOOL: return 1;
+    case T::U16: case T::I16: return 2;
+    case T::U32: case T::I32: case T::F32: return 4;
+    case T::U64: case T::I64: case T::F64: case T::STRING: return 8;  // a string's length
+    case T::ARRAY: return 12;                                          // element type and count
+  }
+  return 0;
+}
+
+GgufValue read_value(Reader& r, GgufValue::Type type, int depth, const std::string& key) {
   using T = GgufValue::Type;
   GgufValue v;
   v.type = type;
@@ -63,16 +89,23 @@ GgufValue read_value(Reader& r, GgufValue::Type type, int depth) {
     case T::F64: v.f = r.read<double>(); break;
     case T::STRING: v.s = r.string(); break;
     case T::ARRAY: {
-      if (depth > 4) r.fail("GGUF arrays nested too deeply");
+      if (depth > 4) r.fail("metadata " + key + ": GGUF arrays nested too deeply");
       v.elem_type = static_cast<T>(r.read<uint32_t>());
+      const uint64_t elem_bytes = min_value_bytes(v.elem_type);
+      if (elem_bytes == 0)
+        r.fail("metadata " + key + ": unknown GGUF array element type " +
+               std::to_string(static_cast<uint32_t>(v.elem_type)));
       const uint64_t n = r.read<uint64_t>();
-      if (n > kMaxCount) r.fail("GGUF array too long");
+      // Bounded by the bytes left, so a corrupt count cannot reserve more than the file holds.
+      if (n > r.remaining() / elem_bytes)
+        r.fail("metadata " + key + ": array of " + std::to_string(n) + " elements is longer than the file");
+      r.count_values(n);
       v.array.reserve(static_cast<size_t>(n));
-      for (uint64_t i = 0; i < n; ++i) v.array.push_back(read_value(r, v.elem_type, depth + 1));
+      for (uint64_t i = 0; i < n; ++i) v.array.push_back(read_value(r, v.elem_type, depth + 1, key));
       break;
     }
     default:
-      r.fail("unknown GGUF value type " + std::to_string(static_cast<uint32_t>(type)));
+      r.fail("metadata " + key + ": unknown GGUF value type " + std::to_string(static_cast<uint32_t>(type)));
   }
   return v;
 }
@@ -88,6 +121,7 @@ bool is_gguf_path(const std::string& path) {
 
 GgufFile::GgufFile(const std::string& path) : path_(path), file_(std::make_unique<MmapFile>(path)) {
   const uint8_t* base = file_->data();
+  const uint64_t file_size = file_->size();
   Reader r(base, file_->size(), path_);
   if (r.read<uint32_t>() != kMagic) r.fail("not a GGUF file (bad magic)");
   version_ = r.read<uint32_t>();
@@ -95,31 +129,38 @@ GgufFile::GgufFile(const std::string& path) : path_(path), file_(std::make_uniqu
     r.fail("GGUF version " + std::to_string(version_) + " is not supported (only 2 and 3)");
   const uint64_t n_tensors = r.read<uint64_t>();
   const uint64_t n_kv = r.read<uint64_t>();
-  if (n_tensors > kMaxCount || n_kv > kMaxCount) r.fail("corrupt GGUF header (counts)");
+  // Each key/value takes at least 13 bytes (key length, type, one byte of value), each
+  // tensor info at least 32 (name length, n_dims, one dimension, type, offset).
+  if (n_kv > r.remaining() / 13 || n_tensors > r.remaining() / 32)
+    r.fail("truncated or corrupt GGUF header: " + std::to_string(n_tensors) + " tensors and " + std::to_string(n_kv) +
+           " metadata keys do not fit in the file");
   for (uint64_t i = 0; i < n_kv; ++i) {
     std::string key = r.string();
     const auto type = static_cast<GgufValue::Type>(r.read<uint32_t>());
-    metadata_[key] = read_value(r, type, 0);
+    r.count_values(1);
+    GgufValue value = read_value(r, type, 0, key);
+    if (!metadata_.emplace(key, std::move(value)).second) r.fail("metadata " + key + " appears twice");
   }
   struct Info {
     GgufTensor t;
     uint64_t offset;
-    int64_t numel;
+    uint64_t numel;
   };
   std::vector<Info> infos;
   for (uint64_t i = 0; i < n_tensors; ++i) {
     Info info;
     info.t.name = r.string();
+    auto bad = [&](const std::string& why) { r.fail("tensor " + info.t.name + ": " + why); };
     const uint32_t n_dims = r.read<uint32_t>();
-    if (n_dims == 0 || n_dims > 4) r.fail("tensor " + info.t.name + ": " + std::to_string(n_dims) + " dimensions");
+    if (n_dims == 0 || n_dims > kMaxDims)
+      bad(std::to_string(n_dims) + " dimensions (1 to " + std::to_string(kMaxDims) + " allowed)");
     std::vector<int64_t> ne(n_dims);
-    info.numel = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
       const uint64_t v = r.read<uint64_t>();
-      if (v == 0 || v > (1ull << 40)) r.fail("tensor " + info.t.name + ": bad dimension");
+      if (v == 0 || v > kMaxDim) bad("bad dimension " + std::to_string(v));
       ne[d] = static_cast<int64_t>(v);
-      info.numel *= ne[d];
     }
+    if (!checked_numel(ne, static_cast<uint64_t>(INT64_MAX), &info.numel)) bad("shape too large");
     info.t.shape.assign(ne.rbegin(), ne.rend());
     info.t.type = static_cast<GgmlType>(r.read<uint32_t>());
     info.offset = r.read<uint64_t>();
@@ -129,20 +170,32 @@ GgufFile::GgufFile(const std::string& path) : path_(path), file_(std::make_uniqu
                          "), which cserve does not read (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, "
                          "Q8_0, Q4_K, Q5_K, Q6_K)");
     if (ne[0] % ggml_block_elems(info.t.type) != 0)
-      r.fail("tensor " + info.t.name + ": row length not a multiple of its block size");
+      bad("row length " + std::to_string(ne[0]) + " not a multiple of its block size " +
+          std::to_string(ggml_block_elems(info.t.type)));
+    uint64_t nbytes = 0;
+    if (!checked_mul(info.numel / static_cast<uint64_t>(ggml_block_elems(info.t.type)),
+                     static_cast<uint64_t>(ggml_block_bytes(info.t.type)), &nbytes) ||
+        nbytes > file_size)
+      bad("data of " + std::to_string(info.numel) + " elements lies outside the file (" + std::to_string(file_size) +
+          " bytes)");
+    info.t.nbytes = static_cast<size_t>(nbytes);
     infos.push_back(std::move(info));
   }
-  int64_t alignment = get_int("general.alignment", 32);
-  if (alignment <= 0 || (alignment & (alignment - 1))) r.fail("general.alignment must be a power of two");
-  const size_t header_end = r.offset(base);
-  const size_t data_start = (header_end + alignment - 1) / alignment * alignment;
+  const int64_t alignment = get_int("general.alignment", 32);
+  if (alignment <= 0 || alignment > (1 << 30) || (alignment & (alignment - 1)))
+    r.fail("general.alignment must be a power of two up to 2^30, got " + std::to_string(alignment));
+  const uint64_t align = static_cast<uint64_t>(alignment);
+  const uint64_t header_end = r.offset(base);
+  const uint64_t data_start = (header_end + align - 1) / align * align;  // header_end <= file size: no overflow
   for (Info& info : infos) {
     GgufTensor& t = info.t;
-    t.nbytes = static_cast<size_t>(info.numel / ggml_block_elems(t.type) * ggml_block_bytes(t.type));
-    if (info.offset % static_cast<uint64_t>(alignment) != 0) r.fail("tensor " + t.name + ": misaligned data");
-    if (data_start + info.offset > file_->size() || t.nbytes > file_->size() - data_start - info.offset)
-      r.fail("tensor " + t.name + ": data lies outside the file");
-    t.data = base + data_start + info.offset;
+    if (info.offset % align != 0) r.fail("tensor " + t.name + ": misaligned data offset " + std::to_string(info.offset));
+    uint64_t begin = 0;
+    if (!checked_add(data_start, info.offset, &begin) || !range_inside(begin, t.nbytes, file_size))
+      r.fail("tensor " + t.name + ": data of " + std::to_string(t.nbytes) + " bytes at offset " +
+             std::to_string(info.offset) + " lies outside the file (" + std::to_string(file_size) +
+             " bytes, the data section starting at byte " + std::to_string(data_start) + ")");
+    t.data = base + begin;
     if (!tensors_.emplace(t.name, t).second) r.fail("tensor " + t.name + " appears twice");
   }
 }

@@ -1,5 +1,6 @@
 #include "loader/gguf_model.h"
 
+#include <algorithm>
 #include <regex>
 
 #include "cserve/error.h"
@@ -21,9 +22,12 @@ constexpr Arch kArchs[] = {
     {"qwen3", "Qwen3ForCausalLM", "qwen3"},
 };
 
-int64_t required_int(const GgufFile& f, const std::string& key) {
-  const int64_t v = f.get_int(key, -1);
-  if (v <= 0) throw InvalidArgument(f.path() + ": metadata " + key + " is missing or not positive");
+// A positive integer no larger than max, or `fallback` when the key is absent (-1: required).
+int64_t bounded_int(const GgufFile& f, const std::string& key, int64_t max, int64_t fallback = -1) {
+  const int64_t v = f.get_int(key, fallback);
+  if (v <= 0 || v > max)
+    throw InvalidArgument(f.path() + ": metadata " + key + " is missing or not a positive integer up to " +
+                          std::to_string(max) + " (got " + std::to_string(v) + ")");
   return v;
 }
 
@@ -41,19 +45,20 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   c.architecture = known->architecture;
   c.model_type = known->model_type;
   const std::string p = arch + ".";
-  c.hidden_size = required_int(f, p + "embedding_length");
-  c.intermediate_size = required_int(f, p + "feed_forward_length");
-  c.num_hidden_layers = required_int(f, p + "block_count");
-  c.num_attention_heads = required_int(f, p + "attention.head_count");
-  c.num_key_value_heads = f.get_int(p + "attention.head_count_kv", c.num_attention_heads);
-  if (c.num_key_value_heads <= 0 || c.num_attention_heads % c.num_key_value_heads != 0)
+  c.hidden_size = bounded_int(f, p + "embedding_length", kMaxModelWidth);
+  c.intermediate_size = bounded_int(f, p + "feed_forward_length", kMaxModelWidth);
+  c.num_hidden_layers = bounded_int(f, p + "block_count", kMaxNumLayers);
+  c.num_attention_heads = bounded_int(f, p + "attention.head_count", kMaxModelWidth);
+  c.num_key_value_heads = bounded_int(f, p + "attention.head_count_kv", kMaxModelWidth, c.num_attention_heads);
+  if (c.num_attention_heads % c.num_key_value_heads != 0)
     throw InvalidArgument(f.path() + ": attention.head_count_kv must divide attention.head_count");
-  c.head_dim = f.get_int(p + "attention.key_length", c.hidden_size / c.num_attention_heads);
+  c.head_dim = bounded_int(f, p + "attention.key_length", kMaxModelWidth,
+                           std::max<int64_t>(c.hidden_size / c.num_attention_heads, 1));
   c.rms_norm_eps = f.get_float(p + "attention.layer_norm_rms_epsilon", 1e-6);
   c.rope_theta = f.get_float(p + "rope.freq_base", 10000.0);
-  const int64_t rope_dims = f.get_int(p + "rope.dimension_count", c.head_dim);
+  const int64_t rope_dims = bounded_int(f, p + "rope.dimension_count", c.head_dim, c.head_dim);
   c.partial_rotary_factor = static_cast<double>(rope_dims) / static_cast<double>(c.head_dim);
-  c.max_position_embeddings = f.get_int(p + "context_length", 2048);
+  c.max_position_embeddings = bounded_int(f, p + "context_length", kMaxPositions, 2048);
   const std::string scaling = f.get_string(p + "rope.scaling.type", "none");
   if (scaling == "linear" || scaling == "yarn") {
     c.rope_scaling.type = scaling;
@@ -68,12 +73,16 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   c.qk_norm = f.has_tensor("blk.0.attn_q_norm.weight");
   c.layer_sliding_window.assign(static_cast<size_t>(c.num_hidden_layers), 0);
   const GgufTensor& embd = f.tensor("token_embd.weight");
-  c.vocab_size = embd.shape[0];
   if (embd.shape.size() != 2 || embd.shape[1] != c.hidden_size)
-    throw InvalidArgument(f.path() + ": token_embd.weight does not match embedding_length");
+    throw InvalidArgument(f.path() + ": tensor token_embd.weight does not match embedding_length");
+  if (embd.shape[0] > kMaxVocabSize)
+    throw InvalidArgument(f.path() + ": tensor token_embd.weight has " + std::to_string(embd.shape[0]) +
+                          " rows, more than the largest vocabulary (" + std::to_string(kMaxVocabSize) + ")");
+  c.vocab_size = embd.shape[0];
   if (f.find("tokenizer.ggml.eos_token_id")) c.eos_token_ids = {f.get_int("tokenizer.ggml.eos_token_id", -1)};
   c.bos_token_id = f.get_int("tokenizer.ggml.bos_token_id", -1);
   c.torch_dtype = "bfloat16";  // what --dtype auto computes in (the weights stay quantized)
+  check_model_config(c, f.path());
   return c;
 }
 

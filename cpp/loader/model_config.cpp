@@ -2,6 +2,7 @@
 #include "loader/model_config.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/dtype.h"
 #include "cserve/error.h"
@@ -60,20 +61,22 @@ class ConfigReader {
     }
   }
 
-  int64_t positive_int(const std::string& field) const {
+  // A positive integer no larger than max (a dimension: a corrupt one must not size an allocation).
+  int64_t positive_int(const std::string& field, int64_t max) const {
     const Json* v = get(field);
     if (v == nullptr) invalid(field, "is missing");
     int64_t x = integer(v, field);
-    if (x <= 0) invalid(field, "must be a positive integer, got " + std::to_string(x));
+    if (x <= 0 || x > max)
+      invalid(field, "must be a positive integer up to " + std::to_string(max) + ", got " + std::to_string(x));
     return x;
   }
 
-  int64_t positive_int_or(const std::string& field, int64_t fallback) const {
-    return get(field) == nullptr ? fallback : positive_int(field);
+  int64_t positive_int_or(const std::string& field, int64_t max, int64_t fallback) const {
+    return get(field) == nullptr ? fallback : positive_int(field, max);
   }
 
   double number(const Json* v, const std::string& field) const {
-    if (!v->is_number()) invalid(field, "must be a number");
+    if (!v->is_number() || !std::isfinite(v->as_number())) invalid(field, "must be a finite number");
     return v->as_number();
   }
 
@@ -313,19 +316,19 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   ModelConfig c;
   resolve_architecture(r, c);
 
-  c.vocab_size = r.positive_int("vocab_size");
-  c.hidden_size = r.positive_int("hidden_size");
-  c.intermediate_size = r.positive_int("intermediate_size");
-  c.num_hidden_layers = r.positive_int("num_hidden_layers");
-  c.num_attention_heads = r.positive_int("num_attention_heads");
-  c.num_key_value_heads = r.positive_int_or("num_key_value_heads", c.num_attention_heads);
+  c.vocab_size = r.positive_int("vocab_size", kMaxVocabSize);
+  c.hidden_size = r.positive_int("hidden_size", kMaxModelWidth);
+  c.intermediate_size = r.positive_int("intermediate_size", kMaxModelWidth);
+  c.num_hidden_layers = r.positive_int("num_hidden_layers", kMaxNumLayers);
+  c.num_attention_heads = r.positive_int("num_attention_heads", kMaxModelWidth);
+  c.num_key_value_heads = r.positive_int_or("num_key_value_heads", kMaxModelWidth, c.num_attention_heads);
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     r.invalid("num_key_value_heads", "(" + std::to_string(c.num_key_value_heads) +
                                          ") must divide num_attention_heads (" +
                                          std::to_string(c.num_attention_heads) + ")");
   }
   if (r.get("head_dim") != nullptr) {
-    c.head_dim = r.positive_int("head_dim");
+    c.head_dim = r.positive_int("head_dim", kMaxModelWidth);
   } else {
     if (c.hidden_size % c.num_attention_heads != 0) {
       r.invalid("hidden_size", "must be divisible by num_attention_heads when head_dim is absent");
@@ -334,7 +337,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   }
   c.rms_norm_eps = r.number_or("rms_norm_eps", 1e-6);
   if (!(c.rms_norm_eps > 0)) r.invalid("rms_norm_eps", "must be positive");
-  c.max_position_embeddings = r.positive_int_or("max_position_embeddings", 2048);
+  c.max_position_embeddings = r.positive_int_or("max_position_embeddings", kMaxPositions, 2048);
   read_rope(r, root, c);
 
   c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
@@ -352,7 +355,37 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   if (c.hidden_act != "silu") {
     throw NotSupported(source + ": hidden_act " + c.hidden_act + " is not supported (supported: silu)");
   }
+  check_model_config(c, source);
   return c;
+}
+
+void check_model_config(const ModelConfig& c, const std::string& source) {
+  auto invalid = [&](const std::string& field, const std::string& why) {
+    throw InvalidArgument(source + ": field '" + field + "' " + why);
+  };
+  if (c.head_dim <= 0 || c.head_dim % 2 != 0)
+    invalid("head_dim", "must be positive and even, got " + std::to_string(c.head_dim));
+  if (c.num_attention_heads > kMaxModelWidth / c.head_dim)
+    invalid("num_attention_heads", "times head_dim (" + std::to_string(c.num_attention_heads) + " x " +
+                                       std::to_string(c.head_dim) + ") must be at most " +
+                                       std::to_string(kMaxModelWidth));
+  if (!(c.partial_rotary_factor > 0 && c.partial_rotary_factor <= 1.0) ||
+      static_cast<int64_t>(static_cast<double>(c.head_dim) * c.partial_rotary_factor) < 2)
+    invalid("partial_rotary_factor", "must leave at least 2 of head_dim's " + std::to_string(c.head_dim) +
+                                         " dimensions rotary and at most all of them");
+  if (!(c.rms_norm_eps > 0 && std::isfinite(c.rms_norm_eps))) invalid("rms_norm_eps", "must be finite and positive");
+  if (!(c.rope_theta > 0 && std::isfinite(c.rope_theta))) invalid("rope_theta", "must be finite and positive");
+  if (c.max_position_embeddings <= 0 || c.max_position_embeddings > kMaxPositions)
+    invalid("max_position_embeddings", "must be a positive integer up to " + std::to_string(kMaxPositions) +
+                                           ", got " + std::to_string(c.max_position_embeddings));
+  const RopeScaling& s = c.rope_scaling;
+  if (s.original_max_position_embeddings < 0 || s.original_max_position_embeddings > kMaxPositions)
+    invalid("rope_scaling.original_max_position_embeddings",
+            "must be a positive integer up to " + std::to_string(kMaxPositions));
+  if (s.type != "default" && !(s.factor > 0 && s.factor <= kMaxRopeFactor))
+    invalid("rope_scaling.factor", "must be positive and at most " + std::to_string(static_cast<int64_t>(kMaxRopeFactor)));
+  if (static_cast<int64_t>(c.layer_sliding_window.size()) != c.num_hidden_layers)
+    invalid("num_hidden_layers", "does not match the per-layer attention settings");
 }
 
 ModelConfig load_model_config(const std::string& model_dir) {

@@ -52,6 +52,21 @@ struct ModelConfig {
   std::string hidden_act = "silu";
 };
 
+// Bounds on a model's dimensions: far above any real model, low enough that a corrupt or
+// hostile config is an error at load and every size the loader and the engine derive from
+// them (vocab x hidden, heads x head_dim x layers, ...) fits in 64 bits.
+constexpr int64_t kMaxVocabSize = INT32_MAX;         // token ids are int32
+constexpr int64_t kMaxModelWidth = int64_t{1} << 20;  // hidden, intermediate, heads x head_dim
+constexpr int64_t kMaxNumLayers = int64_t{1} << 16;
+constexpr int64_t kMaxPositions = INT32_MAX;          // positions are int32
+constexpr double kMaxRopeFactor = 1 << 20;
+
+// Cross-field checks every ModelConfig passes, whatever it was read from (config.json or
+// GGUF metadata): head_dim even and the heads' width bounded, at least two rotary
+// dimensions, finite positive norm epsilon and rope base, positions and rope factor bounded.
+// Throws InvalidArgument naming `source` and the field.
+void check_model_config(const ModelConfig& config, const std::string& source);
+
 // Reads <dir>/config.json. Throws NotFound, InvalidArgument (bad field, naming it),
 // NotSupported (unknown architecture or rope type, naming it).
 ModelConfig load_model_config(const std::string& model_dir);

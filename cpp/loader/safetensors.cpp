@@ -8,11 +8,15 @@
 #include <set>
 
 #include "cserve/error.h"
+#include "loader/checked.h"
 #include "util/json.h"
 
 namespace cserve {
 
 namespace {
+
+// The reference implementation's limit on the JSON header.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
 bool file_exists(const std::string& path) {
   struct stat st;
@@ -104,7 +108,12 @@ void SafetensorsCheckpoint::open_file(const std::string& path) {
   size_t size = file->size();
   if (size < 8) throw InvalidArgument(path + ": truncated safetensors header");
   uint64_t header_len = read_le64(base);
-  if (header_len > size - 8) throw InvalidArgument(path + ": truncated safetensors header");
+  if (header_len > size - 8)
+    throw InvalidArgument(path + ": truncated safetensors header (the header length " + std::to_string(header_len) +
+                          " is larger than the file's " + std::to_string(size - 8) + " bytes after it)");
+  if (header_len > kMaxHeaderBytes)
+    throw InvalidArgument(path + ": safetensors header of " + std::to_string(header_len) + " bytes is larger than " +
+                          std::to_string(kMaxHeaderBytes) + " (the format's limit)");
   std::string header_text(reinterpret_cast<const char*>(base + 8), static_cast<size_t>(header_len));
   Json header = Json::parse(header_text, path + " (safetensors header)");
   if (!header.is_object()) throw InvalidArgument(path + ": safetensors header must be a JSON object");
@@ -132,14 +141,16 @@ void SafetensorsCheckpoint::open_file(const std::string& path) {
       throw NotSupported(path + ": tensor " + name + " has unsupported dtype " + dtype->as_string() +
                          " (supported: F32, F16, BF16)");
     }
-    uint64_t numel = 1;
     for (const Json& d : shape->as_array()) {
       int64_t dim = 0;
       if (!non_negative_int(d, &dim)) throw bad("shape must be a list of non-negative integers");
-      if (dim != 0 && numel > (uint64_t(1) << 62) / static_cast<uint64_t>(dim)) throw bad("shape too large");
-      numel *= static_cast<uint64_t>(dim);
       t.shape.push_back(dim);
     }
+    // Checked products: a shape whose byte size overflows must not wrap onto the offsets' size.
+    uint64_t numel = 0, expected = 0;
+    if (!checked_numel(t.shape, static_cast<uint64_t>(INT64_MAX), &numel) ||
+        !checked_mul(numel, dtype_size(t.dtype), &expected))
+      throw bad("shape too large (its size overflows 64 bits)");
     int64_t begin = 0, end = 0;
     for (int i = 0; i < 2; ++i) {
       if (!non_negative_int(offsets->as_array()[i], i == 0 ? &begin : &end)) {
@@ -150,7 +161,6 @@ void SafetensorsCheckpoint::open_file(const std::string& path) {
       throw bad("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                 "] outside the data section of " + std::to_string(data_size) + " bytes");
     }
-    uint64_t expected = numel * dtype_size(t.dtype);
     if (static_cast<uint64_t>(end - begin) != expected) {
       throw bad("data size " + std::to_string(end - begin) + " bytes does not match shape and dtype (" +
                 std::to_string(expected) + " bytes)");
