@@ -183,6 +183,16 @@ void bind_testing(nb::module_& m) {
   }, "x"_a, "dtype"_a, "float32 -> dtype -> float32 through the core conversions (fp8 included).");
   m.def("cudagraph_sizes", [](const cserve::EngineConfig& c) { return cserve::resolve_cudagraph_sizes(c, c.max_num_seqs); },
         "config"_a);
+  m.def("kv_cache_plan", [](const cserve::EngineConfig& c, int64_t num_layers, int64_t num_kv_heads, int64_t head_dim,
+                            const std::string& kv_dtype, int64_t max_model_len, int64_t weight_bytes) {
+    cserve::ModelConfig model;
+    model.num_hidden_layers = num_layers;
+    model.num_key_value_heads = num_kv_heads;
+    model.head_dim = head_dim;
+    auto plan = cserve::plan_kv_cache(c, model, cserve::parse_dtype(kv_dtype), max_model_len, weight_bytes);
+    return std::make_tuple(plan.num_blocks, plan.bytes_per_block, std::string(plan.source));
+  }, "config"_a, "num_layers"_a, "num_kv_heads"_a, "head_dim"_a, "kv_dtype"_a, "max_model_len"_a, "weight_bytes"_a = 0,
+        "The CPU KV cache plan (num_blocks, bytes_per_block, source) for a model of this shape.");
 
   m.def("gemm", [](ArrayIn w, ArrayIn x, const std::string& dtype, std::optional<ArrayIn> bias, int num_threads) {
     std::vector<cserve::Tensor> biases;

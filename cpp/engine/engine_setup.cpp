@@ -1,32 +1,34 @@
 #include "engine/engine_setup.h"
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
+#include <cstdlib>
 #include <string>
 
 #include "cserve/error.h"
+#include "util/logging.h"
+#include "util/memory.h"
 
 namespace cserve {
 
 namespace {
 
-int64_t available_memory_bytes() {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  int64_t kb = 0;
-  std::string unit;
-  while (f >> key >> kb >> unit)
-    if (key == "MemAvailable:") return kb * 1024;
-  return 4LL << 30;
+constexpr int64_t kGiB = int64_t{1} << 30;
+
+// VLLM_CPU_KVCACHE_SPACE, vLLM-CPU's KV cache size in GiB; unset or 0: 0 (not set).
+int64_t cpu_kvcache_space_bytes() {
+  const char* v = std::getenv("VLLM_CPU_KVCACHE_SPACE");
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const double gib = std::strtod(v, &end);
+  if (end == v || *end != '\0' || !(gib >= 0) || gib > 1e6)
+    throw InvalidArgument(std::string("VLLM_CPU_KVCACHE_SPACE must be the CPU KV cache size in GiB (0: the default), "
+                                      "got '") + v + "'");
+  return static_cast<int64_t>(gib * static_cast<double>(kGiB));
 }
 
-std::string gib(int64_t bytes) {
-  std::ostringstream s;
-  s.precision(2);
-  s << std::fixed << static_cast<double>(bytes) / (1 << 30) << " GiB";
-  return s.str();
-}
+// What the CPU cache may not leave below it of the memory available at start: 1 GiB, or a
+// tenth of what is available where that is less (activations and the rest of the process).
+int64_t cpu_reserve_bytes(int64_t available) { return std::min<int64_t>(kGiB, available / 10); }
 
 }  // namespace
 
@@ -84,39 +86,70 @@ KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& m, DTyp
                           int64_t weight_bytes, const DeviceMemoryUse* device) {
   KVCachePlan plan;
   if (config.block_size <= 0) throw InvalidArgument("block_size must be positive");
+  const double utilization = config.gpu_memory_utilization;
+  if (utilization < 0 || utilization > 1)
+    throw InvalidArgument("gpu_memory_utilization must be in (0, 1], got " + std::to_string(utilization));
   plan.bytes_per_block = 2 * m.num_hidden_layers * m.num_key_value_heads * m.head_dim * config.block_size *
                          static_cast<int64_t>(dtype_size(kv_dtype));
   const int64_t blocks_per_seq = (max_model_len + config.block_size - 1) / config.block_size;
+  const int64_t seq_bytes = blocks_per_seq * plan.bytes_per_block;
+  // More blocks than max_num_seqs full-length sequences can hold would never be used at once.
+  const int64_t all_seqs_bytes = seq_bytes * config.max_num_seqs;
+  const int64_t env_bytes = device ? 0 : cpu_kvcache_space_bytes();
+  int64_t budget = 0;
   if (config.num_gpu_blocks_override > 0) {
     plan.num_blocks = config.num_gpu_blocks_override;
-    plan.source = "num_gpu_blocks_override";
-    return plan;  // vLLM does not check capacity against max_model_len here either
-  }
-  int64_t budget;
-  if (config.kv_cache_memory_bytes > 0) {
+    plan.source = "num_gpu_blocks_override";  // vLLM does not check capacity against max_model_len here either
+  } else if (config.kv_cache_memory_bytes > 0) {
     budget = config.kv_cache_memory_bytes;
     plan.source = "kv_cache_memory_bytes";
-  } else {
-    if (config.gpu_memory_utilization <= 0 || config.gpu_memory_utilization > 1)
-      throw InvalidArgument("gpu_memory_utilization must be in (0, 1], got " +
-                            std::to_string(config.gpu_memory_utilization));
-    if (device) {
-      budget = static_cast<int64_t>(config.gpu_memory_utilization * static_cast<double>(device->total_bytes)) -
-               device->used_bytes;
-    } else {
-      budget = static_cast<int64_t>(config.gpu_memory_utilization * static_cast<double>(available_memory_bytes())) -
-               weight_bytes;
-      // More blocks than max_num_seqs full-length sequences can hold would never be used at once.
-      budget = std::min(budget, blocks_per_seq * config.max_num_seqs * plan.bytes_per_block);
-    }
+  } else if (device) {
+    const double fraction = utilization > 0 ? utilization : kDefaultGpuMemoryUtilization;
+    budget = static_cast<int64_t>(fraction * static_cast<double>(device->total_bytes)) - device->used_bytes;
     plan.source = "gpu_memory_utilization";
+  } else if (env_bytes > 0) {
+    budget = env_bytes;
+    plan.source = "VLLM_CPU_KVCACHE_SPACE";
+  } else if (utilization > 0) {
+    budget = static_cast<int64_t>(utilization * static_cast<double>(host_available_memory_bytes())) - weight_bytes;
+    budget = std::min(budget, all_seqs_bytes);
+    plan.source = "gpu_memory_utilization";
+  } else if (all_seqs_bytes <= kDefaultCpuKVCacheBytes) {
+    budget = all_seqs_bytes;
+    plan.source = "the CPU default (4 GiB), capped at max_num_seqs x max_model_len";
+  } else if (seq_bytes <= kDefaultCpuKVCacheBytes) {
+    budget = kDefaultCpuKVCacheBytes;
+    plan.source = "the CPU default (4 GiB)";
+  } else {
+    budget = seq_bytes;
+    plan.source = "the CPU default, raised to one max_model_len sequence";
+    log_warning("The default CPU KV cache (4 GiB) cannot hold one sequence of max_model_len (" +
+                std::to_string(max_model_len) + ") tokens: using " + format_gib(seq_bytes) +
+                " instead. Set VLLM_CPU_KVCACHE_SPACE (GiB) or --kv-cache-memory-bytes to choose the size, "
+                "or lower --max-model-len.");
   }
-  plan.num_blocks = budget / plan.bytes_per_block;
-  if (plan.num_blocks < blocks_per_seq)
-    throw OutOfMemory("To serve at least one request with the model's max seq len (" + std::to_string(max_model_len) +
-                      "), " + gib(blocks_per_seq * plan.bytes_per_block) + " KV cache is needed, which is larger than the " +
-                      "available KV cache memory (" + gib(std::max<int64_t>(budget, 0)) +
-                      "). Try increasing gpu_memory_utilization or kv_cache_memory_bytes, or decreasing max_model_len.");
+  if (config.num_gpu_blocks_override <= 0) {
+    plan.num_blocks = budget / plan.bytes_per_block;
+    if (plan.num_blocks < blocks_per_seq)
+      throw OutOfMemory("To serve at least one request with the model's max seq len (" + std::to_string(max_model_len) +
+                        "), " + format_gib(seq_bytes) + " KV cache is needed, which is larger than the " +
+                        "available KV cache memory (" + format_gib(std::max<int64_t>(budget, 0)) + ", sized by " +
+                        plan.source + "). " +
+                        (device ? "Try increasing gpu_memory_utilization or kv_cache_memory_bytes, or decreasing "
+                                  "max_model_len."
+                                : "Set VLLM_CPU_KVCACHE_SPACE (GiB) or --kv-cache-memory-bytes to at least that, "
+                                  "or lower --max-model-len."));
+  }
+  if (!device) {
+    // The CPU cache is committed at start: it must fit in what is free now, with room to spare.
+    const int64_t bytes = plan.num_blocks * plan.bytes_per_block;
+    const int64_t available = host_available_memory_bytes();
+    if (bytes > available - cpu_reserve_bytes(available))
+      throw OutOfMemory("The CPU KV cache (" + format_gib(bytes) + ", sized by " + plan.source +
+                        ") does not fit in the memory available (" + format_gib(available) + ", of which " +
+                        format_gib(cpu_reserve_bytes(available)) + " stays free for the rest of the server). Set VLLM_CPU_KVCACHE_SPACE (GiB) or "
+                        "--kv-cache-memory-bytes to a size that fits, or lower --max-model-len or --max-num-seqs.");
+  }
   return plan;
 }
 

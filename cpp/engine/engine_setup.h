@@ -26,12 +26,24 @@ struct DeviceMemoryUse {
   int64_t total_bytes = 0;
   int64_t used_bytes = 0;
 };
-// num_gpu_blocks_override, else kv_cache_memory_bytes, else gpu_memory_utilization:
-// - on a device (device != nullptr), as vLLM means it: that fraction of the device's total
-//   memory, less what the profiling run saw in use;
-// - on the CPU, of the host memory available now, less the weights, capped at what
-//   max_num_seqs full-length sequences can use.
-// Throws OutOfMemory when not even one max_model_len sequence fits.
+// The CPU KV cache when nothing sets its size: vLLM-CPU's default for VLLM_CPU_KVCACHE_SPACE.
+constexpr int64_t kDefaultCpuKVCacheBytes = int64_t{4} << 30;
+// gpu_memory_utilization on a device when it is not set (EngineConfig's 0).
+constexpr double kDefaultGpuMemoryUtilization = 0.9;
+// The first that is set decides:
+// 1. num_gpu_blocks_override: that many blocks;
+// 2. kv_cache_memory_bytes: that many bytes;
+// 3. on a device (device != nullptr), gpu_memory_utilization (0: 0.9) as vLLM means it: that
+//    fraction of the device's total memory, less what the profiling run saw in use;
+// on the CPU:
+// 3. VLLM_CPU_KVCACHE_SPACE (vLLM-CPU's variable, GiB; 0 or unset: not set);
+// 4. gpu_memory_utilization, when set: that fraction of the host memory available now, less
+//    the weights, capped at what max_num_seqs full-length sequences can use;
+// 5. the default: 4 GiB (vLLM-CPU's), capped at what max_num_seqs full-length sequences can
+//    use, raised to one full-length sequence where 4 GiB does not hold one (with a warning).
+// Throws OutOfMemory when not even one max_model_len sequence fits (except with
+// num_gpu_blocks_override), and, on the CPU, when the cache does not fit in the host memory
+// available now less a reserve (1 GiB, or a tenth of it): the CPU cache is committed at start.
 KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& model, DType kv_dtype,
                           int64_t max_model_len, int64_t weight_bytes, const DeviceMemoryUse* device = nullptr);
 

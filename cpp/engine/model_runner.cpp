@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "util/memory.h"
+
 namespace cserve {
 
 ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, int64_t num_blocks, int block_size,
@@ -27,6 +29,11 @@ void ModelRunner::resize_kv_cache(int64_t num_blocks) {
   const int64_t per_layer = num_blocks * c.num_key_value_heads * block_size_ * c.head_dim;
   const size_t layer_bytes = static_cast<size_t>(per_layer) * dtype_size(kv_dtype);
   kv_memory_ = backend_.allocate(layer_bytes * 2 * static_cast<size_t>(c.num_hidden_layers));
+  // In host memory, every page now: the size logged at start is what the process holds, and a
+  // shortfall fails here rather than as an out-of-memory kill under load.
+  if (backend_.host_memory())
+    commit_host_memory(kv_memory_.data(), kv_memory_.size(), "KV cache",
+                       "Set VLLM_CPU_KVCACHE_SPACE (GiB) or --kv-cache-memory-bytes to a size that fits.");
   std::vector<int64_t> shape{num_blocks, c.num_key_value_heads, block_size_, c.head_dim};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     char* base = kv_memory_.as<char>() + 2 * l * layer_bytes;

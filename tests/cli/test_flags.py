@@ -67,6 +67,7 @@ def test_engine_fields_exist_in_the_core():
     config = core.EngineConfig()
     options = engine_options(parse("--block-size", "32", "--max-model-len", "1k", "--max-num-seqs", "8",
                                    "--num-gpu-blocks-override", "64", "--kv-cache-memory-bytes", "1G",
+                                   "--gpu-memory-utilization", "0.5",
                                    "--max-num-batched-tokens", "2k", "--no-enable-prefix-caching",
                                    "--enable-chunked-prefill", "--kv-cache-dtype", "bfloat16", "--seed", "3",
                                    "--cudagraph-capture-sizes", "1", "2", "4", "--max-cudagraph-capture-size", "16"))

@@ -17,7 +17,9 @@ struct EngineConfig {
   int block_size = 16;
   bool enable_prefix_caching = true;
   std::string prefix_caching_hash_algo = "sha256";  // sha256, sha256_cbor, xxhash, xxhash_cbor
-  double gpu_memory_utilization = 0.9;  // CPU: fraction of available RAM after weights
+  // 0: unset (0.9 on a GPU; on the CPU the KV cache then follows VLLM_CPU_KVCACHE_SPACE or its
+  // 4 GiB default); set on the CPU: the fraction of available RAM, after weights, for the KV cache.
+  double gpu_memory_utilization = 0;
   int64_t kv_cache_memory_bytes = 0;    // 0: unset
   int64_t num_gpu_blocks_override = 0;  // 0: unset
   std::string kv_cache_dtype = "auto";  // auto or the compute dtype

@@ -406,8 +406,9 @@ FLAGS: tuple = (
         "CacheConfig",
         Flag("--block-size", INT, None, "Tokens per KV cache block.", choices=(1, 8, 16, 32, 64, 128, 256),
              **ok("engine")),
-        Flag("--gpu-memory-utilization", FLOAT, 0.9, "Fraction of device memory for the model and KV cache; on "
-             "the CPU, of the memory available after the weights.", check=Range(0, 1, low_open=True),
+        Flag("--gpu-memory-utilization", FLOAT, None, "Fraction of device memory for the model and KV cache "
+             "(0.9 when unset); on the CPU, when given, the fraction of available memory for weights and KV cache "
+             "(unset: VLLM_CPU_KVCACHE_SPACE GiB, default 4).", check=Range(0, 1, low_open=True),
              **ok("engine")),
         Flag("--kv-cache-memory-bytes", SIZE, None, "KV cache size in bytes (accepts 4G etc.); overrides "
              "--gpu-memory-utilization.", check=Range(1), **ok("engine")),
