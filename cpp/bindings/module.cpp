@@ -28,9 +28,14 @@ void set_error(PyObject* type, const char* what) {
 }
 
 void register_errors(nb::module_& m) {
+  // Lives as long as the module (never freed: the translator may run until interpreter exit).
+  static PyObject* engine_dead = PyErr_NewException("cserve._core.EngineDeadError", PyExc_RuntimeError, nullptr);
+  m.attr("EngineDeadError") = nb::borrow(engine_dead);
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);
+    } catch (const cserve::EngineDead& e) {
+      set_error(engine_dead, e.what());
     } catch (const cserve::InvalidArgument& e) {
       set_error(PyExc_ValueError, e.what());
     } catch (const cserve::NotFound& e) {
@@ -89,6 +94,7 @@ void bind_config(nb::module_& m) {
       .def_ro("block_size", &cserve::ModelInfo::block_size)
       .def_ro("kv_cache_tokens", &cserve::ModelInfo::kv_cache_tokens)
       .def_ro("max_concurrency", &cserve::ModelInfo::max_concurrency)
+      .def_ro("max_num_seqs", &cserve::ModelInfo::max_num_seqs)
       .def_ro("load_seconds", &cserve::ModelInfo::load_seconds)
       .def_ro("kv_alloc_seconds", &cserve::ModelInfo::kv_alloc_seconds)
       .def_ro("warmup_seconds", &cserve::ModelInfo::warmup_seconds)
@@ -136,7 +142,8 @@ void bind_engine(nb::module_& m) {
       .def_prop_ro("finished", &cserve::RequestOutput::finished)
       .def_ro("stop_token_id", &cserve::RequestOutput::stop_token_id)
       .def_ro("num_prompt_tokens", &cserve::RequestOutput::num_prompt_tokens)
-      .def_ro("num_cached_tokens", &cserve::RequestOutput::num_cached_tokens);
+      .def_ro("num_cached_tokens", &cserve::RequestOutput::num_cached_tokens)
+      .def_ro("error", &cserve::RequestOutput::error);
 
   nb::class_<cserve::EngineStats>(m, "EngineStats")
       .def_ro("num_running", &cserve::EngineStats::num_running)
@@ -162,6 +169,8 @@ void bind_engine(nb::module_& m) {
       .def("output_fd", &cserve::Engine::output_fd)
       .def("drain_outputs", &cserve::Engine::drain_outputs)
       .def("stats", &cserve::Engine::stats)
+      .def("is_dead", &cserve::Engine::is_dead)
+      .def("dead_reason", &cserve::Engine::dead_reason)
       .def("model_info", &cserve::Engine::model_info, nb::rv_policy::reference_internal)
       .def("reset_prefix_cache", &cserve::Engine::reset_prefix_cache);
 }

@@ -67,15 +67,19 @@ class SchedulerHarness {
     last_ = sched_.schedule();
     std::vector<std::tuple<std::string, int64_t, int64_t, bool, std::vector<int32_t>>> out;
     for (const auto& s : last_.scheduled)
-      out.emplace_back(s.request->id, s.start, s.num_new_tokens, s.sample, *s.block_ids);
+      out.emplace_back(name(*s.request), s.start, s.num_new_tokens, s.sample, *s.block_ids);
     return out;
   }
+  // Tests name a completion "<id>" (n = 1) or "<id>#<index>"; the scheduler's own ids are opaque.
+  static std::string name(const cserve::Request& r) {
+    return r.params.n == 1 ? r.external_id : r.external_id + "#" + std::to_string(r.index);
+  }
   std::vector<std::pair<int32_t, int32_t>> block_copies() const { return last_.block_copies; }
-  // Completes the last scheduled step; `tokens` gives the sampled token per internal request id.
+  // Completes the last scheduled step; `tokens` gives the sampled token per completion name.
   std::vector<cserve::RequestOutput> update(const std::map<std::string, int32_t>& tokens) {
     cserve::RunnerOutput r;
     for (const auto& s : last_.scheduled) {
-      auto it = tokens.find(s.request->id);
+      auto it = tokens.find(name(*s.request));
       r.sampled_token_ids.push_back(s.sample ? (it == tokens.end() ? 0 : it->second) : -1);
     }
     r.logprobs.resize(last_.scheduled.size());

@@ -21,6 +21,7 @@
 #include "loader/model_config.h"
 #include "loader/safetensors.h"
 #include "sched/scheduler.h"
+#include "util/env.h"
 #include "util/logging.h"
 
 namespace cserve {
@@ -37,6 +38,41 @@ std::string fixed(double v, int digits) {
   s << std::fixed << v;
   return s.str();
 }
+
+// After this many failed steps in a row the error is taken to be sticky (a device fault): the
+// engine fails every request and stops taking new ones, as vLLM's dead-engine handling does.
+constexpr int kMaxConsecutiveStepFailures = 3;
+
+// A test hook (CSERVE_TEST_FAIL_STEPS): "token:<id>" fails every step that schedules a request
+// whose prompt holds that token id; "from_step:<k>" fails every step from the k-th on.
+struct StepFailureInjection {
+  int64_t token = -1;
+  int64_t from_step = -1;
+
+  static StepFailureInjection from_env() {
+    StepFailureInjection f;
+    const char* v = std::getenv("CSERVE_TEST_FAIL_STEPS");
+    if (!v || !*v) return f;
+    const std::string spec(v);
+    const auto colon = spec.find(':');
+    const std::string kind = spec.substr(0, colon);
+    const int64_t value = colon == std::string::npos ? -1 : std::atoll(spec.c_str() + colon + 1);
+    if (kind == "token") f.token = value;
+    else if (kind == "from_step") f.from_step = value;
+    else throw InvalidArgument("CSERVE_TEST_FAIL_STEPS must be token:<id> or from_step:<k>, got " + spec);
+    log_warning("test hook CSERVE_TEST_FAIL_STEPS=" + spec + ": engine steps will fail on purpose");
+    return f;
+  }
+  void check(const SchedulerOutput& so, int64_t step) const {
+    if (from_step >= 0 && step >= from_step) throw Error("injected step failure (CSERVE_TEST_FAIL_STEPS)");
+    if (token < 0) return;
+    for (const ScheduledRequest& s : so.scheduled) {
+      const auto& p = s.request->prompt_token_ids;
+      if (std::find(p.begin(), p.end(), static_cast<int32_t>(token)) != p.end())
+        throw Error("injected step failure (CSERVE_TEST_FAIL_STEPS)");
+    }
+  }
+};
 
 struct PendingAdd {
   std::string id;
@@ -77,10 +113,17 @@ struct Engine::Impl {
   std::thread loop;
   std::atomic<bool> stop{false};
   int64_t num_steps = 0;
+  int consecutive_failures = 0;
+  std::atomic<bool> dead{false};
+  std::string dead_reason;  // under in_mu
+  StepFailureInjection inject = StepFailureInjection::from_env();
 
   explicit Impl(const EngineConfig& c);
+  // One step; never throws: a failure ends the requests it touched with FinishReason::Error.
   std::vector<RequestOutput> step();
-  std::vector<RequestOutput> apply_inputs();  // adds and aborts; returns the aborts' outputs
+  std::vector<RequestOutput> apply_inputs();  // adds and aborts; returns their final outputs
+  std::vector<RequestOutput> run_scheduled();  // schedule, execute, update; throws on failure
+  void on_step_failure(const std::string& what, const SchedulerOutput* so, std::vector<RequestOutput>& outs);
   void refresh_stats();
   void run_loop();
 };
@@ -200,6 +243,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   info.block_size = c.block_size;
   info.kv_cache_tokens = plan.num_blocks * c.block_size;
   info.max_concurrency = static_cast<double>(info.kv_cache_tokens) / static_cast<double>(max_model_len);
+  info.max_num_seqs = sched_config.max_num_seqs;
   info.weight_bytes = weight_bytes;
   info.kv_cache_bytes = static_cast<int64_t>(runner->kv_cache_bytes());
   log_info("Model " + info.architecture + " loaded in " + fixed(info.load_seconds, 2) + " s (" +
@@ -221,11 +265,27 @@ std::vector<RequestOutput> Engine::Impl::apply_inputs() {
     adds.swap(pending_adds);
     aborts.swap(pending_aborts);
   }
-  for (auto& a : adds) scheduler->add_request(a.id, a.prompt, a.params, a.priority, a.cache_salt);
-  std::vector<RequestOutput> aborted;
+  std::vector<RequestOutput> finished;
+  for (auto& a : adds) {
+    try {
+      scheduler->add_request(a.id, a.prompt, a.params, a.priority, a.cache_salt);
+    } catch (const std::exception& e) {
+      // Validated at add_request, so this is an engine fault: the request ends with an error
+      // its caller sees, and the other adds still go in.
+      RequestOutput o;
+      o.request_id = a.id;
+      o.finish_reason = FinishReason::Error;
+      o.error = e.what();
+      o.num_prompt_tokens = static_cast<int64_t>(a.prompt.size());
+      for (int i = 0; i < a.params.n; ++i) {
+        o.index = i;
+        finished.push_back(o);
+      }
+    }
+  }
   for (const auto& id : aborts)
-    for (auto& o : scheduler->abort(id)) aborted.push_back(std::move(o));
-  return aborted;
+    for (auto& o : scheduler->abort(id)) finished.push_back(std::move(o));
+  return finished;
 }
 
 void Engine::Impl::refresh_stats() {
@@ -244,13 +304,28 @@ void Engine::Impl::refresh_stats() {
 
 std::vector<RequestOutput> Engine::Impl::step() {
   // The step's own outputs only: `outputs` belongs to the consumer (drain_outputs) while the
-  // loop thread runs, and taking it here would hold undrained outputs back a step.
-  std::vector<RequestOutput> outs = apply_inputs();
-  if (scheduler->has_unfinished()) {
-    SchedulerOutput so = scheduler->schedule();
-    RunnerOutput ro = runner->execute(so);
-    for (auto& o : scheduler->update(so, ro)) outs.push_back(std::move(o));
-    ++num_steps;
+  // loop thread runs, and taking it here would hold undrained outputs back a step. Adds and
+  // aborts come first, so their outputs survive a failure of the rest of the step.
+  std::vector<RequestOutput> outs;
+  try {
+    outs = apply_inputs();
+    if (dead.load()) {
+      // Adds queued before the engine died.
+      for (auto& o : scheduler->fail_all("the engine is dead")) outs.push_back(std::move(o));
+    } else if (scheduler->has_unfinished()) {
+      SchedulerOutput so = scheduler->schedule();
+      try {
+        inject.check(so, num_steps);
+        RunnerOutput ro = runner->execute(so);
+        for (auto& o : scheduler->update(so, ro)) outs.push_back(std::move(o));
+        consecutive_failures = 0;
+      } catch (const std::exception& e) {
+        on_step_failure(e.what(), &so, outs);
+      }
+      ++num_steps;
+    }
+  } catch (const std::exception& e) {
+    on_step_failure(e.what(), nullptr, outs);  // outside execute: no step state to trust
   }
   {
     std::lock_guard<std::mutex> lk(in_mu);
@@ -259,6 +334,22 @@ std::vector<RequestOutput> Engine::Impl::step() {
   }
   refresh_stats();
   return outs;
+}
+
+void Engine::Impl::on_step_failure(const std::string& what, const SchedulerOutput* so,
+                                   std::vector<RequestOutput>& outs) {
+  ++consecutive_failures;
+  log(LogLevel::Error, "engine step failed: " + what);
+  const std::string error = "engine step failed: " + what;
+  for (auto& o : so ? scheduler->fail(*so, error) : scheduler->fail_all(error)) outs.push_back(std::move(o));
+  if (consecutive_failures < kMaxConsecutiveStepFailures) return;
+  dead = true;
+  {
+    std::lock_guard<std::mutex> lk(in_mu);
+    dead_reason = std::to_string(consecutive_failures) + " engine steps failed in a row; the last: " + what;
+  }
+  log(LogLevel::Error, "the engine is dead: " + dead_reason);
+  for (auto& o : scheduler->fail_all("the engine is dead: " + what)) outs.push_back(std::move(o));
 }
 
 void Engine::Impl::run_loop() {
@@ -270,22 +361,7 @@ void Engine::Impl::run_loop() {
       });
     }
     if (stop.load()) break;
-    std::vector<RequestOutput> outs;
-    try {
-      outs = step();
-    } catch (const std::exception& e) {
-      // A failed step must not take the server down: fail the requests it held.
-      log(LogLevel::Error, std::string("engine step failed: ") + e.what());
-      std::vector<std::string> ids;
-      {
-        std::lock_guard<std::mutex> lk(in_mu);
-        ids.assign(live_ids.begin(), live_ids.end());
-      }
-      for (const auto& id : ids)
-        for (auto& o : scheduler->abort(id)) outs.push_back(std::move(o));
-      std::lock_guard<std::mutex> lk(in_mu);
-      for (const auto& id : ids) live_ids.erase(id);
-    }
+    std::vector<RequestOutput> outs = step();
     if (outs.empty()) continue;
     {
       std::lock_guard<std::mutex> lk(out_mu);
@@ -308,6 +384,20 @@ void Engine::add_request(const std::string& request_id, const std::vector<int32_
                          const SamplingParams& params, int priority, const std::string& cache_salt) {
   const ModelInfo& info = impl_->info;
   params.validate(info.vocab_size, impl_->config.max_logprobs);
+  if (params.n > info.max_num_seqs)
+    throw InvalidArgument("n must be at most max_num_seqs (" + std::to_string(info.max_num_seqs) + "), got " +
+                          std::to_string(params.n));
+  if (params.min_tokens > 0 && !params.allowed_token_ids.empty()) {
+    // Under min_tokens every stop id and EOS is masked: allowed ids that are all of those leave
+    // no token to generate.
+    auto masked = [&](int32_t t) {
+      return std::find(info.eos_token_ids.begin(), info.eos_token_ids.end(), t) != info.eos_token_ids.end() ||
+             std::find(params.stop_token_ids.begin(), params.stop_token_ids.end(), t) != params.stop_token_ids.end();
+    };
+    if (std::all_of(params.allowed_token_ids.begin(), params.allowed_token_ids.end(), masked))
+      throw InvalidArgument("allowed_token_ids holds only stop or EOS token ids, which min_tokens masks: "
+                            "no token could be generated");
+  }
   if (prompt.empty()) throw InvalidArgument("The prompt cannot be empty");
   for (int32_t t : prompt)
     if (t < 0 || t >= info.vocab_size)
@@ -324,6 +414,7 @@ void Engine::add_request(const std::string& request_id, const std::vector<int32_
                           std::to_string(info.num_kv_blocks));
   {
     std::lock_guard<std::mutex> lk(impl_->in_mu);
+    if (impl_->dead.load()) throw EngineDead("the engine is dead: " + impl_->dead_reason);
     if (!impl_->live_ids.insert(request_id).second)
       throw InvalidArgument("request id " + request_id + " is already in use");
     impl_->pending_adds.push_back(PendingAdd{request_id, prompt, params, priority, cache_salt});
@@ -378,6 +469,13 @@ std::vector<RequestOutput> Engine::drain_outputs() {
   return outs;
 }
 
+bool Engine::is_dead() const { return impl_->dead.load(); }
+
+std::string Engine::dead_reason() const {
+  std::lock_guard<std::mutex> lk(impl_->in_mu);
+  return impl_->dead_reason;
+}
+
 EngineStats Engine::stats() const {
   std::lock_guard<std::mutex> lk(impl_->stats_mu);
   return impl_->stats;
@@ -395,6 +493,7 @@ const char* finish_reason_name(FinishReason r) {
     case FinishReason::Stop: return "stop";
     case FinishReason::Length: return "length";
     case FinishReason::Abort: return "abort";
+    case FinishReason::Error: return "error";
     default: return "";
   }
 }

@@ -215,8 +215,7 @@ bool ModelRunner::build_processing(const SchedulerOutput& out, DeviceProcessing&
     range(row.bias_begin, row.bias_end, [&] { for (const auto& [t, b] : p.logit_bias) add(t, b); });
     range(row.masked_begin, row.masked_end, [&] {
       if (static_cast<int64_t>(r.output_token_ids.size()) >= p.min_tokens) return;
-      if (!p.ignore_eos)
-        for (int64_t t : eos_token_ids_) if (t >= 0 && t < V) add(t, 0.0f);
+      for (int64_t t : eos_token_ids_) if (t >= 0 && t < V) add(t, 0.0f);  // even with ignore_eos, as vLLM
       for (int32_t t : p.stop_token_ids) add(t, 0.0f);
     });
     if (p.repetition_penalty != 1.0) {

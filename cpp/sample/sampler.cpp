@@ -17,9 +17,22 @@ int32_t argmax(const float* x, int64_t n) {
   return static_cast<int32_t>(std::max_element(x, x + n) - x);
 }
 
+// NaN sorts below everything (as -inf), so comparisons stay a strict weak order.
+float ordered(float v) { return v == v ? v : kNegInf; }
+
 // The vocabulary-wide loops of sampling, written so the compiler vectorizes them;
 // target_clones picks the AVX-512 / AVX2 / baseline version at load time.
 #define CSERVE_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+// NaN logits (a broken model) become -inf, impossible like masked ones; returns the maximum.
+CSERVE_VECTOR_CLONES float nan_to_neg_inf_max(float* x, int64_t n) {
+  float m = kNegInf;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = x[i] == x[i] ? x[i] : kNegInf;
+    m = x[i] > m ? x[i] : m;
+  }
+  return m;
+}
 
 CSERVE_VECTOR_CLONES float scale_and_max(float* x, int64_t n, float s) {
   float m = kNegInf;
@@ -65,8 +78,8 @@ void Sampler::apply_processors(float* logits, const Request& r) const {
   }
   for (const auto& [t, b] : p.logit_bias) logits[t] += b;
   if (static_cast<int64_t>(r.output_token_ids.size()) < p.min_tokens) {
-    if (!p.ignore_eos)
-      for (int64_t t : eos_) if (t >= 0 && t < vocab_) logits[t] = kNegInf;
+    // EOS is masked even with ignore_eos, as vLLM adds it to the min_tokens stop set unconditionally.
+    for (int64_t t : eos_) if (t >= 0 && t < vocab_) logits[t] = kNegInf;
     for (int32_t t : p.stop_token_ids) logits[t] = kNegInf;
   }
 }
@@ -93,9 +106,16 @@ int32_t Sampler::sample(float* logits, Request& r) const {
   apply_processors(logits, r);
   apply_penalties(logits, r);
   const SamplingParams& p = r.params;
-  if (p.greedy()) return argmax(logits, vocab_);
+  // A row with no possible token (every logit masked or NaN) or an infinite one has no
+  // distribution to draw from: it takes the first largest logit, as greedy does (token 0 when
+  // everything is masked), which is what vLLM's samplers return there too.
+  const float top = nan_to_neg_inf_max(logits, vocab_);
+  if (p.greedy() || !std::isfinite(top)) return argmax(logits, vocab_);
 
-  const float mx = scale_and_max(logits, vocab_, static_cast<float>(1.0 / p.temperature));
+  // A huge temperature must not scale masked (-inf) logits by 0 into NaN: 1/T stays a normal float.
+  const float inv_t = std::max(static_cast<float>(1.0 / p.temperature), std::numeric_limits<float>::min());
+  const float mx = scale_and_max(logits, vocab_, inv_t);
+  if (!std::isfinite(mx)) return argmax(logits, vocab_);
   // min_p and top_k as one floor on the (scaled) logits: min_p keeps p >= min_p * p_max,
   // top_k keeps logits >= the k-th largest (ties kept, as vLLM).
   float cutoff = kNegInf;
@@ -113,7 +133,7 @@ int32_t Sampler::sample(float* logits, Request& r) const {
     double sum = 0;
     for (int64_t i = 0; i < vocab_; ++i) sum += logits[i];
     double u = std::generate_canonical<double, 53>(r.rng) * sum;
-    int32_t last = 0;
+    int32_t last = argmax(logits, vocab_);
     for (int64_t i = 0; i < vocab_; ++i) {
       if (logits[i] <= 0) continue;
       last = static_cast<int32_t>(i);
@@ -185,21 +205,27 @@ int32_t Sampler::sample(float* logits, Request& r) const {
   }
   double u = std::generate_canonical<double, 53>(r.rng) * total;
   double acc = 0;
+  int32_t last = -1;
   for (const auto& c : cand) {
+    if (c.first <= 0) continue;  // zero mass (masked, or below exp's range) is never drawn
+    last = c.second;
     acc += c.first;
     if (u < acc) return c.second;
   }
-  return cand.back().second;
+  return last >= 0 ? last : argmax(logits, vocab_);
 }
 
 void Sampler::logprobs(const float* logits, int32_t token, int n, PositionLogprobs& out) const {
-  float mx = *std::max_element(logits, logits + vocab_);
+  float mx = kNegInf;
+  for (int64_t i = 0; i < vocab_; ++i) mx = std::max(mx, ordered(logits[i]));
   double sum = 0;
-  for (int64_t i = 0; i < vocab_; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
-  float lse = mx + static_cast<float>(std::log(sum));
-  float chosen = logits[token];
+  if (std::isfinite(mx))
+    for (int64_t i = 0; i < vocab_; ++i) sum += std::exp(static_cast<double>(ordered(logits[i]) - mx));
+  // No finite logit: every logprob is -inf (the server reports those as -9999).
+  float lse = std::isfinite(mx) ? mx + static_cast<float>(std::log(sum)) : std::numeric_limits<float>::infinity();
+  float chosen = ordered(logits[token]);
   int64_t rank = 1;
-  for (int64_t i = 0; i < vocab_; ++i) rank += logits[i] > chosen;
+  for (int64_t i = 0; i < vocab_; ++i) rank += ordered(logits[i]) > chosen;
   out.token_ids.assign(1, token);
   out.logprobs.assign(1, chosen - lse);
   out.ranks.assign(1, rank);
@@ -207,11 +233,14 @@ void Sampler::logprobs(const float* logits, int32_t token, int n, PositionLogpro
   n = static_cast<int>(std::min<int64_t>(n, vocab_));
   std::vector<int32_t> idx(static_cast<size_t>(vocab_));
   std::iota(idx.begin(), idx.end(), 0);
-  auto better = [&](int32_t a, int32_t b) { return logits[a] != logits[b] ? logits[a] > logits[b] : a < b; };
+  auto better = [&](int32_t a, int32_t b) {
+    const float va = ordered(logits[a]), vb = ordered(logits[b]);
+    return va != vb ? va > vb : a < b;
+  };
   std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), better);
   for (int i = 0; i < n; ++i) {
     out.token_ids.push_back(idx[i]);
-    out.logprobs.push_back(logits[idx[i]] - lse);
+    out.logprobs.push_back(ordered(logits[idx[i]]) - lse);
     out.ranks.push_back(i + 1);
   }
 }

@@ -14,7 +14,7 @@ namespace cserve {
 enum class RequestStatus : uint8_t { Waiting, Running, Preempted, Finished };
 
 struct Request {
-  std::string id;           // unique internal id ("<external>" or "<external>#<index>" for n > 1)
+  std::string id;           // unique internal id, from the scheduler's counter (never client text)
   std::string external_id;  // the id the caller gave
   int index = 0;            // which of the n completions
   std::vector<int32_t> prompt_token_ids;
@@ -38,6 +38,7 @@ struct Request {
   int64_t num_tokens() const { return static_cast<int64_t>(all_token_ids.size()); }
   int64_t num_prompt_tokens() const { return static_cast<int64_t>(prompt_token_ids.size()); }
   FinishReason finish_reason = FinishReason::None;
+  std::string error;  // why, when finish_reason is Error
   int32_t stop_token_id = -1;
   int64_t num_sent_tokens = 0;   // output tokens already reported
   bool wants_prompt_logprobs() const { return params.prompt_logprobs.has_value(); }

@@ -23,7 +23,9 @@ void Scheduler::add_request(const std::string& id, const std::vector<int32_t>& p
   std::vector<Request*> made;
   for (int i = 0; i < params.n; ++i) {
     auto r = std::make_unique<Request>();
-    r->id = params.n == 1 ? id : id + "#" + std::to_string(i);
+    // Internal ids come from a counter, so no client-chosen id ("c#1", say) can name another
+    // request's completion.
+    r->id = std::to_string(next_internal_id_++);
     r->external_id = id;
     r->index = i;
     r->prompt_token_ids = prompt;
@@ -89,9 +91,19 @@ SchedulerOutput Scheduler::schedule() {
   int num_partial = 0, num_long_partial = 0;
   bool preempted = false;
 
+  // Prompt logprobs need a vocabulary-wide logits row per prompt token: their rows per step are
+  // capped, so the runner's logits buffer stays bounded whatever the prompt length.
+  int64_t prompt_logprob_rows = kMaxPromptLogprobRowsPerStep;
+  auto wants_rows = [](const Request& r) {
+    return r.wants_prompt_logprobs() && !r.prompt_logprobs_sent && r.num_computed_tokens < r.num_prompt_tokens();
+  };
   auto cap = [&](const Request& r, int64_t num_new) {
     if (config_.long_prefill_token_threshold > 0) num_new = std::min(num_new, config_.long_prefill_token_threshold);
+    if (wants_rows(r)) num_new = std::min(num_new, prompt_logprob_rows);
     return std::min(num_new, budget);
+  };
+  auto charge_rows = [&](const Request& r, int64_t num_new) {
+    if (wants_rows(r)) prompt_logprob_rows -= num_new;
   };
 
   // Running requests first, in order (over a snapshot: preemption removes entries).
@@ -126,6 +138,7 @@ SchedulerOutput Scheduler::schedule() {
       if (victim == r) break;
     }
     if (!scheduled) continue;  // r itself was preempted or ended
+    charge_rows(*r, num_new);
     if (is_partial_after(*r, num_new)) {
       ++num_partial;
       if (is_long(*r)) ++num_long_partial;
@@ -145,11 +158,13 @@ SchedulerOutput Scheduler::schedule() {
     int64_t remaining = r->num_tokens() - r->num_computed_tokens - computed.num_tokens;
     if (!config_.enable_chunked_prefill && remaining > budget) break;
     int64_t num_new = cap(*r, remaining);
+    if (num_new <= 0) break;  // no prompt-logprob rows left this step
     bool partial = r->num_computed_tokens + computed.num_tokens + num_new < r->num_prompt_tokens();
     if (partial && (num_partial >= config_.max_num_partial_prefills ||
                     (is_long(*r) && num_long_partial >= config_.max_long_partial_prefills)))
       break;
     if (!kv_.allocate_slots(*r, num_new, computed)) break;
+    charge_rows(*r, num_new);
     erase_waiting(r);
     if (r->num_cached_tokens < 0) r->num_cached_tokens = computed.num_tokens;
     r->num_computed_tokens += computed.num_tokens;
@@ -223,6 +238,7 @@ RequestOutput Scheduler::make_output(Request& r) {
   o.stop_token_id = r.stop_token_id;
   o.num_prompt_tokens = r.num_prompt_tokens();
   o.num_cached_tokens = std::max<int64_t>(0, r.num_cached_tokens);
+  o.error = r.error;
   return o;
 }
 
@@ -274,17 +290,51 @@ std::vector<RequestOutput> Scheduler::update(const SchedulerOutput& out, const R
 }
 
 std::vector<RequestOutput> Scheduler::abort(const std::string& external_id) {
+  return end(external_id, FinishReason::Abort, "");
+}
+
+std::vector<RequestOutput> Scheduler::end(const std::string& external_id, FinishReason reason,
+                                          const std::string& error) {
   std::vector<RequestOutput> outputs;
   auto it = children_.find(external_id);
   if (it == children_.end()) return outputs;
   for (const std::string& id : it->second) {
     Request& r = *requests_.at(id);
-    finish(r, FinishReason::Abort);
+    if (reason == FinishReason::Error) {
+      r.finish_reason = FinishReason::Error;
+      r.error = error;
+    }
+    finish(r, reason);
     outputs.push_back(make_output(r));
     pending_forks_.erase(id);
+    out_of_blocks_.erase(std::remove(out_of_blocks_.begin(), out_of_blocks_.end(), &r), out_of_blocks_.end());
     requests_.erase(id);
   }
   children_.erase(it);
+  return outputs;
+}
+
+std::vector<RequestOutput> Scheduler::fail(const SchedulerOutput& out, const std::string& error) {
+  std::vector<std::string> ids;
+  for (const ScheduledRequest& s : out.scheduled) ids.push_back(s.request->external_id);
+  for (const Request* r : out_of_blocks_) ids.push_back(r->external_id);
+  // Block copies of the failed step (siblings forked by the previous one) never happened: the
+  // running requests they were for cannot trust their KV cache.
+  if (!out.block_copies.empty())
+    for (const Request* r : running_) ids.push_back(r->external_id);
+  std::vector<RequestOutput> outputs;
+  for (const std::string& id : ids)
+    for (auto& o : end(id, FinishReason::Error, error)) outputs.push_back(std::move(o));
+  return outputs;
+}
+
+std::vector<RequestOutput> Scheduler::fail_all(const std::string& error) {
+  std::vector<std::string> ids;
+  for (const auto& [id, kids] : children_) ids.push_back(id);
+  std::vector<RequestOutput> outputs;
+  for (const std::string& id : ids)
+    for (auto& o : end(id, FinishReason::Error, error)) outputs.push_back(std::move(o));
+  pending_copies_.clear();
   return outputs;
 }
 

@@ -29,6 +29,9 @@ struct SchedulerConfig {
   bool priority_policy = false;  // false: fcfs
 };
 
+// At most this many prompt tokens of requests that want prompt logprobs are computed per step.
+constexpr int64_t kMaxPromptLogprobRowsPerStep = 512;
+
 struct SchedulerCounters {
   int64_t prompt_tokens = 0;
   int64_t generation_tokens = 0;
@@ -48,6 +51,11 @@ class Scheduler {
                    int priority, const std::string& cache_salt);
   // Finishes every completion of the request; returns their final outputs.
   std::vector<RequestOutput> abort(const std::string& external_id);
+  // A step that threw after schedule() returned `out`: ends every request it touched with
+  // FinishReason::Error (whole requests, all n completions); nothing keeps a pointer to them.
+  std::vector<RequestOutput> fail(const SchedulerOutput& out, const std::string& error);
+  // Ends every request with FinishReason::Error (the engine is giving up).
+  std::vector<RequestOutput> fail_all(const std::string& error);
 
   SchedulerOutput schedule();
   // Applies the runner's results; returns the outputs of this step.
@@ -68,6 +76,7 @@ class Scheduler {
   bool check_stop(Request& r) const;
   RequestOutput make_output(Request& r);
   void finish(Request& r, FinishReason reason);
+  std::vector<RequestOutput> end(const std::string& external_id, FinishReason reason, const std::string& error);
   bool is_partial_after(const Request& r, int64_t num_new) const;
   bool is_long(const Request& r) const;
 
@@ -76,6 +85,7 @@ class Scheduler {
   std::vector<int64_t> eos_;
   std::mt19937_64 seed_rng_;  // seeds requests that bring no seed
   uint64_t next_arrival_ = 0;
+  uint64_t next_internal_id_ = 0;
 
   std::unordered_map<std::string, std::unique_ptr<Request>> requests_;      // by internal id
   std::unordered_map<std::string, std::vector<std::string>> children_;      // external id -> internal ids

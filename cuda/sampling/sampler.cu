@@ -1,3 +1,5 @@
+#include <cfloat>
+
 #include "common.cuh"
 #include "sampling/sampler.h"
 
@@ -12,6 +14,9 @@ struct ArgMax {
   float value;
   int32_t index;
 };
+
+// NaN sorts below everything, as -inf: impossible, like a masked logit.
+__device__ float ordered(float v) { return v == v ? v : -INFINITY; }
 
 __device__ ArgMax better(ArgMax a, ArgMax b) {
   if (b.value > a.value || (b.value == a.value && b.index < a.index)) return b;
@@ -60,7 +65,7 @@ __global__ void sample_kernel(const float* logits, const float* raw_logits, int6
   const SamplingRow sp = params[row];
 
   ArgMax best{-INFINITY, INT32_MAX};
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) best = better(best, ArgMax{l[i], static_cast<int32_t>(i)});
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) best = better(best, ArgMax{ordered(l[i]), static_cast<int32_t>(i)});
   best = block_argmax(best, arg_scratch);
   const float max_logit = best.value;
   // Raw log-softmax normalizer.
@@ -71,9 +76,11 @@ __global__ void sample_kernel(const float* logits, const float* raw_logits, int6
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) z += __expf(r[i] - raw_max);
   const float log_z = logf(block_reduce<false>(z, scratch)) + raw_max;
 
-  int32_t chosen = best.index;
-  if (sp.temperature > 0.0f) {
-    const float inv_t = 1.0f / sp.temperature;
+  // No finite logit (everything masked or NaN) or an infinite one: the first largest, as greedy.
+  int32_t chosen = best.index < vocab ? best.index : 0;
+  if (sp.temperature > 0.0f && isfinite(max_logit) && isfinite(max_logit / sp.temperature)) {
+    // A huge temperature must not scale masked (-inf) logits by 0 into NaN.
+    const float inv_t = fmaxf(1.0f / sp.temperature, FLT_MIN);
     const float top = max_logit * inv_t;  // the largest scaled logit
     // mass(t) = sum of exp(s - top) over scaled logits s >= t; count(t) likewise.
     auto mass = [&](float t, float* count) {
@@ -86,7 +93,10 @@ __global__ void sample_kernel(const float* logits, const float* raw_logits, int6
       return block_reduce<false>(m, scratch);
     };
     float lo_value = INFINITY;
-    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) lo_value = fminf(lo_value, l[i] * inv_t);
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const float s = l[i] * inv_t;
+      if (isfinite(s)) lo_value = fminf(lo_value, s);  // the smallest finite value: masked ones never count
+    }
     lo_value = -block_reduce<true>(-lo_value, scratch);
     float threshold = lo_value;  // every token kept
     if (sp.top_k > 0 && sp.top_k < vocab) {

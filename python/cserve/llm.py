@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from cserve import _core
-from cserve.engine.detokenizer import IncrementalDetokenizer
+from cserve.engine.output_processor import RequestOutputProcessor
 from cserve.outputs import CompletionOutput, Logprob, RequestOutput
 from cserve.sampling_params import SamplingParams
 
@@ -123,7 +123,7 @@ class LLM:
                 rid = str(next(self._ids))
                 core = sp.to_core(self.model_info.max_model_len, len(token_ids))
                 self.engine.add_request(rid, token_ids, core, priority[i] if priority else 0)
-                requests[rid] = _PendingRequest(rid, text, token_ids, sp)
+                requests[rid] = _PendingRequest(rid, text, token_ids, sp, self._tokenizer)
                 order.append(rid)
             progress = _progress_bar(len(order)) if use_tqdm else None
             while self.engine.has_unfinished_requests():
@@ -231,12 +231,6 @@ def _load_tokenizer(path: str):
     return load_tokenizer(path)
 
 
-def _decode(tokenizer, ids: list[int], skip_special: bool) -> str:
-    if tokenizer is None or not ids:
-        return ""
-    return tokenizer.decode(ids, skip_special_tokens=skip_special)
-
-
 def _to_logprobs(entry, tokenizer) -> dict[int, Logprob]:
     out: dict[int, Logprob] = {}
     for tid, lp, rank in zip(entry.token_ids, entry.logprobs, entry.ranks):
@@ -246,94 +240,52 @@ def _to_logprobs(entry, tokenizer) -> dict[int, Logprob]:
     return out
 
 
-class _Completion:
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.token_ids: list[int] = []
-        self.logprobs: list[dict[int, Logprob]] = []
-        self.cumulative = 0.0
-        self.finish_reason: Optional[str] = None
-        self.stop_reason: Optional[object] = None
-        self.text = ""
-        self.detokenizer = None  # an IncrementalDetokenizer when stop strings are watched
-
-
 class _PendingRequest:
-    """Collects the engine's per-step deltas of one request; applies stop strings."""
+    """Collects one request's outputs through the shared output processor (stop strings, finish
+    reasons, n choices) and converts logprobs to vLLM's shapes."""
 
-    def __init__(self, rid: str, prompt: Optional[str], token_ids: list[int], params: SamplingParams) -> None:
+    def __init__(self, rid: str, prompt: Optional[str], token_ids: list[int], params: SamplingParams,
+                 tokenizer) -> None:
         self.rid = rid
         self.prompt = prompt
         self.token_ids = token_ids
         self.params = params
-        self.completions = {i: _Completion(i) for i in range(params.n)}
-        self.prompt_logprobs = None
-        self.num_cached_tokens = 0
-        self.stop_hit = False
+        self.output = RequestOutputProcessor(params, tokenizer)
+        self.logprobs: dict[int, list[dict[int, Logprob]]] = {i: [] for i in range(params.n)}
+        self.cumulative = [0.0] * params.n
+        self.stop_hit = False  # every choice met a stop string: the engine request can end
         self.aborted = False
         self.counted = False  # shown as processed in the progress bar
 
     def done(self) -> bool:
-        return all(c.finish_reason is not None for c in self.completions.values())
+        return self.output.done
 
-    def consume(self, out, tokenizer) -> bool:
-        c = self.completions[out.index]
-        if c.finish_reason is not None:
-            return False  # already ended by a stop string
-        self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
-        if out.has_prompt_logprobs:
-            self.prompt_logprobs = [None] + [_to_logprobs(e, tokenizer) for e in out.prompt_logprobs]
-        new_ids, new_logprobs = list(out.new_token_ids), list(out.new_logprobs)
-        matched = None
-        if self.params.stop and tokenizer is not None:
-            # The server's detokenizer: the earliest stop string in the text, only after
-            # min_tokens; tokens after the one that completes it are dropped.
-            if c.detokenizer is None:
-                c.detokenizer = IncrementalDetokenizer(
-                    tokenizer, self.params.stop, self.params.include_stop_str_in_output,
-                    self.params.skip_special_tokens, self.params.min_tokens)
-            taken, matched = c.detokenizer.add(new_ids)
-            new_ids, new_logprobs = new_ids[:taken], new_logprobs[:taken]
-        c.token_ids.extend(new_ids)
-        for e in new_logprobs:
-            c.logprobs.append(_to_logprobs(e, tokenizer))
-            c.cumulative += e.logprobs[0]
-        if matched is not None:
-            c.text = c.detokenizer.text
-            c.finish_reason = "stop"
-            c.stop_reason = matched
-            if self.done():
-                self.stop_hit = True
-            return True
-        if out.finish_reason is not None:
-            c.finish_reason = "stop" if out.finish_reason == "stop" else out.finish_reason
-            if out.stop_token_id >= 0 and out.stop_token_id in (self.params.stop_token_ids or []):
-                c.stop_reason = out.stop_token_id
-        return False
+    def consume(self, out, tokenizer) -> None:
+        delta = self.output.process(out)  # raises EngineRequestError when the engine failed it
+        if delta is None:
+            return
+        for e in delta.logprobs:
+            self.logprobs[delta.index].append(_to_logprobs(e, tokenizer))
+            self.cumulative[delta.index] += e.logprobs[0]
+        if self.done() and not out.finished:
+            self.stop_hit = True
 
     def result(self, tokenizer) -> RequestOutput:
-        outputs = []
-        for c in self.completions.values():
-            if c.stop_reason is None or not isinstance(c.stop_reason, str):
-                c.text = _decode(tokenizer, c.token_ids, self.params.skip_special_tokens) if self.params.detokenize else ""
-            want_lp = self.params.logprobs is not None
-            outputs.append(
-                CompletionOutput(
-                    index=c.index,
-                    text=c.text,
-                    token_ids=list(c.token_ids),
-                    cumulative_logprob=c.cumulative if want_lp else None,
-                    logprobs=c.logprobs if want_lp else None,
-                    finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
-                )
-            )
+        want_lp = self.params.logprobs is not None
+        outputs = [
+            CompletionOutput(index=c.index, text=c.detok.text, token_ids=list(c.token_ids),
+                             cumulative_logprob=self.cumulative[c.index] if want_lp else None,
+                             logprobs=self.logprobs[c.index] if want_lp else None,
+                             finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+            for c in self.output.choices
+        ]
+        prompt_lp = self.output.prompt_logprobs
         return RequestOutput(
             request_id=self.rid,
             prompt=self.prompt,
             prompt_token_ids=self.token_ids,
-            prompt_logprobs=self.prompt_logprobs,
+            prompt_logprobs=None if prompt_lp is None else [None] + [_to_logprobs(e, tokenizer) for e in prompt_lp],
             outputs=outputs,
             finished=True,
-            num_cached_tokens=self.num_cached_tokens,
+            num_cached_tokens=self.output.num_cached_tokens,
         )

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from cserve import _core
+
+# Stop strings are searched in the text after every token: their number and length bound that cost.
+MAX_STOP_STRINGS = 128
+MAX_STOP_STRING_CHARS = 1024
+# logit_bias values are clamped to OpenAI's documented range, so a bias can never overflow a logit.
+LOGIT_BIAS_LIMIT = 100.0
+
+
+def _token_id(value, field_name: str) -> int:
+    t = int(value)
+    if not -2**31 <= t < 2**31:  # outside int32 cannot be a token; the engine names in-range bad ids
+        raise ValueError(f"{field_name} contains out-of-vocab token id {t}")
+    return t
 
 
 @dataclass
@@ -43,6 +57,11 @@ class SamplingParams:
             self.stop_token_ids = []
         if any(not s for s in self.stop):
             raise ValueError("stop cannot contain an empty string.")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop has {len(self.stop)} strings; at most {MAX_STOP_STRINGS} are allowed.")
+        longest = max((len(s) for s in self.stop), default=0)
+        if longest > MAX_STOP_STRING_CHARS:
+            raise ValueError(f"a stop string has {longest} characters; at most {MAX_STOP_STRING_CHARS} are allowed.")
         if self.logprobs is True:
             self.logprobs = 1
         if self.prompt_logprobs is True:
@@ -62,10 +81,17 @@ class SamplingParams:
         # max_tokens None means "up to the context length".
         p.max_tokens = self.max_tokens if self.max_tokens is not None else max(1, max_model_len - prompt_len)
         p.min_tokens = self.min_tokens
-        p.stop_token_ids = list(self.stop_token_ids)
+        # Duplicates add nothing but work; each list is then bounded by the vocabulary.
+        p.stop_token_ids = list(dict.fromkeys(_token_id(t, "stop_token_ids") for t in self.stop_token_ids))
         p.ignore_eos = self.ignore_eos
         p.logprobs = self.logprobs
         p.prompt_logprobs = self.prompt_logprobs
-        p.logit_bias = [(int(k), float(v)) for k, v in (self.logit_bias or {}).items()]
-        p.allowed_token_ids = list(self.allowed_token_ids or [])
+        bias = {}
+        for k, v in (self.logit_bias or {}).items():
+            v = float(v)
+            if not math.isfinite(v):
+                raise ValueError(f"logit_bias for token {k} is not finite")
+            bias[_token_id(k, "logit_bias")] = min(LOGIT_BIAS_LIMIT, max(-LOGIT_BIAS_LIMIT, v))
+        p.logit_bias = list(bias.items())
+        p.allowed_token_ids = list(dict.fromkeys(_token_id(t, "allowed_token_ids") for t in self.allowed_token_ids or []))
         return p

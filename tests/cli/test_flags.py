@@ -474,3 +474,10 @@ def test_make_serve_parser():
     parser = make_serve_parser()
     assert parser.prog == "cserve serve"
     assert parser.parse_args(["m", "-tp", "1"]).tensor_parallel_size == 1
+
+
+def test_device_takes_a_gpu_index():
+    assert parse("--device", "cuda:1").device == "cuda:1"
+    assert parse("--device", "cpu").device == "cpu"
+    with pytest.raises(SystemExit):
+        parse("--device", "cuda:x")

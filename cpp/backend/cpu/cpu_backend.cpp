@@ -75,6 +75,7 @@ void emulated_device_sample(const Tensor& logits, const std::vector<DeviceSampli
         for (int32_t i = p.counts_begin; i < p.counts_end; ++i)
           l[ids[i]] -= p.frequency_penalty * values[i] + p.presence_penalty;
     }
+    for (float& v : l) v = v == v ? v : neg_inf;  // NaN is impossible, as in the kernel
     const int32_t chosen = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
     const float mx = *std::max_element(raw, raw + vocab);
     double z = 0;

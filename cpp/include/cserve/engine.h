@@ -62,6 +62,12 @@ class Engine {
   int output_fd() const;
   std::vector<RequestOutput> drain_outputs();
 
+  // A step that throws ends the requests it touched with FinishReason::Error (their outputs
+  // say why); after several failed steps in a row the engine is dead: every request ends with
+  // an error and add_request throws EngineDead.
+  bool is_dead() const;
+  std::string dead_reason() const;
+
   EngineStats stats() const;
   const ModelInfo& model_info() const;
   // Resets the prefix cache (only free cached blocks are dropped). Returns true on success.

@@ -60,6 +60,7 @@ struct ModelInfo {
   int block_size = 0;
   int64_t kv_cache_tokens = 0;
   double max_concurrency = 0;  // kv_cache_tokens / max_model_len
+  int max_num_seqs = 0;        // as resolved: the most sequences (all n completions count) per step
   double load_seconds = 0, kv_alloc_seconds = 0, warmup_seconds = 0;
   int64_t weight_bytes = 0, kv_cache_bytes = 0;
 };

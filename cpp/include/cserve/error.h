@@ -1,6 +1,7 @@
 // Errors thrown by the cserve runtime. The Python bindings map each class to a
 // Python exception (InvalidArgument -> ValueError, NotFound -> FileNotFoundError,
-// NotSupported -> NotImplementedError, OutOfMemory -> MemoryError).
+// NotSupported -> NotImplementedError, OutOfMemory -> MemoryError, EngineDead ->
+// cserve._core.EngineDeadError, a RuntimeError).
 #pragma once
 #include <stdexcept>
 #include <string>
@@ -24,6 +25,11 @@ class NotSupported : public Error {
   using Error::Error;
 };
 class OutOfMemory : public Error {
+ public:
+  using Error::Error;
+};
+// The engine stopped after repeated step failures (a sticky device error); it takes no requests.
+class EngineDead : public Error {
  public:
   using Error::Error;
 };

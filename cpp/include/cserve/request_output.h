@@ -14,8 +14,9 @@ struct PositionLogprobs {
   std::vector<int64_t> ranks;
 };
 
-enum class FinishReason : uint8_t { None, Stop, Length, Abort };
-const char* finish_reason_name(FinishReason r);  // "stop", "length", "abort" or ""
+// Error: the engine failed while computing the request (the step threw); `error` says why.
+enum class FinishReason : uint8_t { None, Stop, Length, Abort, Error };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "abort", "error" or ""
 
 struct RequestOutput {
   std::string request_id;  // the id given to add_request
@@ -28,6 +29,7 @@ struct RequestOutput {
   int32_t stop_token_id = -1;     // the stop_token_ids entry (or EOS) that ended it
   int64_t num_prompt_tokens = 0;
   int64_t num_cached_tokens = 0;  // prompt tokens served from the prefix cache
+  std::string error;              // why, when finish_reason is Error
   bool finished() const { return finish_reason != FinishReason::None; }
 };
 

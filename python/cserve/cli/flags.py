@@ -16,6 +16,7 @@ Only the standard library here: `cserve serve --help` must be instant.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
@@ -83,6 +84,15 @@ class Flag:
     def option_strings(self) -> tuple:
         negative = ("--no-" + self.name[2:],) if self.kind == BOOL else ()
         return (self.name, *negative, *self.aliases)
+
+
+class Devices(tuple):
+    """Device names, where "cuda:N" (a GPU index) counts as one of them too."""
+
+    def __contains__(self, value) -> bool:
+        if isinstance(value, str) and re.fullmatch(r"cuda:\d+", value):
+            return True
+        return tuple.__contains__(self, value)
 
 
 def ok(config: str) -> dict:
@@ -241,6 +251,12 @@ FLAGS: tuple = (
              **ok("server")),
         Flag("--tokens-only", BOOL, False, "Serve only the tokens-in/tokens-out endpoints (disaggregated "
              "serving)."),
+        # cserve's own limits (see docs/serve.md, "Limits and failure behaviour").
+        Flag("--max-request-body-size", INT, 32 * 1024 * 1024, "cserve only: largest request body, in bytes; "
+             "larger ones get 413 before they are read whole.", check=Range(1), **ok("server")),
+        Flag("--shutdown-timeout", FLOAT, 30.0, "cserve only: on SIGTERM/SIGINT, seconds to let running "
+             "requests finish after the server stops accepting new ones; the rest then end with an error.",
+             check=Range(0), **ok("server")),
     ),
     *_group(
         "ModelConfig",
@@ -558,9 +574,9 @@ FLAGS: tuple = (
              choices=("auto", "generate", "embedding", "embed", "classify", "score", "reward", "transcription"),
              **only("auto", "generate")),
         Flag("--device", STR, "auto", "Device type: auto takes the CUDA backend when it was built and a GPU "
-             "is visible, else the CPU.",
-             choices=("auto", "cuda", "neuron", "cpu", "openvino", "tpu", "xpu", "hpu"),
-             **only("auto", "cpu", "cuda", config="engine")),
+             "is visible, else the CPU; cuda:N picks GPU N.",
+             choices=Devices(("auto", "cuda", "neuron", "cpu", "openvino", "tpu", "xpu", "hpu")),
+             support=ONLY, accepted=Devices(("auto", "cpu", "cuda")), config="engine"),
         Flag("--tokenizer-pool-size", INT, 0, "Tokenizer pool size for asynchronous tokenization (0: "
              "synchronous).", **noop("cserve tokenizes in the server process")),
         Flag("--tokenizer-pool-type", STR, "ray", "Tokenizer pool type.",

@@ -83,11 +83,10 @@ def serve(argv: list[str]) -> int:
         pending = start_engine_load(args)  # the weights load while the server's modules import
         from cserve.entrypoints.openai.api_server import run_server
 
-        run_server(args, pending)
+        return run_server(args, pending)
     except (FileNotFoundError, ValueError, NotImplementedError, RuntimeError) as e:
         logger.error("%s", e)
         return 1
-    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:

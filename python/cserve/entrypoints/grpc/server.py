@@ -13,6 +13,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
+from cserve.engine import EngineDeadError
+from cserve.entrypoints.auth import key_matches
 from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, random_id
 from cserve.entrypoints.openai.serving import ChoiceDelta, ServerState, clean_logprob, run_all
@@ -32,6 +34,8 @@ def _code(e: APIError) -> grpc.StatusCode:
         return grpc.StatusCode.UNAUTHENTICATED
     if e.status == 503:
         return grpc.StatusCode.UNAVAILABLE if "shutting down" in e.message else grpc.StatusCode.RESOURCE_EXHAUSTED
+    if e.status >= 500:
+        return grpc.StatusCode.INTERNAL
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -125,6 +129,17 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         except (APIError, ValidationError) as e:
             await self._fail(context, e)
             return
+        except EngineDeadError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            return
+        try:
+            async for item in self._generate(request, rid, runs, top):
+                yield item
+        except APIError as e:  # the engine failed this request mid-way
+            await self._fail(context, e)
+
+    async def _generate(self, request, rid: str, runs: list, top: Optional[int]) -> AsyncIterator[pb.GenerateResponse]:
+        state = self.state
         prompt_ids = runs[0].prompt_ids
         held: Optional[pb.GenerateResponse] = None  # the last response gets the usage
         first = True
@@ -172,10 +187,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             which = request.WhichOneof("input")
             if which == "chat":
                 add = request.add_special_tokens if request.HasField("add_special_tokens") else False
-                _, ids = await render_request(state, _chat_body(request.chat, add_special_tokens=add))
+                _, ids = await render_request(state, _chat_body(request.chat, add_special_tokens=add), check_length=False)
             elif which == "text":
                 add = request.add_special_tokens if request.HasField("add_special_tokens") else True
-                ids = await state.tokenize(request.text, add)
+                ids = await state.tokenize(request.text, add, check_length=False)
             else:
                 raise APIError("TokenizeRequest needs text or chat.", 400)
         except (APIError, ValidationError) as e:
@@ -217,7 +232,7 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):
     """--api-key: every call but health and reflection needs "authorization: Bearer <key>"."""
 
     def __init__(self, keys: list[str]) -> None:
-        self.allowed = {f"Bearer {k}" for k in keys}
+        self.allowed = [f"Bearer {k}".encode() for k in keys]
 
         async def deny(request, context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Unauthorized")
@@ -233,7 +248,8 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):
         if details.method.startswith(_OPEN_PREFIXES):
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
-        if metadata.get("authorization") in self.allowed:
+        given = metadata.get("authorization")
+        if isinstance(given, str) and key_matches(given.encode(), self.allowed):
             return await continuation(details)
         return self._deny_stream if details.method.endswith("/Generate") else self._deny
 
@@ -267,14 +283,15 @@ class GrpcServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         logger.info("gRPC (cserve.v1.Generation) at %s%s", address, " with TLS" if args.ssl_certfile else "")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 2.0) -> None:
+        """Refuses new calls at once; running ones get `grace` seconds."""
         if self.server is None:
             return
         from grpc_health.v1 import health_pb2
 
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(grace=2)
+        await self.server.stop(grace=grace)
 
 
 def _credentials(args) -> grpc.ServerCredentials:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +24,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cserve.engine import EngineDeadError
+from cserve.entrypoints.auth import key_matches
 from cserve.entrypoints.openai.errors import APIError, error_body
 from cserve.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                 ModelCard, ModelList, TokenizeRequest, random_id)
-from cserve.entrypoints.openai.serving import ServerState
+from cserve.entrypoints.openai.serving import ServerState, Streamed, release_all
 
 logger = logging.getLogger("cserve.server")
 
@@ -47,14 +49,36 @@ def _watch_disconnect(request: Request) -> asyncio.Future:
     return asyncio.ensure_future(wait())
 
 
-async def _parse(request: Request, model: type) -> Any:
-    body = await request.body()
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body(body: bytes) -> dict:
+    """The body as a JSON object, or a 400: not UTF-8, not JSON (NaN and Infinity included), not
+    an object, or strings with lone surrogates (which no tokenizer can take)."""
     try:
-        data = json.loads(body) if body else {}
-    except json.JSONDecodeError as e:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise APIError(f"The request body is not valid UTF-8: {e}", 400) from None
+    try:
+        data = json.loads(text, parse_constant=_no_constant) if text else {}
+    except (ValueError, RecursionError) as e:
         raise APIError(f"The request body is not valid JSON: {e}", 400) from None
     if not isinstance(data, dict):
         raise APIError("The request body must be a JSON object.", 400)
+    if _SURROGATE_ESCAPE.search(text):  # only a JSON escape can bring one: UTF-8 cannot
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError("The request body holds a string with a lone surrogate (invalid Unicode).", 400) from None
+    return data
+
+
+async def _parse(request: Request, model: type) -> Any:
+    data = parse_json_body(await request.body())
     try:
         parsed = model.model_validate(data)
     except ValidationError as e:
@@ -83,13 +107,41 @@ def _log_request(state: ServerState, request_id: str, prompt: Any, params: Any) 
 
 
 class _ASGIGuards:
-    """Plain ASGI middleware: the h11 header-count limit (--h11-max-header-count), the API key on
-    /v1 routes, and the X-Request-Id response header."""
+    """Plain ASGI middleware: the h11 header-count limit (--h11-max-header-count), the request
+    body limit (--max-request-body-size: 413), the API key on /v1 routes (compared in constant
+    time), and the X-Request-Id response header."""
 
     def __init__(self, app, state: ServerState, api_keys: list[str]) -> None:
         self.app = app
         self.state = state
-        self.tokens = {f"Bearer {k}".encode() for k in api_keys}
+        self.tokens = [f"Bearer {k}".encode() for k in api_keys]
+
+    def _limit_body(self, headers, receive):
+        """The receive callable with the body limit applied; raises APIError(413) where the
+        declared or received size passes it (the app's handler turns that into the response)."""
+        limit = self.state.args.max_request_body_size
+        declared = dict(headers).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise APIError("Invalid Content-Length header.", 400) from None
+            if size > limit:
+                raise APIError(f"The request body is {size} bytes; the limit is {limit} "
+                               "(--max-request-body-size).", 413)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise APIError(f"The request body is larger than the limit of {limit} bytes "
+                                   "(--max-request-body-size).", 413)
+            return message
+
+        return limited
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -101,9 +153,12 @@ class _ASGIGuards:
         root = scope.get("root_path", "")
         path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
         if self.tokens and scope["method"] != "OPTIONS" and path.startswith("/v1"):
-            auth = dict(headers).get(b"authorization")
-            if auth not in self.tokens:
+            if not key_matches(dict(headers).get(b"authorization"), self.tokens):
                 return await _send_error(send, "Unauthorized", 401)
+        try:
+            receive = self._limit_body(headers, receive)
+        except APIError as e:
+            return await _send_error(send, e.message, e.status)
         if not args.enable_request_id_headers:
             return await self.app(scope, receive, send)
         rid = dict(headers).get(b"x-request-id") or random_id("req").encode()
@@ -115,6 +170,32 @@ class _ASGIGuards:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class _SSEResponse(StreamingResponse):
+    """A streamed completion. An error after the first chunk becomes an error event (then
+    [DONE]), as vLLM streams it; the requests behind the stream are released when the response
+    ends however it ends, even when the client left before the first chunk was produced."""
+
+    def __init__(self, streamed: Streamed, watcher: asyncio.Future) -> None:
+        self._streamed = streamed
+        self._watcher = watcher
+        super().__init__(self._events(), media_type="text/event-stream")
+
+    async def _events(self):
+        try:
+            async for item in self._streamed.chunks:
+                yield item
+        except APIError as e:
+            yield f"data: {json.dumps(error_body(e.message, e.status, e.param))}\n\n"
+            yield "data: [DONE]\n\n"
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._watcher.cancel()
+            release_all(self._streamed.runs)
 
 
 async def _send_error(send, message: str, status: int) -> None:
@@ -181,20 +262,12 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
         except BaseException:
             watcher.cancel()
             raise
-        if result is None or isinstance(result, dict):
+        if not isinstance(result, Streamed):
             watcher.cancel()
             if result is None:
                 return Response(status_code=499)  # the client is gone; nobody reads this
             return JSONResponse(result)
-
-        async def body():
-            try:
-                async for item in result:
-                    yield item
-            finally:
-                watcher.cancel()
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return _SSEResponse(result, watcher)
 
     async def _generate(request: Request, body_type: type, prefix: str, prompt_field: str, create):
         parsed = await _parse(request, body_type)
@@ -225,6 +298,8 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        if state.engine.dead_reason is not None:
+            return _error(f"The engine is dead: {state.engine.dead_reason}", 503)
         if not state.engine.running:
             return _error("The engine is not running.", 503)
         return Response(status_code=200)
@@ -249,10 +324,10 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
                                          chat_template=parsed.chat_template,
                                          chat_template_kwargs=parsed.chat_template_kwargs,
                                          add_special_tokens=bool(parsed.add_special_tokens))
-            _, ids = await render_request(state, chat)
+            _, ids = await render_request(state, chat, check_length=False)
         else:
             add = True if parsed.add_special_tokens is None else parsed.add_special_tokens
-            ids = await state.tokenize(parsed.prompt, add)
+            ids = await state.tokenize(parsed.prompt, add, check_length=False)
         body: dict[str, Any] = {"count": len(ids), "max_model_len": state.max_model_len, "tokens": ids}
         if parsed.return_token_strs:
             body["token_strs"] = [state.tokenizer.id_to_token(t) for t in ids]
@@ -397,12 +472,21 @@ async def _refresh_ssl(config, files: list[str], interval: float = 1.0) -> None:
                 logger.error("Could not reload the SSL certificates: %s", e)
 
 
-def _server_class():
+def _server_class(drain):
     import uvicorn
 
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process would die by
-        the signal; a clean shutdown exits with status 0 instead."""
+        the signal; a clean shutdown exits with status 0 instead. `drain` runs beside uvicorn's own
+        shutdown (which stops accepting and waits for open connections): it ends the requests still
+        running at the deadline with an error, so their connections close."""
+
+        async def shutdown(self, sockets=None) -> None:
+            task = asyncio.ensure_future(drain())
+            try:
+                await super().shutdown(sockets)
+            finally:
+                task.cancel()
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -419,7 +503,8 @@ def _server_class():
 _H11_DEFAULT_EVENT_SIZE = 4194304
 
 
-def run_server(args, pending=None) -> None:
+def run_server(args, pending=None) -> int:
+    """Serves until SIGTERM/SIGINT (exit status 0) or until the engine dies (1)."""
     import uvicorn
 
     state = build_state(args, pending)
@@ -441,7 +526,26 @@ def run_server(args, pending=None) -> None:
 
     async def on_shutdown() -> None:
         if "grpc" in holder:
-            await holder["grpc"].stop()
+            await holder["grpc"].stop(grace=0)
+
+    async def drain() -> None:
+        """--shutdown-timeout: no new requests (HTTP 503, gRPC refused); running ones get up to
+        the timeout to finish; the rest then end with an error."""
+        state.draining = True
+        if "grpc" in holder:
+            asyncio.ensure_future(holder["grpc"].stop(grace=args.shutdown_timeout))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.shutdown_timeout
+        if state.engine.num_in_flight:
+            logger.info("Shutting down: waiting up to %.0f s for %d running requests", args.shutdown_timeout,
+                        state.engine.num_in_flight)
+        while state.engine.num_in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if state.engine.num_in_flight:
+            logger.warning("Shutting down: ending %d requests still running after %.0f s with an error",
+                           state.engine.num_in_flight, args.shutdown_timeout)
+            state.engine.stop(f"the server shut down before the request finished (--shutdown-timeout "
+                              f"{args.shutdown_timeout:g} s)")
 
     app = build_app(state, on_startup, on_shutdown)
     try:
@@ -455,7 +559,7 @@ def run_server(args, pending=None) -> None:
         log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
         ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile, ssl_ca_certs=args.ssl_ca_certs,
         ssl_cert_reqs=args.ssl_cert_reqs, h11_max_incomplete_event_size=args.h11_max_incomplete_event_size,
-        timeout_graceful_shutdown=5, timeout_keep_alive=5)
+        timeout_graceful_shutdown=args.shutdown_timeout + 5, timeout_keep_alive=5)
     if args.ssl_ciphers:
         kwargs["ssl_ciphers"] = args.ssl_ciphers
     if args.h11_max_incomplete_event_size != _H11_DEFAULT_EVENT_SIZE:
@@ -467,5 +571,14 @@ def run_server(args, pending=None) -> None:
     if args.disable_access_log_for_endpoints:
         excluded = [p.strip() for p in args.disable_access_log_for_endpoints.split(",") if p.strip()]
         logging.getLogger("uvicorn.access").addFilter(_access_log_filter(excluded))
-    server = _server_class()(config)
+    server = _server_class(drain)(config)
+
+    def on_dead(reason: str) -> None:
+        # vLLM's dead-engine handling: in-flight requests got their errors; stop serving and
+        # exit non-zero so a supervisor restarts the server.
+        logger.error("The engine is dead (%s); shutting the server down.", reason)
+        server.should_exit = True
+
+    state.engine.on_dead = on_dead
     server.run()
+    return 1 if state.engine.dead_reason is not None else 0

@@ -1,14 +1,22 @@
 """Request and response bodies of the OpenAI API with vLLM's extra fields (pydantic v2).
 
-Unknown request fields are accepted and ignored, as vLLM and OpenAI do; the server logs them."""
+Unknown request fields are accepted and ignored, as vLLM and OpenAI do; the server logs them.
+Integer fields carry the bounds of the engine's C++ types, so an out-of-range value is a 400
+naming the field (and /openapi.json shows the bounds)."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+Int32 = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+TokenId = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]  # the vocabulary check names bad ids
 
 
 def random_id(prefix: str) -> str:
@@ -32,8 +40,8 @@ class SamplingFields(OpenAIModel):
     frequency_penalty: Optional[float] = None
     presence_penalty: Optional[float] = None
     logit_bias: Optional[dict[str, float]] = None
-    n: int = 1
-    seed: Optional[int] = None
+    n: int = Field(1, ge=1, le=INT32_MAX)
+    seed: Optional[Int64] = None
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
@@ -42,30 +50,30 @@ class SamplingFields(OpenAIModel):
     user: Optional[str] = None
     response_format: Optional[dict[str, Any]] = None
     # vLLM extras
-    top_k: Optional[int] = None
+    top_k: Optional[Int32] = None
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
-    min_tokens: int = 0
+    min_tokens: int = Field(0, ge=0, le=INT64_MAX)
     ignore_eos: bool = False
-    stop_token_ids: Optional[list[int]] = None
+    stop_token_ids: Optional[list[TokenId]] = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
-    prompt_logprobs: Optional[int] = None
+    prompt_logprobs: Optional[Int32] = None
     return_token_ids: bool = False
-    truncate_prompt_tokens: Optional[int] = None
-    priority: int = 0
-    allowed_token_ids: Optional[list[int]] = None
+    truncate_prompt_tokens: Optional[Int32] = None
+    priority: Int32 = 0
+    allowed_token_ids: Optional[list[TokenId]] = None
     cache_salt: Optional[str] = None
     request_id: Optional[str] = None
     echo: bool = False
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
-    best_of: Optional[int] = None
-    logprobs: Optional[int] = None
-    max_tokens: Optional[int] = 16
+    prompt: Union[str, list[str], list[TokenId], list[list[TokenId]]]
+    best_of: Optional[Annotated[int, Field(ge=1, le=INT32_MAX)]] = None
+    logprobs: Optional[Int32] = None
+    max_tokens: Optional[Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]] = 16
     suffix: Optional[str] = None
     add_special_tokens: bool = True
 
@@ -73,9 +81,9 @@ class CompletionRequest(SamplingFields):
 class ChatCompletionRequest(SamplingFields):
     messages: list[dict[str, Any]]
     logprobs: bool = False
-    top_logprobs: Optional[int] = 0
-    max_tokens: Optional[int] = Field(default=None, deprecated="use max_completion_tokens")
-    max_completion_tokens: Optional[int] = None
+    top_logprobs: Optional[Int32] = 0
+    max_tokens: Optional[Int64] = Field(default=None, deprecated="use max_completion_tokens")
+    max_completion_tokens: Optional[Int64] = None
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = "none"
     parallel_tool_calls: Optional[bool] = None
@@ -102,7 +110,7 @@ class TokenizeRequest(OpenAIModel):
 
 class DetokenizeRequest(OpenAIModel):
     model: Optional[str] = None
-    tokens: list[int]
+    tokens: list[TokenId]
 
 
 # Responses

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
-from cserve.engine import AsyncEngine, IncrementalDetokenizer
+from cserve.engine import AsyncEngine, EngineDeadError, EngineRequestError
+from cserve.engine.output_processor import ChoiceDelta, RequestOutputProcessor
 from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.metrics import Metrics
 from cserve.sampling_params import SamplingParams
@@ -37,6 +38,18 @@ class ServerState:
     max_pending: int = 4096
     draining: bool = False
     tokenizer_config: dict[str, Any] = field(default_factory=dict)  # with the special-token strings
+    token_strings: list[str] = field(default_factory=list)  # each id decoded alone (decode_token)
+    max_prompt_chars: Optional[int] = None  # longer text cannot fit max_model_len: refused untokenized
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is not None and not self.token_strings:
+            # Once, with the GIL released: logprob tokens are then lookups, not decodes on the loop.
+            size = max(self.engine.model_info.vocab_size, self.tokenizer.get_vocab_size())
+            self.token_strings = self.tokenizer.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
+            # A token covers at most `longest` characters, so a longer text needs more tokens than
+            # the context holds (x2 for normalizers that drop characters).
+            longest = max((len(t) for t in self.token_strings), default=1)
+            self.max_prompt_chars = 2 * self.max_model_len * max(longest, 1)
 
     @property
     def model_name(self) -> str:
@@ -63,13 +76,31 @@ class ServerState:
             raise APIError("This server runs with --skip-tokenizer-init: send token ids, not text.", 400)
         return self.tokenizer
 
-    async def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+    async def tokenize(self, text: str, add_special_tokens: bool, check_length: bool = True) -> list[int]:
+        return (await self.tokenize_many([text], add_special_tokens, check_length))[0]
+
+    async def tokenize_many(self, texts: list[str], add_special_tokens: bool,
+                            check_length: bool = True) -> list[list[int]]:
+        """Token ids of each text; long input on the worker thread through the batch call, which
+        releases the GIL (a single encode holds it, freezing the event loop). With check_length,
+        text too long for the context is refused before it is tokenized."""
         tok = self.require_tokenizer()
-        return await self.off_loop(len(text), lambda: tok.encode(text, add_special_tokens=add_special_tokens).ids)
+        for text in texts:
+            if check_length and self.max_prompt_chars is not None and len(text) > self.max_prompt_chars:
+                raise APIError(f"The prompt has {len(text)} characters, more than this model's maximum context "
+                               f"length of {self.max_model_len} tokens can hold. Please reduce the length of the "
+                               "input.", 400, "prompt")
+        if sum(len(t) for t in texts) < OFF_LOOP_CHARS:
+            return [tok.encode(t, add_special_tokens=add_special_tokens).ids for t in texts]
+        encodings = await asyncio.get_running_loop().run_in_executor(
+            self.executor, lambda: tok.encode_batch(texts, add_special_tokens=add_special_tokens))
+        return [e.ids for e in encodings]
 
     def decode_token(self, token_id: int) -> str:
         if self.args.return_tokens_as_token_ids or self.tokenizer is None:
             return f"token_id:{token_id}"
+        if 0 <= token_id < len(self.token_strings):
+            return self.token_strings[token_id]
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
 
@@ -93,6 +124,9 @@ def check_prompt_length(state: ServerState, prompt_len: int, max_tokens: Optiona
 def check_common(state: ServerState, request) -> None:
     if request.n < 1:
         raise APIError("n must be at least 1.", 400, "n")
+    max_seqs = state.engine.model_info.max_num_seqs
+    if request.n > max_seqs:
+        raise APIError(f"n must be at most max_num_seqs ({max_seqs}), got {request.n}.", 400, "n")
     fmt = request.response_format
     if fmt is not None and fmt.get("type", "text") != "text":
         raise APIError(f"response_format {fmt.get('type')!r} is not supported yet.", 400, "response_format")
@@ -152,25 +186,6 @@ def clean_logprob(v: float) -> float:
     return -9999.0 if v == -math.inf or math.isnan(v) else float(v)
 
 
-@dataclass
-class ChoiceDelta:
-    index: int  # choice index in the response
-    token_ids: list[int]
-    logprobs: list  # _core.PositionLogprobs per token (empty unless logprobs were asked)
-    text: str
-    finish_reason: Optional[str]
-    stop_reason: Any
-
-
-class _Choice:
-    def __init__(self, index: int, detok: IncrementalDetokenizer) -> None:
-        self.index = index
-        self.detok = detok
-        self.token_ids: list[int] = []
-        self.finish_reason: Optional[str] = None
-        self.stop_reason: Any = None
-
-
 class RequestRun:
     """One prompt's engine request: n choices, each with its incremental detokenizer."""
 
@@ -181,63 +196,54 @@ class RequestRun:
         self.request_id = request_id
         self.prompt_ids = prompt_ids
         self.params = params
-        tok = state.tokenizer if params.detokenize else None
-        self.choices = [
-            _Choice(first_choice + i, IncrementalDetokenizer(tok, params.stop, params.include_stop_str_in_output,
-                                                             params.skip_special_tokens, params.min_tokens))
-            for i in range(params.n)
-        ]
-        self.prompt_logprobs = None
-        self.num_cached_tokens = 0
+        self.output = RequestOutputProcessor(params, state.tokenizer, first_choice)
         self.arrival = time.monotonic()
         self._last_token_time: Optional[float] = None
         self._num_generated = 0
         self._finish_recorded = False
-        core = params.to_core(state.max_model_len, len(prompt_ids))
         try:
-            self.stream = state.engine.add(request_id, prompt_ids, core, priority, cache_salt)
-        except ValueError as e:
+            core = params.to_core(state.max_model_len, len(prompt_ids))
+            self.stream = state.engine.add(prompt_ids, core, priority, cache_salt)
+        except (ValueError, TypeError, OverflowError) as e:
             raise APIError(str(e), 400) from None
+        self._released = False
         m = state.metrics
         m.request_n.observe(params.n)
         m.request_max_tokens.observe(params.max_tokens)
 
     @property
+    def choices(self):
+        return self.output.choices
+
+    @property
+    def prompt_logprobs(self):
+        return self.output.prompt_logprobs
+
+    @property
+    def num_cached_tokens(self) -> int:
+        return self.output.num_cached_tokens
+
+    @property
     def done(self) -> bool:
-        return all(c.finish_reason is not None for c in self.choices)
+        return self.output.done
 
     def apply(self, batch: list) -> list[ChoiceDelta]:
         deltas: list[ChoiceDelta] = []
         now = time.monotonic()
         for out in batch:
-            if out.has_prompt_logprobs:
-                self.prompt_logprobs = list(out.prompt_logprobs)
-            self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
-            c = self.choices[out.index]
-            if c.finish_reason is not None:
-                continue  # ended by a stop string; the engine had not heard yet
-            taken, stop = c.detok.add(out.new_token_ids)
-            ids = list(out.new_token_ids[:taken])
-            lps = list(out.new_logprobs[:taken]) if out.new_logprobs else []
-            c.token_ids.extend(ids)
-            if stop is not None:
-                c.finish_reason, c.stop_reason = "stop", stop
-            elif out.finished:
-                c.finish_reason = out.finish_reason
-                if out.stop_token_id >= 0 and out.stop_token_id in (self.params.stop_token_ids or []):
-                    c.stop_reason = out.stop_token_id
-            self._record_tokens(len(ids), now)
-            delta = ChoiceDelta(c.index, ids, lps, c.detok.delta(c.finish_reason is not None), c.finish_reason,
-                                c.stop_reason)
+            delta = self.output.process(out)
+            if delta is None:
+                continue
+            self._record_tokens(len(delta.token_ids), now)
             deltas.append(delta)
-            self._log_output(c, delta)
+            self._log_output(self.output.choices[out.index], delta)
         if self.done and not self.stream.finished:
-            self.state.engine.abort(self.request_id)  # every choice hit a stop string
+            self.state.engine.abort(self.stream)  # every choice hit a stop string
         if self.done:
             self._record_finish(now)
         return deltas
 
-    def _log_output(self, c: _Choice, delta: ChoiceDelta) -> None:
+    def _log_output(self, c, delta: ChoiceDelta) -> None:
         """--enable-log-outputs: each streamed delta (unless --no-enable-log-deltas), and every
         choice's whole output when it ends."""
         args = self.state.args
@@ -279,12 +285,30 @@ class RequestRun:
         if self._num_generated > 1 and self._last_token_time is not None:
             m.tpot.observe((self._last_token_time - self.arrival) / self._num_generated)
 
-    def aborted(self) -> None:
-        """The client went away before the end: count it as vLLM does."""
+    def release(self) -> None:
+        """Ends the engine request if it still runs and forgets it (idempotent). A request that
+        did not finish (client gone, error, batch refused) is counted as aborted, as vLLM does."""
+        if self._released:
+            return
+        self._released = True
+        self.state.engine.release(self.stream)
         if not self.done:
             for c in self.choices:
                 c.finish_reason = c.finish_reason or "abort"
             self._record_finish(time.monotonic())
+
+
+def release_all(runs: list[RequestRun]) -> None:
+    for r in runs:
+        r.release()
+
+
+@dataclass
+class Streamed:
+    """A streamed response's chunks and the requests behind them, which the server releases
+    when the response ends however it ends (even if the client left before the first chunk)."""
+    chunks: AsyncIterator[str]
+    runs: list[RequestRun]
 
 
 _DISCONNECTED = object()
@@ -320,18 +344,22 @@ async def run_all(state: ServerState, runs: list[RequestRun],
             if batch is None:
                 open_runs -= 1
                 continue
-            if isinstance(batch, BaseException):
-                raise batch
-            deltas = run.apply(batch)
+            try:
+                if isinstance(batch, BaseException):
+                    raise batch
+                deltas = run.apply(batch)
+            except EngineRequestError as e:
+                raise APIError(f"Internal server error: {e}", 500) from None
+            except EngineDeadError as e:  # stopped under the request (shutdown)
+                raise APIError(f"The server is shutting down: {e}", 503) from None
             if deltas:
                 yield deltas
     finally:
         if watcher is not None:
             watcher.cancel()
         for t in tasks:
-            t.cancel()  # their iterate() aborts unfinished requests
-        for r in runs:
-            r.aborted()
+            t.cancel()
+        release_all(runs)  # a task cancelled before it ran never reaches its own cleanup
 
 
 async def _forward(fut: asyncio.Future, queue: asyncio.Queue) -> None:

@@ -15,7 +15,7 @@ from cserve.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk,
                                                 ChatMessage, ChatStreamChoice, UsageInfo)
 from cserve.entrypoints.openai.serving import (RequestRun, ServerState, check_common, check_prompt_length,
                                                clean_logprob, default_max_tokens, prompt_logprobs_json, run_all,
-                                               sampling_params, truncate_prompt, usage)
+                                               sampling_params, Streamed, truncate_prompt, usage)
 
 # A template that walks message content as a list of parts wants the "openai" format.
 _OPENAI_FORMAT_HINTS = re.compile(r"for\s+\w+\s+in\s+(message|msg|m)\s*(\[\s*['\"]content['\"]\s*\]|\.content)"
@@ -103,7 +103,8 @@ def _check_tools(request: ChatCompletionRequest) -> None:
                        "tool_choice")
 
 
-async def render_request(state: ServerState, request: ChatCompletionRequest) -> tuple[str, list[int]]:
+async def render_request(state: ServerState, request: ChatCompletionRequest,
+                         check_length: bool = True) -> tuple[str, list[int]]:
     kwargs = dict(request.chat_template_kwargs or {})
     if request.tools:
         kwargs.setdefault("tools", request.tools)
@@ -112,7 +113,8 @@ async def render_request(state: ServerState, request: ChatCompletionRequest) -> 
     size = sum(len(json.dumps(m.get("content"), ensure_ascii=False)) for m in request.messages)
     text = await state.off_loop(size, render_chat, state, request.messages, request.chat_template,
                                 request.add_generation_prompt, request.continue_final_message, kwargs)
-    ids = await state.tokenize(text, request.add_special_tokens)
+    ids = await state.tokenize(text, request.add_special_tokens,
+                               check_length and request.truncate_prompt_tokens is None)
     return text, ids
 
 
@@ -162,7 +164,7 @@ async def create_chat_completion(state: ServerState, request: ChatCompletionRequ
                                  disconnected: asyncio.Future) -> Union[dict, AsyncIterator[str], None]:
     run, role, echo, top = await prepare_chat(state, request, request_id)
     if request.stream:
-        return _stream(state, request, request_id, run, role, echo, top, disconnected)
+        return Streamed(_stream(state, request, request_id, run, role, echo, top, disconnected), [run])
     return await _full(state, request, request_id, run, role, echo, top, disconnected)
 
 

@@ -4,7 +4,6 @@ streamed (SSE) or not."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import AsyncIterator, Optional, Union
 
@@ -13,8 +12,8 @@ from cserve.entrypoints.openai.protocol import (CompletionChoice, CompletionLogP
                                                 CompletionResponse, UsageInfo)
 from cserve.entrypoints.openai.serving import (RequestRun, ServerState, check_common,
                                                check_prompt_length, clean_logprob, default_max_tokens,
-                                               prompt_logprobs_json, run_all, sampling_params, truncate_prompt,
-                                               usage)
+                                               prompt_logprobs_json, release_all, run_all, sampling_params,
+                                               Streamed, truncate_prompt, usage)
 
 
 async def _prompts(state: ServerState, request: CompletionRequest) -> list[tuple[Optional[str], list[int]]]:
@@ -27,14 +26,13 @@ async def _prompts(state: ServerState, request: CompletionRequest) -> list[tuple
         items = list(p)
     if not items:
         raise APIError("prompt cannot be empty.", 400, "prompt")
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            ids = await state.tokenize(item, request.add_special_tokens)
-            out.append((item, ids))
-        else:
-            out.append((None, [int(t) for t in item]))
-    return out
+    if len(items) > state.max_pending:
+        raise APIError(f"prompt holds {len(items)} prompts; at most {state.max_pending} are allowed per request.",
+                       400, "prompt")
+    texts = [item for item in items if isinstance(item, str)]
+    encoded = iter(await state.tokenize_many(texts, request.add_special_tokens,
+                                             request.truncate_prompt_tokens is None) if texts else [])
+    return [(item, next(encoded)) if isinstance(item, str) else (None, [int(t) for t in item]) for item in items]
 
 
 class _ChoiceText:
@@ -90,22 +88,23 @@ async def prepare_completion(state: ServerState, request: CompletionRequest,
     want_prompt_lp = request.prompt_logprobs
     if request.echo and request.logprobs is not None:
         want_prompt_lp = max(want_prompt_lp or 0, request.logprobs)
-    runs: list[RequestRun] = []
+    # Every prompt is checked before any is submitted, so a bad one refuses the whole batch.
+    checked = []
     echo_texts: list[str] = []
+    for text, ids in prompts:
+        ids = truncate_prompt(ids, request.truncate_prompt_tokens)
+        max_tokens = check_prompt_length(state, len(ids), default_max_tokens(state, request.max_tokens))
+        checked.append((ids, sampling_params(state, request, max_tokens, request.logprobs, want_prompt_lp)))
+        if request.echo:
+            echo_texts.append(text if text is not None else
+                              (state.tokenizer.decode(ids, skip_special_tokens=False) if state.tokenizer else ""))
+    runs: list[RequestRun] = []
     try:
-        for i, (text, ids) in enumerate(prompts):
-            ids = truncate_prompt(ids, request.truncate_prompt_tokens)
-            max_tokens = check_prompt_length(state, len(ids), default_max_tokens(state, request.max_tokens))
-            params = sampling_params(state, request, max_tokens, request.logprobs, want_prompt_lp)
+        for i, (ids, params) in enumerate(checked):
             runs.append(RequestRun(state, f"{request_id}-{i}", ids, params, i * request.n, request.priority,
                                    request.cache_salt or "", streaming=request.stream))
-            if request.echo:
-                echo_texts.append(text if text is not None else
-                                  (state.tokenizer.decode(ids, skip_special_tokens=False) if state.tokenizer else ""))
     except BaseException:
-        for r in runs:
-            state.engine.abort(r.request_id)
-            r.aborted()
+        release_all(runs)  # the engine refused one (a check only it can make): none of them runs
         raise
     return runs, echo_texts
 
@@ -114,7 +113,7 @@ async def create_completion(state: ServerState, request: CompletionRequest, requ
                             disconnected: asyncio.Future) -> Union[dict, AsyncIterator[str], None]:
     runs, echo_texts = await prepare_completion(state, request, request_id)
     if request.stream:
-        return _stream(state, request, request_id, runs, echo_texts, disconnected)
+        return Streamed(_stream(state, request, request_id, runs, echo_texts, disconnected), runs)
     return await _full(state, request, request_id, runs, echo_texts, disconnected)
 
 
@@ -175,48 +174,44 @@ async def _stream(state, request, request_id, runs, echo_texts, disconnected) ->
                                   usage=UsageInfo(**usage_obj) if usage_obj else None)
         return f"data: {resp.model_dump_json()}\n\n"
 
-    try:
-        async for deltas in run_all(state, runs, disconnected):
-            for d in deltas:
-                run_idx = d.index // n
-                run = runs[run_idx]
-                generated += len(d.token_ids)
-                text = d.text
-                lp = None
-                prompt_lp = None
-                prompt_ids = None
-                if d.index not in first_seen:
-                    first_seen.add(d.index)
-                    if request.echo:
-                        text = echo_texts[run_idx] + text
-                    if request.prompt_logprobs is not None:
-                        prompt_lp = prompt_logprobs_json(state, run.prompt_logprobs, run.prompt_ids)
-                    if request.return_token_ids:
-                        prompt_ids = run.prompt_ids
-                if request.logprobs is not None:
-                    start = offsets.get(d.index, 0)
-                    prompt_part = None
-                    if request.echo and d.index not in offsets:
-                        prompt_part = _echo_logprobs(state, run, request.logprobs)
-                        start = len(echo_texts[run_idx])
-                    lp = _logprobs_json(state, d.logprobs, request.logprobs, start, prompt_part)
-                    new_tokens = lp.tokens[len(lp.tokens) - len(d.logprobs):]
-                    offsets[d.index] = start + sum(len(t) for t in new_tokens)
-                carries_tokens = d.token_ids and (request.return_token_ids or request.logprobs is not None)
-                if not text and d.finish_reason is None and prompt_lp is None and not carries_tokens:
-                    continue
-                choice = CompletionChoice(index=d.index, text=text, logprobs=lp, finish_reason=d.finish_reason,
-                                          stop_reason=d.stop_reason, prompt_logprobs=prompt_lp,
-                                          prompt_token_ids=prompt_ids,
-                                          token_ids=d.token_ids if request.return_token_ids else None)
-                u = usage(prompt_tokens, generated, None, False) if include_usage and continuous else None
-                yield chunk([choice], u)
-        if not all(r.done for r in runs):
-            return
-        if include_usage:
-            cached = sum(r.num_cached_tokens for r in runs)
-            yield chunk([], usage(prompt_tokens, generated, cached, state.args.enable_prompt_tokens_details))
-        yield "data: [DONE]\n\n"
-    except APIError as e:
-        yield f"data: {json.dumps({'error': {'message': e.message, 'type': 'BadRequestError', 'code': e.status}})}\n\n"
-        yield "data: [DONE]\n\n"
+    async for deltas in run_all(state, runs, disconnected):
+        for d in deltas:
+            run_idx = d.index // n
+            run = runs[run_idx]
+            generated += len(d.token_ids)
+            text = d.text
+            lp = None
+            prompt_lp = None
+            prompt_ids = None
+            if d.index not in first_seen:
+                first_seen.add(d.index)
+                if request.echo:
+                    text = echo_texts[run_idx] + text
+                if request.prompt_logprobs is not None:
+                    prompt_lp = prompt_logprobs_json(state, run.prompt_logprobs, run.prompt_ids)
+                if request.return_token_ids:
+                    prompt_ids = run.prompt_ids
+            if request.logprobs is not None:
+                start = offsets.get(d.index, 0)
+                prompt_part = None
+                if request.echo and d.index not in offsets:
+                    prompt_part = _echo_logprobs(state, run, request.logprobs)
+                    start = len(echo_texts[run_idx])
+                lp = _logprobs_json(state, d.logprobs, request.logprobs, start, prompt_part)
+                new_tokens = lp.tokens[len(lp.tokens) - len(d.logprobs):]
+                offsets[d.index] = start + sum(len(t) for t in new_tokens)
+            carries_tokens = d.token_ids and (request.return_token_ids or request.logprobs is not None)
+            if not text and d.finish_reason is None and prompt_lp is None and not carries_tokens:
+                continue
+            choice = CompletionChoice(index=d.index, text=text, logprobs=lp, finish_reason=d.finish_reason,
+                                      stop_reason=d.stop_reason, prompt_logprobs=prompt_lp,
+                                      prompt_token_ids=prompt_ids,
+                                      token_ids=d.token_ids if request.return_token_ids else None)
+            u = usage(prompt_tokens, generated, None, False) if include_usage and continuous else None
+            yield chunk([choice], u)
+    if not all(r.done for r in runs):
+        return
+    if include_usage:
+        cached = sum(r.num_cached_tokens for r in runs)
+        yield chunk([], usage(prompt_tokens, generated, cached, state.args.enable_prompt_tokens_details))
+    yield "data: [DONE]\n\n"
