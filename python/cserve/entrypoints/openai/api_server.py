@@ -363,12 +363,74 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
     async def metrics():
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    _describe_request_bodies(app, {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest,
+                                   "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest},
+                             lambda doc: _narrow_to_this_server(doc, state))
     app.add_middleware(_ASGIGuards, state=state, api_keys=api_keys(args))
     from fastapi.middleware.cors import CORSMiddleware
 
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
     return app
+
+
+def _narrow_to_this_server(doc: dict, state: ServerState) -> None:
+    """Bounds that depend on the model and flags: served names, the vocabulary, n, logprobs,
+    priority."""
+    info = state.engine.model_info
+    names = list(state.served_names)
+    schemas = doc["components"]["schemas"]
+    max_logprobs = state.args.max_logprobs
+
+    def narrow(node) -> None:
+        if isinstance(node, dict):
+            if node.pop("x-token-id", False):
+                node.update(minimum=0, maximum=info.vocab_size - 1)
+            for value in node.values():
+                narrow(value)
+        elif isinstance(node, list):
+            for value in node:
+                narrow(value)
+
+    narrow(schemas)
+    for name in ("CompletionRequest", "ChatCompletionRequest", "TokenizeRequest", "DetokenizeRequest"):
+        props = schemas[name]["properties"]
+        props["model"] = {"enum": [*names, None]}
+        if "n" in props:
+            props["n"].update(maximum=info.max_num_seqs)
+        for field in ("logprobs", "top_logprobs", "prompt_logprobs"):
+            if field in props and max_logprobs is not None and max_logprobs >= 0:
+                props[field]["maximum"] = max_logprobs
+        if "priority" in props and state.args.scheduling_policy != "priority":
+            props["priority"] = {"enum": [0]}
+    for method in doc["paths"].get("/v1/models/{name}", {}).values():
+        for param in method.get("parameters", []):
+            if param["name"] == "name":
+                param["schema"] = {"enum": names}
+
+
+def _describe_request_bodies(app: FastAPI, bodies: dict[str, type], narrow=None) -> None:
+    """/openapi.json with each POST route's real request body (fields, types and bounds): the
+    routes read and validate their bodies themselves, so FastAPI cannot see them."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for path, model in bodies.items():
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+                doc["paths"][path]["post"]["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+            if narrow is not None:
+                narrow(doc)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def api_keys(args) -> list[str]:

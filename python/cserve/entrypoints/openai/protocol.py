@@ -16,7 +16,17 @@ INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 Int32 = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-TokenId = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]  # the vocabulary check names bad ids
+# The vocabulary check names bad ids; the served schema narrows "x-token-id" fields to the vocabulary.
+TokenId = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX, json_schema_extra={"x-token-id": True})]
+# A chat message as the schema shows it (the server takes any object with a string role).
+MESSAGE_SCHEMA = {"type": "object", "required": ["role", "content"],
+                  "properties": {"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}}
+
+
+def described(default: Any = None, **bounds: Any) -> Any:
+    """A field whose bounds the OpenAPI schema shows but pydantic does not enforce: the engine's
+    check refuses values outside them with vLLM's own message."""
+    return Field(default, json_schema_extra=bounds)
 
 
 def random_id(prefix: str) -> str:
@@ -37,31 +47,31 @@ class SamplingFields(OpenAIModel):
     "not given": the model's generation_config.json default applies, then vLLM's."""
 
     model: Optional[str] = None
-    frequency_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = described(minimum=-2, maximum=2)
+    presence_penalty: Optional[float] = described(minimum=-2, maximum=2)
     logit_bias: Optional[dict[str, float]] = None
     n: int = Field(1, ge=1, le=INT32_MAX)
     seed: Optional[Int64] = None
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
+    temperature: Optional[float] = described(minimum=0)
+    top_p: Optional[float] = described(exclusiveMinimum=0, maximum=1)
     user: Optional[str] = None
-    response_format: Optional[dict[str, Any]] = None
+    response_format: Optional[dict[str, Any]] = described(properties={"type": {"enum": ["text"]}})
     # vLLM extras
-    top_k: Optional[Int32] = None
-    min_p: Optional[float] = None
-    repetition_penalty: Optional[float] = None
+    top_k: Optional[Int32] = described(minimum=-1)
+    min_p: Optional[float] = described(minimum=0, maximum=1)
+    repetition_penalty: Optional[float] = described(exclusiveMinimum=0)
     min_tokens: int = Field(0, ge=0, le=INT64_MAX)
     ignore_eos: bool = False
     stop_token_ids: Optional[list[TokenId]] = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
-    prompt_logprobs: Optional[Int32] = None
+    prompt_logprobs: Optional[Int32] = described(minimum=-1)
     return_token_ids: bool = False
-    truncate_prompt_tokens: Optional[Int32] = None
+    truncate_prompt_tokens: Optional[Int32] = described(minimum=-1)
     priority: Int32 = 0
     allowed_token_ids: Optional[list[TokenId]] = None
     cache_salt: Optional[str] = None
@@ -70,22 +80,24 @@ class SamplingFields(OpenAIModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Union[str, list[str], list[TokenId], list[list[TokenId]]]
+    prompt: Union[str, list[str], list[TokenId], list[list[TokenId]]] = Field(json_schema_extra={"minLength": 1,
+                                                                                     "minItems": 1})
     best_of: Optional[Annotated[int, Field(ge=1, le=INT32_MAX)]] = None
-    logprobs: Optional[Int32] = None
-    max_tokens: Optional[Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]] = 16
-    suffix: Optional[str] = None
+    logprobs: Optional[Int32] = described(minimum=0)
+    max_tokens: Optional[Int64] = described(16, minimum=1)
+    suffix: Optional[str] = described(enum=[None])  # refused: not supported
     add_special_tokens: bool = True
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]] = Field(json_schema_extra={"items": MESSAGE_SCHEMA, "minItems": 1})
     logprobs: bool = False
-    top_logprobs: Optional[Int32] = 0
-    max_tokens: Optional[Int64] = Field(default=None, deprecated="use max_completion_tokens")
-    max_completion_tokens: Optional[Int64] = None
+    top_logprobs: Optional[Int32] = described(0, minimum=0)
+    max_tokens: Optional[Int64] = Field(default=None, deprecated="use max_completion_tokens",
+                                         json_schema_extra={"minimum": 1})
+    max_completion_tokens: Optional[Int64] = described(minimum=1)
     tools: Optional[list[dict[str, Any]]] = None
-    tool_choice: Optional[Union[str, dict[str, Any]]] = "none"
+    tool_choice: Optional[Union[str, dict[str, Any]]] = described("none", enum=["none", None])
     parallel_tool_calls: Optional[bool] = None
     # vLLM extras
     add_generation_prompt: bool = True
@@ -97,9 +109,14 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class TokenizeRequest(OpenAIModel):
+    # Exactly one of prompt and messages.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"oneOf": [
+        {"required": ["prompt"], "properties": {"messages": {"type": "null"}}},
+        {"required": ["messages"], "properties": {"prompt": {"type": "null"}}}]})
+
     model: Optional[str] = None
     prompt: Optional[str] = None
-    messages: Optional[list[dict[str, Any]]] = None
+    messages: Optional[list[dict[str, Any]]] = described(items=MESSAGE_SCHEMA, minItems=1)
     add_special_tokens: Optional[bool] = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
