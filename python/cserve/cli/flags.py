@@ -252,7 +252,7 @@ FLAGS: tuple = (
         Flag("--tokens-only", BOOL, False, "Serve only the tokens-in/tokens-out endpoints (disaggregated "
              "serving)."),
         # cserve's own limits (see docs/serve.md, "Limits and failure behaviour").
-        Flag("--max-request-body-size", INT, 32 * 1024 * 1024, "cserve only: largest request body, in bytes; "
+        Flag("--max-request-body-size", INT, 16 * 1024 * 1024, "cserve only: largest request body, in bytes; "
              "larger ones get 413 before they are read whole.", check=Range(1), **ok("server")),
         Flag("--shutdown-timeout", FLOAT, 30.0, "cserve only: on SIGTERM/SIGINT, seconds to let running "
              "requests finish after the server stops accepting new ones; the rest then end with an error.",

@@ -6,6 +6,7 @@ alive, /health answering throughout (a watcher polls it), and every counter back
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -25,6 +26,7 @@ class HealthWatch:
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
         self.slowest = 0.0
+        self.slowest_during = ""
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -40,7 +42,9 @@ class HealthWatch:
                         self.failures.append(f"/health {status}")
                 except httpx.HTTPError as e:
                     self.failures.append(f"/health {type(e).__name__}")
-                self.slowest = max(self.slowest, time.monotonic() - t0)
+                took = time.monotonic() - t0
+                if took > self.slowest:
+                    self.slowest, self.slowest_during = took, os.environ.get("PYTEST_CURRENT_TEST", "")
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -62,8 +66,8 @@ def server(chat_model_dir, tmp_path_factory):
     proc.stop()
     # /health answered throughout, and promptly (a liveness bound, not a speed figure).
     assert not watch.failures, watch.failures[:5]
-    print(f"slowest /health: {watch.slowest * 1000:.0f} ms")
-    assert watch.slowest < 1.0, f"/health took {watch.slowest:.2f} s at worst"
+    print(f"slowest /health: {watch.slowest * 1000:.0f} ms during {watch.slowest_during}")
+    assert watch.slowest < 0.5, f"/health took {watch.slowest:.2f} s at worst"
 
 
 @pytest.fixture
@@ -225,3 +229,13 @@ def test_long_prompts_do_not_freeze_the_server(server, http):
         r = http.post("/tokenize", json={"model": MODEL, "prompt": text})
         assert r.status_code == 200 and r.json()["count"] > 1000
     assert_error(http.post("/v1/completions", json=completion(prompt=text)), 400, "maximum context length")
+
+
+def test_huge_id_lists_are_refused_before_validation(http):
+    # Validating millions of ints would hold the GIL for seconds: the raw sizes are checked first.
+    assert_error(http.post("/v1/completions", json=completion(prompt=[5] * 150_000)), 400, "maximum context length")
+    assert_error(http.post("/v1/completions", json=completion(allowed_token_ids=[5] * 150_000)), 400,
+                 "allowed_token_ids")
+    assert_error(http.post("/detokenize", json={"model": MODEL, "tokens": [5] * 150_000}), 400, "tokens")
+    r = http.post("/v1/completions", json=completion(prompt=[5] * 300, truncate_prompt_tokens=20))
+    assert r.status_code == 200, r.text

@@ -28,7 +28,7 @@ from cserve.entrypoints.auth import key_matches
 from cserve.entrypoints.openai.errors import APIError, error_body
 from cserve.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                                 ModelCard, ModelList, TokenizeRequest, random_id)
-from cserve.entrypoints.openai.serving import ServerState, Streamed, release_all
+from cserve.entrypoints.openai.serving import ServerState, Streamed, check_list_sizes, release_all
 
 logger = logging.getLogger("cserve.server")
 
@@ -77,8 +77,9 @@ def parse_json_body(body: bytes) -> dict:
     return data
 
 
-async def _parse(request: Request, model: type) -> Any:
+async def _parse(request: Request, model: type, state: ServerState) -> Any:
     data = parse_json_body(await request.body())
+    check_list_sizes(state, data)
     try:
         parsed = model.model_validate(data)
     except ValidationError as e:
@@ -270,7 +271,7 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
         return _SSEResponse(result, watcher)
 
     async def _generate(request: Request, body_type: type, prefix: str, prompt_field: str, create):
-        parsed = await _parse(request, body_type)
+        parsed = await _parse(request, body_type, state)
         rid = _request_id(request, prefix)
         _log_request(state, rid, getattr(parsed, prompt_field),
                      parsed.model_dump(exclude={prompt_field}, exclude_none=True))
@@ -314,7 +315,7 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        parsed = await _parse(request, TokenizeRequest)
+        parsed = await _parse(request, TokenizeRequest, state)
         state.check_model(parsed.model)
         if (parsed.prompt is None) == (parsed.messages is None):
             raise APIError("Give exactly one of prompt and messages.", 400)
@@ -330,19 +331,23 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
             ids = await state.tokenize(parsed.prompt, add, check_length=False)
         body: dict[str, Any] = {"count": len(ids), "max_model_len": state.max_model_len, "tokens": ids}
         if parsed.return_token_strs:
-            body["token_strs"] = [state.tokenizer.id_to_token(t) for t in ids]
+            tok = state.tokenizer
+            body["token_strs"] = await state.off_loop(len(ids), lambda: [tok.id_to_token(t) for t in ids])
         return JSONResponse(body)
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
-        parsed = await _parse(request, DetokenizeRequest)
+        parsed = await _parse(request, DetokenizeRequest, state)
         state.check_model(parsed.model)
         tok = state.require_tokenizer()
         vocab = state.engine.model_info.vocab_size
         bad = [t for t in parsed.tokens if t < 0 or t >= vocab]
         if bad:
             raise APIError(f"Token ids {bad[:8]} are out of vocabulary (vocab_size {vocab}).", 400, "tokens")
-        return JSONResponse({"prompt": tok.decode(parsed.tokens, skip_special_tokens=False)})
+        # The batch call releases the GIL; on the worker thread for long inputs.
+        text = await state.off_loop(len(parsed.tokens),
+                                    lambda: tok.decode_batch([parsed.tokens], skip_special_tokens=False)[0])
+        return JSONResponse({"prompt": text})
 
     if args.enable_tokenizer_info_endpoint:
         @app.get("/tokenizer_info")

@@ -104,6 +104,26 @@ class ServerState:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
 
+def check_list_sizes(state: ServerState, data: dict) -> None:
+    """Cheap size checks on the raw body before it is validated, since validating millions of
+    ints holds the GIL for seconds: token-id prompts over the context (unless they are to be
+    truncated), and id lists or logit_bias maps longer than the vocabulary, are refused."""
+    limit = state.max_model_len
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and data.get("truncate_prompt_tokens") is None:
+        lists = prompt if prompt and isinstance(prompt[0], list) else [prompt]
+        for ids in lists:
+            if isinstance(ids, list) and len(ids) >= limit and all(isinstance(t, int) for t in ids[:8]):
+                raise APIError(f"This model's maximum context length is {limit} tokens. However, your request "
+                               f"has {len(ids)} input tokens. Please reduce the length of the input.", 400, "prompt")
+    vocab = state.engine.model_info.vocab_size
+    for name in ("allowed_token_ids", "stop_token_ids", "logit_bias", "tokens"):
+        value = data.get(name)
+        bound = 4 * limit if name == "tokens" else vocab
+        if isinstance(value, (list, dict)) and len(value) > max(bound, 1024):
+            raise APIError(f"{name} has {len(value)} entries; at most {max(bound, 1024)} are accepted.", 400, name)
+
+
 def check_prompt_length(state: ServerState, prompt_len: int, max_tokens: Optional[int]) -> int:
     """vLLM's context checks; returns max_tokens (the rest of the context when not given)."""
     limit = state.max_model_len

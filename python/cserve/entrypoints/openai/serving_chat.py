@@ -13,7 +13,7 @@ from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
                                                 ChatCompletionResponse, ChatDelta, ChatLogProbEntry, ChatLogProbs,
                                                 ChatMessage, ChatStreamChoice, UsageInfo)
-from cserve.entrypoints.openai.serving import (RequestRun, ServerState, check_common, check_prompt_length,
+from cserve.entrypoints.openai.serving import (OFF_LOOP_CHARS, RequestRun, ServerState, check_common, check_prompt_length,
                                                clean_logprob, default_max_tokens, prompt_logprobs_json, run_all,
                                                sampling_params, Streamed, truncate_prompt, usage)
 
@@ -111,6 +111,8 @@ async def render_request(state: ServerState, request: ChatCompletionRequest,
     if request.documents:
         kwargs.setdefault("documents", request.documents)
     size = sum(len(json.dumps(m.get("content"), ensure_ascii=False)) for m in request.messages)
+    if request.chat_template is not None or kwargs:
+        size = OFF_LOOP_CHARS  # a template (or its arguments) from the request may take long: never on the loop
     text = await state.off_loop(size, render_chat, state, request.messages, request.chat_template,
                                 request.add_generation_prompt, request.continue_final_message, kwargs)
     ids = await state.tokenize(text, request.add_special_tokens,
