@@ -31,8 +31,11 @@ int main(int argc, char** argv) {
 
     std::vector<int32_t> tokens;
     while (engine.has_unfinished_requests())
-      for (const cserve::RequestOutput& out : engine.step())
+      for (const cserve::RequestOutput& out : engine.step()) {
+        // A failed step ends its requests with FinishReason::Error and says why.
+        if (out.finish_reason == cserve::FinishReason::Error) throw cserve::Error(out.error);
         tokens.insert(tokens.end(), out.new_token_ids.begin(), out.new_token_ids.end());
+      }
     for (size_t i = 0; i < tokens.size(); ++i) std::cout << (i ? " " : "") << tokens[i];
     std::cout << "\n";
   } catch (const cserve::Error& e) {
