@@ -190,3 +190,28 @@ def test_tls(chat_model_dir, tmp_path):
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         proc.stop()
+
+
+def test_colliding_request_ids_are_separate_requests(server):
+    """Client ids are labels: two concurrent calls with one request_id are two requests."""
+    import threading
+
+    results = []
+
+    def one() -> None:
+        with GenerationClient(server.grpc_target, api_key=KEY, timeout=60) as c:
+            results.append(c.complete(text="Hello", request_id="same", max_tokens=10, temperature=0,
+                                      ignore_eos=True, n=2))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2
+    for r in results:
+        assert r.request_id == "same"
+        assert sorted(r.finish_reasons) == [0, 1] and set(r.finish_reasons.values()) == {"length"}
+        assert all(len(ids) == 10 for ids in r.token_ids.values())
+    with server.client() as http:
+        wait_idle(http)
