@@ -32,7 +32,7 @@ BlockHash BlockHasher::hash(const BlockHash& parent, const int32_t* tokens, size
     bytes.resize(1 + parent.size() + num_tokens * 4 + extra.size());
     bytes[0] = static_cast<uint8_t>(parent.size());
     std::memcpy(bytes.data() + 1, parent.data(), parent.size());
-    std::memcpy(bytes.data() + 1 + parent.size(), tokens, num_tokens * 4);
+    if (num_tokens) std::memcpy(bytes.data() + 1 + parent.size(), tokens, num_tokens * 4);  // tokens may be null
     std::memcpy(bytes.data() + 1 + parent.size() + num_tokens * 4, extra.data(), extra.size());
   }
   if (xxhash_) {

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <set>
 
 #include "cserve/error.h"
@@ -168,8 +170,16 @@ void SafetensorsCheckpoint::open_file(const std::string& path) {
     if (entries_.count(name) != 0) {
       throw InvalidArgument(path + ": tensor " + name + " also appears in " + entries_.at(name).file);
     }
+    // Kernels read elements with typed loads, so data not aligned to its element size (a header
+    // length the writer did not pad) is copied out of the mapping into aligned memory.
+    const uint8_t* src = data + begin;
+    if (expected != 0 && reinterpret_cast<uintptr_t>(src) % dtype_size(t.dtype) != 0) {
+      copies_.emplace_back(static_cast<size_t>(expected));
+      std::memcpy(copies_.back().data(), src, static_cast<size_t>(expected));
+      src = copies_.back().as<const uint8_t>();
+    }
     // Views never write; the const_cast only fits Tensor's pointer type.
-    t.data = const_cast<uint8_t*>(data + begin);
+    t.data = const_cast<uint8_t*>(src);
     entries_.emplace(name, SafetensorsEntry{std::move(t), path});
   }
   files_.push_back(std::move(file));

@@ -1,18 +1,20 @@
 // safetensors checkpoints read in place: one file or shards listed in
-// model.safetensors.index.json, memory-mapped, never copied here.
+// model.safetensors.index.json, memory-mapped, not copied (but for tensors whose data is not
+// aligned to their element size, which are copied into aligned memory the checkpoint owns).
 #pragma once
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/buffer.h"
 #include "core/tensor.h"
 #include "util/mmap_file.h"
 
 namespace cserve {
 
 struct SafetensorsEntry {
-  Tensor view;        // points into the mapped file; dtype F32, F16 or BF16
+  Tensor view;        // points into the mapped file (or an aligned copy); dtype F32, F16 or BF16
   std::string file;   // the file it lives in (for error messages)
 };
 
@@ -34,6 +36,7 @@ class SafetensorsCheckpoint {
   void open_file(const std::string& path);
   std::string dir_;
   std::vector<std::unique_ptr<MmapFile>> files_;
+  std::vector<Buffer> copies_;  // misaligned tensors, copied
   std::map<std::string, SafetensorsEntry> entries_;
 };
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cserve import LLM, SamplingParams, _core
-from tests.helpers.models import make_llm, with_config
+from tests.helpers.models import assert_same_completions, make_llm, with_config
 
 ST = "model.safetensors"
 
@@ -209,6 +209,22 @@ def test_sharded_checkpoint(built, tmp_path):
     (d / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model-00002-of-00002"):
         make_llm(str(d))
+
+
+def test_unaligned_safetensors_data(built, tmp_path):
+    """A header whose length is not padded to 8 bytes leaves every tensor's data misaligned:
+    the file still loads (the loader copies such tensors) and gives the same completions."""
+    d = _copy(built, tmp_path)
+    data = (d / ST).read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = data[8:8 + n].rstrip(b" ")
+    header += b" " * ((1 - len(header)) % 8)  # data starts at 1 mod 8
+    (d / ST).write_bytes(struct.pack("<Q", len(header)) + header + data[8 + n:])
+    prompt = [5, 9, 13, 21, 34]
+    sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=2)
+    want = make_llm(built.path).generate({"prompt_token_ids": prompt}, sp)
+    got = make_llm(str(d)).generate({"prompt_token_ids": prompt}, sp)
+    assert_same_completions(want, got, tol=1e-6)
 
 
 # ---- engine options ----
