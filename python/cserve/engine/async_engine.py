@@ -35,6 +35,12 @@ class RequestStream:
 
     @property
     def finished(self) -> bool:
+        """Every choice ended normally (a failed stream raises its error from get() instead)."""
+        return not self._open
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more will come from the engine: finished, or failed."""
         return not self._open or self.error is not None
 
     def put(self, out) -> None:
@@ -130,7 +136,7 @@ class AsyncEngine:
     def release(self, stream: RequestStream) -> None:
         """Forgets the stream (once; later calls do nothing) and aborts its request if it has
         not finished."""
-        if self._streams.pop(stream.engine_id, None) is not None and not stream.finished:
+        if self._streams.pop(stream.engine_id, None) is not None and not stream.ended:
             self.engine.abort(stream.engine_id)
 
     async def iterate(self, stream: RequestStream) -> AsyncIterator[list]:

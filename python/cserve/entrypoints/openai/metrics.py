@@ -63,7 +63,7 @@ class Histogram:
 class Metrics:
     """Counts the server keeps per request, plus gauges and counters read from the engine."""
 
-    FINISH_REASONS = ("stop", "length", "abort")
+    FINISH_REASONS = ("stop", "length", "abort", "error")
 
     def __init__(self, model_name: str, max_model_len: int, engine_stats: Callable[[], object],
                  cache_info: dict[str, str]) -> None:

@@ -297,7 +297,8 @@ class RequestRun:
             return
         self._finish_recorded = True
         m = self.state.metrics
-        reason = "stop" if any(c.finish_reason == "stop" for c in self.choices) else self.choices[0].finish_reason
+        reasons = {c.finish_reason for c in self.choices}
+        reason = next((r for r in ("error", "stop") if r in reasons), self.choices[0].finish_reason)
         m.success[reason if reason in m.success else "stop"] += 1
         m.e2e.observe(now - self.arrival)
         m.request_prompt.observe(len(self.prompt_ids))
@@ -307,14 +308,16 @@ class RequestRun:
 
     def release(self) -> None:
         """Ends the engine request if it still runs and forgets it (idempotent). A request that
-        did not finish (client gone, error, batch refused) is counted as aborted, as vLLM does."""
+        did not finish counts as "error" when the engine failed it, else (client gone, batch
+        refused, shutdown) as "abort", as vLLM counts them."""
         if self._released:
             return
         self._released = True
         self.state.engine.release(self.stream)
         if not self.done:
+            failed = isinstance(self.stream.error, EngineRequestError)
             for c in self.choices:
-                c.finish_reason = c.finish_reason or "abort"
+                c.finish_reason = c.finish_reason or ("error" if failed else "abort")
             self._record_finish(time.monotonic())
 
 
