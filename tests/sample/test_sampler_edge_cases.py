@@ -131,3 +131,19 @@ def test_device_sampling_emulation_on_nan_logits(nan_rows, all_nan, monkeypatch)
     toks = _tokens(_llm(nan_rows.path), [5, 6, 7], max_tokens=4, min_tokens=2, ignore_eos=True, temperature=0,
                    allowed_token_ids=[EOS, 40], logit_bias={EOS: 100.0})
     assert toks == [40, 40, EOS, EOS]
+
+
+def test_long_prompt_logprobs_over_several_steps(model_zoo):
+    """Prompt logprobs come from at most 512 prompt tokens per step; a 1300-token prompt takes
+    several steps and still matches transformers at every position."""
+    import numpy as np
+
+    from tests.helpers.models import SPECS, check_prompt_logprobs, greedy, make_llm, random_prompt
+
+    spec = {k: v for k, v in SPECS["llama"].items() if k != "model_type"}
+    built = model_zoo.custom("llama_2k", "llama", max_position_embeddings=2048, **spec)
+    prompt = random_prompt(np.random.default_rng(3), 1300, built.vocab_size)
+    llm = make_llm(built.path, max_model_len=2048, num_gpu_blocks_override=200)
+    (out,) = llm.generate({"prompt_token_ids": prompt}, greedy(max_tokens=1, prompt_logprobs=2), use_tqdm=False)
+    check_prompt_logprobs(out, built.logprobs(prompt))
+    assert llm.engine.stats().num_steps >= 3

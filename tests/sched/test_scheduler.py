@@ -425,3 +425,16 @@ def test_random_workloads_keep_the_invariants(seed, priority_policy):
         for i in range(n):
             assert finished[(rid, i)] == "length"
     assert h.num_free_blocks == num_blocks
+
+
+def test_prompt_logprob_rows_per_step_are_capped():
+    # Each prompt token of a prompt-logprobs request needs a vocabulary-wide logits row: at most
+    # 512 of them per step, whatever the token budget; other requests use the rest of the budget.
+    h = SchedulerHarness(config(max_num_batched_tokens=4096, max_model_len=4096), 512, 16, False, "sha256", [])
+    h.add_request("lp", list(range(3, 1503)), params(max_tokens=1, prompt_logprobs=1))
+    h.add_request("plain", list(range(3, 1003)), params(max_tokens=1))
+    sched, _ = step(h)
+    assert {s[0]: s[2] for s in sched} == {"lp": 512, "plain": 1000}
+    steps, outputs = run(h)
+    assert [sum(s[2] for s in sched if s[0] == "lp") for sched in steps][:2] == [512, 476]
+    assert outputs[("lp", 0)][-1].finish_reason == "length"
