@@ -5,12 +5,11 @@ the server is alive and idle."""
 from __future__ import annotations
 
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-
-from tests.helpers.server import ServerProcess, wait_idle  # noqa: E402
+from tests.helpers.server import ServerProcess, wait_idle
 
 
 @pytest.fixture(scope="module")
