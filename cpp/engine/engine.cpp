@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -21,7 +22,6 @@
 #include "loader/model_config.h"
 #include "loader/safetensors.h"
 #include "sched/scheduler.h"
-#include "util/env.h"
 #include "util/logging.h"
 
 namespace cserve {
@@ -122,7 +122,6 @@ struct Engine::Impl {
   // One step; never throws: a failure ends the requests it touched with FinishReason::Error.
   std::vector<RequestOutput> step();
   std::vector<RequestOutput> apply_inputs();  // adds and aborts; returns their final outputs
-  std::vector<RequestOutput> run_scheduled();  // schedule, execute, update; throws on failure
   void on_step_failure(const std::string& what, const SchedulerOutput* so, std::vector<RequestOutput>& outs);
   void refresh_stats();
   void run_loop();
