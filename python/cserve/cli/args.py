@@ -20,11 +20,12 @@ from typing import Any, Optional
 
 from cserve.cli.flags import (
     APPEND, BOOL, BOOL_ARG, BY_NAME, COMMON, FLAG, FLAGS, FLOAT, GROUPS, INT, JSON, JSON_LIST,
-    JSON_OR_STR, LIST, LIST_INT, NO_EFFECT, ONLY, SIZE, SIZE_AUTO, STR_OR_TRUE, UNSUPPORTED, Flag, support_text,
+    JSON_OR_STR, LIST, LIST_FLOAT, LIST_INT, NO_EFFECT, ONLY, SIZE, SIZE_AUTO, STR_OR_TRUE, UNSUPPORTED, WORKER_BY_NAME,
+    WORKER_DESCRIPTION, WORKER_FLAGS, WORKER_GROUP, Flag, support_text,
 )
 
 __all__ = ["ServeArgsError", "UnsupportedFlagError", "make_serve_parser", "parse_serve_args", "no_effect_notes",
-           "engine_options"]
+           "engine_options", "backend_args", "dialect_of"]
 
 PROG = "cserve serve"
 _JSON_TIP = ("JSON flags take a whole object, --x '{\"a\": 1, \"b\": {\"c\": 2}}', or its keys, --x.a 1 "
@@ -168,9 +169,9 @@ def _add_kwargs(flag: Flag) -> dict:
     if kind == STR_OR_TRUE:
         return {"nargs": "?", "const": True, "type": str}
     convert = {INT: int, FLOAT: float, SIZE: human_readable_int, SIZE_AUTO: human_readable_int_or_auto,
-               JSON_LIST: _json_list, JSON_OR_STR: _json_or_str, LIST_INT: int}.get(kind, str)
+               JSON_LIST: _json_list, JSON_OR_STR: _json_or_str, LIST_INT: int, LIST_FLOAT: float}.get(kind, str)
     kwargs: dict = {"type": _optional(convert) if flag.default is None else convert}
-    if kind in (LIST, LIST_INT):
+    if kind in (LIST, LIST_INT, LIST_FLOAT):
         kwargs["nargs"] = "+"
     if flag.choices is not None:
         kwargs["choices"] = flag.choices
@@ -183,20 +184,31 @@ def _help_line(flag: Flag) -> str:
     return text.replace("%", "%%")
 
 
-def make_serve_parser() -> argparse.ArgumentParser:
-    """The `cserve serve` parser: MODEL positional, one argument group per vLLM group."""
-    parser = argparse.ArgumentParser(prog=PROG, usage=f"{PROG} [MODEL] [options]", add_help=False,
-                                     description="Start the OpenAI-compatible server; the flags of `vllm serve`.")
-    parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
-                        help="The model to serve, as --model says (the positional wins); cserve's default "
-                             "model when neither is given.")
+def build_parser(table: tuple, groups: dict, common: tuple, usage: str, description: str,
+                 positional: bool) -> argparse.ArgumentParser:
+    """A `cserve serve` parser for one dialect: its flag table (one argument group per entry of
+    `groups`, the worker flags last), `common` for a plain --help."""
+    parser = argparse.ArgumentParser(prog=PROG, usage=usage, add_help=False, description=description)
+    parser.cserve_groups = {**groups, WORKER_GROUP: WORKER_DESCRIPTION}
+    parser.cserve_common = common
+    if positional:
+        parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                            help="The model to serve, as --model says (the positional wins); cserve's default "
+                                 "model when neither is given.")
     parser.add_argument("-h", "--help", action=_HelpAction, nargs="?", default=argparse.SUPPRESS,
                         metavar="GROUP|FLAG|all", help=f"Show help and exit. {_HELP_TIP}")
-    groups = {name: parser.add_argument_group(name, description) for name, description in GROUPS.items()}
-    for flag in FLAGS:
-        groups[flag.group].add_argument(*flag.option_strings, dest=flag.dest, default=copy.deepcopy(flag.default),
-                                        help=_help_line(flag), **_add_kwargs(flag))
+    arg_groups = {name: parser.add_argument_group(name, text) for name, text in parser.cserve_groups.items()}
+    for flag in (*table, *WORKER_FLAGS):
+        arg_groups[flag.group].add_argument(*flag.option_strings, dest=flag.dest, default=copy.deepcopy(flag.default),
+                                            help=_help_line(flag), **_add_kwargs(flag))
     return parser
+
+
+def make_serve_parser() -> argparse.ArgumentParser:
+    """The `cserve serve` parser of the vLLM dialect: MODEL positional, one argument group per vLLM group."""
+    return build_parser(FLAGS, GROUPS, COMMON + ("--backend",), f"{PROG} [MODEL] [options]",
+                        "Start the OpenAI-compatible server; the flags of `vllm serve` (--backend sglang: "
+                        "SGLang's flags).", positional=True)
 
 
 # --- help ----------------------------------------------------------------------------------------
@@ -217,11 +229,12 @@ def _section(parser, title: str, description: Optional[str], actions: list, tip:
 
 def _help_summary(parser) -> str:
     actions = _actions_by_flag(parser)
-    indent = max(len(name) for name in GROUPS) + 4
+    indent = max(len(name) for name in parser.cserve_groups) + 4
     width = max(parser._get_formatter()._width, indent + 30)
     groups = "".join(textwrap.fill(description, width, initial_indent=f"  {name:<{indent - 2}}",
-                                   subsequent_indent=" " * indent) + "\n" for name, description in GROUPS.items())
-    common = _section(parser, "Common flags", None, [actions[name] for name in COMMON], tip="")
+                                   subsequent_indent=" " * indent) + "\n"
+                     for name, description in parser.cserve_groups.items())
+    common = _section(parser, "Common flags", None, [actions[name] for name in parser.cserve_common], tip="")
     tip = textwrap.fill(_HELP_TIP, width)
     return f"{parser.format_usage()}\n{parser.description}\n\n{common}\nConfig groups:\n{groups}\n{tip}\n"
 
@@ -247,9 +260,9 @@ def _help_text(parser, keyword: Optional[str]) -> str:
 # --- the argv pipeline ---------------------------------------------------------------------------
 
 def _option_flag(option: str) -> Optional[Flag]:
-    flag = BY_NAME.get(option)
+    flag = BY_NAME.get(option) or WORKER_BY_NAME.get(option)
     if flag is None and option.startswith("--no-"):
-        flag = BY_NAME.get("--" + option[5:])
+        flag = BY_NAME.get("--" + option[5:]) or WORKER_BY_NAME.get("--" + option[5:])
         flag = flag if flag is not None and flag.kind == BOOL else None
     return flag
 
@@ -386,27 +399,36 @@ def _spelled(flag: Flag, value: Any) -> str:
         return f"{flag.name} {str(value).lower()}"
     if isinstance(value, list) and flag.kind == APPEND:
         return " ".join(f"{flag.name} {item}" for item in value)
-    if isinstance(value, list) and flag.kind in (LIST, LIST_INT):
+    if isinstance(value, list) and flag.kind in (LIST, LIST_INT, LIST_FLOAT):
         return " ".join([flag.name, *map(str, value)])
     if isinstance(value, (dict, list)):
         return f"{flag.name} {json.dumps(value)}"
     return f"{flag.name} {value}"
 
 
-def _check_values(args: argparse.Namespace) -> None:
-    for flag in FLAGS:
+def check_values(args: argparse.Namespace, table: tuple) -> None:
+    """The Range checks of a dialect's table and of the worker flags; URLs get http:// without a scheme."""
+    for flag in (*table, *WORKER_FLAGS):
         value = getattr(args, flag.dest)
         if flag.check is None or value is None or (flag.kind == SIZE_AUTO and value == -1):
             continue
         if not flag.check(value):
             raise ServeArgsError(f"{flag.name} must be {flag.check}, got {value}")
+    for dest in ("gateway_address", "worker_url"):
+        value = getattr(args, dest)
+        if value is not None and "://" not in value:
+            setattr(args, dest, "http://" + value)
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    check_values(args, FLAGS)
     if args.max_long_partial_prefills > args.max_num_partial_prefills:
         raise ServeArgsError(f"--max-long-partial-prefills ({args.max_long_partial_prefills}) must be <= "
                              f"--max-num-partial-prefills ({args.max_num_partial_prefills})")
 
 
-def _check_support(args: argparse.Namespace) -> None:
-    for flag in FLAGS:
+def check_support(args: argparse.Namespace, table: tuple) -> None:
+    for flag in table:
         value = getattr(args, flag.dest)
         refused = (flag.support == UNSUPPORTED and not _is_default(flag, value)) or (
             flag.support == ONLY and value not in flag.accepted and not _is_default(flag, value))
@@ -414,12 +436,35 @@ def _check_support(args: argparse.Namespace) -> None:
             raise UnsupportedFlagError(f"{_spelled(flag, value)} is not supported yet")
 
 
+def dialect_of(argv: list) -> str:
+    """The value of the last --backend / -be in argv (anywhere in it), "vllm" when there is none.
+    An unknown value is returned as it is: the vLLM parser then reports it."""
+    backend = "vllm"
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg in ("--backend", "-be") and i + 1 < len(argv):
+            backend = argv[i + 1]
+        elif arg.startswith(("--backend=", "-be=")):
+            backend = arg.split("=", 1)[1]
+    return backend
+
+
 def parse_serve_args(argv: list) -> argparse.Namespace:
-    """Parse `cserve serve` arguments (argv without "serve"). Help exits 0 and argparse errors exit 2
+    """Parse `cserve serve` arguments (argv without "serve") in the dialect --backend names: vLLM's
+    (the default) or SGLang's (cserve.cli.sglang_args); either way the result is the namespace of the
+    vLLM dialect, plus the worker flags and `backend_args`. Help exits 0 and argparse errors exit 2
     (SystemExit); a bad value raises ServeArgsError, a value cserve lacks UnsupportedFlagError."""
+    argv = [str(a) for a in argv]
+    if dialect_of(argv) == "sglang":
+        from cserve.cli.sglang_args import parse_sglang_args
+
+        return parse_sglang_args(argv)
     parser = make_serve_parser()
-    argv, config_path = _pull_config([str(a) for a in argv])
+    argv, config_path = _pull_config(argv)
     args = parser.parse_args(_rewrite(argv))
+    if args.backend != "vllm":
+        raise ServeArgsError(f"--backend {args.backend} must be given on the command line, not in --config")
     args.config = config_path
     # As in `vllm serve`: the MODEL positional wins over --model. Neither: None, and `serve` uses the
     # default model (cserve.model_source, which this module must not import: --help stays instant).
@@ -427,17 +472,34 @@ def parse_serve_args(argv: list) -> argparse.Namespace:
     if args.disable_log_requests is False:
         args.enable_log_requests = True
     _check_values(args)
-    _check_support(args)
+    check_support(args, FLAGS)
+    args.backend_args = _effective_values(args, FLAGS)
     return args
 
 
 _GRAPH_KEYS = ("cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode")
 
 
+def table_notes(values: argparse.Namespace, table: tuple) -> list:
+    """One INFO line per flag of `table` set to a non-default value that means nothing on cserve, and per
+    accepted value that cserve serves as another."""
+    notes = []
+    for flag in table:
+        value = getattr(values, flag.dest)
+        if flag.support == NO_EFFECT and not _is_default(flag, value):
+            notes.append(f"{flag.name}: no effect ({flag.reason})")
+        notes += [f"{flag.name} {value}: {why}" for noted, why in flag.value_notes if noted == value]
+    return notes
+
+
 def no_effect_notes(args: argparse.Namespace) -> list:
-    """One INFO line per flag set to a non-default value that means nothing on cserve."""
-    notes = [f"{flag.name}: no effect ({flag.reason})" for flag in FLAGS
-             if flag.support == NO_EFFECT and not _is_default(flag, getattr(args, flag.dest))]
+    """One INFO line per flag set to a non-default value that means nothing on cserve (in the dialect
+    the command line used)."""
+    if getattr(args, "backend", "vllm") == "sglang":
+        from cserve.cli.sglang_flags import SGLANG_FLAGS
+
+        return table_notes(args.sglang, SGLANG_FLAGS)
+    notes = table_notes(args, FLAGS)
     cc = getattr(args, "compilation_config", None)
     ignored = sorted(k for k in cc if k not in _GRAPH_KEYS) if isinstance(cc, dict) else []
     if ignored:
@@ -471,3 +533,45 @@ def _graph_options(cc, options: dict) -> dict:
         out["enforce_eager"] = True
     return out
 
+
+
+# --- backend_args ------------------------------------------------------------------------------------
+
+# Flags whose values are secrets: their value is replaced by "***" in backend_args.
+SECRET_DESTS = frozenset({"api_key", "hf_token", "ssl_keyfile_password", "admin_api_key"})
+REDACTED = "***"
+
+
+def _effective_values(values: argparse.Namespace, table: tuple) -> dict:
+    """{dest: value} of every flag of a dialect's table, as parsed (JSON-ready), secrets redacted."""
+    out = {}
+    for flag in table:
+        value = copy.deepcopy(getattr(values, flag.dest))
+        if flag.dest in SECRET_DESTS and value not in (None, True, False, ""):
+            value = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
+        out[flag.dest] = value
+    return out
+
+
+def backend_args(args: argparse.Namespace) -> dict:
+    """The effective flag values of the dialect the command line used, for a gateway's registration
+    (the gateway "receives and stores all backend_args").
+
+    Keys are the dialect's own option names as its namespace spells them: for --backend vllm the dests
+    of `vllm serve` (model, max_model_len, gpu_memory_utilization, ...); for --backend sglang the
+    fields of SGLang's ServerArgs (model_path, context_length, mem_fraction_static, tp_size, ...). Every
+    flag of that dialect's table is there, defaults included, with the values as parsed (before the
+    model name is resolved to a local path; SGLang's --random-seed as drawn when unset). The worker
+    flags (--backend, --gateway-address, ...) are not: they describe the worker, not the backend.
+    Secrets (--api-key, --hf-token, SSL key passwords) read "***" where set. The values are plain JSON
+    types; the dict is a fresh copy.
+    """
+    values = getattr(args, "backend_args", None)
+    if values is None:  # a namespace that did not come from parse_serve_args
+        if getattr(args, "backend", "vllm") == "sglang":
+            from cserve.cli.sglang_flags import SGLANG_FLAGS
+
+            values = _effective_values(args.sglang, SGLANG_FLAGS)
+        else:
+            values = _effective_values(args, FLAGS)
+    return copy.deepcopy(values)

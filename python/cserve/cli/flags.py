@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 SUPPORTED, ONLY, NO_EFFECT, UNSUPPORTED = "supported", "only-values", "no-effect", "unsupported"
 
@@ -36,6 +36,7 @@ JSON_LIST = "json-list"  # a JSON list, e.g. '["*"]'
 JSON_OR_STR = "json-or-str"
 LIST = "list"            # one or more strings (nargs="+")
 LIST_INT = "list-int"    # one or more ints (nargs="+")
+LIST_FLOAT = "list-float"  # one or more floats (nargs="+")
 APPEND = "append"        # repeatable, each use adds one string
 STR_OR_TRUE = "str-or-true"  # a string, or True when given bare (--hf-token)
 
@@ -75,6 +76,13 @@ class Flag:
     deprecated: bool = False
     group: str = ""
     dest: str = ""
+    # The SGLang dialect: the vLLM flags the value lands on (shown in docs/flags.md), and how.
+    # With one name and no convert, the value is copied to that flag's dest; convert(value, ns)
+    # returns {vLLM dest: value} (ns: the whole SGLang namespace).
+    to: tuple = ()
+    convert: Optional[Callable] = None
+    # only-values: accepted values that cserve serves as another (value, why) pair; logged at startup.
+    value_notes: tuple = ()
 
     def __post_init__(self):
         if not self.dest:
@@ -112,7 +120,9 @@ def support_text(flag: Flag) -> str:
     if flag.support == SUPPORTED:
         return "supported"
     if flag.support == ONLY:
-        return "only " + ", ".join("unset" if v is None else str(v) for v in flag.accepted)
+        text = "only " + ", ".join("unset" if v is None else str(v) for v in flag.accepted)
+        notes = "; ".join(f"{value}: {why}" for value, why in flag.value_notes)
+        return f"{text} ({notes})" if notes else text
     if flag.support == NO_EFFECT:
         return f"no effect: {flag.reason}"
     return "not supported yet"
@@ -645,3 +655,30 @@ FLAGS: tuple = (
 
 BY_NAME = {f.name: f for f in FLAGS}
 BY_DEST = {f.dest: f for f in FLAGS}
+
+
+# cserve's worker flags (the worker of a gateway), in both dialects: `--backend sglang` reads the rest
+# of the command line as SGLang's `launch_server` does (python/cserve/cli/sglang_flags.py).
+WORKER_GROUP = "cserve worker flags"
+WORKER_DESCRIPTION = ("cserve as the worker of a gateway, in both dialects: which command line it reads, where it "
+                      "registers, heartbeats and log streaming.")
+WORKER_FLAGS: tuple = _group(
+    WORKER_GROUP,
+    Flag("--backend", STR, "vllm", "cserve worker flag: the command line's dialect: vllm (the flags of `vllm serve`) "
+         "or sglang (the flags of SGLang's launch_server); cserve is the engine either way. May appear anywhere "
+         "on the command line.", aliases=("-be",), choices=("vllm", "sglang"), **ok("server")),
+    Flag("--gateway-address", STR, None, "cserve worker flag: the gateway's URL (http:// assumed without a "
+         "scheme): once the engine is ready the worker registers there, sends heartbeats and deregisters on "
+         "shutdown.", aliases=("-ga",), **ok("server")),
+    Flag("--heartbeat-interval", FLOAT, 30.0, "cserve worker flag: seconds between heartbeats to the gateway.",
+         aliases=("--hi",), check=Range(0, low_open=True), **ok("server")),
+    Flag("--log-streaming", BOOL, True, "cserve worker flag: stream log records to the gateway (when "
+         "--gateway-address is set).", aliases=("--ls",), **ok("server")),
+    Flag("--gateway-kind", STR, "auto", "cserve worker flag: which protocol the gateway speaks: auto detects it, "
+         "cserve (docs/gateway.md), sglang-router or vllm-router.",
+         choices=("auto", "cserve", "sglang-router", "vllm-router"), **ok("server")),
+    Flag("--worker-url", STR, None, "cserve worker flag: the URL the gateway and clients should use to reach "
+         "this worker (http:// assumed without a scheme); derived from --host and --port when unset.",
+         **ok("server")),
+)
+WORKER_BY_NAME = {f.name: f for f in WORKER_FLAGS}

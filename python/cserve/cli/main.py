@@ -1,4 +1,5 @@
-"""The `cserve` command: `cserve serve [MODEL] [OPTIONS]` (the flags of `vllm serve`) and
+"""The `cserve` command: `cserve serve [MODEL] [OPTIONS]` (the flags of `vllm serve`, or of SGLang's
+launch_server with --backend sglang) and
 `cserve bench serve|sweep|throughput|latency` (the flags of `vllm bench`)."""
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ commands:
   serve [MODEL] [OPTIONS] start the OpenAI-compatible server (the flags of `vllm serve`;
                           `cserve serve --help` lists them); MODEL is a directory, a .gguf
                           file or a Hugging Face repo id, cserve's default model when unset
+  serve --backend sglang --model-path MODEL [OPTIONS]
+                          the same server, with the flags of SGLang's launch_server
+                          (`cserve serve --backend sglang --help`)
   bench serve|sweep|throughput|latency [OPTIONS]
                           benchmarks with the flags and output of `vllm bench` (`serve` and
                           `sweep` against any OpenAI-compatible server; `cserve bench --help`)
@@ -33,7 +37,9 @@ def setup_logging(args) -> None:
             logging.config.dictConfig(json.load(f))
         return
     # vLLM's line format: "INFO 11-28 18:00:00 [api_server.py:123] message".
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s",
+    # SGLang's --log-level (the SGLang dialect); INFO otherwise.
+    level = str(getattr(args, "log_level", None) or "info").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.DEBUG), format="%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s",
                         datefmt="%m-%d %H:%M:%S")
 
 
