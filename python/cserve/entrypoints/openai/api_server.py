@@ -77,9 +77,11 @@ def parse_json_body(body: bytes) -> dict:
     return data
 
 
-async def _parse(request: Request, model: type, state: ServerState) -> Any:
+async def _parse(request: Request, model: type, state: ServerState, check=check_list_sizes) -> Any:
+    """The body validated as `model`; `check(state, data)` runs on the raw JSON first (the size
+    checks, with the field names of the endpoint's dialect)."""
     data = parse_json_body(await request.body())
-    check_list_sizes(state, data)
+    check(state, data)
     try:
         parsed = model.model_validate(data)
     except ValidationError as e:
@@ -199,6 +201,23 @@ class _SSEResponse(StreamingResponse):
             release_all(self._streamed.runs)
 
 
+async def respond(state: ServerState, request: Request, create, parsed, request_id: str) -> Response:
+    """Runs a generation endpoint's `create(state, parsed, request_id, disconnected)`: a JSON
+    body, a stream (Streamed), or None when the client left before the answer."""
+    watcher = _watch_disconnect(request)
+    try:
+        result = await create(state, parsed, request_id, watcher)
+    except BaseException:
+        watcher.cancel()
+        raise
+    if not isinstance(result, Streamed):
+        watcher.cancel()
+        if result is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        return JSONResponse(result)
+    return _SSEResponse(result, watcher)
+
+
 async def _send_error(send, message: str, status: int) -> None:
     body = json.dumps(error_body(message, status)).encode()
     await send({"type": "http.response.start", "status": status,
@@ -256,26 +275,12 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
             logger.error("request failed: %s: %s", type(e).__name__, e)
         return _error(f"Internal server error: {type(e).__name__}", 500)
 
-    async def _respond(request: Request, create, parsed, request_id: str):
-        watcher = _watch_disconnect(request)
-        try:
-            result = await create(state, parsed, request_id, watcher)
-        except BaseException:
-            watcher.cancel()
-            raise
-        if not isinstance(result, Streamed):
-            watcher.cancel()
-            if result is None:
-                return Response(status_code=499)  # the client is gone; nobody reads this
-            return JSONResponse(result)
-        return _SSEResponse(result, watcher)
-
     async def _generate(request: Request, body_type: type, prefix: str, prompt_field: str, create):
         parsed = await _parse(request, body_type, state)
         rid = _request_id(request, prefix)
         _log_request(state, rid, getattr(parsed, prompt_field),
                      parsed.model_dump(exclude={prompt_field}, exclude_none=True))
-        return await _respond(request, create, parsed, rid)
+        return await respond(state, request, create, parsed, rid)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -368,6 +373,9 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
     async def metrics():
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    from cserve.entrypoints.sglang import add_sglang_routes
+
+    add_sglang_routes(app, state)
     _describe_request_bodies(app, {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest,
                                    "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest},
                              lambda doc: _narrow_to_this_server(doc, state))

@@ -31,7 +31,7 @@ from cserve.cli.args import REDACTED
 from cserve.entrypoints.auth import key_matches
 from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.protocol import random_id
-from cserve.entrypoints.openai.serving import RequestRun, ServerState, Streamed, check_list_sizes, release_all, run_all
+from cserve.entrypoints.openai.serving import RequestRun, ServerState, check_list_sizes, release_all, run_all
 from cserve.entrypoints.sglang.protocol import GenerateRequest
 from cserve.entrypoints.sglang.serving_generate import create_generate
 from cserve.sampling_params import SamplingParams
@@ -238,8 +238,7 @@ def _check_sizes(state: ServerState, data: dict) -> None:
 
 def add_sglang_routes(app: FastAPI, state: ServerState) -> None:
     """Registers SGLang's native routes on the server's app (called by build_app)."""
-    from cserve.entrypoints.openai.api_server import (_log_request, _parse, _SSEResponse, _watch_disconnect,
-                                                      api_keys, parse_json_body)
+    from cserve.entrypoints.openai.api_server import _log_request, _parse, api_keys, respond
 
     tokens = [f"Bearer {k}".encode() for k in api_keys(state.args)]
     config = _model_config(state.model_path)
@@ -252,23 +251,11 @@ def add_sglang_routes(app: FastAPI, state: ServerState) -> None:
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request):
         authorize(request)
-        # The size checks need /generate's own field names; _parse then validates (the body is
-        # read once and cached by Starlette).
-        _check_sizes(state, parse_json_body(await request.body()))
-        parsed = await _parse(request, GenerateRequest, state)
+        parsed = await _parse(request, GenerateRequest, state, _check_sizes)  # size checks in /generate's names
         rid = random_id("generate")
         prompt = parsed.text if parsed.text is not None else parsed.input_ids
         _log_request(state, rid, prompt, parsed.model_dump(exclude={"text", "input_ids"}, exclude_none=True))
-        watcher = _watch_disconnect(request)
-        try:
-            result = await create_generate(state, parsed, rid, watcher)
-        except BaseException:
-            watcher.cancel()
-            raise
-        if isinstance(result, Streamed):
-            return _SSEResponse(result, watcher)
-        watcher.cancel()
-        return Response(status_code=499) if result is None else JSONResponse(result)
+        return await respond(state, request, create_generate, parsed, rid)
 
     @app.get("/model_info")
     @app.get("/get_model_info")
