@@ -9,20 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-import cserve.entrypoints
 from tests.gateway.conftest import MODEL, completed
 from tests.helpers.gateway import ROUTERS, RouterProcess, TestGateway, router_available, wait_for
 from tests.helpers.server import ServerProcess
 
 API_KEY = "sekret-key-456"
-
-
-def _wired() -> bool:
-    root = Path(cserve.entrypoints.__file__).parent
-    return any("cserve.gateway" in p.read_text() for p in root.rglob("*.py"))
-
-
-pytestmark = pytest.mark.skipif(not _wired(), reason="the server does not start a GatewayWorker yet")
 
 
 def worker(model_dir: str, log_dir: Path, gateway: str, *extra: str) -> ServerProcess:

@@ -35,7 +35,7 @@ def api_schema(fuzzed_server):
 
 def test_the_schema_describes_the_request_bodies(api_schema):
     raw = api_schema.raw_schema
-    for path in ("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"):
+    for path in ("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/generate"):
         ref = raw["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.startswith("#/components/schemas/")
     fields = raw["components"]["schemas"]["CompletionRequest"]["properties"]

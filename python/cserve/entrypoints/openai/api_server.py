@@ -374,10 +374,12 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     from cserve.entrypoints.sglang import add_sglang_routes
+    from cserve.entrypoints.sglang.protocol import GenerateRequest
 
     add_sglang_routes(app, state)
     _describe_request_bodies(app, {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest,
-                                   "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest},
+                                   "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest,
+                                   "/generate": GenerateRequest},
                              lambda doc: _narrow_to_this_server(doc, state))
     app.add_middleware(_ASGIGuards, state=state, api_keys=api_keys(args))
     from fastapi.middleware.cors import CORSMiddleware
@@ -598,8 +600,16 @@ def run_server(args, pending=None) -> int:
 
             holder["grpc"] = GrpcServer(state, api_keys(args))
             await holder["grpc"].start()
+        if args.gateway_address:
+            from cserve.gateway import GatewayWorker
+
+            # Registers once this server answers /health; never blocks serving.
+            holder["gateway"] = GatewayWorker(state, args)
+            await holder["gateway"].start()
 
     async def on_shutdown() -> None:
+        if "gateway" in holder:
+            await holder["gateway"].stop()
         if "grpc" in holder:
             await holder["grpc"].stop(grace=0)
 
@@ -607,6 +617,8 @@ def run_server(args, pending=None) -> int:
         """--shutdown-timeout: no new requests (HTTP 503, gRPC refused); running ones get up to
         the timeout to finish; the rest then end with an error."""
         state.draining = True
+        if "gateway" in holder:  # the gateway stops routing here first
+            await holder["gateway"].stop()
         if "grpc" in holder:
             asyncio.ensure_future(holder["grpc"].stop(grace=args.shutdown_timeout))
         loop = asyncio.get_running_loop()

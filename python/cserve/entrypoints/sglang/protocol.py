@@ -56,6 +56,10 @@ UNSUPPORTED_SAMPLING = ("json_schema", "regex", "ebnf", "structural_tag", "stop_
 class GenerateRequest(SGLangModel):
     """Exactly one of text and input_ids; a list of either is a batch."""
 
+    model_config = ConfigDict(extra="allow", json_schema_extra={"oneOf": [
+        {"required": ["text"], "properties": {"input_ids": {"type": "null"}, "text": {"minLength": 1, "minItems": 1}}},
+        {"required": ["input_ids"], "properties": {"text": {"type": "null"}, "input_ids": {"minItems": 1}}}]})
+
     text: Optional[Union[str, list[str]]] = None
     input_ids: Optional[Union[list[TokenId], list[list[TokenId]]]] = None
     sampling_params: Optional[Union[SGLangSamplingParams, list[SGLangSamplingParams]]] = None
