@@ -57,6 +57,14 @@ def test_serves_with_sglang_flags(chat_model_dir, tmp_path):
             assert r.status_code == 200, r.text
             assert http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1},
                              headers={"Authorization": "Bearer wrong"}).status_code == 401
+            # SGLang's native API on the same server, with the values the flags set.
+            r = http.post("/generate", json={"text": "Hello world", "sampling_params": {"max_new_tokens": 5,
+                                                                                          "temperature": 0}})
+            assert r.status_code == 200, r.text
+            assert r.json()["meta_info"]["completion_tokens"] == 5 and r.json()["text"] == body["choices"][0]["text"]
+            info = http.get("/server_info").json()
+            assert (info["context_length"], info["max_running_requests"], info["page_size"]) == (256, 8, 16)
+            assert info["api_key"] == "***" and info["random_seed"] == 1
     log = proc.log()
     assert "--enable-metrics: no effect" in log and "--schedule-policy lpm: served as fcfs" in log
     assert "Received request" in log  # --log-requests
