@@ -225,12 +225,12 @@ FLAGS: tuple = (
              "e.g. '{\"enable_thinking\": false}'.", **ok("server")),
         Flag("--response-role", STR, "assistant", "Role name returned when request.add_generation_prompt is "
              "true.", **ok("server")),
-        Flag("--enable-auto-tool-choice", BOOL, False, "Let the model decide when to call tools."),
+        Flag("--enable-auto-tool-choice", BOOL, False, "Let the model decide when to call tools.", **ok("server")),
         Flag("--exclude-tools-when-tool-choice-none", BOOL, False, "Leave tool definitions out of the prompt "
-             "when tool_choice is 'none'."),
+             "when tool_choice is 'none'.", **ok("server")),
         Flag("--tool-call-parser", STR, None, "Parser that turns model output into tool calls "
-             "(needs --enable-auto-tool-choice)."),
-        Flag("--tool-parser-plugin", STR, "", "File with a tool parser plugin to register."),
+             "(needs --enable-auto-tool-choice).", **ok("server")),
+        Flag("--tool-parser-plugin", STR, "", "File with a tool parser plugin to register.", **ok("server")),
         Flag("--tool-server", STR, None, "Comma-separated host:port tool servers, or 'demo'."),
         Flag("--api-key", STR, None, "Require this key in the Authorization header (also VLLM_API_KEY).",
              **ok("server")),
@@ -367,8 +367,10 @@ FLAGS: tuple = (
     ),
     *_group(
         "StructuredOutputsConfig",
-        Flag("--reasoning-parser", STR, "", "Parser that splits reasoning content into the OpenAI format."),
-        Flag("--reasoning-parser-plugin", STR, "", "File with a reasoning parser plugin to register."),
+        Flag("--reasoning-parser", STR, "", "Parser that splits reasoning content into the OpenAI format.",
+             **ok("server")),
+        Flag("--reasoning-parser-plugin", STR, "", "File with a reasoning parser plugin to register.",
+             **ok("server")),
     ),
     *_group(
         "ParallelConfig",

@@ -70,6 +70,9 @@ def serve(argv: list[str]) -> int:
 
     try:
         args = parse_serve_args(argv)
+        from cserve.entrypoints.openai.chat_parsing import check_parser_flags
+
+        check_parser_flags(args)  # parser names and plugin files, before any loading
     except (UnsupportedFlagError, ValueError) as e:
         print(f"cserve serve: error: {e}", file=sys.stderr)
         return 2

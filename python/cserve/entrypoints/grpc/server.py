@@ -119,7 +119,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             if which == "chat":
                 body = _chat_body(request.chat, max_completion_tokens=max_tokens, logprobs=logprobs is not None,
                                   top_logprobs=logprobs or 0, **fields)
-                run, _, _, top = await prepare_chat(state, body, rid)
+                run, _, _, top, _ = await prepare_chat(state, body, rid)
                 runs = [run]
             else:
                 prompt = request.text if which == "text" else list(request.token_ids.ids)

@@ -97,12 +97,14 @@ class ChatCompletionRequest(SamplingFields):
                                          json_schema_extra={"minimum": 1})
     max_completion_tokens: Optional[Int64] = described(minimum=1)
     tools: Optional[list[dict[str, Any]]] = None
-    tool_choice: Optional[Union[str, dict[str, Any]]] = described("none", enum=["none", None])
+    # Unset: "auto" with tools, "none" without (vLLM's default); required and named need structured outputs.
+    tool_choice: Optional[Union[str, dict[str, Any]]] = described("none", enum=["none", "auto", None])
     parallel_tool_calls: Optional[bool] = None
     # vLLM extras
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False
+    include_reasoning: bool = True
     documents: Optional[list[dict[str, str]]] = None
     chat_template: Optional[str] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
@@ -182,6 +184,9 @@ class ChatLogProbs(BaseModel):
 class ChatMessage(BaseModel):
     role: str
     content: Optional[str] = None
+    # vLLM's field, and the older name many clients still read (vLLM writes both).
+    reasoning: Optional[str] = None
+    reasoning_content: Optional[str] = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -209,6 +214,9 @@ class ChatCompletionResponse(BaseModel):
 class ChatDelta(BaseModel):
     role: Optional[str] = None
     content: Optional[str] = None
+    reasoning: Optional[str] = None
+    reasoning_content: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None
 
 
 class ChatStreamChoice(BaseModel):

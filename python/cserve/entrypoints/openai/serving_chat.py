@@ -9,6 +9,8 @@ import re
 import time
 from typing import Any, AsyncIterator, Optional, Union
 
+from cserve.entrypoints.openai.chat_parsing import (ChatParsing, effective_tool_choice, merge_tool_calls,
+                                                    tool_call_json)
 from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
                                                 ChatCompletionResponse, ChatDelta, ChatLogProbEntry, ChatLogProbs,
@@ -96,17 +98,20 @@ def render_chat(state: ServerState, messages: list, template_override: Optional[
 
 
 def _check_tools(request: ChatCompletionRequest) -> None:
-    choice = request.tool_choice
-    if (request.tools and choice == "auto") or choice == "required" or isinstance(choice, dict):
-        raise APIError(f"tool_choice {choice if isinstance(choice, str) else 'named'!r} needs tool-call parsing, "
-                       "which is not supported yet (--enable-auto-tool-choice, --tool-call-parser).", 400,
+    choice = effective_tool_choice(request)
+    if choice == "required" or isinstance(choice, dict):
+        raise APIError(f"tool_choice {choice if isinstance(choice, str) else 'named'!r} needs structured outputs, "
+                       "which are not supported yet.", 400, "tool_choice")
+    if choice not in ("none", "auto"):
+        raise APIError(f"tool_choice must be none, auto, required or a named function, got {choice!r}.", 400,
                        "tool_choice")
 
 
 async def render_request(state: ServerState, request: ChatCompletionRequest,
                          check_length: bool = True) -> tuple[str, list[int]]:
     kwargs = dict(request.chat_template_kwargs or {})
-    if request.tools:
+    hide_tools = state.args.exclude_tools_when_tool_choice_none and effective_tool_choice(request) == "none"
+    if request.tools and not hide_tools:
         kwargs.setdefault("tools", request.tools)
     if request.documents:
         kwargs.setdefault("documents", request.documents)
@@ -136,12 +141,15 @@ def _chat_logprobs(state: ServerState, entries: list, top: int) -> ChatLogProbs:
 
 
 async def prepare_chat(state: ServerState, request: ChatCompletionRequest,
-                       request_id: str) -> tuple[RequestRun, str, str, Optional[int]]:
+                       request_id: str) -> tuple[RequestRun, str, str, Optional[int], ChatParsing]:
     """Checks the request, renders and submits it: (run, response role, echo text, top
-    logprobs or None). The gRPC API shares this path."""
+    logprobs or None, the reasoning/tool parsing). The gRPC API shares this path."""
     state.check_model(request.model)
     check_common(state, request)
     _check_tools(request)
+    parsing = ChatParsing(state, request)
+    if parsing.needs_special_tokens:
+        request.skip_special_tokens = False  # the parsers read markers that are special tokens
     if request.top_logprobs and not request.logprobs:
         raise APIError("when using `top_logprobs`, `logprobs` must be set to true.", 400, "top_logprobs")
     state.check_capacity()
@@ -159,19 +167,19 @@ async def prepare_chat(state: ServerState, request: ChatCompletionRequest,
             echo = last["content"]
     run = RequestRun(state, request_id, ids, params, 0, request.priority, request.cache_salt or "",
                      streaming=request.stream)
-    return run, role, echo, top
+    return run, role, echo, top, parsing
 
 
 async def create_chat_completion(state: ServerState, request: ChatCompletionRequest, request_id: str,
                                  disconnected: asyncio.Future) -> Union[dict, AsyncIterator[str], None]:
-    run, role, echo, top = await prepare_chat(state, request, request_id)
+    run, role, echo, top, parsing = await prepare_chat(state, request, request_id)
     if request.stream:
-        return Streamed(_stream(state, request, request_id, run, role, echo, top, disconnected), [run])
-    return await _full(state, request, request_id, run, role, echo, top, disconnected)
+        return Streamed(_stream(state, request, request_id, run, role, echo, top, parsing, disconnected), [run])
+    return await _full(state, request, request_id, run, role, echo, top, parsing, disconnected)
 
 
-async def _full(state, request, request_id, run, role, echo, top, disconnected) -> Optional[dict]:
-    texts = [echo] * request.n
+async def _full(state, request, request_id, run, role, echo, top, parsing, disconnected) -> Optional[dict]:
+    texts = [""] * request.n
     token_ids: list[list[int]] = [[] for _ in range(request.n)]
     logprobs: list[list] = [[] for _ in range(request.n)]
     async for deltas in run_all(state, [run], disconnected):
@@ -183,10 +191,22 @@ async def _full(state, request, request_id, run, role, echo, top, disconnected) 
         return None  # the client went away
     choices = []
     for i, c in enumerate(run.choices):
+        message = ChatMessage(role=role, content=echo + texts[i])
+        finish_reason = c.finish_reason
+        if parsing.active:  # the whole text through the same incremental parsers a stream uses
+            parsers = parsing.for_choice()
+            parsed = parsers.feed(texts[i], finished=True)
+            content = echo + parsed.content
+            message.content = content or (None if parsed.tool_calls else content)
+            if parsed.reasoning and parsing.include_reasoning:
+                message.reasoning = message.reasoning_content = parsed.reasoning
+            message.tool_calls = merge_tool_calls(parsed.tool_calls)
+            if parsers.made_calls:
+                finish_reason = "tool_calls"
         choices.append(ChatChoice(
-            index=i, message=ChatMessage(role=role, content=texts[i]),
+            index=i, message=message,
             logprobs=_chat_logprobs(state, logprobs[i], top) if top is not None else None,
-            finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+            finish_reason=finish_reason, stop_reason=c.stop_reason,
             token_ids=token_ids[i] if request.return_token_ids else None))
     generated = sum(len(t) for t in token_ids)
     resp = ChatCompletionResponse(
@@ -199,7 +219,7 @@ async def _full(state, request, request_id, run, role, echo, top, disconnected) 
     return resp.model_dump(mode="json")
 
 
-async def _stream(state, request, request_id, run, role, echo, top, disconnected) -> AsyncIterator[str]:
+async def _stream(state, request, request_id, run, role, echo, top, parsing, disconnected) -> AsyncIterator[str]:
     created = int(time.time())
     include_usage = state.args.enable_force_include_usage or bool(
         request.stream_options and request.stream_options.include_usage)
@@ -216,16 +236,30 @@ async def _stream(state, request, request_id, run, role, echo, top, disconnected
     u0 = usage(prompt_tokens, 0, None, False) if include_usage and continuous else None
     for i in range(request.n):
         yield chunk([ChatStreamChoice(index=i, delta=ChatDelta(role=role, content=echo))], u0, first=i == 0)
+    parsers = [parsing.for_choice() for _ in range(request.n)] if parsing.active else None
     async for deltas in run_all(state, [run], disconnected):
         for d in deltas:
             generated += len(d.token_ids)
+            delta = ChatDelta(content=d.text)
+            finish_reason = d.finish_reason
+            if parsers is not None:
+                p = parsers[d.index]
+                parsed = p.feed(d.text, finished=d.finish_reason is not None)
+                delta.content = parsed.content
+                if parsed.reasoning and parsing.include_reasoning:
+                    delta.reasoning = delta.reasoning_content = parsed.reasoning
+                if parsed.tool_calls:
+                    delta.tool_calls = [tool_call_json(c) for c in parsed.tool_calls]
+                if d.finish_reason is not None and p.made_calls:
+                    finish_reason = "tool_calls"
             carries_tokens = d.token_ids and (request.return_token_ids or top is not None)
-            if not d.text and d.finish_reason is None and not carries_tokens:
+            if not (delta.content or delta.reasoning or delta.tool_calls) and finish_reason is None \
+                    and not carries_tokens:
                 continue
             choice = ChatStreamChoice(
-                index=d.index, delta=ChatDelta(content=d.text),
+                index=d.index, delta=delta,
                 logprobs=_chat_logprobs(state, d.logprobs, top) if top is not None else None,
-                finish_reason=d.finish_reason, stop_reason=d.stop_reason,
+                finish_reason=finish_reason, stop_reason=d.stop_reason,
                 token_ids=d.token_ids if request.return_token_ids else None)
             yield chunk([choice], usage(prompt_tokens, generated, None, False) if include_usage and continuous else None)
     if not run.done:
