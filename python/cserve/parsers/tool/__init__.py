@@ -7,6 +7,8 @@ then finish), so the two cannot disagree. See _base.py for the rules.
 
 from __future__ import annotations
 
+from cserve.parsers import load_plugin_file
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -79,17 +81,4 @@ def get_tool_parser(name: str) -> type[ToolParser]:
 def load_tool_parser_plugin(path: str) -> None:
     """--tool-parser-plugin FILE: import a Python file whose parsers register themselves with
     @register_tool_parser("name")."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"tool parser plugin {path!r} not found")
-    mod_name = f"cserve_tool_parser_plugin_{abs(hash(str(p.resolve())))}"
-    spec = importlib.util.spec_from_file_location(mod_name, p)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load tool parser plugin {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(mod_name, None)
-        raise
+    load_plugin_file(path, "tool parser")
