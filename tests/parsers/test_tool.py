@@ -274,5 +274,5 @@ def test_plugin(tmp_path):
         assert _strip_ids(run("my_calls", list(text))) == want
     finally:
         TOOL_PARSERS.pop("my_calls", None)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="not a file"):
         load_tool_parser_plugin(str(tmp_path / "missing.py"))

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from cserve.parsers import load_plugin_file
 
-import importlib.util
-import sys
-from pathlib import Path
-
 from ._base import Call, ToolCallDelta, ToolDelta, ToolParser, assemble
 from .deepseek import DeepSeekV3ToolParser, DeepSeekV31ToolParser
 from .glm45 import Glm45ToolParser
