@@ -145,7 +145,8 @@ def _sample(flag) -> tuple:
     return [flag.name, *tokens], expected
 
 
-TABLE = [f for f in SGLANG_FLAGS if f.name not in ("--model-path", "--chat-template")]
+TABLE = [f for f in SGLANG_FLAGS
+         if f.name not in ("--model-path", "--chat-template", "--reasoning-parser", "--tool-call-parser")]
 
 
 @pytest.mark.parametrize("flag", TABLE, ids=lambda f: f.name)
@@ -277,8 +278,6 @@ def test_chat_template(tmp_path):
     (["--schedule-policy", "lof"], "--schedule-policy lof is not supported yet"),
     (["--page-size", "4"], "--page-size 4 is not supported yet"),
     (["--lora-paths", "a=b"], "--lora-paths a=b is not supported yet"),
-    (["--reasoning-parser", "deepseek-r1"], "--reasoning-parser deepseek-r1 is not supported yet"),
-    (["--tool-call-parser", "qwen25"], "--tool-call-parser qwen25 is not supported yet"),
     (["--dp-size", "2"], "--data-parallel-size 2 is not supported yet"),
 ])
 def test_refusals_name_the_flag_and_value(argv, message):
@@ -427,3 +426,22 @@ def test_help(capsys):
     assert "cserve worker flags" in out and "--backend" in out
     out = _help(capsys, "--help=gateway")
     assert "--gateway-address" in out and "--gateway-kind" in out and "cserve worker flag" in out
+
+
+def test_parsers_map_to_vllm_names():
+    # SGLang's parser names land on the same parsers under vLLM's names; a tool parser alone turns
+    # on tool_choice "auto", as in SGLang.
+    args = sgl("--reasoning-parser", "deepseek-r1", "--tool-call-parser", "qwen25")
+    assert (args.reasoning_parser, args.tool_call_parser, args.enable_auto_tool_choice) == ("deepseek_r1", "hermes", True)
+    args = sgl()
+    assert (args.reasoning_parser, args.tool_call_parser, args.enable_auto_tool_choice) == ("", None, False)
+    from cserve.cli.sglang_flags import SGLANG_REASONING_PARSERS, SGLANG_TOOL_PARSERS
+    from cserve.parsers.reasoning import get_reasoning_parser
+    from cserve.parsers.tool import get_tool_parser
+
+    for name in SGLANG_REASONING_PARSERS.values():
+        get_reasoning_parser(name)
+    for name in SGLANG_TOOL_PARSERS.values():
+        get_tool_parser(name)
+    assert refusal("--reasoning-parser", "kimi").startswith("--reasoning-parser kimi: not supported yet (supported: ")
+    assert refusal("--tool-call-parser", "gpt-oss").startswith("--tool-call-parser gpt-oss: not supported yet")

@@ -41,7 +41,8 @@ def test_serves_with_sglang_flags(chat_model_dir, tmp_path):
                          "--mem-fraction-static", "0.5", "--max-running-requests", "8", "--chunked-prefill-size", "512",
                          "--page-size", "16", "--random-seed", "1", "--log-requests", "--disable-radix-cache",
                          "--served-model-name", "tiny", "--enable-metrics", "--schedule-policy", "lpm",
-                         "--api-key", "sk-test", "--log-level", "info", log_dir=tmp_path)
+                         "--api-key", "sk-test", "--log-level", "info", "--reasoning-parser", "deepseek-r1",
+                         "--tool-call-parser", "qwen25", log_dir=tmp_path)
     with proc:
         proc.wait_ready()
         with proc.client(timeout=60, headers={"Authorization": "Bearer sk-test"}) as http:
@@ -54,6 +55,13 @@ def test_serves_with_sglang_flags(chat_model_dir, tmp_path):
             assert body["usage"]["completion_tokens"] == 5 and body["choices"][0]["text"]
             r = http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 3,
                                                         "messages": [{"role": "user", "content": "Hi"}]})
+            assert r.status_code == 200, r.text
+            # deepseek-r1 with no </think>: all reasoning; tools go to the qwen25 (hermes) parser.
+            message = r.json()["choices"][0]["message"]
+            assert message["reasoning"] and not message["content"]
+            r = http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 3, "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+                "messages": [{"role": "user", "content": "Hi"}]})
             assert r.status_code == 200, r.text
             assert http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1},
                              headers={"Authorization": "Bearer wrong"}).status_code == 401

@@ -75,6 +75,39 @@ def _base_gpu_id(value, ns) -> dict:
     return _device(ns.device, ns)
 
 
+# SGLang's parser names -> the same parsers under vLLM's names (cserve.parsers); names without an
+# equivalent here are refused by name.
+SGLANG_REASONING_PARSERS = {
+    "deepseek-r1": "deepseek_r1", "deepseek-v3": "deepseek_v3", "qwen3": "qwen3",
+    "qwen3-thinking": "deepseek_r1",  # always thinks; the template opens <think>
+    "kimi_k2": "kimi_k2", "gpt-oss": "openai_gptoss", "glm45": "glm45", "step3": "step3",
+    "minimax": "minimax_m2", "minimax-append-think": "minimax_m2_append_think", "mistral": "mistral",
+}
+SGLANG_TOOL_PARSERS = {
+    "llama3": "llama3_json", "mistral": "mistral", "qwen": "hermes", "qwen25": "hermes",
+    "qwen3_coder": "qwen3_coder", "deepseekv3": "deepseek_v3", "deepseekv31": "deepseek_v31",
+    "pythonic": "pythonic", "kimi_k2": "kimi_k2", "glm": "glm45", "glm45": "glm45", "minimax-m2": "minimax_m2",
+}
+
+
+def _parser(value, table: dict, flag: str):
+    if value is None:
+        return None
+    if value not in table:
+        raise SGLangValueError(f"{flag} {value}: not supported yet (supported: {', '.join(sorted(table))})")
+    return table[value]
+
+
+def _reasoning_parser(value, ns) -> dict:
+    return {"reasoning_parser": _parser(value, SGLANG_REASONING_PARSERS, "--reasoning-parser") or ""}
+
+
+def _tool_call_parser(value, ns) -> dict:
+    # In SGLang the parser alone turns on tool calls for tool_choice "auto".
+    name = _parser(value, SGLANG_TOOL_PARSERS, "--tool-call-parser")
+    return {"tool_call_parser": name, "enable_auto_tool_choice": name is not None}
+
+
 def _chunked_prefill_size(value, ns) -> dict:
     # SGLang: a size <= 0 turns chunked prefill off (-1 by convention).
     if value is None:
@@ -305,8 +338,12 @@ SGLANG_FLAGS: tuple = (
              **noop("cserve has no file API")),
         Flag("--enable-cache-report", FLAG, False, "Report cached prompt tokens in usage.prompt_tokens_details.",
              **to("--enable-prompt-tokens-details")),
-        Flag("--reasoning-parser", STR, None, "Parser that splits reasoning content from the answer."),
-        Flag("--tool-call-parser", STR, None, "Parser that turns model output into tool calls."),
+        Flag("--reasoning-parser", STR, None, "Parser that splits reasoning content from the answer "
+             "(SGLang's names: " + ", ".join(SGLANG_REASONING_PARSERS) + ").",
+             **to("--reasoning-parser", convert=_reasoning_parser)),
+        Flag("--tool-call-parser", STR, None, "Parser that turns model output into tool calls for tool_choice "
+             "auto (SGLang's names: " + ", ".join(SGLANG_TOOL_PARSERS) + ").",
+             **to("--tool-call-parser", "--enable-auto-tool-choice", convert=_tool_call_parser)),
     ),
     *_group(
         "DataParallelism",
