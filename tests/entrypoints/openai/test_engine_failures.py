@@ -83,28 +83,26 @@ def test_a_failed_step_is_grpc_internal(poisoned):
 def test_a_sticky_failure_kills_the_engine_and_exits_1(chat_model_dir, tmp_path):
     proc = ServerProcess(chat_model_dir, "--served-model-name", NAME, "--max-model-len", "256",
                          env={"CSERVE_TEST_FAIL_STEPS": "from_step:2"}, log_dir=tmp_path)
-    proc.wait_ready()
     statuses = []
-    with proc.client(timeout=30) as http:
-        for _ in range(4):  # steps 0-1 work; 2, 3, 4 fail; the third failure in a row kills the engine
-            try:
-                r = http.post("/v1/completions", json={"model": NAME, "prompt": "Hi", "max_tokens": 30,
-                                                       "ignore_eos": True})
-                statuses.append(r.status_code)
-                assert r.status_code in (500, 503), (r.status_code, r.text)
-                if r.headers.get("content-type") == "application/json":
-                    assert r.json()["error"]["code"] == r.status_code
-            except httpx.TransportError:
-                statuses.append("gone")
-            try:
-                health = http.get("/health").status_code
-                assert health in (200, 503)
-            except httpx.TransportError:
-                pass
-    try:
+    with proc:  # stopped whatever happens below
+        proc.wait_ready()
+        with proc.client(timeout=30) as http:
+            for _ in range(4):  # steps 0-1 work; 2, 3, 4 fail; the third failure in a row kills the engine
+                try:
+                    r = http.post("/v1/completions", json={"model": NAME, "prompt": "Hi", "max_tokens": 30,
+                                                           "ignore_eos": True})
+                    statuses.append(r.status_code)
+                    assert r.status_code in (500, 503), (r.status_code, r.text)
+                    if r.headers.get("content-type") == "application/json":
+                        assert r.json()["error"]["code"] == r.status_code
+                except httpx.TransportError:
+                    statuses.append("gone")
+                try:
+                    health = http.get("/health").status_code
+                    assert health in (200, 503)
+                except httpx.TransportError:
+                    pass
         rc = proc.proc.wait(30)
-    finally:
-        proc.stop()
     log = proc.log()
     assert rc == 1, log[-3000:]
     assert "the engine is dead" in log.lower() or "The engine is dead" in log
@@ -114,37 +112,37 @@ def test_a_sticky_failure_kills_the_engine_and_exits_1(chat_model_dir, tmp_path)
 def test_sigterm_drains_then_ends_the_rest_with_an_error(chat_model_dir, tmp_path):
     proc = ServerProcess(chat_model_dir, "--served-model-name", NAME, "--max-model-len", "8192",
                          "--shutdown-timeout", "2", log_dir=tmp_path)
-    proc.wait_ready()
-    long_body = {"model": NAME, "prompt": "Tell me a long story", "max_tokens": 8000, "ignore_eos": True,
-                 "stream": True}
-    short_body = {"model": NAME, "prompt": "Hi", "max_tokens": 40, "ignore_eos": True, "stream": True}
-    got: dict = {}
-    first = threading.Event()
+    with proc:  # stopped whatever happens below
+        proc.wait_ready()
+        long_body = {"model": NAME, "prompt": "Tell me a long story", "max_tokens": 8000, "ignore_eos": True,
+                     "stream": True}
+        short_body = {"model": NAME, "prompt": "Hi", "max_tokens": 40, "ignore_eos": True, "stream": True}
+        got: dict = {}
+        first = threading.Event()
 
-    def stream(name: str, body: dict) -> None:
-        with proc.client(timeout=60) as c:
-            with c.stream("POST", "/v1/completions", json=body) as r:
-                lines = []
-                for line in r.iter_lines():
-                    lines.append(line)
-                    first.set()
-                got[name] = [json.loads(x[6:]) if x[6:] != "[DONE]" else "[DONE]"
-                             for x in lines if x.startswith("data: ")]
+        def stream(name: str, body: dict) -> None:
+            with proc.client(timeout=60) as c:
+                with c.stream("POST", "/v1/completions", json=body) as r:
+                    lines = []
+                    for line in r.iter_lines():
+                        lines.append(line)
+                        first.set()
+                    got[name] = [json.loads(x[6:]) if x[6:] != "[DONE]" else "[DONE]"
+                                 for x in lines if x.startswith("data: ")]
 
-    long_thread = threading.Thread(target=stream, args=("long", long_body))
-    long_thread.start()
-    assert first.wait(30)
-    t0 = time.monotonic()
-    proc.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    # New connections are refused (the listener is closed).
-    with pytest.raises(httpx.TransportError):
-        with proc.client(timeout=5) as c:
-            c.post("/v1/completions", json=short_body)
-    long_thread.join(30)
-    rc = proc.proc.wait(30)
-    elapsed = time.monotonic() - t0
-    proc.stop()
+        long_thread = threading.Thread(target=stream, args=("long", long_body))
+        long_thread.start()
+        assert first.wait(30)
+        t0 = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        # New connections are refused (the listener is closed).
+        with pytest.raises(httpx.TransportError):
+            with proc.client(timeout=5) as c:
+                c.post("/v1/completions", json=short_body)
+        long_thread.join(30)
+        rc = proc.proc.wait(30)
+        elapsed = time.monotonic() - t0
     log = proc.log()
     assert rc == 0, log[-3000:]
     events_ = got["long"]
