@@ -75,13 +75,13 @@ def _bounded_environment(**options):
         charge(len(r))  # each item is a loop turn
         return r
 
-    def start(budget_state: threading.local = budget) -> None:
-        budget_state.left = MAX_RENDER_OPERATIONS
-        budget_state.ticks = 0
-        budget_state.deadline = time.monotonic() + MAX_RENDER_SECONDS
+    def start() -> None:
+        budget.left = MAX_RENDER_OPERATIONS
+        budget.ticks = 0
+        budget.deadline = time.monotonic() + MAX_RENDER_SECONDS
 
-    def finish(budget_state: threading.local = budget) -> None:
-        budget_state.left = None
+    def finish() -> None:
+        budget.left = None
 
     env = Bounded(**options)
     env.globals["range"] = bounded_range

@@ -120,6 +120,16 @@ def match_marker(buf: str, pos: int, markers: tuple[str, ...], eof: bool) -> Any
     return best
 
 
+def past_closer(buf: str, end: int, closer: str, eof: bool) -> Any:
+    """Where a block ends when `closer` may follow it at `end` (after whitespace): past the
+    closer when it is there, `end` when it is not, WAIT while it may still be arriving."""
+    j = skip_ws(buf, end)
+    m = match_marker(buf, j, (closer,), eof)
+    if m is WAIT:
+        return WAIT
+    return j + len(m) if m else end
+
+
 def find_marker(buf: str, markers: tuple[str, ...], eof: bool) -> tuple[int, Any]:
     """Earliest position in buf where a marker starts (or may start): (pos, marker|WAIT)."""
     if not markers:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ._base import WAIT, ToolParser, call_from_dict, json_at, match_marker, skip_ws
+from ._base import WAIT, ToolParser, call_from_dict, json_at, match_marker, past_closer, skip_ws
 
 _PLUGIN = "<|plugin|>"
 _END = "<|action_end|>"
@@ -27,11 +27,8 @@ class InternLMToolParser(ToolParser):
         if r is None:
             return len(buf), None
         obj, end = r
-        k = skip_ws(buf, end)
-        m = match_marker(buf, k, (_END,), eof)
-        if m is WAIT:
+        end = past_closer(buf, end, _END, eof)
+        if end is WAIT:
             return WAIT
-        if m:
-            end = k + len(m)
         c = call_from_dict(obj, ("parameters", "arguments"))
         return end, (None if c is None else [c])

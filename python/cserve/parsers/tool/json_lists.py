@@ -19,6 +19,7 @@ from ._base import (
     calls_from_json,
     json_at,
     match_marker,
+    past_closer,
     skip_ws,
 )
 
@@ -37,12 +38,9 @@ class _JsonAfterMarker(ToolParser):
         obj, end = r
         closer = self.closers.get(marker)
         if closer:
-            j = skip_ws(buf, end)
-            m = match_marker(buf, j, (closer,), eof)
-            if m is WAIT:
+            end = past_closer(buf, end, closer, eof)
+            if end is WAIT:
                 return WAIT
-            if m:
-                end = j + len(m)
         return end, calls_from_json(obj)
 
 
