@@ -59,10 +59,12 @@ struct DeviceSamplingResult {
 constexpr int kMaxDeviceTopLogprobs = 64;
 // The logits processors and penalties of each row, applied before sampling in the CPU
 // sampler's order (the layout of the CUDA kernel's ProcessorRow): ranges of the shared `ids`
-// (and `values`, parallel to it) for the allowed ids, bias pairs, masked ids (EOS and stop ids
+// (and `values`, parallel to it) for the grammar's token mask (ceil(vocab / 32) words, bit
+// t % 32 of word t / 32 set where token t is allowed), the allowed ids, bias pairs, masked ids (EOS and stop ids
 // before min_tokens), distinct seen ids (repetition penalty) and distinct output ids with
 // their counts (frequency and presence penalties).
 struct DeviceProcessorRow {
+  int32_t grammar_begin = 0, grammar_end = 0;
   int32_t allowed_begin = 0, allowed_end = 0;
   int32_t bias_begin = 0, bias_end = 0;
   int32_t masked_begin = 0, masked_end = 0;

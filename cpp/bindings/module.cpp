@@ -5,17 +5,20 @@
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include "backend/backend.h"
 #include "cserve/engine.h"
+#include "grammar/compiled_grammar.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 
 void bind_testing(nb::module_& m);
 void bind_gguf(nb::module_& m);
+void bind_grammar(nb::module_& m);
 
 namespace {
 
@@ -119,7 +122,9 @@ void bind_config(nb::module_& m) {
       .def_rw("logprobs", &cserve::SamplingParams::logprobs, nb::arg("logprobs").none())
       .def_rw("prompt_logprobs", &cserve::SamplingParams::prompt_logprobs, nb::arg("prompt_logprobs").none())
       .def_rw("logit_bias", &cserve::SamplingParams::logit_bias)
-      .def_rw("allowed_token_ids", &cserve::SamplingParams::allowed_token_ids);
+      .def_rw("allowed_token_ids", &cserve::SamplingParams::allowed_token_ids)
+      .def_rw("grammar", &cserve::SamplingParams::grammar, nb::arg("grammar").none())
+      .def_rw("grammar_start_after", &cserve::SamplingParams::grammar_start_after);
 }
 
 void bind_engine(nb::module_& m) {
@@ -180,6 +185,7 @@ void bind_engine(nb::module_& m) {
 NB_MODULE(_core, m) {
   m.doc() = "cserve's C++ runtime";
   register_errors(m);
+  bind_grammar(m);  // before SamplingParams, whose grammar field holds a CompiledGrammar
   bind_config(m);
   bind_engine(m);
   bind_gguf(m);

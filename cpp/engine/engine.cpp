@@ -1,4 +1,5 @@
 #include "cserve/engine.h"
+#include "cserve/grammar.h"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -397,6 +398,10 @@ void Engine::add_request(const std::string& request_id, const std::vector<int32_
       throw InvalidArgument("allowed_token_ids holds only stop or EOS token ids, which min_tokens masks: "
                             "no token could be generated");
   }
+  if (params.grammar && grammar_vocab_size(*params.grammar) != info.vocab_size)
+    throw InvalidArgument("The grammar was compiled for a vocabulary of " +
+                          std::to_string(grammar_vocab_size(*params.grammar)) + " tokens; the model has " +
+                          std::to_string(info.vocab_size));
   if (prompt.empty()) throw InvalidArgument("The prompt cannot be empty");
   for (int32_t t : prompt)
     if (t < 0 || t >= info.vocab_size)

@@ -14,7 +14,8 @@ ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, in
       block_size_(block_size),
       kv_dtype_(kv_dtype),
       eos_token_ids_(eos_token_ids),
-      sampler_(model_->config().vocab_size, std::move(eos_token_ids)) {
+      sampler_(model_->config().vocab_size, std::move(eos_token_ids)),
+      grammar_masks_(model_->config().vocab_size) {
   resize_kv_cache(num_blocks);
 }
 
@@ -93,6 +94,28 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   if (n == 0) return result;
 
   build_batch(out);
+  std::vector<Request*> sampling(row_owner_.size(), nullptr);
+  for (size_t row = 0; row < row_owner_.size(); ++row)
+    if (row_owner_[row].second < 0) sampling[row] = out.scheduled[row_owner_[row].first].request;
+  grammar_masks_.begin(sampling);  // filled while the forward pass runs
+  forward_and_sample(out, result);
+  advance_grammars(out, result);
+  return result;
+}
+
+void ModelRunner::advance_grammars(const SchedulerOutput& out, RunnerOutput& result) {
+  const size_t n = out.scheduled.size();
+  for (size_t i = 0; i < n; ++i) {
+    Request& r = *out.scheduled[i].request;
+    if (!r.grammar || result.sampled_token_ids[i] < 0) continue;
+    result.grammar_ended.resize(n, 0);
+    result.errors.resize(n);
+    result.errors[i] = GrammarMasks::advance(r, result.sampled_token_ids[i], result.grammar_ended[i]);
+  }
+}
+
+void ModelRunner::forward_and_sample(const SchedulerOutput& out, RunnerOutput& result) {
+  const size_t n = out.scheduled.size();
   const int64_t V = model_->config().vocab_size;
   if (const int64_t size = graph_size_for(out); size > 0) {
     // A decode step padded to a captured size: the graph runs the forward, the real rows'
@@ -108,17 +131,16 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
       backend_.download(logits_.data(), logits.data, logits_.size() * sizeof(float));
       sample_on_host(out, result);
     }
-    return result;
+    return;
   }
   if (backend_can_sample(out)) {
     model_->forward(batch_, kv_layers_, nullptr);
     sample_on_backend(out, model_->device_logits(), result);
-    return result;
+    return;
   }
   logits_.resize(batch_.logits_rows.size() * static_cast<size_t>(V));
   model_->forward(batch_, kv_layers_, logits_.data());
   sample_on_host(out, result);
-  return result;
 }
 
 void ModelRunner::sample_on_host(const SchedulerOutput& out, RunnerOutput& result) {
@@ -136,7 +158,7 @@ void ModelRunner::sample_on_host(const SchedulerOutput& out, RunnerOutput& resul
       continue;
     }
     if (r.params.logprobs) raw.assign(logits, logits + V);
-    int32_t token = sampler_.sample(logits, r);
+    int32_t token = sampler_.sample(logits, r, grammar_masks_.mask(row));
     result.sampled_token_ids[i] = token;
     if (r.params.logprobs) {
       int want = *r.params.logprobs < 0 ? static_cast<int>(V) : *r.params.logprobs;
@@ -194,7 +216,7 @@ void ModelRunner::sample_on_backend(const SchedulerOutput& out, const Tensor& lo
   }
 }
 
-bool ModelRunner::build_processing(const SchedulerOutput& out, DeviceProcessing& proc) const {
+bool ModelRunner::build_processing(const SchedulerOutput& out, DeviceProcessing& proc) {
   bool any = false;
   auto range = [&](int32_t& begin, int32_t& end, auto&& fill) {
     begin = static_cast<int32_t>(proc.ids.size());
@@ -207,10 +229,15 @@ bool ModelRunner::build_processing(const SchedulerOutput& out, DeviceProcessing&
     proc.values.push_back(value);
   };
   const int64_t V = model_->config().vocab_size;
-  for (const auto& [i, pos] : row_owner_) {
-    const Request& r = *out.scheduled[i].request;
+  for (size_t k = 0; k < row_owner_.size(); ++k) {
+    const Request& r = *out.scheduled[row_owner_[k].first].request;
     const SamplingParams& p = r.params;
     DeviceProcessorRow row;
+    range(row.grammar_begin, row.grammar_end, [&] {
+      const uint32_t* mask = grammar_masks_.mask(k);
+      if (!mask) return;
+      for (int64_t w = 0; w < grammar_masks_.words(); ++w) add(static_cast<int32_t>(mask[w]), 0.0f);
+    });
     range(row.allowed_begin, row.allowed_end, [&] { for (int32_t t : p.allowed_token_ids) add(t, 0.0f); });
     range(row.bias_begin, row.bias_end, [&] { for (const auto& [t, b] : p.logit_bias) add(t, b); });
     range(row.masked_begin, row.masked_end, [&] {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "engine/grammar_masks.h"
 #include "model/llama_model.h"
 #include "sample/sampler.h"
 #include "sched/scheduler_output.h"
@@ -35,13 +36,17 @@ class ModelRunner {
 
  private:
   void build_batch(const SchedulerOutput& out);
+  // The forward pass over batch_ and the sampling of its rows (on the backend or the host).
+  void forward_and_sample(const SchedulerOutput& out, RunnerOutput& result);
+  // Each constrained request's grammar takes its sampled token (result.grammar_ended, errors).
+  void advance_grammars(const SchedulerOutput& out, RunnerOutput& result);
   // Whether every logits row of this step can be sampled by the backend (no prompt logprobs,
   // no more top logprobs than it returns).
   bool backend_can_sample(const SchedulerOutput& out) const;
   void sample_on_backend(const SchedulerOutput& out, const Tensor& logits, RunnerOutput& result);
   // The logits processors and penalties of the sampling rows, for the backend's sampler;
   // false when no row has any.
-  bool build_processing(const SchedulerOutput& out, DeviceProcessing& proc) const;
+  bool build_processing(const SchedulerOutput& out, DeviceProcessing& proc);
   // The CPU sampler over logits_ (host, one row per row_owner_ entry).
   void sample_on_host(const SchedulerOutput& out, RunnerOutput& result);
   // The captured size a decode-only step of this many requests is padded to; 0: run eagerly.
@@ -59,6 +64,7 @@ class ModelRunner {
   Buffer kv_memory_;
   std::vector<KVCacheLayer> kv_layers_;
   Sampler sampler_;
+  GrammarMasks grammar_masks_;
   ForwardBatch batch_;
   // Per logits row: which scheduled request, and the prompt position it scores (-1: a sampling row).
   std::vector<std::pair<int32_t, int64_t>> row_owner_;

@@ -66,6 +66,10 @@ CSERVE_VECTOR_CLONES void exp_shifted(float* x, int64_t n, float shift) {
     x[i] = negligible ? 0.0f : poly * scale;
   }
 }
+// Tokens outside the grammar's mask become impossible.
+CSERVE_VECTOR_CLONES void apply_token_mask(float* x, int64_t n, const uint32_t* allowed) {
+  for (int64_t i = 0; i < n; ++i) x[i] = (allowed[i >> 5] >> (i & 31)) & 1u ? x[i] : kNegInf;
+}
 }  // namespace
 
 void Sampler::apply_processors(float* logits, const Request& r) const {
@@ -102,7 +106,8 @@ void Sampler::apply_penalties(float* logits, const Request& r) const {
   }
 }
 
-int32_t Sampler::sample(float* logits, Request& r) const {
+int32_t Sampler::sample(float* logits, Request& r, const uint32_t* allowed) const {
+  if (allowed) apply_token_mask(logits, vocab_, allowed);
   apply_processors(logits, r);
   apply_penalties(logits, r);
   const SamplingParams& p = r.params;

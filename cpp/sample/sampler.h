@@ -16,8 +16,10 @@ class Sampler {
   Sampler(int64_t vocab_size, std::vector<int64_t> eos_token_ids)
       : vocab_(vocab_size), eos_(std::move(eos_token_ids)) {}
 
-  // Samples from logits[vocab] (modified in place) for request r.
-  int32_t sample(float* logits, Request& r) const;
+  // Samples from logits[vocab] (modified in place) for request r. allowed: the grammar's token
+  // mask (bit t % 32 of word t / 32 set where token t may come next), applied before anything
+  // else; null: every token may.
+  int32_t sample(float* logits, Request& r, const uint32_t* allowed = nullptr) const;
 
   // Log-softmax of `logits`: the logprob and 1-based rank of `token`, then the top n.
   void logprobs(const float* logits, int32_t token, int n, PositionLogprobs& out) const;

@@ -45,6 +45,8 @@ void SamplingParams::validate(int64_t vocab_size, int max_logprobs) const {
     require(std::isfinite(b), "logit_bias for token " + std::to_string(t) + " is not finite");
   }
   for (int32_t t : allowed_token_ids) require(in_vocab(t), "allowed_token_ids contains out-of-vocab token id " + std::to_string(t));
+  for (int32_t t : grammar_start_after)
+    require(in_vocab(t), "grammar_start_after contains out-of-vocab token id " + std::to_string(t));
 }
 
 }  // namespace cserve

@@ -1,6 +1,7 @@
 // A request's state as the scheduler and runner see it. Owned by the Scheduler.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -10,6 +11,8 @@
 #include "kv/block_pool.h"
 
 namespace cserve {
+
+class GrammarState;  // grammar/grammar_state.h
 
 enum class RequestStatus : uint8_t { Waiting, Running, Preempted, Finished };
 
@@ -31,6 +34,7 @@ struct Request {
   int num_preemptions = 0;
   std::vector<BlockHash> block_hashes;  // one per full block of all_token_ids
 
+  std::shared_ptr<GrammarState> grammar;  // created by the runner when params.grammar is set
   std::mt19937_64 rng;  // per-request, so seeded output does not depend on the batch
   std::vector<PositionLogprobs> prompt_logprobs;  // accumulated over prefill chunks
   bool prompt_logprobs_sent = false;

@@ -273,6 +273,16 @@ std::vector<RequestOutput> Scheduler::update(const SchedulerOutput& out, const R
     ++counters_.generation_tokens;
     kv_.update_block_hashes(r);
     bool stop = check_stop(r);
+    if (i < result.errors.size() && !result.errors[i].empty()) {
+      r.finish_reason = FinishReason::Error;
+      r.error = result.errors[i];
+      stop = true;
+    } else if (!stop && i < result.grammar_ended.size() && result.grammar_ended[i]) {
+      // The grammar ended on a stop token that ignore_eos or min_tokens let through.
+      r.finish_reason = FinishReason::Stop;
+      r.stop_token_id = t;
+      stop = true;
+    }
     RequestOutput o = make_output(r);
     if (r.params.logprobs && i < result.logprobs.size()) o.new_logprobs.push_back(result.logprobs[i]);
     outputs.push_back(std::move(o));

@@ -2,6 +2,7 @@
 // SchedulerOutput / ModelRunnerOutput).
 #pragma once
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -31,6 +32,8 @@ struct RunnerOutput {
   std::vector<int32_t> sampled_token_ids;                 // -1 where nothing was sampled
   std::vector<PositionLogprobs> logprobs;                 // filled where the request asked
   std::vector<std::vector<PositionLogprobs>> prompt_logprobs;  // positions finished this step
+  std::vector<uint8_t> grammar_ended;  // 1 where the sampled token ended the request's grammar
+  std::vector<std::string> errors;     // non-empty where the request failed (its grammar rejected the token)
 };
 
 }  // namespace cserve

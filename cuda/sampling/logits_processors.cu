@@ -14,6 +14,12 @@ __global__ void process_logits_kernel(float* logits, int64_t vocab, const Proces
   extern __shared__ uint32_t allowed[];  // one bit per id, only with an allowed list
   const ProcessorRow p = params[blockIdx.x];
   float* l = logits + blockIdx.x * vocab;
+  if (p.grammar_end > p.grammar_begin) {  // the grammar first, as the CPU sampler
+    const uint32_t* mask = reinterpret_cast<const uint32_t*>(ids + p.grammar_begin);
+    for (int64_t t = threadIdx.x; t < vocab; t += blockDim.x)
+      if (!((mask[t / 32] >> (t % 32)) & 1u)) l[t] = -INFINITY;
+    __syncthreads();
+  }
   if (p.allowed_end > p.allowed_begin) {
     const int64_t words = (vocab + 31) / 32;
     for (int64_t w = threadIdx.x; w < words; w += blockDim.x) allowed[w] = 0;

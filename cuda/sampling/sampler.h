@@ -37,6 +37,8 @@ void invokeSample(const float* logits, const float* raw_logits, int64_t rows, in
 
 // vLLM's logits processors and penalties, in the CPU sampler's order, on logits [rows][vocab]
 // in place. Each row names ranges of the shared arrays ids / values:
+//   grammar: the structured-output token mask, ceil(vocab / 32) words stored in ids (bit t % 32
+//   of word t / 32 set where token t may come next; empty range: no mask);
 //   allowed: only these ids keep their logit (empty range: all do);
 //   bias: logits[ids[i]] += values[i];
 //   masked: logits[ids[i]] = -inf (EOS and stop ids before min_tokens);
@@ -44,6 +46,7 @@ void invokeSample(const float* logits, const float* raw_logits, int64_t rows, in
 //   multiply negative ones);
 //   counts (distinct output ids, values[i] = count): -= frequency * count + presence.
 struct ProcessorRow {
+  int32_t grammar_begin = 0, grammar_end = 0;
   int32_t allowed_begin = 0, allowed_end = 0;
   int32_t bias_begin = 0, bias_end = 0;
   int32_t masked_begin = 0, masked_end = 0;

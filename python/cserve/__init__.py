@@ -2,10 +2,11 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob", "cmake_prefix_path"]
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "Logprob", "cmake_prefix_path"]
 
 # Loaded on first use, so `cserve serve --help` and the CLI start without the C++ extension.
-_LAZY = {"LLM": "cserve.llm", "SamplingParams": "cserve.sampling_params", "RequestOutput": "cserve.outputs",
+_LAZY = {"LLM": "cserve.llm", "SamplingParams": "cserve.sampling_params",
+         "StructuredOutputsParams": "cserve.sampling_params", "RequestOutput": "cserve.outputs",
          "CompletionOutput": "cserve.outputs", "Logprob": "cserve.outputs"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from pathlib import Path
@@ -88,6 +89,7 @@ class LLM:
         **engine_options: Any,
     ) -> None:
         model, tokenizer = _resolve(model, tokenizer, engine_options)
+        structured_config = engine_options.pop("structured_outputs_config", None)
         config = _engine_config(model, engine_options)
         config.num_threads = num_threads
         self.engine = _core.Engine(config)
@@ -95,6 +97,22 @@ class LLM:
         self._tokenizer_dir = tokenizer or model
         self._tokenizer = None if skip_tokenizer_init else _load_tokenizer(self._tokenizer_dir)
         self._ids = itertools.count()
+        self._grammars = None
+        if self._tokenizer is not None:
+            from cserve.structured import GrammarService, StructuredOutputsConfig
+
+            so_config = structured_config if isinstance(structured_config, StructuredOutputsConfig) else \
+                StructuredOutputsConfig.from_dict(structured_config)
+            self._grammars = GrammarService(self._tokenizer, self.model_info.vocab_size,
+                                            list(self.model_info.eos_token_ids), so_config)
+
+    def _with_grammar(self, sp: SamplingParams) -> SamplingParams:
+        """sp with its structured_outputs compiled (the caller's object is left as it is)."""
+        if sp.structured_outputs is None or sp.compiled_grammar is not None:
+            return sp
+        if self._grammars is None:
+            raise ValueError("structured outputs need the tokenizer (skip_tokenizer_init=False)")
+        return dataclasses.replace(sp, compiled_grammar=self._grammars.compile(sp.structured_outputs))
 
     def get_tokenizer(self):
         return self._tokenizer
@@ -121,6 +139,7 @@ class LLM:
             for i, (prompt, sp) in enumerate(zip(prompts, params)):
                 text, token_ids = self._tokenize(prompt)
                 rid = str(next(self._ids))
+                sp = self._with_grammar(sp)
                 core = sp.to_core(self.model_info.max_model_len, len(token_ids))
                 self.engine.add_request(rid, token_ids, core, priority[i] if priority else 0)
                 requests[rid] = _PendingRequest(rid, text, token_ids, sp, self._tokenizer)

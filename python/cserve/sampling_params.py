@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from cserve import _core
 
@@ -20,6 +20,41 @@ def _token_id(value, field_name: str) -> int:
     if not -2**31 <= t < 2**31:  # outside int32 cannot be a token; the engine names in-range bad ids
         raise ValueError(f"{field_name} contains out-of-vocab token id {t}")
     return t
+
+
+@dataclass
+class StructuredOutputsParams:
+    """vLLM's structured-outputs constraint: exactly one of json (a JSON schema, as text or a
+    dict), regex, choice, grammar (EBNF/GBNF or Lark), json_object (any JSON object) and
+    structural_tag (xgrammar's structural tag JSON); the options shape the JSON grammar."""
+
+    json: Optional[Union[str, dict, bool]] = None
+    regex: Optional[str] = None
+    choice: Optional[list[str]] = None
+    grammar: Optional[str] = None
+    json_object: Optional[bool] = None
+    structural_tag: Optional[str] = None
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+                 if getattr(self, name) is not None and getattr(self, name) is not False]
+        if len(given) > 1:
+            raise ValueError("You can only use one kind of structured outputs constraint but multiple are "
+                             f"specified: {', '.join(given)}")
+        if not given:
+            raise ValueError("structured outputs need one of json, regex, choice, grammar, json_object or "
+                             "structural_tag")
+
+    def kind(self) -> str:
+        for name in ("json", "regex", "choice", "grammar", "json_object", "structural_tag"):
+            value = getattr(self, name)
+            if value is not None and value is not False:
+                return name
+        raise AssertionError("validated in __post_init__")
 
 
 @dataclass
@@ -46,7 +81,12 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logit_bias: Optional[dict[int, float]] = None
     allowed_token_ids: Optional[list[int]] = None
+    structured_outputs: Optional[StructuredOutputsParams] = None
     extra_args: dict = field(default_factory=dict)
+    # Set by the server or LLM from structured_outputs: the compiled grammar (_core.CompiledGrammar)
+    # and the token ids after which it applies (the end of the reasoning).
+    compiled_grammar: Any = field(default=None, repr=False, compare=False)
+    grammar_start_after: list[int] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -94,4 +134,8 @@ class SamplingParams:
             bias[_token_id(k, "logit_bias")] = min(LOGIT_BIAS_LIMIT, max(-LOGIT_BIAS_LIMIT, v))
         p.logit_bias = list(bias.items())
         p.allowed_token_ids = list(dict.fromkeys(_token_id(t, "allowed_token_ids") for t in self.allowed_token_ids or []))
+        if self.structured_outputs is not None and self.compiled_grammar is None:
+            raise ValueError("structured_outputs must be compiled before the request is submitted")
+        p.grammar = self.compiled_grammar
+        p.grammar_start_after = [_token_id(t, "grammar_start_after") for t in self.grammar_start_after]
         return p

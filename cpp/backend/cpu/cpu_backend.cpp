@@ -60,6 +60,9 @@ void emulated_device_sample(const Tensor& logits, const std::vector<DeviceSampli
       const DeviceProcessorRow& p = processing->rows[row];
       const auto& ids = processing->ids;
       const auto& values = processing->values;
+      if (p.grammar_end > p.grammar_begin)
+        for (int64_t t = 0; t < vocab; ++t)
+          if (!((static_cast<uint32_t>(ids[p.grammar_begin + t / 32]) >> (t % 32)) & 1u)) l[t] = neg_inf;
       if (p.allowed_end > p.allowed_begin) {
         std::vector<char> keep(static_cast<size_t>(vocab), 0);
         for (int32_t i = p.allowed_begin; i < p.allowed_end; ++i) keep[ids[i]] = 1;

@@ -1,11 +1,14 @@
 // Per-request sampling parameters, with the fields and defaults of vLLM's SamplingParams.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <utility>
 #include <vector>
 
 namespace cserve {
+
+class CompiledGrammar;  // cserve/grammar.h
 
 struct SamplingParams {
   int n = 1;
@@ -25,6 +28,11 @@ struct SamplingParams {
   std::optional<int> prompt_logprobs;  // top-N at each prompt position
   std::vector<std::pair<int32_t, float>> logit_bias;
   std::vector<int32_t> allowed_token_ids;  // empty: all
+  // Structured outputs: only tokens this grammar allows are sampled, and the request ends when
+  // the grammar does (null: unconstrained). It applies once the output holds
+  // grammar_start_after (the end of the reasoning; empty: from the first token).
+  std::shared_ptr<CompiledGrammar> grammar;
+  std::vector<int32_t> grammar_start_after;
 
   bool greedy() const { return temperature < 1e-5; }
   // Throws InvalidArgument naming the field; vocab_size bounds token ids,

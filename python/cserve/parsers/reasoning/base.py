@@ -42,6 +42,11 @@ class ReasoningParser:
         """True once content has started."""
         raise NotImplementedError
 
+    def reasoning_end_marker(self) -> str | None:
+        """The text that ends the reasoning, for structured outputs (whose grammar applies only
+        after it); None when this request's output has no reasoning to wait for."""
+        return None
+
 
 REASONING_PARSERS: dict[str, type[ReasoningParser]] = {}
 
@@ -295,6 +300,9 @@ class ThinkReasoningParser(MarkerReasoningParser):
             if k in self.chat_template_kwargs and self.chat_template_kwargs[k] is not None:
                 return bool(self.chat_template_kwargs[k])
         return default
+
+    def reasoning_end_marker(self) -> str | None:
+        return self.end_token if self.thinking_enabled() else None
 
     def build_modes(self) -> dict[str, Mode]:
         if not self.thinking_enabled():

@@ -36,6 +36,9 @@ class GptOssReasoningParser(MarkerReasoningParser):
         self._analysis_count = 0
         super().__init__(chat_template_kwargs)
 
+    def reasoning_end_marker(self) -> str | None:
+        return "<|channel|>final<|message|>"  # the answer's header: the analysis is over
+
     def build_modes(self) -> dict[str, Mode]:
         opens = [lit("<|start|>", "header", keep=True), lit("<|channel|>", "header", keep=True)]
         drop_stops = [lit(s, "out") for s in _STOPS]

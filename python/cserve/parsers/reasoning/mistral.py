@@ -20,6 +20,9 @@ from .base import (
 class MistralReasoningParser(MarkerReasoningParser):
     needs_special_tokens = True
 
+    def reasoning_end_marker(self) -> str | None:
+        return "[/THINK]"
+
     def build_modes(self) -> dict[str, Mode]:
         return {
             "pre": Mode(CONTENT, [lit("[THINK]", "think"), lit("[/THINK]", "pre")]),

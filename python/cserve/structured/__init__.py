@@ -1,0 +1,7 @@
+"""Structured outputs: StructuredOutputsParams -> a grammar compiled for the model's tokenizer,
+which the engine applies as a token mask. Compiling runs in a helper process that is killed when
+it takes too long; compiled grammars are cached by their source."""
+
+from cserve.structured.service import GrammarError, GrammarService, StructuredOutputsConfig
+
+__all__ = ["GrammarError", "GrammarService", "StructuredOutputsConfig"]
