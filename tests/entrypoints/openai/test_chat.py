@@ -112,7 +112,9 @@ def test_untrusted_request_template_is_refused(http):
     ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"},
      "tool"),
     ({"messages": MESSAGES, "top_logprobs": 2}, "logprobs"),
-    ({"messages": MESSAGES, "response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": MESSAGES, "response_format": {"type": "xml"}}, "response_format"),
+    ({"messages": MESSAGES, "guided_choice": []}, "guided_choice"),
+    ({"messages": MESSAGES, "tool_choice": "required"}, "tools"),
 ])
 def test_chat_bad_requests(http, body, needle):
     r = http.post("/v1/chat/completions", json={"model": MODEL_NAME, "max_tokens": 2, **body})

@@ -1,7 +1,8 @@
 """Reasoning and tool calls in chat outputs: each choice's text goes through the request's
 reasoning parser (--reasoning-parser) and then its tool parser (tool_choice "auto" with
---enable-auto-tool-choice --tool-call-parser). Both parsers are incremental, and the streamed and
-the non-streamed responses feed them the same text, so the two cannot disagree."""
+--enable-auto-tool-choice --tool-call-parser; "required" or named: tool_choice.py's). Both
+parsers are incremental, and the streamed and the non-streamed responses feed them the same text,
+so the two cannot disagree."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ class ParsedDelta:
 class ChoiceParsers:
     """One choice's parsers; feed() each text delta, with finished=True on the last one."""
 
-    def __init__(self, reasoning_cls, tool_cls, tools: Optional[list], template_kwargs: Optional[dict]) -> None:
+    def __init__(self, reasoning_cls, tool_cls, tools: Optional[list], template_kwargs: Optional[dict],
+                 parallel: bool = True) -> None:
         self.reasoning = reasoning_cls(template_kwargs) if reasoning_cls is not None else None
         self.tools = tool_cls(tools) if tool_cls is not None else None
+        self.parallel = parallel
         self.made_calls = False
 
     def feed(self, text: str, finished: bool) -> ParsedDelta:
@@ -39,8 +42,21 @@ class ChoiceParsers:
                 tail = self.tools.finish()
                 out.content += tail.content
                 out.tool_calls += tail.calls
+            if not self.parallel:  # parallel_tool_calls false: the first call only, as vLLM
+                out.tool_calls = [c for c in out.tool_calls if c.index == 0]
             self.made_calls = self.made_calls or bool(out.tool_calls)
         return out
+
+    def finish_reason(self, reason: Optional[str]) -> Optional[str]:
+        """The choice's finish_reason, given the engine's: "tool_calls" once calls were made, as
+        vLLM says it (a parser's calls_finish_reason: "keep" leaves the engine's, "on_stop" changes
+        only "stop")."""
+        if reason is None or not self.made_calls:
+            return reason
+        rule = getattr(self.tools, "calls_finish_reason", "always")
+        if rule == "keep" or (rule == "on_stop" and reason != "stop"):
+            return reason
+        return "tool_calls"
 
 
 def tool_call_json(call) -> dict:
@@ -92,6 +108,11 @@ class ChatParsing:
             from cserve.parsers.tool import get_tool_parser
 
             self.tool_cls = get_tool_parser(args.tool_call_parser)
+        elif request.tools:
+            from cserve.entrypoints.openai.tool_choice import forced_tool_parser
+
+            self.tool_cls = forced_tool_parser(request)
+        self.parallel = getattr(request, "parallel_tool_calls", None) is not False
         self.template_kwargs = dict(request.chat_template_kwargs or {})
 
     @property
@@ -103,7 +124,7 @@ class ChatParsing:
         return any(getattr(c, "needs_special_tokens", False) for c in (self.reasoning_cls, self.tool_cls) if c)
 
     def for_choice(self) -> ChoiceParsers:
-        return ChoiceParsers(self.reasoning_cls, self.tool_cls, self.tools, self.template_kwargs)
+        return ChoiceParsers(self.reasoning_cls, self.tool_cls, self.tools, self.template_kwargs, self.parallel)
 
 
 def effective_tool_choice(request) -> Any:

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
@@ -21,6 +21,26 @@ TokenId = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX, json_schema_extr
 # A chat message as the schema shows it (the server takes any object with a string role).
 MESSAGE_SCHEMA = {"type": "object", "required": ["role", "content"],
                   "properties": {"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}}
+
+
+# What the served schema shows of the structured-outputs fields (the server checks them itself,
+# naming the field in its 400s).
+_JSON_SCHEMA = {"type": "object"}
+RESPONSE_FORMAT_PROPERTIES = {
+    "type": {"enum": ["text", "json_object", "json_schema", "structural_tag"]},
+    "json_schema": {"type": "object", "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "description": {"type": "string"},
+                                   "schema": _JSON_SCHEMA, "strict": {"type": "boolean"}}}}
+STRUCTURED_OUTPUTS_PROPERTIES = {
+    "json": {"anyOf": [_JSON_SCHEMA, {"type": "string"}]}, "regex": {"type": "string"},
+    "choice": {"type": "array", "items": {"type": "string"}}, "grammar": {"type": "string"},
+    "json_object": {"type": "boolean"}, "structural_tag": {"anyOf": [{"type": "object"}, {"type": "string"}]},
+    "disable_fallback": {"type": "boolean"}, "disable_any_whitespace": {"type": "boolean"},
+    "disable_additional_properties": {"type": "boolean"}, "whitespace_pattern": {"type": "string"}}
+NAMED_TOOL_CHOICE = {"type": "object", "required": ["function"],
+                     "properties": {"type": {"enum": ["function"]},
+                                    "function": {"type": "object", "required": ["name"],
+                                                 "properties": {"name": {"type": "string"}}}}}
 
 
 def described(default: Any = None, **bounds: Any) -> Any:
@@ -58,7 +78,7 @@ class SamplingFields(OpenAIModel):
     temperature: Optional[float] = described(minimum=0)
     top_p: Optional[float] = described(exclusiveMinimum=0, maximum=1)
     user: Optional[str] = None
-    response_format: Optional[dict[str, Any]] = described(properties={"type": {"enum": ["text"]}})
+    response_format: Optional[dict[str, Any]] = described(required=["type"], properties=RESPONSE_FORMAT_PROPERTIES)
     # vLLM extras
     top_k: Optional[Int32] = described(minimum=-1)
     min_p: Optional[float] = described(minimum=0, maximum=1)
@@ -77,6 +97,18 @@ class SamplingFields(OpenAIModel):
     cache_salt: Optional[str] = None
     request_id: Optional[str] = None
     echo: bool = False
+    # Structured outputs (entrypoints/openai/structured_outputs.py): vLLM's object, and the
+    # top-level fields older vLLM took.
+    structured_outputs: Optional[dict[str, Any]] = described(properties=STRUCTURED_OUTPUTS_PROPERTIES)
+    guided_json: Optional[Union[str, dict[str, Any]]] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
+    guided_decoding_backend: Optional[str] = None
+    guided_whitespace_pattern: Optional[str] = None
+    structural_tag: Optional[str] = None
+    # The StructuredOutputsParams worked out from the fields above (serving.structured_outputs).
+    _structured_outputs: Any = PrivateAttr(default=False)
 
 
 class CompletionRequest(SamplingFields):
@@ -97,8 +129,10 @@ class ChatCompletionRequest(SamplingFields):
                                          json_schema_extra={"minimum": 1})
     max_completion_tokens: Optional[Int64] = described(minimum=1)
     tools: Optional[list[dict[str, Any]]] = None
-    # Unset: "auto" with tools, "none" without (vLLM's default); required and named need structured outputs.
-    tool_choice: Optional[Union[str, dict[str, Any]]] = described("none", enum=["none", "auto", None])
+    # Unset: "auto" with tools, "none" without (vLLM's default); required and named force the calls
+    # with structured outputs (entrypoints/openai/tool_choice.py).
+    tool_choice: Optional[Union[str, dict[str, Any]]] = described("none", anyOf=[
+        {"enum": ["none", "auto", "required"]}, {"type": "null"}, NAMED_TOOL_CHOICE])
     parallel_tool_calls: Optional[bool] = None
     # vLLM extras
     add_generation_prompt: bool = True

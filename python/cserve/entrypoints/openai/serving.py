@@ -15,7 +15,8 @@ from cserve.engine import AsyncEngine, EngineDeadError, EngineRequestError
 from cserve.engine.output_processor import ChoiceDelta, RequestOutputProcessor
 from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.metrics import Metrics
-from cserve.sampling_params import SamplingParams
+from cserve.entrypoints.openai.structured_outputs import structured_outputs_from_request
+from cserve.sampling_params import SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger("cserve.server")
 
@@ -147,9 +148,6 @@ def check_common(state: ServerState, request) -> None:
     max_seqs = state.engine.model_info.max_num_seqs
     if request.n > max_seqs:
         raise APIError(f"n must be at most max_num_seqs ({max_seqs}), got {request.n}.", 400, "n")
-    fmt = request.response_format
-    if fmt is not None and fmt.get("type", "text") != "text":
-        raise APIError(f"response_format {fmt.get('type')!r} is not supported yet.", 400, "response_format")
     if request.priority != 0 and state.args.scheduling_policy != "priority":
         raise APIError(f"Got priority {request.priority} but priority scheduling is not enabled "
                        "(start the server with --scheduling-policy priority).", 400, "priority")
@@ -171,6 +169,7 @@ def sampling_params(state: ServerState, request, max_tokens: int, logprobs: Opti
         bias = {int(k): float(v) for k, v in (request.logit_bias or {}).items()}
     except ValueError:
         raise APIError("logit_bias keys must be token ids.", 400, "logit_bias") from None
+    structured = structured_outputs(state, request)
     try:
         return SamplingParams(
             n=request.n, temperature=pick("temperature", 1.0), top_p=pick("top_p", 1.0), top_k=pick("top_k", 0),
@@ -182,10 +181,22 @@ def sampling_params(state: ServerState, request, max_tokens: int, logprobs: Opti
             skip_special_tokens=request.skip_special_tokens,
             spaces_between_special_tokens=request.spaces_between_special_tokens,
             include_stop_str_in_output=request.include_stop_str_in_output, logit_bias=bias or None,
-            allowed_token_ids=request.allowed_token_ids,
+            allowed_token_ids=request.allowed_token_ids, structured_outputs=structured,
         )
     except (ValueError, TypeError) as e:
         raise APIError(str(e), 400) from None
+
+
+def structured_outputs(state: ServerState, request) -> Optional[StructuredOutputsParams]:
+    """The request's structured-outputs constraint, worked out once per request (the prompts of
+    one completions request share it)."""
+    if getattr(request, "_structured_outputs", False) is False:
+        so = structured_outputs_from_request(request)
+        if so is not None and state.tokenizer is None:
+            raise APIError("Structured outputs requires a tokenizer so it can't be used with "
+                           "'skip_tokenizer_init'", 400)
+        request._structured_outputs = so
+    return request._structured_outputs
 
 
 def default_max_tokens(state: ServerState, requested: Optional[int]) -> Optional[int]:

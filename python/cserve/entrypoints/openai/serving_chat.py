@@ -18,6 +18,7 @@ from cserve.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk,
 from cserve.entrypoints.openai.serving import (OFF_LOOP_CHARS, RequestRun, ServerState, check_common, check_prompt_length,
                                                clean_logprob, default_max_tokens, prompt_logprobs_json, run_all,
                                                sampling_params, Streamed, truncate_prompt, usage)
+from cserve.entrypoints.openai.tool_choice import check_tool_choice
 
 # A template that walks message content as a list of parts wants the "openai" format.
 _OPENAI_FORMAT_HINTS = re.compile(r"for\s+\w+\s+in\s+(message|msg|m)\s*(\[\s*['\"]content['\"]\s*\]|\.content)"
@@ -97,16 +98,6 @@ def render_chat(state: ServerState, messages: list, template_override: Optional[
         raise APIError(f"The chat template failed to render: {e}", 400, "messages") from None
 
 
-def _check_tools(request: ChatCompletionRequest) -> None:
-    choice = effective_tool_choice(request)
-    if choice == "required" or isinstance(choice, dict):
-        raise APIError(f"tool_choice {choice if isinstance(choice, str) else 'named'!r} needs structured outputs, "
-                       "which are not supported yet.", 400, "tool_choice")
-    if choice not in ("none", "auto"):
-        raise APIError(f"tool_choice must be none, auto, required or a named function, got {choice!r}.", 400,
-                       "tool_choice")
-
-
 async def render_request(state: ServerState, request: ChatCompletionRequest,
                          check_length: bool = True) -> tuple[str, list[int]]:
     kwargs = dict(request.chat_template_kwargs or {})
@@ -146,7 +137,7 @@ async def prepare_chat(state: ServerState, request: ChatCompletionRequest,
     logprobs or None, the reasoning/tool parsing). The gRPC API shares this path."""
     state.check_model(request.model)
     check_common(state, request)
-    _check_tools(request)
+    check_tool_choice(request)
     parsing = ChatParsing(state, request)
     if parsing.needs_special_tokens:
         request.skip_special_tokens = False  # the parsers read markers that are special tokens
@@ -201,8 +192,7 @@ async def _full(state, request, request_id, run, role, echo, top, parsing, disco
             if parsed.reasoning and parsing.include_reasoning:
                 message.reasoning = message.reasoning_content = parsed.reasoning
             message.tool_calls = merge_tool_calls(parsed.tool_calls)
-            if parsers.made_calls:
-                finish_reason = "tool_calls"
+            finish_reason = parsers.finish_reason(finish_reason)
         choices.append(ChatChoice(
             index=i, message=message,
             logprobs=_chat_logprobs(state, logprobs[i], top) if top is not None else None,
@@ -250,8 +240,7 @@ async def _stream(state, request, request_id, run, role, echo, top, parsing, dis
                     delta.reasoning = delta.reasoning_content = parsed.reasoning
                 if parsed.tool_calls:
                     delta.tool_calls = [tool_call_json(c) for c in parsed.tool_calls]
-                if d.finish_reason is not None and p.made_calls:
-                    finish_reason = "tool_calls"
+                finish_reason = p.finish_reason(finish_reason)
             carries_tokens = d.token_ids and (request.return_token_ids or top is not None)
             if not (delta.content or delta.reasoning or delta.tool_calls) and finish_reason is None \
                     and not carries_tokens:
