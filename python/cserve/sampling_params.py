@@ -40,8 +40,7 @@ class StructuredOutputsParams:
     whitespace_pattern: Optional[str] = None
 
     def __post_init__(self) -> None:
-        given = [name for name in ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
-                 if getattr(self, name) is not None and getattr(self, name) is not False]
+        given = self._given()
         if len(given) > 1:
             raise ValueError("You can only use one kind of structured outputs constraint but multiple are "
                              f"specified: {', '.join(given)}")
@@ -49,12 +48,14 @@ class StructuredOutputsParams:
             raise ValueError("structured outputs need one of json, regex, choice, grammar, json_object or "
                              "structural_tag")
 
+    def _given(self) -> list[str]:
+        # json=False is a schema (one nothing satisfies); json_object=False asks for nothing.
+        return [name for name in ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+                if getattr(self, name) is not None and not (name == "json_object" and self.json_object is False)]
+
     def kind(self) -> str:
-        for name in ("json", "regex", "choice", "grammar", "json_object", "structural_tag"):
-            value = getattr(self, name)
-            if value is not None and value is not False:
-                return name
-        raise AssertionError("validated in __post_init__")
+        """Which constraint this is: json, regex, choice, grammar, json_object or structural_tag."""
+        return self._given()[0]
 
 
 @dataclass

@@ -574,7 +574,10 @@ FLAGS: tuple = (
         Flag("--kernel-config", JSON, {}, "Kernel configuration (JSON).",
              **noop("cserve has no tunable kernel options")),
         Flag("--additional-config", JSON, {}, "Platform-specific configuration (JSON)."),
-        Flag("--structured-outputs-config", JSON, {}, "Structured outputs configuration (JSON)."),
+        Flag("--structured-outputs-config", JSON, {}, "Structured outputs configuration (JSON): backend (auto | "
+             "xgrammar), disable_fallback, disable_any_whitespace, disable_additional_properties, "
+             "reasoning_parser, enable_in_reasoning; cserve's compile_timeout (s) and cache_bytes.",
+             **ok("server")),
         Flag("--profiler-config", JSON, {}, "Profiler configuration (JSON)."),
         Flag("--weight-transfer-config", JSON, None, "Weight transfer configuration for RL training (JSON)."),
         Flag("--optimization-level", INT, 2, "Optimization level: -O0 starts fastest, -O3 runs fastest; also "
@@ -601,7 +604,9 @@ FLAGS: tuple = (
              **noop(_GRAPHS_ANY_LENGTH)),
         Flag("--max-context-len-to-capture", INT, 8192, "Longest context covered by CUDA graphs.",
              **noop(_GRAPHS_ANY_LENGTH)),
-        Flag("--guided-decoding-backend", STR, "xgrammar", "Default guided decoding backend."),
+        Flag("--guided-decoding-backend", STR, "xgrammar", "Default guided decoding backend (now "
+             "--structured-outputs-config backend); xgrammar or auto, with :disable-any-whitespace.",
+             **ok("server")),
         Flag("--enable-reasoning", FLAG, False, "Produce reasoning_content (needs --reasoning-parser)."),
         Flag("--use-v2-block-manager", FLAG, False, "No-op in vLLM since block manager v1 was removed.",
              **noop("vLLM ignores it too")),

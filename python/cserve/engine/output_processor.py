@@ -61,8 +61,15 @@ class RequestOutputProcessor:
         c = self.choices[out.index]
         if c.finish_reason is not None:
             return None
-        taken, stop = c.detok.add(out.new_token_ids)
-        ids = list(out.new_token_ids[:taken])
+        new_ids = list(out.new_token_ids)
+        # The EOS or stop token that ended the request is an output token, not text (as vLLM,
+        # unless include_stop_str_in_output): it matters when special tokens are kept.
+        hide_stop = (out.finished and out.stop_token_id >= 0 and bool(new_ids) and new_ids[-1] == out.stop_token_id
+                     and not self.params.include_stop_str_in_output)
+        taken, stop = c.detok.add(new_ids[:-1] if hide_stop else new_ids)
+        if hide_stop and stop is None:
+            taken += 1
+        ids = new_ids[:taken]
         lps = list(out.new_logprobs[:taken]) if out.new_logprobs else []
         c.token_ids.extend(ids)
         if stop is not None:

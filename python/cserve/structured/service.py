@@ -4,16 +4,18 @@ and compilation bounded in time (in the compile worker process)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from cserve import _core
-from cserve.sampling_params import StructuredOutputsParams
 from cserve.structured.compile_worker import CompileTimeout, CompileWorker
+
+if TYPE_CHECKING:  # the C++ extension loads with the first grammar, not with the flags
+    from cserve.sampling_params import StructuredOutputsParams
 
 # Nesting deeper than this is refused before compiling: xgrammar's schema converter takes time
 # exponential in the depth of some schemas, and no real schema comes close.
@@ -58,6 +60,28 @@ class StructuredOutputsConfig:
         if not config.compile_timeout > 0:
             raise ValueError("--structured-outputs-config compile_timeout must be positive")
         return config
+
+
+def config_from_args(args: Any) -> StructuredOutputsConfig:
+    """--structured-outputs-config, with the older --guided-decoding-backend (a backend name and
+    ":"-separated options) and --reasoning-parser folded in, as vLLM does; ValueError when bad."""
+    data = dict(getattr(args, "structured_outputs_config", None) or {})
+    legacy = getattr(args, "guided_decoding_backend", None) or "xgrammar"
+    name, _, options = legacy.partition(":")
+    check_backend(name, "--guided-decoding-backend")
+    data.setdefault("backend", name)
+    for option in filter(None, options.split(",")):
+        if option == "disable-any-whitespace":
+            data.setdefault("disable_any_whitespace", True)
+        elif option == "no-fallback":
+            data.setdefault("disable_fallback", True)
+        elif option in ("no-additional-properties", "disable-additional-properties"):
+            data.setdefault("disable_additional_properties", True)
+        else:
+            raise ValueError(f"--guided-decoding-backend: unknown option {option!r}")
+    if getattr(args, "reasoning_parser", ""):
+        data.setdefault("reasoning_parser", args.reasoning_parser)
+    return StructuredOutputsConfig.from_dict(data)
 
 
 def check_backend(name: Optional[str], where: str) -> None:
@@ -106,13 +130,12 @@ def _schema_text(schema: Any, param: str) -> str:
         raise GrammarError(f"{param} cannot be encoded as JSON: {e}", param) from None
 
 
-def grammar_source(so: StructuredOutputsParams, config: StructuredOutputsConfig) -> tuple[str, Any, bool]:
+def grammar_source(so: "StructuredOutputsParams", config: StructuredOutputsConfig) -> tuple[str, Any, bool]:
     """(compiler method, its argument, any_whitespace): the one description of a constraint that
     the cache is keyed by."""
+    # whitespace_pattern is a guidance/outlines option: xgrammar has none, and vLLM's xgrammar
+    # backend ignores it too (disable_any_whitespace gives compact JSON).
     any_ws = not (so.disable_any_whitespace or config.disable_any_whitespace)
-    if so.whitespace_pattern is not None:
-        raise GrammarError("whitespace_pattern is not supported by the xgrammar backend; use "
-                           "disable_any_whitespace for compact JSON.", "whitespace_pattern")
     kind = so.kind()
     if kind == "json":
         return "json_schema", _schema_text(so.json, "json"), any_ws
@@ -153,7 +176,9 @@ class GrammarService:
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
         self._cache_bytes = 0
         self._inflight: dict[tuple, Future] = {}
-        self._local: Optional[_core.GrammarCompiler] = None
+        # Compiles wait on the worker process here, never on the event loop or the tokenizer's thread.
+        self._threads = ThreadPoolExecutor(2, thread_name_prefix="cserve-grammar")
+        self._local: Any = None  # _core.GrammarCompiler: reads back what the worker compiled
         self._worker: Optional[CompileWorker] = None
 
     def _vocab(self) -> dict[str, Any]:
@@ -167,12 +192,14 @@ class GrammarService:
         with self._lock:
             if self._local is not None:
                 return
+            from cserve import _core
+
             v = self._vocab()
             self._local = _core.GrammarCompiler(v["encoded_vocab"], v["tokenizer_json"], v["vocab_size"],
                                                 v["stop_token_ids"])
             self._worker = CompileWorker(v)
 
-    def compile(self, so: StructuredOutputsParams) -> Any:
+    def compile(self, so: "StructuredOutputsParams") -> Any:
         """The compiled grammar (a _core.CompiledGrammar); GrammarError for a constraint that is
         invalid, cannot be compiled, or takes longer than compile_timeout."""
         method, source, any_ws = grammar_source(so, self.config)
@@ -198,6 +225,9 @@ class GrammarService:
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
+
+    async def compile_async(self, so: "StructuredOutputsParams") -> Any:
+        return await asyncio.wrap_future(self._threads.submit(self.compile, so))
 
     def _compile_miss(self, method: str, source: Any, any_ws: bool, kind: str) -> Any:
         self._ensure_started()
@@ -234,5 +264,6 @@ class GrammarService:
         return list(self._tokenizer.encode(marker, add_special_tokens=False).ids)
 
     def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         if self._worker is not None:
             self._worker.close()

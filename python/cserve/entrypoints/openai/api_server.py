@@ -247,6 +247,8 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
             if on_shutdown is not None:
                 await on_shutdown()
             state.engine.stop()
+            if state.grammars is not None:
+                state.grammars.close()  # the compile worker process goes with the server
 
     docs = {} if not args.disable_fastapi_docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(lifespan=lifespan, root_path=args.root_path or "", title="cserve", version=__version__, **docs)
@@ -494,6 +496,10 @@ def build_state(args, pending=None) -> ServerState:
         max_model_len=info.max_model_len, generation_defaults=defaults, metrics=metrics, args=args,
         chat_template=template, executor=ThreadPoolExecutor(1, thread_name_prefix="cserve-tokenize"),
         max_pending=int(os.environ.get("CSERVE_MAX_PENDING_REQUESTS", "4096")), tokenizer_config=tokenizer_config(tokenizer_dir))
+    if tokenizer is not None:
+        from cserve.structured import GrammarService, config_from_args
+
+        state.grammars = GrammarService(tokenizer, info.vocab_size, list(info.eos_token_ids), config_from_args(args))
     logger.info("Startup: weights %.2f s, KV cache %.2f s, warm-up %.2f s; engine ready in %.2f s; "
                 "tokenizer and template %.2f s (alongside)", info.load_seconds, info.kv_alloc_seconds,
                 info.warmup_seconds, t_engine, t_tokenizer)

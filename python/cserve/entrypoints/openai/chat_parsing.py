@@ -151,5 +151,8 @@ def check_parser_flags(args) -> None:
             load_reasoning_parser_plugin(args.reasoning_parser_plugin)
         if args.reasoning_parser:
             get_reasoning_parser(args.reasoning_parser)
+    from cserve.structured.service import config_from_args
+
+    config_from_args(args)  # --structured-outputs-config: ValueError naming a bad key or backend
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")

@@ -41,6 +41,7 @@ class ServerState:
     tokenizer_config: dict[str, Any] = field(default_factory=dict)  # with the special-token strings
     token_strings: list[str] = field(default_factory=list)  # each id decoded alone (decode_token)
     max_prompt_chars: Optional[int] = None  # longer text cannot fit max_model_len: refused untokenized
+    grammars: Any = None  # cserve.structured.GrammarService (None without a tokenizer)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None and not self.token_strings:
@@ -197,6 +198,29 @@ def structured_outputs(state: ServerState, request) -> Optional[StructuredOutput
                            "'skip_tokenizer_init'", 400)
         request._structured_outputs = so
     return request._structured_outputs
+
+
+async def compile_grammar(state: ServerState, params: SamplingParams,
+                          template_kwargs: Optional[dict] = None) -> None:
+    """Compiles params.structured_outputs (400 naming the problem when it cannot be), and with a
+    reasoning parser sets where the grammar starts: after the reasoning, as vLLM."""
+    so = params.structured_outputs
+    if so is None:
+        return
+    if state.grammars is None:
+        raise APIError("Structured outputs need the tokenizer; this server runs with --skip-tokenizer-init.", 400,
+                       "structured_outputs")
+    from cserve.structured import GrammarError
+
+    try:
+        params.compiled_grammar = await state.grammars.compile_async(so)
+    except GrammarError as e:
+        raise APIError(str(e), 400, e.param) from None
+    name = state.grammars.config.reasoning_parser
+    if name:
+        from cserve.parsers.reasoning import get_reasoning_parser
+
+        params.grammar_start_after = state.grammars.start_after(get_reasoning_parser(name)(template_kwargs))
 
 
 def default_max_tokens(state: ServerState, requested: Optional[int]) -> Optional[int]:

@@ -16,7 +16,7 @@ from cserve.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk,
                                                 ChatCompletionResponse, ChatDelta, ChatLogProbEntry, ChatLogProbs,
                                                 ChatMessage, ChatStreamChoice, UsageInfo)
 from cserve.entrypoints.openai.serving import (OFF_LOOP_CHARS, RequestRun, ServerState, check_common, check_prompt_length,
-                                               clean_logprob, default_max_tokens, prompt_logprobs_json, run_all,
+                                               clean_logprob, compile_grammar, default_max_tokens, prompt_logprobs_json, run_all,
                                                sampling_params, Streamed, truncate_prompt, usage)
 from cserve.entrypoints.openai.tool_choice import check_tool_choice
 
@@ -49,6 +49,19 @@ def _text_parts(content: list, where: str) -> list[str]:
     return texts
 
 
+def _template_tool_call(call: Any) -> Any:
+    """A tool call as chat templates read it: arguments as an object (templates apply tojson or
+    iterate over them), as vLLM passes them; arguments that are not JSON stay text."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
+        return call
+    try:
+        args = json.loads(fn["arguments"])
+    except (ValueError, RecursionError):
+        return call
+    return {**call, "function": {**fn, "arguments": args}}
+
+
 def normalize_messages(state: ServerState, messages: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
     if not messages:
         raise APIError("messages cannot be empty.", 400, "messages")
@@ -65,6 +78,10 @@ def normalize_messages(state: ServerState, messages: list[dict[str, Any]], fmt: 
             raise APIError(f"messages[{i}].content must be a string or a list of parts.", 400, "messages")
         elif isinstance(content, str) and fmt == "openai":
             m["content"] = [{"type": "text", "text": content}]
+        elif content is None:  # an assistant turn that only called tools: no text, as vLLM renders it
+            m["content"] = [] if fmt == "openai" else ""
+        if isinstance(m.get("tool_calls"), list):
+            m["tool_calls"] = [_template_tool_call(c) for c in m["tool_calls"]]
         out.append(m)
     return out
 
@@ -150,6 +167,7 @@ async def prepare_chat(state: ServerState, request: ChatCompletionRequest,
     max_tokens = check_prompt_length(state, len(ids), default_max_tokens(state, requested))
     top = (request.top_logprobs or 0) if request.logprobs else None
     params = sampling_params(state, request, max_tokens, top, request.prompt_logprobs)
+    await compile_grammar(state, params, request.chat_template_kwargs)
     role = state.args.response_role if request.add_generation_prompt else request.messages[-1].get("role")
     echo = ""
     if request.echo:

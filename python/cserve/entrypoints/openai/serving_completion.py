@@ -11,7 +11,7 @@ from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.protocol import (CompletionChoice, CompletionLogProbs, CompletionRequest,
                                                 CompletionResponse, UsageInfo)
 from cserve.entrypoints.openai.serving import (RequestRun, ServerState, check_common,
-                                               check_prompt_length, clean_logprob, default_max_tokens,
+                                               check_prompt_length, clean_logprob, compile_grammar, default_max_tokens,
                                                prompt_logprobs_json, release_all, run_all, sampling_params,
                                                Streamed, truncate_prompt, usage)
 
@@ -98,6 +98,8 @@ async def prepare_completion(state: ServerState, request: CompletionRequest,
         if request.echo:
             echo_texts.append(text if text is not None else
                               (state.tokenizer.decode(ids, skip_special_tokens=False) if state.tokenizer else ""))
+    for _, params in checked:
+        await compile_grammar(state, params)  # one compile: the prompts share the constraint (cached)
     runs: list[RequestRun] = []
     try:
         for i, (ids, params) in enumerate(checked):

@@ -54,6 +54,10 @@ def structured_outputs_from_request(request) -> Optional[StructuredOutputsParams
         raise APIError("You can only use one kind of structured outputs constraint but multiple are specified: "
                        f"{', '.join(where for where, _, _ in found)}", 400, found[1][0].split(" ")[0])
     if not found:
+        if getattr(request, "structured_outputs", None) is not None:
+            # Options alone (disable_any_whitespace, ...) shape a constraint given elsewhere.
+            raise APIError("You must use one kind of structured outputs constraint but none are specified: "
+                           f"structured_outputs needs one of {', '.join(CONSTRAINTS)}.", 400, "structured_outputs")
         return None
     _, kind, value = found[0]
     return StructuredOutputsParams(**{kind: value}, **options)
@@ -105,9 +109,6 @@ def _from_structured_outputs(so: Optional[dict], found: list, options: dict) -> 
                 found.append((where, kind, True))
         else:
             found.append((where, kind, _CHECKS[kind](value, where)))
-    if all(so.get(kind) is None for kind in CONSTRAINTS):
-        raise APIError("You must use one kind of structured outputs constraint but none are specified: "
-                       f"structured_outputs needs one of {', '.join(CONSTRAINTS)}.", 400, "structured_outputs")
     for flag in _FLAGS:
         if so.get(flag) is not None:
             if not isinstance(so[flag], bool):
