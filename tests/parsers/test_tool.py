@@ -66,6 +66,10 @@ def kimi_block(calls):
     b = "".join(f"<|tool_call_begin|>functions.{n}:{i}<|tool_call_argument_begin|>{J(a)}<|tool_call_end|>"
                 for i, (n, a) in enumerate(calls))
     return f"<|tool_calls_section_begin|>{b}<|tool_calls_section_end|>"
+def harmony_block(calls):
+    # gpt-oss: the prompt ends with <|start|>assistant, so the output's first message has no <|start|>
+    return "".join(("<|start|>assistant" if i else "") + f"<|channel|>commentary to=functions.{n} <|constrain|>json"
+                   f"<|message|>{J(a)}<|call|>" for i, (n, a) in enumerate(calls))
 def jlist(calls, key="arguments"): return J([{"name": n, key: a} for n, a in calls])
 
 
@@ -79,6 +83,7 @@ FORMATS = {
     "deepseek_v3": (ds3_block, True),
     "deepseek_v31": (ds31_block, True),
     "kimi_k2": (kimi_block, True),
+    "openai": (harmony_block, True),
     "mistral": (lambda cs: "[TOOL_CALLS]" + jlist(cs), True),
     "jamba": (lambda cs: f"<tool_calls>{jlist(cs)}</tool_calls>", True),
     "granite": (lambda cs: "<|tool_call|>" + jlist(cs), True),
@@ -120,6 +125,7 @@ def cases():
         "deepseek_v3": "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Pa",
         "deepseek_v31": "<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": Paris}<｜tool▁call▁end｜>",
         "kimi_k2": "<|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{\"city\"",
+        "openai": '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Pa',
         "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Par',
         "jamba": '<tool_calls>[{"name": "get_weather", "arguments": {"city": "Paris"}]</tool_calls>',
         "granite": '<|tool_call|>[{"name": "get_weather", "argu',
@@ -244,6 +250,72 @@ def test_variants():
     assert json.loads(run("qwen3_coder", [xml])[1][0]["function"]["arguments"]) == {"limit": 5, "strict": False, "other": "7"}
     # phi4: the word functools in prose is content
     assert run("phi4_mini_json", ["use functools.partial here"]) == ("use functools.partial here", [])
+
+
+# gpt-oss (harmony) outputs as the `openai` parser sees them without a reasoning parser; the stop
+# token that ends an output (<|call|>, <|return|>) is not text, so most end without a closer.
+H = "<|start|>assistant"
+HCALL = "<|channel|>commentary to=functions.{} <|constrain|>json<|message|>{}"
+THINK = "<|channel|>analysis<|message|>The user wants the weather; call get_weather.<|end|>"
+WC = '{"city":"Tōkyō","unit":"celsius"}'
+SC = '{"query":{"filters":[{"field":"price","op":"<","value":9.5}],"tags":["a","b"]},"limit":3,"note":null}'
+GPTOSS = [
+    ("analysis_then_call", THINK + H + HCALL.format("get_weather", WC), "", [("get_weather", WC)]),
+    ("preamble_parallel_nested",
+     THINK + H + "<|channel|>commentary<|message|>I'll look up both — 東京 first.<|end|>"
+     + H + HCALL.format("get_weather", WC) + "<|call|>" + H + HCALL.format("search", SC),
+     "I'll look up both — 東京 first.", [("get_weather", WC), ("search", SC)]),
+    ("call_from_analysis_channel", "<|channel|>analysis to=functions.search <|constrain|>json<|message|>" + SC
+     + "<|call|>", "", [("search", SC)]),
+    ("recipient_before_channel", "<|start|>assistant to=functions.translate<|channel|>commentary json<|message|>"
+     + J(UNI), "", [("translate", J(UNI))]),
+    ("final_only", THINK + H + "<|channel|>final<|message|>Grüße — 東京 🌸 {not a call} <b>to=x</b>",
+     "Grüße — 東京 🌸 {not a call} <b>to=x</b>", []),
+    ("final_with_stop_text", "<|channel|>final<|message|>It is 21 °C.<|return|>", "It is 21 °C.", []),
+    ("call_then_final", HCALL.format("get_weather", WC) + "<|call|>" + H + "<|channel|>final<|message|>Done.",
+     "Done.", [("get_weather", WC)]),
+    ("call_cut_by_next_message", HCALL.format("get_weather", WC) + H + "<|channel|>final<|message|>ok",
+     "ok", [("get_weather", WC)]),
+    ("bad_json", "<|channel|>commentary<|message|>Checking.<|end|>" + H + HCALL.format("get_weather", '{"city": Paris}')
+     + "<|call|>", "Checking." + H + HCALL.format("get_weather", '{"city": Paris}') + "<|call|>", []),
+    ("not_an_object", HCALL.format("get_weather", '["Paris"]'), HCALL.format("get_weather", '["Paris"]'), []),
+    ("cut_off", THINK + H + HCALL.format("get_weather", '{"city":"Tō'),
+     H + HCALL.format("get_weather", '{"city":"Tō'), []),
+    ("builtin_tool", "<|channel|>analysis to=browser.search code<|message|>{\"query\":\"x\"}<|call|>",
+     "<|channel|>analysis to=browser.search code<|message|>{\"query\":\"x\"}<|call|>", []),
+    ("no_function_name", HCALL.format("", "{}"), HCALL.format("", "{}"), []),
+    ("broken_header", "<|channel|>commentary to=functions.f <|constrain|>json" + H + "<|channel|>final<|message|>Hi",
+     "<|channel|>commentary to=functions.f <|constrain|>json" + "Hi", []),
+    ("header_cut_off", THINK + H + "<|channel|>comm", H + "<|channel|>comm", []),
+    ("plain_text", "No harmony here <|not a marker|> <|chan", "No harmony here <|not a marker|> <|chan", []),
+]
+
+
+@pytest.mark.parametrize("label,text,content,calls", GPTOSS, ids=[g[0] for g in GPTOSS])
+def test_gptoss_outputs(label, text, content, calls):
+    # arguments are the body as generated; any split gives the same
+    whole = _strip_ids(run("openai", [text]))
+    assert whole == (content, calls)
+    assert _strip_ids(run("openai", list(text))) == whole
+    assert _strip_ids(run("openai", TOKENS.findall(text))) == whole
+    for seed in range(200):
+        assert _strip_ids(run("openai", splits(text, seed))) == whole, seed
+
+
+def test_gptoss_call_streams_whole_once_complete():
+    p = get_tool_parser("openai")()
+    assert p.needs_special_tokens
+    assert p.feed("<|channel|>commentary<|message|>Let me check") == ToolDelta(content="Let me check")
+    assert p.feed(".<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather") == ToolDelta(content=".")
+    assert p.feed(' <|constrain|>json<|message|>{"city":"Paris"}') == ToolDelta()  # a closer may follow
+    d = p.feed("<|call|>")
+    (c,) = d.calls
+    assert d.content == "" and c.index == 0 and c.id.startswith("chatcmpl-tool-")
+    assert (c.name, c.arguments) == ("get_weather", '{"city":"Paris"}')
+    q = get_tool_parser("openai")()
+    assert q.feed('<|channel|>commentary to=functions.f <|constrain|>json<|message|>{"a": 1}') == ToolDelta()
+    (c,) = q.finish().calls  # the hidden <|call|>: complete at the end of the output
+    assert (c.name, c.arguments) == ("f", '{"a": 1}')
 
 
 def test_unknown_parser():

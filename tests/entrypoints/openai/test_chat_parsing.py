@@ -122,6 +122,49 @@ def test_well_formed_call_through_the_integration():
     assert calls[0]["id"] and parsers.made_calls
 
 
+def test_gptoss_reasoning_then_tool_parser():
+    # --reasoning-parser openai_gptoss --tool-call-parser openai: the reasoning parser takes the
+    # analysis and passes the call messages on verbatim; the tool parser makes them calls. The
+    # last <|call|> is the stop token, not text. Any split of the output gives the same message.
+    import random
+
+    weather = '{"city":"Tōkyō"}'
+    nested = '{"query":{"filters":[{"field":"price","op":"<","value":9.5}]},"tags":["ä","🌸"]}'
+    text = ("<|channel|>analysis<|message|>Need the weather, then a search.<|end|>"
+            "<|start|>assistant<|channel|>commentary<|message|>Checking both — one moment.<|end|>"
+            f"<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{weather}"
+            "<|call|><|start|>assistant<|channel|>analysis<|message|>And the search.<|end|>"
+            f"<|start|>assistant<|channel|>commentary to=functions.search <|constrain|>json<|message|>{nested}")
+    tools = TOOLS + [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
+
+    def parse(chunks):
+        parsers = ChoiceParsers(get_reasoning_parser("openai_gptoss"), get_tool_parser("openai"), tools, {})
+        pieces = [parsers.feed(c, finished=i == len(chunks) - 1) for i, c in enumerate(chunks)]
+        calls = merge_tool_calls([c for p in pieces for c in p.tool_calls])
+        assert all(c["id"] for c in calls) and parsers.finish_reason("stop") == "tool_calls"
+        return ("".join(p.reasoning for p in pieces), "".join(p.content for p in pieces),
+                [(c["function"]["name"], c["function"]["arguments"]) for c in calls])
+
+    want = ("Need the weather, then a search.\nAnd the search.", "Checking both — one moment.",
+            [("get_weather", weather), ("search", nested)])
+    assert parse([text]) == want
+    assert parse(list(text)) == want
+    rng = random.Random(0)
+    for _ in range(100):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, 20)))
+        assert parse([text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]) == want
+    # a final answer only: content, no calls; a call cut off by max_tokens: content, verbatim
+    final = "<|channel|>analysis<|message|>Easy.<|end|><|start|>assistant<|channel|>final<|message|>Hi — 東京!"
+    parsers = ChoiceParsers(get_reasoning_parser("openai_gptoss"), get_tool_parser("openai"), tools, {})
+    out = parsers.feed(final, finished=True)
+    assert (out.reasoning, out.content, out.tool_calls) == ("Easy.", "Hi — 東京!", [])
+    cut = "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"ci"
+    parsers = ChoiceParsers(get_reasoning_parser("openai_gptoss"), get_tool_parser("openai"), tools, {})
+    out = parsers.feed("<|channel|>analysis<|message|>Go.<|end|>" + cut, finished=True)
+    assert (out.reasoning, out.content, out.tool_calls) == ("Go.", cut, [])
+    assert parsers.finish_reason("length") == "length"
+
+
 def test_auto_tool_choice_needs_the_flags(chat_model_dir, tmp_path):
     proc = ServerProcess(chat_model_dir, "--served-model-name", NAME, "--max-model-len", "256", log_dir=tmp_path)
     with proc:

@@ -12,6 +12,7 @@ from cserve.parsers import load_plugin_file
 from ._base import Call, ToolCallDelta, ToolDelta, ToolParser, assemble
 from .deepseek import DeepSeekV3ToolParser, DeepSeekV31ToolParser
 from .glm45 import Glm45ToolParser
+from .gptoss import OpenAIToolParser
 from .hermes import HermesToolParser
 from .internlm import InternLMToolParser
 from .json_lists import (
@@ -60,7 +61,7 @@ for _cls in (
     MistralToolParser, Qwen3XmlToolParser, Qwen3CoderToolParser, XlamToolParser,
     Phi4MiniJsonToolParser, GraniteToolParser, InternLMToolParser, JambaToolParser,
     DeepSeekV3ToolParser, DeepSeekV31ToolParser, KimiK2ToolParser, Glm45ToolParser,
-    MinimaxM2ToolParser,
+    MinimaxM2ToolParser, OpenAIToolParser,
 ):
     TOOL_PARSERS[_cls.name] = _cls
 
