@@ -152,9 +152,10 @@ def test_stream_of_a_batch_tags_each_event_with_its_index(http):
 @pytest.mark.parametrize("body, where", [
     ({"text": PROMPT, "input_ids": [1, 2]}, "text"),
     ({}, "text"),
-    ({"text": PROMPT, "sampling_params": {"json_schema": "{}"}}, "json_schema"),
-    ({"text": PROMPT, "sampling_params": {"regex": "a+"}}, "regex"),
-    ({"text": PROMPT, "sampling_params": {"ebnf": "root ::= 'a'"}}, "ebnf"),
+    ({"text": PROMPT, "sampling_params": {"json_schema": "{not json"}}, "json grammar"),
+    ({"text": PROMPT, "sampling_params": {"regex": "a(b"}}, "regex grammar"),
+    ({"text": PROMPT, "sampling_params": {"ebnf": "root ::= nothing"}}, "ebnf grammar"),
+    ({"text": PROMPT, "sampling_params": {"stop_regex": "a+"}}, "stop_regex"),
     ({"text": PROMPT, "image_data": "http://x/y.png"}, "image_data"),
     ({"text": PROMPT, "token_ids_logprob": [1]}, "token_ids_logprob"),
     ({"text": PROMPT, "sampling_params": {"max_new_tokens": 1000}}, "context length"),
@@ -186,7 +187,7 @@ def test_bad_json_and_router_fields(http):
                    return_hidden_states=False, log_metrics=True, return_logprob=False, logprob_start_len=-1,
                    top_logprobs_num=0, stream=False, data_parallel_rank=None, modalities=[], separate_reasoning=True)
     assert out["meta_info"]["completion_tokens"] == 12
-    r = http.post("/generate", json={"text": PROMPT, "stream": True, "sampling_params": {"regex": "a"}})
+    r = http.post("/generate", json={"text": PROMPT, "stream": True, "sampling_params": {"regex": "a(b"}})
     assert r.status_code == 400  # refused before the stream starts
 
 

@@ -41,16 +41,20 @@ class SGLangSamplingParams(SGLangModel):
     logit_bias: Optional[dict[str, float]] = None
     sampling_seed: Optional[Int64] = None
     stream_interval: Optional[Int32] = None  # accepted; every engine step is streamed
-    # Refused when set: structured outputs and custom logit processors are not built yet.
-    json_schema: Optional[Any] = described(enum=[None])
-    regex: Optional[Any] = described(enum=[None])
-    ebnf: Optional[Any] = described(enum=[None])
-    structural_tag: Optional[Any] = described(enum=[None])
+    # Structured outputs, one at a time (SGLang's order when several are given: json_schema,
+    # regex, ebnf, then structural_tag): a JSON schema as JSON text ("$$ANY$$": any JSON value),
+    # a regex, a GBNF grammar with a root rule, a structural tag as JSON text. cserve also takes
+    # the schema and the tag as JSON objects.
+    json_schema: Optional[Union[str, dict[str, Any]]] = None
+    regex: Optional[str] = None
+    ebnf: Optional[str] = None
+    structural_tag: Optional[Union[str, dict[str, Any]]] = None
+    # Refused when set: custom logit processors and stop regexes are not built yet.
     stop_regex: Optional[Any] = described(enum=[None])
     custom_params: Optional[Any] = described(enum=[None])
 
 
-UNSUPPORTED_SAMPLING = ("json_schema", "regex", "ebnf", "structural_tag", "stop_regex", "custom_params")
+UNSUPPORTED_SAMPLING = ("stop_regex", "custom_params")
 
 
 class GenerateRequest(SGLangModel):

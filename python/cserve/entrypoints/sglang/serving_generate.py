@@ -7,7 +7,11 @@ finish reasons, aborts and the release of each request are the OpenAI endpoints'
 SGLang's is the shape: {"text", "output_ids", "meta_info": {"id", "finish_reason": {"type":
 "stop"|"length"|"abort", ...}, "prompt_tokens", "completion_tokens", "cached_tokens", ...}} per
 output, a list for a batch or n > 1, and a stream whose every event carries the whole text and
-output_ids so far (SGLang's default, not deltas), then `data: [DONE]`."""
+output_ids so far (SGLang's default, not deltas), then `data: [DONE]`.
+
+Structured outputs (sampling_params json_schema, regex, ebnf, structural_tag) become a
+StructuredOutputsParams compiled by the OpenAI endpoints' compile_grammar before anything is
+queued, so a constraint that cannot compile is a 400 and no request of the batch runs."""
 
 from __future__ import annotations
 
@@ -21,9 +25,19 @@ from typing import Any, AsyncIterator, Optional, Union
 
 from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.serving import (RequestRun, ServerState, Streamed, check_prompt_length,
-                                               clean_logprob, release_all, run_all, sampling_params)
+                                               clean_logprob, compile_grammar, release_all, run_all,
+                                               sampling_params)
+from cserve.entrypoints.openai.structured_outputs import _structural_tag
 from cserve.entrypoints.sglang.protocol import (DEFAULT_MAX_NEW_TOKENS, UNSUPPORTED_REQUEST, UNSUPPORTED_SAMPLING,
                                                 GenerateRequest, SGLangSamplingParams)
+from cserve.sampling_params import SamplingParams, StructuredOutputsParams
+
+# SGLang's json_schema for "any JSON value" (its builtin JSON grammar), as the schema {} says it.
+ANY_JSON = "$$ANY$$"
+# The sampling field each constraint kind comes from, and SGLang's name for the kind in its
+# "Failed to compile <kind> grammar" errors.
+_GRAMMAR_FIELDS = {"json": ("json_schema", "json"), "regex": ("regex", "regex"), "grammar": ("ebnf", "ebnf"),
+                   "structural_tag": ("structural_tag", "structural_tag")}
 
 
 def _per_prompt(value: Any, i: int, name: str, count: int) -> Any:
@@ -68,8 +82,8 @@ def _sampling(state: ServerState, sp: SGLangSamplingParams, prompt_len: int, log
     the model's generation_config.json defaults apply before the engine's)."""
     for name in UNSUPPORTED_SAMPLING:
         if getattr(sp, name) is not None:
-            raise APIError(f"sampling_params.{name} is not supported yet (structured outputs and custom "
-                           "logit processors are not built).", 400, f"sampling_params.{name}")
+            raise APIError(f"sampling_params.{name} is not supported yet (stop regexes and custom logit "
+                           "processors are not built).", 400, f"sampling_params.{name}")
     if sp.max_new_tokens is not None and sp.max_new_tokens < 1:
         raise APIError(f"sampling_params.max_new_tokens must be at least 1, got {sp.max_new_tokens}.", 400,
                        "sampling_params.max_new_tokens")
@@ -90,7 +104,48 @@ def _sampling(state: ServerState, sp: SGLangSamplingParams, prompt_len: int, log
         skip_special_tokens=sp.skip_special_tokens is not False,
         spaces_between_special_tokens=sp.spaces_between_special_tokens is not False,
         include_stop_str_in_output=bool(sp.no_stop_trim), logit_bias=sp.logit_bias, allowed_token_ids=None)
-    return sampling_params(state, adapted, max_tokens, logprobs, logprobs)
+    params = sampling_params(state, adapted, max_tokens, logprobs, logprobs)
+    params.structured_outputs = _structured_outputs(sp)
+    return params
+
+
+def _structured_outputs(sp: SGLangSamplingParams) -> Optional[StructuredOutputsParams]:
+    """SGLang's constraint fields as one StructuredOutputsParams (None without one). As SGLang
+    checks them: at most one of json_schema, regex and ebnf; a structural_tag beside one of them
+    is ignored (SGLang compiles the first of json_schema, regex, ebnf, structural_tag)."""
+    given = [name for name in ("json_schema", "regex", "ebnf") if getattr(sp, name) is not None]
+    if len(given) > 1:
+        raise APIError("Only one of regex, json_schema, or ebnf can be set.", 400, f"sampling_params.{given[1]}")
+    if sp.json_schema is not None:
+        return StructuredOutputsParams(json={} if sp.json_schema == ANY_JSON else sp.json_schema)
+    if sp.regex is not None:
+        return StructuredOutputsParams(regex=sp.regex)
+    if sp.ebnf is not None:
+        if "::=" not in sp.ebnf:  # xgrammar would read a grammar without a rule as Lark
+            raise APIError("Failed to compile ebnf grammar: a GBNF grammar defines its rules with ::= "
+                           '(root ::= ...).', 400, "sampling_params.ebnf")
+        return StructuredOutputsParams(grammar=sp.ebnf)
+    if sp.structural_tag is not None:
+        where = "sampling_params.structural_tag"
+        try:
+            return StructuredOutputsParams(structural_tag=_structural_tag(sp.structural_tag, where))
+        except APIError as e:
+            raise APIError(f"Failed to compile structural_tag grammar: {e.message}", 400, where) from None
+    return None
+
+
+async def _compile(state: ServerState, params: SamplingParams) -> None:
+    """compile_grammar, its 400 in SGLang's words and under the sampling field's name."""
+    so = params.structured_outputs
+    if so is None:
+        return
+    field, kind = _GRAMMAR_FIELDS[so.kind()]
+    try:
+        await compile_grammar(state, params)
+    except APIError as e:
+        if e.status != 400:
+            raise
+        raise APIError(f"Failed to compile {kind} grammar: {e.message}", 400, f"sampling_params.{field}") from None
 
 
 @dataclass
@@ -157,6 +212,8 @@ async def prepare_generate(state: ServerState, req: GenerateRequest,
     if n > max_seqs:
         raise APIError(f"n must be at most max_running_requests ({max_seqs}), got {n}.", 400, "sampling_params.n")
     rids = _rids(req, count, n)
+    for _, params, *_ in checked:
+        await _compile(state, params)  # prompts that share a constraint compile it once (cached)
     # As SGLang does, a priority is ignored unless priority scheduling is on.
     priority = (req.priority or 0) if getattr(state.args, "scheduling_policy", "fcfs") == "priority" else 0
     out: list[_Prompt] = []
