@@ -30,9 +30,12 @@ def permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_llama_gguf(model, path: Path, matrix_type=None, tokens: Optional[list[str]] = None) -> dict:
+def write_llama_gguf(model, path: Path, matrix_type=None, tokens: Optional[list[str]] = None,
+                     fields: Optional[dict] = None) -> dict:
     """Writes `model` (a transformers Llama) to path; returns {hf name: weight as stored, dequantized,
-    un-permuted} so a reference model can load exactly what the file holds."""
+    un-permuted} so a reference model can load exactly what the file holds. `fields` (GGUFWriter
+    method name -> value) adds metadata, a whole tokenizer for one; its bos/eos ids replace the
+    default ones (0 and 1)."""
     import gguf
     from gguf import quants
 
@@ -47,8 +50,11 @@ def write_llama_gguf(model, path: Path, matrix_type=None, tokens: Optional[list[
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"])
-    w.add_eos_token_id(1)
-    w.add_bos_token_id(0)
+    fields = dict(fields or {})
+    w.add_eos_token_id(fields.pop("add_eos_token_id", 1))
+    w.add_bos_token_id(fields.pop("add_bos_token_id", 0))
+    for method, value in fields.items():
+        getattr(w, method)(value)
     if tokens:
         w.add_tokenizer_model("gpt2")
         w.add_token_list(tokens)
