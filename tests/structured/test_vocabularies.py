@@ -182,8 +182,9 @@ def test_every_output_is_valid_in_every_sampling_mode(llm, name):
 
 
 def test_logit_bias_towards_padding_and_special_ids_loses(llm):
-    """The grammar masks what the tokenizer lacks (ids past its vocabulary) and tokens that are
-    no text (<unk>, <s>): a bias of +100 towards all of them changes nothing."""
+    """The grammar masks what the tokenizer lacks (ids past its vocabulary), and <unk> and <s>
+    where the constraint has no room for their text: a bias of +100 towards all of them changes
+    nothing."""
     tok = llm.get_tokenizer()
     size, width = tok.get_vocab_size(), llm.model_info.vocab_size
     bias = {t: 100.0 for t in [0, 1, *range(size, width)]}
@@ -223,3 +224,13 @@ def test_length_bounded_json_strings_never_hold_raw_control_characters(llm):
                             structured_outputs=so)
     out = llm.generate(["x"], params, use_tqdm=False)[0].outputs[0]
     assert not re.search(r"[\x00-\x1f]", out.text), out.text
+
+
+@pytest.mark.xfail(strict=True, reason="the grammar reads a special token as its text (xgrammar's encoded "
+                   "vocabulary holds '<s>', as vLLM's does), while the output text skips special tokens: '\"<s>\"' "
+                   "satisfies minLength 3 for the grammar and comes out as '\"\"'")
+def test_special_tokens_do_not_count_as_text_in_a_json_string(llm):
+    so = StructuredOutputsParams(json={"type": "string", "minLength": 3, "maxLength": 3})
+    params = SamplingParams(max_tokens=12, temperature=0.0, logit_bias={1: 100.0}, structured_outputs=so)
+    out = llm.generate(["x"], params, use_tqdm=False)[0].outputs[0]
+    assert len(json.loads(out.text)) == 3, (out.text, out.token_ids)
