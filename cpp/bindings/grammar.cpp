@@ -22,13 +22,13 @@ void bind_grammar(nb::module_& m) {
       .def(
           "__init__",
           [](cserve::GrammarCompiler* self, std::vector<std::string> encoded_vocab, std::string tokenizer_json,
-             int64_t vocab_size, std::vector<int32_t> stop_token_ids) {
+             int64_t vocab_size, std::vector<int32_t> stop_token_ids, std::string guidance_library) {
             cserve::GrammarVocab v{std::move(encoded_vocab), std::move(tokenizer_json), vocab_size,
-                                   std::move(stop_token_ids)};
+                                   std::move(stop_token_ids), std::move(guidance_library)};
             nb::gil_scoped_release unlocked;
             new (self) cserve::GrammarCompiler(v);
           },
-          "encoded_vocab"_a, "tokenizer_json"_a, "vocab_size"_a, "stop_token_ids"_a)
+          "encoded_vocab"_a, "tokenizer_json"_a, "vocab_size"_a, "stop_token_ids"_a, "guidance_library"_a = "")
       .def(
           "json_schema",
           [](cserve::GrammarCompiler& c, const std::string& schema, bool any_whitespace) {
@@ -40,6 +40,8 @@ void bind_grammar(nb::module_& m) {
       .def("lark", &cserve::GrammarCompiler::lark, "grammar"_a, release())
       .def("structural_tag", &cserve::GrammarCompiler::structural_tag, "tag_json"_a, release())
       .def("choice", &cserve::GrammarCompiler::choice, "options"_a, release())
+      .def("guidance", &cserve::GrammarCompiler::guidance, "kind"_a, "source"_a, release())
+      .def_prop_ro("has_guidance", &cserve::GrammarCompiler::has_guidance)
       .def("serialize", &cserve::GrammarCompiler::serialize, "grammar"_a, release())
       .def("deserialize", &cserve::GrammarCompiler::deserialize, "text"_a, release())
       .def_prop_ro("vocab_size", &cserve::GrammarCompiler::vocab_size);

@@ -27,7 +27,9 @@ std::string reason(const std::exception& e) {
 template <typename Fn>
 std::shared_ptr<CompiledGrammar> compile(const char* what, Fn&& fn) {
   try {
-    return std::make_shared<CompiledGrammar>(fn());
+    xgrammar::CompiledGrammar g = fn();
+    const int64_t vocab = g.GetTokenizerInfo().GetVocabSize();
+    return std::make_shared<CompiledGrammar>(std::move(g), vocab);
   } catch (const std::exception& e) {
     throw InvalidArgument(std::string("Invalid ") + what + ": " + reason(e));
   }
@@ -79,10 +81,14 @@ struct GrammarCompiler::Impl {
   Impl(const GrammarVocab& v, const VocabMetadata& m)
       : info(v.encoded_vocab, m.type, static_cast<int>(v.vocab_size), v.stop_token_ids, m.add_prefix_space),
         // One thread, no cache: callers compile on their own worker and cache by request key.
-        compiler(info, 1, false) {}
+        compiler(info, 1, false) {
+    if (!v.guidance_library.empty())
+      guidance = std::make_unique<Guidance>(v.guidance_library, v.tokenizer_json, v.vocab_size, v.stop_token_ids);
+  }
 
   xgrammar::TokenizerInfo info;
   xgrammar::GrammarCompiler compiler;
+  std::unique_ptr<Guidance> guidance;
 };
 
 GrammarCompiler::GrammarCompiler(const GrammarVocab& vocab) {
@@ -90,6 +96,8 @@ GrammarCompiler::GrammarCompiler(const GrammarVocab& vocab) {
   if (vocab.stop_token_ids.empty()) throw InvalidArgument("GrammarVocab.stop_token_ids cannot be empty");
   try {
     impl_ = std::make_unique<Impl>(vocab, vocab_metadata(vocab.tokenizer_json));
+  } catch (const NotSupported&) {
+    throw;
   } catch (const std::exception& e) {
     throw InvalidArgument("The tokenizer cannot be read for structured outputs: " + reason(e));
   }
@@ -125,22 +133,34 @@ std::shared_ptr<CompiledGrammar> GrammarCompiler::choice(const std::vector<std::
   return compile("choice", [&] { return impl_->compiler.CompileGrammar(rule, "root"); });
 }
 
-std::string GrammarCompiler::serialize(const CompiledGrammar& grammar) const { return grammar.grammar.SerializeJSON(); }
+std::shared_ptr<CompiledGrammar> GrammarCompiler::guidance(const std::string& kind, const std::string& source) {
+  if (!impl_->guidance) throw NotSupported("the guidance backend needs llguidance (pip install llguidance)");
+  if (kind != "json" && kind != "regex" && kind != "lark")
+    throw InvalidArgument("the guidance backend takes json, regex or lark, not " + kind);
+  return std::make_shared<CompiledGrammar>(impl_->guidance->compile(kind, source), vocab_size());
+}
+
+bool GrammarCompiler::has_guidance() const { return impl_->guidance != nullptr; }
+
+std::string GrammarCompiler::serialize(const CompiledGrammar& grammar) const {
+  if (!grammar.xgrammar) throw InvalidArgument("only xgrammar grammars can be serialized");
+  return grammar.xgrammar->SerializeJSON();
+}
 
 std::shared_ptr<CompiledGrammar> GrammarCompiler::deserialize(const std::string& text) const {
   auto result = xgrammar::CompiledGrammar::DeserializeJSON(text, impl_->info);
-  if (auto* g = std::get_if<xgrammar::CompiledGrammar>(&result)) return std::make_shared<CompiledGrammar>(*g);
+  if (auto* g = std::get_if<xgrammar::CompiledGrammar>(&result))
+    return std::make_shared<CompiledGrammar>(*g, vocab_size());
   throw InvalidArgument("a serialized grammar could not be read back");
 }
 
 int64_t GrammarCompiler::vocab_size() const { return impl_->info.GetVocabSize(); }
 
-int64_t grammar_vocab_size(const CompiledGrammar& grammar) {
-  return grammar.grammar.GetTokenizerInfo().GetVocabSize();
-}
+int64_t grammar_vocab_size(const CompiledGrammar& grammar) { return grammar.vocab_size; }
 
 int64_t grammar_memory_bytes(const CompiledGrammar& grammar) {
-  return static_cast<int64_t>(grammar.grammar.MemorySizeBytes());
+  // An llguidance matcher builds its lexer lazily; count a nominal size for the cache.
+  return grammar.xgrammar ? static_cast<int64_t>(grammar.xgrammar->MemorySizeBytes()) : int64_t{64} << 10;
 }
 
 }  // namespace cserve

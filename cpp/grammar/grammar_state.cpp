@@ -7,8 +7,14 @@
 namespace cserve {
 
 struct GrammarState::Impl {
-  explicit Impl(const CompiledGrammar& g) : matcher(g.grammar) {}
-  xgrammar::GrammarMatcher matcher;
+  explicit Impl(const CompiledGrammar& g) {
+    if (g.xgrammar)
+      xg.emplace(*g.xgrammar);
+    else
+      llg = g.guidance->clone();
+  }
+  std::optional<xgrammar::GrammarMatcher> xg;  // one of the two
+  std::unique_ptr<GuidanceMatcher> llg;
 };
 
 GrammarState::GrammarState(const CompiledGrammar& grammar, std::vector<int32_t> start_after)
@@ -17,6 +23,7 @@ GrammarState::GrammarState(const CompiledGrammar& grammar, std::vector<int32_t> 
 GrammarState::~GrammarState() = default;
 
 bool GrammarState::fill_mask(uint32_t* words, int64_t vocab_size) {
+  if (impl_->llg) return impl_->llg->fill_mask(words, vocab_size);
   int64_t shape[1] = {mask_words(vocab_size)};
   DLTensor t{};
   t.data = words;
@@ -24,11 +31,11 @@ bool GrammarState::fill_mask(uint32_t* words, int64_t vocab_size) {
   t.ndim = 1;
   t.dtype = xgrammar::GetBitmaskDLType();
   t.shape = shape;
-  return impl_->matcher.FillNextTokenBitmask(&t);
+  return impl_->xg->FillNextTokenBitmask(&t);
 }
 
 bool GrammarState::advance(const std::vector<int32_t>& output, int32_t token) {
-  if (active_) return impl_->matcher.AcceptToken(token);
+  if (active_) return impl_->llg ? impl_->llg->accept(token) : impl_->xg->AcceptToken(token);
   // Inactive: watch for the start marker ending at this token.
   const size_t n = start_after_.size();
   if (output.size() + 1 < n || token != start_after_.back()) return true;
@@ -36,6 +43,8 @@ bool GrammarState::advance(const std::vector<int32_t>& output, int32_t token) {
   return true;
 }
 
-bool GrammarState::terminated() const { return active_ && impl_->matcher.IsTerminated(); }
+bool GrammarState::terminated() const {
+  return active_ && (impl_->llg ? impl_->llg->stopped() : impl_->xg->IsTerminated());
+}
 
 }  // namespace cserve

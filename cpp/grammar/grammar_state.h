@@ -21,8 +21,7 @@ class GrammarState {
 
   // Whether the grammar constrains the next token.
   bool active() const { return active_; }
-  // Writes the allowed tokens as bits (bit t % 32 of word t / 32); false when every token is
-  // allowed, so the mask need not be applied.
+  // Writes the allowed tokens as bits (bit t % 32 of word t / 32).
   bool fill_mask(uint32_t* words, int64_t vocab_size);
   // The request sampled `token` after `output` (its earlier output tokens). Returns false when
   // an active grammar cannot accept the token.

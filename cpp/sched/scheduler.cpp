@@ -278,9 +278,10 @@ std::vector<RequestOutput> Scheduler::update(const SchedulerOutput& out, const R
       r.error = result.errors[i];
       stop = true;
     } else if (!stop && i < result.grammar_ended.size() && result.grammar_ended[i]) {
-      // The grammar ended on a stop token that ignore_eos or min_tokens let through.
+      // The grammar ended: on an EOS that ignore_eos let through (not text, like any EOS), or on
+      // its last token of text (llguidance stops where nothing but EOS could follow).
       r.finish_reason = FinishReason::Stop;
-      r.stop_token_id = t;
+      if (std::find(eos_.begin(), eos_.end(), t) != eos_.end()) r.stop_token_id = t;
       stop = true;
     }
     RequestOutput o = make_output(r);

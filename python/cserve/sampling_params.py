@@ -38,6 +38,7 @@ class StructuredOutputsParams:
     disable_any_whitespace: bool = False
     disable_additional_properties: bool = False
     whitespace_pattern: Optional[str] = None
+    backend: Optional[str] = None  # this request's backend (auto, xgrammar, guidance); None: the server's
 
     def __post_init__(self) -> None:
         given = self._given()

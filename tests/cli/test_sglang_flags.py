@@ -444,4 +444,5 @@ def test_parsers_map_to_vllm_names():
     for name in SGLANG_TOOL_PARSERS.values():
         get_tool_parser(name)
     assert refusal("--reasoning-parser", "kimi").startswith("--reasoning-parser kimi: not supported yet (supported: ")
-    assert refusal("--tool-call-parser", "gpt-oss").startswith("--tool-call-parser gpt-oss: not supported yet")
+    assert refusal("--tool-call-parser", "step3").startswith("--tool-call-parser step3: not supported yet")
+    assert sgl("--tool-call-parser", "gpt-oss").tool_call_parser == "openai"

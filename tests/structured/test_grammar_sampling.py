@@ -150,9 +150,42 @@ def test_compile_time_is_bounded_and_the_worker_recovers(chat_model_dir):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(f"{chat_model_dir}/tokenizer.json")
-    slow = GrammarService(tok, tok.get_vocab_size(), [2], StructuredOutputsConfig(compile_timeout=1e-4))
+    slow = GrammarService(tok, tok.get_vocab_size(), [2],
+                          StructuredOutputsConfig(backend="xgrammar", compile_timeout=1e-4))
     with pytest.raises(GrammarError, match="did not compile within"):
         slow.compile(StructuredOutputsParams(regex=r"[a-z]{1,50}"))
     slow.config.compile_timeout = 60
     assert slow.compile(StructuredOutputsParams(regex=r"[a-z]{1,50}")).vocab_size == tok.get_vocab_size()
     slow.close()
+
+
+def test_auto_falls_back_to_guidance(chat_model_dir, llm):
+    """backend auto: a constraint xgrammar cannot compile in time goes to llguidance, whose
+    grammar the engine enforces the same way; disable_fallback keeps the xgrammar error."""
+    from cserve.structured import GrammarService, StructuredOutputsConfig
+
+    tok = llm.get_tokenizer()
+    service = GrammarService(tok, llm.model_info.vocab_size, [2], StructuredOutputsConfig(compile_timeout=1e-4))
+    so = StructuredOutputsParams(regex=r"[a-z]{2,6}!")
+    grammar = service.compile(so)
+    params = SamplingParams(max_tokens=30, temperature=1.0, seed=3, n=3, structured_outputs=so, compiled_grammar=grammar)
+    for c in llm.generate(["x"], params, use_tqdm=False)[0].outputs:
+        assert re.fullmatch(r"[a-z]{2,6}!", c.text) and c.finish_reason == "stop", c.text
+    with pytest.raises(GrammarError, match="did not compile within"):
+        service.compile(StructuredOutputsParams(regex=r"[a-z]{3,7}", disable_fallback=True))
+    service.close()
+
+
+@pytest.mark.parametrize("mode", ["greedy", "temperature", "penalties"])
+@pytest.mark.parametrize("name,so,check", CASES[:5], ids=[c[0] for c in CASES[:5]])
+def test_guidance_backend_outputs_are_valid(llm, mode, name, so, check):
+    """The guidance backend (llguidance, chosen per request) under the same sampling modes."""
+    import dataclasses
+
+    so = dataclasses.replace(so, backend="guidance")
+    if name == "ebnf":  # llguidance reads Lark; the same language in its syntax
+        so = dataclasses.replace(so, grammar='start: "(" item ("," item)* ")"\nitem: /[0-9]/ | "x"')
+    params = SamplingParams(max_tokens=200, n=2, structured_outputs=so, **MODES[mode])
+    for c in llm.generate(["Tell me something:"], params, use_tqdm=False)[0].outputs:
+        assert c.finish_reason == "stop", (c.text, c.finish_reason)
+        check(c.text)

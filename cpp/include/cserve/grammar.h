@@ -15,6 +15,9 @@ struct GrammarVocab {
   std::string tokenizer_json;              // tokenizer.json: its decoder tells byte-level, byte-fallback or raw
   int64_t vocab_size = 0;                  // the model's logits width (the mask's length)
   std::vector<int32_t> stop_token_ids;     // the tokens that end a finished grammar (EOS)
+  // llguidance's library (the llguidance wheel's _lib.abi3.so), for the guidance backend;
+  // empty: xgrammar only.
+  std::string guidance_library;
 };
 
 struct JsonGrammarOptions {
@@ -38,9 +41,13 @@ class GrammarCompiler {
   std::shared_ptr<CompiledGrammar> lark(const std::string& grammar);
   std::shared_ptr<CompiledGrammar> structural_tag(const std::string& tag_json);
   std::shared_ptr<CompiledGrammar> choice(const std::vector<std::string>& options);
+  // The guidance backend (llguidance): kind is json, regex or lark. NotSupported without
+  // GrammarVocab::guidance_library.
+  std::shared_ptr<CompiledGrammar> guidance(const std::string& kind, const std::string& source);
+  bool has_guidance() const;
 
-  // A compiled grammar as text and back (for this compiler's vocabulary), so grammars can be
-  // compiled in another process.
+  // A compiled xgrammar grammar as text and back (for this compiler's vocabulary), so grammars
+  // can be compiled in another process.
   std::string serialize(const CompiledGrammar& grammar) const;
   std::shared_ptr<CompiledGrammar> deserialize(const std::string& text) const;
   int64_t vocab_size() const;

@@ -575,7 +575,7 @@ FLAGS: tuple = (
              **noop("cserve has no tunable kernel options")),
         Flag("--additional-config", JSON, {}, "Platform-specific configuration (JSON)."),
         Flag("--structured-outputs-config", JSON, {}, "Structured outputs configuration (JSON): backend (auto | "
-             "xgrammar), disable_fallback, disable_any_whitespace, disable_additional_properties, "
+             "xgrammar | guidance), disable_fallback, disable_any_whitespace, disable_additional_properties, "
              "reasoning_parser, enable_in_reasoning; cserve's compile_timeout (s) and cache_bytes.",
              **ok("server")),
         Flag("--profiler-config", JSON, {}, "Profiler configuration (JSON)."),
@@ -605,7 +605,7 @@ FLAGS: tuple = (
         Flag("--max-context-len-to-capture", INT, 8192, "Longest context covered by CUDA graphs.",
              **noop(_GRAPHS_ANY_LENGTH)),
         Flag("--guided-decoding-backend", STR, "xgrammar", "Default guided decoding backend (now "
-             "--structured-outputs-config backend); xgrammar or auto, with :disable-any-whitespace.",
+             "--structured-outputs-config backend); xgrammar, guidance or auto, with options after a colon.",
              **ok("server")),
         Flag("--enable-reasoning", FLAG, False, "Produce reasoning_content (needs --reasoning-parser)."),
         Flag("--use-v2-block-manager", FLAG, False, "No-op in vLLM since block manager v1 was removed.",

@@ -87,6 +87,7 @@ SGLANG_TOOL_PARSERS = {
     "llama3": "llama3_json", "mistral": "mistral", "qwen": "hermes", "qwen25": "hermes",
     "qwen3_coder": "qwen3_coder", "deepseekv3": "deepseek_v3", "deepseekv31": "deepseek_v31",
     "pythonic": "pythonic", "kimi_k2": "kimi_k2", "glm": "glm45", "glm45": "glm45", "minimax-m2": "minimax_m2",
+    "gpt-oss": "openai",
 }
 
 

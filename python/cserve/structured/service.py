@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # the C++ extension loads with the first grammar, not with th
 # Nesting deeper than this is refused before compiling: xgrammar's schema converter takes time
 # exponential in the depth of some schemas, and no real schema comes close.
 MAX_SCHEMA_DEPTH = 64
-BACKENDS = ("auto", "xgrammar")
-OTHER_BACKENDS = ("guidance", "outlines", "lm-format-enforcer")
+BACKENDS = ("auto", "xgrammar", "guidance")
+OTHER_BACKENDS = ("outlines", "lm-format-enforcer")
 
 
 class GrammarError(ValueError):
@@ -85,14 +85,51 @@ def config_from_args(args: Any) -> StructuredOutputsConfig:
 
 
 def check_backend(name: Optional[str], where: str) -> None:
-    """auto and xgrammar are built; the other vLLM backends are refused by name."""
+    """auto, xgrammar and guidance are built; the other vLLM backends are refused by name."""
     base = (name or "auto").split(":", 1)[0]
     if base in BACKENDS:
         return
     if base in OTHER_BACKENDS:
-        raise ValueError(f"{where}: the {base!r} structured-outputs backend is not built into cserve, which uses "
-                         "xgrammar (auto, xgrammar)")
-    raise ValueError(f"{where}: unknown structured-outputs backend {name!r}; choose auto or xgrammar")
+        raise ValueError(f"{where}: the {base!r} structured-outputs backend is not built into cserve, which has "
+                         "xgrammar and guidance (auto, xgrammar, guidance)")
+    raise ValueError(f"{where}: unknown structured-outputs backend {name!r}; choose auto, xgrammar or guidance")
+
+
+def guidance_library() -> str:
+    """The llguidance wheel's library, which exports llguidance's C API ("" when it is not
+    installed). Found without importing the Python module."""
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec("llguidance")
+    except (ImportError, ValueError):
+        return ""
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    for folder in spec.submodule_search_locations:
+        for lib in sorted(Path(folder).glob("_lib*.so")):
+            return str(lib)
+    return ""
+
+
+def guidance_source(so: "StructuredOutputsParams", config: StructuredOutputsConfig) -> tuple[str, str]:
+    """(kind, source) of a constraint for llguidance: json (with its whitespace options in
+    "x-guidance"), regex or lark; GrammarError for what it does not take (structural tags)."""
+    kind = so.kind()
+    if kind in ("json", "json_object"):
+        schema = json.loads(_schema_text(so.json, "json")) if kind == "json" else {"type": "object"}
+        options = {"whitespace_flexible": not (so.disable_any_whitespace or config.disable_any_whitespace)}
+        if so.whitespace_pattern:
+            options["whitespace_pattern"] = so.whitespace_pattern
+        return "json", json.dumps({**schema, "x-guidance": options}, ensure_ascii=False)
+    if kind == "regex":
+        return "regex", so.regex
+    if kind == "choice":
+        return "lark", "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in dict.fromkeys(so.choice))
+    if kind == "grammar":
+        return "lark", so.grammar
+    raise GrammarError("structural tags need the xgrammar backend.", "structural_tag")
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -196,14 +233,37 @@ class GrammarService:
 
             v = self._vocab()
             self._local = _core.GrammarCompiler(v["encoded_vocab"], v["tokenizer_json"], v["vocab_size"],
-                                                v["stop_token_ids"])
+                                                v["stop_token_ids"], guidance_library())
             self._worker = CompileWorker(v)
 
     def compile(self, so: "StructuredOutputsParams") -> Any:
         """The compiled grammar (a _core.CompiledGrammar); GrammarError for a constraint that is
         invalid, cannot be compiled, or takes longer than compile_timeout."""
+        backend = (so.backend or self.config.backend).split(":", 1)[0]
+        if backend == "guidance":
+            kind, source = guidance_source(so, self.config)
+            return self._cached(("guidance", kind, source), lambda: self._compile_guidance(kind, source, so.kind()))
         method, source, any_ws = grammar_source(so, self.config)
         key = (method, json.dumps(source) if isinstance(source, list) else source, any_ws)
+        try:
+            return self._cached(key, lambda: self._compile_miss(method, source, any_ws, so.kind()))
+        except GrammarError as e:
+            # auto: what xgrammar cannot compile (or not in time) goes to llguidance, as vLLM falls back.
+            if backend != "auto" or so.disable_fallback or self.config.disable_fallback or so.kind() == "structural_tag":
+                raise
+            self._ensure_started()
+            if not self._local.has_guidance:
+                raise
+            kind, gsource = guidance_source(so, self.config)
+            try:
+                return self._cached(("guidance", kind, gsource),
+                                    lambda: self._compile_guidance(kind, gsource, so.kind()))
+            except GrammarError as fallback:
+                raise GrammarError(f"{e} (the guidance backend could not compile it either: {fallback})",
+                                   e.param) from None
+
+    def _cached(self, key: tuple, build) -> Any:
+        """The grammar for `key` from the cache, from a compile of it already under way, or built."""
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -215,7 +275,7 @@ class GrammarService:
         if not owner:
             return pending.result()  # the same source is being compiled for another request
         try:
-            grammar = self._compile_miss(method, source, any_ws, so.kind())
+            grammar = build()
             pending.set_result(grammar)
             self._remember(key, grammar)
             return grammar
@@ -225,6 +285,17 @@ class GrammarService:
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
+
+    def _compile_guidance(self, kind: str, source: str, what: str) -> Any:
+        """llguidance builds its lexer lazily and bounds its own work (fuel limits), so its
+        matchers are made here, on the service's thread, not in the worker process."""
+        self._ensure_started()
+        if not self._local.has_guidance:
+            raise GrammarError("The guidance backend needs llguidance: pip install llguidance.", what)
+        try:
+            return self._local.guidance(kind, source)
+        except ValueError as e:
+            raise GrammarError(f"Invalid {what} for the guidance backend: {str(e).strip()}", what) from None
 
     async def compile_async(self, so: "StructuredOutputsParams") -> Any:
         return await asyncio.wrap_future(self._threads.submit(self.compile, so))

@@ -105,7 +105,11 @@ def test_json_object_and_compact_whitespace(client):
                                         'tbl ::= "users" | "pets"'}},
      lambda t: re.fullmatch(r"SELECT (name|age) FROM (users|pets)", t)),
     ({"guided_json": json.dumps(PERSON)}, lambda t: json.loads(t)["age"] >= 0),
-], ids=["regex", "guided_regex", "choice", "guided_choice", "grammar", "guided_json"])
+    ({"guided_json": PERSON, "guided_decoding_backend": "guidance"}, lambda t: json.loads(t)["age"] >= 0),
+    ({"guided_regex": r"[a-z]{1,8}@[a-z]{1,8}\.com", "guided_decoding_backend": "guidance"},
+     lambda t: re.fullmatch(r"[a-z]{1,8}@[a-z]{1,8}\.com", t)),
+], ids=["regex", "guided_regex", "choice", "guided_choice", "grammar", "guided_json", "guidance_json",
+        "guidance_regex"])
 def test_regex_choice_grammar_and_legacy_fields(client, body, check):
     texts, reasons, _ = _chat(client, False, messages=ASK, extra_body=body, n=2)
     streamed = _chat(client, True, messages=ASK, extra_body=body, n=2)

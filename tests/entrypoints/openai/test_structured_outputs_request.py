@@ -221,7 +221,7 @@ def test_guided_options_and_backend(build):
 
 
 @BUILDERS
-@pytest.mark.parametrize("backend", ["guidance", "outlines", "lm-format-enforcer", "guidance:disable-any-whitespace"])
+@pytest.mark.parametrize("backend", ["outlines", "lm-format-enforcer", "outlines:disable-any-whitespace"])
 def test_backends_cserve_does_not_build_are_refused_by_name(build, backend):
     e = refused(build, guided_json=SCHEMA, guided_decoding_backend=backend)
     assert e.param == "guided_decoding_backend"
@@ -565,3 +565,11 @@ def test_chat_parsing_runs_the_forced_parsers_without_a_tool_parser_flag():
     one = ChatParsing(state, chat(tools=TOOLS, tool_choice="required", parallel_tool_calls=False)).for_choice()
     two_calls = '[{"name": "ping", "parameters": {}}, {"name": "ping", "parameters": {}}]'
     assert len(run(one, [two_calls])[2]) == 1
+
+
+@BUILDERS
+@pytest.mark.parametrize("backend", ["guidance", "guidance:disable-any-whitespace", "xgrammar", "auto"])
+def test_the_request_backend_travels_with_the_constraint(build, backend):
+    so = params_of(build, guided_regex="a+", guided_decoding_backend=backend)
+    assert so.regex == "a+" and so.backend == backend.split(":")[0]
+    assert so.disable_any_whitespace is backend.endswith("disable-any-whitespace")

@@ -130,6 +130,7 @@ def _from_guided_fields(request, found: list, options: dict) -> None:
     if backend:
         for flag, value in backend_options(backend).items():
             options.setdefault(flag, value)
+        options["backend"] = backend.partition(":")[0]
 
 
 def backend_options(backend: str) -> dict[str, bool]:
