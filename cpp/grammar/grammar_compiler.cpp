@@ -82,13 +82,21 @@ struct GrammarCompiler::Impl {
       : info(v.encoded_vocab, m.type, static_cast<int>(v.vocab_size), v.stop_token_ids, m.add_prefix_space),
         // One thread, no cache: callers compile on their own worker and cache by request key.
         compiler(info, 1, false) {
-    if (!v.guidance_library.empty())
+    if (v.guidance_library.empty()) {
+      guidance_missing = "the guidance backend needs llguidance (pip install llguidance)";
+      return;
+    }
+    try {
       guidance = std::make_unique<Guidance>(v.guidance_library, v.tokenizer_json, v.vocab_size, v.stop_token_ids);
+    } catch (const Error& e) {  // llguidance cannot read every tokenizer; xgrammar still serves
+      guidance_missing = std::string("the guidance backend is unavailable: ") + e.what();
+    }
   }
 
   xgrammar::TokenizerInfo info;
   xgrammar::GrammarCompiler compiler;
   std::unique_ptr<Guidance> guidance;
+  std::string guidance_missing;  // why guidance is null
 };
 
 GrammarCompiler::GrammarCompiler(const GrammarVocab& vocab) {
@@ -96,8 +104,6 @@ GrammarCompiler::GrammarCompiler(const GrammarVocab& vocab) {
   if (vocab.stop_token_ids.empty()) throw InvalidArgument("GrammarVocab.stop_token_ids cannot be empty");
   try {
     impl_ = std::make_unique<Impl>(vocab, vocab_metadata(vocab.tokenizer_json));
-  } catch (const NotSupported&) {
-    throw;
   } catch (const std::exception& e) {
     throw InvalidArgument("The tokenizer cannot be read for structured outputs: " + reason(e));
   }
@@ -134,7 +140,7 @@ std::shared_ptr<CompiledGrammar> GrammarCompiler::choice(const std::vector<std::
 }
 
 std::shared_ptr<CompiledGrammar> GrammarCompiler::guidance(const std::string& kind, const std::string& source) {
-  if (!impl_->guidance) throw NotSupported("the guidance backend needs llguidance (pip install llguidance)");
+  if (!impl_->guidance) throw NotSupported(impl_->guidance_missing);
   if (kind != "json" && kind != "regex" && kind != "lark")
     throw InvalidArgument("the guidance backend takes json, regex or lark, not " + kind);
   return std::make_shared<CompiledGrammar>(impl_->guidance->compile(kind, source), vocab_size());

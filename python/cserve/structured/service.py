@@ -221,7 +221,12 @@ class GrammarService:
     def _vocab(self) -> dict[str, Any]:
         tok = self._tokenizer
         size = min(tok.get_vocab_size(), self._vocab_size)
-        encoded = [tok.id_to_token(i) or "" for i in range(size)] + [""] * (self._vocab_size - size)
+        # Special tokens are no text for the grammar (an empty spelling makes them unusable): the
+        # output skips them, so "<s>" must not count as three characters of a JSON string. EOS
+        # stays reachable as a stop token id.
+        special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        encoded = [("" if i in special else tok.id_to_token(i) or "") for i in range(size)]
+        encoded += [""] * (self._vocab_size - size)
         return {"encoded_vocab": encoded, "tokenizer_json": tok.to_str(), "vocab_size": self._vocab_size,
                 "stop_token_ids": self._stop}
 
@@ -290,11 +295,9 @@ class GrammarService:
         """llguidance builds its lexer lazily and bounds its own work (fuel limits), so its
         matchers are made here, on the service's thread, not in the worker process."""
         self._ensure_started()
-        if not self._local.has_guidance:
-            raise GrammarError("The guidance backend needs llguidance: pip install llguidance.", what)
         try:
             return self._local.guidance(kind, source)
-        except ValueError as e:
+        except (ValueError, NotImplementedError) as e:  # NotImplementedError: llguidance is unavailable
             raise GrammarError(f"Invalid {what} for the guidance backend: {str(e).strip()}", what) from None
 
     async def compile_async(self, so: "StructuredOutputsParams") -> Any:

@@ -2773,8 +2773,9 @@ int32_t JSONSchemaConverter::GenerateString(const StringSpec& spec, const std::s
     if (!excludes_.empty()) {
       WarnDroppedLengthConstraints(spec, rule_name);
     } else {
-      int32_t character =
-          builder_.AddCharacterClass({{'"', '"'}, {'\\', '\\'}, {'\r', '\r'}, {'\n', '\n'}}, true);
+      // cserve: every control character is excluded, as JSON requires (0.2.9 excluded only
+      // \r and \n, letting raw tabs and other controls into the string).
+      int32_t character = builder_.AddCharacterClass({{'"', '"'}, {'\\', '\\'}, {0x00, 0x1f}}, true);
       int32_t body = Repeat(rule_name + "_characters", character, spec.min_length, spec.max_length);
       return Sequence({ByteString("\""), body, ByteString("\"")});
     }
