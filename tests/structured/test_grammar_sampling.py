@@ -189,3 +189,21 @@ def test_guidance_backend_outputs_are_valid(llm, mode, name, so, check):
     for c in llm.generate(["Tell me something:"], params, use_tqdm=False)[0].outputs:
         assert c.finish_reason == "stop", (c.text, c.finish_reason)
         check(c.text)
+
+
+def test_the_grammar_waits_for_the_parsers_reasoning_end(llm):
+    """With a reasoning parser the grammar starts after its end marker: </think> for the think-tag
+    parsers, nothing to wait for when the template turned thinking off, and nothing with
+    enable_in_reasoning."""
+    from cserve.parsers.reasoning import get_reasoning_parser
+    from cserve.structured import GrammarService, StructuredOutputsConfig
+
+    tok = llm.get_tokenizer()
+    service = GrammarService(tok, llm.model_info.vocab_size, [2], StructuredOutputsConfig(reasoning_parser="qwen3"))
+    qwen3 = get_reasoning_parser("qwen3")
+    assert service.start_after(qwen3({})) == tok.encode("</think>", add_special_tokens=False).ids
+    assert service.start_after(qwen3({"enable_thinking": False})) == []
+    assert service.start_after(get_reasoning_parser("mistral")({})) == tok.encode("[/THINK]", add_special_tokens=False).ids
+    assert service.start_after(None) == []
+    service.config.enable_in_reasoning = True
+    assert service.start_after(qwen3({})) == []
