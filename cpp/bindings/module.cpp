@@ -10,6 +10,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "backend/backend.h"
+#include "comm/communicator.h"
 #include "cserve/engine.h"
 #include "grammar/compiled_grammar.h"
 
@@ -19,6 +20,7 @@ using namespace nb::literals;
 void bind_testing(nb::module_& m);
 void bind_gguf(nb::module_& m);
 void bind_grammar(nb::module_& m);
+void bind_comm(nb::module_& m);
 
 namespace {
 
@@ -39,6 +41,8 @@ void register_errors(nb::module_& m) {
       std::rethrow_exception(p);
     } catch (const cserve::EngineDead& e) {
       set_error(engine_dead, e.what());
+    } catch (const cserve::CommTimeout& e) {
+      set_error(PyExc_TimeoutError, e.what());
     } catch (const cserve::InvalidArgument& e) {
       set_error(PyExc_ValueError, e.what());
     } catch (const cserve::NotFound& e) {
@@ -189,6 +193,7 @@ NB_MODULE(_core, m) {
   bind_config(m);
   bind_engine(m);
   bind_gguf(m);
+  bind_comm(m);
   m.def(
       "resolve_device",
       [](const std::string& device) {
