@@ -82,6 +82,9 @@ void bind_config(nb::module_& m) {
       .def_rw("max_logprobs", &cserve::EngineConfig::max_logprobs)
       .def_rw("disable_sliding_window", &cserve::EngineConfig::disable_sliding_window)
       .def_rw("num_threads", &cserve::EngineConfig::num_threads)
+      .def_rw("tensor_parallel_size", &cserve::EngineConfig::tensor_parallel_size)
+      .def_rw("tensor_parallel_group", &cserve::EngineConfig::tensor_parallel_group)
+      .def_rw("tensor_parallel_timeout", &cserve::EngineConfig::tensor_parallel_timeout)
       .def_rw("device", &cserve::EngineConfig::device)
       .def_rw("enforce_eager", &cserve::EngineConfig::enforce_eager)
       .def_rw("cudagraph_capture_sizes", &cserve::EngineConfig::cudagraph_capture_sizes)
@@ -180,6 +183,8 @@ void bind_engine(nb::module_& m) {
       .def("stats", &cserve::Engine::stats)
       .def("is_dead", &cserve::Engine::is_dead)
       .def("dead_reason", &cserve::Engine::dead_reason)
+      .def("kill", &cserve::Engine::kill, "reason"_a, nb::call_guard<nb::gil_scoped_release>())
+      .def("shutdown", &cserve::Engine::shutdown, nb::call_guard<nb::gil_scoped_release>())
       .def("model_info", &cserve::Engine::model_info, nb::rv_policy::reference_internal)
       .def("reset_prefix_cache", &cserve::Engine::reset_prefix_cache);
 }
@@ -204,6 +209,10 @@ NB_MODULE(_core, m) {
       "device"_a,
       "The device an engine asking for `device` gets (auto, cpu, cuda, cuda:N), and why auto fell back "
       "to the CPU; raises when a CUDA device was asked for and cannot be had.");
+  m.def("run_tensor_parallel_rank", &cserve::run_tensor_parallel_rank, "config"_a, "rank"_a,
+        nb::call_guard<nb::gil_scoped_release>(),
+        "Runs rank `rank` (1..tensor_parallel_size-1) of the tensor-parallel engine started with `config` until "
+        "that engine stops; raises when rank 0 goes silent.");
   nb::module_ testing = m.def_submodule("testing", "Internals exposed for tests");
   bind_testing(testing);
 }

@@ -107,7 +107,10 @@ cserve::DType dtype_of(const std::string& name) { return cserve::parse_dtype(nam
 
 }  // namespace
 
+void bind_testing_tp(nb::module_& m);
+
 void bind_testing(nb::module_& m) {
+  bind_testing_tp(m);
   nb::class_<cserve::BlockPool>(m, "BlockPool")
       .def(nb::init<int64_t>(), "num_blocks"_a)
       .def_prop_ro("num_free_blocks", &cserve::BlockPool::num_free_blocks)

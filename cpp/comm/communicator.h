@@ -29,8 +29,10 @@ class Communicator {
   virtual void all_reduce(void* data, int64_t count, DType dtype) = 0;
   // out[r * count + i] = rank r's in[i]; out holds size() * count elements.
   virtual void all_gather(const void* in, void* out, int64_t count, DType dtype) = 0;
-  // `bytes` bytes of root's data to every rank's data.
-  virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  // `bytes` bytes of root's data to every rank's data. untimed: no deadline on the waits (a peer
+  // that exits, or an abort, still ends them): for ranks that idle until the next message, or
+  // wait while a peer loads its weights.
+  virtual void broadcast(void* data, size_t bytes, int root, bool untimed = false) = 0;
   virtual void barrier() = 0;
   // Gives up on the group; callable from any thread, also while another thread of this rank is
   // inside a collective. Every rank's current and later collectives throw CommTimeout (the

@@ -123,7 +123,12 @@ class ShmCommunicator final : public Communicator {
     }
   }
 
-  void broadcast(void* data, size_t bytes, int root) override {
+  void broadcast(void* data, size_t bytes, int root, bool untimed) override {
+    untimed_ = untimed;
+    struct Reset {
+      bool& flag;
+      ~Reset() { flag = false; }
+    } reset{untimed_};
     if (root < 0 || root >= size_)
       throw InvalidArgument("broadcast: root " + std::to_string(root) + " is not a rank of a group of " +
                             std::to_string(size_));
@@ -214,7 +219,7 @@ class ShmCommunicator final : public Communicator {
       cpu_relax();
     }
     const Clock::time_point start = Clock::now();
-    const Clock::time_point deadline = start + timeout_;
+    const Clock::time_point deadline = untimed_ ? Clock::time_point::max() : start + timeout_;
     Clock::time_point next_liveness = start + kLivenessPeriod;
     for (;;) {
       if (seq.load(std::memory_order_acquire) >= seq_) return;
@@ -254,6 +259,7 @@ class ShmCommunicator final : public Communicator {
   int size_;
   double timeout_s_;
   Clock::duration timeout_;
+  bool untimed_ = false;  // the current collective waits without a deadline
   uint64_t seq_ = 0;    // phases this rank has posted
   uint64_t round_ = 0;  // buffer rounds this rank has started
   std::vector<const void*> srcs_;

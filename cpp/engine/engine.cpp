@@ -16,7 +16,9 @@
 
 #include "backend/backend.h"
 #include "engine/engine_setup.h"
+#include "engine/model_loading.h"
 #include "engine/model_runner.h"
+#include "engine/rank_link.h"
 #include "kv/kv_cache_manager.h"
 #include "loader/gguf.h"
 #include "loader/gguf_model.h"
@@ -92,6 +94,10 @@ struct Engine::Impl {
   std::unique_ptr<Backend> backend;
   std::unique_ptr<SafetensorsCheckpoint> checkpoint;  // outlives the model: weights may point into it
   std::unique_ptr<GgufFile> gguf;
+  // Tensor parallelism: the group's communicator and the step protocol to ranks 1..N-1 (null
+  // with one rank). Declared before the runner, which uses them, so they outlive it.
+  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<RankLink> link;
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<KVCacheManager> kv;
   std::unique_ptr<Scheduler> scheduler;
@@ -131,49 +137,25 @@ struct Engine::Impl {
 Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   config.load_progress = nullptr;  // used only while loading, from `c`; not kept
   auto t0 = std::chrono::steady_clock::now();
-  // A .gguf path (or --load-format gguf) is one file holding the config and the weights.
-  const bool from_gguf = c.load_format == "gguf" || (c.load_format == "auto" && is_gguf_path(c.model));
-  if (from_gguf) {
-    if (!is_gguf_path(c.model))
-      throw InvalidArgument("load_format gguf needs a .gguf file, got " + c.model);
-    gguf = std::make_unique<GgufFile>(c.model);
-    model_config = gguf_model_config(*gguf);
-  } else {
-    model_config = load_model_config(c.model);
+  if (c.tensor_parallel_size > 1) {
+    comm = make_shm_communicator(c.tensor_parallel_group, 0, c.tensor_parallel_size, c.tensor_parallel_timeout);
+    link = std::make_unique<RankLink>(*comm);
   }
-  if (c.disable_sliding_window) model_config.layer_sliding_window.assign(model_config.layer_sliding_window.size(), 0);
-  const DType dtype = resolve_dtype(c.dtype, model_config);
-  const DType kv_dtype = c.kv_cache_dtype == "auto" ? dtype : parse_kv_cache_dtype(c.kv_cache_dtype);
+  const TensorParallel tp{0, std::max(1, c.tensor_parallel_size), comm.get()};
+  LoadedModel loaded = load_model(c, tp);
+  model_config = loaded.config;
+  gguf = std::move(loaded.gguf);
+  checkpoint = std::move(loaded.checkpoint);
+  backend = std::move(loaded.backend);
+  auto model = std::move(loaded.model);
+  const ModelConfig rank_model = model->config();  // this rank's shapes: its KV heads size the cache
+  const DType dtype = loaded.dtype, kv_dtype = loaded.kv_dtype;
+  const int64_t weight_bytes = loaded.weight_bytes;
+  const std::vector<int64_t> eos = loaded.eos_token_ids;
+  const bool on_device = loaded.on_device;
+  size_t free_at_start = loaded.free_at_start, total_bytes = loaded.total_bytes;
   const int64_t max_model_len = resolve_max_model_len(c, model_config);
   const SchedulerConfig sched_config = resolve_scheduler_config(c, max_model_len);
-
-  std::vector<int64_t> eos = model_config.eos_token_ids;
-  for (int64_t e : from_gguf ? std::vector<int64_t>{} : load_generation_eos(c.model))
-    if (std::find(eos.begin(), eos.end(), e) == eos.end()) eos.push_back(e);
-
-  backend = make_backend(c.device, c.num_threads);
-  // A device's memory in use before this engine put anything on it: other engines and
-  // processes are not charged to this one's gpu_memory_utilization (vLLM's per-instance meaning).
-  size_t free_at_start = 0, total_bytes = 0;
-  const bool on_device = backend->device_memory(free_at_start, total_bytes);
-  if (backend->host_memory() && kv_dtype != dtype)
-    throw NotSupported("kv_cache_dtype " + c.kv_cache_dtype + " needs the CUDA backend (on the CPU the KV cache "
-                       "follows --dtype)");
-  const SafetensorsCheckpoint* ckpt = nullptr;
-  if (!from_gguf && (c.load_format == "auto" || c.load_format == "safetensors")) {
-    checkpoint = std::make_unique<SafetensorsCheckpoint>(c.model);
-    ckpt = checkpoint.get();
-  } else if (!from_gguf && c.load_format != "dummy") {
-    throw NotSupported("load_format " + c.load_format +
-                       " is not supported yet (supported: auto, safetensors, gguf, dummy)");
-  }
-  if (is_fp8(kv_dtype) && ckpt &&
-      (ckpt->has("model.layers.0.self_attn.k_scale") || ckpt->has("model.layers.0.self_attn.kv_scale")))
-    log_warning("the checkpoint's k/v scales are not applied yet: the fp8 KV cache uses scale 1.0");
-  ModelWeights weights = load_weights(model_config, ckpt, dtype, *backend, static_cast<uint64_t>(c.seed),
-                                      c.load_progress, gguf.get());
-  const int64_t weight_bytes = static_cast<int64_t>(weights.total_bytes);
-  auto model = std::make_unique<LlamaModel>(model_config, *backend, std::move(weights));
   info.load_seconds = seconds_since(t0);
 
   auto t1 = std::chrono::steady_clock::now();
@@ -197,11 +179,12 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
                      static_cast<int64_t>(runner->kv_cache_bytes());
     log_info("Memory profiling: " + fixed(use.used_bytes / 1073741824.0, 2) + " GiB in use of " +
              fixed(use.total_bytes / 1073741824.0, 2) + " GiB after a " + std::to_string(tokens) + "-token forward");
-    plan = plan_kv_cache(c, model_config, kv_dtype, max_model_len, weight_bytes, &use);
+    plan = plan_kv_cache(c, rank_model, kv_dtype, max_model_len, weight_bytes, &use);
   } else {
-    plan = plan_kv_cache(c, model_config, kv_dtype, max_model_len, weight_bytes);
+    plan = plan_kv_cache(c, rank_model, kv_dtype, max_model_len, weight_bytes);
     runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, kv_dtype, eos);
   }
+  if (link) runner->set_rank_link(link.get());  // the other ranks allocate the same cache now
   // The final cache: the planned blocks, plus the graphs' spare block.
   if (!graph_sizes.empty()) runner->enable_graphs(graph_sizes, max_model_len);
   if (on_device || !graph_sizes.empty()) runner->resize_kv_cache(plan.num_blocks);
@@ -319,6 +302,10 @@ std::vector<RequestOutput> Engine::Impl::step() {
         RunnerOutput ro = runner->execute(so);
         for (auto& o : scheduler->update(so, ro)) outs.push_back(std::move(o));
         consecutive_failures = 0;
+      } catch (const CommTimeout& e) {
+        // A tensor-parallel rank is gone: the group cannot run another step.
+        consecutive_failures = kMaxConsecutiveStepFailures - 1;
+        on_step_failure(e.what(), &so, outs);
       } catch (const std::exception& e) {
         on_step_failure(e.what(), &so, outs);
       }
@@ -376,7 +363,7 @@ void Engine::Impl::run_loop() {
 Engine::Engine(const EngineConfig& config) : impl_(std::make_unique<Impl>(config)) {}
 
 Engine::~Engine() {
-  stop_loop();
+  shutdown();
   if (impl_ && impl_->event_fd >= 0) close(impl_->event_fd);
 }
 
@@ -449,6 +436,28 @@ void Engine::start_loop() {
   if (impl_->loop.joinable()) return;
   impl_->stop = false;
   impl_->loop = std::thread([this] { impl_->run_loop(); });
+}
+
+void Engine::shutdown() {
+  stop_loop();
+  if (!impl_ || !impl_->link || impl_->dead.load()) return;  // a dead group takes no message
+  try {
+    impl_->link->send_stop();  // the other ranks return from run_tensor_parallel_rank
+  } catch (const std::exception& e) {
+    log_warning(std::string("tensor parallelism: the other ranks did not take the stop: ") + e.what());
+  }
+  impl_->link.reset();
+}
+
+void Engine::kill(const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lk(impl_->in_mu);
+    if (impl_->dead.exchange(true)) return;
+    impl_->dead_reason = reason;
+  }
+  log(LogLevel::Error, "the engine is dead: " + reason);
+  if (impl_->comm) impl_->comm->abort(reason);
+  impl_->in_cv.notify_all();
 }
 
 void Engine::stop_loop() {

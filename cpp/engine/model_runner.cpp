@@ -19,7 +19,21 @@ ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, in
   resize_kv_cache(num_blocks);
 }
 
+void ModelRunner::set_rank_link(RankLink* link) {
+  link_ = link;
+  if (link_) link_->send_resize_kv_cache(kv_layers_.empty() ? 0 : kv_layers_[0].k.dim(0));
+}
+
+void ModelRunner::run_forward(const ForwardBatch& batch, const std::vector<std::pair<int32_t, int32_t>>& block_copies) {
+  if (!block_copies.empty())
+    for (auto& layer : kv_layers_) backend_.copy_blocks(layer, block_copies);
+  if (batch.token_ids.empty()) return;
+  logits_.resize(batch.logits_rows.size() * static_cast<size_t>(model_->config().vocab_size));
+  model_->forward(batch, kv_layers_, logits_.data());
+}
+
 void ModelRunner::resize_kv_cache(int64_t num_blocks) {
+  if (link_) link_->send_resize_kv_cache(num_blocks);
   const ModelConfig& c = model_->config();
   const DType kv_dtype = kv_dtype_;
   kv_layers_.clear();
@@ -91,9 +105,13 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   result.prompt_logprobs.resize(n);
   if (!out.block_copies.empty())
     for (auto& layer : kv_layers_) backend_.copy_blocks(layer, out.block_copies);
-  if (n == 0) return result;
+  if (n == 0) {
+    if (link_ && !out.block_copies.empty()) link_->send_forward(ForwardBatch{}, out.block_copies);
+    return result;
+  }
 
   build_batch(out);
+  if (link_) link_->send_forward(batch_, out.block_copies);  // the other ranks run the same step
   std::vector<Request*> sampling(row_owner_.size(), nullptr);
   for (size_t row = 0; row < row_owner_.size(); ++row)
     if (row_owner_[row].second < 0) sampling[row] = out.scheduled[row_owner_[row].first].request;
@@ -365,6 +383,7 @@ void ModelRunner::warm_up(int64_t num_tokens, int64_t logits_rows) {
   }
   logits_rows = std::clamp<int64_t>(logits_rows, 1, num_tokens);
   for (int64_t r = num_tokens - logits_rows; r < num_tokens; ++r) b.logits_rows.push_back(static_cast<int32_t>(r));
+  if (link_) link_->send_forward(b, {});
   std::vector<float> logits(static_cast<size_t>(logits_rows * model_->config().vocab_size));
   model_->forward(b, kv_layers_, logits.data());
 }

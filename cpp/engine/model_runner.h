@@ -8,6 +8,7 @@
 
 #include "backend/backend.h"
 #include "engine/grammar_masks.h"
+#include "engine/rank_link.h"
 #include "model/llama_model.h"
 #include "sample/sampler.h"
 #include "sched/scheduler_output.h"
@@ -33,6 +34,11 @@ class ModelRunner {
   void enable_graphs(std::vector<int> sizes, int64_t max_model_len);
   // Captures every size, largest first; on failure graphs stay off, `why` says why, returns 0.
   int capture_graphs(std::string& why);
+  // Tensor parallelism, rank 0: every model operation is first sent to the other ranks through
+  // `link` (which then allocate the same KV cache as this one). Not owned.
+  void set_rank_link(RankLink* link);
+  // Tensor parallelism, ranks 1..N-1: the KV block copies and the forward pass rank 0 sent.
+  void run_forward(const ForwardBatch& batch, const std::vector<std::pair<int32_t, int32_t>>& block_copies);
 
  private:
   void build_batch(const SchedulerOutput& out);
@@ -74,6 +80,7 @@ class ModelRunner {
   int32_t pad_block_ = -1;
   bool graphs_on_ = false;
   ForwardBatch graph_batch_;
+  RankLink* link_ = nullptr;
 };
 
 }  // namespace cserve

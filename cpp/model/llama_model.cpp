@@ -1,11 +1,51 @@
 #include "model/llama_model.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "cserve/error.h"
 
 namespace cserve {
 
-LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights)
-    : config_(config), backend_(backend), weights_(std::move(weights)), rope_(config) {}
+LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights, TensorParallel tp)
+    : config_(config), backend_(backend), weights_(std::move(weights)), tp_(tp), rope_(config) {
+  if (tp_.enabled() && !backend_.host_memory())
+    throw NotSupported("tensor parallelism runs on the CPU backend only so far");
+  if (tp_.enabled() && !tp_.comm) throw InvalidArgument("tensor parallelism needs a communicator");
+}
+
+void LlamaModel::embed_vocab_shard(const ForwardBatch& batch, std::vector<int32_t>& local_ids, Tensor& x) {
+  const VocabShard vs = vocab_shard(config_.vocab_size, tp_.rank, tp_.size);
+  const int64_t T = static_cast<int64_t>(batch.token_ids.size()), H = config_.hidden_size;
+  local_ids.resize(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t id = batch.token_ids[t];
+    local_ids[t] = id >= vs.begin && id < vs.end ? static_cast<int32_t>(id - vs.begin) : 0;
+  }
+  if (weights_.tied)
+    backend_.embedding(*weights_.lm_head, local_ids.data(), T, x);
+  else
+    backend_.embedding(weights_.embed_table, local_ids.data(), T, x);
+  // Tokens of other ranks' rows contribute zeros; the sum over ranks is the embedding.
+  for (int64_t t = 0; t < T; ++t)
+    if (batch.token_ids[t] < vs.begin || batch.token_ids[t] >= vs.end)
+      std::fill(x.as<float>() + t * H, x.as<float>() + (t + 1) * H, 0.0f);
+  tp_.comm->all_reduce(x.data, T * H, DType::F32);
+}
+
+void LlamaModel::gather_logits(Scratch& bufs, const Tensor& sel, int64_t L, float* out) {
+  const VocabShard vs = vocab_shard(config_.vocab_size, tp_.rank, tp_.size);
+  const int64_t P = vs.padded, V = config_.vocab_size, H = config_.hidden_size;
+  Tensor part = scratch(bufs.shard_logits, L, P);
+  backend_.linear(*weights_.lm_head, sel, H, part, P, false);
+  Tensor all = scratch(bufs.gathered, tp_.size * L, P);
+  tp_.comm->all_gather(part.data, all.data, L * P, DType::F32);
+  for (int r = 0; r < tp_.size; ++r) {
+    const VocabShard s = vocab_shard(V, r, tp_.size);
+    for (int64_t l = 0; l < L; ++l)
+      std::copy_n(all.as<float>() + (r * L + l) * P, s.end - s.begin, out + l * V + s.begin);
+  }
+}
 
 Tensor LlamaModel::scratch(Buffer& buf, int64_t rows, int64_t cols) {
   size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
@@ -41,10 +81,18 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
     backend_.upload(sin.data, sin_h, static_cast<size_t>(T * half) * sizeof(float));
   }
 
-  if (weights_.tied)
+  if (tp_.enabled())
+    embed_vocab_shard(batch, local_ids_, x);
+  else if (weights_.tied)
     backend_.embedding(*weights_.lm_head, batch.token_ids.data(), T, x);
   else
     backend_.embedding(weights_.embed_table, batch.token_ids.data(), T, x);
+  // Row-parallel projections under tensor parallelism: each rank's partial product, the residual
+  // added by rank 0 alone, summed over ranks in place.
+  const bool residual = tp_.rank == 0;
+  auto reduce = [&](Tensor& t) {
+    if (tp_.enabled()) tp_.comm->all_reduce(t.data, T * H, DType::F32);
+  };
 
   auto f32 = [](const Buffer& b, int64_t n) { return Tensor{b.data(), DType::F32, {n}}; };
   auto offset = [](const Tensor& t, int64_t cols, int64_t off) {
@@ -69,12 +117,14 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
     backend_.write_kv(k, v, T, qkv_dim, batch.attn.slot_mapping.data(), kv_cache[l]);
     int64_t window = c.layer_sliding_window.empty() ? 0 : c.layer_sliding_window[l];
     backend_.attention(q, qkv_dim, NH, kv_cache[l], batch.attn, scale, window, attn);
-    backend_.linear(*lw.o, attn, q_dim, x, H, true);
+    backend_.linear(*lw.o, attn, q_dim, x, H, residual);
+    reduce(x);
 
     backend_.rms_norm(x, f32(lw.post_attention_norm, H), T, H, H, eps, h);
     backend_.linear(*lw.gate_up, h, H, gu, 2 * I, false);
     backend_.silu_mul(gu, T, I, act);
-    backend_.linear(*lw.down, act, I, x, H, true);
+    backend_.linear(*lw.down, act, I, x, H, residual);
+    reduce(x);
   }
 
   const int64_t L = static_cast<int64_t>(batch.logits_rows.size());
@@ -85,7 +135,10 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   // Logits straight into the caller's host array on the CPU; elsewhere into backend memory,
   // then downloaded unless the caller samples there.
   Tensor out = host && logits ? Tensor{logits, DType::F32, {L, c.vocab_size}} : scratch(bufs.logits, L, c.vocab_size);
-  backend_.linear(*weights_.lm_head, sel, H, out, c.vocab_size, false);
+  if (tp_.enabled())
+    gather_logits(bufs, sel, L, out.as<float>());
+  else
+    backend_.linear(*weights_.lm_head, sel, H, out, c.vocab_size, false);
   device_logits_ = out;
   if (logits && !host) backend_.download(logits, out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float));
 }

@@ -12,6 +12,7 @@
 #include "loader/model_config.h"
 #include "model/model_weights.h"
 #include "model/rope.h"
+#include "model/tensor_parallel.h"
 
 namespace cserve {
 
@@ -24,7 +25,9 @@ struct ForwardBatch {
 
 class LlamaModel {
  public:
-  LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights);
+  // config: the shapes this model computes with (rank_config's under tensor parallelism, whose
+  // weights are this rank's shard); tp: its rank, and the communicator its all-reduces use.
+  LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights, TensorParallel tp = {});
 
   const ModelConfig& config() const { return config_; }
   size_t weight_bytes() const { return weights_.total_bytes; }
@@ -44,12 +47,18 @@ class LlamaModel {
   ModelConfig config_;
   Backend& backend_;
   ModelWeights weights_;
+  TensorParallel tp_;
   RotaryEmbedding rope_;
   // Activation buffers (backend memory), grown on demand and reused across steps.
   struct Scratch {
-    Buffer x, h, qkv, attn, gu, act, cos, sin, sel, logits;
+    Buffer x, h, qkv, attn, gu, act, cos, sin, sel, logits, shard_logits, gathered;
   };
   Scratch scratch_[2];
+  // Tensor parallelism: the embedding of this rank's vocabulary rows, summed over ranks.
+  void embed_vocab_shard(const ForwardBatch& batch, std::vector<int32_t>& local_ids, Tensor& x);
+  // Tensor parallelism: this rank's logits columns, gathered from every rank into out [L][vocab].
+  void gather_logits(Scratch& bufs, const Tensor& sel, int64_t L, float* out);
+  std::vector<int32_t> local_ids_;
   Tensor device_logits_;
   std::vector<float> rope_host_;  // rope tables made on the host for a device backend
 };

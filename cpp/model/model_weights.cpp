@@ -1,6 +1,7 @@
 #include "model/model_weights.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <optional>
 
@@ -13,6 +14,12 @@
 namespace cserve {
 
 namespace {
+
+// Part of a tensor's rows or columns: [begin, begin + count); count -1: all of them.
+struct Slice {
+  int64_t begin = 0, count = -1;
+  bool all() const { return count < 0; }
+};
 
 // Supplies tensors by name: from the checkpoint, checked against the expected shape,
 // or freshly made random ones for load_format dummy.
@@ -29,7 +36,10 @@ class TensorSource {
 
   // A GGUF tensor of a quantized type, as a QuantPart (rows un-permuted); nullopt for
   // dense tensors and for other sources.
-  std::optional<QuantPart> quant_part(const std::string& name, const std::vector<int64_t>& shape) {
+  // rows / cols: this rank's share; quantized blocks are never split (a column slice must fall
+  // on block boundaries), and no byte is copied (the part points into the file).
+  std::optional<QuantPart> quant_part(const std::string& name, const std::vector<int64_t>& shape, Slice rows = {},
+                                      Slice cols = {}) {
     if (!gguf_) return std::nullopt;
     const GgufTensor& t = gguf_tensor(name, shape);
     if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) return std::nullopt;
@@ -40,13 +50,43 @@ class TensorSource {
     p.cols = shape[1];
     p.row_stride = ggml_row_bytes(t.type, p.cols);
     p.row_order = row_order(name, p.rows);
+    if (!rows.all()) {
+      if (p.row_order) {
+        orders_.emplace_back(p.row_order + rows.begin, p.row_order + rows.begin + rows.count);
+        p.row_order = orders_.back().data();
+      } else {
+        p.data += static_cast<size_t>(rows.begin) * p.row_stride;
+      }
+      p.rows = rows.count;
+    }
+    if (!cols.all()) {
+      const int64_t block = ggml_block_elems(t.type);
+      if (cols.begin % block != 0 || cols.count % block != 0)
+        throw NotSupported(gguf_->path() + ": tensor " + gguf_tensor_name(name) + " holds blocks of " +
+                           std::to_string(block) + " values, which tensor parallelism cannot split at column " +
+                           std::to_string(cols.begin) + " (of " + std::to_string(cols.count) + " per rank)");
+      p.data += static_cast<size_t>(cols.begin / block) * static_cast<size_t>(ggml_block_bytes(t.type));
+      p.cols = cols.count;
+    }
     fetched(t);
     return p;
   }
 
-  Tensor get(const std::string& name, const std::vector<int64_t>& shape, float dummy_value_or_nan) {
-    if (gguf_) return get_gguf(name, shape);
-    if (!ckpt_) return make_dummy(shape, dummy_value_or_nan);
+  // The tensor `name` of the given (whole) shape, or this rank's rows / columns of it: rows are a
+  // view into the file, columns a copy.
+  Tensor get(const std::string& name, const std::vector<int64_t>& shape, float dummy_value_or_nan, Slice rows = {},
+             Slice cols = {}) {
+    if (!gguf_ && !ckpt_) {  // dummy weights: made at the shard's own shape
+      std::vector<int64_t> local = shape;
+      if (!rows.all()) local[0] = rows.count;
+      if (!cols.all()) local[1] = cols.count;
+      return make_dummy(local, dummy_value_or_nan);
+    }
+    return slice(gguf_ ? get_gguf(name, shape) : whole(name, shape), rows, cols);
+  }
+
+ private:
+  Tensor whole(const std::string& name, const std::vector<int64_t>& shape) {
     const SafetensorsEntry& e = ckpt_->get(name);
     fetched_.push_back(e.view);
     if (e.view.shape != shape)
@@ -54,6 +94,25 @@ class TensorSource {
                             ", expected " + shape_str(shape));
     return e.view;
   }
+
+  Tensor slice(Tensor t, Slice rows, Slice cols) {
+    const size_t elt = dtype_size(t.dtype);
+    const int64_t row_elems = t.shape.size() == 2 ? t.shape[1] : 1;
+    if (!rows.all()) {
+      t.data = static_cast<uint8_t*>(t.data) + static_cast<size_t>(rows.begin * row_elems) * elt;
+      t.shape[0] = rows.count;
+    }
+    if (cols.all()) return t;
+    scratch_.emplace_back(static_cast<size_t>(t.shape[0] * cols.count) * elt);
+    uint8_t* out = scratch_.back().as<uint8_t>();
+    const uint8_t* in = static_cast<const uint8_t*>(t.data);
+    for (int64_t r = 0; r < t.shape[0]; ++r)
+      std::memcpy(out + static_cast<size_t>(r * cols.count) * elt,
+                  in + static_cast<size_t>(r * row_elems + cols.begin) * elt, static_cast<size_t>(cols.count) * elt);
+    return Tensor{out, t.dtype, {t.shape[0], cols.count}};
+  }
+
+ public:
 
  private:
   const GgufTensor& gguf_tensor(const std::string& name, const std::vector<int64_t>& shape) {
@@ -170,32 +229,47 @@ Buffer to_f32(const Tensor& t, DType dtype) {
 }  // namespace
 
 ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckpt, DType dtype, Backend& backend,
-                          uint64_t seed, const LoadProgress& progress, const GgufFile* gguf) {
+                          uint64_t seed, const LoadProgress& progress, const GgufFile* gguf,
+                          const TensorParallel& tp) {
   const int64_t steps = c.num_hidden_layers + 1;
   TensorSource src(ckpt, seed, gguf, &c);
   ModelWeights w;
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
   const int64_t q_dim = c.num_attention_heads * D, kv_dim = c.num_key_value_heads * D;
-  const Tensor none{};
+  // This rank's share (all of it without tensor parallelism): rows of the column-parallel
+  // matrices, columns of the row-parallel ones, rows of the vocabulary.
+  const ModelConfig local = rank_config(c, tp.rank, tp.size);
+  const int64_t q_local = local.num_attention_heads * D, kv_local = local.num_key_value_heads * D;
+  const int64_t i_local = local.intermediate_size;
+  const Slice q_rows = tp.enabled() ? Slice{tp.rank * q_local, q_local} : Slice{};
+  const Slice kv_rows = tp.enabled() ? Slice{first_kv_head(c, tp.rank, tp.size) * D, kv_local} : Slice{};
+  const Slice i_rows = tp.enabled() ? Slice{tp.rank * i_local, i_local} : Slice{};
+  const VocabShard vs = vocab_shard(c.vocab_size, tp.rank, tp.size);
+  const Slice vocab_rows = tp.enabled() ? Slice{vs.begin, vs.end - vs.begin} : Slice{};
+  const bool sums_bias = tp.rank == 0;  // a bias before an all-reduce is added by one rank only
 
-  auto linear = [&](const std::vector<std::string>& names, const std::vector<int64_t>& rows, int64_t k,
-                    bool with_bias) {
+  struct Part {
+    std::string name;
+    int64_t rows;     // of the whole tensor
+    Slice slice = {};  // this rank's rows
+  };
+  auto linear = [&](const std::vector<Part>& ps, int64_t k, Slice cols, bool with_bias) {
     std::vector<Tensor> parts, biases;
     std::vector<QuantPart> qparts;
-    for (size_t i = 0; i < names.size(); ++i) {
-      if (auto q = src.quant_part(names[i] + ".weight", {rows[i], k})) qparts.push_back(*q);
+    for (const Part& p : ps) {
+      if (auto q = src.quant_part(p.name + ".weight", {p.rows, k}, p.slice, cols)) qparts.push_back(*q);
     }
-    if (!qparts.empty() && qparts.size() == names.size()) {  // every part quantized: keep it so
-      for (size_t i = 0; i < names.size(); ++i)
-        if (with_bias) qparts[i].bias = src.get(names[i] + ".bias", {rows[i]}, 0.0f).as<float>();
+    if (!qparts.empty() && qparts.size() == ps.size()) {  // every part quantized: keep it so
+      for (size_t i = 0; i < ps.size(); ++i)
+        if (with_bias) qparts[i].bias = src.get(ps[i].name + ".bias", {ps[i].rows}, 0.0f, ps[i].slice).as<float>();
       auto packed = backend.pack_linear_quantized(qparts);
       w.total_bytes += packed->bytes();
       src.release_scratch();
       return packed;
     }
-    for (size_t i = 0; i < names.size(); ++i) {
-      parts.push_back(src.get(names[i] + ".weight", {rows[i], k}, kRandom));
-      if (with_bias) biases.push_back(src.get(names[i] + ".bias", {rows[i]}, 0.0f));
+    for (const Part& p : ps) {
+      parts.push_back(src.get(p.name + ".weight", {p.rows, k}, kRandom, p.slice, cols));
+      if (with_bias) biases.push_back(src.get(p.name + ".bias", {p.rows}, 0.0f, p.slice));
     }
     auto packed = backend.pack_linear(parts, biases, dtype);
     w.total_bytes += packed->bytes();
@@ -218,11 +292,12 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights lw;
-    lw.qkv = linear({p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj"}, {q_dim, kv_dim, kv_dim},
-                    H, c.attention_bias);
-    lw.o = linear({p + "self_attn.o_proj"}, {H}, q_dim, c.o_proj_bias);
-    lw.gate_up = linear({p + "mlp.gate_proj", p + "mlp.up_proj"}, {I, I}, H, c.mlp_bias);
-    lw.down = linear({p + "mlp.down_proj"}, {H}, I, c.mlp_bias);
+    lw.qkv = linear({{p + "self_attn.q_proj", q_dim, q_rows}, {p + "self_attn.k_proj", kv_dim, kv_rows},
+                     {p + "self_attn.v_proj", kv_dim, kv_rows}},
+                    H, {}, c.attention_bias);
+    lw.o = linear({{p + "self_attn.o_proj", H}}, q_dim, q_rows, c.o_proj_bias && sums_bias);
+    lw.gate_up = linear({{p + "mlp.gate_proj", I, i_rows}, {p + "mlp.up_proj", I, i_rows}}, H, {}, c.mlp_bias);
+    lw.down = linear({{p + "mlp.down_proj", H}}, I, i_rows, c.mlp_bias && sums_bias);
     lw.input_norm = norm(p + "input_layernorm.weight", H);
     lw.post_attention_norm = norm(p + "post_attention_layernorm.weight", H);
     if (c.qk_norm) {
@@ -236,10 +311,10 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
 
   w.tied = c.tie_word_embeddings;
   if (w.tied) {
-    w.lm_head = linear({"model.embed_tokens"}, {c.vocab_size}, H, false);
+    w.lm_head = linear({{"model.embed_tokens", c.vocab_size, vocab_rows}}, H, {}, false);
   } else {
-    w.lm_head = linear({"lm_head"}, {c.vocab_size}, H, false);
-    Tensor e = src.get("model.embed_tokens.weight", {c.vocab_size, H}, kRandom);
+    w.lm_head = linear({{"lm_head", c.vocab_size, vocab_rows}}, H, {}, false);
+    Tensor e = src.get("model.embed_tokens.weight", {c.vocab_size, H}, kRandom, vocab_rows);
     if (ckpt && e.dtype == dtype) {
       w.embed_table = e;  // used straight from the mmap
     } else {
@@ -247,7 +322,7 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
       Buffer f32(static_cast<size_t>(e.numel()) * sizeof(float));
       convert_to_f32(e.data, e.dtype, f32.as<float>(), static_cast<size_t>(e.numel()));
       convert_from_f32(f32.as<float>(), w.embed_owned.data(), dtype, static_cast<size_t>(e.numel()));
-      w.embed_table = Tensor{w.embed_owned.data(), dtype, {c.vocab_size, H}};
+      w.embed_table = Tensor{w.embed_owned.data(), dtype, {e.shape[0], H}};
     }
     w.total_bytes += e.numel() * dtype_size(dtype);
     src.release_scratch(/*keep_file_pages=*/w.embed_owned.size() == 0);

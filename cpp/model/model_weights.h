@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "core/buffer.h"
 #include "loader/model_config.h"
+#include "model/tensor_parallel.h"
 
 namespace cserve {
 
@@ -40,8 +41,10 @@ using LoadProgress = std::function<void(int64_t done, int64_t total)>;
 // random (load_format dummy) when checkpoint is null. Converts to `dtype`.
 // From a GGUF file instead when `gguf` is set: quantized linear weights stay quantized,
 // other tensors are dequantized to `dtype`.
+// With tensor parallelism (tp.size > 1) only this rank's shard is read and packed (the config is
+// the whole model's; the layers' shapes are then rank_config's).
 ModelWeights load_weights(const ModelConfig& config, const SafetensorsCheckpoint* checkpoint, DType dtype,
                           Backend& backend, uint64_t seed, const LoadProgress& progress = {},
-                          const GgufFile* gguf = nullptr);
+                          const GgufFile* gguf = nullptr, const TensorParallel& tp = {});
 
 }  // namespace cserve

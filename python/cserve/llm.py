@@ -22,7 +22,7 @@ _ENGINE_FIELDS = {
     "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "long_prefill_token_threshold",
     "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy", "max_logprobs",
     "disable_sliding_window", "max_model_len", "device", "enforce_eager", "cudagraph_capture_sizes",
-    "max_cudagraph_capture_size",
+    "max_cudagraph_capture_size", "tensor_parallel_size",
 }
 
 
@@ -31,7 +31,7 @@ _ENGINE_FIELDS = {
 _ACCEPTED_AS_IS = {"trust_remote_code", "disable_log_stats", "swap_space", "tokenizer_mode",
                    "disable_custom_all_reduce", "cpu_offload_gb"}
 # vLLM keywords that cserve supports only at their default value so far.
-_ONLY_DEFAULT = {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "data_parallel_size": 1,
+_ONLY_DEFAULT = {"pipeline_parallel_size": 1, "data_parallel_size": 1,
                  "quantization": None}
 
 
@@ -59,6 +59,25 @@ def _engine_config(model: str, options: dict[str, Any]) -> _core.EngineConfig:
         setattr(config, name, value)
     _point_at_cublaslt(config.device)
     return config
+
+
+def check_executor_backend(backend: Optional[str], tensor_parallel_size: int) -> None:
+    """--distributed-executor-backend: mp (a process per rank) or uni (one process, -tp 1); ray
+    and external_launcher are not built."""
+    if backend in (None, "mp"):
+        return
+    if backend == "uni":
+        if tensor_parallel_size > 1:
+            raise ValueError("distributed_executor_backend 'uni' runs one process, so tensor_parallel_size must be 1 "
+                             f"(got {tensor_parallel_size}); use 'mp'")
+        return
+    raise NotImplementedError(f"distributed_executor_backend {backend!r} is not supported yet (supported: mp, uni)")
+
+
+def _log_rank_death(reason: str) -> None:
+    import logging
+
+    logging.getLogger("cserve").error("%s: the engine's next step fails", reason)
 
 
 def _point_at_cublaslt(device: str) -> None:
@@ -90,9 +109,15 @@ class LLM:
     ) -> None:
         model, tokenizer = _resolve(model, tokenizer, engine_options)
         structured_config = engine_options.pop("structured_outputs_config", None)
+        check_executor_backend(engine_options.pop("distributed_executor_backend", None),
+                               engine_options.get("tensor_parallel_size", 1) or 1)
         config = _engine_config(model, engine_options)
         config.num_threads = num_threads
-        self.engine = _core.Engine(config)
+        from cserve.engine.tensor_parallel import start_engine
+
+        self.engine, self._ranks = start_engine(config)
+        if self._ranks is not None:
+            self._ranks.watch(lambda reason: _log_rank_death(reason))
         self.model_info = self.engine.model_info()
         self._tokenizer_dir = tokenizer or model
         self._tokenizer = None if skip_tokenizer_init else _load_tokenizer(self._tokenizer_dir)
@@ -113,6 +138,20 @@ class LLM:
         if self._grammars is None:
             raise ValueError("structured outputs need the tokenizer (skip_tokenizer_init=False)")
         return dataclasses.replace(sp, compiled_grammar=self._grammars.compile(sp.structured_outputs))
+
+    def shutdown(self) -> None:
+        """Stops the engine and, with tensor parallelism, its other ranks' processes."""
+        if self.engine is not None:
+            self.engine.shutdown()
+        if self._ranks is not None:
+            self._ranks.stop()
+            self._ranks = None
+
+    def __del__(self) -> None:
+        try:
+            self.shutdown()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     def get_tokenizer(self):
         return self._tokenizer

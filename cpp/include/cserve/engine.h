@@ -67,6 +67,12 @@ class Engine {
   // an error and add_request throws EngineDead.
   bool is_dead() const;
   std::string dead_reason() const;
+  // Declares the engine dead now (e.g. a tensor-parallel rank exited): a step waiting on the
+  // other ranks stops waiting, every request ends with an error, add_request throws EngineDead.
+  void kill(const std::string& reason);
+  // Stops the loop and, with tensor parallelism, tells the other ranks to return. Idempotent;
+  // the destructor calls it.
+  void shutdown();
 
   EngineStats stats() const;
   const ModelInfo& model_info() const;
@@ -77,5 +83,10 @@ class Engine {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Tensor parallelism: the life of rank `rank` (1..tensor_parallel_size-1) of the engine started
+// with `config`: loads its shard, then runs each step rank 0 sends until that engine stops.
+// Blocks; throws when rank 0 goes silent for tensor_parallel_timeout seconds (CommTimeout).
+void run_tensor_parallel_rank(const EngineConfig& config, int rank);
 
 }  // namespace cserve

@@ -41,7 +41,15 @@ struct EngineConfig {
   bool enforce_eager = false;
   std::vector<int> cudagraph_capture_sizes;
   int max_cudagraph_capture_size = 0;
-  int num_threads = 0;  // 0: all cores (CPU backend)
+  int num_threads = 0;  // 0: all cores (CPU backend); per rank under tensor parallelism
+  // Tensor parallelism (the CPU backend so far): the model split across tensor_parallel_size
+  // ranks, one process each. The engine is rank 0; each other rank is a process that calls
+  // run_tensor_parallel_rank(config, rank) with the same config. They meet in shared memory
+  // named tensor_parallel_group (unique per engine); a rank that does not answer within
+  // tensor_parallel_timeout seconds fails the step (and, repeated, the engine).
+  int tensor_parallel_size = 1;
+  std::string tensor_parallel_group;
+  double tensor_parallel_timeout = 60.0;
   // Optional: told (done, total) as the weights load, for a progress bar.
   std::function<void(int64_t done, int64_t total)> load_progress;
 };

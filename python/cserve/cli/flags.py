@@ -374,10 +374,13 @@ FLAGS: tuple = (
     ),
     *_group(
         "ParallelConfig",
-        Flag("--tensor-parallel-size", INT, 1, "Tensor parallel groups.", aliases=("-tp",), **only(1)),
+        Flag("--tensor-parallel-size", INT, 1, "Tensor parallel ranks: the model split across this many "
+             "processes (the CPU backend so far), pinned to their own cores (VLLM_CPU_OMP_THREADS_BIND).",
+             aliases=("-tp",), check=Range(1), **ok("engine")),
         Flag("--pipeline-parallel-size", INT, 1, "Pipeline parallel stages.", aliases=("-pp",), **only(1)),
         Flag("--data-parallel-size", INT, 1, "Data parallel replicas.", aliases=("-dp",), **only(1)),
-        Flag("--distributed-executor-backend", STR, None, "Backend of distributed workers.",
+        Flag("--distributed-executor-backend", STR, None, "Backend of distributed workers: mp (a process per "
+             "rank, the default with -tp > 1) or uni (one process, -tp 1).",
              choices=("external_launcher", "mp", "ray", "uni"), **only(None, "uni", "mp")),
         Flag("--master-addr", STR, "127.0.0.1", "Master address for multi-node inference.",
              **noop("single node only (--nnodes is 1)")),
@@ -424,7 +427,7 @@ FLAGS: tuple = (
              "prefills.", **noop("dual batch overlap is not supported yet")),
         Flag("--ray-workers-use-nsight", BOOL, False, "Profile Ray workers with nsight.", **noop(_ONE_WORKER)),
         Flag("--disable-custom-all-reduce", BOOL, False, "Use NCCL instead of the custom all-reduce.",
-             **noop("tensor parallel size is 1: there is no all-reduce")),
+             **noop("the CPU ranks all-reduce in cserve's shared memory; there is no NCCL on the CPU")),
         Flag("--disable-nccl-for-dp-synchronization", BOOL, None, "Synchronize data parallel ranks with Gloo.",
              **noop("data parallel size is 1")),
         Flag("--worker-cls", STR, "auto", "Worker class (full import path)."),

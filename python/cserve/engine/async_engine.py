@@ -99,6 +99,16 @@ class AsyncEngine:
             stream.fail(EngineDeadError(reason))
 
     @property
+    def loop(self) -> Optional[asyncio.AbstractEventLoop]:
+        return self._loop
+
+    def kill(self, reason: str) -> None:
+        """The engine is dead now (a tensor-parallel rank exited): every request ends with an
+        error and on_dead is called. On the event loop."""
+        self.engine.kill(reason)
+        self._drain()
+
+    @property
     def num_in_flight(self) -> int:
         return len(self._streams)
 

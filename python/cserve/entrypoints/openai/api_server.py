@@ -480,7 +480,7 @@ def build_state(args, pending=None) -> ServerState:
         template = load_template(tokenizer_dir, args.chat_template)
     defaults = load_generation_defaults(model, args.generation_config, args.override_generation_config)
     t_tokenizer = time.perf_counter() - t0
-    engine, config, t_engine = pending.result()
+    engine, config, t_engine, ranks = pending.result()
     info = engine.model_info()
     if defaults:
         logger.info("Default sampling parameters from the generation config: %s", defaults)
@@ -495,7 +495,8 @@ def build_state(args, pending=None) -> ServerState:
         engine=AsyncEngine(engine), tokenizer=tokenizer, model_path=model, served_names=names,
         max_model_len=info.max_model_len, generation_defaults=defaults, metrics=metrics, args=args,
         chat_template=template, executor=ThreadPoolExecutor(1, thread_name_prefix="cserve-tokenize"),
-        max_pending=int(os.environ.get("CSERVE_MAX_PENDING_REQUESTS", "4096")), tokenizer_config=tokenizer_config(tokenizer_dir))
+        max_pending=int(os.environ.get("CSERVE_MAX_PENDING_REQUESTS", "4096")), tokenizer_config=tokenizer_config(tokenizer_dir),
+        ranks=ranks)
     if tokenizer is not None:
         from cserve.structured import GrammarService, config_from_args
 
@@ -673,5 +674,19 @@ def run_server(args, pending=None) -> int:
         server.should_exit = True
 
     state.engine.on_dead = on_dead
-    server.run()
+    if state.ranks is not None:
+        def rank_died(reason: str) -> None:  # on the rank's watcher thread
+            loop = state.engine.loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(state.engine.kill, reason)
+            else:
+                state.engine.engine.kill(reason)
+
+        state.ranks.watch(rank_died)
+    try:
+        server.run()
+    finally:
+        state.engine.engine.shutdown()  # with tensor parallelism the other ranks return too
+        if state.ranks is not None:
+            state.ranks.stop()
     return 1 if state.engine.dead_reason is not None else 0

@@ -12,26 +12,28 @@ from pathlib import Path
 
 
 def start_engine_load(args) -> Future:
-    """A future of (engine, engine config, seconds it took); raises what loading raised."""
-    from cserve import _core
+    """A future of (engine, engine config, seconds it took, its other tensor-parallel ranks or
+    None); raises what loading raised."""
     from cserve.cli.args import engine_options
-    from cserve.llm import _engine_config
+    from cserve.engine.tensor_parallel import start_engine
+    from cserve.llm import _engine_config, check_executor_backend
 
     model = args.model
     if not Path(model).exists():
         raise FileNotFoundError(f"{model}: no such model directory or GGUF file")
     options = engine_options(args)
     options.pop("model", None)
+    check_executor_backend(args.distributed_executor_backend, options.get("tensor_parallel_size", 1))
     config = _engine_config(model, options)
-    config.num_threads = int(os.environ.get("CSERVE_NUM_THREADS", "0"))  # 0: every core
+    config.num_threads = int(os.environ.get("CSERVE_NUM_THREADS", "0"))  # 0: every core (per rank)
     future: Future = Future()
 
     def load() -> None:
         t0 = time.perf_counter()
         bar = _progress_bar(config) if args.use_tqdm_on_load else None
         try:
-            engine = _core.Engine(config)
-            future.set_result((engine, config, time.perf_counter() - t0))
+            engine, ranks = start_engine(config)  # this thread runs rank 0's compute: pinned there
+            future.set_result((engine, config, time.perf_counter() - t0, ranks))
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits
             future.set_exception(e)
         finally:

@@ -42,6 +42,7 @@ class ServerState:
     token_strings: list[str] = field(default_factory=list)  # each id decoded alone (decode_token)
     max_prompt_chars: Optional[int] = None  # longer text cannot fit max_model_len: refused untokenized
     grammars: Any = None  # cserve.structured.GrammarService (None without a tokenizer)
+    ranks: Any = None  # cserve.engine.tensor_parallel.TensorParallelRanks (tensor parallelism)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None and not self.token_strings:

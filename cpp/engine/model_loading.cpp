@@ -1,0 +1,58 @@
+#include "engine/model_loading.h"
+
+#include <algorithm>
+
+#include "cserve/error.h"
+#include "engine/engine_setup.h"
+#include "loader/gguf_model.h"
+#include "util/logging.h"
+
+namespace cserve {
+
+LoadedModel load_model(const EngineConfig& c, const TensorParallel& tp) {
+  LoadedModel m;
+  // A .gguf path (or --load-format gguf) is one file holding the config and the weights.
+  const bool from_gguf = c.load_format == "gguf" || (c.load_format == "auto" && is_gguf_path(c.model));
+  if (from_gguf) {
+    if (!is_gguf_path(c.model)) throw InvalidArgument("load_format gguf needs a .gguf file, got " + c.model);
+    m.gguf = std::make_unique<GgufFile>(c.model);
+    m.config = gguf_model_config(*m.gguf);
+  } else {
+    m.config = load_model_config(c.model);
+  }
+  ModelConfig& mc = m.config;
+  if (c.disable_sliding_window) mc.layer_sliding_window.assign(mc.layer_sliding_window.size(), 0);
+  check_tensor_parallel(mc, tp.size);
+  m.dtype = resolve_dtype(c.dtype, mc);
+  m.kv_dtype = c.kv_cache_dtype == "auto" ? m.dtype : parse_kv_cache_dtype(c.kv_cache_dtype);
+  m.eos_token_ids = mc.eos_token_ids;
+  for (int64_t e : from_gguf ? std::vector<int64_t>{} : load_generation_eos(c.model))
+    if (std::find(m.eos_token_ids.begin(), m.eos_token_ids.end(), e) == m.eos_token_ids.end())
+      m.eos_token_ids.push_back(e);
+
+  m.backend = make_backend(c.device, c.num_threads);
+  // A device's memory in use before this engine put anything on it: other engines and
+  // processes are not charged to this one's gpu_memory_utilization (vLLM's per-instance meaning).
+  m.on_device = m.backend->device_memory(m.free_at_start, m.total_bytes);
+  if (m.backend->host_memory() && m.kv_dtype != m.dtype)
+    throw NotSupported("kv_cache_dtype " + c.kv_cache_dtype + " needs the CUDA backend (on the CPU the KV cache "
+                       "follows --dtype)");
+  const SafetensorsCheckpoint* ckpt = nullptr;
+  if (!from_gguf && (c.load_format == "auto" || c.load_format == "safetensors")) {
+    m.checkpoint = std::make_unique<SafetensorsCheckpoint>(c.model);
+    ckpt = m.checkpoint.get();
+  } else if (!from_gguf && c.load_format != "dummy") {
+    throw NotSupported("load_format " + c.load_format +
+                       " is not supported yet (supported: auto, safetensors, gguf, dummy)");
+  }
+  if (is_fp8(m.kv_dtype) && ckpt &&
+      (ckpt->has("model.layers.0.self_attn.k_scale") || ckpt->has("model.layers.0.self_attn.kv_scale")))
+    log_warning("the checkpoint's k/v scales are not applied yet: the fp8 KV cache uses scale 1.0");
+  ModelWeights weights = load_weights(mc, ckpt, m.dtype, *m.backend, static_cast<uint64_t>(c.seed), c.load_progress,
+                                      m.gguf.get(), tp);
+  m.weight_bytes = static_cast<int64_t>(weights.total_bytes);
+  m.model = std::make_unique<LlamaModel>(rank_config(mc, tp.rank, tp.size), *m.backend, std::move(weights), tp);
+  return m;
+}
+
+}  // namespace cserve

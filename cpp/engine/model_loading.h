@@ -1,0 +1,32 @@
+// A model's files opened and this rank's weights packed on a new backend: what the engine
+// (rank 0) and every other tensor-parallel rank do first.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "cserve/engine_config.h"
+#include "loader/gguf.h"
+#include "loader/safetensors.h"
+#include "model/llama_model.h"
+#include "model/tensor_parallel.h"
+
+namespace cserve {
+
+struct LoadedModel {
+  ModelConfig config;  // the whole model's (the model computes with rank_config's)
+  std::unique_ptr<GgufFile> gguf;
+  std::unique_ptr<SafetensorsCheckpoint> checkpoint;  // must outlive the model: weights may point into it
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<LlamaModel> model;
+  DType dtype = DType::BF16, kv_dtype = DType::BF16;
+  int64_t weight_bytes = 0;
+  std::vector<int64_t> eos_token_ids;  // config.json's, then generation_config.json's
+  bool on_device = false;
+  size_t free_at_start = 0, total_bytes = 0;  // device memory before the weights (on_device)
+};
+
+LoadedModel load_model(const EngineConfig& config, const TensorParallel& tp = {});
+
+}  // namespace cserve

@@ -1,0 +1,49 @@
+#include "model/tensor_parallel.h"
+
+#include <algorithm>
+#include <string>
+
+#include "cserve/error.h"
+
+namespace cserve {
+
+void check_tensor_parallel(const ModelConfig& c, int size) {
+  if (size < 1) throw InvalidArgument("tensor_parallel_size must be at least 1, got " + std::to_string(size));
+  if (size == 1) return;
+  const std::string n = std::to_string(size);
+  if (c.num_attention_heads % size != 0)
+    throw InvalidArgument("Total number of attention heads (" + std::to_string(c.num_attention_heads) +
+                          ") must be divisible by tensor parallel size (" + n + ").");
+  const int64_t kv = c.num_key_value_heads;
+  if (kv >= size ? kv % size != 0 : size % kv != 0)
+    throw InvalidArgument("Total number of key/value heads (" + std::to_string(kv) +
+                          ") must be divisible by tensor parallel size (" + n + "), or the other way round.");
+  if (c.intermediate_size % size != 0)
+    throw InvalidArgument("intermediate_size (" + std::to_string(c.intermediate_size) +
+                          ") must be divisible by tensor parallel size (" + n + ").");
+}
+
+ModelConfig rank_config(const ModelConfig& c, int rank, int size) {
+  ModelConfig r = c;
+  r.num_attention_heads = c.num_attention_heads / size;
+  r.num_key_value_heads = c.num_key_value_heads >= size ? c.num_key_value_heads / size : 1;
+  r.intermediate_size = c.intermediate_size / size;
+  (void)rank;
+  return r;
+}
+
+int64_t first_kv_head(const ModelConfig& c, int rank, int size) {
+  const int64_t kv = c.num_key_value_heads;
+  // Fewer KV heads than ranks: ranks in groups of size / kv share one (replicated) head.
+  return kv >= size ? rank * (kv / size) : rank / (size / kv);
+}
+
+VocabShard vocab_shard(int64_t vocab_size, int rank, int size) {
+  VocabShard s;
+  s.padded = (vocab_size + size - 1) / size;
+  s.begin = std::min<int64_t>(vocab_size, rank * s.padded);
+  s.end = std::min<int64_t>(vocab_size, s.begin + s.padded);
+  return s;
+}
+
+}  // namespace cserve

@@ -1,0 +1,37 @@
+// Tensor parallelism as vLLM splits a Llama-family decoder: column-parallel q/k/v and gate/up,
+// row-parallel o and down (each followed by an all-reduce), vocab-parallel embedding and LM
+// head (logits gathered), KV heads split across ranks or, with fewer KV heads than ranks, one
+// replicated per group of ranks. Each rank computes with a config of its own share.
+#pragma once
+#include <cstdint>
+
+#include "comm/communicator.h"
+#include "loader/model_config.h"
+
+namespace cserve {
+
+struct TensorParallel {
+  int rank = 0;
+  int size = 1;
+  Communicator* comm = nullptr;  // required when size > 1; not owned
+  bool enabled() const { return size > 1; }
+};
+
+// Throws InvalidArgument with vLLM's message when `c` cannot be split `size` ways.
+void check_tensor_parallel(const ModelConfig& c, int size);
+
+// The config one rank computes with: its attention heads, KV heads and MLP width. vocab_size
+// stays the whole vocabulary (the logits are gathered).
+ModelConfig rank_config(const ModelConfig& c, int rank, int size);
+
+// A rank's rows of the vocabulary [begin, end); every shard counts `padded` rows (the last one
+// may hold fewer real ones), so gathered logits have one shape per rank.
+struct VocabShard {
+  int64_t begin = 0, end = 0, padded = 0;
+};
+VocabShard vocab_shard(int64_t vocab_size, int rank, int size);
+
+// The first KV head a rank holds (of rank_config's num_key_value_heads).
+int64_t first_kv_head(const ModelConfig& c, int rank, int size);
+
+}  // namespace cserve

@@ -1,0 +1,179 @@
+"""-tp 2 end to end: the engine (rank 0) in this process, rank 1 a process of its own, meeting in
+shared memory. Greedy tokens equal -tp 1's and prompt / sample logprobs agree within 1e-4 in
+float32, through chunked prefill, prefix-cache hits and n > 1 forks (KV block copies on every
+rank); the server with -tp 2 answers as with -tp 1; a rank that dies ends the requests with an
+error, turns /health to 503, stops the server non-zero and leaves no rank process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from cserve import LLM, SamplingParams
+from tests.helpers.server import ServerProcess
+
+PROMPTS = [[5, 17, 99, 23, 4, 250, 7, 7, 31, 64, 12, 140, 3, 77, 201, 9, 46, 58, 111, 6] * 3,
+           [9, 8, 7, 6, 5, 4, 3], [200 - i for i in range(40)]]
+
+
+def _llm(path: str, tp: int, **kw) -> LLM:
+    return LLM(path, dtype="float32", tensor_parallel_size=tp, num_gpu_blocks_override=128, max_model_len=256,
+               num_threads=1, **kw)
+
+
+def _run(llm: LLM) -> list:
+    sp = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=3, prompt_logprobs=2, n=2, seed=1)
+    outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], sp, use_tqdm=False)
+    # A prefix-cache hit (requests asking for prompt logprobs compute the whole prompt).
+    outs += llm.generate([{"prompt_token_ids": PROMPTS[0]}],
+                         SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=3, n=2),
+                         use_tqdm=False)
+    return outs
+
+
+def _logprob_rows(out) -> list[np.ndarray]:
+    rows = [np.array(sorted(lp.logprob for lp in d.values())) for d in (out.prompt_logprobs or [None])[1:]]
+    for c in out.outputs:
+        rows += [np.array(sorted(lp.logprob for lp in d.values())) for d in c.logprobs]
+    return rows
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_tp2_equals_tp1(model_zoo, family):
+    built = model_zoo.get(family)
+    one = _llm(built.path, 1, max_num_batched_tokens=32, enable_chunked_prefill=True)
+    want = _run(one)
+    one.shutdown()
+    two = _llm(built.path, 2, max_num_batched_tokens=32, enable_chunked_prefill=True)
+    got = _run(two)
+    two.shutdown()
+    for g, w in zip(got, want):
+        assert [c.token_ids for c in g.outputs] == [c.token_ids for c in w.outputs]
+        for a, b in zip(_logprob_rows(g), _logprob_rows(w)):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+    assert got[-1].num_cached_tokens > 0
+
+
+def test_llm_refuses_what_it_cannot_split(model_zoo):
+    with pytest.raises(ValueError, match=r"Total number of attention heads \(8\) must be divisible"):
+        _llm(model_zoo.get("llama").path, 3)
+    with pytest.raises(ValueError, match="'uni' runs one process"):
+        _llm(model_zoo.get("llama").path, 2, distributed_executor_backend="uni")
+    with pytest.raises(NotImplementedError, match="'ray' is not supported yet"):
+        _llm(model_zoo.get("llama").path, 2, distributed_executor_backend="ray")
+
+
+def _rank_processes(server_pid: int) -> list[int]:
+    """The tensor-parallel rank processes the server started (from /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == server_pid and "tensor_parallel_worker" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except OSError:
+        return True
+
+
+def test_server_tp2_answers_like_tp1(chat_model_dir, tmp_path):
+    import openai
+
+    answers = []
+    for tp in (1, 2):
+        with ServerProcess(chat_model_dir, "--served-model-name", "m", "--max-model-len", "256", "-tp", str(tp),
+                           "--dtype", "float32", log_dir=tmp_path) as server:
+            server.wait_ready(timeout=120)
+            if tp == 2:
+                ranks = _rank_processes(server.proc.pid)
+                assert len(ranks) == 1
+            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
+            msgs = [{"role": "user", "content": "Tell me about the quick brown fox."}]
+            full = client.chat.completions.create(model="m", messages=msgs, temperature=0, max_tokens=24)
+            streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+                model="m", messages=msgs, temperature=0, max_tokens=24, stream=True) if c.choices)
+            comp = client.completions.create(model="m", prompt="Hello world", temperature=0, max_tokens=16, n=2,
+                                             logprobs=2, seed=3)
+            answers.append((full.choices[0].message.content, streamed, [c.text for c in comp.choices]))
+    assert answers[0] == answers[1]
+    assert answers[1][0] == answers[1][1]
+    assert all(_gone(pid) for pid in ranks)  # the rank returned when the server stopped
+
+
+def test_a_dead_rank_stops_the_server(chat_model_dir, tmp_path):
+    import httpx
+
+    server = ServerProcess(chat_model_dir, "--served-model-name", "m", "--max-model-len", "8192", "-tp", "2",
+                           log_dir=tmp_path)
+    try:
+        server.wait_ready(timeout=120)
+        ranks = _rank_processes(server.proc.pid)
+        assert len(ranks) == 1
+        with server.client() as http:
+            assert http.get("/health").status_code == 200
+            # Long enough to be running when the rank dies (seconds of decode steps).
+            body = {"model": "m", "prompt": "Hello", "max_tokens": 8000, "ignore_eos": True, "stream": True}
+            with http.stream("POST", "/v1/completions", json=body) as r:
+                lines = r.iter_lines()
+                assert next(line for line in lines if line.startswith("data:"))  # generating
+                os.kill(ranks[0], signal.SIGKILL)
+                rest = list(lines)
+            # The running request ends with an error event, then [DONE].
+            assert any('"error"' in line for line in rest), rest[-3:]
+            statuses = []
+            while server.proc.poll() is None:
+                try:
+                    statuses.append(http.get("/health").status_code)
+                except httpx.TransportError:
+                    break
+                time.sleep(0.02)
+        assert server.proc.wait(timeout=60) != 0
+        assert set(statuses) <= {503}, statuses  # after the error, never healthy again
+        assert "tensor-parallel rank 1 exited" in server.log()
+    finally:
+        server.stop()
+    assert all(_gone(pid) for pid in ranks)
+
+
+def test_ranks_idle_longer_than_the_timeout(model_zoo):
+    """The group's timeout bounds a step, not the wait for the next one: ranks idle past it."""
+    from cserve import _core
+    from cserve.engine.tensor_parallel import start_engine
+
+    config = _core.EngineConfig()
+    config.model = model_zoo.get("llama").path
+    config.dtype = "float32"
+    config.num_gpu_blocks_override = 64
+    config.tensor_parallel_size = 2
+    config.tensor_parallel_timeout = 1.0
+    engine, ranks = start_engine(config)
+    try:
+        time.sleep(2.5)
+        params = _core.SamplingParams()
+        params.temperature = 0
+        params.max_tokens = 4
+        engine.add_request("a", [5, 6, 7, 8], params)
+        outs = []
+        while engine.has_unfinished_requests():
+            outs += engine.step()
+        assert outs[-1].finish_reason == "length" and not engine.is_dead()
+    finally:
+        engine.shutdown()
+        ranks.stop()
