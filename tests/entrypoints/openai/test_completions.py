@@ -7,6 +7,9 @@ import pytest
 
 from tests.entrypoints.openai.conftest import MODEL_NAME
 
+# The same tests against the server split across two ranks (-tp 2).
+pytestmark = pytest.mark.parametrize("server", [1, 2], indirect=True, ids=["tp1", "tp2"])
+
 PROMPT = "The quick brown fox"
 GREEDY = dict(temperature=0.0, max_tokens=24, extra_body={"ignore_eos": True, "return_token_ids": True})
 
