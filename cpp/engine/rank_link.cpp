@@ -40,6 +40,7 @@ class Reader {
 
  private:
   void take(void* dst, size_t n) {
+    if (n == 0) return;  // an empty vector's data() may be null
     if (at_ + n > b_.size()) throw Error("tensor parallelism: a truncated step message from rank 0");
     std::memcpy(dst, b_.data() + at_, n);
     at_ += n;
