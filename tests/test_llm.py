@@ -280,8 +280,8 @@ def test_common_vllm_keywords_are_accepted_or_refused_clearly(tiny_model_dir):
               tensor_parallel_size=1, device="cpu", disable_log_stats=True, quantization=None)
     out = llm.generate({"prompt_token_ids": [1, 2, 3]}, SamplingParams(temperature=0, max_tokens=2))
     assert len(out[0].outputs[0].token_ids) == 2
-    with pytest.raises(NotImplementedError, match="pipeline_parallel_size=2 is not supported yet"):
-        LLM(tiny_model_dir, pipeline_parallel_size=2)
+    with pytest.raises(NotImplementedError, match="data_parallel_size=2 is not supported yet"):
+        LLM(tiny_model_dir, data_parallel_size=2)
     with pytest.raises(NotImplementedError, match="quantization='awq'"):
         LLM(tiny_model_dir, quantization="awq")
     with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'"):

@@ -83,6 +83,7 @@ void bind_config(nb::module_& m) {
       .def_rw("disable_sliding_window", &cserve::EngineConfig::disable_sliding_window)
       .def_rw("num_threads", &cserve::EngineConfig::num_threads)
       .def_rw("tensor_parallel_size", &cserve::EngineConfig::tensor_parallel_size)
+      .def_rw("pipeline_parallel_size", &cserve::EngineConfig::pipeline_parallel_size)
       .def_rw("tensor_parallel_group", &cserve::EngineConfig::tensor_parallel_group)
       .def_rw("tensor_parallel_timeout", &cserve::EngineConfig::tensor_parallel_timeout)
       .def_rw("device", &cserve::EngineConfig::device)

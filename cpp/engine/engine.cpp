@@ -137,12 +137,12 @@ struct Engine::Impl {
 Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   config.load_progress = nullptr;  // used only while loading, from `c`; not kept
   auto t0 = std::chrono::steady_clock::now();
-  if (c.tensor_parallel_size > 1) {
-    comm = make_shm_communicator(c.tensor_parallel_group, 0, c.tensor_parallel_size, c.tensor_parallel_timeout);
+  const int group = parallel_group_size(c);
+  if (group > 1) {
+    comm = make_shm_communicator(c.tensor_parallel_group, 0, group, c.tensor_parallel_timeout);
     link = std::make_unique<RankLink>(*comm);
   }
-  const TensorParallel tp{0, std::max(1, c.tensor_parallel_size), comm.get()};
-  LoadedModel loaded = load_model(c, tp);
+  LoadedModel loaded = load_model(c, 0, comm.get());
   model_config = loaded.config;
   gguf = std::move(loaded.gguf);
   checkpoint = std::move(loaded.checkpoint);

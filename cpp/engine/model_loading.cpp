@@ -9,7 +9,7 @@
 
 namespace cserve {
 
-LoadedModel load_model(const EngineConfig& c, const TensorParallel& tp) {
+LoadedModel load_model(const EngineConfig& c, int rank, Communicator* comm) {
   LoadedModel m;
   // A .gguf path (or --load-format gguf) is one file holding the config and the weights.
   const bool from_gguf = c.load_format == "gguf" || (c.load_format == "auto" && is_gguf_path(c.model));
@@ -22,7 +22,12 @@ LoadedModel load_model(const EngineConfig& c, const TensorParallel& tp) {
   }
   ModelConfig& mc = m.config;
   if (c.disable_sliding_window) mc.layer_sliding_window.assign(mc.layer_sliding_window.size(), 0);
-  check_tensor_parallel(mc, tp.size);
+  const int tp_size = std::max(1, c.tensor_parallel_size), pp_size = std::max(1, c.pipeline_parallel_size);
+  if (tp_size > 1 && pp_size > 1)
+    throw NotSupported("tensor_parallel_size and pipeline_parallel_size above 1 together are not supported yet");
+  check_tensor_parallel(mc, tp_size);
+  const TensorParallel tp = tp_size > 1 ? TensorParallel{rank, tp_size, comm} : TensorParallel{};
+  const PipelineStage pp = pp_size > 1 ? pipeline_stage(mc, rank, pp_size, comm) : PipelineStage{};
   m.dtype = resolve_dtype(c.dtype, mc);
   m.kv_dtype = c.kv_cache_dtype == "auto" ? m.dtype : parse_kv_cache_dtype(c.kv_cache_dtype);
   m.eos_token_ids = mc.eos_token_ids;
@@ -49,9 +54,11 @@ LoadedModel load_model(const EngineConfig& c, const TensorParallel& tp) {
       (ckpt->has("model.layers.0.self_attn.k_scale") || ckpt->has("model.layers.0.self_attn.kv_scale")))
     log_warning("the checkpoint's k/v scales are not applied yet: the fp8 KV cache uses scale 1.0");
   ModelWeights weights = load_weights(mc, ckpt, m.dtype, *m.backend, static_cast<uint64_t>(c.seed), c.load_progress,
-                                      m.gguf.get(), tp);
+                                      m.gguf.get(), tp, pp);
   m.weight_bytes = static_cast<int64_t>(weights.total_bytes);
-  m.model = std::make_unique<LlamaModel>(rank_config(mc, tp.rank, tp.size), *m.backend, std::move(weights), tp);
+  ModelConfig local = rank_config(mc, tp.rank, tp.size);
+  if (pp.enabled()) local.num_hidden_layers = pp.num_layers;
+  m.model = std::make_unique<LlamaModel>(local, *m.backend, std::move(weights), tp, pp);
   return m;
 }
 

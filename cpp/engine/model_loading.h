@@ -27,6 +27,8 @@ struct LoadedModel {
   size_t free_at_start = 0, total_bytes = 0;  // device memory before the weights (on_device)
 };
 
-LoadedModel load_model(const EngineConfig& config, const TensorParallel& tp = {});
+// Rank `rank` of the config's parallel group (tensor_parallel_size x pipeline_parallel_size
+// ranks, meeting in `comm`; either size may be above 1, not both yet).
+LoadedModel load_model(const EngineConfig& config, int rank = 0, Communicator* comm = nullptr);
 
 }  // namespace cserve

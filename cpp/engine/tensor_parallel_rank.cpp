@@ -11,11 +11,11 @@
 namespace cserve {
 
 void run_tensor_parallel_rank(const EngineConfig& config, int rank) {
-  if (rank < 1 || rank >= config.tensor_parallel_size)
-    throw InvalidArgument("rank must be in [1, tensor_parallel_size), got " + std::to_string(rank));
-  auto comm = make_shm_communicator(config.tensor_parallel_group, rank, config.tensor_parallel_size,
-                                    config.tensor_parallel_timeout);
-  LoadedModel loaded = load_model(config, TensorParallel{rank, config.tensor_parallel_size, comm.get()});
+  const int group = parallel_group_size(config);
+  if (rank < 1 || rank >= group)
+    throw InvalidArgument("rank must be in [1, " + std::to_string(group) + "), got " + std::to_string(rank));
+  auto comm = make_shm_communicator(config.tensor_parallel_group, rank, group, config.tensor_parallel_timeout);
+  LoadedModel loaded = load_model(config, rank, comm.get());
   RankLink link(*comm);
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<LlamaModel> model = std::move(loaded.model);

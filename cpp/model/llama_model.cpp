@@ -7,11 +7,14 @@
 
 namespace cserve {
 
-LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights, TensorParallel tp)
-    : config_(config), backend_(backend), weights_(std::move(weights)), tp_(tp), rope_(config) {
-  if (tp_.enabled() && !backend_.host_memory())
-    throw NotSupported("tensor parallelism runs on the CPU backend only so far");
-  if (tp_.enabled() && !tp_.comm) throw InvalidArgument("tensor parallelism needs a communicator");
+LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights, TensorParallel tp,
+                       PipelineStage pp)
+    : config_(config), backend_(backend), weights_(std::move(weights)), tp_(tp), pp_(pp), rope_(config) {
+  if ((tp_.enabled() || pp_.enabled()) && !backend_.host_memory())
+    throw NotSupported("tensor and pipeline parallelism run on the CPU backend only so far");
+  if ((tp_.enabled() && !tp_.comm) || (pp_.enabled() && !pp_.comm))
+    throw InvalidArgument("tensor and pipeline parallelism need a communicator");
+  if (tp_.enabled() && pp_.enabled()) throw NotSupported("tensor and pipeline parallelism together are not built yet");
 }
 
 void LlamaModel::embed_vocab_shard(const ForwardBatch& batch, std::vector<int32_t>& local_ids, Tensor& x) {
@@ -81,12 +84,14 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
     backend_.upload(sin.data, sin_h, static_cast<size_t>(T * half) * sizeof(float));
   }
 
-  if (tp_.enabled())
-    embed_vocab_shard(batch, local_ids_, x);
-  else if (weights_.tied)
-    backend_.embedding(*weights_.lm_head, batch.token_ids.data(), T, x);
-  else
-    backend_.embedding(weights_.embed_table, batch.token_ids.data(), T, x);
+  auto embed = [&] {
+    if (tp_.enabled())
+      embed_vocab_shard(batch, local_ids_, x);
+    else if (weights_.tied)
+      backend_.embedding(*weights_.lm_head, batch.token_ids.data(), T, x);
+    else
+      backend_.embedding(weights_.embed_table, batch.token_ids.data(), T, x);
+  };
   // Row-parallel projections under tensor parallelism: each rank's partial product, the residual
   // added by rank 0 alone, summed over ranks in place.
   const bool residual = tp_.rank == 0;
@@ -99,36 +104,60 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
     return Tensor{t.as<float>() + off, DType::F32, {t.dim(0), cols}};
   };
 
-  for (size_t l = 0; l < weights_.layers.size(); ++l) {
-    const LayerWeights& lw = weights_.layers[l];
-    backend_.rms_norm(x, f32(lw.input_norm, H), T, H, H, eps, h);
-    backend_.linear(*lw.qkv, h, H, qkv, qkv_dim, false);
-    Tensor q = offset(qkv, q_dim, 0), k = offset(qkv, kv_dim, q_dim), v = offset(qkv, kv_dim, q_dim + kv_dim);
-    if (c.qk_norm) {
-      for (int64_t t = 0; t < T; ++t) {
-        Tensor qt{q.as<float>() + t * qkv_dim, DType::F32, {NH, D}};
-        Tensor kt{k.as<float>() + t * qkv_dim, DType::F32, {NKV, D}};
-        backend_.rms_norm(qt, f32(lw.q_norm, D), NH, D, D, eps, qt);
-        backend_.rms_norm(kt, f32(lw.k_norm, D), NKV, D, D, eps, kt);
+  auto run_layers = [&] {
+    for (size_t l = 0; l < weights_.layers.size(); ++l) {
+      const LayerWeights& lw = weights_.layers[l];
+      backend_.rms_norm(x, f32(lw.input_norm, H), T, H, H, eps, h);
+      backend_.linear(*lw.qkv, h, H, qkv, qkv_dim, false);
+      Tensor q = offset(qkv, q_dim, 0), k = offset(qkv, kv_dim, q_dim), v = offset(qkv, kv_dim, q_dim + kv_dim);
+      if (c.qk_norm) {
+        for (int64_t t = 0; t < T; ++t) {
+          Tensor qt{q.as<float>() + t * qkv_dim, DType::F32, {NH, D}};
+          Tensor kt{k.as<float>() + t * qkv_dim, DType::F32, {NKV, D}};
+          backend_.rms_norm(qt, f32(lw.q_norm, D), NH, D, D, eps, qt);
+          backend_.rms_norm(kt, f32(lw.k_norm, D), NKV, D, D, eps, kt);
+        }
       }
-    }
-    backend_.rope(q, T, NH, D, qkv_dim, cos, sin, rope_.rotary_dim());
-    backend_.rope(k, T, NKV, D, qkv_dim, cos, sin, rope_.rotary_dim());
-    backend_.write_kv(k, v, T, qkv_dim, batch.attn.slot_mapping.data(), kv_cache[l]);
-    int64_t window = c.layer_sliding_window.empty() ? 0 : c.layer_sliding_window[l];
-    backend_.attention(q, qkv_dim, NH, kv_cache[l], batch.attn, scale, window, attn);
-    backend_.linear(*lw.o, attn, q_dim, x, H, residual);
-    reduce(x);
+      backend_.rope(q, T, NH, D, qkv_dim, cos, sin, rope_.rotary_dim());
+      backend_.rope(k, T, NKV, D, qkv_dim, cos, sin, rope_.rotary_dim());
+      backend_.write_kv(k, v, T, qkv_dim, batch.attn.slot_mapping.data(), kv_cache[l]);
+      // The config's per-layer windows are the whole model's: this stage starts at first_layer.
+      const size_t global = static_cast<size_t>(pp_.enabled() ? pp_.first_layer : 0) + l;
+      int64_t window = c.layer_sliding_window.empty() ? 0 : c.layer_sliding_window[global];
+      backend_.attention(q, qkv_dim, NH, kv_cache[l], batch.attn, scale, window, attn);
+      backend_.linear(*lw.o, attn, q_dim, x, H, residual);
+      reduce(x);
 
-    backend_.rms_norm(x, f32(lw.post_attention_norm, H), T, H, H, eps, h);
-    backend_.linear(*lw.gate_up, h, H, gu, 2 * I, false);
-    backend_.silu_mul(gu, T, I, act);
-    backend_.linear(*lw.down, act, I, x, H, residual);
-    reduce(x);
+      backend_.rms_norm(x, f32(lw.post_attention_norm, H), T, H, H, eps, h);
+      backend_.linear(*lw.gate_up, h, H, gu, 2 * I, false);
+      backend_.silu_mul(gu, T, I, act);
+      backend_.linear(*lw.down, act, I, x, H, residual);
+      reduce(x);
+    }
+  };
+  if (!pp_.enabled()) {
+    embed();
+    run_layers();
+  } else {
+    // Every stage takes part in every hand-over, in stage order: stage s sends its output, the
+    // next stage computes on it.
+    for (int s = 0; s < pp_.num_stages; ++s) {
+      if (s == pp_.stage) {
+        if (pp_.first()) embed();
+        run_layers();
+      }
+      if (s + 1 < pp_.num_stages) pp_.comm->broadcast(x.data, static_cast<size_t>(T * H) * sizeof(float), s);
+    }
   }
 
   const int64_t L = static_cast<int64_t>(batch.logits_rows.size());
   if (L == 0) return;
+  if (pp_.enabled() && !pp_.last()) {  // the logits come from the last stage
+    Tensor out = host && logits ? Tensor{logits, DType::F32, {L, c.vocab_size}} : scratch(bufs.logits, L, c.vocab_size);
+    pp_.comm->broadcast(out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float), pp_.num_stages - 1);
+    device_logits_ = out;
+    return;
+  }
   Tensor sel = scratch(bufs.sel, L, H);
   backend_.gather_rows(x, batch.logits_rows.data(), L, H, sel);
   backend_.rms_norm(sel, f32(weights_.final_norm, H), L, H, H, eps, sel);
@@ -139,6 +168,8 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
     gather_logits(bufs, sel, L, out.as<float>());
   else
     backend_.linear(*weights_.lm_head, sel, H, out, c.vocab_size, false);
+  if (pp_.enabled())
+    pp_.comm->broadcast(out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float), pp_.num_stages - 1);
   device_logits_ = out;
   if (logits && !host) backend_.download(logits, out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float));
 }

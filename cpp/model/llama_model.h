@@ -27,7 +27,10 @@ class LlamaModel {
  public:
   // config: the shapes this model computes with (rank_config's under tensor parallelism, whose
   // weights are this rank's shard); tp: its rank, and the communicator its all-reduces use.
-  LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights, TensorParallel tp = {});
+  // pp: the stage of a pipeline this model is (its weights are that stage's layers; the config's
+  // num_hidden_layers is the stage's count).
+  LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights, TensorParallel tp = {},
+             PipelineStage pp = {});
 
   const ModelConfig& config() const { return config_; }
   size_t weight_bytes() const { return weights_.total_bytes; }
@@ -48,6 +51,7 @@ class LlamaModel {
   Backend& backend_;
   ModelWeights weights_;
   TensorParallel tp_;
+  PipelineStage pp_;
   RotaryEmbedding rope_;
   // Activation buffers (backend memory), grown on demand and reused across steps.
   struct Scratch {

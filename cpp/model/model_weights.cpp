@@ -230,8 +230,11 @@ Buffer to_f32(const Tensor& t, DType dtype) {
 
 ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckpt, DType dtype, Backend& backend,
                           uint64_t seed, const LoadProgress& progress, const GgufFile* gguf,
-                          const TensorParallel& tp) {
-  const int64_t steps = c.num_hidden_layers + 1;
+                          const TensorParallel& tp, const PipelineStage& pp) {
+  const int64_t first_layer = pp.enabled() ? pp.first_layer : 0;
+  const int64_t num_layers = pp.enabled() ? pp.num_layers : c.num_hidden_layers;
+  const bool embeds = !pp.enabled() || pp.first(), heads = !pp.enabled() || pp.last();
+  const int64_t steps = num_layers + 1;
   TensorSource src(ckpt, seed, gguf, &c);
   ModelWeights w;
   const int64_t H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
@@ -289,7 +292,7 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     return in_backend(std::move(b));
   };
 
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  for (int64_t l = first_layer; l < first_layer + num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights lw;
     lw.qkv = linear({{p + "self_attn.q_proj", q_dim, q_rows}, {p + "self_attn.k_proj", kv_dim, kv_rows},
@@ -305,15 +308,17 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
       lw.k_norm = norm(p + "self_attn.k_norm.weight", D);
     }
     w.layers.push_back(std::move(lw));
-    if (progress) progress(l + 1, steps);
+    if (progress) progress(l - first_layer + 1, steps);
   }
-  w.final_norm = norm("model.norm.weight", H);
+  if (heads) w.final_norm = norm("model.norm.weight", H);
 
   w.tied = c.tie_word_embeddings;
-  if (w.tied) {
-    w.lm_head = linear({{"model.embed_tokens", c.vocab_size, vocab_rows}}, H, {}, false);
-  } else {
+  if (w.tied) {  // the embedding is the LM head's matrix: the first stage needs it too
+    if (heads || embeds) w.lm_head = linear({{"model.embed_tokens", c.vocab_size, vocab_rows}}, H, {}, false);
+  } else if (heads) {
     w.lm_head = linear({{"lm_head", c.vocab_size, vocab_rows}}, H, {}, false);
+  }
+  if (!w.tied && embeds) {
     Tensor e = src.get("model.embed_tokens.weight", {c.vocab_size, H}, kRandom, vocab_rows);
     if (ckpt && e.dtype == dtype) {
       w.embed_table = e;  // used straight from the mmap
@@ -327,7 +332,7 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     w.total_bytes += e.numel() * dtype_size(dtype);
     src.release_scratch(/*keep_file_pages=*/w.embed_owned.size() == 0);
   }
-  if (!w.tied && !backend.host_memory()) {  // the embedding table is read by the backend's gather
+  if (!w.tied && embeds && !backend.host_memory()) {  // the embedding table is read by the backend's gather
     const size_t bytes = static_cast<size_t>(w.embed_table.numel()) * dtype_size(w.embed_table.dtype);
     Buffer dev = backend.allocate(bytes);
     backend.upload(dev.data(), w.embed_table.data, bytes);

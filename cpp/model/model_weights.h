@@ -42,9 +42,11 @@ using LoadProgress = std::function<void(int64_t done, int64_t total)>;
 // From a GGUF file instead when `gguf` is set: quantized linear weights stay quantized,
 // other tensors are dequantized to `dtype`.
 // With tensor parallelism (tp.size > 1) only this rank's shard is read and packed (the config is
-// the whole model's; the layers' shapes are then rank_config's).
+// the whole model's; the layers' shapes are then rank_config's). With pipeline parallelism only
+// the stage's layers, the embedding on the first stage, the final norm and LM head on the last.
 ModelWeights load_weights(const ModelConfig& config, const SafetensorsCheckpoint* checkpoint, DType dtype,
                           Backend& backend, uint64_t seed, const LoadProgress& progress = {},
-                          const GgufFile* gguf = nullptr, const TensorParallel& tp = {});
+                          const GgufFile* gguf = nullptr, const TensorParallel& tp = {},
+                          const PipelineStage& pp = {});
 
 }  // namespace cserve

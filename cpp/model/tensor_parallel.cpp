@@ -38,6 +38,21 @@ int64_t first_kv_head(const ModelConfig& c, int rank, int size) {
   return kv >= size ? rank * (kv / size) : rank / (size / kv);
 }
 
+PipelineStage pipeline_stage(const ModelConfig& c, int stage, int num_stages, Communicator* comm) {
+  if (num_stages < 1) throw InvalidArgument("pipeline_parallel_size must be at least 1");
+  if (c.num_hidden_layers < num_stages)
+    throw InvalidArgument("The model has " + std::to_string(c.num_hidden_layers) + " layers, fewer than "
+                          "pipeline parallel size (" + std::to_string(num_stages) + ").");
+  PipelineStage s;
+  s.stage = stage;
+  s.num_stages = num_stages;
+  s.comm = comm;
+  const int64_t per = c.num_hidden_layers / num_stages, extra = c.num_hidden_layers % num_stages;
+  s.first_layer = stage * per + std::min<int64_t>(stage, extra);
+  s.num_layers = per + (stage < extra ? 1 : 0);
+  return s;
+}
+
 VocabShard vocab_shard(int64_t vocab_size, int rank, int size) {
   VocabShard s;
   s.padded = (vocab_size + size - 1) / size;

@@ -34,4 +34,23 @@ VocabShard vocab_shard(int64_t vocab_size, int rank, int size);
 // The first KV head a rank holds (of rank_config's num_key_value_heads).
 int64_t first_kv_head(const ModelConfig& c, int rank, int size);
 
+// Pipeline parallelism: stage `stage` of `num_stages` runs the contiguous layers [first_layer,
+// first_layer + num_layers); the first stage also embeds, the last one also normalizes and
+// computes the logits. Between stages the hidden states travel through `comm` (every stage
+// takes part in every transfer, in stage order), and the last stage's logits go back to rank 0.
+struct PipelineStage {
+  int stage = 0;
+  int num_stages = 1;
+  int64_t first_layer = 0;
+  int64_t num_layers = -1;  // -1: all of them
+  Communicator* comm = nullptr;  // required when num_stages > 1; not owned
+  bool enabled() const { return num_stages > 1; }
+  bool first() const { return stage == 0; }
+  bool last() const { return stage == num_stages - 1; }
+};
+
+// The stage's layers: an even split, the first `num_layers % num_stages` stages taking one more.
+// Throws InvalidArgument when there are fewer layers than stages.
+PipelineStage pipeline_stage(const ModelConfig& c, int stage, int num_stages, Communicator* comm);
+
 }  // namespace cserve

@@ -22,7 +22,7 @@ _ENGINE_FIELDS = {
     "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "long_prefill_token_threshold",
     "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy", "max_logprobs",
     "disable_sliding_window", "max_model_len", "device", "enforce_eager", "cudagraph_capture_sizes",
-    "max_cudagraph_capture_size", "tensor_parallel_size",
+    "max_cudagraph_capture_size", "tensor_parallel_size", "pipeline_parallel_size",
 }
 
 
@@ -31,7 +31,7 @@ _ENGINE_FIELDS = {
 _ACCEPTED_AS_IS = {"trust_remote_code", "disable_log_stats", "swap_space", "tokenizer_mode",
                    "disable_custom_all_reduce", "cpu_offload_gb"}
 # vLLM keywords that cserve supports only at their default value so far.
-_ONLY_DEFAULT = {"pipeline_parallel_size": 1, "data_parallel_size": 1,
+_ONLY_DEFAULT = { "data_parallel_size": 1,
                  "quantization": None}
 
 
@@ -61,15 +61,15 @@ def _engine_config(model: str, options: dict[str, Any]) -> _core.EngineConfig:
     return config
 
 
-def check_executor_backend(backend: Optional[str], tensor_parallel_size: int) -> None:
-    """--distributed-executor-backend: mp (a process per rank) or uni (one process, -tp 1); ray
-    and external_launcher are not built."""
+def check_executor_backend(backend: Optional[str], world_size: int) -> None:
+    """--distributed-executor-backend: mp (a process per rank) or uni (one process: -tp 1 -pp 1);
+    ray and external_launcher are not built."""
     if backend in (None, "mp"):
         return
     if backend == "uni":
-        if tensor_parallel_size > 1:
-            raise ValueError("distributed_executor_backend 'uni' runs one process, so tensor_parallel_size must be 1 "
-                             f"(got {tensor_parallel_size}); use 'mp'")
+        if world_size > 1:
+            raise ValueError("distributed_executor_backend 'uni' runs one process, so tensor_parallel_size x "
+                             f"pipeline_parallel_size must be 1 (got {world_size}); use 'mp'")
         return
     raise NotImplementedError(f"distributed_executor_backend {backend!r} is not supported yet (supported: mp, uni)")
 
@@ -110,7 +110,8 @@ class LLM:
         model, tokenizer = _resolve(model, tokenizer, engine_options)
         structured_config = engine_options.pop("structured_outputs_config", None)
         check_executor_backend(engine_options.pop("distributed_executor_backend", None),
-                               engine_options.get("tensor_parallel_size", 1) or 1)
+                               (engine_options.get("tensor_parallel_size", 1) or 1) *
+                               (engine_options.get("pipeline_parallel_size", 1) or 1))
         config = _engine_config(model, engine_options)
         config.num_threads = num_threads
         from cserve.engine.tensor_parallel import start_engine

@@ -27,7 +27,7 @@ ENGINE_FIELDS = {
     "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill",
     "long_prefill_token_threshold", "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy",
     "max_logprobs", "disable_sliding_window", "device", "enforce_eager", "cudagraph_capture_sizes",
-    "max_cudagraph_capture_size", "tensor_parallel_size",
+    "max_cudagraph_capture_size", "tensor_parallel_size", "pipeline_parallel_size",
 }
 
 
@@ -441,7 +441,7 @@ def test_malformed_values_exit_2(argv, capsys):
 
 
 def test_refusals_name_the_flag_and_value():
-    assert refusal("-pp", "2") == "--pipeline-parallel-size 2 is not supported yet"
+    assert refusal("-dp", "2") == "--data-parallel-size 2 is not supported yet"
     assert refusal("-q", "awq") == "--quantization awq is not supported yet"
     assert refusal("--load-format", "tensorizer") == "--load-format tensorizer is not supported yet"
     assert refusal("--limit-mm-per-prompt", "image=2") == '--limit-mm-per-prompt {"image": 2} is not supported yet'

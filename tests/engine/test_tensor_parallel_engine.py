@@ -42,6 +42,14 @@ def _logprob_rows(out) -> list[np.ndarray]:
     return rows
 
 
+def _assert_same(got: list, want: list) -> None:
+    """Identical greedy tokens; prompt and sample logprobs within 1e-4."""
+    for g, w in zip(got, want):
+        assert [c.token_ids for c in g.outputs] == [c.token_ids for c in w.outputs]
+        for a, b in zip(_logprob_rows(g), _logprob_rows(w)):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_tp2_equals_tp1(model_zoo, family):
     built = model_zoo.get(family)
@@ -51,10 +59,7 @@ def test_tp2_equals_tp1(model_zoo, family):
     two = _llm(built.path, 2, max_num_batched_tokens=32, enable_chunked_prefill=True)
     got = _run(two)
     two.shutdown()
-    for g, w in zip(got, want):
-        assert [c.token_ids for c in g.outputs] == [c.token_ids for c in w.outputs]
-        for a, b in zip(_logprob_rows(g), _logprob_rows(w)):
-            np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+    _assert_same(got, want)
     assert got[-1].num_cached_tokens > 0
 
 
@@ -93,17 +98,18 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_server_tp2_answers_like_tp1(chat_model_dir, tmp_path):
+def test_server_split_answers_like_whole(chat_model_dir, tmp_path):
+    """The server with -tp 2 and with -pp 2 answers as with one rank."""
     import openai
 
-    answers = []
-    for tp in (1, 2):
-        with ServerProcess(chat_model_dir, "--served-model-name", "m", "--max-model-len", "256", "-tp", str(tp),
+    answers, ranks = [], []
+    for flags in (["-tp", "1"], ["-tp", "2"], ["-pp", "2"]):
+        with ServerProcess(chat_model_dir, "--served-model-name", "m", "--max-model-len", "256", *flags,
                            "--dtype", "float32", log_dir=tmp_path) as server:
             server.wait_ready(timeout=120)
-            if tp == 2:
-                ranks = _rank_processes(server.proc.pid)
-                assert len(ranks) == 1
+            mine = _rank_processes(server.proc.pid)
+            assert len(mine) == (0 if flags[1] == "1" else 1)
+            ranks += mine
             client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
             msgs = [{"role": "user", "content": "Tell me about the quick brown fox."}]
             full = client.chat.completions.create(model="m", messages=msgs, temperature=0, max_tokens=24)
@@ -112,9 +118,9 @@ def test_server_tp2_answers_like_tp1(chat_model_dir, tmp_path):
             comp = client.completions.create(model="m", prompt="Hello world", temperature=0, max_tokens=16, n=2,
                                              logprobs=2, seed=3)
             answers.append((full.choices[0].message.content, streamed, [c.text for c in comp.choices]))
-    assert answers[0] == answers[1]
-    assert answers[1][0] == answers[1][1]
-    assert all(_gone(pid) for pid in ranks)  # the rank returned when the server stopped
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[0][0] == answers[0][1]
+    assert all(_gone(pid) for pid in ranks)  # the ranks returned when their server stopped
 
 
 def test_a_dead_rank_stops_the_server(chat_model_dir, tmp_path):
@@ -146,7 +152,7 @@ def test_a_dead_rank_stops_the_server(chat_model_dir, tmp_path):
                 time.sleep(0.02)
         assert server.proc.wait(timeout=60) != 0
         assert set(statuses) <= {503}, statuses  # after the error, never healthy again
-        assert "tensor-parallel rank 1 exited" in server.log()
+        assert "parallel rank 1 exited" in server.log()
     finally:
         server.stop()
     assert all(_gone(pid) for pid in ranks)
@@ -177,3 +183,19 @@ def test_ranks_idle_longer_than_the_timeout(model_zoo):
     finally:
         engine.shutdown()
         ranks.stop()
+
+
+def test_pp2_equals_pp1(model_zoo):
+    """-pp 2 through LLM: the engine is stage 0 (embedding and the first layer), a process of its
+    own stage 1 (the last layer and the logits)."""
+    built = model_zoo.get("qwen3")
+    one = _llm(built.path, 1, max_num_batched_tokens=32, enable_chunked_prefill=True)
+    want = _run(one)
+    one.shutdown()
+    two = LLM(built.path, dtype="float32", pipeline_parallel_size=2, num_gpu_blocks_override=128, max_model_len=256,
+              num_threads=1, max_num_batched_tokens=32, enable_chunked_prefill=True)
+    got = _run(two)
+    two.shutdown()
+    _assert_same(got, want)
+    with pytest.raises(NotImplementedError, match="together are not supported yet"):
+        LLM(built.path, tensor_parallel_size=2, pipeline_parallel_size=2)

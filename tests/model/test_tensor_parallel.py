@@ -63,3 +63,28 @@ def test_sizes_that_do_not_divide_are_refused_with_vllms_message(model_zoo):
                                          r"parallel size \(3\)"):
         _logits(built.path, 3, [5, 6, 7])
 
+
+
+def _stage_logits(path: str, pp: int, prompt: list[int]) -> np.ndarray:
+    group = f"cserve-test-pp-{os.getpid()}-{pp}-{abs(hash((path, tuple(prompt)))) % 10**8}"
+    return np.asarray(_core.testing.tensor_parallel_logits(path, pp, prompt, group, pipeline=True))
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_pipeline_stages_equal_the_whole_model(model_zoo, family):
+    """-pp 2: each stage its layers (the first embeds, the last normalizes and computes the
+    logits), the hidden states handed over between them."""
+    built = model_zoo.get(family)
+    prompt = [int(t) for t in np.random.default_rng(3).integers(3, built.vocab_size, size=19)]
+    whole = _logits(built.path, 1, prompt)
+    np.testing.assert_allclose(_stage_logits(built.path, 2, prompt), whole, atol=1e-5, rtol=0)
+
+
+def test_uneven_pipeline_stages(model_zoo):
+    """5 layers on 3 stages (2, 2, 1), tied embeddings on both ends."""
+    built = model_zoo.custom("llama_5_layers", "llama", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                             num_key_value_heads=2, num_hidden_layers=5, tie_word_embeddings=True)
+    prompt = [5, 9, 200, 31, 77, 4, 8, 15, 16, 23, 42]
+    np.testing.assert_allclose(_stage_logits(built.path, 3, prompt), _logits(built.path, 1, prompt), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"fewer than pipeline parallel size \(6\)"):
+        _stage_logits(built.path, 6, prompt)

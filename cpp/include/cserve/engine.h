@@ -84,8 +84,8 @@ class Engine {
   std::unique_ptr<Impl> impl_;
 };
 
-// Tensor parallelism: the life of rank `rank` (1..tensor_parallel_size-1) of the engine started
-// with `config`: loads its shard, then runs each step rank 0 sends until that engine stops.
+// Tensor or pipeline parallelism: the life of rank `rank` (1 .. the group's size - 1) of the
+// engine started with `config`: loads its shard, then runs each step rank 0 sends until that engine stops.
 // Blocks; throws when rank 0 goes silent for tensor_parallel_timeout seconds (CommTimeout).
 void run_tensor_parallel_rank(const EngineConfig& config, int rank);
 

@@ -48,11 +48,20 @@ struct EngineConfig {
   // named tensor_parallel_group (unique per engine); a rank that does not answer within
   // tensor_parallel_timeout seconds fails the step (and, repeated, the engine).
   int tensor_parallel_size = 1;
+  // Pipeline parallelism: contiguous layer ranges on pipeline_parallel_size ranks (processes,
+  // started as for tensor parallelism; not together with it yet).
+  int pipeline_parallel_size = 1;
   std::string tensor_parallel_group;
   double tensor_parallel_timeout = 60.0;
   // Optional: told (done, total) as the weights load, for a progress bar.
   std::function<void(int64_t done, int64_t total)> load_progress;
 };
+
+// Ranks of the engine's parallel group: tensor_parallel_size x pipeline_parallel_size.
+inline int parallel_group_size(const EngineConfig& c) {
+  return (c.tensor_parallel_size > 1 ? c.tensor_parallel_size : 1) *
+         (c.pipeline_parallel_size > 1 ? c.pipeline_parallel_size : 1);
+}
 
 // Facts about the loaded model and cache that front ends need.
 struct ModelInfo {

@@ -1,5 +1,5 @@
-"""Tensor parallelism's processes: the engine (rank 0) runs in this process; ranks 1..N-1 are
-processes of their own (`python -m cserve.engine.tensor_parallel_worker`), started before the
+"""The processes of tensor and pipeline parallelism: the engine (rank 0) runs in this process;
+ranks 1..N-1 (N = tensor_parallel_size x pipeline_parallel_size) are processes of their own (`python -m cserve.engine.tensor_parallel_worker`), started before the
 engine and meeting it in shared memory. Each rank is pinned to its own cores: vLLM-CPU's
 VLLM_CPU_OMP_THREADS_BIND ("auto", the default: the cores this process may use, split in N
 contiguous groups; "all": no pinning; or one list per rank, "0-3|4-7"). A rank that exits while
@@ -74,7 +74,7 @@ class TensorParallelRanks:
     """Ranks 1..N-1 of one engine, as processes."""
 
     def __init__(self, config: _core.EngineConfig, cores: list[Optional[list[int]]]) -> None:
-        self.size = config.tensor_parallel_size
+        self.size = group_size(config)
         self._stopping = False
         self._procs: list[subprocess.Popen] = []
         fields = json.dumps(_config_fields(config))
@@ -96,7 +96,7 @@ class TensorParallelRanks:
     def _wait_one(self, rank: int, proc: subprocess.Popen, on_death: Callable[[str], None]) -> None:
         code = proc.wait()
         if not self._stopping:
-            on_death(f"tensor-parallel rank {rank} exited (status {code})")
+            on_death(f"parallel rank {rank} exited (status {code})")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Waits for the ranks to return (the engine told them to stop), then kills what is left."""
@@ -109,11 +109,18 @@ class TensorParallelRanks:
                 proc.wait()
 
 
+def group_size(config: _core.EngineConfig) -> int:
+    return max(1, config.tensor_parallel_size) * max(1, config.pipeline_parallel_size)
+
+
 def start_engine(config: _core.EngineConfig) -> tuple[_core.Engine, Optional[TensorParallelRanks]]:
-    """The engine for `config`; with tensor_parallel_size > 1 its other ranks too (started first:
-    they wait for the engine's shared memory). Call from the thread that should run rank 0's
-    compute: it is pinned to rank 0's cores."""
-    size = config.tensor_parallel_size
+    """The engine for `config`; with tensor or pipeline parallelism its other ranks too (started
+    first: they wait for the engine's shared memory). Call from the thread that should run rank
+    0's compute: it is pinned to rank 0's cores."""
+    if config.tensor_parallel_size > 1 and config.pipeline_parallel_size > 1:
+        raise NotImplementedError("tensor_parallel_size and pipeline_parallel_size above 1 together are not "
+                                  "supported yet")
+    size = group_size(config)
     if size <= 1:
         return _core.Engine(config), None
     if not config.tensor_parallel_group:
@@ -128,6 +135,7 @@ def start_engine(config: _core.EngineConfig) -> tuple[_core.Engine, Optional[Ten
     except BaseException:
         ranks.stop(timeout=0)
         raise
-    logger.info("Tensor parallelism: %d ranks (rank 0 in this process), cores %s", size,
+    kind = "Tensor" if config.tensor_parallel_size > 1 else "Pipeline"
+    logger.info("%s parallelism: %d ranks (rank 0 in this process), cores %s", kind, size,
                 " | ".join(",".join(map(str, c)) if c else "any" for c in cores))
     return engine, ranks

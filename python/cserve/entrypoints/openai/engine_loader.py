@@ -23,7 +23,8 @@ def start_engine_load(args) -> Future:
         raise FileNotFoundError(f"{model}: no such model directory or GGUF file")
     options = engine_options(args)
     options.pop("model", None)
-    check_executor_backend(args.distributed_executor_backend, options.get("tensor_parallel_size", 1))
+    check_executor_backend(args.distributed_executor_backend,
+                           options.get("tensor_parallel_size", 1) * options.get("pipeline_parallel_size", 1))
     config = _engine_config(model, options)
     config.num_threads = int(os.environ.get("CSERVE_NUM_THREADS", "0"))  # 0: every core (per rank)
     future: Future = Future()
