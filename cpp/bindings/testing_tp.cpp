@@ -39,11 +39,10 @@ cserve::ForwardBatch batch_of(const std::vector<int32_t>& ids, int64_t start, in
 }
 
 // One rank: its shard of `path` in float32, a KV cache for the whole prompt, prefill + decode.
-std::vector<float> run_rank(const std::string& path, int rank, int size, bool pipeline, const std::string& group,
+std::vector<float> run_rank(const std::string& path, int rank, int tp, int pp, const std::string& group,
                             const std::vector<int32_t>& prompt) {
   std::unique_ptr<cserve::Communicator> comm;
-  if (size > 1) comm = cserve::make_shm_communicator(group, rank, size, 30.0);
-  const int tp = pipeline ? 1 : size, pp = pipeline ? size : 1;
+  if (tp * pp > 1) comm = cserve::make_shm_communicator(group, rank, tp * pp, 30.0);
   cserve::EngineConfig config;
   config.model = path;
   config.dtype = "float32";
@@ -51,6 +50,7 @@ std::vector<float> run_rank(const std::string& path, int rank, int size, bool pi
   config.num_threads = 1;
   config.tensor_parallel_size = tp;
   config.pipeline_parallel_size = pp;
+  config.tensor_parallel_group = group;
   cserve::LoadedModel loaded = cserve::load_model(config, rank, comm.get());
   cserve::LlamaModel& model = *loaded.model;
   const cserve::ModelConfig& local = model.config();
@@ -77,9 +77,9 @@ std::vector<float> run_rank(const std::string& path, int rank, int size, bool pi
 void bind_testing_tp(nb::module_& m) {
   m.def(
       "tensor_parallel_logits",
-      [](const std::string& path, int size, const std::vector<int32_t>& prompt, const std::string& group,
-         bool pipeline) {
+      [](const std::string& path, int tp, const std::vector<int32_t>& prompt, const std::string& group, int pp) {
         if (prompt.size() < 2) throw cserve::InvalidArgument("the prompt needs at least two tokens");
+        const int size = tp * pp;
         std::vector<std::vector<float>> out(static_cast<size_t>(size));
         std::vector<std::exception_ptr> errors(static_cast<size_t>(size));
         {
@@ -88,7 +88,7 @@ void bind_testing_tp(nb::module_& m) {
           for (int r = 0; r < size; ++r)
             ranks.emplace_back([&, r] {
               try {
-                out[r] = run_rank(path, r, size, pipeline, group, prompt);
+                out[r] = run_rank(path, r, tp, pp, group, prompt);
               } catch (...) {
                 errors[r] = std::current_exception();
               }
@@ -99,8 +99,8 @@ void bind_testing_tp(nb::module_& m) {
           if (e) std::rethrow_exception(e);
         return out[0];
       },
-      "path"_a, "size"_a, "prompt"_a, "group"_a, "pipeline"_a = false,
+      "path"_a, "tp"_a, "prompt"_a, "group"_a, "pp"_a = 1,
       "Rank 0's logits [len(prompt) x vocab] of a prefill of prompt[:-1] then a decode of prompt[-1], with the "
-      "model split `size` ways, tensor-parallel or (pipeline) in stages (ranks as threads meeting in shared "
-      "memory named `group`).");
+      "model split tp ways in each of pp pipeline stages (ranks as threads meeting in shared memory named "
+      "`group`).");
 }

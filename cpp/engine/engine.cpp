@@ -98,6 +98,7 @@ struct Engine::Impl {
   // with one rank). Declared before the runner, which uses them, so they outlive it.
   std::unique_ptr<Communicator> comm;
   std::unique_ptr<RankLink> link;
+  std::vector<std::unique_ptr<Communicator>> groups;  // -tp with -pp: this rank's stage and pipeline groups
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<KVCacheManager> kv;
   std::unique_ptr<Scheduler> scheduler;
@@ -143,6 +144,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
     link = std::make_unique<RankLink>(*comm);
   }
   LoadedModel loaded = load_model(c, 0, comm.get());
+  groups = std::move(loaded.groups);
   model_config = loaded.config;
   gguf = std::move(loaded.gguf);
   checkpoint = std::move(loaded.checkpoint);
@@ -457,6 +459,7 @@ void Engine::kill(const std::string& reason) {
   }
   log(LogLevel::Error, "the engine is dead: " + reason);
   if (impl_->comm) impl_->comm->abort(reason);
+  for (auto& g : impl_->groups) g->abort(reason);
   impl_->in_cv.notify_all();
 }
 

@@ -4,6 +4,7 @@
 
 #include "cserve/error.h"
 #include "engine/engine_setup.h"
+#include "comm/communicator.h"
 #include "loader/gguf_model.h"
 #include "util/logging.h"
 
@@ -23,11 +24,24 @@ LoadedModel load_model(const EngineConfig& c, int rank, Communicator* comm) {
   ModelConfig& mc = m.config;
   if (c.disable_sliding_window) mc.layer_sliding_window.assign(mc.layer_sliding_window.size(), 0);
   const int tp_size = std::max(1, c.tensor_parallel_size), pp_size = std::max(1, c.pipeline_parallel_size);
-  if (tp_size > 1 && pp_size > 1)
-    throw NotSupported("tensor_parallel_size and pipeline_parallel_size above 1 together are not supported yet");
   check_tensor_parallel(mc, tp_size);
-  const TensorParallel tp = tp_size > 1 ? TensorParallel{rank, tp_size, comm} : TensorParallel{};
-  const PipelineStage pp = pp_size > 1 ? pipeline_stage(mc, rank, pp_size, comm) : PipelineStage{};
+  // World rank = stage * tp_size + tp_rank (the ranks of a stage are consecutive, as vLLM's).
+  const int tp_rank = rank % tp_size, stage = rank / tp_size;
+  Communicator* tp_comm = comm;
+  Communicator* pp_comm = comm;
+  if (tp_size > 1 && pp_size > 1) {
+    // Each stage's ranks all-reduce among themselves; rank i of each stage hands its hidden
+    // states to rank i of the next. Every rank joins its two groups in the same order.
+    const std::string& g = c.tensor_parallel_group;
+    m.groups.push_back(make_shm_communicator(g + "-tp" + std::to_string(stage), tp_rank, tp_size,
+                                             c.tensor_parallel_timeout));
+    m.groups.push_back(make_shm_communicator(g + "-pp" + std::to_string(tp_rank), stage, pp_size,
+                                             c.tensor_parallel_timeout));
+    tp_comm = m.groups[0].get();
+    pp_comm = m.groups[1].get();
+  }
+  const TensorParallel tp = tp_size > 1 ? TensorParallel{tp_rank, tp_size, tp_comm} : TensorParallel{};
+  const PipelineStage pp = pp_size > 1 ? pipeline_stage(mc, stage, pp_size, pp_comm) : PipelineStage{};
   m.dtype = resolve_dtype(c.dtype, mc);
   m.kv_dtype = c.kv_cache_dtype == "auto" ? m.dtype : parse_kv_cache_dtype(c.kv_cache_dtype);
   m.eos_token_ids = mc.eos_token_ids;

@@ -15,6 +15,9 @@
 namespace cserve {
 
 struct LoadedModel {
+  // With both tensor and pipeline parallelism: this rank's stage group and pipeline group, which
+  // the model's collectives use (declared first: they outlive the model).
+  std::vector<std::unique_ptr<Communicator>> groups;
   ModelConfig config;  // the whole model's (the model computes with rank_config's)
   std::unique_ptr<GgufFile> gguf;
   std::unique_ptr<SafetensorsCheckpoint> checkpoint;  // must outlive the model: weights may point into it
@@ -28,7 +31,7 @@ struct LoadedModel {
 };
 
 // Rank `rank` of the config's parallel group (tensor_parallel_size x pipeline_parallel_size
-// ranks, meeting in `comm`; either size may be above 1, not both yet).
+// ranks, meeting in `comm`).
 LoadedModel load_model(const EngineConfig& config, int rank = 0, Communicator* comm = nullptr);
 
 }  // namespace cserve

@@ -14,7 +14,6 @@ LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights
     throw NotSupported("tensor and pipeline parallelism run on the CPU backend only so far");
   if ((tp_.enabled() && !tp_.comm) || (pp_.enabled() && !pp_.comm))
     throw InvalidArgument("tensor and pipeline parallelism need a communicator");
-  if (tp_.enabled() && pp_.enabled()) throw NotSupported("tensor and pipeline parallelism together are not built yet");
 }
 
 void LlamaModel::embed_vocab_shard(const ForwardBatch& batch, std::vector<int32_t>& local_ids, Tensor& x) {

@@ -99,16 +99,17 @@ def _gone(pid: int) -> bool:
 
 
 def test_server_split_answers_like_whole(chat_model_dir, tmp_path):
-    """The server with -tp 2 and with -pp 2 answers as with one rank."""
+    """The server with -tp 2, -pp 2 and both answers as with one rank."""
     import openai
 
     answers, ranks = [], []
-    for flags in (["-tp", "1"], ["-tp", "2"], ["-pp", "2"]):
+    for flags in (["-tp", "1"], ["-tp", "2"], ["-pp", "2"], ["-tp", "2", "-pp", "2"]):
         with ServerProcess(chat_model_dir, "--served-model-name", "m", "--max-model-len", "256", *flags,
                            "--dtype", "float32", log_dir=tmp_path) as server:
             server.wait_ready(timeout=120)
             mine = _rank_processes(server.proc.pid)
-            assert len(mine) == (0 if flags[1] == "1" else 1)
+            sizes = dict(zip(flags[::2], map(int, flags[1::2])))
+            assert len(mine) == sizes.get("-tp", 1) * sizes.get("-pp", 1) - 1
             ranks += mine
             client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
             msgs = [{"role": "user", "content": "Tell me about the quick brown fox."}]
@@ -118,7 +119,7 @@ def test_server_split_answers_like_whole(chat_model_dir, tmp_path):
             comp = client.completions.create(model="m", prompt="Hello world", temperature=0, max_tokens=16, n=2,
                                              logprobs=2, seed=3)
             answers.append((full.choices[0].message.content, streamed, [c.text for c in comp.choices]))
-    assert answers[0] == answers[1] == answers[2]
+    assert answers[0] == answers[1] == answers[2] == answers[3]
     assert answers[0][0] == answers[0][1]
     assert all(_gone(pid) for pid in ranks)  # the ranks returned when their server stopped
 
@@ -185,17 +186,17 @@ def test_ranks_idle_longer_than_the_timeout(model_zoo):
         ranks.stop()
 
 
-def test_pp2_equals_pp1(model_zoo):
+@pytest.mark.parametrize("family,tp,pp", [("qwen3", 1, 2), ("llama", 2, 2)], ids=["pp2", "tp2-pp2"])
+def test_pipeline_equals_one_rank(model_zoo, family, tp, pp):
     """-pp 2 through LLM: the engine is stage 0 (embedding and the first layer), a process of its
-    own stage 1 (the last layer and the logits)."""
-    built = model_zoo.get("qwen3")
+    own stage 1 (the last layer and the logits); with -tp 2 too, four ranks."""
+    built = model_zoo.get(family)
     one = _llm(built.path, 1, max_num_batched_tokens=32, enable_chunked_prefill=True)
     want = _run(one)
     one.shutdown()
-    two = LLM(built.path, dtype="float32", pipeline_parallel_size=2, num_gpu_blocks_override=128, max_model_len=256,
-              num_threads=1, max_num_batched_tokens=32, enable_chunked_prefill=True)
-    got = _run(two)
-    two.shutdown()
+    split = LLM(built.path, dtype="float32", tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                num_gpu_blocks_override=128, max_model_len=256, num_threads=1, max_num_batched_tokens=32,
+                enable_chunked_prefill=True)
+    got = _run(split)
+    split.shutdown()
     _assert_same(got, want)
-    with pytest.raises(NotImplementedError, match="together are not supported yet"):
-        LLM(built.path, tensor_parallel_size=2, pipeline_parallel_size=2)

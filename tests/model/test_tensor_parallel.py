@@ -67,7 +67,7 @@ def test_sizes_that_do_not_divide_are_refused_with_vllms_message(model_zoo):
 
 def _stage_logits(path: str, pp: int, prompt: list[int]) -> np.ndarray:
     group = f"cserve-test-pp-{os.getpid()}-{pp}-{abs(hash((path, tuple(prompt)))) % 10**8}"
-    return np.asarray(_core.testing.tensor_parallel_logits(path, pp, prompt, group, pipeline=True))
+    return np.asarray(_core.testing.tensor_parallel_logits(path, 1, prompt, group, pp=pp))
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
@@ -88,3 +88,14 @@ def test_uneven_pipeline_stages(model_zoo):
     np.testing.assert_allclose(_stage_logits(built.path, 3, prompt), _logits(built.path, 1, prompt), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"fewer than pipeline parallel size \(6\)"):
         _stage_logits(built.path, 6, prompt)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_tensor_parallel_stages(model_zoo, family):
+    """-tp 2 -pp 2: four ranks, two stages of two; each stage all-reduces among its own ranks and
+    hands over to the same tensor rank of the next stage."""
+    built = model_zoo.get(family)
+    prompt = [int(t) for t in np.random.default_rng(5).integers(3, built.vocab_size, size=17)]
+    group = f"cserve-test-tppp-{os.getpid()}-{family}"
+    both = np.asarray(_core.testing.tensor_parallel_logits(built.path, 2, prompt, group, pp=2))
+    np.testing.assert_allclose(both, _logits(built.path, 1, prompt), atol=1e-4, rtol=0)

@@ -378,7 +378,7 @@ FLAGS: tuple = (
              "processes (the CPU backend so far), pinned to their own cores (VLLM_CPU_OMP_THREADS_BIND).",
              aliases=("-tp",), check=Range(1), **ok("engine")),
         Flag("--pipeline-parallel-size", INT, 1, "Pipeline parallel stages: contiguous layer ranges on this many "
-             "processes (the CPU backend; not with -tp > 1 yet).", aliases=("-pp",), check=Range(1), **ok("engine")),
+             "processes (the CPU backend; with -tp, tp ranks per stage).", aliases=("-pp",), check=Range(1), **ok("engine")),
         Flag("--data-parallel-size", INT, 1, "Data parallel replicas.", aliases=("-dp",), **only(1)),
         Flag("--distributed-executor-backend", STR, None, "Backend of distributed workers: mp (a process per "
              "rank, the default with -tp > 1) or uni (one process, -tp 1).",

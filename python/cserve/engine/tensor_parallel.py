@@ -117,9 +117,6 @@ def start_engine(config: _core.EngineConfig) -> tuple[_core.Engine, Optional[Ten
     """The engine for `config`; with tensor or pipeline parallelism its other ranks too (started
     first: they wait for the engine's shared memory). Call from the thread that should run rank
     0's compute: it is pinned to rank 0's cores."""
-    if config.tensor_parallel_size > 1 and config.pipeline_parallel_size > 1:
-        raise NotImplementedError("tensor_parallel_size and pipeline_parallel_size above 1 together are not "
-                                  "supported yet")
     size = group_size(config)
     if size <= 1:
         return _core.Engine(config), None
@@ -135,7 +132,7 @@ def start_engine(config: _core.EngineConfig) -> tuple[_core.Engine, Optional[Ten
     except BaseException:
         ranks.stop(timeout=0)
         raise
-    kind = "Tensor" if config.tensor_parallel_size > 1 else "Pipeline"
-    logger.info("%s parallelism: %d ranks (rank 0 in this process), cores %s", kind, size,
+    logger.info("Parallelism: %d ranks (-tp %d x -pp %d; rank 0 in this process), cores %s", size,
+                max(1, config.tensor_parallel_size), max(1, config.pipeline_parallel_size),
                 " | ".join(",".join(map(str, c)) if c else "any" for c in cores))
     return engine, ranks
