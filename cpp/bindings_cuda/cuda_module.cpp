@@ -28,6 +28,7 @@
 
 namespace nb = nanobind;
 void bind_cuda_bench(nb::module_& m);  // cuda_bench.cpp
+void bind_custom_all_reduce(nb::module_& m);  // custom_all_reduce.cpp
 using namespace nb::literals;
 namespace cc = cserve::cuda;
 
@@ -93,6 +94,7 @@ cserve::DType dtype_of(const std::string& name) { return cserve::parse_dtype(nam
 NB_MODULE(_cuda, m) {
   m.doc() = "cserve's CUDA kernels, for tests and kernel benchmarks";
   bind_cuda_bench(m);
+  bind_custom_all_reduce(m);
   m.def("device_count", [] {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;

@@ -1,0 +1,121 @@
+// cserve._cuda.IpcAllReduce: one rank of the custom all-reduce (cuda/comm), for tests and
+// benchmarks: its registered buffer and flags, their CUDA IPC handles, the peers' opened, and an
+// all-reduce of a host array (uploaded, reduced on the device, downloaded).
+#include <cuda_runtime.h>
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "comm/custom_all_reduce.h"
+#include "core/dtype.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+namespace cc = cserve::cuda;
+
+namespace {
+
+using Array = nb::ndarray<float, nb::numpy, nb::c_contig, nb::device::cpu>;
+using ArrayIn = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+
+void ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+class IpcAllReduce {
+ public:
+  IpcAllReduce(int rank, int size, int64_t buffer_bytes) {
+    if (size < 1 || size > cc::kMaxRanks || rank < 0 || rank >= size)
+      throw std::invalid_argument("IpcAllReduce: a group of 1 to 8 ranks");
+    peers_.rank = rank;
+    peers_.size = size;
+    peers_.buffer_bytes = buffer_bytes;
+    ok(cudaMalloc(&buffer_, static_cast<size_t>(buffer_bytes)), "cudaMalloc buffer");
+    ok(cudaMalloc(&flags_, cc::kMaxRanks * sizeof(uint32_t)), "cudaMalloc flags");
+    ok(cudaMemset(flags_, 0, cc::kMaxRanks * sizeof(uint32_t)), "cudaMemset flags");
+    peers_.buffers[rank] = buffer_;
+    peers_.flags[rank] = static_cast<uint32_t*>(flags_);
+    ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  }
+  ~IpcAllReduce() {
+    for (int r = 0; r < peers_.size; ++r)
+      if (r != peers_.rank) {
+        if (peers_.buffers[r]) cudaIpcCloseMemHandle(peers_.buffers[r]);
+        if (peers_.flags[r]) cudaIpcCloseMemHandle(peers_.flags[r]);
+      }
+    cudaStreamDestroy(stream_);
+    cudaFree(buffer_);
+    cudaFree(flags_);
+  }
+
+  // This rank's buffer and flags handles, 2 x sizeof(cudaIpcMemHandle_t) bytes.
+  nb::bytes handles() const {
+    cudaIpcMemHandle_t h[2];
+    ok(cudaIpcGetMemHandle(&h[0], buffer_), "cudaIpcGetMemHandle buffer");
+    ok(cudaIpcGetMemHandle(&h[1], flags_), "cudaIpcGetMemHandle flags");
+    return nb::bytes(reinterpret_cast<const char*>(h), sizeof h);
+  }
+
+  // Every rank's handles, in rank order (this rank's included, ignored).
+  void open(const std::vector<nb::bytes>& all) {
+    if (static_cast<int>(all.size()) != peers_.size) throw std::invalid_argument("IpcAllReduce.open: one per rank");
+    for (int r = 0; r < peers_.size; ++r) {
+      if (r == peers_.rank) continue;
+      if (all[r].size() != 2 * sizeof(cudaIpcMemHandle_t)) throw std::invalid_argument("IpcAllReduce.open: bad handle");
+      cudaIpcMemHandle_t h[2];
+      std::memcpy(h, all[r].c_str(), sizeof h);
+      ok(cudaIpcOpenMemHandle(&peers_.buffers[r], h[0], cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle");
+      void* f = nullptr;
+      ok(cudaIpcOpenMemHandle(&f, h[1], cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle");
+      peers_.flags[r] = static_cast<uint32_t*>(f);
+    }
+  }
+
+  Array all_reduce(ArrayIn x, const std::string& dtype, bool two_shot) {
+    const cserve::DType dt = cserve::parse_dtype(dtype);
+    const size_t n = x.size(), bytes = n * cserve::dtype_size(dt);
+    std::vector<char> staged(bytes);
+    cserve::convert_from_f32(x.data(), staged.data(), dt, n);
+    void* data = nullptr;
+    ok(cudaMalloc(&data, std::max<size_t>(bytes, 1)), "cudaMalloc data");
+    ok(cudaMemcpy(data, staged.data(), bytes, cudaMemcpyHostToDevice), "upload");
+    {
+      nb::gil_scoped_release unlocked;
+      cc::invokeCustomAllReduce(peers_, data, static_cast<int64_t>(n), static_cast<int>(dt), epoch_, two_shot,
+                                stream_);
+      epoch_ += cc::custom_all_reduce_epochs(peers_, static_cast<int64_t>(n), static_cast<int>(dt), two_shot);
+      ok(cudaStreamSynchronize(stream_), "custom all-reduce");
+    }
+    ok(cudaMemcpy(staged.data(), data, bytes, cudaMemcpyDeviceToHost), "download");
+    cudaFree(data);
+    float* out = new float[std::max<size_t>(n, 1)];
+    cserve::convert_to_f32(staged.data(), dt, out, n);
+    nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    size_t shape[1] = {n};
+    return Array(out, 1, shape, owner);
+  }
+
+ private:
+  cc::AllReducePeers peers_;
+  void* buffer_ = nullptr;
+  void* flags_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  uint32_t epoch_ = 1;
+};
+
+}  // namespace
+
+void bind_custom_all_reduce(nb::module_& m) {
+  nb::class_<IpcAllReduce>(m, "IpcAllReduce")
+      .def(nb::init<int, int, int64_t>(), "rank"_a, "size"_a, "buffer_bytes"_a = int64_t{8} << 20)
+      .def("handles", &IpcAllReduce::handles)
+      .def("open", &IpcAllReduce::open, "handles"_a)
+      .def("all_reduce", &IpcAllReduce::all_reduce, "x"_a, "dtype"_a = "float32", "two_shot"_a = false);
+}
