@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "activation/silu_mul.h"
+#include "arrays.h"
 #include "attention/kv_cache.h"
 #include "attention/paged_attention.h"
 #include "core/dtype.h"
@@ -34,12 +35,9 @@ namespace cc = cserve::cuda;
 
 namespace {
 
-using Array = nb::ndarray<float, nb::numpy, nb::c_contig, nb::device::cpu>;
-using ArrayIn = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
-
-void ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
+using cserve::cuda_bindings::Array;
+using cserve::cuda_bindings::ArrayIn;
+using cserve::cuda_bindings::ok;
 
 // Device memory for `count` elements of `dtype`, optionally filled from f32 host values.
 class DeviceArray {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "arrays.h"
 #include "comm/custom_all_reduce.h"
 #include "core/dtype.h"
 
@@ -22,12 +23,7 @@ namespace cc = cserve::cuda;
 
 namespace {
 
-using Array = nb::ndarray<float, nb::numpy, nb::c_contig, nb::device::cpu>;
-using ArrayIn = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
-
-void ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
+namespace cb = cserve::cuda_bindings;
 
 class IpcAllReduce {
  public:
@@ -37,12 +33,12 @@ class IpcAllReduce {
     peers_.rank = rank;
     peers_.size = size;
     peers_.buffer_bytes = buffer_bytes;
-    ok(cudaMalloc(&buffer_, static_cast<size_t>(buffer_bytes)), "cudaMalloc buffer");
-    ok(cudaMalloc(&flags_, cc::kMaxRanks * sizeof(uint32_t)), "cudaMalloc flags");
-    ok(cudaMemset(flags_, 0, cc::kMaxRanks * sizeof(uint32_t)), "cudaMemset flags");
+    cb::ok(cudaMalloc(&buffer_, static_cast<size_t>(buffer_bytes)), "cudaMalloc buffer");
+    cb::ok(cudaMalloc(&flags_, cc::kMaxRanks * sizeof(uint32_t)), "cudaMalloc flags");
+    cb::ok(cudaMemset(flags_, 0, cc::kMaxRanks * sizeof(uint32_t)), "cudaMemset flags");
     peers_.buffers[rank] = buffer_;
     peers_.flags[rank] = static_cast<uint32_t*>(flags_);
-    ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    cb::ok(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   }
   ~IpcAllReduce() {
     for (int r = 0; r < peers_.size; ++r)
@@ -58,8 +54,8 @@ class IpcAllReduce {
   // This rank's buffer and flags handles, 2 x sizeof(cudaIpcMemHandle_t) bytes.
   nb::bytes handles() const {
     cudaIpcMemHandle_t h[2];
-    ok(cudaIpcGetMemHandle(&h[0], buffer_), "cudaIpcGetMemHandle buffer");
-    ok(cudaIpcGetMemHandle(&h[1], flags_), "cudaIpcGetMemHandle flags");
+    cb::ok(cudaIpcGetMemHandle(&h[0], buffer_), "cudaIpcGetMemHandle buffer");
+    cb::ok(cudaIpcGetMemHandle(&h[1], flags_), "cudaIpcGetMemHandle flags");
     return nb::bytes(reinterpret_cast<const char*>(h), sizeof h);
   }
 
@@ -71,35 +67,35 @@ class IpcAllReduce {
       if (all[r].size() != 2 * sizeof(cudaIpcMemHandle_t)) throw std::invalid_argument("IpcAllReduce.open: bad handle");
       cudaIpcMemHandle_t h[2];
       std::memcpy(h, all[r].c_str(), sizeof h);
-      ok(cudaIpcOpenMemHandle(&peers_.buffers[r], h[0], cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle");
+      cb::ok(cudaIpcOpenMemHandle(&peers_.buffers[r], h[0], cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle");
       void* f = nullptr;
-      ok(cudaIpcOpenMemHandle(&f, h[1], cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle");
+      cb::ok(cudaIpcOpenMemHandle(&f, h[1], cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle");
       peers_.flags[r] = static_cast<uint32_t*>(f);
     }
   }
 
-  Array all_reduce(ArrayIn x, const std::string& dtype, bool two_shot) {
+  cb::Array all_reduce(cb::ArrayIn x, const std::string& dtype, bool two_shot) {
     const cserve::DType dt = cserve::parse_dtype(dtype);
     const size_t n = x.size(), bytes = n * cserve::dtype_size(dt);
     std::vector<char> staged(bytes);
     cserve::convert_from_f32(x.data(), staged.data(), dt, n);
     void* data = nullptr;
-    ok(cudaMalloc(&data, std::max<size_t>(bytes, 1)), "cudaMalloc data");
-    ok(cudaMemcpy(data, staged.data(), bytes, cudaMemcpyHostToDevice), "upload");
+    cb::ok(cudaMalloc(&data, std::max<size_t>(bytes, 1)), "cudaMalloc data");
+    cb::ok(cudaMemcpy(data, staged.data(), bytes, cudaMemcpyHostToDevice), "upload");
     {
       nb::gil_scoped_release unlocked;
       cc::invokeCustomAllReduce(peers_, data, static_cast<int64_t>(n), static_cast<int>(dt), epoch_, two_shot,
                                 stream_);
       epoch_ += cc::custom_all_reduce_epochs(peers_, static_cast<int64_t>(n), static_cast<int>(dt), two_shot);
-      ok(cudaStreamSynchronize(stream_), "custom all-reduce");
+      cb::ok(cudaStreamSynchronize(stream_), "custom all-reduce");
     }
-    ok(cudaMemcpy(staged.data(), data, bytes, cudaMemcpyDeviceToHost), "download");
+    cb::ok(cudaMemcpy(staged.data(), data, bytes, cudaMemcpyDeviceToHost), "download");
     cudaFree(data);
     float* out = new float[std::max<size_t>(n, 1)];
     cserve::convert_to_f32(staged.data(), dt, out, n);
     nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
     size_t shape[1] = {n};
-    return Array(out, 1, shape, owner);
+    return cb::Array(out, 1, shape, owner);
   }
 
  private:
