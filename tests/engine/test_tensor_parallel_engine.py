@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cserve import LLM, SamplingParams
-from tests.helpers.server import ServerProcess
+from tests.helpers.server import ServerProcess, child_processes, process_gone
 
 PROMPTS = [[5, 17, 99, 23, 4, 250, 7, 7, 31, 64, 12, 140, 3, 77, 201, 9, 46, 58, 111, 6] * 3,
            [9, 8, 7, 6, 5, 4, 3], [200 - i for i in range(40)]]
@@ -73,29 +73,10 @@ def test_llm_refuses_what_it_cannot_split(model_zoo):
 
 
 def _rank_processes(server_pid: int) -> list[int]:
-    """The tensor-parallel rank processes the server started (from /proc)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == server_pid and "tensor_parallel_worker" in cmdline:
-            pids.append(int(entry))
-    return pids
+    return child_processes(server_pid, "tensor_parallel_worker")
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
-    except OSError:
-        return True
+_gone = process_gone
 
 
 def test_server_split_answers_like_whole(chat_model_dir, tmp_path):
@@ -124,24 +105,34 @@ def test_server_split_answers_like_whole(chat_model_dir, tmp_path):
     assert all(_gone(pid) for pid in ranks)  # the ranks returned when their server stopped
 
 
-def test_a_dead_rank_stops_the_server(chat_model_dir, tmp_path):
+def stream_until_killed(http, pid: int) -> list[str]:
+    """A streamed completion long enough to be running (seconds of decode steps) when `pid` is
+    killed, once the first chunk came; the rest of the stream."""
+    body = {"model": "m", "prompt": "Hello", "max_tokens": 8000, "ignore_eos": True, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        os.kill(pid, signal.SIGKILL)
+        return list(lines)
+
+
+@pytest.mark.parametrize("flag,marker,count,logged", [
+    ("-tp", "tensor_parallel_worker", 1, "parallel rank 1 exited"),
+    ("-dp", "cserve.engine.replica", 2, "data-parallel replica 0 exited"),
+], ids=["tp-rank", "dp-replica"])
+def test_a_dead_rank_stops_the_server(chat_model_dir, tmp_path, flag, marker, count, logged):
+    """A tensor-parallel rank, or a data-parallel replica, killed mid-stream."""
     import httpx
 
-    server = ServerProcess(chat_model_dir, "--served-model-name", "m", "--max-model-len", "8192", "-tp", "2",
+    server = ServerProcess(chat_model_dir, "--served-model-name", "m", "--max-model-len", "8192", flag, "2",
                            log_dir=tmp_path)
     try:
         server.wait_ready(timeout=120)
-        ranks = _rank_processes(server.proc.pid)
-        assert len(ranks) == 1
+        ranks = child_processes(server.proc.pid, marker)
+        assert len(ranks) == count
         with server.client() as http:
             assert http.get("/health").status_code == 200
-            # Long enough to be running when the rank dies (seconds of decode steps).
-            body = {"model": "m", "prompt": "Hello", "max_tokens": 8000, "ignore_eos": True, "stream": True}
-            with http.stream("POST", "/v1/completions", json=body) as r:
-                lines = r.iter_lines()
-                assert next(line for line in lines if line.startswith("data:"))  # generating
-                os.kill(ranks[0], signal.SIGKILL)
-                rest = list(lines)
+            rest = stream_until_killed(http, ranks[0])
             # The running request ends with an error event, then [DONE].
             assert any('"error"' in line for line in rest), rest[-3:]
             statuses = []
@@ -153,7 +144,7 @@ def test_a_dead_rank_stops_the_server(chat_model_dir, tmp_path):
                 time.sleep(0.02)
         assert server.proc.wait(timeout=60) != 0
         assert set(statuses) <= {503}, statuses  # after the error, never healthy again
-        assert "parallel rank 1 exited" in server.log()
+        assert logged in server.log()
     finally:
         server.stop()
     assert all(_gone(pid) for pid in ranks)

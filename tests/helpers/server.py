@@ -184,3 +184,30 @@ def wait_idle(http: httpx.Client, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the server did not return to idle:\n" + http.get("/metrics").text[:2000])
+
+
+def child_processes(parent: int, marker: str) -> list[int]:
+    """The processes `parent` started whose command line holds `marker` (from /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and marker in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def process_gone(pid: int) -> bool:
+    """The process has exited (gone, or a zombie its parent has not reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

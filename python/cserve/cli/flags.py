@@ -379,7 +379,9 @@ FLAGS: tuple = (
              aliases=("-tp",), check=Range(1), **ok("engine")),
         Flag("--pipeline-parallel-size", INT, 1, "Pipeline parallel stages: contiguous layer ranges on this many "
              "processes (the CPU backend; with -tp, tp ranks per stage).", aliases=("-pp",), check=Range(1), **ok("engine")),
-        Flag("--data-parallel-size", INT, 1, "Data parallel replicas.", aliases=("-dp",), **only(1)),
+        Flag("--data-parallel-size", INT, 1, "Data parallel replicas: whole engines (processes, each on its "
+             "share of the cores, with its own -tp/-pp ranks) behind one front end, requests balanced by load.",
+             aliases=("-dp",), check=Range(1), **ok("server")),
         Flag("--distributed-executor-backend", STR, None, "Backend of distributed workers: mp (a process per "
              "rank, the default with -tp > 1) or uni (one process, -tp 1).",
              choices=("external_launcher", "mp", "ray", "uni"), **only(None, "uni", "mp")),
@@ -396,8 +398,8 @@ FLAGS: tuple = (
         Flag("--data-parallel-size-local", INT, None, "Data parallel replicas on this node.", aliases=("-dpl",)),
         Flag("--data-parallel-address", STR, None, "Address of the data parallel head node.", aliases=("-dpa",)),
         Flag("--data-parallel-rpc-port", INT, None, "Port for data parallel RPC.", aliases=("-dpp",)),
-        Flag("--data-parallel-backend", STR, "mp", "Backend of data parallel replicas.", aliases=("-dpb",),
-             choices=("mp", "ray"), **noop("data parallel size is 1")),
+        Flag("--data-parallel-backend", STR, "mp", "Backend of data parallel replicas: mp (a process per "
+             "replica).", aliases=("-dpb",), choices=("mp", "ray"), **only("mp")),
         Flag("--data-parallel-hybrid-lb", BOOL, False, "Hybrid data parallel load balancing.",
              aliases=("-dph",)),
         Flag("--data-parallel-external-lb", BOOL, False, "External data parallel load balancing.",

@@ -65,6 +65,17 @@ def _config_fields(config: _core.EngineConfig) -> dict:
     return out
 
 
+def child_config(cores: str) -> _core.EngineConfig:
+    """In a rank or replica process: pins it to `cores` ("0,1,..."; empty: not pinned) and reads
+    the engine config its parent wrote as JSON on stdin."""
+    if cores:
+        os.sched_setaffinity(0, [int(c) for c in cores.split(",")])
+    config = _core.EngineConfig()
+    for name, value in json.loads(sys.stdin.read()).items():
+        setattr(config, name, value)
+    return config
+
+
 def _pin(cores: Optional[list[int]]) -> None:
     if cores:
         os.sched_setaffinity(0, cores)  # this thread, and the threads it starts (the engine's pool)

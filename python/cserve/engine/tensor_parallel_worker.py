@@ -5,8 +5,6 @@ with the reason when rank 0 goes silent or loading fails."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 
@@ -15,13 +13,10 @@ def main() -> int:
     ap.add_argument("rank", type=int)
     ap.add_argument("--cores", default="")
     a = ap.parse_args()
-    if a.cores:
-        os.sched_setaffinity(0, [int(c) for c in a.cores.split(",")])
     from cserve import _core
+    from cserve.engine.tensor_parallel import child_config
 
-    config = _core.EngineConfig()
-    for name, value in json.loads(sys.stdin.read()).items():
-        setattr(config, name, value)
+    config = child_config(a.cores)
     try:
         _core.run_tensor_parallel_rank(config, a.rank)
     except Exception as e:  # noqa: BLE001 - the reason goes to the log, the status to the engine

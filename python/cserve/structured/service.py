@@ -199,6 +199,28 @@ def grammar_source(so: "StructuredOutputsParams", config: StructuredOutputsConfi
     return "structural_tag", tag, any_ws
 
 
+def grammar_vocab(tokenizer: Any, vocab_size: int, stop_token_ids: list[int]) -> dict[str, Any]:
+    """The tokenizer as the grammar compiler reads it."""
+    size = min(tokenizer.get_vocab_size(), vocab_size)
+    # Special tokens are no text for the grammar (an empty spelling makes them unusable): the
+    # output skips them, so "<s>" must not count as three characters of a JSON string. EOS
+    # stays reachable as a stop token id.
+    special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    encoded = [("" if i in special else tokenizer.id_to_token(i) or "") for i in range(size)]
+    encoded += [""] * (vocab_size - size)
+    return {"encoded_vocab": encoded, "tokenizer_json": tokenizer.to_str(), "vocab_size": vocab_size,
+            "stop_token_ids": [int(t) for t in stop_token_ids]}
+
+
+def local_compiler(vocab: dict[str, Any], guidance: bool = True) -> Any:
+    """A _core.GrammarCompiler in this process: reads back what the worker process compiled
+    (and builds llguidance matchers)."""
+    from cserve import _core
+
+    return _core.GrammarCompiler(vocab["encoded_vocab"], vocab["tokenizer_json"], vocab["vocab_size"],
+                                 vocab["stop_token_ids"], guidance_library() if guidance else "")
+
+
 class GrammarService:
     """Compiles constraints for one model's tokenizer. Thread-safe; compile() blocks, so async
     callers run it on a worker thread."""
@@ -219,26 +241,14 @@ class GrammarService:
         self._worker: Optional[CompileWorker] = None
 
     def _vocab(self) -> dict[str, Any]:
-        tok = self._tokenizer
-        size = min(tok.get_vocab_size(), self._vocab_size)
-        # Special tokens are no text for the grammar (an empty spelling makes them unusable): the
-        # output skips them, so "<s>" must not count as three characters of a JSON string. EOS
-        # stays reachable as a stop token id.
-        special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
-        encoded = [("" if i in special else tok.id_to_token(i) or "") for i in range(size)]
-        encoded += [""] * (self._vocab_size - size)
-        return {"encoded_vocab": encoded, "tokenizer_json": tok.to_str(), "vocab_size": self._vocab_size,
-                "stop_token_ids": self._stop}
+        return grammar_vocab(self._tokenizer, self._vocab_size, self._stop)
 
     def _ensure_started(self) -> None:
         with self._lock:
             if self._local is not None:
                 return
-            from cserve import _core
-
             v = self._vocab()
-            self._local = _core.GrammarCompiler(v["encoded_vocab"], v["tokenizer_json"], v["vocab_size"],
-                                                v["stop_token_ids"], guidance_library())
+            self._local = local_compiler(v)
             self._worker = CompileWorker(v)
 
     def compile(self, so: "StructuredOutputsParams") -> Any:
@@ -325,6 +335,12 @@ class GrammarService:
             while self._cache_bytes > self.config.cache_bytes:
                 _, old = self._cache.popitem(last=False)
                 self._cache_bytes -= old.memory_bytes
+
+    def serialize(self, grammar: Any) -> str:
+        """A compiled xgrammar grammar as text, for another process with the same vocabulary
+        (ValueError for an llguidance matcher, which has no such form)."""
+        self._ensure_started()
+        return self._local.serialize(grammar)
 
     def start_after(self, parser: Any) -> list[int]:
         """Token ids after which the grammar applies: the end marker of the reasoning that

@@ -501,6 +501,8 @@ def build_state(args, pending=None) -> ServerState:
         from cserve.structured import GrammarService, config_from_args
 
         state.grammars = GrammarService(tokenizer, info.vocab_size, list(info.eos_token_ids), config_from_args(args))
+        if hasattr(engine, "serialize_grammar"):  # data parallelism: grammars travel to the replicas
+            engine.serialize_grammar = state.grammars.serialize
     logger.info("Startup: weights %.2f s, KV cache %.2f s, warm-up %.2f s; engine ready in %.2f s; "
                 "tokenizer and template %.2f s (alongside)", info.load_seconds, info.kv_alloc_seconds,
                 info.warmup_seconds, t_engine, t_tokenizer)

@@ -33,7 +33,12 @@ def start_engine_load(args) -> Future:
         t0 = time.perf_counter()
         bar = _progress_bar(config) if args.use_tqdm_on_load else None
         try:
-            engine, ranks = start_engine(config)  # this thread runs rank 0's compute: pinned there
+            if args.data_parallel_size > 1:
+                from cserve.engine.data_parallel import DataParallelEngine
+
+                engine, ranks = DataParallelEngine(config, args.data_parallel_size, args.tokenizer or ""), None
+            else:
+                engine, ranks = start_engine(config)  # this thread runs rank 0's compute: pinned there
             future.set_result((engine, config, time.perf_counter() - t0, ranks))
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits
             future.set_exception(e)

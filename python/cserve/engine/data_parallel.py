@@ -1,0 +1,353 @@
+"""Data parallelism: --data-parallel-size N runs N whole engines (replicas, each a process of
+its own with its own tensor/pipeline ranks) behind one front end. DataParallelEngine stands where
+the one engine stands (the methods of cserve._core.Engine that the servers use): each request
+goes to the replica with the fewest sequences in flight (vLLM's coordinator balances by its
+replicas' running and waiting counts), outputs from every replica come back through one file
+descriptor, and the load is the replicas' summed. A replica that exits makes the whole engine
+dead: its requests end with an error, and the server stops (status 1), as with one engine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Listener
+from typing import Any, Optional
+
+logger = logging.getLogger("cserve.data_parallel")
+
+# The core SamplingParams fields that travel to a replica (the grammar travels serialized).
+_PARAM_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                 "repetition_penalty", "seed", "max_tokens", "min_tokens", "stop_token_ids", "ignore_eos", "logprobs",
+                 "prompt_logprobs", "logit_bias", "allowed_token_ids", "grammar_start_after")
+_STATS_FIELDS = ("num_running", "num_waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits",
+                 "prompt_tokens", "generation_tokens", "num_preemptions", "num_steps", "num_free_blocks")
+
+
+def params_to_wire(p: Any, serialize) -> dict:
+    wire = {name: getattr(p, name) for name in _PARAM_FIELDS}
+    wire["grammar"] = serialize(p.grammar) if p.grammar is not None else None
+    return wire
+
+
+def params_from_wire(wire: dict, compiler: Any) -> Any:
+    from cserve import _core
+
+    p = _core.SamplingParams()
+    for name in _PARAM_FIELDS:
+        setattr(p, name, wire[name])
+    if wire.get("grammar") is not None:
+        p.grammar = compiler.deserialize(wire["grammar"])
+    return p
+
+
+@dataclass
+class WireLogprobs:
+    token_ids: list
+    logprobs: list
+    ranks: list
+
+
+@dataclass
+class WireOutput:
+    """A replica's RequestOutput, with the same attributes."""
+
+    request_id: str
+    index: int
+    new_token_ids: list
+    new_logprobs: list
+    prompt_logprobs: list
+    has_prompt_logprobs: bool
+    finish_reason: Optional[str]
+    stop_token_id: int
+    num_prompt_tokens: int
+    num_cached_tokens: int
+    error: str
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+def _lp(p) -> tuple:
+    return (list(p.token_ids), list(p.logprobs), list(p.ranks))
+
+
+def output_to_wire(o) -> tuple:
+    return (o.request_id, o.index, list(o.new_token_ids), [_lp(p) for p in o.new_logprobs],
+            [_lp(p) for p in o.prompt_logprobs], o.has_prompt_logprobs, o.finish_reason, o.stop_token_id,
+            o.num_prompt_tokens, o.num_cached_tokens, o.error)
+
+
+def output_from_wire(t: tuple) -> WireOutput:
+    rid, index, ids, lps, plps, has_plp, reason, stop_id, n_prompt, n_cached, error = t
+    return WireOutput(rid, index, ids, [WireLogprobs(*p) for p in lps], [WireLogprobs(*p) for p in plps], has_plp,
+                      reason, stop_id, n_prompt, n_cached, error)
+
+
+def stats_to_wire(s) -> tuple:
+    return tuple(getattr(s, name) for name in _STATS_FIELDS)
+
+
+class _Stats:
+    def __init__(self, per_replica: list[tuple]) -> None:
+        rows = [r for r in per_replica if r is not None]
+        for i, name in enumerate(_STATS_FIELDS):
+            values = [r[i] for r in rows] or [0]
+            setattr(self, name, sum(values) / len(values) if name == "kv_cache_usage" else sum(values))
+
+
+class _Info:
+    def __init__(self, fields: dict) -> None:
+        self.__dict__.update(fields)
+
+
+class DataParallelEngine:
+    def __init__(self, config: Any, size: int, tokenizer: str = "") -> None:
+        from cserve.engine.tensor_parallel import _config_fields, rank_cores
+
+        self.size = size
+        self._lock = threading.Lock()
+        self._dead: Optional[str] = None
+        self._stopping = False
+        self._outputs: list = []
+        self._in_flight = [0] * size
+        self._owner: dict[str, int] = {}  # request id -> its replica, while in flight
+        self._remaining: dict[str, int] = {}  # request id -> completions not finished
+        self._stats: list[Optional[tuple]] = [None] * size
+        self._acks: dict[str, tuple] = {}
+        self._ack_cv = threading.Condition(self._lock)
+        self._resets: dict[int, bool] = {}
+        self.serialize_grammar = None  # set by the server: GrammarService.serialize
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        key = secrets.token_bytes(16)
+        folder = tempfile.mkdtemp(prefix="cserve-dp-")
+        address = os.path.join(folder, "front")
+        listener = Listener(address, family="AF_UNIX", authkey=key)
+        cores = rank_cores(size)
+        fields = dict(_config_fields(config))
+        self._procs = []
+        for i in range(size):
+            if cores[i]:
+                fields["num_threads"] = config.num_threads or len(cores[i])
+            cmd = [sys.executable, "-m", "cserve.engine.replica", str(i), address]
+            if cores[i]:
+                cmd += ["--cores", ",".join(map(str, cores[i]))]
+            if tokenizer:
+                cmd += ["--tokenizer", tokenizer]
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True,
+                                    env={**os.environ, "CSERVE_REPLICA_KEY": key.hex()})
+            proc.stdin.write(json.dumps(fields))
+            proc.stdin.close()
+            self._procs.append(proc)
+        self._conns: list = [None] * size
+        infos: list = [None] * size
+        try:
+            for _ in range(size):
+                conn = self._accept(listener)
+                _, index, info = conn.recv()
+                self._conns[index] = conn
+                infos[index] = info
+        finally:
+            listener.close()  # removes the socket file
+            if not os.listdir(folder):
+                os.rmdir(folder)
+        info = dict(infos[0])
+        info["kv_cache_tokens"] = sum(i["kv_cache_tokens"] for i in infos)
+        info["max_concurrency"] = sum(i["max_concurrency"] for i in infos)
+        self._info = _Info(info)
+        for i in range(size):
+            threading.Thread(target=self._read, args=(i,), daemon=True, name=f"cserve-dp{i}").start()
+        logger.info("Data parallelism: %d replicas, cores %s", size,
+                    " | ".join(",".join(map(str, c)) if c else "any" for c in cores))
+
+    def _accept(self, listener: Listener):
+        """The next replica's connection; a replica that exits first fails the start."""
+        result: dict = {}
+
+        def accept() -> None:
+            try:
+                result["conn"] = listener.accept()
+            except OSError as e:
+                result["error"] = e
+
+        t = threading.Thread(target=accept, daemon=True)
+        t.start()
+        while t.is_alive():
+            t.join(0.2)
+            for i, p in enumerate(self._procs):
+                if p.poll() is not None:
+                    self._kill_all()
+                    raise RuntimeError(f"data-parallel replica {i} exited while starting (status {p.returncode})")
+        if "error" in result:
+            raise RuntimeError(f"data-parallel replicas did not connect: {result['error']}")
+        return result["conn"]
+
+    # --- what the servers call ------------------------------------------------------------------
+    def model_info(self):
+        return self._info
+
+    def start_loop(self) -> None:
+        pass
+
+    def stop_loop(self) -> None:
+        pass
+
+    def output_fd(self) -> int:
+        return self._read_fd
+
+    def drain_outputs(self) -> list:
+        try:
+            while os.read(self._read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            outs, self._outputs = self._outputs, []
+        return outs
+
+    def add_request(self, request_id: str, prompt: list, params: Any, priority: int = 0,
+                    cache_salt: str = "") -> None:
+        from cserve import _core
+
+        if self._dead is not None:
+            raise _core.EngineDeadError(f"the engine is dead: {self._dead}")
+        try:
+            wire = params_to_wire(params, self._serialize)
+        except ValueError as e:
+            raise ValueError(f"{e} (with --data-parallel-size, grammars travel to the replicas serialized: the "
+                             "guidance backend is not available)") from None
+        with self._lock:
+            r = min(range(self.size), key=lambda i: self._in_flight[i])
+            self._in_flight[r] += params.n
+            self._owner[request_id] = r
+            self._remaining[request_id] = params.n
+            self._conns[r].send(("add", request_id, list(prompt), wire, priority, cache_salt))
+            while request_id not in self._acks and self._dead is None:
+                self._ack_cv.wait(timeout=1.0)
+            kind, message = self._acks.pop(request_id, (None, None))
+            if kind is not None or self._dead is not None:
+                self._in_flight[r] -= params.n
+                self._owner.pop(request_id, None)
+                self._remaining.pop(request_id, None)
+        if self._dead is not None and kind is None:
+            raise _core.EngineDeadError(f"the engine is dead: {self._dead}")
+        if kind == "EngineDeadError":
+            raise _core.EngineDeadError(message)
+        if kind is not None:
+            raise ValueError(message) if kind == "ValueError" else RuntimeError(message)
+
+    def _serialize(self, grammar: Any) -> str:
+        if self.serialize_grammar is None:
+            raise ValueError("structured outputs need the server's grammar service")
+        return self.serialize_grammar(grammar)
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            r = self._owner.get(request_id)
+            if r is not None and self._dead is None:
+                self._conns[r].send(("abort", request_id))
+
+    def stats(self):
+        with self._lock:
+            return _Stats(list(self._stats))
+
+    def replica_loads(self) -> list[int]:
+        """Sequences in flight on each replica."""
+        with self._lock:
+            return list(self._in_flight)
+
+    def reset_prefix_cache(self) -> bool:
+        with self._lock:
+            self._resets.clear()
+            for conn in self._conns:
+                conn.send(("reset_prefix_cache",))
+            while len(self._resets) < self.size and self._dead is None:
+                self._ack_cv.wait(timeout=1.0)
+            return self._dead is None and all(self._resets.values())
+
+    def is_dead(self) -> bool:
+        return self._dead is not None
+
+    def dead_reason(self) -> str:
+        return self._dead or ""
+
+    def kill(self, reason: str) -> None:
+        self._die(reason)
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        with self._lock:
+            for conn in self._conns:
+                try:
+                    conn.send(("shutdown",))
+                except OSError:
+                    pass
+        for p in self._procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    # --- inside -----------------------------------------------------------------------------------
+    def _read(self, index: int) -> None:
+        conn = self._conns[index]
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                if not self._stopping:
+                    code = self._procs[index].wait()
+                    self._die(f"data-parallel replica {index} exited (status {code})")
+                return
+            kind = msg[0]
+            with self._lock:
+                if kind == "out":
+                    outs = [output_from_wire(t) for t in msg[1]]
+                    for o in outs:
+                        if o.finished:
+                            self._in_flight[index] -= 1
+                            self._remaining[o.request_id] = self._remaining.get(o.request_id, 1) - 1
+                            if self._remaining[o.request_id] <= 0:
+                                self._remaining.pop(o.request_id, None)
+                                self._owner.pop(o.request_id, None)
+                    self._outputs.extend(outs)
+                    self._stats[index] = msg[2]
+                elif kind == "stats":
+                    self._stats[index] = msg[2]
+                elif kind == "ack":
+                    self._acks[msg[1]] = (msg[2], msg[3])
+                    self._ack_cv.notify_all()
+                elif kind == "reset":
+                    self._resets[msg[1]] = msg[2]
+                    self._ack_cv.notify_all()
+            if kind == "out":
+                os.write(self._write_fd, b"x")
+
+    def _die(self, reason: str) -> None:
+        with self._lock:
+            if self._dead is not None:
+                return
+            self._dead = reason  # the front end then ends every request in flight with the error
+            for conn in self._conns:
+                try:
+                    conn.send(("kill", reason))
+                except OSError:
+                    pass
+            self._ack_cv.notify_all()
+        logger.error("%s: the engine is dead", reason)
+        os.write(self._write_fd, b"x")
+
+    def _kill_all(self) -> None:
+        for p in self._procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
