@@ -272,16 +272,18 @@ def test_chat_template(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tp-size", "2"], "--tensor-parallel-size 2 is not supported yet"),
-    (["--tensor-parallel-size", "4"], "--tensor-parallel-size 4 is not supported yet"),
     (["--schedule-policy", "random"], "--schedule-policy random is not supported yet"),
     (["--schedule-policy", "lof"], "--schedule-policy lof is not supported yet"),
     (["--page-size", "4"], "--page-size 4 is not supported yet"),
     (["--lora-paths", "a=b"], "--lora-paths a=b is not supported yet"),
-    (["--dp-size", "2"], "--data-parallel-size 2 is not supported yet"),
 ])
 def test_refusals_name_the_flag_and_value(argv, message):
     assert refusal(*argv) == message
+
+
+def test_parallel_sizes_map_onto_the_vllm_flags():
+    args = sgl("--tp-size", "2", "--pp-size", "3", "--dp-size", "4")
+    assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.data_parallel_size) == (2, 3, 4)
 
 
 @pytest.mark.parametrize("argv, message", [

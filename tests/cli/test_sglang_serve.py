@@ -10,7 +10,6 @@ from tests.helpers.server import ServerProcess
 
 
 @pytest.mark.parametrize("flags, line", [
-    (["--tp-size", "2"], "--tensor-parallel-size 2 is not supported yet"),
     (["--schedule-policy", "random"], "--schedule-policy random is not supported yet"),
     (["--page-size", "4"], "--page-size 4 is not supported yet"),
     (["--enable-dp-attention"], "--enable-dp-attention is not supported yet"),

@@ -279,9 +279,9 @@ SGLANG_FLAGS: tuple = (
     *_group(
         "RuntimeOptions",
         Flag("--tensor-parallel-size", INT, 1, "Tensor parallel size.", aliases=("--tp-size",), dest="tp_size",
-             **only_to(1, names=("--tensor-parallel-size",))),
+             **to("--tensor-parallel-size")),
         Flag("--pipeline-parallel-size", INT, 1, "Pipeline parallel size.", aliases=("--pp-size",),
-             dest="pp_size", **only_to(1, names=("--pipeline-parallel-size",))),
+             dest="pp_size", **to("--pipeline-parallel-size")),
         Flag("--max-micro-batch-size", INT, None, "Most requests in a pipeline parallel micro-batch.",
              **noop("pipeline parallel size is 1")),
         Flag("--stream-interval", INT, 1, "Tokens per streamed chunk."),
@@ -349,7 +349,7 @@ SGLANG_FLAGS: tuple = (
     *_group(
         "DataParallelism",
         Flag("--data-parallel-size", INT, 1, "Data parallel size.", aliases=("--dp-size",), dest="dp_size",
-             **only_to(1, names=("--data-parallel-size",))),
+             **to("--data-parallel-size")),
         Flag("--load-balance-method", STR, "round_robin", "How requests are spread over data parallel replicas.",
              choices=("round_robin", "shortest_queue", "minimum_tokens"), **noop("data parallel size is 1")),
     ),
