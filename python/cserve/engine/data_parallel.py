@@ -8,12 +8,10 @@ dead: its requests end with an error, and the server stops (status 1), as with o
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -110,7 +108,7 @@ class _Info:
 
 class DataParallelEngine:
     def __init__(self, config: Any, size: int, tokenizer: str = "") -> None:
-        from cserve.engine.tensor_parallel import _config_fields, rank_cores
+        from cserve.engine.tensor_parallel import rank_cores, start_child
 
         self.size = size
         self._lock = threading.Lock()
@@ -132,21 +130,12 @@ class DataParallelEngine:
         address = os.path.join(folder, "front")
         listener = Listener(address, family="AF_UNIX", authkey=key)
         cores = rank_cores(size)
-        fields = dict(_config_fields(config))
+        env = {**os.environ, "CSERVE_REPLICA_KEY": key.hex()}
         self._procs = []
         for i in range(size):
-            if cores[i]:
-                fields["num_threads"] = config.num_threads or len(cores[i])
-            cmd = [sys.executable, "-m", "cserve.engine.replica", str(i), address]
-            if cores[i]:
-                cmd += ["--cores", ",".join(map(str, cores[i]))]
-            if tokenizer:
-                cmd += ["--tokenizer", tokenizer]
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True,
-                                    env={**os.environ, "CSERVE_REPLICA_KEY": key.hex()})
-            proc.stdin.write(json.dumps(fields))
-            proc.stdin.close()
-            self._procs.append(proc)
+            threads = {"num_threads": config.num_threads or len(cores[i])} if cores[i] else {}
+            args = [str(i), address] + (["--tokenizer", tokenizer] if tokenizer else [])
+            self._procs.append(start_child("cserve.engine.replica", args, cores[i], config, env, **threads))
         self._conns: list = [None] * size
         infos: list = [None] * size
         try:

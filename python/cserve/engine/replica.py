@@ -19,7 +19,6 @@ STATS_PERIOD = 0.5  # seconds between load reports while idle
 
 
 def serve(index: int, address: str, config, tokenizer: str) -> int:
-    from cserve import _core
     from cserve.engine.tensor_parallel import start_engine
 
     engine, ranks = start_engine(config)
@@ -53,7 +52,7 @@ def serve(index: int, address: str, config, tokenizer: str) -> int:
                     _, rid, prompt, wire, priority, salt = msg
                     try:
                         if wire.get("grammar") is not None and grammars is None:
-                            grammars = _grammar_compiler(tokenizer, info, _core)
+                            grammars = _grammar_compiler(tokenizer, info)
                         engine.add_request(rid, prompt, params_from_wire(wire, grammars), priority, salt)
                         conn.send(("ack", rid, None, None))
                     except Exception as e:  # noqa: BLE001 - the front end raises it for its caller
@@ -76,7 +75,7 @@ def serve(index: int, address: str, config, tokenizer: str) -> int:
             ranks.stop()
 
 
-def _grammar_compiler(tokenizer: str, info, _core):
+def _grammar_compiler(tokenizer: str, info):
     """Reads back the grammars the front end compiled (same tokenizer, same vocabulary)."""
     from cserve.structured.service import grammar_vocab, local_compiler
     from cserve.tokenizer.loading import load_tokenizer

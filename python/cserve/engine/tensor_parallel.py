@@ -65,6 +65,19 @@ def _config_fields(config: _core.EngineConfig) -> dict:
     return out
 
 
+def start_child(module: str, args: list[str], cores: Optional[list[int]], config: _core.EngineConfig,
+                env: Optional[dict] = None, **overrides) -> subprocess.Popen:
+    """`python -m module args --cores ...`, given the engine config (with `overrides`) as JSON on
+    stdin: the parent's side of child_config."""
+    cmd = [sys.executable, "-m", module, *args]
+    if cores:
+        cmd += ["--cores", ",".join(map(str, cores))]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True, env=env)
+    proc.stdin.write(json.dumps({**_config_fields(config), **overrides}))
+    proc.stdin.close()
+    return proc
+
+
 def child_config(cores: str) -> _core.EngineConfig:
     """In a rank or replica process: pins it to `cores` ("0,1,..."; empty: not pinned) and reads
     the engine config its parent wrote as JSON on stdin."""
@@ -87,16 +100,8 @@ class TensorParallelRanks:
     def __init__(self, config: _core.EngineConfig, cores: list[Optional[list[int]]]) -> None:
         self.size = group_size(config)
         self._stopping = False
-        self._procs: list[subprocess.Popen] = []
-        fields = json.dumps(_config_fields(config))
-        for rank in range(1, self.size):
-            cmd = [sys.executable, "-m", "cserve.engine.tensor_parallel_worker", str(rank)]
-            if cores[rank]:
-                cmd += ["--cores", ",".join(map(str, cores[rank]))]
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True)
-            proc.stdin.write(fields)
-            proc.stdin.close()
-            self._procs.append(proc)
+        self._procs = [start_child("cserve.engine.tensor_parallel_worker", [str(rank)], cores[rank], config)
+                       for rank in range(1, self.size)]
 
     def watch(self, on_death: Callable[[str], None]) -> None:
         """Calls on_death(reason) once if a rank process exits before stop()."""
