@@ -167,14 +167,16 @@ _ONE_WORKER = "cserve runs one worker in-process"
 FLAGS: tuple = (
     *_group(
         "Arguments",
-        Flag("--headless", FLAG, False, "Run the engine without an API server (multi-node data parallel)."),
+        Flag("--headless", FLAG, False, "Run data-parallel replicas without an API server, for the front end "
+             "of the head node at --data-parallel-address:--data-parallel-rpc-port (multi-node data parallel).",
+             **ok("server")),
         Flag("--api-server-count", INT, None, "Number of API server processes; defaults to data_parallel_size.",
              aliases=("-asc",), **only(None, 1)),
         Flag("--config", STR, None, "Read options from a YAML file: keys are flag names without dashes; "
              "the command line wins over the file.", **ok("none")),
         Flag("--disable-log-stats", FLAG, False, "Do not log engine statistics.", **ok("server")),
         Flag("--aggregate-engine-logging", FLAG, False, "Log statistics aggregated over data-parallel engines.",
-             **noop("there is one engine (data parallel size is 1)")),
+             **noop("the statistics line always sums the data-parallel replicas")),
         Flag("--enable-log-requests", BOOL, False, "Log each request.", **ok("server")),
         Flag("--disable-log-requests", BOOL, True, "[Deprecated] Disable request logging; "
              "--no-disable-log-requests enables it.", deprecated=True, **ok("server")),
@@ -392,18 +394,32 @@ FLAGS: tuple = (
         Flag("--nnodes", INT, 1, "Number of nodes.", aliases=("-n",), **only(1)),
         Flag("--node-rank", INT, 0, "Rank of this node.", aliases=("-r",), **only(0)),
         Flag("--data-parallel-rank", INT, None, "Data parallel rank of this instance (external load "
-             "balancing).", aliases=("-dpn",)),
-        Flag("--data-parallel-start-rank", INT, None, "First data parallel rank on a secondary node.",
-             aliases=("-dpr",)),
-        Flag("--data-parallel-size-local", INT, None, "Data parallel replicas on this node.", aliases=("-dpl",)),
-        Flag("--data-parallel-address", STR, None, "Address of the data parallel head node.", aliases=("-dpa",)),
-        Flag("--data-parallel-rpc-port", INT, None, "Port for data parallel RPC.", aliases=("-dpp",)),
+             "balancing: with -dp > 1, vLLM allows it for MoE models only, and so refuses it here; launch "
+             "independent servers instead).", aliases=("-dpn",), check=Range(0), **ok("server")),
+        Flag("--data-parallel-start-rank", INT, None, "The global data parallel rank of this node's first "
+             "replica (a --headless node; without --headless it implies --data-parallel-hybrid-lb).",
+             aliases=("-dpr",), check=Range(0), **ok("server")),
+        Flag("--data-parallel-size-local", INT, None, "Data parallel replicas on this node (default: all of "
+             "--data-parallel-size); fewer: the others run on --headless nodes.", aliases=("-dpl",),
+             check=Range(0), **ok("server")),
+        Flag("--data-parallel-address", STR, None, "Address of the head node's front end that replicas of "
+             "other nodes connect to (default 127.0.0.1).", aliases=("-dpa",), **ok("server")),
+        Flag("--data-parallel-rpc-port", INT, None, "Port of the head node's front end for replicas of other "
+             "nodes (default 29550).", aliases=("-dpp",), check=Range(0, 65535), **ok("server")),
         Flag("--data-parallel-backend", STR, "mp", "Backend of data parallel replicas: mp (a process per "
              "replica).", aliases=("-dpb",), choices=("mp", "ray"), **only("mp")),
-        Flag("--data-parallel-hybrid-lb", BOOL, False, "Hybrid data parallel load balancing.",
-             aliases=("-dph",)),
-        Flag("--data-parallel-external-lb", BOOL, False, "External data parallel load balancing.",
-             aliases=("-dpe",)),
+        Flag("--data-parallel-hybrid-lb", BOOL, False, "Hybrid data parallel load balancing: each node's front "
+             "end balances over its own --data-parallel-size-local replicas (from --data-parallel-start-rank); "
+             "an outer load balancer spreads requests over the nodes.", aliases=("-dph",), **ok("server")),
+        Flag("--data-parallel-external-lb", BOOL, False, "External data parallel load balancing (with -dp > 1, "
+             "vLLM allows it for MoE models only, and so refuses it here; launch independent servers instead).",
+             aliases=("-dpe",), **ok("server")),
+        # cserve's own: vLLM balances by load only.
+        Flag("--data-parallel-load-balance", STR, "least_loaded", "cserve only: how the front end places "
+             "requests on data-parallel replicas: least_loaded (fewest sequences in flight, vLLM's), "
+             "prefix_aware (the replica that recently got the longest prefix of the prompt, unless it holds "
+             "4 sequences more than the least loaded one), or round_robin.",
+             choices=("least_loaded", "prefix_aware", "round_robin"), **ok("server")),
         Flag("--enable-expert-parallel", BOOL, False, "Use expert parallelism instead of tensor parallelism "
              "for MoE layers.", aliases=("-ep",)),
         Flag("--all2all-backend", STR, "allgather_reducescatter", "All-to-all backend of expert parallelism.",

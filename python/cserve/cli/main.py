@@ -87,6 +87,11 @@ def serve(argv: list[str]) -> int:
         logger.error("%s", e)
         return 1
     try:
+        if args.headless:
+            from cserve.engine.headless import run_headless
+            from cserve.entrypoints.openai.engine_loader import engine_config_from_args
+
+            return run_headless(args, engine_config_from_args(args))
         from cserve.entrypoints.openai.engine_loader import start_engine_load
 
         pending = start_engine_load(args)  # the weights load while the server's modules import

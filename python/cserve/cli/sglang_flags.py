@@ -44,6 +44,10 @@ def _group(name: str, *flags: Flag) -> tuple:
 
 # --- conversions ---------------------------------------------------------------------------------------
 
+def _load_balance_method(value, ns) -> dict:
+    return {"data_parallel_load_balance": {"shortest_queue": "least_loaded"}.get(value, value)}
+
+
 def _served_model_name(value, ns) -> dict:
     return {"served_model_name": None if value is None else [value]}
 
@@ -350,8 +354,11 @@ SGLANG_FLAGS: tuple = (
         "DataParallelism",
         Flag("--data-parallel-size", INT, 1, "Data parallel size.", aliases=("--dp-size",), dest="dp_size",
              **to("--data-parallel-size")),
-        Flag("--load-balance-method", STR, "round_robin", "How requests are spread over data parallel replicas.",
-             choices=("round_robin", "shortest_queue", "minimum_tokens"), **noop("data parallel size is 1")),
+        Flag("--load-balance-method", STR, "round_robin", "How requests are spread over data parallel replicas: "
+             "round_robin, or shortest_queue (the replica with the fewest sequences in flight).",
+             choices=("round_robin", "shortest_queue", "minimum_tokens"),
+             **only_to("round_robin", "shortest_queue", names=("--data-parallel-load-balance",),
+                       convert=_load_balance_method)),
     ),
     *_group(
         "MultiNode",

@@ -14,9 +14,13 @@ import secrets
 import subprocess
 import tempfile
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from multiprocessing.connection import Listener
 from typing import Any, Optional
+
+from cserve.engine.tensor_parallel import ChildProcess, Launcher
 
 logger = logging.getLogger("cserve.data_parallel")
 
@@ -26,6 +30,32 @@ _PARAM_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "presence_penalt
                  "prompt_logprobs", "logit_bias", "allowed_token_ids", "grammar_start_after")
 _STATS_FIELDS = ("num_running", "num_waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits",
                  "prompt_tokens", "generation_tokens", "num_preemptions", "num_steps", "num_free_blocks")
+
+
+def replica_key() -> bytes:
+    """The key replicas of other nodes present (multiprocessing.connection's challenge):
+    CSERVE_DATA_PARALLEL_KEY, the same on every node; without it a fixed one, so keep the port
+    on a trusted network (as vLLM's data-parallel RPC port)."""
+    return os.environ.get("CSERVE_DATA_PARALLEL_KEY", "cserve-data-parallel").encode()
+
+
+def connect_front_end(address: str):
+    """A replica's connection to its front end: a Unix socket path, or host:port on another node."""
+    from multiprocessing.connection import Client
+
+    key = bytes.fromhex(os.environ["CSERVE_REPLICA_KEY"])
+    if address.startswith("/"):
+        return Client(address, family="AF_UNIX", authkey=key)
+    host, _, port = address.rpartition(":")
+    # A headless node may start before the head: wait for its front end.
+    deadline = time.monotonic() + float(os.environ.get("CSERVE_DATA_PARALLEL_CONNECT_TIMEOUT", "600"))
+    while True:
+        try:
+            return Client((host, int(port)), family="AF_INET", authkey=key)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no data-parallel front end answered at {address}") from None
+            time.sleep(0.5)
 
 
 def params_to_wire(p: Any, serialize) -> dict:
@@ -67,6 +97,7 @@ class WireOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     error: str
+    engine: int = 0  # the replica that produced it
 
     @property
     def finished(self) -> bool:
@@ -106,10 +137,65 @@ class _Info:
         self.__dict__.update(fields)
 
 
+class PrefixPlacement:
+    """Remembers, per replica, the prompt blocks it was recently given (chained hashes of full
+    blocks, as the prefix cache keys them; LRU, about one replica's KV cache worth), so a prompt
+    can go where its longest prefix is likely still cached."""
+
+    def __init__(self, size: int, block_size: int, capacity: int) -> None:
+        self.block_size = block_size
+        self.capacity = max(1, capacity)
+        self._seen: list[OrderedDict] = [OrderedDict() for _ in range(size)]
+
+    def hashes(self, prompt: list, salt: str) -> list[int]:
+        out, h, b = [], hash(salt), self.block_size
+        for start in range(0, len(prompt) - b + 1, b):
+            h = hash((h, tuple(prompt[start:start + b])))
+            out.append(h)
+        return out
+
+    def matched(self, replica: int, hashes: list[int]) -> int:
+        seen, n = self._seen[replica], 0
+        for h in hashes:
+            if h not in seen:
+                break
+            n += 1
+        return n
+
+    def remember(self, replica: int, hashes: list[int]) -> None:
+        seen = self._seen[replica]
+        for h in hashes:
+            seen[h] = None
+            seen.move_to_end(h)
+        while len(seen) > self.capacity:
+            seen.popitem(last=False)
+
+    def forget(self) -> None:
+        for seen in self._seen:
+            seen.clear()
+
+
+PLACEMENTS = ("least_loaded", "prefix_aware", "round_robin")
+
+
 class DataParallelEngine:
-    def __init__(self, config: Any, size: int, tokenizer: str = "") -> None:
+    """`size` replicas in all; `local` of them (default: all) started here through `launch`, the
+    others (headless nodes: `cserve serve --headless`) connect to `address`. address: None for a
+    Unix socket of this process (every replica local), or (host, port) to listen on TCP."""
+
+    def __init__(self, config: Any, size: int, tokenizer: str = "", launch: Optional[Launcher] = None,
+                 local: Optional[int] = None, start_index: int = 0,
+                 address: Optional[tuple[str, int]] = None, placement: str = "least_loaded",
+                 first_label: int = 0) -> None:
         from cserve.engine.tensor_parallel import rank_cores, start_child
 
+        if placement not in PLACEMENTS:
+            raise ValueError(f"data-parallel placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        launch = launch or start_child
+        self.placement = placement
+        self.first_label = first_label  # vLLM's engine label of replica 0 (its global rank)
+        self._next = 0  # round robin
+        local = size if local is None else local
         self.size = size
         self._lock = threading.Lock()
         self._dead: Optional[str] = None
@@ -125,36 +211,52 @@ class DataParallelEngine:
         self.serialize_grammar = None  # set by the server: GrammarService.serialize
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
-        key = secrets.token_bytes(16)
-        folder = tempfile.mkdtemp(prefix="cserve-dp-")
-        address = os.path.join(folder, "front")
-        listener = Listener(address, family="AF_UNIX", authkey=key)
-        cores = rank_cores(size)
+        folder = None
+        if address is None:
+            key = secrets.token_bytes(16)
+            folder = tempfile.mkdtemp(prefix="cserve-dp-")
+            listener = Listener(os.path.join(folder, "front"), family="AF_UNIX", authkey=key)
+        else:
+            key = replica_key()
+            listener = Listener(address, family="AF_INET", authkey=key)
+        wire_address = listener.address if address is None else f"{address[0]}:{listener.address[1]}"
+        cores = rank_cores(local) if local else []
         env = {**os.environ, "CSERVE_REPLICA_KEY": key.hex()}
-        self._procs = []
-        for i in range(size):
-            threads = {"num_threads": config.num_threads or len(cores[i])} if cores[i] else {}
-            args = [str(i), address] + (["--tokenizer", tokenizer] if tokenizer else [])
-            self._procs.append(start_child("cserve.engine.replica", args, cores[i], config, env, **threads))
+        self._procs: list[Optional[ChildProcess]] = [None] * size  # None: a replica of another node
+        for j in range(local):
+            i = start_index + j
+            threads = {"num_threads": config.num_threads or len(cores[j])} if cores[j] else {}
+            args = [str(i), wire_address] + (["--tokenizer", tokenizer] if tokenizer else [])
+            self._procs[i] = launch("cserve.engine.replica", args, cores[j], config, env, **threads)
         self._conns: list = [None] * size
         infos: list = [None] * size
         try:
+            if local < size:
+                logger.info("Data parallelism: waiting for %d replicas of other nodes at %s", size - local,
+                            wire_address)
             for _ in range(size):
                 conn = self._accept(listener)
                 _, index, info = conn.recv()
+                if not 0 <= index < size or self._conns[index] is not None:
+                    conn.close()
+                    self._kill_all()
+                    raise RuntimeError(f"a data-parallel replica connected as rank {index}, which is not one of "
+                                       f"the {size} ranks or is taken (check --data-parallel-start-rank)")
                 self._conns[index] = conn
                 infos[index] = info
         finally:
             listener.close()  # removes the socket file
-            if not os.listdir(folder):
+            if folder is not None and not os.listdir(folder):
                 os.rmdir(folder)
         info = dict(infos[0])
         info["kv_cache_tokens"] = sum(i["kv_cache_tokens"] for i in infos)
         info["max_concurrency"] = sum(i["max_concurrency"] for i in infos)
         self._info = _Info(info)
+        per_replica = max(1, infos[0]["kv_cache_tokens"] // max(1, infos[0]["block_size"]))
+        self._prefixes = PrefixPlacement(size, infos[0]["block_size"], per_replica)
         for i in range(size):
             threading.Thread(target=self._read, args=(i,), daemon=True, name=f"cserve-dp{i}").start()
-        logger.info("Data parallelism: %d replicas, cores %s", size,
+        logger.info("Data parallelism: %d replicas (%d here), cores %s", size, local,
                     " | ".join(",".join(map(str, c)) if c else "any" for c in cores))
 
     def _accept(self, listener: Listener):
@@ -172,7 +274,7 @@ class DataParallelEngine:
         while t.is_alive():
             t.join(0.2)
             for i, p in enumerate(self._procs):
-                if p.poll() is not None:
+                if p is not None and p.poll() is not None:
                     self._kill_all()
                     raise RuntimeError(f"data-parallel replica {i} exited while starting (status {p.returncode})")
         if "error" in result:
@@ -214,7 +316,7 @@ class DataParallelEngine:
             raise ValueError(f"{e} (with --data-parallel-size, grammars travel to the replicas serialized: the "
                              "guidance backend is not available)") from None
         with self._lock:
-            r = min(range(self.size), key=lambda i: self._in_flight[i])
+            r = self._place(prompt, cache_salt)
             self._in_flight[r] += params.n
             self._owner[request_id] = r
             self._remaining[request_id] = params.n
@@ -233,6 +335,27 @@ class DataParallelEngine:
         if kind is not None:
             raise ValueError(message) if kind == "ValueError" else RuntimeError(message)
 
+    # The most sequences a replica may hold beyond the least loaded one and still get a request for
+    # its cached prefix: a cached prefix saves its prefill, but a queue costs every request in it.
+    PREFIX_SLACK = 4
+
+    def _place(self, prompt: list, salt: str) -> int:
+        """The replica for a new request (under the lock)."""
+        least = min(range(self.size), key=lambda i: self._in_flight[i])
+        if self.placement == "round_robin":
+            r, self._next = self._next, (self._next + 1) % self.size
+            return r
+        if self.placement == "least_loaded":
+            return least
+        hashes = self._prefixes.hashes(prompt, salt)
+        best, best_len = least, self._prefixes.matched(least, hashes)
+        for i in range(self.size):
+            n = self._prefixes.matched(i, hashes)
+            if n > best_len and self._in_flight[i] <= self._in_flight[least] + self.PREFIX_SLACK:
+                best, best_len = i, n
+        self._prefixes.remember(best, hashes)
+        return best
+
     def _serialize(self, grammar: Any) -> str:
         if self.serialize_grammar is None:
             raise ValueError("structured outputs need the server's grammar service")
@@ -248,6 +371,11 @@ class DataParallelEngine:
         with self._lock:
             return _Stats(list(self._stats))
 
+    def replica_stats(self) -> list:
+        """Each replica's own load and counters (the stats() fields), for per-engine metrics."""
+        with self._lock:
+            return [_Stats([s]) for s in self._stats]
+
     def replica_loads(self) -> list[int]:
         """Sequences in flight on each replica."""
         with self._lock:
@@ -255,6 +383,7 @@ class DataParallelEngine:
 
     def reset_prefix_cache(self) -> bool:
         with self._lock:
+            self._prefixes.forget()
             self._resets.clear()
             for conn in self._conns:
                 conn.send(("reset_prefix_cache",))
@@ -280,6 +409,8 @@ class DataParallelEngine:
                 except OSError:
                     pass
         for p in self._procs:
+            if p is None:
+                continue
             try:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -294,14 +425,18 @@ class DataParallelEngine:
                 msg = conn.recv()
             except (EOFError, OSError):
                 if not self._stopping:
-                    code = self._procs[index].wait()
-                    self._die(f"data-parallel replica {index} exited (status {code})")
+                    proc = self._procs[index]
+                    if proc is None:
+                        self._die(f"data-parallel replica {index} (on another node) disconnected")
+                    else:
+                        self._die(f"data-parallel replica {index} exited (status {proc.wait()})")
                 return
             kind = msg[0]
             with self._lock:
                 if kind == "out":
                     outs = [output_from_wire(t) for t in msg[1]]
                     for o in outs:
+                        o.engine = index
                         if o.finished:
                             self._in_flight[index] -= 1
                             self._remaining[o.request_id] = self._remaining.get(o.request_id, 1) - 1
@@ -337,6 +472,6 @@ class DataParallelEngine:
 
     def _kill_all(self) -> None:
         for p in self._procs:
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()

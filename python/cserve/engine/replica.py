@@ -1,7 +1,7 @@
 """One data-parallel replica: `python -m cserve.engine.replica INDEX ADDRESS [--cores LIST]
 [--tokenizer PATH]`, the engine's config as JSON on stdin. It runs a whole engine (with its own
-tensor/pipeline ranks, if configured) and serves the front end over a Unix socket (ADDRESS,
-multiprocessing.connection; the key in CSERVE_REPLICA_KEY): requests in, outputs and load out.
+tensor/pipeline ranks, if configured) and serves the front end over a Unix socket or TCP (ADDRESS:
+a path, or host:port; multiprocessing.connection, the key in CSERVE_REPLICA_KEY): requests in, outputs and load out.
 Exits when the front end goes away or says so."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import os
 import selectors
 import sys
 import time
-from multiprocessing.connection import Client
+from typing import Optional
 
-from cserve.engine.data_parallel import output_to_wire, params_from_wire, stats_to_wire
+from cserve.engine.data_parallel import connect_front_end, output_to_wire, params_from_wire, stats_to_wire
 
 STATS_PERIOD = 0.5  # seconds between load reports while idle
 
@@ -22,7 +22,7 @@ def serve(index: int, address: str, config, tokenizer: str) -> int:
     from cserve.engine.tensor_parallel import start_engine
 
     engine, ranks = start_engine(config)
-    conn = Client(address, family="AF_UNIX", authkey=bytes.fromhex(os.environ["CSERVE_REPLICA_KEY"]))
+    conn = connect_front_end(address)
     info = engine.model_info()
     conn.send(("ready", index, {name: getattr(info, name) for name in dir(info) if not name.startswith("_")}))
     grammars = None  # a GrammarCompiler for this vocabulary, made with the first constrained request
@@ -84,21 +84,29 @@ def _grammar_compiler(tokenizer: str, info):
                           guidance=False)
 
 
-def main() -> int:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("index", type=int)
     ap.add_argument("address")
     ap.add_argument("--cores", default="")
     ap.add_argument("--tokenizer", default="")
-    a = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def run(index: int, address: str, config, tokenizer: str = "") -> int:
+    """The replica's work, in this process (a replica process, or a Ray actor): its exit status."""
+    try:
+        return serve(index, address, config, tokenizer or config.model)
+    except Exception as e:  # noqa: BLE001 - the reason to the log, the status to the front end
+        print(f"cserve data-parallel replica {index}: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+def main() -> int:
+    a = parse_args()
     from cserve.engine.tensor_parallel import child_config
 
-    config = child_config(a.cores)
-    try:
-        return serve(a.index, a.address, config, a.tokenizer or config.model)
-    except Exception as e:  # noqa: BLE001 - the reason to the log, the status to the front end
-        print(f"cserve data-parallel replica {a.index}: {e}", file=sys.stderr, flush=True)
-        return 1
+    return run(a.index, a.address, child_config(a.cores), a.tokenizer)
 
 
 if __name__ == "__main__":

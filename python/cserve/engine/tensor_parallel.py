@@ -15,7 +15,7 @@ import secrets
 import subprocess
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 from cserve import _core
 
@@ -94,13 +94,30 @@ def _pin(cores: Optional[list[int]]) -> None:
         os.sched_setaffinity(0, cores)  # this thread, and the threads it starts (the engine's pool)
 
 
+class ChildProcess(Protocol):
+    """A started rank or replica: a subprocess.Popen, or what another launcher returns (a Ray
+    actor's handle) with the same three methods (wait raises subprocess.TimeoutExpired)."""
+
+    def poll(self) -> Optional[int]: ...
+
+    def wait(self, timeout: Optional[float] = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+# How rank and replica processes start: start_child's signature. The default starts local
+# processes; the Ray executor places them as actors.
+Launcher = Callable[..., ChildProcess]
+
+
 class TensorParallelRanks:
     """Ranks 1..N-1 of one engine, as processes."""
 
-    def __init__(self, config: _core.EngineConfig, cores: list[Optional[list[int]]]) -> None:
+    def __init__(self, config: _core.EngineConfig, cores: list[Optional[list[int]]],
+                 launch: Launcher = start_child) -> None:
         self.size = group_size(config)
         self._stopping = False
-        self._procs = [start_child("cserve.engine.tensor_parallel_worker", [str(rank)], cores[rank], config)
+        self._procs = [launch("cserve.engine.tensor_parallel_worker", [str(rank)], cores[rank], config)
                        for rank in range(1, self.size)]
 
     def watch(self, on_death: Callable[[str], None]) -> None:
@@ -109,7 +126,7 @@ class TensorParallelRanks:
             threading.Thread(target=self._wait_one, args=(rank, proc, on_death), daemon=True,
                              name=f"cserve-tp-rank{rank}").start()
 
-    def _wait_one(self, rank: int, proc: subprocess.Popen, on_death: Callable[[str], None]) -> None:
+    def _wait_one(self, rank: int, proc: ChildProcess, on_death: Callable[[str], None]) -> None:
         code = proc.wait()
         if not self._stopping:
             on_death(f"parallel rank {rank} exited (status {code})")
@@ -129,7 +146,8 @@ def group_size(config: _core.EngineConfig) -> int:
     return max(1, config.tensor_parallel_size) * max(1, config.pipeline_parallel_size)
 
 
-def start_engine(config: _core.EngineConfig) -> tuple[_core.Engine, Optional[TensorParallelRanks]]:
+def start_engine(config: _core.EngineConfig,
+                 launch: Launcher = start_child) -> tuple[_core.Engine, Optional[TensorParallelRanks]]:
     """The engine for `config`; with tensor or pipeline parallelism its other ranks too (started
     first: they wait for the engine's shared memory). Call from the thread that should run rank
     0's compute: it is pinned to rank 0's cores."""
@@ -141,7 +159,7 @@ def start_engine(config: _core.EngineConfig) -> tuple[_core.Engine, Optional[Ten
     cores = rank_cores(size)
     if config.num_threads <= 0 and cores[0]:
         config.num_threads = len(cores[0])  # each rank runs as many threads as it has cores
-    ranks = TensorParallelRanks(config, cores)
+    ranks = TensorParallelRanks(config, cores, launch)
     try:
         _pin(cores[0])
         engine = _core.Engine(config)

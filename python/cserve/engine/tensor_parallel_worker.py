@@ -8,21 +8,26 @@ import argparse
 import sys
 
 
+def run(rank: int, config) -> int:
+    """The rank's work, in this process (a rank process, or a Ray actor): its exit status."""
+    from cserve import _core
+
+    try:
+        _core.run_tensor_parallel_rank(config, rank)
+    except Exception as e:  # noqa: BLE001 - the reason goes to the log, the status to the engine
+        print(f"cserve tensor-parallel rank {rank}: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("rank", type=int)
     ap.add_argument("--cores", default="")
     a = ap.parse_args()
-    from cserve import _core
     from cserve.engine.tensor_parallel import child_config
 
-    config = child_config(a.cores)
-    try:
-        _core.run_tensor_parallel_rank(config, a.rank)
-    except Exception as e:  # noqa: BLE001 - the reason goes to the log, the status to the engine
-        print(f"cserve tensor-parallel rank {a.rank}: {e}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return run(a.rank, child_config(a.cores))
 
 
 if __name__ == "__main__":

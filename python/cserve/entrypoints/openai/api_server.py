@@ -461,6 +461,7 @@ def api_keys(args) -> list[str]:
 def build_state(args, pending=None) -> ServerState:
     """Loads the model (or waits for `pending`, a start_engine_load future), tokenizer, chat
     template and generation defaults; logs where time went."""
+    from cserve.engine.data_parallel_layout import layout_from_args
     from cserve.entrypoints.openai.engine_loader import start_engine_load
     from cserve.entrypoints.openai.metrics import Metrics
     from cserve.generation_config import load_generation_defaults
@@ -487,10 +488,12 @@ def build_state(args, pending=None) -> ServerState:
     names = list(args.served_model_name or [model])
     from cserve.engine import AsyncEngine
 
-    metrics = Metrics(names[0], info.max_model_len, engine.stats,
+    per_engine = getattr(engine, "replica_stats", None)  # data parallelism: one series per replica
+    metrics = Metrics(names[0], info.max_model_len, per_engine or (lambda: [engine.stats()]),
                       {"block_size": info.block_size, "num_gpu_blocks": info.num_kv_blocks,
                        "enable_prefix_caching": config.enable_prefix_caching,
-                       "cache_dtype": config.kv_cache_dtype})
+                       "cache_dtype": config.kv_cache_dtype},
+                      num_engines=getattr(engine, "size", 1), first_label=layout_from_args(args).first_label)
     state = ServerState(
         engine=AsyncEngine(engine), tokenizer=tokenizer, model_path=model, served_names=names,
         max_model_len=info.max_model_len, generation_defaults=defaults, metrics=metrics, args=args,

@@ -11,11 +11,10 @@ from concurrent.futures import Future
 from pathlib import Path
 
 
-def start_engine_load(args) -> Future:
-    """A future of (engine, engine config, seconds it took, its other tensor-parallel ranks or
-    None); raises what loading raised."""
+def engine_config_from_args(args):
+    """The EngineConfig of `cserve serve`'s flags; refuses bad parallel layouts first."""
     from cserve.cli.args import engine_options
-    from cserve.engine.tensor_parallel import start_engine
+    from cserve.engine.data_parallel_layout import layout_from_args
     from cserve.llm import _engine_config, check_executor_backend
 
     model = args.model
@@ -25,18 +24,34 @@ def start_engine_load(args) -> Future:
     options.pop("model", None)
     check_executor_backend(args.distributed_executor_backend,
                            options.get("tensor_parallel_size", 1) * options.get("pipeline_parallel_size", 1))
+    layout_from_args(args)  # refuses a bad data-parallel layout before anything loads
     config = _engine_config(model, options)
     config.num_threads = int(os.environ.get("CSERVE_NUM_THREADS", "0"))  # 0: every core (per rank)
+    return config
+
+
+def start_engine_load(args) -> Future:
+    """A future of (engine, engine config, seconds it took, its other tensor-parallel ranks or
+    None); raises what loading raised."""
+    from cserve.engine.data_parallel_layout import layout_from_args
+    from cserve.engine.tensor_parallel import start_engine
+
+    config = engine_config_from_args(args)
     future: Future = Future()
 
     def load() -> None:
         t0 = time.perf_counter()
         bar = _progress_bar(config) if args.use_tqdm_on_load else None
         try:
-            if args.data_parallel_size > 1:
+            layout = layout_from_args(args)
+            if layout.size > 1 and not (layout.hybrid and layout.local == 1):
                 from cserve.engine.data_parallel import DataParallelEngine
 
-                engine, ranks = DataParallelEngine(config, args.data_parallel_size, args.tokenizer or ""), None
+                engine = DataParallelEngine(config, layout.size, args.tokenizer or "", local=layout.local,
+                                            start_index=0 if layout.hybrid else layout.start,
+                                            address=layout.address, placement=args.data_parallel_load_balance,
+                                            first_label=layout.first_label)
+                ranks = None
             else:
                 engine, ranks = start_engine(config)  # this thread runs rank 0's compute: pinned there
             future.set_result((engine, config, time.perf_counter() - t0, ranks))

@@ -60,16 +60,13 @@ class Histogram:
         return lines
 
 
-class Metrics:
-    """Counts the server keeps per request, plus gauges and counters read from the engine."""
+class EngineMetrics:
+    """What the server counts for the requests one engine served (one per data-parallel replica,
+    vLLM's `engine` label)."""
 
     FINISH_REASONS = ("stop", "length", "abort", "error")
 
-    def __init__(self, model_name: str, max_model_len: int, engine_stats: Callable[[], object],
-                 cache_info: dict[str, str]) -> None:
-        self.labels = [("model_name", model_name), ("engine", "0")]
-        self.engine_stats = engine_stats
-        self.cache_info = cache_info
+    def __init__(self, max_model_len: int) -> None:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.success = {r: 0 for r in self.FINISH_REASONS}
@@ -91,35 +88,77 @@ class Metrics:
         self.request_n = Histogram("vllm:request_params_n", "Histogram of the n request parameter.",
                                    (1, 2, 5, 10, 20))
 
+    def histograms(self) -> tuple[Histogram, ...]:
+        return (self.ttft, self.itl, self.tpot, self.e2e, self.request_prompt, self.request_generation,
+                self.request_max_tokens, self.request_n)
+
+
+class Metrics:
+    """Counts the server keeps per request, plus gauges and counters read from the engines; every
+    series carries vLLM's labels model_name and engine (the data-parallel replica: 0..N-1)."""
+
+    FINISH_REASONS = EngineMetrics.FINISH_REASONS
+
+    def __init__(self, model_name: str, max_model_len: int, engine_stats: Callable[[], list],
+                 cache_info: dict[str, str], num_engines: int = 1, first_label: int = 0) -> None:
+        self.model_name = model_name
+        self.first_label = first_label  # the global data-parallel rank of engine 0 (hybrid load balancing)
+        self.engine_stats = engine_stats  # one stats object per engine
+        self.cache_info = cache_info
+        self.engines = [EngineMetrics(max_model_len) for _ in range(num_engines)]
+
+    def engine(self, index: int) -> EngineMetrics:
+        return self.engines[index if 0 <= index < len(self.engines) else 0]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(e.prompt_tokens for e in self.engines)
+
+    @property
+    def generation_tokens(self) -> int:
+        return sum(e.generation_tokens for e in self.engines)
+
+    def _labels(self, index: int) -> list[tuple[str, str]]:
+        return [("model_name", self.model_name), ("engine", str(self.first_label + index))]
+
     def render(self) -> str:
-        s = self.engine_stats()
-        lab = self.labels
+        stats = self.engine_stats()
         lines: list[str] = []
 
-        def gauge(name: str, doc: str, value: float) -> None:
-            lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name}{_labels(lab)} {_fmt(value)}"])
+        def series(name: str, kind: str, doc: str, values: list[float], suffix: str = "") -> None:
+            lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} {kind}"])
+            for i, v in enumerate(values):
+                lines.append(f"{name}{suffix}{_labels(self._labels(i))} {_fmt(v)}")
 
-        def counter(name: str, doc: str, value: float, extra: list[tuple[str, str]] = ()) -> None:
-            lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} counter",
-                          f"{name}_total{_labels(lab + list(extra))} {_fmt(value)}"])
+        def gauge(name: str, doc: str, field: str) -> None:
+            series(name, "gauge", doc, [getattr(s, field) for s in stats])
 
-        gauge("vllm:num_requests_running", "Number of requests in model execution batches.", s.num_running)
-        gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", s.num_waiting)
-        gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", s.kv_cache_usage)
+        def counter(name: str, doc: str, values: list[float]) -> None:
+            series(name, "counter", doc, values, "_total")
+
+        gauge("vllm:num_requests_running", "Number of requests in model execution batches.", "num_running")
+        gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", "num_waiting")
+        gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "kv_cache_usage")
         counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
-                s.prefix_cache_queries)
+                [s.prefix_cache_queries for s in stats])
         counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
-                s.prefix_cache_hits)
-        counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", s.num_preemptions)
-        counter("vllm:prompt_tokens", "Number of prefill tokens processed.", self.prompt_tokens)
-        counter("vllm:generation_tokens", "Number of generation tokens processed.", self.generation_tokens)
+                [s.prefix_cache_hits for s in stats])
+        counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
+                [s.num_preemptions for s in stats])
+        counter("vllm:prompt_tokens", "Number of prefill tokens processed.", [e.prompt_tokens for e in self.engines])
+        counter("vllm:generation_tokens", "Number of generation tokens processed.",
+                [e.generation_tokens for e in self.engines])
         lines.extend(["# HELP vllm:request_success Count of successfully processed requests.",
                       "# TYPE vllm:request_success counter"])
-        for reason, count in self.success.items():
-            lines.append(f"vllm:request_success_total{_labels(lab + [('finished_reason', reason)])} {_fmt(count)}")
-        for h in (self.ttft, self.itl, self.tpot, self.e2e, self.request_prompt, self.request_generation,
-                  self.request_max_tokens, self.request_n):
-            lines.extend(h.render(lab))
+        for i, e in enumerate(self.engines):
+            for reason, count in e.success.items():
+                labels = self._labels(i) + [("finished_reason", reason)]
+                lines.append(f"vllm:request_success_total{_labels(labels)} {_fmt(count)}")
+        for k in range(len(self.engines[0].histograms())):
+            for i, e in enumerate(self.engines):
+                h = e.histograms()[k]
+                body = h.render(self._labels(i))
+                lines.extend(body if i == 0 else body[2:])  # HELP and TYPE once per name
         info = [(k, str(v)) for k, v in self.cache_info.items()]
         lines.extend(["# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig",
                       "# TYPE vllm:cache_config_info gauge", f"vllm:cache_config_info{_labels(info)} 1.0"])

@@ -263,9 +263,7 @@ class RequestRun:
         except (ValueError, TypeError, OverflowError) as e:
             raise APIError(str(e), 400) from None
         self._released = False
-        m = state.metrics
-        m.request_n.observe(params.n)
-        m.request_max_tokens.observe(params.max_tokens)
+        self._engine = 0  # the data-parallel replica serving it (vLLM's engine label)
 
     @property
     def choices(self):
@@ -290,6 +288,7 @@ class RequestRun:
             delta = self.output.process(out)
             if delta is None:
                 continue
+            self._engine = getattr(out, "engine", 0)
             self._record_tokens(len(delta.token_ids), now)
             deltas.append(delta)
             self._log_output(self.output.choices[out.index], delta)
@@ -318,7 +317,7 @@ class RequestRun:
     def _record_tokens(self, count: int, now: float) -> None:
         if count == 0:
             return
-        m = self.state.metrics
+        m = self.state.metrics.engine(self._engine)
         if self._last_token_time is None:
             m.ttft.observe(now - self.arrival)
             m.prompt_tokens += len(self.prompt_ids)
@@ -332,7 +331,9 @@ class RequestRun:
         if self._finish_recorded:
             return
         self._finish_recorded = True
-        m = self.state.metrics
+        m = self.state.metrics.engine(self._engine)
+        m.request_n.observe(self.params.n)
+        m.request_max_tokens.observe(self.params.max_tokens)
         reasons = {c.finish_reason for c in self.choices}
         reason = next((r for r in ("error", "stop") if r in reasons), self.choices[0].finish_reason)
         m.success[reason if reason in m.success else "stop"] += 1
