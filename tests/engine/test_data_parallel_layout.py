@@ -39,6 +39,7 @@ def test_a_start_rank_without_headless_means_hybrid():
     (["--headless", "--data-parallel-hybrid-lb", "-dp", "2", "-dpl", "1"],
      "data_parallel_hybrid_lb is not applicable in headless mode"),
     (["--headless", "-dp", "2", "-dpl", "0"], "data_parallel_size_local must be > 0 in headless mode"),
+    (["--headless", "-dp", "2", "--api-server-count", "2"], "api_server_count can't be set in headless mode"),
     (["-dp", "2", "--data-parallel-hybrid-lb"], "data_parallel_size_local must be set to use data_parallel_hybrid_lb"),
     (["-dp", "2", "--data-parallel-rank", "1"], "Non-MoE models do not support external data parallel mode"),
     (["-dp", "2", "--data-parallel-external-lb"], "Non-MoE models do not support external data parallel mode"),

@@ -162,11 +162,15 @@ class ServerProcess:
 
 
 def metric(http: httpx.Client, name: str) -> float:
+    """The metric's value, summed over its series (one per data-parallel engine)."""
+    values = []
     for line in http.get("/metrics").text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             if "finished_reason" in name or "finished_reason" not in line:
-                return float(line.rsplit(" ", 1)[1])
-    raise KeyError(name)
+                values.append(float(line.rsplit(" ", 1)[1]))
+    if not values:
+        raise KeyError(name)
+    return sum(values)
 
 
 def abort_count(http: httpx.Client) -> float:

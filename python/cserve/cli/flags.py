@@ -170,8 +170,10 @@ FLAGS: tuple = (
         Flag("--headless", FLAG, False, "Run data-parallel replicas without an API server, for the front end "
              "of the head node at --data-parallel-address:--data-parallel-rpc-port (multi-node data parallel).",
              **ok("server")),
-        Flag("--api-server-count", INT, None, "Number of API server processes; defaults to data_parallel_size.",
-             aliases=("-asc",), **only(None, 1)),
+        Flag("--api-server-count", INT, None, "Number of API server processes on the one port (default 1: the "
+             "engine runs in the server's process; more: the engine runs in replica processes, and each API "
+             "server tokenizes, detokenizes and streams its share of the connections).", aliases=("-asc",),
+             check=Range(1), **ok("server")),
         Flag("--config", STR, None, "Read options from a YAML file: keys are flag names without dashes; "
              "the command line wins over the file.", **ok("none")),
         Flag("--disable-log-stats", FLAG, False, "Do not log engine statistics.", **ok("server")),
@@ -385,8 +387,9 @@ FLAGS: tuple = (
              "share of the cores, with its own -tp/-pp ranks) behind one front end, requests balanced by load.",
              aliases=("-dp",), check=Range(1), **ok("server")),
         Flag("--distributed-executor-backend", STR, None, "Backend of distributed workers: mp (a process per "
-             "rank, the default with -tp > 1) or uni (one process, -tp 1).",
-             choices=("external_launcher", "mp", "ray", "uni"), **only(None, "uni", "mp")),
+             "rank, the default with -tp > 1), uni (one process, -tp 1) or ray (ranks 1..N-1 as Ray actors "
+             "placed on the nodes of a Ray cluster, RAY_ADDRESS or a local one; needs cserve[ray]).",
+             choices=("external_launcher", "mp", "ray", "uni"), **only(None, "uni", "mp", "ray")),
         Flag("--master-addr", STR, "127.0.0.1", "Master address for multi-node inference.",
              **noop("single node only (--nnodes is 1)")),
         Flag("--master-port", INT, 29501, "Master port for multi-node inference.",
@@ -407,7 +410,8 @@ FLAGS: tuple = (
         Flag("--data-parallel-rpc-port", INT, None, "Port of the head node's front end for replicas of other "
              "nodes (default 29550).", aliases=("-dpp",), check=Range(0, 65535), **ok("server")),
         Flag("--data-parallel-backend", STR, "mp", "Backend of data parallel replicas: mp (a process per "
-             "replica).", aliases=("-dpb",), choices=("mp", "ray"), **only("mp")),
+             "replica) or ray (a Ray actor per replica, placed on the nodes of a Ray cluster; needs "
+             "cserve[ray]).", aliases=("-dpb",), choices=("mp", "ray"), **ok("server")),
         Flag("--data-parallel-hybrid-lb", BOOL, False, "Hybrid data parallel load balancing: each node's front "
              "end balances over its own --data-parallel-size-local replicas (from --data-parallel-start-rank); "
              "an outer load balancer spreads requests over the nodes.", aliases=("-dph",), **ok("server")),

@@ -92,6 +92,11 @@ def serve(argv: list[str]) -> int:
             from cserve.entrypoints.openai.engine_loader import engine_config_from_args
 
             return run_headless(args, engine_config_from_args(args))
+        from cserve.entrypoints.openai.api_servers import check_api_server_count, run_api_servers
+
+        count = check_api_server_count(args)
+        if count > 1:
+            return run_api_servers(args, argv, count)
         from cserve.entrypoints.openai.engine_loader import start_engine_load
 
         pending = start_engine_load(args)  # the weights load while the server's modules import

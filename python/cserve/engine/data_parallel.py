@@ -40,22 +40,25 @@ def replica_key() -> bytes:
 
 
 def connect_front_end(address: str):
-    """A replica's connection to its front end: a Unix socket path, or host:port on another node."""
+    """A replica's connection to its front end: a Unix socket path, or host:port on another node.
+    Waits for a front end that is not listening yet (a headless node started before the head, API
+    servers that start alongside the replicas)."""
     from multiprocessing.connection import Client
 
     key = bytes.fromhex(os.environ["CSERVE_REPLICA_KEY"])
     if address.startswith("/"):
-        return Client(address, family="AF_UNIX", authkey=key)
-    host, _, port = address.rpartition(":")
-    # A headless node may start before the head: wait for its front end.
+        target, family = address, "AF_UNIX"
+    else:
+        host, _, port = address.rpartition(":")
+        target, family = (host, int(port)), "AF_INET"
     deadline = time.monotonic() + float(os.environ.get("CSERVE_DATA_PARALLEL_CONNECT_TIMEOUT", "600"))
     while True:
         try:
-            return Client((host, int(port)), family="AF_INET", authkey=key)
-        except ConnectionRefusedError:
+            return Client(target, family=family, authkey=key)
+        except (ConnectionRefusedError, FileNotFoundError):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no data-parallel front end answered at {address}") from None
-            time.sleep(0.5)
+            time.sleep(0.2)
 
 
 def params_to_wire(p: Any, serialize) -> dict:
@@ -185,7 +188,7 @@ class DataParallelEngine:
 
     def __init__(self, config: Any, size: int, tokenizer: str = "", launch: Optional[Launcher] = None,
                  local: Optional[int] = None, start_index: int = 0,
-                 address: Optional[tuple[str, int]] = None, placement: str = "least_loaded",
+                 address: Optional[tuple[str, int] | str] = None, placement: str = "least_loaded",
                  first_label: int = 0) -> None:
         from cserve.engine.tensor_parallel import rank_cores, start_child
 
@@ -202,6 +205,7 @@ class DataParallelEngine:
         self._stopping = False
         self._outputs: list = []
         self._in_flight = [0] * size
+        self._others = [0] * size  # sequences other front ends (API servers) have on each replica
         self._owner: dict[str, int] = {}  # request id -> its replica, while in flight
         self._remaining: dict[str, int] = {}  # request id -> completions not finished
         self._stats: list[Optional[tuple]] = [None] * size
@@ -216,10 +220,13 @@ class DataParallelEngine:
             key = secrets.token_bytes(16)
             folder = tempfile.mkdtemp(prefix="cserve-dp-")
             listener = Listener(os.path.join(folder, "front"), family="AF_UNIX", authkey=key)
+        elif isinstance(address, str):  # one of several API servers: replicas started by the parent
+            key = bytes.fromhex(os.environ["CSERVE_REPLICA_KEY"])
+            listener = Listener(address, family="AF_UNIX", authkey=key)
         else:
             key = replica_key()
             listener = Listener(address, family="AF_INET", authkey=key)
-        wire_address = listener.address if address is None else f"{address[0]}:{listener.address[1]}"
+        wire_address = listener.address if not isinstance(address, tuple) else f"{address[0]}:{listener.address[1]}"
         cores = rank_cores(local) if local else []
         env = {**os.environ, "CSERVE_REPLICA_KEY": key.hex()}
         self._procs: list[Optional[ChildProcess]] = [None] * size  # None: a replica of another node
@@ -341,7 +348,8 @@ class DataParallelEngine:
 
     def _place(self, prompt: list, salt: str) -> int:
         """The replica for a new request (under the lock)."""
-        least = min(range(self.size), key=lambda i: self._in_flight[i])
+        load = [mine + other for mine, other in zip(self._in_flight, self._others)]
+        least = min(range(self.size), key=lambda i: load[i])
         if self.placement == "round_robin":
             r, self._next = self._next, (self._next + 1) % self.size
             return r
@@ -351,7 +359,7 @@ class DataParallelEngine:
         best, best_len = least, self._prefixes.matched(least, hashes)
         for i in range(self.size):
             n = self._prefixes.matched(i, hashes)
-            if n > best_len and self._in_flight[i] <= self._in_flight[least] + self.PREFIX_SLACK:
+            if n > best_len and load[i] <= load[least] + self.PREFIX_SLACK:
                 best, best_len = i, n
         self._prefixes.remember(best, hashes)
         return best
@@ -445,8 +453,10 @@ class DataParallelEngine:
                                 self._owner.pop(o.request_id, None)
                     self._outputs.extend(outs)
                     self._stats[index] = msg[2]
+                    self._others[index] = max(0, msg[3][0] - msg[3][1])
                 elif kind == "stats":
                     self._stats[index] = msg[2]
+                    self._others[index] = max(0, msg[3][0] - msg[3][1])
                 elif kind == "ack":
                     self._acks[msg[1]] = (msg[2], msg[3])
                     self._ack_cv.notify_all()

@@ -11,7 +11,7 @@ import os
 import selectors
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from cserve.engine.data_parallel import connect_front_end, output_to_wire, params_from_wire, stats_to_wire
 
@@ -19,34 +19,66 @@ STATS_PERIOD = 0.5  # seconds between load reports while idle
 
 
 def serve(index: int, address: str, config, tokenizer: str) -> int:
+    """Serves the front ends at `address` (several, comma-separated, with --api-server-count):
+    each request's outputs go back to the front end that sent it; the load goes to all. Returns
+    when every front end has gone away or said shutdown."""
     from cserve.engine.tensor_parallel import start_engine
 
     engine, ranks = start_engine(config)
-    conn = connect_front_end(address)
+    conns = [connect_front_end(a) for a in address.split(",")]
     info = engine.model_info()
-    conn.send(("ready", index, {name: getattr(info, name) for name in dir(info) if not name.startswith("_")}))
+    ready = ("ready", index, {name: getattr(info, name) for name in dir(info) if not name.startswith("_")})
+    for conn in conns:
+        conn.send(ready)
     grammars = None  # a GrammarCompiler for this vocabulary, made with the first constrained request
+    owner: dict[str, Any] = {}  # request id -> the front end that sent it
+    remaining: dict[str, int] = {}  # request id -> its sequences not finished
     engine.start_loop()
     sel = selectors.DefaultSelector()
-    sel.register(conn, selectors.EVENT_READ, "conn")
+    for conn in conns:
+        sel.register(conn, selectors.EVENT_READ, "conn")
     sel.register(engine.output_fd(), selectors.EVENT_READ, "outputs")
     last_stats = 0.0
+
+    def load(conn) -> tuple:
+        """This replica's sequences in flight: all of them, and those of `conn`."""
+        mine = sum(n for rid, n in remaining.items() if owner.get(rid) is conn)
+        return sum(remaining.values()), mine
+
+    def drop(conn) -> None:
+        sel.unregister(conn)
+        conns.remove(conn)
+        for rid in [rid for rid, c in owner.items() if c is conn]:
+            engine.abort(rid)  # nobody is left to read them
+
     try:
-        while True:
+        while conns:
             for key, _ in sel.select(timeout=STATS_PERIOD):
                 if key.data == "outputs":
                     try:
                         os.read(engine.output_fd(), 8)
                     except BlockingIOError:
                         pass
-                    outs = engine.drain_outputs()
-                    if outs:
-                        conn.send(("out", [output_to_wire(o) for o in outs], stats_to_wire(engine.stats())))
+                    by_conn: dict[int, tuple] = {}
+                    for o in engine.drain_outputs():
+                        conn = owner.get(o.request_id)
+                        if o.finish_reason is not None and o.request_id in remaining:
+                            remaining[o.request_id] -= 1
+                            if remaining[o.request_id] <= 0:
+                                del remaining[o.request_id]
+                                owner.pop(o.request_id, None)
+                        if conn is not None and conn in conns:
+                            by_conn.setdefault(id(conn), (conn, []))[1].append(output_to_wire(o))
+                    stats = stats_to_wire(engine.stats())
+                    for conn, wires in by_conn.values():
+                        conn.send(("out", wires, stats, load(conn)))
                     continue
+                conn = key.fileobj
                 try:
                     msg = conn.recv()
-                except EOFError:
-                    return 0  # the front end is gone
+                except (EOFError, OSError):
+                    drop(conn)  # that front end is gone
+                    continue
                 kind = msg[0]
                 if kind == "add":
                     _, rid, prompt, wire, priority, salt = msg
@@ -54,6 +86,7 @@ def serve(index: int, address: str, config, tokenizer: str) -> int:
                         if wire.get("grammar") is not None and grammars is None:
                             grammars = _grammar_compiler(tokenizer, info)
                         engine.add_request(rid, prompt, params_from_wire(wire, grammars), priority, salt)
+                        owner[rid], remaining[rid] = conn, wire["n"]
                         conn.send(("ack", rid, None, None))
                     except Exception as e:  # noqa: BLE001 - the front end raises it for its caller
                         conn.send(("ack", rid, type(e).__name__, str(e)))
@@ -64,11 +97,14 @@ def serve(index: int, address: str, config, tokenizer: str) -> int:
                 elif kind == "kill":
                     engine.kill(msg[1])
                 elif kind == "shutdown":
-                    return 0
+                    drop(conn)
             now = time.monotonic()
             if now - last_stats >= STATS_PERIOD:
-                conn.send(("stats", index, stats_to_wire(engine.stats())))
+                stats = stats_to_wire(engine.stats())
+                for conn in conns:
+                    conn.send(("stats", index, stats, load(conn)))
                 last_stats = now
+        return 0
     finally:
         engine.shutdown()
         if ranks is not None:

@@ -535,6 +535,14 @@ async def _log_stats(state: ServerState, interval: float = 10.0) -> None:
         last, last_prefix = now, (s.prefix_cache_queries, s.prefix_cache_hits)
 
 
+async def _save_metrics(state: ServerState, interval: float = 1.0) -> None:
+    """With several API servers: this one's token counters reach the others' /metrics while
+    its requests run (finished requests save at once)."""
+    while True:
+        await asyncio.sleep(interval)
+        state.metrics.save()
+
+
 def _access_log_filter(excluded: list[str]) -> logging.Filter:
     class Exclude(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
@@ -592,12 +600,16 @@ def _server_class(drain):
 _H11_DEFAULT_EVENT_SIZE = 4194304
 
 
-def run_server(args, pending=None) -> int:
-    """Serves until SIGTERM/SIGINT (exit status 0) or until the engine dies (1)."""
+def run_server(args, pending=None, sock=None, share: Optional[tuple[str, int]] = None) -> int:
+    """Serves until SIGTERM/SIGINT (exit status 0) or until the engine dies (1). sock: a
+    listening socket to serve on (one of several API servers); share: (folder, index) where the
+    API servers exchange their metrics."""
     import uvicorn
 
     state = build_state(args, pending)
     holder: dict[str, Any] = {}
+    if share is not None:
+        state.metrics.share(*share)
 
     async def on_startup() -> None:
         config = holder["config"]
@@ -612,6 +624,8 @@ def run_server(args, pending=None) -> int:
 
             holder["grpc"] = GrpcServer(state, api_keys(args))
             await holder["grpc"].start()
+        if state.metrics.shared:
+            holder["metrics"] = asyncio.ensure_future(_save_metrics(state))
         if args.gateway_address:
             from cserve.gateway import GatewayWorker
 
@@ -689,7 +703,7 @@ def run_server(args, pending=None) -> int:
 
         state.ranks.watch(rank_died)
     try:
-        server.run()
+        server.run(sockets=[sock] if sock is not None else None)
     finally:
         state.engine.engine.shutdown()  # with tensor parallelism the other ranks return too
         if state.ranks is not None:

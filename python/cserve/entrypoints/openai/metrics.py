@@ -4,7 +4,9 @@ so dashboards and routers written for vLLM keep working against cserve."""
 from __future__ import annotations
 
 import bisect
-from typing import Callable, Iterable
+import json
+import os
+from typing import Callable, Iterable, Optional
 
 # vLLM's histogram buckets.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -92,6 +94,20 @@ class EngineMetrics:
         return (self.ttft, self.itl, self.tpot, self.e2e, self.request_prompt, self.request_generation,
                 self.request_max_tokens, self.request_n)
 
+    def state(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "generation_tokens": self.generation_tokens,
+                "success": self.success, "histograms": [[h.counts, h.sum] for h in self.histograms()]}
+
+    def add(self, state: dict) -> None:
+        """Adds another API server's counts for the same engine."""
+        self.prompt_tokens += state["prompt_tokens"]
+        self.generation_tokens += state["generation_tokens"]
+        for reason, count in state["success"].items():
+            self.success[reason] = self.success.get(reason, 0) + count
+        for h, (counts, total) in zip(self.histograms(), state["histograms"]):
+            h.counts = [a + b for a, b in zip(h.counts, counts)]
+            h.sum += total
+
 
 class Metrics:
     """Counts the server keeps per request, plus gauges and counters read from the engines; every
@@ -105,24 +121,63 @@ class Metrics:
         self.first_label = first_label  # the global data-parallel rank of engine 0 (hybrid load balancing)
         self.engine_stats = engine_stats  # one stats object per engine
         self.cache_info = cache_info
+        self.max_model_len = max_model_len
         self.engines = [EngineMetrics(max_model_len) for _ in range(num_engines)]
+        self._share: Optional[tuple[str, int]] = None  # (folder, this API server's index)
+
+    # --- several API servers (--api-server-count): each saves its counts, /metrics sums them ------
+    def share(self, folder: str, index: int) -> None:
+        self._share = (folder, index)
+
+    @property
+    def shared(self) -> bool:
+        return self._share is not None
+
+    def save(self) -> None:
+        """Writes this API server's counts where its siblings read them (no-op with one server)."""
+        if self._share is None:
+            return
+        folder, index = self._share
+        path = os.path.join(folder, f"metrics-{index}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump([e.state() for e in self.engines], f)
+        os.replace(path + ".tmp", path)
+
+    def _merged(self) -> list[EngineMetrics]:
+        if self._share is None:
+            return self.engines
+        folder, index = self._share
+        merged = [EngineMetrics(self.max_model_len) for _ in self.engines]
+        for m, e in zip(merged, self.engines):
+            m.add(e.state())
+        for name in os.listdir(folder):
+            if name.startswith("metrics-") and name.endswith(".json") and name != f"metrics-{index}.json":
+                try:
+                    with open(os.path.join(folder, name)) as f:
+                        states = json.load(f)
+                except (OSError, ValueError):
+                    continue  # a sibling is writing it: its next save counts
+                for m, state in zip(merged, states):
+                    m.add(state)
+        return merged
 
     def engine(self, index: int) -> EngineMetrics:
         return self.engines[index if 0 <= index < len(self.engines) else 0]
 
     @property
     def prompt_tokens(self) -> int:
-        return sum(e.prompt_tokens for e in self.engines)
+        return sum(e.prompt_tokens for e in self._merged())
 
     @property
     def generation_tokens(self) -> int:
-        return sum(e.generation_tokens for e in self.engines)
+        return sum(e.generation_tokens for e in self._merged())
 
     def _labels(self, index: int) -> list[tuple[str, str]]:
         return [("model_name", self.model_name), ("engine", str(self.first_label + index))]
 
     def render(self) -> str:
         stats = self.engine_stats()
+        engines = self._merged()
         lines: list[str] = []
 
         def series(name: str, kind: str, doc: str, values: list[float], suffix: str = "") -> None:
@@ -145,17 +200,17 @@ class Metrics:
                 [s.prefix_cache_hits for s in stats])
         counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
                 [s.num_preemptions for s in stats])
-        counter("vllm:prompt_tokens", "Number of prefill tokens processed.", [e.prompt_tokens for e in self.engines])
+        counter("vllm:prompt_tokens", "Number of prefill tokens processed.", [e.prompt_tokens for e in engines])
         counter("vllm:generation_tokens", "Number of generation tokens processed.",
-                [e.generation_tokens for e in self.engines])
+                [e.generation_tokens for e in engines])
         lines.extend(["# HELP vllm:request_success Count of successfully processed requests.",
                       "# TYPE vllm:request_success counter"])
-        for i, e in enumerate(self.engines):
+        for i, e in enumerate(engines):
             for reason, count in e.success.items():
                 labels = self._labels(i) + [("finished_reason", reason)]
                 lines.append(f"vllm:request_success_total{_labels(labels)} {_fmt(count)}")
-        for k in range(len(self.engines[0].histograms())):
-            for i, e in enumerate(self.engines):
+        for k in range(len(engines[0].histograms())):
+            for i, e in enumerate(engines):
                 h = e.histograms()[k]
                 body = h.render(self._labels(i))
                 lines.extend(body if i == 0 else body[2:])  # HELP and TYPE once per name

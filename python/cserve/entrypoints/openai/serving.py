@@ -342,6 +342,7 @@ class RequestRun:
         m.request_generation.observe(self._num_generated)
         if self._num_generated > 1 and self._last_token_time is not None:
             m.tpot.observe((self._last_token_time - self.arrival) / self._num_generated)
+        self.state.metrics.save()
 
     def release(self) -> None:
         """Ends the engine request if it still runs and forgets it (idempotent). A request that
