@@ -1,8 +1,9 @@
-"""All-reduce latency and bandwidth on the CPU: cserve's shared-memory communicator beside
+"""All-reduce latency and bandwidth on the CPU: cserve's shared-memory communicator and its gloo
+communicator (gloo's TCP transport, for ranks on several hosts; here over loopback) beside
 torch.distributed's gloo backend, measured in the same run by the same rank processes.
 
     python benchmarks/allreduce.py                     # 2 ranks, 4 KiB .. 64 MiB, float32 and bfloat16
-    python benchmarks/allreduce.py --ranks 4 --dtypes float32 --sizes 4K 1M 64M --no-gloo
+    python benchmarks/allreduce.py --ranks 4 --dtypes float32 --sizes 4K 1M 64M --no-gloo --no-cserve-gloo
 
 Each rank is a process (spawned), pinned to its own core when there are enough (--no-pin
 leaves them free). For every message size and dtype both implementations run the same number
@@ -18,6 +19,7 @@ import argparse
 import multiprocessing
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 import time
@@ -68,7 +70,7 @@ def iterations_for(seconds_per_call: float, target: float) -> int:
     return max(5, min(20000, int(target / max(seconds_per_call, 1e-7))))
 
 
-def rank_main(rank: int, size: int, args, store_path: str, shm_name: str, queue) -> None:
+def rank_main(rank: int, size: int, args, store_path: str, shm_name: str, gloo_address: str, queue) -> None:
     import numpy as np
 
     if args.pin and os.cpu_count() and os.cpu_count() >= size:
@@ -76,6 +78,7 @@ def rank_main(rank: int, size: int, args, store_path: str, shm_name: str, queue)
     from cserve._core import comm
 
     c = comm.ShmCommunicator(shm_name, rank, size, 120.0, args.buffer_bytes)
+    ours_gloo = comm.GlooCommunicator(gloo_address, shm_name, rank, size, 120.0) if args.cserve_gloo else None
     dist = None
     if args.gloo:
         import torch
@@ -116,6 +119,8 @@ def rank_main(rank: int, size: int, args, store_path: str, shm_name: str, queue)
                 ours = (values.view(np.uint32) >> 16).astype(np.uint16)
             ours_dtype = "bfloat16" if dtype == "bfloat16" else ""
             row = {"dtype": dtype, "bytes": nbytes, "cserve": run(lambda: c.all_reduce(ours, ours_dtype))}
+            if ours_gloo is not None:
+                row["cserve_gloo"] = run(lambda: ours_gloo.all_reduce(ours, ours_dtype))
             if dist is not None:
                 import torch
 
@@ -137,6 +142,8 @@ def main() -> None:
     parser.add_argument("--buffer-bytes", type=int, default=0,
                         help="cserve's staging buffer per rank (default: CSERVE_SHM_COMM_BYTES or 2 MiB)")
     parser.add_argument("--no-gloo", dest="gloo", action="store_false", help="skip torch.distributed gloo")
+    parser.add_argument("--no-cserve-gloo", dest="cserve_gloo", action="store_false",
+                        help="skip cserve's gloo communicator")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin rank r to core r")
     args = parser.parse_args()
     args.sizes = [parse_size(s) for s in args.sizes]
@@ -149,7 +156,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "gloo_store")
         shm_name = f"cserve-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        procs = [ctx.Process(target=rank_main, args=(r, args.ranks, args, store, shm_name, queue))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            gloo_address = f"127.0.0.1:{s.getsockname()[1]}"
+        procs = [ctx.Process(target=rank_main, args=(r, args.ranks, args, store, shm_name, gloo_address, queue))
                  for r in range(args.ranks)]
         for p in procs:
             p.start()
@@ -161,6 +171,9 @@ def main() -> None:
 
     header = "| dtype | size | cserve shm µs | cserve GB/s |"
     rule = "|---|---:|---:|---:|"
+    if args.cserve_gloo:
+        header += " cserve gloo µs | cserve gloo GB/s |"
+        rule += "---:|---:|"
     if args.gloo:
         header += " gloo µs | gloo GB/s | speed-up |"
         rule += "---:|---:|---:|"
@@ -169,6 +182,8 @@ def main() -> None:
     for row in rows:
         ours = row["cserve"]
         line = f"| {row['dtype']} | {size_label(row['bytes'])} | {ours * 1e6:.1f} | {row['bytes'] / ours / 1e9:.2f} |"
+        if "cserve_gloo" in row:
+            line += f" {row['cserve_gloo'] * 1e6:.1f} | {row['bytes'] / row['cserve_gloo'] / 1e9:.2f} |"
         if "gloo" in row:
             line += f" {row['gloo'] * 1e6:.1f} | {row['bytes'] / row['gloo'] / 1e9:.2f} | {row['gloo'] / ours:.1f}x |"
         print(line)

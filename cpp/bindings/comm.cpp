@@ -1,4 +1,5 @@
-// cserve._core.comm: the shared-memory communicator over NumPy arrays, for tests and benchmarks.
+// cserve._core.comm: the shared-memory and gloo communicators over NumPy arrays, for tests and
+// benchmarks.
 // Every call releases the GIL, so ranks may be threads of one interpreter.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -35,10 +36,10 @@ cserve::DType element_type(const A& a, const std::string& name) {
   throw cserve::InvalidArgument("expected a float32 or float16 array, or dtype='bfloat16' with a uint16 array");
 }
 
-class PyShmCommunicator {
+// One rank of a group, whichever kind: the Python classes below differ only in how they join.
+class PyCommunicator {
  public:
-  PyShmCommunicator(const std::string& name, int rank, int size, double timeout_s, size_t buffer_bytes)
-      : comm_(cserve::make_shm_communicator(name, rank, size, timeout_s, buffer_bytes)) {}
+  explicit PyCommunicator(std::unique_ptr<cserve::Communicator> comm) : comm_(std::move(comm)) {}
 
   int rank() const { return comm_->rank(); }
   int size() const { return comm_->size(); }
@@ -60,10 +61,10 @@ class PyShmCommunicator {
     comm_->all_gather(in.data(), out.data(), count, d);
   }
 
-  void broadcast(Array a, int root) {
+  void broadcast(Array a, int root, bool untimed) {
     const size_t bytes = a.nbytes();
     nb::gil_scoped_release release;
-    comm_->broadcast(a.data(), bytes, root);
+    comm_->broadcast(a.data(), bytes, root, untimed);
   }
 
   void barrier() {
@@ -77,25 +78,44 @@ class PyShmCommunicator {
   std::unique_ptr<cserve::Communicator> comm_;
 };
 
+struct PyShmCommunicator : PyCommunicator {
+  PyShmCommunicator(const std::string& name, int rank, int size, double timeout_s, size_t buffer_bytes)
+      : PyCommunicator(cserve::make_shm_communicator(name, rank, size, timeout_s, buffer_bytes)) {}
+};
+
+struct PyGlooCommunicator : PyCommunicator {
+  PyGlooCommunicator(const std::string& store_address, const std::string& prefix, int rank, int size,
+                     double timeout_s, bool host_store)
+      : PyCommunicator(cserve::make_gloo_communicator(store_address, prefix, rank, size, timeout_s, host_store)) {}
+};
+
 }  // namespace
 
 void bind_comm(nb::module_& m) {
   nb::module_ comm = m.def_submodule("comm", "Collectives among the ranks of a tensor-parallel group");
-  nb::class_<PyShmCommunicator>(comm, "ShmCommunicator",
-                                "One rank of a group meeting in POSIX shared memory named `name`. Every rank "
-                                "calls the same operations in the same order with the same sizes; a peer that "
-                                "does not arrive within timeout_s raises TimeoutError.")
-      .def(nb::init<const std::string&, int, int, double, size_t>(), "name"_a, "rank"_a, "size"_a,
-           "timeout_s"_a = 60.0, "buffer_bytes"_a = 0, nb::call_guard<nb::gil_scoped_release>())
-      .def_prop_ro("rank", &PyShmCommunicator::rank)
-      .def_prop_ro("size", &PyShmCommunicator::size)
-      .def("all_reduce", &PyShmCommunicator::all_reduce, "array"_a, "dtype"_a = "",
+  nb::class_<PyCommunicator>(comm, "Communicator",
+                             "One rank of a group. Every rank calls the same operations in the same order with "
+                             "the same sizes; a peer that does not arrive within timeout_s raises TimeoutError.")
+      .def_prop_ro("rank", &PyCommunicator::rank)
+      .def_prop_ro("size", &PyCommunicator::size)
+      .def("all_reduce", &PyCommunicator::all_reduce, "array"_a, "dtype"_a = "",
            "In place: the elementwise sum over ranks (float32, float16, or uint16 with dtype='bfloat16').")
-      .def("all_gather", &PyShmCommunicator::all_gather, "input"_a, "output"_a, "dtype"_a = "",
+      .def("all_gather", &PyCommunicator::all_gather, "input"_a, "output"_a, "dtype"_a = "",
            "output (size * input.size elements) = every rank's input, in rank order.")
-      .def("broadcast", &PyShmCommunicator::broadcast, "array"_a, "root"_a,
-           "The root's array bytes into every rank's array.")
-      .def("barrier", &PyShmCommunicator::barrier)
-      .def("abort", &PyShmCommunicator::abort, "reason"_a,
+      .def("broadcast", &PyCommunicator::broadcast, "array"_a, "root"_a, "untimed"_a = false,
+           "The root's array bytes into every rank's array (untimed: no deadline; a peer's exit or an "
+           "abort still ends it).")
+      .def("barrier", &PyCommunicator::barrier)
+      .def("abort", &PyCommunicator::abort, "reason"_a,
            "Gives up on the group (from any thread): every rank's collectives raise TimeoutError.");
+  nb::class_<PyShmCommunicator, PyCommunicator>(comm, "ShmCommunicator",
+                                                "One rank of a group meeting in POSIX shared memory named `name`.")
+      .def(nb::init<const std::string&, int, int, double, size_t>(), "name"_a, "rank"_a, "size"_a,
+           "timeout_s"_a = 60.0, "buffer_bytes"_a = 0, nb::call_guard<nb::gil_scoped_release>());
+  nb::class_<PyGlooCommunicator, PyCommunicator>(
+      comm, "GlooCommunicator",
+      "One rank of a group over gloo's TCP transport, meeting through the store at store_address "
+      "('host:port'), which rank 0 serves (host_store) under `prefix` (unique per group).")
+      .def(nb::init<const std::string&, const std::string&, int, int, double, bool>(), "store_address"_a, "prefix"_a,
+           "rank"_a, "size"_a, "timeout_s"_a = 60.0, "host_store"_a = true, nb::call_guard<nb::gil_scoped_release>());
 }

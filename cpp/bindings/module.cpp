@@ -85,6 +85,8 @@ void bind_config(nb::module_& m) {
       .def_rw("tensor_parallel_size", &cserve::EngineConfig::tensor_parallel_size)
       .def_rw("pipeline_parallel_size", &cserve::EngineConfig::pipeline_parallel_size)
       .def_rw("tensor_parallel_group", &cserve::EngineConfig::tensor_parallel_group)
+      .def_rw("pipeline_micro_batches", &cserve::EngineConfig::pipeline_micro_batches)
+      .def_rw("tensor_parallel_store", &cserve::EngineConfig::tensor_parallel_store)
       .def_rw("tensor_parallel_timeout", &cserve::EngineConfig::tensor_parallel_timeout)
       .def_rw("device", &cserve::EngineConfig::device)
       .def_rw("enforce_eager", &cserve::EngineConfig::enforce_eager)
@@ -156,6 +158,7 @@ void bind_engine(nb::module_& m) {
       .def_ro("stop_token_id", &cserve::RequestOutput::stop_token_id)
       .def_ro("num_prompt_tokens", &cserve::RequestOutput::num_prompt_tokens)
       .def_ro("num_cached_tokens", &cserve::RequestOutput::num_cached_tokens)
+      .def_ro("scheduled_time", &cserve::RequestOutput::scheduled_time)
       .def_ro("error", &cserve::RequestOutput::error);
 
   nb::class_<cserve::EngineStats>(m, "EngineStats")
@@ -168,7 +171,9 @@ void bind_engine(nb::module_& m) {
       .def_ro("generation_tokens", &cserve::EngineStats::generation_tokens)
       .def_ro("num_preemptions", &cserve::EngineStats::num_preemptions)
       .def_ro("num_steps", &cserve::EngineStats::num_steps)
-      .def_ro("num_free_blocks", &cserve::EngineStats::num_free_blocks);
+      .def_ro("num_free_blocks", &cserve::EngineStats::num_free_blocks)
+      .def_ro("steps_by_tokens_log2", &cserve::EngineStats::steps_by_tokens_log2)
+      .def_ro("scheduled_tokens", &cserve::EngineStats::scheduled_tokens);
 
   nb::class_<cserve::Engine>(m, "Engine")
       .def(nb::init<const cserve::EngineConfig&>(), "config"_a, nb::call_guard<nb::gil_scoped_release>())

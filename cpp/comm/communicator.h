@@ -51,4 +51,22 @@ class Communicator {
 std::unique_ptr<Communicator> make_shm_communicator(const std::string& name, int rank, int size,
                                                     double timeout_s = 60.0, size_t buffer_bytes = 0);
 
+// Ranks on one or several hosts, over gloo's TCP transport (third_party/gloo). They meet through
+// a bootstrap key-value store at store_address ("host:port"; "[v6addr]:port"): with host_store,
+// rank 0 serves it there (SO_REUSEADDR) for as long as its communicator lives; the others connect
+// to it, retrying up to timeout_s. `prefix` (unique per group) keeps groups apart, so several
+// groups can meet through one store. One process serves a port once: a second group whose rank
+// 0 is in the same process passes host_store = false to use the store another communicator of
+// that process serves (the engine's -tp and -pp subgroups use its world group's), else pass
+// another port. Each rank's gloo device listens on the interface GLOO_SOCKET_IFNAME names (the
+// first of a comma-separated list, as torch), else on the local address that routes to the
+// store (loopback for 127.0.0.1). Every wait of a collective is bounded by timeout_s
+// (CommTimeout naming the operation); a peer process that exits or aborts closes its
+// connections, which fails the collectives of the others at once. Every later call throws
+// CommTimeout. Sets SIGPIPE to ignored if it has its default action (a peer gone while this
+// process writes must be an error, not a signal).
+std::unique_ptr<Communicator> make_gloo_communicator(const std::string& store_address, const std::string& prefix,
+                                                     int rank, int size, double timeout_s = 60.0,
+                                                     bool host_store = true);
+
 }  // namespace cserve

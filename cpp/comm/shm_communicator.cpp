@@ -23,6 +23,7 @@
 #include <ctime>
 #include <vector>
 
+#include "comm/collective_checks.h"
 #include "comm/communicator.h"
 #include "comm/reduce_kernels.h"
 #include "comm/shm_segment.h"
@@ -74,9 +75,7 @@ class ShmCommunicator final : public Communicator {
   int size() const override { return size_; }
 
   void all_reduce(void* data, int64_t count, DType dtype) override {
-    if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
-      throw NotSupported(std::string("all_reduce: dtype ") + dtype_name(dtype) +
-                         " is not supported (float32, bfloat16, float16)");
+    comm::check_reduce_dtype(dtype);
     check_args("all_reduce", data, count);
     const size_t es = dtype_size(dtype);
     const int64_t chunk = static_cast<int64_t>(seg_.slot_bytes() / es);
@@ -129,9 +128,7 @@ class ShmCommunicator final : public Communicator {
       bool& flag;
       ~Reset() { flag = false; }
     } reset{untimed_};
-    if (root < 0 || root >= size_)
-      throw InvalidArgument("broadcast: root " + std::to_string(root) + " is not a rank of a group of " +
-                            std::to_string(size_));
+    comm::check_root(root, size_);
     check_args("broadcast", data, static_cast<int64_t>(bytes));
     // The root writes a whole half (every rank's slot) per round.
     const size_t chunk = seg_.slot_bytes() * static_cast<size_t>(size_);
@@ -153,10 +150,7 @@ class ShmCommunicator final : public Communicator {
   }
 
   void abort(const std::string& reason) override {
-    if (!abort_claimed_.exchange(true, std::memory_order_acq_rel)) {
-      abort_reason_ = reason;
-      abort_reason_ready_.store(true, std::memory_order_release);
-    }
+    abort_reason_.set(reason);
     uint64_t none = 0;
     seg_.header().abort_word.compare_exchange_strong(none, static_cast<uint64_t>(rank_ + 1) << 32,
                                                      std::memory_order_acq_rel);
@@ -166,8 +160,7 @@ class ShmCommunicator final : public Communicator {
   // Every rank validates the same arguments before its first phase, so a bad call fails on
   // all ranks alike instead of leaving the others waiting.
   void check_args(const char* op, const void* p, int64_t count) {
-    if (count < 0) throw InvalidArgument(std::string(op) + ": negative count " + std::to_string(count));
-    if (count > 0 && !p) throw InvalidArgument(std::string(op) + ": null buffer");
+    comm::check_buffer(op, p, count);
     check_usable(op);
   }
 
@@ -184,7 +177,7 @@ class ShmCommunicator final : public Communicator {
     const int missing = static_cast<int>(word & 0xffffffffu) - 1;
     std::string what;
     if (reporter == rank_ && missing < 0) {
-      what = abort_reason_ready_.load(std::memory_order_acquire) ? "aborted: " + abort_reason_ : "aborted";
+      what = abort_reason_.what();
     } else if (missing < 0) {
       what = "the group failed: rank " + std::to_string(reporter) + " aborted it";
     } else {
@@ -264,10 +257,7 @@ class ShmCommunicator final : public Communicator {
   uint64_t round_ = 0;  // buffer rounds this rank has started
   std::vector<const void*> srcs_;
   std::string failure_;  // why the group failed; empty while it works (the collective's thread)
-  // abort() may come from another thread: the first call writes the reason, then marks it ready.
-  std::atomic<bool> abort_claimed_{false};
-  std::atomic<bool> abort_reason_ready_{false};
-  std::string abort_reason_;
+  comm::AbortReason abort_reason_;  // abort() may come from another thread
 };
 
 }  // namespace

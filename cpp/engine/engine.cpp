@@ -16,6 +16,7 @@
 
 #include "backend/backend.h"
 #include "engine/engine_setup.h"
+#include "engine/group_communicator.h"
 #include "engine/model_loading.h"
 #include "engine/model_runner.h"
 #include "engine/rank_link.h"
@@ -121,6 +122,8 @@ struct Engine::Impl {
   std::thread loop;
   std::atomic<bool> stop{false};
   int64_t num_steps = 0;
+  std::vector<int64_t> steps_by_tokens_log2 = std::vector<int64_t>(32, 0);  // EngineStats' histogram
+  int64_t scheduled_tokens = 0;
   int consecutive_failures = 0;
   std::atomic<bool> dead{false};
   std::string dead_reason;  // under in_mu
@@ -132,6 +135,12 @@ struct Engine::Impl {
   std::vector<RequestOutput> apply_inputs();  // adds and aborts; returns their final outputs
   void on_step_failure(const std::string& what, const SchedulerOutput* so, std::vector<RequestOutput>& outs);
   void refresh_stats();
+  void count_step_tokens(int64_t tokens) {
+    size_t k = 0;
+    while (k + 1 < steps_by_tokens_log2.size() && (int64_t{1} << k) < tokens) ++k;
+    ++steps_by_tokens_log2[k];
+    scheduled_tokens += tokens;
+  }
   void run_loop();
 };
 
@@ -140,7 +149,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   auto t0 = std::chrono::steady_clock::now();
   const int group = parallel_group_size(c);
   if (group > 1) {
-    comm = make_shm_communicator(c.tensor_parallel_group, 0, group, c.tensor_parallel_timeout);
+    comm = make_group_communicator(c, c.tensor_parallel_group, 0, group, true);
     link = std::make_unique<RankLink>(*comm);
   }
   LoadedModel loaded = load_model(c, 0, comm.get());
@@ -285,6 +294,8 @@ void Engine::Impl::refresh_stats() {
   stats.num_preemptions = scheduler->counters().num_preemptions;
   stats.num_steps = num_steps;
   stats.num_free_blocks = kv->pool().num_free_blocks();
+  stats.steps_by_tokens_log2 = steps_by_tokens_log2;
+  stats.scheduled_tokens = scheduled_tokens;
 }
 
 std::vector<RequestOutput> Engine::Impl::step() {
@@ -299,6 +310,7 @@ std::vector<RequestOutput> Engine::Impl::step() {
       for (auto& o : scheduler->fail_all("the engine is dead")) outs.push_back(std::move(o));
     } else if (scheduler->has_unfinished()) {
       SchedulerOutput so = scheduler->schedule();
+      count_step_tokens(so.num_scheduled_tokens);
       try {
         inject.check(so, num_steps);
         RunnerOutput ro = runner->execute(so);

@@ -5,6 +5,7 @@
 #include "cserve/error.h"
 #include "engine/engine_setup.h"
 #include "comm/communicator.h"
+#include "engine/group_communicator.h"
 #include "loader/gguf_model.h"
 #include "util/logging.h"
 
@@ -33,15 +34,29 @@ LoadedModel load_model(const EngineConfig& c, int rank, Communicator* comm) {
     // Each stage's ranks all-reduce among themselves; rank i of each stage hands its hidden
     // states to rank i of the next. Every rank joins its two groups in the same order.
     const std::string& g = c.tensor_parallel_group;
-    m.groups.push_back(make_shm_communicator(g + "-tp" + std::to_string(stage), tp_rank, tp_size,
-                                             c.tensor_parallel_timeout));
-    m.groups.push_back(make_shm_communicator(g + "-pp" + std::to_string(tp_rank), stage, pp_size,
-                                             c.tensor_parallel_timeout));
+    m.groups.push_back(make_group_communicator(c, g + "-tp" + std::to_string(stage), tp_rank, tp_size, false));
+    m.groups.push_back(make_group_communicator(c, g + "-pp" + std::to_string(tp_rank), stage, pp_size, false));
     tp_comm = m.groups[0].get();
     pp_comm = m.groups[1].get();
   }
   const TensorParallel tp = tp_size > 1 ? TensorParallel{tp_rank, tp_size, tp_comm} : TensorParallel{};
-  const PipelineStage pp = pp_size > 1 ? pipeline_stage(mc, stage, pp_size, pp_comm) : PipelineStage{};
+  PipelineStage pp = pp_size > 1 ? pipeline_stage(mc, stage, pp_size, pp_comm) : PipelineStage{};
+  const int micro_batches = c.pipeline_micro_batches > 0 ? c.pipeline_micro_batches : 2 * pp_size;
+  if (pp_size > 1 && micro_batches > 1) {
+    // Two-rank groups between neighbouring stages (rank i of each), so that a hand-over holds up
+    // only the two stages it joins. Made previous-first: stage s joins (s-1, s), which stage s-1
+    // made, before making (s, s+1), so the chain of waits always ends.
+    const std::string g = c.tensor_parallel_group + "-pair" + std::to_string(tp_rank) + "-";
+    if (stage > 0) {
+      m.groups.push_back(make_group_communicator(c, g + std::to_string(stage - 1), 1, 2, false));
+      pp.prev = m.groups.back().get();
+    }
+    if (stage + 1 < pp_size) {
+      m.groups.push_back(make_group_communicator(c, g + std::to_string(stage), 0, 2, false));
+      pp.next = m.groups.back().get();
+    }
+    pp.micro_batches = micro_batches;
+  }
   m.dtype = resolve_dtype(c.dtype, mc);
   m.kv_dtype = c.kv_cache_dtype == "auto" ? m.dtype : parse_kv_cache_dtype(c.kv_cache_dtype);
   m.eos_token_ids = mc.eos_token_ids;

@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "cserve/engine.h"
+#include "engine/group_communicator.h"
 #include "engine/model_loading.h"
 #include "engine/model_runner.h"
 #include "engine/rank_link.h"
@@ -14,7 +15,7 @@ void run_tensor_parallel_rank(const EngineConfig& config, int rank) {
   const int group = parallel_group_size(config);
   if (rank < 1 || rank >= group)
     throw InvalidArgument("rank must be in [1, " + std::to_string(group) + "), got " + std::to_string(rank));
-  auto comm = make_shm_communicator(config.tensor_parallel_group, rank, group, config.tensor_parallel_timeout);
+  auto comm = make_group_communicator(config, config.tensor_parallel_group, rank, group, true);
   LoadedModel loaded = load_model(config, rank, comm.get());
   RankLink link(*comm);
   std::unique_ptr<ModelRunner> runner;

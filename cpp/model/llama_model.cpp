@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "cserve/error.h"
+#include "model/micro_batches.h"
 
 namespace cserve {
 
@@ -57,6 +58,10 @@ Tensor LlamaModel::scratch(Buffer& buf, int64_t rows, int64_t cols) {
 
 void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits,
                          ScratchSet set) {
+  if (!in_micro_batch_ && micro_batch_count(batch) > 1) {
+    forward_micro_batches(batch, kv_cache, logits, set);
+    return;
+  }
   Scratch& bufs = scratch_[set];
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
@@ -137,6 +142,19 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   if (!pp_.enabled()) {
     embed();
     run_layers();
+  } else if (in_micro_batch_) {
+    // This micro-batch from the previous stage (or the tokens), through this stage's layers, to
+    // the next stage; the last one computes its logits rows below.
+    const size_t bytes = static_cast<size_t>(T * H) * sizeof(float);
+    if (pp_.first())
+      embed();
+    else
+      pp_.prev->broadcast(x.data, bytes, 0);
+    run_layers();
+    if (!pp_.last()) {
+      pp_.next->broadcast(x.data, bytes, 0);
+      return;
+    }
   } else {
     // Every stage takes part in every hand-over, in stage order: stage s sends its output, the
     // next stage computes on it.
@@ -151,7 +169,7 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
 
   const int64_t L = static_cast<int64_t>(batch.logits_rows.size());
   if (L == 0) return;
-  if (pp_.enabled() && !pp_.last()) {  // the logits come from the last stage
+  if (pp_.enabled() && !pp_.last() && !in_micro_batch_) {  // the logits come from the last stage
     Tensor out = host && logits ? Tensor{logits, DType::F32, {L, c.vocab_size}} : scratch(bufs.logits, L, c.vocab_size);
     pp_.comm->broadcast(out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float), pp_.num_stages - 1);
     device_logits_ = out;
@@ -167,10 +185,37 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
     gather_logits(bufs, sel, L, out.as<float>());
   else
     backend_.linear(*weights_.lm_head, sel, H, out, c.vocab_size, false);
-  if (pp_.enabled())
+  if (pp_.enabled() && !in_micro_batch_)
     pp_.comm->broadcast(out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float), pp_.num_stages - 1);
   device_logits_ = out;
   if (logits && !host) backend_.download(logits, out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float));
+}
+
+// A micro-batch below this many tokens would read the stage's weights once more for too little
+// compute: decode steps, memory-bound, go through whole.
+constexpr int64_t kMinMicroBatchTokens = 128;
+
+int LlamaModel::micro_batch_count(const ForwardBatch& batch) const {
+  if (!pp_.enabled() || pp_.micro_batches <= 1 || !pp_.prev_next_ready() || !backend_.host_memory()) return 1;
+  const int64_t by_tokens = static_cast<int64_t>(batch.token_ids.size()) / kMinMicroBatchTokens;
+  return static_cast<int>(std::min<int64_t>({pp_.micro_batches, by_tokens, batch.attn.num_seqs}));
+}
+
+void LlamaModel::forward_micro_batches(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache,
+                                       float* logits, ScratchSet set) {
+  const int64_t V = config_.vocab_size, L = static_cast<int64_t>(batch.logits_rows.size());
+  Tensor out = logits ? Tensor{logits, DType::F32, {L, V}} : scratch(scratch_[set].logits, L, V);
+  in_micro_batch_ = true;
+  try {
+    for (const MicroBatch& m : split_micro_batches(batch, micro_batch_count(batch)))
+      forward(m.batch, kv_cache, out.as<float>() + m.first_logit * V, set);
+  } catch (...) {
+    in_micro_batch_ = false;
+    throw;
+  }
+  in_micro_batch_ = false;
+  if (L > 0) pp_.comm->broadcast(out.data, static_cast<size_t>(L * V) * sizeof(float), pp_.num_stages - 1);
+  device_logits_ = out;
 }
 
 }  // namespace cserve

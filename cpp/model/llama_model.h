@@ -41,6 +41,8 @@ class LlamaModel {
   // (device_logits()), for a backend that samples where they are.
   void forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits,
                ScratchSet set = kEagerScratch);
+  // How many pipeline micro-batches forward() cuts `batch` into (1: it goes through whole).
+  int micro_batch_count(const ForwardBatch& batch) const;
   // The last forward's logits in backend memory (when it was given no host array).
   const Tensor& device_logits() const { return device_logits_; }
 
@@ -58,6 +60,12 @@ class LlamaModel {
     Buffer x, h, qkv, attn, gu, act, cos, sin, sel, logits, shard_logits, gathered;
   };
   Scratch scratch_[2];
+  // Pipeline parallelism: the step cut into micro-batches that flow through the stages, each
+  // stage handing micro-batch m to the next while it computes m + 1; the logits come together on
+  // the last stage and go to every stage once.
+  void forward_micro_batches(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits,
+                             ScratchSet set);
+  bool in_micro_batch_ = false;
   // Tensor parallelism: the embedding of this rank's vocabulary rows, summed over ranks.
   void embed_vocab_shard(const ForwardBatch& batch, std::vector<int32_t>& local_ids, Tensor& x);
   // Tensor parallelism: this rank's logits columns, gathered from every rank into out [L][vocab].

@@ -44,7 +44,14 @@ struct PipelineStage {
   int64_t first_layer = 0;
   int64_t num_layers = -1;  // -1: all of them
   Communicator* comm = nullptr;  // required when num_stages > 1; not owned
+  // Micro-batches (optional; not owned): two-rank groups with the previous stage (this stage is
+  // its rank 1) and the next one (rank 0), so that hand-overs involve only the two stages, and
+  // the most micro-batches a step is cut into (1: none; the whole step goes stage by stage).
+  Communicator* prev = nullptr;
+  Communicator* next = nullptr;
+  int micro_batches = 1;
   bool enabled() const { return num_stages > 1; }
+  bool prev_next_ready() const { return (first() || prev) && (last() || next); }
   bool first() const { return stage == 0; }
   bool last() const { return stage == num_stages - 1; }
 };

@@ -32,6 +32,7 @@ struct Request {
   int64_t num_computed_tokens = 0;
   int64_t num_cached_tokens = -1;  // prefix-cache hit at first scheduling; -1 until then
   int num_preemptions = 0;
+  double first_scheduled_time = 0;  // steady-clock seconds; 0 until first scheduled
   std::vector<BlockHash> block_hashes;  // one per full block of all_token_ids
 
   std::shared_ptr<GrammarState> grammar;  // created by the runner when params.grammar is set

@@ -1,10 +1,18 @@
 #include "sched/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "cserve/error.h"
 
 namespace cserve {
+
+namespace {
+// Seconds on the steady clock (CLOCK_MONOTONIC on Linux: Python's time.monotonic()).
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
 
 Scheduler::Scheduler(const SchedulerConfig& config, KVCacheManager& kv, std::vector<int64_t> eos_token_ids,
                      uint64_t seed)
@@ -167,6 +175,7 @@ SchedulerOutput Scheduler::schedule() {
     charge_rows(*r, num_new);
     erase_waiting(r);
     if (r->num_cached_tokens < 0) r->num_cached_tokens = computed.num_tokens;
+    if (r->first_scheduled_time == 0) r->first_scheduled_time = now_seconds();
     r->num_computed_tokens += computed.num_tokens;
     r->status = RequestStatus::Running;
     running_.push_back(r);
@@ -190,6 +199,7 @@ void Scheduler::fork_siblings(Request& first, std::vector<std::pair<int32_t, int
     if (n > 0 && static_cast<int>(running_.size()) < config_.max_num_seqs && kv_.fork(first, *s, n, copies)) {
       s->num_computed_tokens = n;
       s->num_cached_tokens = first.num_cached_tokens;
+      s->first_scheduled_time = first.first_scheduled_time;
       s->status = RequestStatus::Running;
       running_.push_back(s);
     } else {
@@ -238,6 +248,7 @@ RequestOutput Scheduler::make_output(Request& r) {
   o.stop_token_id = r.stop_token_id;
   o.num_prompt_tokens = r.num_prompt_tokens();
   o.num_cached_tokens = std::max<int64_t>(0, r.num_cached_tokens);
+  o.scheduled_time = r.first_scheduled_time;
   o.error = r.error;
   return o;
 }

@@ -35,6 +35,10 @@ struct EngineStats {
   int64_t num_preemptions = 0;
   int64_t num_steps = 0;
   int64_t num_free_blocks = 0;
+  // Steps by tokens scheduled: entry k counts steps of t tokens with 2^(k-1) < t <= 2^k
+  // (entry 0: t <= 1); `scheduled_tokens` is their sum.
+  std::vector<int64_t> steps_by_tokens_log2;
+  int64_t scheduled_tokens = 0;
 };
 
 class Engine {

@@ -44,14 +44,21 @@ struct EngineConfig {
   int num_threads = 0;  // 0: all cores (CPU backend); per rank under tensor parallelism
   // Tensor parallelism (the CPU backend so far): the model split across tensor_parallel_size
   // ranks, one process each. The engine is rank 0; each other rank is a process that calls
-  // run_tensor_parallel_rank(config, rank) with the same config. They meet in shared memory
-  // named tensor_parallel_group (unique per engine); a rank that does not answer within
-  // tensor_parallel_timeout seconds fails the step (and, repeated, the engine).
+  // run_tensor_parallel_rank(config, rank) with the same config. They meet in a group named
+  // tensor_parallel_group (unique per engine), as tensor_parallel_store says; a rank that does
+  // not answer within tensor_parallel_timeout seconds fails the step (and, repeated, the engine).
   int tensor_parallel_size = 1;
   // Pipeline parallelism: contiguous layer ranges on pipeline_parallel_size ranks (processes,
-  // started as for tensor parallelism; not together with it yet).
+  // started as for tensor parallelism; with tensor parallelism, tp ranks per stage). A step of
+  // enough tokens (prefill) is cut into up to pipeline_micro_batches micro-batches of whole
+  // sequences that flow through the stages so that they overlap (0: twice the stages; 1: none).
   int pipeline_parallel_size = 1;
+  int pipeline_micro_batches = 0;
   std::string tensor_parallel_group;
+  // How the ranks meet. Empty: shared memory on one host. "host:port": gloo over TCP (ranks on
+  // one or several hosts; tensor_parallel_group keeps engines apart), rank 0's process hosts the
+  // bootstrap store there.
+  std::string tensor_parallel_store;
   double tensor_parallel_timeout = 60.0;
   // Optional: told (done, total) as the weights load, for a progress bar.
   std::function<void(int64_t done, int64_t total)> load_progress;

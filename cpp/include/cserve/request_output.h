@@ -29,6 +29,7 @@ struct RequestOutput {
   int32_t stop_token_id = -1;     // the stop_token_ids entry (or EOS) that ended it
   int64_t num_prompt_tokens = 0;
   int64_t num_cached_tokens = 0;  // prompt tokens served from the prefix cache
+  double scheduled_time = 0;      // steady-clock seconds when first scheduled; 0 until then
   std::string error;              // why, when finish_reason is Error
   bool finished() const { return finish_reason != FinishReason::None; }
 };

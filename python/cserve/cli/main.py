@@ -89,9 +89,12 @@ def serve(argv: list[str]) -> int:
     try:
         if args.headless:
             from cserve.engine.headless import run_headless
+            from cserve.engine.tensor_parallel import MultiNode, run_node_ranks
             from cserve.entrypoints.openai.engine_loader import engine_config_from_args
 
-            return run_headless(args, engine_config_from_args(args))
+            config = engine_config_from_args(args)
+            nodes = MultiNode.from_args(args)
+            return run_node_ranks(config, nodes) if nodes is not None else run_headless(args, config)
         from cserve.entrypoints.openai.api_servers import check_api_server_count, run_api_servers
 
         count = check_api_server_count(args)

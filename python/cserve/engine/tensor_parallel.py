@@ -114,15 +114,20 @@ class TensorParallelRanks:
     """Ranks 1..N-1 of one engine, as processes."""
 
     def __init__(self, config: _core.EngineConfig, cores: list[Optional[list[int]]],
-                 launch: Launcher = start_child) -> None:
+                 launch: Launcher = start_child, ranks: Optional[range] = None) -> None:
+        """ranks: the ranks to start here (default 1..N-1; a node of a multi-node engine starts its
+        own); cores: those of this node's ranks, in order, from its first one (rank 0 on node 0)."""
         self.size = group_size(config)
         self._stopping = False
-        self._procs = [launch("cserve.engine.tensor_parallel_worker", [str(rank)], cores[rank], config)
-                       for rank in range(1, self.size)]
+        ranks = ranks if ranks is not None else range(1, self.size)
+        first = ranks.start - (len(cores) - len(ranks))  # the rank cores[0] belongs to
+        self._procs = [launch("cserve.engine.tensor_parallel_worker", [str(rank)], cores[rank - first], config)
+                       for rank in ranks]
+        self._ranks = list(ranks)
 
     def watch(self, on_death: Callable[[str], None]) -> None:
         """Calls on_death(reason) once if a rank process exits before stop()."""
-        for rank, proc in enumerate(self._procs, start=1):
+        for rank, proc in zip(self._ranks, self._procs):
             threading.Thread(target=self._wait_one, args=(rank, proc, on_death), daemon=True,
                              name=f"cserve-tp-rank{rank}").start()
 
@@ -142,24 +147,105 @@ class TensorParallelRanks:
                 proc.wait()
 
 
+class MultiNode:
+    """vLLM's mp-backend multi-node flags: --nnodes nodes share the -tp x -pp ranks equally (node r
+    runs ranks r*k .. (r+1)*k-1), meeting over gloo/TCP with rank 0's store at
+    --master-addr:--master-port; node 0 runs rank 0 and the API server, the others run
+    `--headless`."""
+
+    def __init__(self, nnodes: int, node_rank: int, master_addr: str, master_port: int) -> None:
+        self.nnodes, self.node_rank = nnodes, node_rank
+        self.master_addr, self.master_port = master_addr, master_port
+
+    @classmethod
+    def from_args(cls, args) -> Optional["MultiNode"]:
+        if args.nnodes <= 1:
+            return None
+        world = max(1, args.tensor_parallel_size) * max(1, args.pipeline_parallel_size)
+        if not 0 <= args.node_rank < args.nnodes:
+            raise ValueError(f"node_rank={args.node_rank} must be less than nnodes={args.nnodes}.")
+        if world % args.nnodes:
+            raise ValueError(f"tensor_parallel_size x pipeline_parallel_size ({world}) must be divisible by nnodes "
+                             f"({args.nnodes}).")
+        if args.data_parallel_size > 1:
+            raise ValueError("--nnodes > 1 spreads one engine's ranks; for data parallelism across nodes use "
+                             "--data-parallel-size-local, --data-parallel-address and --headless")
+        if args.distributed_executor_backend not in (None, "mp"):
+            raise ValueError("--nnodes > 1 is for the mp backend (Ray places ranks on its nodes itself)")
+        if args.node_rank > 0 and not args.headless:
+            raise ValueError(f"node {args.node_rank} of {args.nnodes} runs ranks only: add --headless (the API "
+                             "server runs on node 0)")
+        if args.node_rank == 0 and args.headless:
+            raise ValueError("node 0 runs rank 0 and the API server: drop --headless there")
+        return cls(args.nnodes, args.node_rank, args.master_addr, args.master_port)
+
+    def ranks_of(self, node: int, world: int) -> range:
+        per = world // self.nnodes
+        return range(node * per, (node + 1) * per)
+
+    def configure(self, config: _core.EngineConfig) -> None:
+        """The same group on every node: gloo through rank 0's store at the master address."""
+        config.tensor_parallel_store = f"{self.master_addr}:{self.master_port}"
+        config.tensor_parallel_group = f"cserve-mn-{self.master_port}"
+
+
+def run_node_ranks(config: _core.EngineConfig, nodes: MultiNode) -> int:
+    """A headless node of a multi-node engine: starts its ranks, returns when they have (0 when
+    all returned normally: rank 0 stopped them)."""
+    import signal
+
+    nodes.configure(config)
+    size = group_size(config)
+    mine = nodes.ranks_of(nodes.node_rank, size)
+    cores = rank_cores(len(mine))
+    if config.num_threads <= 0 and cores[0]:
+        config.num_threads = len(cores[0])
+    ranks = TensorParallelRanks(config, cores, start_child, mine)
+    logger.info("Node %d of %d: ranks %d..%d of %d, meeting at %s:%d", nodes.node_rank, nodes.nnodes, mine.start,
+                mine.stop - 1, size, nodes.master_addr, nodes.master_port)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(0.2):
+            codes = [p.poll() for p in ranks._procs]
+            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+                break
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if stop.is_set():
+            for p in ranks._procs:
+                if p.poll() is None:
+                    p.terminate()
+        ranks.stop(timeout=15)
+    failed = [(r, p.returncode) for r, p in zip(mine, ranks._procs) if p.returncode not in (0, -15)]
+    for rank, code in failed:
+        logger.error("rank %d exited with status %s", rank, code)
+    return 1 if failed else 0
+
+
 def group_size(config: _core.EngineConfig) -> int:
     return max(1, config.tensor_parallel_size) * max(1, config.pipeline_parallel_size)
 
 
-def start_engine(config: _core.EngineConfig,
-                 launch: Launcher = start_child) -> tuple[_core.Engine, Optional[TensorParallelRanks]]:
+def start_engine(config: _core.EngineConfig, launch: Launcher = start_child,
+                 nodes: Optional["MultiNode"] = None) -> tuple[_core.Engine, Optional[TensorParallelRanks]]:
     """The engine for `config`; with tensor or pipeline parallelism its other ranks too (started
     first: they wait for the engine's shared memory). Call from the thread that should run rank
-    0's compute: it is pinned to rank 0's cores."""
+    0's compute: it is pinned to rank 0's cores. nodes: this is node 0 of a multi-node engine
+    (only its share of the ranks start here; the other nodes start theirs)."""
     size = group_size(config)
     if size <= 1:
         return _core.Engine(config), None
+    local = range(0, size) if nodes is None else nodes.ranks_of(0, size)
+    if nodes is not None:
+        nodes.configure(config)
     if not config.tensor_parallel_group:
         config.tensor_parallel_group = f"cserve-tp-{os.getpid()}-{secrets.token_hex(4)}"
-    cores = rank_cores(size)
+    cores = rank_cores(len(local))
     if config.num_threads <= 0 and cores[0]:
         config.num_threads = len(cores[0])  # each rank runs as many threads as it has cores
-    ranks = TensorParallelRanks(config, cores, launch)
+    ranks = TensorParallelRanks(config, cores, launch, range(1, local.stop))
     try:
         _pin(cores[0])
         engine = _core.Engine(config)
