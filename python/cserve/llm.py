@@ -62,16 +62,22 @@ def _engine_config(model: str, options: dict[str, Any]) -> _core.EngineConfig:
 
 
 def check_executor_backend(backend: Optional[str], world_size: int) -> None:
-    """--distributed-executor-backend: mp (a process per rank) or uni (one process: -tp 1 -pp 1);
-    ray and external_launcher are not built."""
+    """--distributed-executor-backend: mp (a process per rank), uni (one process: -tp 1 -pp 1) or
+    ray (ranks 1..N-1 as Ray actors; needs cserve[ray]); external_launcher is not built."""
     if backend in (None, "mp"):
+        return
+    if backend == "ray":
+        from cserve.engine.ray_executor import require_ray
+
+        require_ray()
         return
     if backend == "uni":
         if world_size > 1:
             raise ValueError("distributed_executor_backend 'uni' runs one process, so tensor_parallel_size x "
                              f"pipeline_parallel_size must be 1 (got {world_size}); use 'mp'")
         return
-    raise NotImplementedError(f"distributed_executor_backend {backend!r} is not supported yet (supported: mp, uni)")
+    raise NotImplementedError(f"distributed_executor_backend {backend!r} is not supported yet (supported: mp, "
+                              "uni, ray)")
 
 
 def _log_rank_death(reason: str) -> None:
@@ -109,12 +115,15 @@ class LLM:
     ) -> None:
         model, tokenizer = _resolve(model, tokenizer, engine_options)
         structured_config = engine_options.pop("structured_outputs_config", None)
-        check_executor_backend(engine_options.pop("distributed_executor_backend", None),
-                               (engine_options.get("tensor_parallel_size", 1) or 1) *
+        backend = engine_options.pop("distributed_executor_backend", None)
+        check_executor_backend(backend, (engine_options.get("tensor_parallel_size", 1) or 1) *
                                (engine_options.get("pipeline_parallel_size", 1) or 1))
         config = _engine_config(model, engine_options)
         config.num_threads = num_threads
-        from cserve.engine.tensor_parallel import start_engine
+        if backend == "ray":
+            from cserve.engine.ray_executor import start_engine_on_ray as start_engine
+        else:
+            from cserve.engine.tensor_parallel import start_engine
 
         self.engine, self._ranks = start_engine(config)
         if self._ranks is not None:

@@ -441,7 +441,8 @@ def test_malformed_values_exit_2(argv, capsys):
 
 
 def test_refusals_name_the_flag_and_value():
-    assert refusal("--distributed-executor-backend", "ray") == "--distributed-executor-backend ray is not supported yet"
+    assert refusal("--distributed-executor-backend", "external_launcher") == \
+        "--distributed-executor-backend external_launcher is not supported yet"
     assert refusal("-q", "awq") == "--quantization awq is not supported yet"
     assert refusal("--load-format", "tensorizer") == "--load-format tensorizer is not supported yet"
     assert refusal("--limit-mm-per-prompt", "image=2") == '--limit-mm-per-prompt {"image": 2} is not supported yet'

@@ -40,6 +40,9 @@ def check_api_server_count(args) -> int:
         if layout.local < layout.size or layout.hybrid:
             raise ValueError("--api-server-count > 1 needs every data-parallel replica on this node "
                              "(--data-parallel-size-local equal to --data-parallel-size)")
+        if args.data_parallel_backend == "ray":
+            raise ValueError("--api-server-count > 1 starts the replicas as processes of this node: it cannot "
+                             "be combined with --data-parallel-backend ray")
         if args.gateway_address:
             raise ValueError("--api-server-count > 1 cannot register with a gateway (--gateway-address): "
                              "the gateway would see one worker per API server")
