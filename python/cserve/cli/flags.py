@@ -390,12 +390,15 @@ FLAGS: tuple = (
              "rank, the default with -tp > 1), uni (one process, -tp 1) or ray (ranks 1..N-1 as Ray actors "
              "placed on the nodes of a Ray cluster, RAY_ADDRESS or a local one; needs cserve[ray]).",
              choices=("external_launcher", "mp", "ray", "uni"), **only(None, "uni", "mp", "ray")),
-        Flag("--master-addr", STR, "127.0.0.1", "Master address for multi-node inference.",
-             **noop("single node only (--nnodes is 1)")),
-        Flag("--master-port", INT, 29501, "Master port for multi-node inference.",
-             **noop("single node only (--nnodes is 1)")),
-        Flag("--nnodes", INT, 1, "Number of nodes.", aliases=("-n",), **only(1)),
-        Flag("--node-rank", INT, 0, "Rank of this node.", aliases=("-r",), **only(0)),
+        Flag("--master-addr", STR, "127.0.0.1", "Address of node 0 for multi-node inference (--nnodes > 1): "
+             "rank 0's store there, where the ranks of every node meet over gloo/TCP.", **ok("server")),
+        Flag("--master-port", INT, 29501, "Port of node 0's store for multi-node inference.",
+             check=Range(0, 65535), **ok("server")),
+        Flag("--nnodes", INT, 1, "Number of nodes that share the -tp x -pp ranks equally (mp backend); node 0 "
+             "runs rank 0 and the API server, the others `--headless`.", aliases=("-n",), check=Range(1),
+             **ok("server")),
+        Flag("--node-rank", INT, 0, "Rank of this node (0 .. --nnodes - 1).", aliases=("-r",), check=Range(0),
+             **ok("server")),
         Flag("--data-parallel-rank", INT, None, "Data parallel rank of this instance (external load "
              "balancing: with -dp > 1, vLLM allows it for MoE models only, and so refuses it here; launch "
              "independent servers instead).", aliases=("-dpn",), check=Range(0), **ok("server")),
@@ -536,7 +539,7 @@ FLAGS: tuple = (
     *_group(
         "ObservabilityConfig",
         Flag("--show-hidden-metrics-for-version", STR, None, "Show Prometheus metrics hidden since this version.",
-             **noop("cserve has no hidden deprecated metrics")),
+             **ok("server")),
         Flag("--otlp-traces-endpoint", STR, None, "OpenTelemetry traces endpoint URL."),
         Flag("--collect-detailed-traces", STR, None, "Detailed traces to collect: all, model, worker, or a "
              "comma-separated mix."),
