@@ -6,7 +6,10 @@
 
 #include "cserve/grammar.h"
 #include "cserve/sampling_params.h"
+#include <algorithm>
+
 #include "grammar/compiled_grammar.h"
+#include "grammar/grammar_state.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -14,7 +17,19 @@ using namespace nb::literals;
 void bind_grammar(nb::module_& m) {
   nb::class_<cserve::CompiledGrammar>(m, "CompiledGrammar")
       .def_prop_ro("memory_bytes", [](const cserve::CompiledGrammar& g) { return cserve::grammar_memory_bytes(g); })
-      .def_prop_ro("vocab_size", [](const cserve::CompiledGrammar& g) { return cserve::grammar_vocab_size(g); });
+      .def_prop_ro("vocab_size", [](const cserve::CompiledGrammar& g) { return cserve::grammar_vocab_size(g); })
+      .def(
+          "allows_a_first_token",
+          [](const cserve::CompiledGrammar& g) {
+            cserve::GrammarState state(g, {});
+            const int64_t vocab = cserve::grammar_vocab_size(g);
+            std::vector<uint32_t> words(static_cast<size_t>(cserve::GrammarState::mask_words(vocab)), 0);
+            state.fill_mask(words.data(), vocab);
+            return std::any_of(words.begin(), words.end(), [](uint32_t w) { return w != 0; });
+          },
+          nb::call_guard<nb::gil_scoped_release>(),
+          "Whether any token of the vocabulary (a stop token included) may start the output: a grammar "
+          "whose text this vocabulary cannot spell allows none.");
 
   // Compiling can take long: every entry point releases the GIL.
   using release = nb::call_guard<nb::gil_scoped_release>;

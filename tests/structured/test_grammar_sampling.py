@@ -137,6 +137,8 @@ def test_device_sampling_path_masks_like_the_host(chat_model_dir, monkeypatch, l
     (StructuredOutputsParams(json=False), "false"),
     (StructuredOutputsParams(json=json.loads('{"type": "object", "properties": {"a": ' * 70 + "{}" + "}}" * 70)),
      "nested"),
+    # Text the tiny model's ASCII vocabulary cannot spell: a 400 at the request, not a failed step.
+    (StructuredOutputsParams(regex="\u00fd"), "no token of this model's vocabulary can start"),
 ])
 def test_bad_constraints_are_named_errors(llm, so, fragment):
     with pytest.raises(GrammarError, match=re.compile(re.escape(fragment), re.I)):

@@ -291,6 +291,9 @@ class GrammarService:
             return pending.result()  # the same source is being compiled for another request
         try:
             grammar = build()
+            if not grammar.allows_a_first_token():
+                raise GrammarError("the constraint cannot be satisfied: no token of this model's vocabulary can "
+                                   "start its text")
             pending.set_result(grammar)
             self._remember(key, grammar)
             return grammar
