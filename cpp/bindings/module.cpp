@@ -159,6 +159,7 @@ void bind_engine(nb::module_& m) {
       .def_ro("num_prompt_tokens", &cserve::RequestOutput::num_prompt_tokens)
       .def_ro("num_cached_tokens", &cserve::RequestOutput::num_cached_tokens)
       .def_ro("scheduled_time", &cserve::RequestOutput::scheduled_time)
+      .def_ro("time", &cserve::RequestOutput::time)
       .def_ro("error", &cserve::RequestOutput::error);
 
   nb::class_<cserve::EngineStats>(m, "EngineStats")

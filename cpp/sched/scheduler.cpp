@@ -249,6 +249,7 @@ RequestOutput Scheduler::make_output(Request& r) {
   o.num_prompt_tokens = r.num_prompt_tokens();
   o.num_cached_tokens = std::max<int64_t>(0, r.num_cached_tokens);
   o.scheduled_time = r.first_scheduled_time;
+  o.time = now_seconds();
   o.error = r.error;
   return o;
 }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import httpx
 
@@ -159,6 +160,17 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running_server(model: Optional[str], *args: str, **kw) -> Iterator[ServerProcess]:
+    """A ServerProcess that answers /health, stopped on leaving (for module-scoped fixtures)."""
+    proc = ServerProcess(model, *args, **kw)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
 
 
 def metric(http: httpx.Client, name: str) -> float:

@@ -30,6 +30,7 @@ struct RequestOutput {
   int64_t num_prompt_tokens = 0;
   int64_t num_cached_tokens = 0;  // prompt tokens served from the prefix cache
   double scheduled_time = 0;      // steady-clock seconds when first scheduled; 0 until then
+  double time = 0;                // steady-clock seconds when the engine produced this output
   std::string error;              // why, when finish_reason is Error
   bool finished() const { return finish_reason != FinishReason::None; }
 };

@@ -29,7 +29,8 @@ _PARAM_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "presence_penalt
                  "repetition_penalty", "seed", "max_tokens", "min_tokens", "stop_token_ids", "ignore_eos", "logprobs",
                  "prompt_logprobs", "logit_bias", "allowed_token_ids", "grammar_start_after")
 _STATS_FIELDS = ("num_running", "num_waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits",
-                 "prompt_tokens", "generation_tokens", "num_preemptions", "num_steps", "num_free_blocks")
+                 "prompt_tokens", "generation_tokens", "num_preemptions", "num_steps", "num_free_blocks",
+                 "steps_by_tokens_log2", "scheduled_tokens")
 
 
 def replica_key() -> bytes:
@@ -100,6 +101,8 @@ class WireOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     error: str
+    scheduled_time: float = 0.0  # steady-clock seconds when first scheduled (the same clock on one machine)
+    time: float = 0.0  # steady-clock seconds when the replica's engine produced it
     engine: int = 0  # the replica that produced it
 
     @property
@@ -114,17 +117,17 @@ def _lp(p) -> tuple:
 def output_to_wire(o) -> tuple:
     return (o.request_id, o.index, list(o.new_token_ids), [_lp(p) for p in o.new_logprobs],
             [_lp(p) for p in o.prompt_logprobs], o.has_prompt_logprobs, o.finish_reason, o.stop_token_id,
-            o.num_prompt_tokens, o.num_cached_tokens, o.error)
+            o.num_prompt_tokens, o.num_cached_tokens, o.error, o.scheduled_time, o.time)
 
 
 def output_from_wire(t: tuple) -> WireOutput:
-    rid, index, ids, lps, plps, has_plp, reason, stop_id, n_prompt, n_cached, error = t
+    rid, index, ids, lps, plps, has_plp, reason, stop_id, n_prompt, n_cached, error, scheduled, made = t
     return WireOutput(rid, index, ids, [WireLogprobs(*p) for p in lps], [WireLogprobs(*p) for p in plps], has_plp,
-                      reason, stop_id, n_prompt, n_cached, error)
+                      reason, stop_id, n_prompt, n_cached, error, scheduled, made)
 
 
 def stats_to_wire(s) -> tuple:
-    return tuple(getattr(s, name) for name in _STATS_FIELDS)
+    return tuple(list(v) if isinstance(v, (list, tuple)) else v for v in (getattr(s, n) for n in _STATS_FIELDS))
 
 
 class _Stats:
@@ -132,7 +135,10 @@ class _Stats:
         rows = [r for r in per_replica if r is not None]
         for i, name in enumerate(_STATS_FIELDS):
             values = [r[i] for r in rows] or [0]
-            setattr(self, name, sum(values) / len(values) if name == "kv_cache_usage" else sum(values))
+            if name == "steps_by_tokens_log2":  # a histogram: summed bucket by bucket
+                setattr(self, name, [sum(c) for c in zip(*values)] if rows else [])
+            else:
+                setattr(self, name, sum(values) / len(values) if name == "kv_cache_usage" else sum(values))
 
 
 class _Info:

@@ -45,6 +45,7 @@ class RequestOutputProcessor:
         ]
         self.prompt_logprobs: Optional[list] = None  # _core.PositionLogprobs of positions 1..len-1
         self.num_cached_tokens = 0
+        self.scheduled_time = 0.0  # when the engine first scheduled it (time.monotonic()'s clock); 0: not yet
 
     @property
     def done(self) -> bool:
@@ -58,6 +59,8 @@ class RequestOutputProcessor:
         if out.has_prompt_logprobs:
             self.prompt_logprobs = list(out.prompt_logprobs)
         self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+        if not self.scheduled_time:
+            self.scheduled_time = getattr(out, "scheduled_time", 0.0)
         c = self.choices[out.index]
         if c.finish_reason is not None:
             return None

@@ -19,15 +19,14 @@ from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cserve.engine import EngineDeadError
 from cserve.entrypoints.auth import key_matches
 from cserve.entrypoints.openai.errors import APIError, error_body
-from cserve.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                                                ModelCard, ModelList, TokenizeRequest, random_id)
+from cserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, random_id
 from cserve.entrypoints.openai.serving import ServerState, Streamed, check_list_sizes, release_all
 
 logger = logging.getLogger("cserve.server")
@@ -227,8 +226,10 @@ async def _send_error(send, message: str, status: int) -> None:
 
 def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
     from cserve import __version__
-    from cserve.entrypoints.openai.serving_chat import create_chat_completion, render_request
+    from cserve.entrypoints.openai.serving_chat import create_chat_completion
     from cserve.entrypoints.openai.serving_completion import create_completion
+    from cserve.entrypoints.openai.serving_endpoints import (DetokenizeRequest, TokenizeRequest, add_endpoint_routes,
+                                                             add_invocations_route)
 
     args = state.args
 
@@ -277,8 +278,9 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
             logger.error("request failed: %s: %s", type(e).__name__, e)
         return _error(f"Internal server error: {type(e).__name__}", 500)
 
-    async def _generate(request: Request, body_type: type, prefix: str, prompt_field: str, create):
-        parsed = await _parse(request, body_type, state)
+    async def _generate(request: Request, body_type: type, prefix: str, prompt_field: str, create, parsed=None):
+        if parsed is None:
+            parsed = await _parse(request, body_type, state)
         rid = _request_id(request, prefix)
         _log_request(state, rid, getattr(parsed, prompt_field),
                      parsed.model_dump(exclude={prompt_field}, exclude_none=True))
@@ -292,88 +294,9 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
     async def chat_completions(request: Request):
         return await _generate(request, ChatCompletionRequest, "chatcmpl", "messages", create_chat_completion)
 
-    @app.get("/v1/models")
-    async def models():
-        cards = [ModelCard(id=name, root=state.model_path, max_model_len=state.max_model_len)
-                 for name in state.served_names]
-        return JSONResponse(ModelList(data=cards).model_dump(mode="json"))
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str):
-        state.check_model(name)
-        return JSONResponse(ModelCard(id=name, root=state.model_path, max_model_len=state.max_model_len)
-                            .model_dump(mode="json"))
-
-    @app.get("/health")
-    async def health():
-        if state.engine.dead_reason is not None:
-            return _error(f"The engine is dead: {state.engine.dead_reason}", 503)
-        if not state.engine.running:
-            return _error("The engine is not running.", 503)
-        return Response(status_code=200)
-
-    @app.api_route("/ping", methods=["GET", "POST"])
-    async def ping():
-        return await health()
-
-    @app.get("/version")
-    async def version():
-        return JSONResponse({"version": __version__})
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request):
-        parsed = await _parse(request, TokenizeRequest, state)
-        state.check_model(parsed.model)
-        if (parsed.prompt is None) == (parsed.messages is None):
-            raise APIError("Give exactly one of prompt and messages.", 400)
-        if parsed.messages is not None:
-            chat = ChatCompletionRequest(messages=parsed.messages, add_generation_prompt=parsed.add_generation_prompt,
-                                         continue_final_message=parsed.continue_final_message,
-                                         chat_template=parsed.chat_template,
-                                         chat_template_kwargs=parsed.chat_template_kwargs,
-                                         add_special_tokens=bool(parsed.add_special_tokens))
-            _, ids = await render_request(state, chat, check_length=False)
-        else:
-            add = True if parsed.add_special_tokens is None else parsed.add_special_tokens
-            ids = await state.tokenize(parsed.prompt, add, check_length=False)
-        body: dict[str, Any] = {"count": len(ids), "max_model_len": state.max_model_len, "tokens": ids}
-        if parsed.return_token_strs:
-            tok = state.tokenizer
-            body["token_strs"] = await state.off_loop(len(ids), lambda: [tok.id_to_token(t) for t in ids])
-        return JSONResponse(body)
-
-    @app.post("/detokenize")
-    async def detokenize(request: Request):
-        parsed = await _parse(request, DetokenizeRequest, state)
-        state.check_model(parsed.model)
-        tok = state.require_tokenizer()
-        vocab = state.engine.model_info.vocab_size
-        bad = [t for t in parsed.tokens if t < 0 or t >= vocab]
-        if bad:
-            raise APIError(f"Token ids {bad[:8]} are out of vocabulary (vocab_size {vocab}).", 400, "tokens")
-        # The batch call releases the GIL; on the worker thread for long inputs.
-        text = await state.off_loop(len(parsed.tokens),
-                                    lambda: tok.decode_batch([parsed.tokens], skip_special_tokens=False)[0])
-        return JSONResponse({"prompt": text})
-
-    if args.enable_tokenizer_info_endpoint:
-        @app.get("/tokenizer_info")
-        async def tokenizer_info():
-            info = {k: v for k, v in state.tokenizer_config.items() if k != "added_tokens_decoder"}
-            info.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-            info["model_max_length"] = state.max_model_len
-            if state.chat_template is not None:
-                info["chat_template"] = state.chat_template.source
-            return JSONResponse(info)
-
-    if args.enable_server_load_tracking:
-        @app.get("/load")
-        async def load():
-            return JSONResponse({"server_load": state.engine.num_in_flight})
-
-    @app.get("/metrics")
-    async def metrics():
-        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    # models, health, ping, version, load, tokenize, detokenize, tokenizer_info, metrics, dev routes
+    add_endpoint_routes(app, state)
+    add_invocations_route(app, state, _generate)
 
     from cserve.entrypoints.sglang import add_sglang_routes
     from cserve.entrypoints.sglang.protocol import GenerateRequest
@@ -463,7 +386,7 @@ def build_state(args, pending=None) -> ServerState:
     template and generation defaults; logs where time went."""
     from cserve.engine.data_parallel_layout import layout_from_args
     from cserve.entrypoints.openai.engine_loader import start_engine_load
-    from cserve.entrypoints.openai.metrics import Metrics
+    from cserve.entrypoints.openai.metrics import Metrics, cache_config_info
     from cserve.generation_config import load_generation_defaults
     from cserve.tokenizer.loading import load_template, load_tokenizer, tokenizer_config
 
@@ -490,10 +413,10 @@ def build_state(args, pending=None) -> ServerState:
 
     per_engine = getattr(engine, "replica_stats", None)  # data parallelism: one series per replica
     metrics = Metrics(names[0], info.max_model_len, per_engine or (lambda: [engine.stats()]),
-                      {"block_size": info.block_size, "num_gpu_blocks": info.num_kv_blocks,
-                       "enable_prefix_caching": config.enable_prefix_caching,
-                       "cache_dtype": config.kv_cache_dtype},
-                      num_engines=getattr(engine, "size", 1), first_label=layout_from_args(args).first_label)
+                      cache_config_info(args, info.block_size, info.num_kv_blocks, config.enable_prefix_caching,
+                                        config.kv_cache_dtype),
+                      num_engines=getattr(engine, "size", 1), first_label=layout_from_args(args).first_label,
+                      show_hidden_for=args.show_hidden_metrics_for_version)
     state = ServerState(
         engine=AsyncEngine(engine), tokenizer=tokenizer, model_path=model, served_names=names,
         max_model_len=info.max_model_len, generation_defaults=defaults, metrics=metrics, args=args,

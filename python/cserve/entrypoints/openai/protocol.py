@@ -10,7 +10,8 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
@@ -70,7 +71,7 @@ class SamplingFields(OpenAIModel):
     frequency_penalty: Optional[float] = described(minimum=-2, maximum=2)
     presence_penalty: Optional[float] = described(minimum=-2, maximum=2)
     logit_bias: Optional[dict[str, float]] = None
-    n: int = Field(1, ge=1, le=INT32_MAX)
+    n: int = Field(1, ge=-INT32_MAX - 1, le=INT32_MAX, json_schema_extra={"minimum": 1})  # n < 1: vLLM's message
     seed: Optional[Int64] = None
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
@@ -107,18 +108,37 @@ class SamplingFields(OpenAIModel):
     guided_decoding_backend: Optional[str] = None
     guided_whitespace_pattern: Optional[str] = None
     structural_tag: Optional[str] = None
+    # vLLM's extras that cserve refuses or that have no effect here (parity.py says which and why)
+    truncation_side: Optional[Literal["left", "right"]] = None
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+    logits_processors: Optional[list[Union[str, dict[str, Any]]]] = None
+    return_tokens_as_token_ids: Optional[bool] = None
+    kv_transfer_params: Optional[dict[str, Any]] = None
+    vllm_xargs: Optional[dict[str, Any]] = None
     # The StructuredOutputsParams worked out from the fields above (serving.structured_outputs).
     _structured_outputs: Any = PrivateAttr(default=False)
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Union[str, list[str], list[TokenId], list[list[TokenId]]] = Field(json_schema_extra={"minLength": 1,
-                                                                                     "minItems": 1})
+    prompt_embeds: Optional[Union[str, list[str]]] = described(enum=[None])  # refused: no --enable-prompt-embeds
+    prompt: Optional[Union[str, list[str], list[TokenId], list[list[TokenId]]]] = Field(
+        None, validate_default=True, json_schema_extra={"minLength": 1, "minItems": 1})
     best_of: Optional[Annotated[int, Field(ge=1, le=INT32_MAX)]] = None
     logprobs: Optional[Int32] = described(minimum=0)
     max_tokens: Optional[Int64] = described(16, minimum=1)
     suffix: Optional[str] = described(enum=[None])  # refused: not supported
     add_special_tokens: bool = True
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_given(cls, value: Any, info: ValidationInfo) -> Any:
+        """vLLM's checks (and messages) for a missing or empty prompt."""
+        if value in (None, "") and not info.data.get("prompt_embeds"):
+            raise PydanticCustomError("prompt", "Either prompt or prompt_embeds must be provided and non-empty.")
+        if value == [] or value == [[]]:
+            raise PydanticCustomError("prompt", "please provide at least one prompt")
+        return value
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -142,23 +162,38 @@ class ChatCompletionRequest(SamplingFields):
     documents: Optional[list[dict[str, str]]] = None
     chat_template: Optional[str] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    reasoning_effort: Optional[Literal["low", "medium", "high"]] = None
+    bad_words: list[str] = Field(default_factory=list)
+    mm_processor_kwargs: Optional[dict[str, Any]] = None
 
 
 class TokenizeRequest(OpenAIModel):
-    # Exactly one of prompt and messages.
-    model_config = ConfigDict(extra="allow", json_schema_extra={"oneOf": [
+    """vLLM's TokenizeCompletionRequest (prompt) or TokenizeChatRequest (messages), in one body."""
+
+    model_config = OpenAIModel.model_config | {"json_schema_extra": {"oneOf": [
         {"required": ["prompt"], "properties": {"messages": {"type": "null"}}},
-        {"required": ["messages"], "properties": {"prompt": {"type": "null"}}}]})
+        {"required": ["messages"], "properties": {"prompt": {"type": "null"}}}]}}
 
     model: Optional[str] = None
     prompt: Optional[str] = None
     messages: Optional[list[dict[str, Any]]] = described(items=MESSAGE_SCHEMA, minItems=1)
+    # vLLM's defaults: true for a prompt, false for messages (the chat template adds them).
     add_special_tokens: Optional[bool] = None
+    return_token_strs: Optional[bool] = False
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template: Optional[str] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
-    return_token_strs: bool = False
+    tools: Optional[list[dict[str, Any]]] = None
+    media_io_kwargs: Optional[dict[str, Any]] = None
+    mm_processor_kwargs: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _generation_prompt(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("continue_final_message") and data.get("add_generation_prompt"):
+            raise ValueError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+        return data
 
 
 class DetokenizeRequest(OpenAIModel):
@@ -171,8 +206,8 @@ class DetokenizeRequest(OpenAIModel):
 
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
-    completion_tokens: int = 0
     total_tokens: int = 0
+    completion_tokens: Optional[int] = 0
     prompt_tokens_details: Optional[dict[str, int]] = None
 
 
@@ -183,32 +218,57 @@ class CompletionLogProbs(BaseModel):
     top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
 
 
-class CompletionChoice(BaseModel):
+class _Body(BaseModel):
+    """What every response and chunk starts with; subclasses narrow `object` and `choices` (which
+    keep their places)."""
+    id: str
+    object: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Any]
+
+
+class _Final(_Body):
+    """vLLM's fields of a whole (non-streamed) response after its choices."""
+    service_tier: Optional[Literal["auto", "default", "flex", "scale", "priority"]] = None
+    system_fingerprint: Optional[str] = None
+    usage: UsageInfo
+
+
+class CompletionStreamChoice(BaseModel):
     index: int
     text: str
     logprobs: Optional[CompletionLogProbs] = None
     finish_reason: Optional[str] = None
     stop_reason: Optional[Union[int, str]] = None
-    prompt_logprobs: Optional[list[Optional[dict[int, dict[str, Any]]]]] = None
     prompt_token_ids: Optional[list[int]] = None
     token_ids: Optional[list[int]] = None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionChoice(CompletionStreamChoice):
+    prompt_logprobs: Optional[list[Optional[dict[int, dict[str, Any]]]]] = None
+
+
+class CompletionResponse(_Final):
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[CompletionChoice]
+    kv_transfer_params: Optional[dict[str, Any]] = None  # no KV connector: always null, as vLLM without one
+
+
+class CompletionStreamResponse(_Body):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionStreamChoice]
     usage: Optional[UsageInfo] = None
-    system_fingerprint: Optional[str] = None
 
 
-class ChatLogProbEntry(BaseModel):
+class ChatLogProb(BaseModel):
     token: str
-    logprob: float
+    logprob: float = -9999.0
     bytes: Optional[list[int]] = None
-    top_logprobs: list["ChatLogProbEntry"] = Field(default_factory=list)
+
+
+class ChatLogProbEntry(ChatLogProb):
+    top_logprobs: list[ChatLogProb] = Field(default_factory=list)
 
 
 class ChatLogProbs(BaseModel):
@@ -218,39 +278,40 @@ class ChatLogProbs(BaseModel):
 class ChatMessage(BaseModel):
     role: str
     content: Optional[str] = None
+    refusal: Optional[str] = None
+    annotations: Optional[Any] = None
+    audio: Optional[Any] = None
+    function_call: Optional[dict[str, Any]] = None
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     # vLLM's field, and the older name many clients still read (vLLM writes both).
     reasoning: Optional[str] = None
     reasoning_content: Optional[str] = None
-    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessage
     logprobs: Optional[ChatLogProbs] = None
-    finish_reason: Optional[str] = None
+    finish_reason: Optional[str] = "stop"
     stop_reason: Optional[Union[int, str]] = None
     token_ids: Optional[list[int]] = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(_Final):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[ChatChoice]
-    usage: UsageInfo
     prompt_logprobs: Optional[list[Optional[dict[int, dict[str, Any]]]]] = None
     prompt_token_ids: Optional[list[int]] = None
-    system_fingerprint: Optional[str] = None
+    kv_transfer_params: Optional[dict[str, Any]] = None
 
 
+# Streamed chat chunks are written as vLLM writes them: only the fields set (exclude_unset).
 class ChatDelta(BaseModel):
     role: Optional[str] = None
     content: Optional[str] = None
     reasoning: Optional[str] = None
     reasoning_content: Optional[str] = None
-    tool_calls: Optional[list[dict[str, Any]]] = None
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ChatStreamChoice(BaseModel):
@@ -262,27 +323,8 @@ class ChatStreamChoice(BaseModel):
     token_ids: Optional[list[int]] = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Body):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatStreamChoice]
     usage: Optional[UsageInfo] = None
     prompt_token_ids: Optional[list[int]] = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "cserve"
-    root: Optional[str] = None
-    parent: Optional[str] = None
-    max_model_len: Optional[int] = None
-    permission: list[dict[str, Any]] = Field(default_factory=list)
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]

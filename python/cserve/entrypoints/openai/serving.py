@@ -15,6 +15,7 @@ from cserve.engine import AsyncEngine, EngineDeadError, EngineRequestError
 from cserve.engine.output_processor import ChoiceDelta, RequestOutputProcessor
 from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.metrics import Metrics
+from cserve.entrypoints.openai.parity import check_refused
 from cserve.entrypoints.openai.structured_outputs import structured_outputs_from_request
 from cserve.sampling_params import SamplingParams, StructuredOutputsParams
 
@@ -99,8 +100,11 @@ class ServerState:
             self.executor, lambda: tok.encode_batch(texts, add_special_tokens=add_special_tokens))
         return [e.ids for e in encodings]
 
-    def decode_token(self, token_id: int) -> str:
-        if self.args.return_tokens_as_token_ids or self.tokenizer is None:
+    def decode_token(self, token_id: int, as_id: Optional[bool] = None) -> str:
+        """The token's text for logprobs; "token_id:N" with as_id (None: --return-tokens-as-token-ids)."""
+        if as_id is None:
+            as_id = self.args.return_tokens_as_token_ids
+        if as_id or self.tokenizer is None:
             return f"token_id:{token_id}"
         if 0 <= token_id < len(self.token_strings):
             return self.token_strings[token_id]
@@ -113,12 +117,15 @@ def check_list_sizes(state: ServerState, data: dict) -> None:
     truncated), and id lists or logit_bias maps longer than the vocabulary, are refused."""
     limit = state.max_model_len
     prompt = data.get("prompt")
+    max_tokens = data.get("max_tokens", 16)
     if isinstance(prompt, list) and data.get("truncate_prompt_tokens") is None:
         lists = prompt if prompt and isinstance(prompt[0], list) else [prompt]
         for ids in lists:
-            if isinstance(ids, list) and len(ids) >= limit and all(isinstance(t, int) for t in ids[:8]):
-                raise APIError(f"This model's maximum context length is {limit} tokens. However, your request "
-                               f"has {len(ids)} input tokens. Please reduce the length of the input.", 400, "prompt")
+            if isinstance(ids, list) and len(ids) > limit and all(isinstance(t, int) for t in ids[:8]):
+                room = limit - max_tokens if isinstance(max_tokens, int) and 0 <= max_tokens <= limit else limit
+                raise vllm_error(f"This model's maximum context length is {room} tokens. However, your request "
+                                 f"has {len(ids)} input tokens. Please reduce the length of the input messages.",
+                                 "input_tokens", len(ids))
     vocab = state.engine.model_info.vocab_size
     for name in ("allowed_token_ids", "stop_token_ids", "logit_bias", "tokens"):
         value = data.get(name)
@@ -144,17 +151,142 @@ def check_prompt_length(state: ServerState, prompt_len: int, max_tokens: Optiona
     return max_tokens
 
 
-def check_common(state: ServerState, request) -> None:
+def vllm_error(message: str, param: str, value: Any = None) -> APIError:
+    """A 400 worded as vLLM's VLLMValidationError prints: the message, then the parameter and value."""
+    extras = [f"parameter={param}"] + ([f"value={value}"] if value is not None else [])
+    return APIError(f"{message} ({', '.join(extras)})", 400, param)
+
+
+def completion_prompt_limit(state: ServerState, request) -> int:
+    """vLLM's completions checks before tokenizing: max_tokens against the context, and
+    truncate_prompt_tokens against the room left; returns the most prompt tokens allowed."""
+    limit, max_tokens = state.max_model_len, request.max_tokens
+    if max_tokens is not None and max_tokens > limit:
+        raise vllm_error(f"'max_tokens' ({max_tokens}) cannot be greater than the model's maximum context length "
+                         f"({limit}).", "max_tokens", max_tokens)
+    room = limit - (max_tokens or 0)
+    t = request.truncate_prompt_tokens
+    if t is not None and t != 0:
+        t = limit if t < 0 else t
+        if t > room:
+            raise APIError(f"truncate_prompt_tokens={t} cannot be greater than max_length={room}. Please select a "
+                           "smaller truncation size.", 400, "truncate_prompt_tokens")
+    return room
+
+
+def check_completion_length(state: ServerState, request, ids: list[int], room: int) -> int:
+    """vLLM's completions checks on one tokenized (and truncated) prompt; returns max_tokens."""
+    limit = state.max_model_len
+    if len(ids) > room:
+        raise vllm_error(f"This model's maximum context length is {room} tokens. However, your request has "
+                         f"{len(ids)} input tokens. Please reduce the length of the input messages.",
+                         "input_tokens", len(ids))
+    if not ids:
+        raise APIError("The decoder prompt cannot be empty", 400, "prompt")
+    if len(ids) == limit:
+        raise APIError(f"The decoder prompt (length {len(ids)}) plus the number of requested output tokens (at "
+                       f"least 1) is longer than the maximum model length of {limit}. Make sure that "
+                       "`max_model_len` is no smaller than the number of text tokens (prompt + requested output "
+                       "tokens).", 400, "prompt")
+    return vllm_max_tokens(state, request.max_tokens, len(ids))
+
+
+def check_chat_length(state: ServerState, request, ids: list[int]) -> int:
+    """vLLM's chat checks on the rendered, tokenized (and truncated) prompt; returns max_tokens."""
+    limit = state.max_model_len
+    requested = request.max_completion_tokens or request.max_tokens
+    if len(ids) >= limit:
+        raise vllm_error(f"This model's maximum context length is {limit} tokens. However, your request has "
+                         f"{len(ids)} input tokens. Please reduce the length of the input messages.",
+                         "input_tokens", len(ids))
+    if requested is not None and len(ids) + requested > limit:
+        raise vllm_error(f"'max_tokens' or 'max_completion_tokens' is too large: {requested}. This model's maximum "
+                         f"context length is {limit} tokens and your request has {len(ids)} input tokens "
+                         f"({requested} > {limit} - {len(ids)}).", "max_tokens", requested)
+    t = request.truncate_prompt_tokens
+    if t is not None and t > limit:
+        raise APIError(f"truncate_prompt_tokens value ({t}) is greater than max_model_len ({limit}). Please, "
+                       "select a smaller truncation size.", 400, "truncate_prompt_tokens")
+    if not ids:
+        raise APIError("The decoder prompt cannot be empty", 400, "messages")
+    return vllm_max_tokens(state, requested, len(ids))
+
+
+def vllm_max_tokens(state: ServerState, requested: Optional[int], prompt_len: int) -> int:
+    """vLLM's get_max_tokens: the least of the rest of the context, the request's max_tokens and
+    generation_config.json's."""
+    values = (state.max_model_len - prompt_len, requested, state.generation_defaults.get("max_tokens"))
+    return min(v for v in values if v is not None)
+
+
+def check_common(state: ServerState, request, endpoint: Optional[str] = None) -> None:
+    """The checks vLLM makes on a request before it renders the prompt, with vLLM's messages."""
+    check_refused(request, endpoint or ("chat" if hasattr(request, "messages") else "completions"))
     if request.n < 1:
-        raise APIError("n must be at least 1.", 400, "n")
+        raise APIError(f"n must be at least 1, got {request.n}.", 400, "n")
     max_seqs = state.engine.model_info.max_num_seqs
     if request.n > max_seqs:
         raise APIError(f"n must be at most max_num_seqs ({max_seqs}), got {request.n}.", 400, "n")
     if request.priority != 0 and state.args.scheduling_policy != "priority":
         raise APIError(f"Got priority {request.priority} but priority scheduling is not enabled "
                        "(start the server with --scheduling-policy priority).", 400, "priority")
-    if request.stream_options is not None and not request.stream:
-        raise APIError("Stream options can only be defined when `stream=True`.", 400, "stream_options")
+    so = request.stream_options
+    if so is not None and (so.model_fields_set or so.model_extra) and not request.stream:
+        raise vllm_error("Stream options can only be defined when `stream=True`.", "stream_options")
+    plp = request.prompt_logprobs
+    if plp is not None:
+        if request.stream and (plp > 0 or plp == -1):
+            raise vllm_error("`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs")
+        if plp < -1:
+            raise vllm_error("`prompt_logprobs` must be a positive value or -1.", "prompt_logprobs", plp)
+    if "cache_salt" in request.model_fields_set and not request.cache_salt:
+        raise APIError("Parameter 'cache_salt' must be a non-empty string if provided.", 400, "cache_salt")
+    t = request.truncate_prompt_tokens
+    if t is not None and t < -1:
+        raise APIError("truncate_prompt_tokens: Input should be greater than or equal to -1", 400,
+                       "truncate_prompt_tokens")
+    if t == 0:
+        raise vllm_error(f"truncate_prompt_tokens must be an integer >= 1 or -1, got {t}", "truncate_prompt_tokens",
+                         t)
+
+
+def check_sampling_values(state: ServerState, p: SamplingParams) -> None:
+    """vLLM's SamplingParams and input-processor checks, with its messages (and the field named)."""
+    if not -2.0 <= p.presence_penalty <= 2.0:
+        raise APIError(f"presence_penalty must be in [-2, 2], got {p.presence_penalty}.", 400, "presence_penalty")
+    if not -2.0 <= p.frequency_penalty <= 2.0:
+        raise APIError(f"frequency_penalty must be in [-2, 2], got {p.frequency_penalty}.", 400, "frequency_penalty")
+    if p.repetition_penalty <= 0.0:
+        raise APIError(f"repetition_penalty must be greater than zero, got {p.repetition_penalty}.", 400,
+                       "repetition_penalty")
+    if p.temperature < 0.0:
+        raise vllm_error(f"temperature must be non-negative, got {p.temperature}.", "temperature", p.temperature)
+    if not 0.0 < p.top_p <= 1.0:
+        raise vllm_error(f"top_p must be in (0, 1], got {p.top_p}.", "top_p", p.top_p)
+    if p.top_k < -1:
+        raise APIError(f"top_k must be 0 (disable), or at least 1, got {p.top_k}.", 400, "top_k")
+    if not 0.0 <= p.min_p <= 1.0:
+        raise APIError(f"min_p must be in [0, 1], got {p.min_p}.", 400, "min_p")
+    if p.max_tokens is not None and p.max_tokens < 1:
+        raise vllm_error(f"max_tokens must be at least 1, got {p.max_tokens}.", "max_tokens", p.max_tokens)
+    if p.min_tokens < 0:
+        raise APIError(f"min_tokens must be greater than or equal to 0, got {p.min_tokens}.", 400, "min_tokens")
+    if p.max_tokens is not None and p.min_tokens > p.max_tokens:
+        raise APIError(f"min_tokens must be less than or equal to max_tokens={p.max_tokens}, got {p.min_tokens}.",
+                       400, "min_tokens")
+    for name, kind in (("logprobs", "sample"), ("prompt_logprobs", "prompt")):
+        want = getattr(p, name)
+        if not want:
+            continue
+        if want < -1:
+            raise vllm_error(f"{name} must be non-negative or -1, got {want}.", name, want)
+        vocab = state.engine.model_info.vocab_size
+        limit = state.args.max_logprobs
+        limit = vocab if limit is None or limit == -1 else limit
+        want = vocab if want == -1 else want
+        if want > limit:
+            raise vllm_error(f"Requested {kind} logprobs of {want}, which is greater than max allowed: {limit}",
+                             name, want)
 
 
 def sampling_params(state: ServerState, request, max_tokens: int, logprobs: Optional[int],
@@ -173,7 +305,7 @@ def sampling_params(state: ServerState, request, max_tokens: int, logprobs: Opti
         raise APIError("logit_bias keys must be token ids.", 400, "logit_bias") from None
     structured = structured_outputs(state, request)
     try:
-        return SamplingParams(
+        params = SamplingParams(
             n=request.n, temperature=pick("temperature", 1.0), top_p=pick("top_p", 1.0), top_k=pick("top_k", 0),
             min_p=pick("min_p", 0.0), repetition_penalty=pick("repetition_penalty", 1.0),
             presence_penalty=pick("presence_penalty", 0.0), frequency_penalty=pick("frequency_penalty", 0.0),
@@ -187,6 +319,8 @@ def sampling_params(state: ServerState, request, max_tokens: int, logprobs: Opti
         )
     except (ValueError, TypeError) as e:
         raise APIError(str(e), 400) from None
+    check_sampling_values(state, params)
+    return params
 
 
 def structured_outputs(state: ServerState, request) -> Optional[StructuredOutputsParams]:
@@ -228,14 +362,14 @@ def default_max_tokens(state: ServerState, requested: Optional[int]) -> Optional
     return requested if requested is not None else state.generation_defaults.get("max_tokens")
 
 
-def truncate_prompt(ids: list[int], truncate: Optional[int]) -> list[int]:
-    if truncate is None:
+def truncate_prompt(state: ServerState, ids: list[int], request) -> list[int]:
+    """truncate_prompt_tokens (-1: max_model_len) from truncation_side: "left" (vLLM's default for
+    generation) keeps the last tokens, "right" the first."""
+    truncate = request.truncate_prompt_tokens
+    if truncate is None or truncate == 0:
         return ids
-    if truncate == -1:
-        return ids  # vLLM: -1 keeps up to max_model_len, which the length check then enforces
-    if truncate < 1:
-        raise APIError("truncate_prompt_tokens must be -1 or at least 1.", 400, "truncate_prompt_tokens")
-    return ids[-truncate:]
+    keep = state.max_model_len if truncate < 0 else truncate
+    return ids[:keep] if request.truncation_side == "right" else ids[-keep:]
 
 
 def clean_logprob(v: float) -> float:
@@ -253,9 +387,8 @@ class RequestRun:
         self.prompt_ids = prompt_ids
         self.params = params
         self.output = RequestOutputProcessor(params, state.tokenizer, first_choice)
-        self.arrival = time.monotonic()
-        self._last_token_time: Optional[float] = None
-        self._num_generated = 0
+        self.times = state.metrics.request()  # vLLM's per-request metrics (metrics.RequestTimes)
+        self.arrival = self.times.arrival
         self._finish_recorded = False
         try:
             core = params.to_core(state.max_model_len, len(prompt_ids))
@@ -263,7 +396,6 @@ class RequestRun:
         except (ValueError, TypeError, OverflowError) as e:
             raise APIError(str(e), 400) from None
         self._released = False
-        self._engine = 0  # the data-parallel replica serving it (vLLM's engine label)
 
     @property
     def choices(self):
@@ -288,8 +420,10 @@ class RequestRun:
             delta = self.output.process(out)
             if delta is None:
                 continue
-            self._engine = getattr(out, "engine", 0)
-            self._record_tokens(len(delta.token_ids), now)
+            self.times.engine = getattr(out, "engine", 0)  # the data-parallel replica (vLLM's engine label)
+            # When the engine made the tokens (as vLLM's engine-core timestamps), not when this
+            # process got round to them: one wake-up may drain several steps' outputs.
+            self._record_tokens(len(delta.token_ids), min(now, getattr(out, "time", 0.0) or now))
             deltas.append(delta)
             self._log_output(self.output.choices[out.index], delta)
         if self.done and not self.stream.finished:
@@ -315,34 +449,14 @@ class RequestRun:
                         self.request_id, kind, c.detok.text[:limit], c.token_ids[:limit], c.finish_reason)
 
     def _record_tokens(self, count: int, now: float) -> None:
-        if count == 0:
-            return
-        m = self.state.metrics.engine(self._engine)
-        if self._last_token_time is None:
-            m.ttft.observe(now - self.arrival)
-            m.prompt_tokens += len(self.prompt_ids)
-        else:
-            m.itl.observe(now - self._last_token_time)
-        self._last_token_time = now
-        self._num_generated += count
-        m.generation_tokens += count
+        self.times.tokens(count, now, len(self.prompt_ids), self.output.num_cached_tokens)
 
     def _record_finish(self, now: float) -> None:
-        if self._finish_recorded:
-            return
-        self._finish_recorded = True
-        m = self.state.metrics.engine(self._engine)
-        m.request_n.observe(self.params.n)
-        m.request_max_tokens.observe(self.params.max_tokens)
-        reasons = {c.finish_reason for c in self.choices}
-        reason = next((r for r in ("error", "stop") if r in reasons), self.choices[0].finish_reason)
-        m.success[reason if reason in m.success else "stop"] += 1
-        m.e2e.observe(now - self.arrival)
-        m.request_prompt.observe(len(self.prompt_ids))
-        m.request_generation.observe(self._num_generated)
-        if self._num_generated > 1 and self._last_token_time is not None:
-            m.tpot.observe((self._last_token_time - self.arrival) / self._num_generated)
-        self.state.metrics.save()
+        if not self._finish_recorded:
+            self._finish_recorded = True
+            self.times.finished(now, [c.finish_reason or "abort" for c in self.choices],
+                                [len(c.token_ids) for c in self.choices], len(self.prompt_ids),
+                                self.params.max_tokens, self.output.scheduled_time)
 
     def release(self) -> None:
         """Ends the engine request if it still runs and forgets it (idempotent). A request that
@@ -437,7 +551,7 @@ def prompt_logprobs_json(state: ServerState, entries, prompt_ids: list[int]) -> 
         pos: dict[int, dict[str, Any]] = {}
         for tid, lp, rank in zip(e.token_ids, e.logprobs, e.ranks):
             pos.setdefault(int(tid), {"logprob": clean_logprob(lp), "rank": int(rank),
-                                      "decoded_token": state.decode_token(int(tid))})
+                                      "decoded_token": state.decode_token(int(tid), False)})
         out.append(pos)
     return out
 
@@ -445,6 +559,6 @@ def prompt_logprobs_json(state: ServerState, entries, prompt_ids: list[int]) -> 
 def usage(prompt_tokens: int, completion_tokens: int, cached: Optional[int], details: bool) -> dict:
     u = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
          "total_tokens": prompt_tokens + completion_tokens}
-    if details:
-        u["prompt_tokens_details"] = {"cached_tokens": cached or 0}
+    if details and cached:  # as vLLM: only when some prompt tokens came from the prefix cache
+        u["prompt_tokens_details"] = {"cached_tokens": cached}
     return u

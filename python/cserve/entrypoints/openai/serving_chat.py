@@ -13,11 +13,11 @@ from cserve.entrypoints.openai.chat_parsing import (ChatParsing, effective_tool_
                                                     tool_call_json)
 from cserve.entrypoints.openai.errors import APIError
 from cserve.entrypoints.openai.protocol import (ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
-                                                ChatCompletionResponse, ChatDelta, ChatLogProbEntry, ChatLogProbs,
-                                                ChatMessage, ChatStreamChoice, UsageInfo)
-from cserve.entrypoints.openai.serving import (OFF_LOOP_CHARS, RequestRun, ServerState, check_common, check_prompt_length,
-                                               clean_logprob, compile_grammar, default_max_tokens, prompt_logprobs_json, run_all,
-                                               sampling_params, Streamed, truncate_prompt, usage)
+                                                ChatCompletionResponse, ChatDelta, ChatLogProb, ChatLogProbEntry,
+                                                ChatLogProbs, ChatMessage, ChatStreamChoice, UsageInfo)
+from cserve.entrypoints.openai.serving import (OFF_LOOP_CHARS, RequestRun, ServerState, check_chat_length, check_common,
+                                               clean_logprob, compile_grammar, prompt_logprobs_json, run_all,
+                                               sampling_params, Streamed, truncate_prompt, usage, vllm_error)
 from cserve.entrypoints.openai.tool_choice import check_tool_choice
 
 # A template that walks message content as a list of parts wants the "openai" format.
@@ -123,6 +123,8 @@ async def render_request(state: ServerState, request: ChatCompletionRequest,
         kwargs.setdefault("tools", request.tools)
     if request.documents:
         kwargs.setdefault("documents", request.documents)
+    if request.reasoning_effort is not None:  # vLLM hands it to the template (it overrides even with None)
+        kwargs["reasoning_effort"] = request.reasoning_effort
     size = sum(len(json.dumps(m.get("content"), ensure_ascii=False)) for m in request.messages)
     if request.chat_template is not None or kwargs:
         size = OFF_LOOP_CHARS  # a template (or its arguments) from the request may take long: never on the loop
@@ -133,18 +135,23 @@ async def render_request(state: ServerState, request: ChatCompletionRequest,
     return text, ids
 
 
-def _logprob_entry(state: ServerState, tid: int, lp: float) -> ChatLogProbEntry:
-    token = state.decode_token(int(tid))
-    return ChatLogProbEntry(token=token, logprob=clean_logprob(lp), bytes=list(token.encode("utf-8")))
-
-
-def _chat_logprobs(state: ServerState, entries: list, top: int) -> ChatLogProbs:
+def _chat_logprobs(state: ServerState, entries: list, top: int, as_ids: Optional[bool]) -> ChatLogProbs:
+    """vLLM's chat logprobs: each token with its logprob and bytes (of its text, also when written
+    as "token_id:N"), and top_logprobs the first `top` of the token then its alternatives."""
     content = []
     for e in entries:
-        entry = _logprob_entry(state, e.token_ids[0], e.logprobs[0])
-        entry.top_logprobs = [_logprob_entry(state, t, lp) for t, lp in zip(e.token_ids[1:top + 1],
-                                                                             e.logprobs[1:top + 1])]
-        content.append(entry)
+        tid = int(e.token_ids[0])
+        text = state.decode_token(tid, False)
+        ranked: dict[int, float] = {}
+        for t, lp in zip(e.token_ids, e.logprobs):
+            ranked.setdefault(int(t), lp)
+        tops = []
+        for t, lp in list(ranked.items())[:top] if top != -1 else ranked.items():
+            token = state.decode_token(t, as_ids)
+            tops.append(ChatLogProb(token=token, logprob=clean_logprob(lp),
+                                    bytes=list(token.encode("utf-8", errors="replace"))))
+        content.append(ChatLogProbEntry(token=state.decode_token(tid, as_ids), logprob=clean_logprob(e.logprobs[0]),
+                                        bytes=list(text.encode("utf-8", errors="replace")), top_logprobs=tops))
     return ChatLogProbs(content=content)
 
 
@@ -153,18 +160,23 @@ async def prepare_chat(state: ServerState, request: ChatCompletionRequest,
     """Checks the request, renders and submits it: (run, response role, echo text, top
     logprobs or None, the reasoning/tool parsing). The gRPC API shares this path."""
     state.check_model(request.model)
-    check_common(state, request)
+    check_common(state, request, "chat")
+    if request.continue_final_message and request.add_generation_prompt \
+            and "add_generation_prompt" in request.model_fields_set:
+        raise APIError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.", 400,
+                       "continue_final_message")
+    if request.top_logprobs is not None and request.top_logprobs < -1:
+        raise vllm_error("`top_logprobs` must be a positive value or -1.", "top_logprobs", request.top_logprobs)
     check_tool_choice(request)
     parsing = ChatParsing(state, request)
     if parsing.needs_special_tokens:
         request.skip_special_tokens = False  # the parsers read markers that are special tokens
     if request.top_logprobs and not request.logprobs:
-        raise APIError("when using `top_logprobs`, `logprobs` must be set to true.", 400, "top_logprobs")
+        raise vllm_error("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
     state.check_capacity()
     _, ids = await render_request(state, request)
-    ids = truncate_prompt(ids, request.truncate_prompt_tokens)
-    requested = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
-    max_tokens = check_prompt_length(state, len(ids), default_max_tokens(state, requested))
+    ids = truncate_prompt(state, ids, request)
+    max_tokens = check_chat_length(state, request, ids)
     top = (request.top_logprobs or 0) if request.logprobs else None
     params = sampling_params(state, request, max_tokens, top, request.prompt_logprobs)
     await compile_grammar(state, params, request.chat_template_kwargs)
@@ -213,7 +225,8 @@ async def _full(state, request, request_id, run, role, echo, top, parsing, disco
             finish_reason = parsers.finish_reason(finish_reason)
         choices.append(ChatChoice(
             index=i, message=message,
-            logprobs=_chat_logprobs(state, logprobs[i], top) if top is not None else None,
+            logprobs=_chat_logprobs(state, logprobs[i], top, request.return_tokens_as_token_ids)
+            if top is not None else None,
             finish_reason=finish_reason, stop_reason=c.stop_reason,
             token_ids=token_ids[i] if request.return_token_ids else None))
     generated = sum(len(t) for t in token_ids)
@@ -228,49 +241,69 @@ async def _full(state, request, request_id, run, role, echo, top, parsing, disco
 
 
 async def _stream(state, request, request_id, run, role, echo, top, parsing, disconnected) -> AsyncIterator[str]:
+    """vLLM's stream: chunks hold only the fields set (the role chunk, then deltas; usage on each
+    with continuous_usage_stats, that choice's tokens so far), then a usage chunk with choices []."""
     created = int(time.time())
-    include_usage = state.args.enable_force_include_usage or bool(
-        request.stream_options and request.stream_options.include_usage)
-    continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
+    so = request.stream_options
+    include_usage = bool(so.include_usage or state.args.enable_force_include_usage) if so is not None \
+        else state.args.enable_force_include_usage
+    continuous = include_usage and bool(so is not None and so.continuous_usage_stats)
     prompt_tokens = len(run.prompt_ids)
-    generated = 0
+    num_tokens = [0] * request.n
+    as_ids = request.return_tokens_as_token_ids
 
-    def chunk(choices: list[ChatStreamChoice], usage_obj: Optional[dict] = None, first: bool = False) -> str:
-        resp = ChatCompletionChunk(id=request_id, created=created, model=state.model_name, choices=choices,
-                                   usage=UsageInfo(**usage_obj) if usage_obj else None,
-                                   prompt_token_ids=run.prompt_ids if first and request.return_token_ids else None)
-        return f"data: {resp.model_dump_json()}\n\n"
+    def chunk(choice: ChatStreamChoice, completion_tokens: int, **extra) -> str:
+        resp = ChatCompletionChunk(id=request_id, object="chat.completion.chunk", created=created,
+                                   model=state.model_name, choices=[choice], **extra)
+        if continuous:
+            resp.usage = UsageInfo(**usage(prompt_tokens, completion_tokens, None, False))
+        return f"data: {resp.model_dump_json(exclude_unset=True)}\n\n"
 
-    u0 = usage(prompt_tokens, 0, None, False) if include_usage and continuous else None
+    def delta(**fields) -> ChatDelta:
+        d = ChatDelta(**fields)
+        d.reasoning_content = d.reasoning  # vLLM writes both, reasoning_content always
+        return d
+
     for i in range(request.n):
-        yield chunk([ChatStreamChoice(index=i, delta=ChatDelta(role=role, content=echo))], u0, first=i == 0)
+        first = ChatStreamChoice(index=i, delta=delta(role=role, content=""), logprobs=None, finish_reason=None)
+        yield chunk(first, 0, prompt_token_ids=run.prompt_ids if request.return_token_ids else None)
+    if echo:
+        for i in range(request.n):
+            yield chunk(ChatStreamChoice(index=i, delta=delta(content=echo), logprobs=None, finish_reason=None), 0)
     parsers = [parsing.for_choice() for _ in range(request.n)] if parsing.active else None
     async for deltas in run_all(state, [run], disconnected):
         for d in deltas:
-            generated += len(d.token_ids)
-            delta = ChatDelta(content=d.text)
+            num_tokens[d.index] += len(d.token_ids)
+            fields: dict[str, Any] = {"content": d.text}
             finish_reason = d.finish_reason
             if parsers is not None:
                 p = parsers[d.index]
                 parsed = p.feed(d.text, finished=d.finish_reason is not None)
-                delta.content = parsed.content
+                fields = {}
+                if parsed.content:
+                    fields["content"] = parsed.content
                 if parsed.reasoning and parsing.include_reasoning:
-                    delta.reasoning = delta.reasoning_content = parsed.reasoning
+                    fields["reasoning"] = parsed.reasoning
                 if parsed.tool_calls:
-                    delta.tool_calls = [tool_call_json(c) for c in parsed.tool_calls]
+                    fields["tool_calls"] = [tool_call_json(c) for c in parsed.tool_calls]
                 finish_reason = p.finish_reason(finish_reason)
-            carries_tokens = d.token_ids and (request.return_token_ids or top is not None)
-            if not (delta.content or delta.reasoning or delta.tool_calls) and finish_reason is None \
-                    and not carries_tokens:
+                if not fields and finish_reason is None and not request.return_token_ids:
+                    continue  # the parser holds the text back (vLLM sends nothing)
+            elif not d.text and finish_reason is None and not d.token_ids:
                 continue
-            choice = ChatStreamChoice(
-                index=d.index, delta=delta,
-                logprobs=_chat_logprobs(state, d.logprobs, top) if top is not None else None,
-                finish_reason=finish_reason, stop_reason=d.stop_reason,
-                token_ids=d.token_ids if request.return_token_ids else None)
-            yield chunk([choice], usage(prompt_tokens, generated, None, False) if include_usage and continuous else None)
+            kw: dict[str, Any] = {"index": d.index, "delta": delta(**fields),
+                                  "logprobs": _chat_logprobs(state, d.logprobs, top, as_ids) if top is not None else None,
+                                  "finish_reason": finish_reason}
+            if finish_reason is not None:
+                kw["stop_reason"] = d.stop_reason
+            if request.return_token_ids:
+                kw["token_ids"] = d.token_ids
+            yield chunk(ChatStreamChoice(**kw), num_tokens[d.index])
     if not run.done:
         return
     if include_usage:
-        yield chunk([], usage(prompt_tokens, generated, run.num_cached_tokens, state.args.enable_prompt_tokens_details))
+        u = usage(prompt_tokens, sum(num_tokens), run.num_cached_tokens, state.args.enable_prompt_tokens_details)
+        resp = ChatCompletionChunk(id=request_id, object="chat.completion.chunk", created=created,
+                                   model=state.model_name, choices=[], usage=UsageInfo(**u))
+        yield f"data: {resp.model_dump_json(exclude_unset=True, exclude_none=True)}\n\n"
     yield "data: [DONE]\n\n"
