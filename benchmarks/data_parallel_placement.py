@@ -60,7 +60,7 @@ def main() -> int:
             rows.append((policy, run(policy, a, Path(tmp))))
     print(f"-dp {a.dp}, {a.num_prompts} prompts ({a.num_prefixes} prefixes of {a.prefix_len} tokens + 32), "
           f"16 out, concurrency {a.concurrency}")
-    print(f"| placement | prefix cache hit rate | mean TTFT ms | median TTFT ms | req/s | output tok/s |")
+    print("| placement | prefix cache hit rate | mean TTFT ms | median TTFT ms | req/s | output tok/s |")
     print("|---|---|---|---|---|---|")
     for policy, r in rows:
         print(f"| {policy} | {100 * r['hit']:.1f}% | {r['ttft_mean']:.0f} | {r['ttft_median']:.0f} | "

@@ -232,3 +232,23 @@ def test_tp2_over_gloo_equals_tp2_over_shm(model_zoo):
         port = s.getsockname()[1]
     want = greedy("")
     assert greedy(f"127.0.0.1:{port}") == want and all(len(t) == 8 for t in want.values())
+
+
+def test_a_second_engine_gets_the_cores_back(model_zoo):
+    """Rank 0's thread is pinned to its share while its engine runs, and unpinned when the ranks
+    stop, so an engine started next in the same thread splits all the cores again."""
+    from cserve import _core
+    from cserve.engine.tensor_parallel import start_engine
+
+    before = os.sched_getaffinity(0)
+    config = _core.EngineConfig()
+    config.model = model_zoo.get("llama").path
+    config.num_gpu_blocks_override = 32
+    config.pipeline_parallel_size = 2
+    for _ in range(2):
+        engine, ranks = start_engine(config)
+        if len(before) > 1:
+            assert os.sched_getaffinity(0) < before
+        engine.shutdown()
+        ranks.stop()
+        assert os.sched_getaffinity(0) == before

@@ -119,6 +119,7 @@ class TensorParallelRanks:
         own); cores: those of this node's ranks, in order, from its first one (rank 0 on node 0)."""
         self.size = group_size(config)
         self._stopping = False
+        self.unpin_on_stop: Optional[tuple[int, set]] = None  # (thread, its cores before rank 0 was pinned)
         ranks = ranks if ranks is not None else range(1, self.size)
         first = ranks.start - (len(cores) - len(ranks))  # the rank cores[0] belongs to
         self._procs = [launch("cserve.engine.tensor_parallel_worker", [str(rank)], cores[rank - first], config)
@@ -139,6 +140,8 @@ class TensorParallelRanks:
     def stop(self, timeout: float = 10.0) -> None:
         """Waits for the ranks to return (the engine told them to stop), then kills what is left."""
         self._stopping = True
+        if self.unpin_on_stop is not None and self.unpin_on_stop[0] == threading.get_ident():
+            os.sched_setaffinity(0, self.unpin_on_stop[1])
         for proc in self._procs:
             try:
                 proc.wait(timeout=timeout)
@@ -246,6 +249,9 @@ def start_engine(config: _core.EngineConfig, launch: Launcher = start_child,
     if config.num_threads <= 0 and cores[0]:
         config.num_threads = len(cores[0])  # each rank runs as many threads as it has cores
     ranks = TensorParallelRanks(config, cores, launch, range(1, local.stop))
+    # Rank 0 computes on this thread and the pool threads it starts: pinned to its cores until
+    # the ranks stop (then this thread gets its cores back, so a next engine sees all of them).
+    ranks.unpin_on_stop = (threading.get_ident(), os.sched_getaffinity(0))
     try:
         _pin(cores[0])
         engine = _core.Engine(config)
