@@ -274,3 +274,11 @@ def test_reasoning_effort_reaches_the_template(flags_http):
     expected = flags_http.post("/tokenize", json={"prompt": "high:" + CHAT[0]["content"],
                                                   "add_special_tokens": False}).json()["tokens"]
     assert out["prompt_token_ids"] == expected
+
+
+def test_request_id_names_the_response_as_vllm(http):
+    """The body's request_id gives the response id when no X-Request-Id header is sent."""
+    assert http.post("/v1/completions", json=completion(request_id="abc-123")).json()["id"] == "cmpl-abc-123"
+    assert http.post("/v1/chat/completions", json=chat(request_id="q7")).json()["id"] == "chatcmpl-q7"
+    r = http.post("/v1/completions", json=completion(request_id="abc-123"), headers={"X-Request-Id": "from-header"})
+    assert r.json()["id"] == "cmpl-from-header"

@@ -93,8 +93,9 @@ async def _parse(request: Request, model: type, state: ServerState, check=check_
     return parsed
 
 
-def _request_id(request: Request, prefix: str) -> str:
-    given = request.headers.get("x-request-id")
+def _request_id(request: Request, prefix: str, body_id: Optional[str] = None) -> str:
+    """vLLM's response id: the X-Request-Id header, else the body's request_id, else random."""
+    given = request.headers.get("x-request-id") or body_id
     return f"{prefix}-{given}" if given else random_id(prefix)
 
 
@@ -281,7 +282,7 @@ def build_app(state: ServerState, on_startup=None, on_shutdown=None) -> FastAPI:
     async def _generate(request: Request, body_type: type, prefix: str, prompt_field: str, create, parsed=None):
         if parsed is None:
             parsed = await _parse(request, body_type, state)
-        rid = _request_id(request, prefix)
+        rid = _request_id(request, prefix, getattr(parsed, "request_id", None))
         _log_request(state, rid, getattr(parsed, prompt_field),
                      parsed.model_dump(exclude={prompt_field}, exclude_none=True))
         return await respond(state, request, create, parsed, rid)

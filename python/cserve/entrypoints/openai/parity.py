@@ -58,6 +58,7 @@ top_logprobs                  | chat        | needs logprobs: true
 prompt_logprobs               | both        | not with stream (vLLM's 400)
 echo                          | both        | completions: the prompt before the text; chat: the last message's content
 skip_special_tokens           | both        |
+request_id                    | both        | the response id (cmpl-/chatcmpl- prefix) when no X-Request-Id header is sent
 spaces_between_special_tokens | both        |
 add_special_tokens            | both        | completions default true, chat default false
 truncate_prompt_tokens        | both        | keep N prompt tokens (-1: max_model_len)
@@ -96,8 +97,6 @@ def _honoured() -> tuple[RequestField, ...]:
 
 REQUEST_FIELDS: tuple[RequestField, ...] = _honoured() + (
     RequestField("user", BOTH, "no effect", "vLLM ignores it too"),
-    RequestField("request_id", BOTH, "ignored", "response ids come from X-Request-Id or a random id (vLLM "
-                 "uses request_id when no header is sent)"),
     RequestField("length_penalty", BOTH, "no effect", "used only by beam search, which is refused"),
     RequestField("vllm_xargs", BOTH, "no effect", "read only by custom logits processors; cserve loads none"),
     RequestField("kv_transfer_params", BOTH, "not applicable",
