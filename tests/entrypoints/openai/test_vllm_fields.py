@@ -282,3 +282,21 @@ def test_request_id_names_the_response_as_vllm(http):
     assert http.post("/v1/chat/completions", json=chat(request_id="q7")).json()["id"] == "chatcmpl-q7"
     r = http.post("/v1/completions", json=completion(request_id="abc-123"), headers={"X-Request-Id": "from-header"})
     assert r.json()["id"] == "cmpl-from-header"
+
+
+def test_echo_with_max_tokens_0_is_the_prompt_alone(http):
+    """vLLM's scoring idiom: echo, max_tokens 0, logprobs: the prompt and its logprobs, no output."""
+    prompt = "The quick brown fox"
+    body = completion(prompt=prompt, echo=True, max_tokens=0, logprobs=1)
+    full = http.post("/v1/completions", json=body).json()
+    c = full["choices"][0]
+    assert c["text"] == prompt
+    lp = c["logprobs"]
+    assert "".join(lp["tokens"]) == prompt and lp["token_logprobs"][0] is None
+    assert all(v is not None and v <= 0 for v in lp["token_logprobs"][1:])
+    streamed = sse(http.post("/v1/completions", json={**body, "stream": True}))
+    text = "".join(ch["choices"][0]["text"] for ch in streamed if ch["choices"])
+    assert text == prompt
+    assert streamed[0]["choices"][0]["logprobs"]["tokens"] == lp["tokens"]
+    r = http.post("/v1/completions", json=completion(max_tokens=0))
+    assert r.status_code == 400 and "max_tokens must be at least 1, got 0." in r.json()["error"]["message"]

@@ -56,7 +56,7 @@ stream_options                | both        | include_usage: a final chunk with 
 logprobs                      | both        | completions: an int (top alternatives); chat: a bool; at most --max-logprobs
 top_logprobs                  | chat        | needs logprobs: true
 prompt_logprobs               | both        | not with stream (vLLM's 400)
-echo                          | both        | completions: the prompt before the text; chat: the last message's content
+echo                          | both        | completions: the prompt before the text (with max_tokens 0 the prompt alone, with its logprobs); chat: the last message's content
 skip_special_tokens           | both        |
 request_id                    | both        | the response id (cmpl-/chatcmpl- prefix) when no X-Request-Id header is sent
 spaces_between_special_tokens | both        |

@@ -126,7 +126,7 @@ class CompletionRequest(SamplingFields):
         None, validate_default=True, json_schema_extra={"minLength": 1, "minItems": 1})
     best_of: Optional[Annotated[int, Field(ge=1, le=INT32_MAX)]] = None
     logprobs: Optional[Int32] = described(minimum=0)
-    max_tokens: Optional[Int64] = described(16, minimum=1)
+    max_tokens: Optional[Int64] = described(16, minimum=0)  # 0: only with echo (the prompt alone)
     suffix: Optional[str] = described(enum=[None])  # refused: not supported
     add_special_tokens: bool = True
 

@@ -103,6 +103,8 @@ async def prepare_completion(state: ServerState, request: CompletionRequest,
     for text, ids in prompts:
         ids = truncate_prompt(state, ids, request)
         max_tokens = check_completion_length(state, request, ids, room)
+        if _echo_only(request):
+            max_tokens = 1  # vLLM computes one token, then shows the prompt alone
         checked.append((ids, sampling_params(state, request, max_tokens, request.logprobs, want_prompt_lp)))
         if request.echo:
             echo_texts.append(text if text is not None else
@@ -118,6 +120,11 @@ async def prepare_completion(state: ServerState, request: CompletionRequest,
         release_all(runs)  # the engine refused one (a check only it can make): none of them runs
         raise
     return runs, echo_texts
+
+
+def _echo_only(request: CompletionRequest) -> bool:
+    """echo with max_tokens 0: vLLM's way to get a prompt's logprobs (scoring) without output."""
+    return bool(request.echo) and request.max_tokens == 0
 
 
 async def create_completion(state: ServerState, request: CompletionRequest, request_id: str,
@@ -149,7 +156,9 @@ async def _full(state, request, request_id, runs, echo_texts, disconnected) -> O
         for k in range(n):
             idx = run_idx * n + k
             c = choices[idx]
-            num_generated += len(c.token_ids)
+            num_generated += len(c.token_ids)  # vLLM counts the hidden token of an echo alone too
+            if _echo_only(request):
+                c.text, c.token_ids, c.logprobs = "", [], []
             lp = None
             if request.logprobs is not None:
                 as_ids = request.return_tokens_as_token_ids
@@ -195,6 +204,9 @@ async def _stream(state, request, request_id, runs, echo_texts, disconnected) ->
             lp = None
             prompt_ids = None
             echo_part = None
+            hidden = _echo_only(request)  # the prompt alone: the computed token is not shown
+            if hidden:
+                text = ""
             if d.index not in first_seen:
                 first_seen.add(d.index)
                 if request.echo:
@@ -207,12 +219,13 @@ async def _stream(state, request, request_id, runs, echo_texts, disconnected) ->
                 continue
             if request.logprobs is not None:
                 start = _end_offset(echo_part) if echo_part is not None else text_lens.get(d.index, 0)
-                lp = _logprobs_json(state, d.logprobs, request.logprobs, start, echo_part, as_ids)
-            text_lens[d.index] = text_lens.get(d.index, 0) + len(d.text)
+                lp = _logprobs_json(state, [] if hidden else d.logprobs, request.logprobs, start, echo_part, as_ids)
+            text_lens[d.index] = text_lens.get(d.index, 0) + (0 if hidden else len(d.text))
             num_tokens[d.index] = num_tokens.get(d.index, 0) + len(d.token_ids)
+            shown_ids = [] if hidden else d.token_ids
             choice = CompletionStreamChoice(index=d.index, text=text, logprobs=lp, finish_reason=d.finish_reason,
                                             stop_reason=d.stop_reason, prompt_token_ids=prompt_ids,
-                                            token_ids=d.token_ids if request.return_token_ids else None)
+                                            token_ids=shown_ids if request.return_token_ids else None)
             u = None
             if continuous:
                 u = UsageInfo(**usage(len(run.prompt_ids), num_tokens[d.index], None, False))
