@@ -300,3 +300,22 @@ def test_echo_with_max_tokens_0_is_the_prompt_alone(http):
     assert streamed[0]["choices"][0]["logprobs"]["tokens"] == lp["tokens"]
     r = http.post("/v1/completions", json=completion(max_tokens=0))
     assert r.status_code == 400 and "max_tokens must be at least 1, got 0." in r.json()["error"]["message"]
+
+
+def test_the_flags_the_parity_table_names_agree_with_the_flag_table():
+    """A field honoured with a server flag needs that flag supported; a field refused or not
+    applicable "without" a flag needs that flag refused too (else the two tables disagree)."""
+    import re
+
+    from cserve.cli.flags import FLAGS, SUPPORTED
+
+    by_name = {name: f for f in FLAGS for name in (f.name, *f.aliases)}
+    notes = [(f.status, f.note) for f in parity.REQUEST_FIELDS] + [("honoured", f.note) for f in parity.RESPONSE_FIELDS]
+    named = 0
+    for status, note in notes:
+        for flag in re.findall(r"--[a-z][a-z0-9-]*", note):
+            assert flag in by_name, f"{flag} (parity table) is not in the flag table"
+            supported = by_name[flag].support == SUPPORTED
+            assert supported == (status not in ("refused", "not applicable")), (flag, status, note)
+            named += 1
+    assert named >= 8
