@@ -108,6 +108,10 @@ class Backend {
   virtual void embedding(const LinearWeight& w, const int32_t* ids, int64_t n, Tensor& out) = 0;
   virtual void rms_norm(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld,
                         float eps, Tensor& out) = 0;
+  // residual[r][:] += x[r][:] / sqrt(mean(x[r][:dim]^2) + eps) * weight: a norm on a sublayer's
+  // output before its residual add (OLMo 2). Rows of `dim` with row stride ld for both.
+  virtual void rms_norm_add(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld,
+                            float eps, Tensor& residual) = 0;
   virtual void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) = 0;
   virtual void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
                     const Tensor& sin, int64_t rotary_dim) = 0;

@@ -23,6 +23,9 @@ constexpr Family kFamilies[] = {
     {"MistralForCausalLM", "mistral"},
     {"Qwen2ForCausalLM", "qwen2"},
     {"Qwen3ForCausalLM", "qwen3"},
+    {"GraniteForCausalLM", "granite"},
+    {"Olmo2ForCausalLM", "olmo2"},
+    {"SmolLM3ForCausalLM", "smollm3"},
 };
 
 std::string supported_list() {
@@ -267,7 +270,8 @@ void read_sliding_window(const ConfigReader& r, ModelConfig& c) {
     return;
   }
   bool is_qwen = c.model_type == "qwen2" || c.model_type == "qwen3";
-  if (is_qwen && !r.boolean_or("use_sliding_window", false)) return;
+  bool is_smollm3 = c.model_type == "smollm3";
+  if ((is_qwen || is_smollm3) && !r.boolean_or("use_sliding_window", false)) return;
   if (window == 0) return;
   if (const Json* types = r.get("layer_types")) {
     if (!types->is_array() || types->as_array().size() != n) {
@@ -285,6 +289,12 @@ void read_sliding_window(const ConfigReader& r, ModelConfig& c) {
     }
     return;
   }
+  if (is_smollm3) {
+    // transformers' layer_types when absent: the window on the NoPE layers.
+    for (size_t i = 0; i < n; ++i)
+      if (!c.layer_rope[i]) c.layer_sliding_window[i] = window;
+    return;
+  }
   if (is_qwen) {
     int64_t max_window_layers = r.get("max_window_layers") == nullptr
                                     ? 28  // transformers' default for Qwen2 and Qwen3
@@ -293,6 +303,38 @@ void read_sliding_window(const ConfigReader& r, ModelConfig& c) {
       if (static_cast<int64_t>(i) >= max_window_layers) c.layer_sliding_window[i] = window;
     }
   }
+}
+
+// SmolLM3: no_rope_layers (1: the layer uses RoPE, 0: a NoPE layer), else every
+// no_rope_layer_interval-th layer (1-based) without RoPE, as transformers derives it.
+void read_no_rope_layers(const ConfigReader& r, ModelConfig& c) {
+  const size_t n = static_cast<size_t>(c.num_hidden_layers);
+  c.layer_rope.assign(n, 1);
+  if (const Json* v = r.get("no_rope_layers")) {
+    if (!v->is_array() || v->as_array().size() < n)
+      r.invalid("no_rope_layers", "must be a list of at least " + std::to_string(n) + " integers (0 or 1)");
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t x = r.integer(&v->as_array()[i], "no_rope_layers");
+      if (x != 0 && x != 1) r.invalid("no_rope_layers", "must hold only 0 and 1");
+      c.layer_rope[i] = static_cast<uint8_t>(x);
+    }
+    return;
+  }
+  const int64_t interval = r.positive_int_or("no_rope_layer_interval", kMaxNumLayers, 4);
+  for (size_t i = 0; i < n; ++i) c.layer_rope[i] = (static_cast<int64_t>(i) + 1) % interval != 0;
+}
+
+// Granite's multipliers: positive numbers (transformers' defaults 1).
+void read_granite(const ConfigReader& r, ModelConfig& c) {
+  auto positive = [&](const char* field) {
+    const double x = r.number_or(field, 1.0);
+    if (!(x > 0)) r.invalid(field, "must be positive");
+    return x;
+  };
+  c.embedding_multiplier = positive("embedding_multiplier");
+  c.residual_multiplier = positive("residual_multiplier");
+  c.attention_multiplier = positive("attention_multiplier");
+  c.logits_scaling = positive("logits_scaling");
 }
 
 std::string read_dtype(const ConfigReader& r) {
@@ -335,16 +377,20 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  c.rms_norm_eps = r.number_or("rms_norm_eps", 1e-6);
+  c.rms_norm_eps = r.number_or("rms_norm_eps", c.model_type == "olmo2" ? 1e-5 : 1e-6);  // transformers' defaults
   if (!(c.rms_norm_eps > 0)) r.invalid("rms_norm_eps", "must be positive");
   c.max_position_embeddings = r.positive_int_or("max_position_embeddings", kMaxPositions, 2048);
   read_rope(r, root, c);
 
-  c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
+  c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", c.model_type == "smollm3");
   c.attention_bias = c.model_type == "qwen2" ? true : r.boolean_or("attention_bias", false);
   c.o_proj_bias = c.model_type != "qwen2" && c.attention_bias;
-  c.mlp_bias = c.model_type == "llama" && r.boolean_or("mlp_bias", false);
+  const bool has_mlp_bias = c.model_type == "llama" || c.model_type == "granite" || c.model_type == "smollm3";
+  c.mlp_bias = has_mlp_bias && r.boolean_or("mlp_bias", false);
   c.qk_norm = c.model_type == "qwen3";
+  c.post_norms = c.qk_norm_full = c.model_type == "olmo2";
+  if (c.model_type == "granite") read_granite(r, c);
+  if (c.model_type == "smollm3") read_no_rope_layers(r, c);
   read_sliding_window(r, c);
 
   c.torch_dtype = read_dtype(r);
@@ -384,8 +430,16 @@ void check_model_config(const ModelConfig& c, const std::string& source) {
             "must be a positive integer up to " + std::to_string(kMaxPositions));
   if (s.type != "default" && !(s.factor > 0 && s.factor <= kMaxRopeFactor))
     invalid("rope_scaling.factor", "must be positive and at most " + std::to_string(static_cast<int64_t>(kMaxRopeFactor)));
-  if (static_cast<int64_t>(c.layer_sliding_window.size()) != c.num_hidden_layers)
+  if (static_cast<int64_t>(c.layer_sliding_window.size()) != c.num_hidden_layers ||
+      (!c.layer_rope.empty() && static_cast<int64_t>(c.layer_rope.size()) != c.num_hidden_layers))
     invalid("num_hidden_layers", "does not match the per-layer attention settings");
+  const std::pair<const char*, double> multipliers[] = {{"embedding_multiplier", c.embedding_multiplier},
+                                                        {"residual_multiplier", c.residual_multiplier},
+                                                        {"logits_scaling", c.logits_scaling}};
+  for (const auto& [field, x] : multipliers)
+    if (!(x > 0 && std::isfinite(x))) invalid(field, "must be finite and positive");
+  if (!(c.attention_multiplier >= 0 && std::isfinite(c.attention_multiplier)))
+    invalid("attention_multiplier", "must be finite and positive");
 }
 
 ModelConfig load_model_config(const std::string& model_dir) {

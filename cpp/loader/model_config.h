@@ -1,5 +1,5 @@
-// config.json of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3 and
-// checkpoints of the same shape) read into one plain struct.
+// config.json of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Granite, OLMo 2, SmolLM3
+// and checkpoints of the same shape) read into one plain struct.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -44,6 +44,20 @@ struct ModelConfig {
   bool o_proj_bias = false;         // Llama/Qwen3 attention_bias also covers o_proj; Qwen2 does not
   bool mlp_bias = false;            // Llama's mlp_bias: gate/up/down biases
   bool qk_norm = false;             // Qwen3: RMSNorm on each q and k head
+  // OLMo 2: no input norms; RMSNorms on the attention and MLP outputs before their residual adds
+  // (post_attention_layernorm, post_feedforward_layernorm); q_norm / k_norm over the whole q / k
+  // projection (q_dim, kv_dim wide) rather than per head.
+  bool post_norms = false;
+  bool qk_norm_full = false;
+  // Granite: the embeddings times embedding_multiplier, each attention / MLP output times
+  // residual_multiplier before its residual add, attention_multiplier as the attention scale
+  // (0: 1/sqrt(head_dim)), the logits divided by logits_scaling. 1 (0) elsewhere.
+  double embedding_multiplier = 1.0;
+  double residual_multiplier = 1.0;
+  double attention_multiplier = 0.0;
+  double logits_scaling = 1.0;
+  // Per layer, whether RoPE applies (SmolLM3's NoPE layers are 0); empty: every layer.
+  std::vector<uint8_t> layer_rope;
   // Sliding window per layer: 0 means full attention for that layer.
   std::vector<int64_t> layer_sliding_window;
   std::string torch_dtype;          // "bfloat16", "float16", "float32" or ""

@@ -69,7 +69,12 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   const int64_t NH = c.num_attention_heads, NKV = c.num_key_value_heads;
   const int64_t q_dim = NH * D, kv_dim = NKV * D, qkv_dim = q_dim + 2 * kv_dim;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  // Granite: the residual stream x is held divided by embedding_multiplier (the embedding is used
+  // as is, the sublayer outputs come scaled by residual_multiplier / embedding_multiplier from
+  // load_weights). RMSNorm(m x) = RMSNorm(x) with epsilon / m^2, so the norms that read x use that.
+  const float x_eps = static_cast<float>(c.rms_norm_eps / (c.embedding_multiplier * c.embedding_multiplier));
+  const float scale = c.attention_multiplier > 0 ? static_cast<float>(c.attention_multiplier)
+                                                 : static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
 
   backend_.begin_forward(batch.attn);
   Tensor x = scratch(bufs.x, T, H), h = scratch(bufs.h, T, H), qkv = scratch(bufs.qkv, T, qkv_dim);
@@ -111,10 +116,15 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   auto run_layers = [&] {
     for (size_t l = 0; l < weights_.layers.size(); ++l) {
       const LayerWeights& lw = weights_.layers[l];
-      backend_.rms_norm(x, f32(lw.input_norm, H), T, H, H, eps, h);
-      backend_.linear(*lw.qkv, h, H, qkv, qkv_dim, false);
+      // The config's per-layer settings are the whole model's: this stage starts at first_layer.
+      const size_t global = static_cast<size_t>(pp_.enabled() ? pp_.first_layer : 0) + l;
+      if (!c.post_norms) backend_.rms_norm(x, f32(lw.input_norm, H), T, H, H, x_eps, h);
+      backend_.linear(*lw.qkv, c.post_norms ? x : h, H, qkv, qkv_dim, false);
       Tensor q = offset(qkv, q_dim, 0), k = offset(qkv, kv_dim, q_dim), v = offset(qkv, kv_dim, q_dim + kv_dim);
-      if (c.qk_norm) {
+      if (c.qk_norm_full) {
+        backend_.rms_norm(q, f32(lw.q_norm, q_dim), T, q_dim, qkv_dim, eps, q);
+        backend_.rms_norm(k, f32(lw.k_norm, kv_dim), T, kv_dim, qkv_dim, eps, k);
+      } else if (c.qk_norm) {
         for (int64_t t = 0; t < T; ++t) {
           Tensor qt{q.as<float>() + t * qkv_dim, DType::F32, {NH, D}};
           Tensor kt{k.as<float>() + t * qkv_dim, DType::F32, {NKV, D}};
@@ -122,21 +132,33 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
           backend_.rms_norm(kt, f32(lw.k_norm, D), NKV, D, D, eps, kt);
         }
       }
-      backend_.rope(q, T, NH, D, qkv_dim, cos, sin, rope_.rotary_dim());
-      backend_.rope(k, T, NKV, D, qkv_dim, cos, sin, rope_.rotary_dim());
+      if (c.layer_rope.empty() || c.layer_rope[global]) {  // SmolLM3's NoPE layers skip it
+        backend_.rope(q, T, NH, D, qkv_dim, cos, sin, rope_.rotary_dim());
+        backend_.rope(k, T, NKV, D, qkv_dim, cos, sin, rope_.rotary_dim());
+      }
       backend_.write_kv(k, v, T, qkv_dim, batch.attn.slot_mapping.data(), kv_cache[l]);
-      // The config's per-layer windows are the whole model's: this stage starts at first_layer.
-      const size_t global = static_cast<size_t>(pp_.enabled() ? pp_.first_layer : 0) + l;
       int64_t window = c.layer_sliding_window.empty() ? 0 : c.layer_sliding_window[global];
       backend_.attention(q, qkv_dim, NH, kv_cache[l], batch.attn, scale, window, attn);
-      backend_.linear(*lw.o, attn, q_dim, x, H, residual);
-      reduce(x);
-
-      backend_.rms_norm(x, f32(lw.post_attention_norm, H), T, H, H, eps, h);
-      backend_.linear(*lw.gate_up, h, H, gu, 2 * I, false);
+      if (c.post_norms) {  // OLMo 2: x += norm(o(attn))
+        backend_.linear(*lw.o, attn, q_dim, h, H, false);
+        reduce(h);
+        backend_.rms_norm_add(h, f32(lw.post_attention_norm, H), T, H, H, eps, x);
+        backend_.linear(*lw.gate_up, x, H, gu, 2 * I, false);
+      } else {
+        backend_.linear(*lw.o, attn, q_dim, x, H, residual);
+        reduce(x);
+        backend_.rms_norm(x, f32(lw.post_attention_norm, H), T, H, H, x_eps, h);
+        backend_.linear(*lw.gate_up, h, H, gu, 2 * I, false);
+      }
       backend_.silu_mul(gu, T, I, act);
-      backend_.linear(*lw.down, act, I, x, H, residual);
-      reduce(x);
+      if (c.post_norms) {  // x += norm(down(act))
+        backend_.linear(*lw.down, act, I, h, H, false);
+        reduce(h);
+        backend_.rms_norm_add(h, f32(lw.post_feedforward_norm, H), T, H, H, eps, x);
+      } else {
+        backend_.linear(*lw.down, act, I, x, H, residual);
+        reduce(x);
+      }
     }
   };
   if (!pp_.enabled()) {
@@ -177,7 +199,7 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   }
   Tensor sel = scratch(bufs.sel, L, H);
   backend_.gather_rows(x, batch.logits_rows.data(), L, H, sel);
-  backend_.rms_norm(sel, f32(weights_.final_norm, H), L, H, H, eps, sel);
+  backend_.rms_norm(sel, f32(weights_.final_norm, H), L, H, H, x_eps, sel);
   // Logits straight into the caller's host array on the CPU; elsewhere into backend memory,
   // then downloaded unless the caller samples there.
   Tensor out = host && logits ? Tensor{logits, DType::F32, {L, c.vocab_size}} : scratch(bufs.logits, L, c.vocab_size);

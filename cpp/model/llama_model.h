@@ -3,6 +3,10 @@
 // KV write -> paged attention -> O projection (+ residual) -> RMSNorm -> fused
 // gate|up -> SiLU*up -> down (+ residual), then the final norm and the LM head
 // only at the rows that need logits.
+// Family options (ModelConfig): OLMo 2 drops the input norms and normalizes the O and down
+// outputs before their residual adds (rms_norm_add), its q/k norms over the whole projection;
+// SmolLM3 skips RoPE on its NoPE layers; Granite's multipliers are folded into the weights
+// (load_weights) and the norms' epsilon (see forward()).
 #pragma once
 #include <cstdint>
 #include <vector>

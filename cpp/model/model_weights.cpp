@@ -256,10 +256,21 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     int64_t rows;     // of the whole tensor
     Slice slice = {};  // this rank's rows
   };
-  auto linear = [&](const std::vector<Part>& ps, int64_t k, Slice cols, bool with_bias) {
+  // scale: a constant the product is multiplied by, folded into the weights (and biases).
+  std::vector<Buffer> scaled;
+  auto times = [&](const Tensor& t, float scale) {
+    if (scale == 1.0f) return t;
+    scaled.emplace_back(static_cast<size_t>(t.numel()) * sizeof(float));
+    float* out = scaled.back().as<float>();
+    convert_to_f32(t.data, t.dtype, out, static_cast<size_t>(t.numel()));
+    for (int64_t i = 0; i < t.numel(); ++i) out[i] *= scale;
+    return Tensor{out, DType::F32, t.shape};
+  };
+  auto linear = [&](const std::vector<Part>& ps, int64_t k, Slice cols, bool with_bias, float scale = 1.0f) {
     std::vector<Tensor> parts, biases;
     std::vector<QuantPart> qparts;
     for (const Part& p : ps) {
+      if (scale != 1.0f) break;  // a scaled weight is dequantized and scaled below
       if (auto q = src.quant_part(p.name + ".weight", {p.rows, k}, p.slice, cols)) qparts.push_back(*q);
     }
     if (!qparts.empty() && qparts.size() == ps.size()) {  // every part quantized: keep it so
@@ -271,12 +282,13 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
       return packed;
     }
     for (const Part& p : ps) {
-      parts.push_back(src.get(p.name + ".weight", {p.rows, k}, kRandom, p.slice, cols));
-      if (with_bias) biases.push_back(src.get(p.name + ".bias", {p.rows}, 0.0f, p.slice));
+      parts.push_back(times(src.get(p.name + ".weight", {p.rows, k}, kRandom, p.slice, cols), scale));
+      if (with_bias) biases.push_back(times(src.get(p.name + ".bias", {p.rows}, 0.0f, p.slice), scale));
     }
     auto packed = backend.pack_linear(parts, biases, dtype);
     w.total_bytes += packed->bytes();
     src.release_scratch();
+    scaled.clear();
     return packed;
   };
   // Small host-made parameters, moved to the backend's memory when that is not the host's.
@@ -286,31 +298,40 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     backend.upload(dev.data(), host.data(), host.size());
     return dev;
   };
-  auto norm = [&](const std::string& name, int64_t n) {
+  auto norm = [&](const std::string& name, int64_t n, double scale = 1.0) {
     Buffer b = to_f32(src.get(name, {n}, 1.0f), dtype);
+    if (scale != 1.0)
+      for (int64_t i = 0; i < n; ++i) b.as<float>()[i] = static_cast<float>(b.as<float>()[i] * scale);
     src.release_scratch();
     return in_backend(std::move(b));
   };
 
+  // Granite: the residual stream is held divided by embedding_multiplier (LlamaModel), so the
+  // sublayer outputs added to it are scaled by residual_multiplier / embedding_multiplier.
+  const float out_scale = static_cast<float>(c.residual_multiplier / c.embedding_multiplier);
   for (int64_t l = first_layer; l < first_layer + num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights lw;
     lw.qkv = linear({{p + "self_attn.q_proj", q_dim, q_rows}, {p + "self_attn.k_proj", kv_dim, kv_rows},
                      {p + "self_attn.v_proj", kv_dim, kv_rows}},
                     H, {}, c.attention_bias);
-    lw.o = linear({{p + "self_attn.o_proj", H}}, q_dim, q_rows, c.o_proj_bias && sums_bias);
+    lw.o = linear({{p + "self_attn.o_proj", H}}, q_dim, q_rows, c.o_proj_bias && sums_bias, out_scale);
     lw.gate_up = linear({{p + "mlp.gate_proj", I, i_rows}, {p + "mlp.up_proj", I, i_rows}}, H, {}, c.mlp_bias);
-    lw.down = linear({{p + "mlp.down_proj", H}}, I, i_rows, c.mlp_bias && sums_bias);
-    lw.input_norm = norm(p + "input_layernorm.weight", H);
+    lw.down = linear({{p + "mlp.down_proj", H}}, I, i_rows, c.mlp_bias && sums_bias, out_scale);
+    if (!c.post_norms) lw.input_norm = norm(p + "input_layernorm.weight", H);
     lw.post_attention_norm = norm(p + "post_attention_layernorm.weight", H);
+    if (c.post_norms) lw.post_feedforward_norm = norm(p + "post_feedforward_layernorm.weight", H);
     if (c.qk_norm) {
       lw.q_norm = norm(p + "self_attn.q_norm.weight", D);
       lw.k_norm = norm(p + "self_attn.k_norm.weight", D);
+    } else if (c.qk_norm_full) {  // over the whole projection (-tp 1 only: check_tensor_parallel)
+      lw.q_norm = norm(p + "self_attn.q_norm.weight", q_dim);
+      lw.k_norm = norm(p + "self_attn.k_norm.weight", kv_dim);
     }
     w.layers.push_back(std::move(lw));
     if (progress) progress(l - first_layer + 1, steps);
   }
-  if (heads) w.final_norm = norm("model.norm.weight", H);
+  if (heads) w.final_norm = norm("model.norm.weight", H, 1.0 / c.logits_scaling);
 
   w.tied = c.tie_word_embeddings;
   if (w.tied) {  // the embedding is the LM head's matrix: the first stage needs it too

@@ -20,13 +20,14 @@ class SafetensorsCheckpoint;
 
 struct LayerWeights {
   std::unique_ptr<LinearWeight> qkv, o, gate_up, down;
-  Buffer input_norm, post_attention_norm;  // f32 [hidden]
-  Buffer q_norm, k_norm;                   // f32 [head_dim], Qwen3 only
+  Buffer input_norm, post_attention_norm;  // f32 [hidden]; OLMo 2 has no input_norm
+  Buffer post_feedforward_norm;            // f32 [hidden], OLMo 2 only
+  Buffer q_norm, k_norm;                   // f32 [head_dim] (Qwen3), [q_dim] / [kv_dim] (OLMo 2)
 };
 
 struct ModelWeights {
   std::vector<LayerWeights> layers;
-  Buffer final_norm;                        // f32 [hidden]
+  Buffer final_norm;                        // f32 [hidden] (Granite: over logits_scaling)
   std::unique_ptr<LinearWeight> lm_head;    // also the embedding when tied
   Tensor embed_table;                       // untied: [vocab][hidden], in the mmap or in embed_owned
   Buffer embed_owned;
@@ -44,6 +45,8 @@ using LoadProgress = std::function<void(int64_t done, int64_t total)>;
 // With tensor parallelism (tp.size > 1) only this rank's shard is read and packed (the config is
 // the whole model's; the layers' shapes are then rank_config's). With pipeline parallelism only
 // the stage's layers, the embedding on the first stage, the final norm and LM head on the last.
+// Granite's multipliers are folded in here (see LlamaModel): o and down (weights and biases) are
+// scaled by residual_multiplier / embedding_multiplier, the final norm by 1 / logits_scaling.
 ModelWeights load_weights(const ModelConfig& config, const SafetensorsCheckpoint* checkpoint, DType dtype,
                           Backend& backend, uint64_t seed, const LoadProgress& progress = {},
                           const GgufFile* gguf = nullptr, const TensorParallel& tp = {},

@@ -11,6 +11,10 @@ void check_tensor_parallel(const ModelConfig& c, int size) {
   if (size < 1) throw InvalidArgument("tensor_parallel_size must be at least 1, got " + std::to_string(size));
   if (size == 1) return;
   const std::string n = std::to_string(size);
+  // OLMo 2's q_norm / k_norm span every head: a rank holds only its heads' part of the sum of squares.
+  if (c.qk_norm_full)
+    throw NotSupported("tensor parallelism is not supported for " + c.architecture +
+                       " (its q/k norms span all heads); use tensor_parallel_size 1 (pipeline parallelism works)");
   if (c.num_attention_heads % size != 0)
     throw InvalidArgument("Total number of attention heads (" + std::to_string(c.num_attention_heads) +
                           ") must be divisible by tensor parallel size (" + n + ").");

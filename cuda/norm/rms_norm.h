@@ -12,4 +12,9 @@ namespace cserve::cuda {
 void invokeRmsNorm(void* out, const void* x, void* residual, const float* weight, int64_t rows, int64_t dim,
                    int64_t ld, float eps, int dtype, cudaStream_t stream);
 
+// A norm on a sublayer's output before its residual add (OLMo 2):
+//   residual = residual + x / rms(x) * w
+void invokeRmsNormAdd(void* residual, const void* x, const float* weight, int64_t rows, int64_t dim, int64_t ld,
+                      float eps, int dtype, cudaStream_t stream);
+
 }  // namespace cserve::cuda

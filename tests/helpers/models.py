@@ -39,6 +39,18 @@ SPECS: dict[str, dict[str, Any]] = {
     # MQA 2:1 with an explicit head_dim of 128 (q_proj widens 64 -> 256), q/k norm, untied.
     "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=96, num_attention_heads=2,
                   num_key_value_heads=1, head_dim=128, tie_word_embeddings=False),
+    # GQA 4:2, head_dim 16, every multiplier away from 1, attention and MLP biases, tied.
+    "granite": dict(model_type="granite", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                    num_key_value_heads=2, embedding_multiplier=6.0, residual_multiplier=0.3,
+                    attention_multiplier=0.07, logits_scaling=3.0, attention_bias=True, mlp_bias=True,
+                    tie_word_embeddings=True),
+    # GQA 4:2, head_dim 16, post-norms, q/k norms over the whole projection, untied.
+    "olmo2": dict(model_type="olmo2", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=False),
+    # GQA 4:2, head_dim 16, 4 layers: the third NoPE (interval 3) with a window of 12, tied.
+    "smollm3": dict(model_type="smollm3", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                    num_key_value_heads=2, num_hidden_layers=4, no_rope_layer_interval=3,
+                    use_sliding_window=True, sliding_window=12, tie_word_embeddings=True),
 }
 
 FAMILY_ARCH = {
@@ -47,6 +59,9 @@ FAMILY_ARCH = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "granite": "GraniteForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
 }
 
 BASE = dict(vocab_size=256, num_hidden_layers=2, max_position_embeddings=512, rms_norm_eps=1e-6,

@@ -152,6 +152,10 @@ class CpuBackend : public Backend {
                 Tensor& out) override {
     cpu::rms_norm(x.as<float>(), weight.as<float>(), rows, dim, ld, eps, out.as<float>(), pool_);
   }
+  void rms_norm_add(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld, float eps,
+                    Tensor& residual) override {
+    cpu::rms_norm_add(x.as<float>(), weight.as<float>(), rows, dim, ld, eps, residual.as<float>(), pool_);
+  }
   void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) override {
     cpu::silu_mul(gate_up.as<float>(), tokens, inter, out.as<float>(), pool_);
   }

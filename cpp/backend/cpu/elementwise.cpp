@@ -14,17 +14,34 @@ namespace {
 int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_len)); }
 }  // namespace
 
-void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, int64_t ld, float eps,
-              float* out, ThreadPool& pool) {
-  if (dim <= 0 || ld < dim) throw InvalidArgument("rms_norm: need 0 < dim <= ld");
+namespace {
+// out = x / rms(x) * w, or out += that when `add`.
+void rms_norm_rows(const char* op, const float* x, const float* w, int64_t rows, int64_t dim, int64_t ld, float eps,
+                   float* out, bool add, ThreadPool& pool) {
+  if (dim <= 0 || ld < dim) throw InvalidArgument(std::string(op) + ": need 0 < dim <= ld");
   const detail::RowOps& ops = detail::row_ops();
   pool.parallel_for(rows, row_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const float ss = ops.sum_squares(x + r * ld, dim);
-      const float s = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
-      ops.scale_mul(x + r * ld, s, w, out + r * ld, dim);
+      const float* xr = x + r * ld;
+      const float s = 1.0f / std::sqrt(ops.sum_squares(xr, dim) / static_cast<float>(dim) + eps);
+      if (!add) {
+        ops.scale_mul(xr, s, w, out + r * ld, dim);
+        continue;
+      }
+      for (int64_t i = 0; i < dim; ++i) out[r * ld + i] += xr[i] * s * w[i];
     }
   });
+}
+}  // namespace
+
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, int64_t ld, float eps,
+              float* out, ThreadPool& pool) {
+  rms_norm_rows("rms_norm", x, w, rows, dim, ld, eps, out, false, pool);
+}
+
+void rms_norm_add(const float* x, const float* w, int64_t rows, int64_t dim, int64_t ld, float eps,
+                  float* residual, ThreadPool& pool) {
+  rms_norm_rows("rms_norm_add", x, w, rows, dim, ld, eps, residual, true, pool);
 }
 
 void silu_mul(const float* gu, int64_t tokens, int64_t inter, float* out, ThreadPool& pool) {

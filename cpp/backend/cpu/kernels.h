@@ -58,6 +58,10 @@ void embedding(const Tensor& table, const int32_t* ids, int64_t num_ids, float* 
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, int64_t ld, float eps,
               float* out, ThreadPool& pool);
 
+// residual += x / sqrt(mean(x^2) + eps) * w, row by row (stride ld for both).
+void rms_norm_add(const float* x, const float* w, int64_t rows, int64_t dim, int64_t ld, float eps,
+                  float* residual, ThreadPool& pool);
+
 // out[t][i] = silu(gu[t][i]) * gu[t][inter + i] for i < inter.
 void silu_mul(const float* gu, int64_t tokens, int64_t inter, float* out, ThreadPool& pool);
 

@@ -225,6 +225,12 @@ class CudaBackend : public Backend {
     cuda::invokeRmsNorm(out.data, x.data, nullptr, weight.as<float>(), rows, dim, ld, eps, dtype_id(DType::F32),
                         stream_);
   }
+  void rms_norm_add(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld, float eps,
+                    Tensor& residual) override {
+    if (!launches()) return;
+    cuda::invokeRmsNormAdd(residual.data, x.data, weight.as<float>(), rows, dim, ld, eps, dtype_id(DType::F32),
+                           stream_);
+  }
   void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) override {
     if (!launches()) return;
     cuda::invokeSiluMul(out.data, gate_up.data, tokens, inter, dtype_id(DType::F32), stream_);
