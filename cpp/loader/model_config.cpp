@@ -26,6 +26,7 @@ constexpr Family kFamilies[] = {
     {"GraniteForCausalLM", "granite"},
     {"Olmo2ForCausalLM", "olmo2"},
     {"SmolLM3ForCausalLM", "smollm3"},
+    {"Phi3ForCausalLM", "phi3"},
 };
 
 std::string supported_list() {
@@ -203,6 +204,37 @@ void resolve_architecture(const ConfigReader& r, ModelConfig& c) {
   c.model_type = by_type != nullptr ? by_type->model_type : by_arch->model_type;
 }
 
+// longrope (transformers' _compute_longrope_parameters): short_factor and long_factor, one per
+// rotary frequency; original_max_position_embeddings at the top level wins over the rope dict's
+// (Phi-3 keeps it there; Phi3Config's default 4096), else max_position_embeddings; factor when
+// absent max_position_embeddings / original.
+void read_longrope(const ConfigReader& r, const RopeReader& rope, ModelConfig& c) {
+  RopeScaling& s = c.rope_scaling;
+  if (const Json* v = r.get("original_max_position_embeddings")) {
+    s.original_max_position_embeddings = r.integer(v, "original_max_position_embeddings");
+    if (s.original_max_position_embeddings <= 0) r.invalid("original_max_position_embeddings", "must be a positive integer");
+  } else if (s.original_max_position_embeddings == 0) {
+    s.original_max_position_embeddings = c.model_type == "phi3" ? 4096 : c.max_position_embeddings;
+  }
+  int64_t rotary = static_cast<int64_t>(static_cast<double>(c.head_dim) * c.partial_rotary_factor);
+  rotary -= rotary % 2;
+  for (auto [key, out] : {std::pair{"short_factor", &s.short_factor}, std::pair{"long_factor", &s.long_factor}}) {
+    std::string field;
+    const Json* v = rope.find(key, &field);
+    if (v == nullptr) r.invalid(std::string("rope_scaling.") + key, "is required for longrope");
+    if (!v->is_array() || static_cast<int64_t>(v->as_array().size()) != rotary / 2)
+      r.invalid(field, "must be a list of " + std::to_string(rotary / 2) + " numbers (one per rotary frequency)");
+    out->clear();
+    for (const Json& x : v->as_array()) {
+      out->push_back(r.number(&x, field));
+      if (!(out->back() > 0)) r.invalid(field, "must hold positive numbers");
+    }
+  }
+  s.factor = rope.has_number("factor") ? rope.number_or("factor", 1.0)
+                                       : static_cast<double>(c.max_position_embeddings) /
+                                             static_cast<double>(s.original_max_position_embeddings);
+}
+
 void read_rope(const ConfigReader& r, const Json& root, ModelConfig& c) {
   RopeReader rope(r, root);
   std::string field;
@@ -223,20 +255,23 @@ void read_rope(const ConfigReader& r, const Json& root, ModelConfig& c) {
 
   RopeScaling& s = c.rope_scaling;
   s.type = rope.type();
+  // transformers' Phi3Config reads "su" (and "yarn") as longrope.
+  if (s.type == "su" || (c.model_type == "phi3" && s.type == "yarn")) s.type = "longrope";
   if (s.type != "default" && s.type != "linear" && s.type != "dynamic" && s.type != "llama3" &&
-      s.type != "yarn") {
+      s.type != "yarn" && s.type != "longrope") {
     throw NotSupported(r.source() + ": rope scaling type " + s.type +
-                       " is not supported (supported: default, linear, dynamic, llama3, yarn)");
+                       " is not supported (supported: default, linear, dynamic, llama3, yarn, longrope)");
   }
   s.original_max_position_embeddings = 0;
   if (const Json* v = rope.find("original_max_position_embeddings", &field)) {
     s.original_max_position_embeddings = r.integer(v, field);
     if (s.original_max_position_embeddings <= 0) r.invalid(field, "must be a positive integer");
   }
+  if (s.type == "longrope") read_longrope(r, rope, c);
   if (s.type == "yarn" && !rope.has_number("factor") && s.original_max_position_embeddings > 0) {
     // transformers derives the yarn factor from the context extension when it is not given.
     s.factor = static_cast<double>(c.max_position_embeddings) / s.original_max_position_embeddings;
-  } else {
+  } else if (s.type != "longrope") {
     s.factor = rope.number_or("factor", 1.0);
   }
   if (s.type != "default" && !(s.factor > 0)) r.invalid("rope_scaling.factor", "must be positive");
@@ -264,8 +299,8 @@ void read_sliding_window(const ConfigReader& r, ModelConfig& c) {
     window = r.integer(v, "sliding_window");
     if (window <= 0) r.invalid("sliding_window", "must be a positive integer or null");
   }
-  if (c.model_type == "mistral") {
-    // Mistral applies its window to every layer (layer_types are ignored, as in transformers).
+  if (c.model_type == "mistral" || c.model_type == "phi3") {
+    // Mistral (and Phi-3) applies its window to every layer (layer_types are ignored, as in transformers).
     std::fill(c.layer_sliding_window.begin(), c.layer_sliding_window.end(), window);
     return;
   }
@@ -377,18 +412,19 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  c.rms_norm_eps = r.number_or("rms_norm_eps", c.model_type == "olmo2" ? 1e-5 : 1e-6);  // transformers' defaults
+  c.rms_norm_eps = r.number_or("rms_norm_eps", c.model_type == "olmo2" || c.model_type == "phi3" ? 1e-5 : 1e-6);  // transformers' defaults
   if (!(c.rms_norm_eps > 0)) r.invalid("rms_norm_eps", "must be positive");
   c.max_position_embeddings = r.positive_int_or("max_position_embeddings", kMaxPositions, 2048);
   read_rope(r, root, c);
 
   c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", c.model_type == "smollm3");
-  c.attention_bias = c.model_type == "qwen2" ? true : r.boolean_or("attention_bias", false);
+  c.attention_bias = c.model_type == "qwen2" || (c.model_type != "phi3" && r.boolean_or("attention_bias", false));
   c.o_proj_bias = c.model_type != "qwen2" && c.attention_bias;
   const bool has_mlp_bias = c.model_type == "llama" || c.model_type == "granite" || c.model_type == "smollm3";
   c.mlp_bias = has_mlp_bias && r.boolean_or("mlp_bias", false);
   c.qk_norm = c.model_type == "qwen3";
   c.post_norms = c.qk_norm_full = c.model_type == "olmo2";
+  c.fused_proj = c.model_type == "phi3";
   if (c.model_type == "granite") read_granite(r, c);
   if (c.model_type == "smollm3") read_no_rope_layers(r, c);
   read_sliding_window(r, c);

@@ -1,5 +1,5 @@
-// config.json of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Granite, OLMo 2, SmolLM3
-// and checkpoints of the same shape) read into one plain struct.
+// config.json of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, Granite, OLMo 2, SmolLM3,
+// Phi-3 and checkpoints of the same shape) read into one plain struct.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -8,7 +8,7 @@
 namespace cserve {
 
 struct RopeScaling {
-  // "default", "linear", "dynamic", "llama3", "yarn"
+  // "default", "linear", "dynamic", "llama3", "yarn", "longrope" (Phi-3's "su" is read as longrope)
   std::string type = "default";
   double factor = 1.0;
   // llama3
@@ -22,6 +22,10 @@ struct RopeScaling {
   double mscale = 0.0;            // 0: unset
   double mscale_all_dim = 0.0;    // 0: unset
   bool truncate = true;           // yarn: floor/ceil the correction range
+  // longrope: per rotary frequency (rotary_dim / 2 each), the short factors while a sequence holds
+  // at most original_max_position_embeddings tokens, the long ones beyond. factor is the given
+  // one or max_position_embeddings / original; attention_factor (0) as yarn's.
+  std::vector<double> short_factor, long_factor;
 };
 
 struct ModelConfig {
@@ -56,6 +60,8 @@ struct ModelConfig {
   double residual_multiplier = 1.0;
   double attention_multiplier = 0.0;
   double logits_scaling = 1.0;
+  // Phi-3: q/k/v in one qkv_proj, gate/up in one gate_up_proj (rows in that order).
+  bool fused_proj = false;
   // Per layer, whether RoPE applies (SmolLM3's NoPE layers are 0); empty: every layer.
   std::vector<uint8_t> layer_rope;
   // Sliding window per layer: 0 means full attention for that layer.

@@ -255,6 +255,14 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     std::string name;
     int64_t rows;     // of the whole tensor
     Slice slice = {};  // this rank's rows
+    // A part of a fused tensor (Phi-3's qkv_proj, gate_up_proj): `rows` of it from row `base`, of
+    // `fused` rows in all; 0: the tensor is the part's own.
+    int64_t base = 0, fused = 0;
+    std::vector<int64_t> shape(int64_t k) const { return {fused > 0 ? fused : rows, k}; }
+    Slice rows_in_tensor() const {
+      if (fused == 0) return slice;
+      return slice.all() ? Slice{base, rows} : Slice{base + slice.begin, slice.count};
+    }
   };
   // scale: a constant the product is multiplied by, folded into the weights (and biases).
   std::vector<Buffer> scaled;
@@ -271,19 +279,20 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     std::vector<QuantPart> qparts;
     for (const Part& p : ps) {
       if (scale != 1.0f) break;  // a scaled weight is dequantized and scaled below
-      if (auto q = src.quant_part(p.name + ".weight", {p.rows, k}, p.slice, cols)) qparts.push_back(*q);
+      if (auto q = src.quant_part(p.name + ".weight", p.shape(k), p.rows_in_tensor(), cols)) qparts.push_back(*q);
     }
     if (!qparts.empty() && qparts.size() == ps.size()) {  // every part quantized: keep it so
       for (size_t i = 0; i < ps.size(); ++i)
-        if (with_bias) qparts[i].bias = src.get(ps[i].name + ".bias", {ps[i].rows}, 0.0f, ps[i].slice).as<float>();
+        if (with_bias)
+          qparts[i].bias = src.get(ps[i].name + ".bias", {ps[i].shape(1)[0]}, 0.0f, ps[i].rows_in_tensor()).as<float>();
       auto packed = backend.pack_linear_quantized(qparts);
       w.total_bytes += packed->bytes();
       src.release_scratch();
       return packed;
     }
     for (const Part& p : ps) {
-      parts.push_back(times(src.get(p.name + ".weight", {p.rows, k}, kRandom, p.slice, cols), scale));
-      if (with_bias) biases.push_back(times(src.get(p.name + ".bias", {p.rows}, 0.0f, p.slice), scale));
+      parts.push_back(times(src.get(p.name + ".weight", p.shape(k), kRandom, p.rows_in_tensor(), cols), scale));
+      if (with_bias) biases.push_back(times(src.get(p.name + ".bias", {p.shape(1)[0]}, 0.0f, p.rows_in_tensor()), scale));
     }
     auto packed = backend.pack_linear(parts, biases, dtype);
     w.total_bytes += packed->bytes();
@@ -312,11 +321,20 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
   for (int64_t l = first_layer; l < first_layer + num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights lw;
-    lw.qkv = linear({{p + "self_attn.q_proj", q_dim, q_rows}, {p + "self_attn.k_proj", kv_dim, kv_rows},
-                     {p + "self_attn.v_proj", kv_dim, kv_rows}},
-                    H, {}, c.attention_bias);
+    if (c.fused_proj) {  // Phi-3: this rank's q, k and v rows out of qkv_proj, gate and up out of gate_up_proj
+      const std::string qkv = p + "self_attn.qkv_proj", gu = p + "mlp.gate_up_proj";
+      const int64_t qkv_dim = q_dim + 2 * kv_dim;
+      lw.qkv = linear({{qkv, q_dim, q_rows, 0, qkv_dim}, {qkv, kv_dim, kv_rows, q_dim, qkv_dim},
+                       {qkv, kv_dim, kv_rows, q_dim + kv_dim, qkv_dim}},
+                      H, {}, c.attention_bias);
+      lw.gate_up = linear({{gu, I, i_rows, 0, 2 * I}, {gu, I, i_rows, I, 2 * I}}, H, {}, c.mlp_bias);
+    } else {
+      lw.qkv = linear({{p + "self_attn.q_proj", q_dim, q_rows}, {p + "self_attn.k_proj", kv_dim, kv_rows},
+                       {p + "self_attn.v_proj", kv_dim, kv_rows}},
+                      H, {}, c.attention_bias);
+      lw.gate_up = linear({{p + "mlp.gate_proj", I, i_rows}, {p + "mlp.up_proj", I, i_rows}}, H, {}, c.mlp_bias);
+    }
     lw.o = linear({{p + "self_attn.o_proj", H}}, q_dim, q_rows, c.o_proj_bias && sums_bias, out_scale);
-    lw.gate_up = linear({{p + "mlp.gate_proj", I, i_rows}, {p + "mlp.up_proj", I, i_rows}}, H, {}, c.mlp_bias);
     lw.down = linear({{p + "mlp.down_proj", H}}, I, i_rows, c.mlp_bias && sums_bias, out_scale);
     if (!c.post_norms) lw.input_norm = norm(p + "input_layernorm.weight", H);
     lw.post_attention_norm = norm(p + "post_attention_layernorm.weight", H);

@@ -75,6 +75,26 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& c) : base_(c.rope_theta) {
       double inter = extra / factor;
       inv_freq_[i] = inter * (1 - extrapolation) + extra * extrapolation;
     }
+  } else if (s.type == "longrope") {
+    // transformers: inv_freq = 1 / (ext_factors * base ** (arange(0, dim, 2) / dim)) in float32,
+    // the cos / sin times sqrt(1 + ln(factor) / ln(original)) when factor > 1.
+    const size_t n = inv_freq_.size();
+    if (s.short_factor.size() != n || s.long_factor.size() != n)
+      throw InvalidArgument("longrope: short_factor and long_factor need " + std::to_string(n) + " values each");
+    auto longrope = [&](const std::vector<double>& ext) {
+      std::vector<double> f(n);
+      for (size_t i = 0; i < n; ++i) {
+        const float shape = static_cast<float>(2 * i) / static_cast<float>(rotary_dim_);
+        const float pw = static_cast<float>(std::pow(static_cast<double>(static_cast<float>(base_)), static_cast<double>(shape)));
+        f[i] = 1.0f / (static_cast<float>(ext[i]) * pw);
+      }
+      return f;
+    };
+    inv_freq_ = longrope(s.short_factor);
+    long_inv_freq_ = longrope(s.long_factor);
+    attention_factor_ = s.attention_factor > 0 ? s.attention_factor
+                        : s.factor <= 1.0     ? 1.0
+                                              : std::sqrt(1 + std::log(s.factor) / std::log(static_cast<double>(original_max_)));
   } else {
     throw NotSupported("rope scaling type " + s.type + " is not supported");
   }
@@ -88,6 +108,8 @@ void RotaryEmbedding::compute(int64_t position, int64_t seq_len, float* cos, flo
                                    static_cast<double>(rotary_dim_) / static_cast<double>(rotary_dim_ - 2));
     dyn = inv_freq_for(base);
     inv = &dyn;
+  } else if (!long_inv_freq_.empty() && seq_len > original_max_) {
+    inv = &long_inv_freq_;  // as transformers' longrope_frequency_update: seq_len = max(position) + 1
   }
   for (size_t i = 0; i < inv->size(); ++i) {
     // float32 angle, as transformers forms it.

@@ -1,5 +1,6 @@
 // Rotary position embedding tables with the scaling types transformers implements:
-// default, linear, dynamic (NTK), llama3 and yarn.
+// default, linear, dynamic (NTK), llama3, yarn and longrope (Phi-3: short / long factors per
+// frequency, the long ones for a sequence longer than original_max_position_embeddings).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -26,6 +27,7 @@ class RotaryEmbedding {
   bool dynamic_ = false;
   double dynamic_factor_ = 1.0;
   int64_t original_max_ = 0;
+  std::vector<double> long_inv_freq_;  // longrope: used when seq_len > original_max_
 };
 
 }  // namespace cserve

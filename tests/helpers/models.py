@@ -51,6 +51,22 @@ SPECS: dict[str, dict[str, Any]] = {
     "smollm3": dict(model_type="smollm3", hidden_size=64, intermediate_size=96, num_attention_heads=4,
                     num_key_value_heads=2, num_hidden_layers=4, no_rope_layer_interval=3,
                     use_sliding_window=True, sliding_window=12, tie_word_embeddings=True),
+    # GQA 4:2, head_dim 16, fused qkv_proj / gate_up_proj, longrope (short factors away from 1; the
+    # shared tests' sequences stay below original_max_position_embeddings, test_families_more.py
+    # crosses it with phi3_long), a window of 12 on every layer, untied.
+    "phi3": dict(model_type="phi3", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                 num_key_value_heads=2, sliding_window=12, original_max_position_embeddings=256,
+                 rope_scaling=dict(type="longrope", short_factor=[1.0, 1.3, 0.8, 2.0, 1.1, 1.7, 0.9, 3.0],
+                                   long_factor=[2.0, 0.7, 4.0, 1.5, 3.0, 1.2, 6.0, 2.5]),
+                 tie_word_embeddings=False),
+    # Phi-4-mini's shape of longrope: partial_rotary_factor 0.5 (8 rotary dimensions
+    # of 16), original_max_position_embeddings 32 of 256: a 40-token prompt uses the long factors.
+    "phi3_long": dict(model_type="phi3", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, original_max_position_embeddings=32,
+                      partial_rotary_factor=0.5,
+                      rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5, 0.7, 2.5],
+                                        long_factor=[3.0, 0.6, 5.0, 1.8]),
+                      tie_word_embeddings=False),
 }
 
 FAMILY_ARCH = {
@@ -62,6 +78,8 @@ FAMILY_ARCH = {
     "granite": "GraniteForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
     "smollm3": "SmolLM3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "phi3_long": "Phi3ForCausalLM",
 }
 
 BASE = dict(vocab_size=256, num_hidden_layers=2, max_position_embeddings=512, rms_norm_eps=1e-6,

@@ -1,6 +1,7 @@
-"""Granite, OLMo 2 and SmolLM3 beyond the shared parity tests (test_parity.py runs them with the
-other families): greedy generation equal to transformers' generate(), the family options matter
-(the parity is not vacuous), SmolLM3's configs without layer_types / no_rope_layers, and what is
+"""Granite, OLMo 2, SmolLM3 and Phi-3 beyond the shared parity tests (test_parity.py runs them with
+the other families): greedy generation equal to transformers' generate() (Phi-3 on its long and
+short RoPE factors), the family options matter (the parity is not vacuous), Phi-3 split by -tp /
+-pp on the long factors, SmolLM3's configs without layer_types / no_rope_layers, and what is
 refused by name."""
 
 from __future__ import annotations
@@ -20,17 +21,23 @@ def _prompt(built, length, seed):
     return random_prompt(np.random.default_rng(seed), length, built.vocab_size)
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
-def test_greedy_matches_transformers_generate(model_zoo, family):
+# phi3_long (original_max_position_embeddings 32 of 256, partial_rotary_factor 0.5): its 40-token
+# prompt runs on the long RoPE factors, the 10-token one (and its 12 new tokens) on the short ones.
+GENERATE_CASES = [(f, 27) for f in NEW_FAMILIES] + [("phi3_long", 40), ("phi3_long", 10)]
+
+
+@pytest.mark.parametrize("family,length", GENERATE_CASES, ids=[f"{f}-{n}" for f, n in GENERATE_CASES])
+def test_greedy_matches_transformers_generate(model_zoo, family, length):
     import torch
 
     built = model_zoo.get(family)
-    prompt = _prompt(built, 27, seed=41)
+    prompt = _prompt(built, length, seed=41)
     with torch.no_grad():
         ids = built.model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                                    min_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
     (out,) = make_llm(built.path).generate({"prompt_token_ids": prompt}, greedy(max_tokens=12))
     assert out.outputs[0].token_ids == ids
+    check_request(built, out)  # prompt logprobs and every decode step's against transformers
 
 
 def _max_prompt_logprob_error(built, path, prompt):
@@ -94,3 +101,72 @@ def test_unknown_architecture_lists_the_new_families(model_zoo, tmp_path):
     path = with_config(built, tmp_path / "m", architectures=["Olmo3ForCausalLM"], model_type="olmo3")
     with pytest.raises(NotImplementedError, match="GraniteForCausalLM, Olmo2ForCausalLM, SmolLM3ForCausalLM"):
         make_llm(path)
+
+
+# ---- Phi-3 (fused qkv_proj / gate_up_proj, longrope; generation above) ----
+
+
+@pytest.mark.parametrize("changes", [
+    dict(long_factor=[3.0, 0.6, 5.0, 1.0]),
+    dict(original_max_position_embeddings=64),  # the 40-token prompt back on the short factors
+    dict(attention_factor=1.0),
+], ids=["long-factor", "original-max", "attention-factor"])
+def test_phi3_longrope_options_matter(model_zoo, tmp_path, changes):
+    built = model_zoo.get("phi3_long")
+    rope = dict(built.config["rope_parameters"])
+    top = {}
+    for k, v in changes.items():
+        if k == "original_max_position_embeddings":
+            top[k] = v
+            rope[k] = v
+        else:
+            rope[k] = v
+    prompt = _prompt(built, 40, seed=45)
+    assert _max_prompt_logprob_error(built, built.path, prompt) <= 1e-3
+    path = with_config(built, tmp_path / "m", rope_parameters=rope, **top)
+    assert _max_prompt_logprob_error(built, path, prompt) > 1e-2
+
+
+def test_phi3_short_factor_matters(model_zoo, tmp_path):
+    built = model_zoo.get("phi3_long")
+    rope = dict(built.config["rope_parameters"], short_factor=[1.0, 3.0, 0.7, 2.5])
+    prompt = _prompt(built, 20, seed=46)
+    assert _max_prompt_logprob_error(built, built.path, prompt) <= 1e-3
+    assert _max_prompt_logprob_error(built, with_config(built, tmp_path / "m", rope_parameters=rope), prompt) > 1e-2
+
+
+def test_phi3_legacy_rope_scaling_su(model_zoo, tmp_path):
+    """Phi-3's older configs: rope_scaling {"type": "su", ...} is longrope."""
+    built = model_zoo.get("phi3_long")
+    rope = built.config["rope_parameters"]
+    scaling = dict(type="su", short_factor=rope["short_factor"], long_factor=rope["long_factor"])
+    path = with_config(built, tmp_path / "m", rope_parameters=None, rope_scaling=scaling, rope_theta=10000.0)
+    assert _max_prompt_logprob_error(built, path, _prompt(built, 40, seed=47)) <= 1e-3
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+def test_phi3_long_factors_split(model_zoo, tp, pp):
+    """-tp 2 (q, k, v and gate, up rows sliced per rank out of the fused tensors) and -pp 2 on
+    the long factors, against transformers' logits."""
+    built = model_zoo.get("phi3_long")
+    prompt = _prompt(built, 40, seed=48)
+    group = f"cserve-test-phi3-{os.getpid()}-{tp}-{pp}"
+    got = np.asarray(_core.testing.tensor_parallel_logits(built.path, tp, prompt, group, pp=pp))
+    np.testing.assert_allclose(got.reshape(len(prompt), -1), built.logits(prompt), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("rope,match", [
+    (dict(short_factor=[1.0, 1.5]), "short_factor"),
+    (dict(long_factor=None), "long_factor"),
+    (dict(long_factor=[3.0, 0.6, -5.0, 1.8]), "long_factor"),
+])
+def test_phi3_bad_longrope_refused_by_name(model_zoo, tmp_path, rope, match):
+    built = model_zoo.get("phi3_long")
+    params = dict(built.config["rope_parameters"])
+    for k, v in rope.items():
+        if v is None:
+            params.pop(k)
+        else:
+            params[k] = v
+    with pytest.raises(ValueError, match=match):
+        make_llm(with_config(built, tmp_path / "m", rope_parameters=params))

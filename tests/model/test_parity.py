@@ -10,7 +10,7 @@ import pytest
 from cserve import SamplingParams
 from tests.helpers.models import FAMILY_ARCH, check_greedy, check_request, greedy, make_llm, random_prompt
 
-FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3"]
+FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3", "phi3"]
 
 
 def _prompts(built, lengths, seed):

@@ -2,7 +2,8 @@
 forward): N ranks as threads of this process, each with its own shard, KV cache and CPU backend,
 meeting in the shared-memory communicator. Rank 0's logits of a prefill and a decode step equal
 the unsplit model's, for every tiny family (GQA with fewer KV heads than ranks, MQA, q/k/v bias,
-q/k norm, tied embeddings, a sliding window, Granite's multipliers, SmolLM3's NoPE layers) and for
+q/k norm, tied embeddings, a sliding window, Granite's multipliers, SmolLM3's NoPE layers, Phi-3's fused
+q/k/v and gate/up rows sliced per rank, its long RoPE factors) and for
 SmolLM2's GGUF split three ways. OLMo 2 is refused under -tp (test_families_more.py)."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cserve import _core
 
 # (family, tensor parallel sizes): every size that divides the family's heads and MLP width.
 CASES = [("llama", 2), ("llama", 4), ("llama_tied", 2), ("mistral", 2), ("mistral", 4), ("qwen2", 2),
-         ("qwen2", 4), ("qwen3", 2), ("granite", 2), ("smollm3", 2)]
+         ("qwen2", 4), ("qwen3", 2), ("granite", 2), ("smollm3", 2), ("phi3", 2), ("phi3_long", 2)]
 
 
 def _logits(path: str, tp: int, prompt: list[int]) -> np.ndarray:
@@ -71,7 +72,7 @@ def _stage_logits(path: str, pp: int, prompt: list[int]) -> np.ndarray:
     return np.asarray(_core.testing.tensor_parallel_logits(path, 1, prompt, group, pp=pp))
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3", "phi3_long"])
 def test_pipeline_stages_equal_the_whole_model(model_zoo, family):
     """-pp 2: each stage its layers (the first embeds, the last normalizes and computes the
     logits), the hidden states handed over between them."""
