@@ -171,3 +171,55 @@ def test_prefix_aware_and_round_robin_placement(chat_model_dir):
                 engine.abort(rid)
         finally:
             engine.shutdown()
+
+
+def test_front_ends_sharing_a_replica_keep_their_requests_apart(chat_model_dir, tmp_path):
+    """Two front ends (as --api-server-count 2 runs them) on one replica, each numbering its
+    requests from 0: the same ids never meet in the replica, and each gets its own outputs."""
+    import os
+    import secrets
+    import threading
+
+    from cserve import _core
+    from cserve.engine.data_parallel import DataParallelEngine
+    from cserve.engine.tensor_parallel import start_child
+
+    config = _core.EngineConfig()
+    config.model = chat_model_dir
+    config.num_gpu_blocks_override = 64
+    fronts = [str(tmp_path / f"front{i}") for i in range(2)]
+    env = {**os.environ, "CSERVE_REPLICA_KEY": secrets.token_bytes(16).hex()}
+    os.environ["CSERVE_REPLICA_KEY"] = env["CSERVE_REPLICA_KEY"]
+    engines: list = [None, None]
+
+    def connect(i: int) -> None:
+        engines[i] = DataParallelEngine(config, 1, local=0, address=fronts[i])
+
+    threads = [threading.Thread(target=connect, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    replica = start_child("cserve.engine.replica", ["0", ",".join(fronts)], None, config, env)
+    try:
+        for t in threads:
+            t.join(timeout=120)
+        params = _core.SamplingParams()
+        params.temperature = 0
+        params.ignore_eos = True
+        for i, engine in enumerate(engines):
+            params.max_tokens = 5 + i
+            engine.add_request("0", [5, 6, 7], params)  # the same id on both front ends
+        got = [[], []]
+        deadline = time.monotonic() + 60
+        while not all(got[i] and got[i][-1].finished for i in range(2)) and time.monotonic() < deadline:
+            for i, engine in enumerate(engines):
+                got[i] += engine.drain_outputs()
+            time.sleep(0.01)
+        for i in range(2):
+            assert {o.request_id for o in got[i]} == {"0"}
+            assert sum(len(o.new_token_ids) for o in got[i]) == 5 + i and got[i][-1].finish_reason == "length"
+    finally:
+        for engine in engines:
+            if engine is not None:
+                engine.shutdown()
+        os.environ.pop("CSERVE_REPLICA_KEY", None)
+        replica.wait(timeout=30)

@@ -92,10 +92,12 @@ def test_unknown_architecture(tmp_path):
     (dict(vocab_size=-3), ValueError, "vocab_size"),
     (dict(num_hidden_layers="two"), ValueError, "num_hidden_layers"),
     (dict(num_key_value_heads=3), ValueError, "num_key_value_heads"),
-    (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0}), NotImplementedError, "longrope"),
+    (dict(rope_parameters={"rope_type": "mrope", "rope_theta": 10000.0}), NotImplementedError, "mrope"),
+    (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0}), ValueError, "short_factor"),
     (dict(hidden_act="gelu"), NotImplementedError, "gelu"),
     (dict(architectures=["FalconForCausalLM"], model_type="falcon"), NotImplementedError, "FalconForCausalLM"),
-], ids=["missing-field", "negative", "wrong-type", "kv-heads", "rope-type", "activation", "falcon"])
+], ids=["missing-field", "negative", "wrong-type", "kv-heads", "rope-type", "longrope-factors", "activation",
+        "falcon"])
 def test_bad_config_fields(built, tmp_path, changes, exc, match):
     d = with_config(built, tmp_path / "m", **changes)
     with pytest.raises(exc, match=match):

@@ -202,6 +202,9 @@ class DataParallelEngine:
             raise ValueError(f"data-parallel placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         launch = launch or start_child
         self.placement = placement
+        # Request ids are this front end's own (a counter): with several API servers sharing the
+        # replicas, each prefixes its ids on the wire so that they never meet in a replica.
+        self._tag = secrets.token_hex(4) + "-"
         self.first_label = first_label  # vLLM's engine label of replica 0 (its global rank)
         self._next = 0  # round robin
         local = size if local is None else local
@@ -333,7 +336,7 @@ class DataParallelEngine:
             self._in_flight[r] += params.n
             self._owner[request_id] = r
             self._remaining[request_id] = params.n
-            self._conns[r].send(("add", request_id, list(prompt), wire, priority, cache_salt))
+            self._conns[r].send(("add", self._tag + request_id, list(prompt), wire, priority, cache_salt))
             while request_id not in self._acks and self._dead is None:
                 self._ack_cv.wait(timeout=1.0)
             kind, message = self._acks.pop(request_id, (None, None))
@@ -379,7 +382,7 @@ class DataParallelEngine:
         with self._lock:
             r = self._owner.get(request_id)
             if r is not None and self._dead is None:
-                self._conns[r].send(("abort", request_id))
+                self._conns[r].send(("abort", self._tag + request_id))
 
     def stats(self):
         with self._lock:
@@ -450,6 +453,8 @@ class DataParallelEngine:
                 if kind == "out":
                     outs = [output_from_wire(t) for t in msg[1]]
                     for o in outs:
+                        o.request_id = o.request_id[len(self._tag):]
+                    for o in outs:
                         o.engine = index
                         if o.finished:
                             self._in_flight[index] -= 1
@@ -464,7 +469,7 @@ class DataParallelEngine:
                     self._stats[index] = msg[2]
                     self._others[index] = max(0, msg[3][0] - msg[3][1])
                 elif kind == "ack":
-                    self._acks[msg[1]] = (msg[2], msg[3])
+                    self._acks[msg[1][len(self._tag):]] = (msg[2], msg[3])
                     self._ack_cv.notify_all()
                 elif kind == "reset":
                     self._resets[msg[1]] = msg[2]
