@@ -134,6 +134,30 @@ std::pair<std::vector<float>, int> run_rank_batch(const std::string& path, int r
   return {std::move(logits), count};
 }
 
+// Runs rank(r) for r in [0, size) on threads of their own (the GIL released), rethrows the first
+// failure, and returns rank 0's result.
+template <typename Rank>
+auto run_ranks_as_threads(int size, Rank rank) {
+  std::vector<decltype(rank(0))> out(static_cast<size_t>(size));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(size));
+  {
+    nb::gil_scoped_release unlocked;
+    std::vector<std::thread> ranks;
+    for (int r = 0; r < size; ++r)
+      ranks.emplace_back([&, r] {
+        try {
+          out[r] = rank(r);
+        } catch (...) {
+          errors[r] = std::current_exception();
+        }
+      });
+    for (auto& t : ranks) t.join();
+  }
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  return out[0];
+}
+
 }  // namespace
 
 void bind_testing_tp(nb::module_& m) {
@@ -141,25 +165,8 @@ void bind_testing_tp(nb::module_& m) {
       "pipeline_batch_logits",
       [](const std::string& path, int tp, int pp, const std::vector<std::vector<int32_t>>& prompts,
          const std::string& group, int micro_batches) {
-        const int size = tp * pp;
-        std::vector<std::pair<std::vector<float>, int>> out(static_cast<size_t>(size));
-        std::vector<std::exception_ptr> errors(static_cast<size_t>(size));
-        {
-          nb::gil_scoped_release unlocked;
-          std::vector<std::thread> ranks;
-          for (int r = 0; r < size; ++r)
-            ranks.emplace_back([&, r] {
-              try {
-                out[r] = run_rank_batch(path, r, tp, pp, group, prompts, micro_batches);
-              } catch (...) {
-                errors[r] = std::current_exception();
-              }
-            });
-          for (auto& t : ranks) t.join();
-        }
-        for (auto& e : errors)
-          if (e) std::rethrow_exception(e);
-        return out[0];
+        return run_ranks_as_threads(
+            tp * pp, [&](int r) { return run_rank_batch(path, r, tp, pp, group, prompts, micro_batches); });
       },
       "path"_a, "tp"_a, "pp"_a, "prompts"_a, "group"_a, "micro_batches"_a,
       "Rank 0's logits of every token of `prompts` prefilled in one step, and the number of pipeline "
@@ -203,25 +210,7 @@ void bind_testing_tp(nb::module_& m) {
       "tensor_parallel_logits",
       [](const std::string& path, int tp, const std::vector<int32_t>& prompt, const std::string& group, int pp) {
         if (prompt.size() < 2) throw cserve::InvalidArgument("the prompt needs at least two tokens");
-        const int size = tp * pp;
-        std::vector<std::vector<float>> out(static_cast<size_t>(size));
-        std::vector<std::exception_ptr> errors(static_cast<size_t>(size));
-        {
-          nb::gil_scoped_release unlocked;
-          std::vector<std::thread> ranks;
-          for (int r = 0; r < size; ++r)
-            ranks.emplace_back([&, r] {
-              try {
-                out[r] = run_rank(path, r, tp, pp, group, prompt);
-              } catch (...) {
-                errors[r] = std::current_exception();
-              }
-            });
-          for (auto& t : ranks) t.join();
-        }
-        for (auto& e : errors)
-          if (e) std::rethrow_exception(e);
-        return out[0];
+        return run_ranks_as_threads(tp * pp, [&](int r) { return run_rank(path, r, tp, pp, group, prompt); });
       },
       "path"_a, "tp"_a, "prompt"_a, "group"_a, "pp"_a = 1,
       "Rank 0's logits [len(prompt) x vocab] of a prefill of prompt[:-1] then a decode of prompt[-1], with the "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import subprocess
 import tempfile
 import threading
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Listener
 from typing import Any, Optional
 
-from cserve.engine.tensor_parallel import ChildProcess, Launcher
+from cserve.engine.tensor_parallel import ChildProcess, Launcher, start_child, wait_or_kill
 
 logger = logging.getLogger("cserve.data_parallel")
 
@@ -38,6 +37,15 @@ def replica_key() -> bytes:
     CSERVE_DATA_PARALLEL_KEY, the same on every node; without it a fixed one, so keep the port
     on a trusted network (as vLLM's data-parallel RPC port)."""
     return os.environ.get("CSERVE_DATA_PARALLEL_KEY", "cserve-data-parallel").encode()
+
+
+def start_replica(index: int, address: str, cores: Optional[list[int]], config: Any, env: dict,
+                  tokenizer: str = "", launch: Optional[Launcher] = None) -> ChildProcess:
+    """Replica `index` (python -m cserve.engine.replica), pinned to `cores` with a thread each,
+    serving the front end(s) at `address`."""
+    threads = {"num_threads": config.num_threads or len(cores)} if cores else {}
+    args = [str(index), address] + (["--tokenizer", tokenizer] if tokenizer else [])
+    return (launch or start_child)("cserve.engine.replica", args, cores, config, env, **threads)
 
 
 def connect_front_end(address: str):
@@ -196,7 +204,7 @@ class DataParallelEngine:
                  local: Optional[int] = None, start_index: int = 0,
                  address: Optional[tuple[str, int] | str] = None, placement: str = "least_loaded",
                  first_label: int = 0) -> None:
-        from cserve.engine.tensor_parallel import rank_cores, start_child
+        from cserve.engine.tensor_parallel import rank_cores
 
         if placement not in PLACEMENTS:
             raise ValueError(f"data-parallel placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
@@ -240,10 +248,8 @@ class DataParallelEngine:
         env = {**os.environ, "CSERVE_REPLICA_KEY": key.hex()}
         self._procs: list[Optional[ChildProcess]] = [None] * size  # None: a replica of another node
         for j in range(local):
-            i = start_index + j
-            threads = {"num_threads": config.num_threads or len(cores[j])} if cores[j] else {}
-            args = [str(i), wire_address] + (["--tokenizer", tokenizer] if tokenizer else [])
-            self._procs[i] = launch("cserve.engine.replica", args, cores[j], config, env, **threads)
+            self._procs[start_index + j] = start_replica(start_index + j, wire_address, cores[j], config, env,
+                                                         tokenizer, launch)
         self._conns: list = [None] * size
         infos: list = [None] * size
         try:
@@ -425,14 +431,7 @@ class DataParallelEngine:
                     conn.send(("shutdown",))
                 except OSError:
                     pass
-        for p in self._procs:
-            if p is None:
-                continue
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        wait_or_kill(self._procs, 15)
 
     # --- inside -----------------------------------------------------------------------------------
     def _read(self, index: int) -> None:

@@ -10,27 +10,22 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import threading
 
 logger = logging.getLogger("cserve.data_parallel")
 
 
 def run_headless(args, config) -> int:
-    from cserve.engine.data_parallel import replica_key
+    from cserve.engine.data_parallel import replica_key, start_replica
     from cserve.engine.data_parallel_layout import DEFAULT_ADDRESS, DEFAULT_RPC_PORT, layout_from_args
-    from cserve.engine.tensor_parallel import rank_cores, start_child
+    from cserve.engine.tensor_parallel import rank_cores, wait_or_kill
 
     layout = layout_from_args(args)
     address = f"{args.data_parallel_address or DEFAULT_ADDRESS}:{args.data_parallel_rpc_port or DEFAULT_RPC_PORT}"
     cores = rank_cores(layout.local)
     env = {**os.environ, "CSERVE_REPLICA_KEY": replica_key().hex()}
-    procs = []
-    for j in range(layout.local):
-        threads = {"num_threads": config.num_threads or len(cores[j])} if cores[j] else {}
-        tokenizer = ["--tokenizer", args.tokenizer] if args.tokenizer else []
-        procs.append(start_child("cserve.engine.replica", [str(layout.start + j), address, *tokenizer], cores[j],
-                                 config, env, **threads))
+    procs = [start_replica(layout.start + j, address, cores[j], config, env, args.tokenizer or "")
+             for j in range(layout.local)]
     logger.info("Headless: data-parallel replicas %d..%d of %d, for the front end at %s", layout.start,
                 layout.start + layout.local - 1, args.data_parallel_size, address)
     stop = threading.Event()
@@ -48,12 +43,7 @@ def run_headless(args, config) -> int:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        wait_or_kill(procs, 15)
         for s, handler in previous.items():
             signal.signal(s, handler)
     failed = [(layout.start + j, p.returncode) for j, p in enumerate(procs) if p.returncode not in (0, -15)]

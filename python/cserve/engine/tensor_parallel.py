@@ -15,7 +15,7 @@ import secrets
 import subprocess
 import sys
 import threading
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterable, Optional, Protocol
 
 from cserve import _core
 
@@ -105,6 +105,19 @@ class ChildProcess(Protocol):
     def kill(self) -> None: ...
 
 
+def wait_or_kill(procs: Iterable[Optional[ChildProcess]], timeout: float) -> None:
+    """Waits up to `timeout` seconds for each process (None: one of another node), then kills
+    what is left and reaps it."""
+    for proc in procs:
+        if proc is None:
+            continue
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 # How rank and replica processes start: start_child's signature. The default starts local
 # processes; the Ray executor places them as actors.
 Launcher = Callable[..., ChildProcess]
@@ -142,12 +155,7 @@ class TensorParallelRanks:
         self._stopping = True
         if self.unpin_on_stop is not None and self.unpin_on_stop[0] == threading.get_ident():
             os.sched_setaffinity(0, self.unpin_on_stop[1])
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        wait_or_kill(self._procs, timeout)
 
 
 class MultiNode:

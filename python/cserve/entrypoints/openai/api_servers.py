@@ -68,7 +68,8 @@ def _listening_socket(args) -> socket.socket:
 
 def run_api_servers(args, argv: list[str], count: int) -> int:
     from cserve.engine.data_parallel_layout import layout_from_args
-    from cserve.engine.tensor_parallel import rank_cores, start_child
+    from cserve.engine.data_parallel import start_replica
+    from cserve.engine.tensor_parallel import rank_cores, wait_or_kill
     from cserve.entrypoints.openai.engine_loader import engine_config_from_args
 
     config = engine_config_from_args(args)
@@ -84,10 +85,8 @@ def run_api_servers(args, argv: list[str], count: int) -> int:
     failed = None
     try:
         for i in range(layout.local):
-            threads = {"num_threads": config.num_threads or len(cores[i])} if cores[i] else {}
-            tokenizer = ["--tokenizer", args.tokenizer] if args.tokenizer else []
-            procs.append((f"data-parallel replica {i}", start_child(
-                "cserve.engine.replica", [str(i), ",".join(fronts), *tokenizer], cores[i], config, env, **threads)))
+            procs.append((f"data-parallel replica {i}", start_replica(i, ",".join(fronts), cores[i], config, env,
+                                                                      args.tokenizer or "")))
         for i in range(count):
             spec = {"argv": argv, "index": i, "front": fronts[i], "folder": folder, "fd": sock.fileno(),
                     "size": layout.local}
@@ -110,8 +109,8 @@ def run_api_servers(args, argv: list[str], count: int) -> int:
         for p in servers:  # each drains its requests, then tells the replicas it is done
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        _wait_all(servers, args.shutdown_timeout + 15)
-        _wait_all([p for _, p in procs], 15)
+        wait_or_kill(servers, args.shutdown_timeout + 15)
+        wait_or_kill([p for _, p in procs], 15)
         for s, handler in previous.items():
             signal.signal(s, handler)
         shutil.rmtree(folder, ignore_errors=True)
@@ -119,11 +118,3 @@ def run_api_servers(args, argv: list[str], count: int) -> int:
             os.unlink(args.uds)
     return 1 if failed is not None else 0
 
-
-def _wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
-    for p in procs:
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
