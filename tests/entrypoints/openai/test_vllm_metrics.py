@@ -137,12 +137,21 @@ def test_n_completions_count_as_requests(h):
     assert delta(before, after, "vllm:request_max_num_generation_tokens_count") == 1
 
 
-def test_queue_time_counts_waiting_for_a_seat(srv, h):
+def test_queue_time_counts_waiting_for_a_seat(chat_model_dir, tmp_path):
+    # Two seats again, and requests long enough that waiting for a seat outweighs when the server
+    # got round to each request.
+    with running_server(chat_model_dir, "--served-model-name", MODEL, "--max-model-len", "2048", "--max-num-seqs",
+                        "2", log_dir=tmp_path) as srv, srv.client(timeout=60) as h:
+        _queue_time_counts_waiting_for_a_seat(srv, h)
+
+
+def _queue_time_counts_waiting_for_a_seat(srv, h):
     before = samples(h)
 
     async def three() -> None:
         async with httpx.AsyncClient(base_url=srv.base_url, timeout=60) as c:
-            body = {"prompt": "Hello", "max_tokens": 200, "ignore_eos": True}
+            # Long enough that waiting for a seat outweighs when the server got round to each request.
+            body = {"prompt": "Hello", "max_tokens": 2000, "ignore_eos": True}
             rs = await asyncio.gather(*[c.post("/v1/completions", json=body) for _ in range(3)])
             assert all(r.status_code == 200 for r in rs)
 
