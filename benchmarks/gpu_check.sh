@@ -4,18 +4,21 @@
 # nanobind, numpy, torch, transformers and pytest, but no registry), then
 #   1. the CUDA kernel and backend tests (tests/cuda),
 #   2. the model parity suite again on the GPU (CSERVE_TEST_DEVICE=cuda),
+#   parallel: tensor parallelism on GPUs: NCCL as loaded from the wheel, the custom all-reduce in
+#      CUDA graphs and its barrier timeout (one GPU is enough), the device communicator between
+#      2 processes and -tp 2 against -tp 1 (these two skip with fewer than 2 GPUs),
 #   3. kernel figures: copy bandwidth, cuBLASLt GEMMs of an 8B layer, decode attention
 #      (benchmarks/gpu_kernels.py),
 #   4. the Llama-3-8B-shaped benchmarks of issue 7 (--load-format dummy, bf16): one stream
 #      (cserve bench latency) and 1000 requests of 200 in / 180 out (cserve bench throughput).
 # From the repository root:   device run: bash benchmarks/gpu_check.sh
 # Results land in $OUT: gpu.txt, build logs, junit XML, test logs, bench-*.txt/json.
-# STAGES="tests parity kernels bench" picks stages; BENCH_PROMPTS (1000) shrinks the throughput run;
+# STAGES="tests parallel parity kernels bench" picks stages; BENCH_PROMPTS (1000) shrinks the throughput run;
 # STAGE_TIMEOUT (300 s) bounds each stage, so one hang cannot take the whole device time.
 set -uo pipefail
 out="${OUT:-/tmp/cserve-gpu}"
 mkdir -p "$out"
-stages="${STAGES:-tests parity kernels bench}"
+stages="${STAGES:-tests parallel parity kernels bench}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 build=/tmp/cserve-gpu-build
 t0=$(date +%s)
@@ -41,11 +44,20 @@ timed() {  # name, command... (each stage stops after STAGE_TIMEOUT seconds, 300
   [[ $rc -eq 0 ]] || status=1
 }
 if stage tests; then
-  timed tests python3 -m pytest -q -p no:cacheprovider tests/cuda tests/backend/test_device.py --junitxml="$out/cuda.xml"
+  timed tests python3 -m pytest -q -p no:cacheprovider tests/cuda tests/backend/test_device.py \
+    --ignore-glob='tests/cuda/*_parallel*' --ignore-glob='tests/cuda/*communicator*' \
+    --ignore-glob='tests/cuda/*nccl*' --ignore-glob='tests/cuda/*all_reduce_graph*' --junitxml="$out/cuda.xml"
   if [[ $status -ne 0 ]]; then  # triage: the backend tests again on the simplest attention kernel
     CSERVE_CUDA_SIMPLE_KERNELS=1 timed triage-simple-kernels python3 -m pytest -q -p no:cacheprovider \
       tests/cuda/test_backend.py --junitxml="$out/triage.xml"
   fi
+fi
+if stage parallel; then
+  python3 -c "from cserve.cuda_libs import find_nccl; print('NCCL:', find_nccl() or 'not found (pip install nvidia-nccl-cu13)')" \
+    | tee -a "$out/gpu.txt"
+  timed parallel python3 -m pytest -q -p no:cacheprovider tests/cuda/test_nccl_library.py \
+    tests/cuda/test_custom_all_reduce_graph.py tests/cuda/test_device_communicator.py \
+    tests/cuda/test_tensor_parallel_cuda.py tests/backend/test_vocab_shard_ops.py -rs --junitxml="$out/parallel.xml"
 fi
 if stage parity; then
   CSERVE_TEST_DEVICE=cuda timed parity python3 -m pytest -q -p no:cacheprovider tests/model/test_parity.py \

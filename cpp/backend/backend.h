@@ -3,6 +3,7 @@
 // by make_backend) implements the same interface. Activations are Tensors of activation_dtype()
 // that the backend allocated; weights are opaque handles the backend packed at load.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -14,6 +15,7 @@
 #include "core/buffer.h"
 #include "core/quant.h"
 #include "core/tensor.h"
+#include "cserve/error.h"
 
 namespace cserve {
 
@@ -29,6 +31,8 @@ class LinearWeight {
 // One part of a quantized linear weight as a GGUF file stores it: `rows` rows of `cols`
 // values of ggml type `type`; row r at data + r * row_stride, or row row_order[r] when
 // row_order is set (llama.cpp permutes q/k rows). Optional bias of `rows` floats.
+// k_order (cols entries, or null for the natural order): value j of each row multiplies input
+// feature k_order[j] (GPTQ act-order, whose quantization groups are contiguous only so).
 struct QuantPart {
   GgmlType type = GgmlType::Q8_0;
   const uint8_t* data = nullptr;
@@ -36,6 +40,7 @@ struct QuantPart {
   size_t row_stride = 0;
   const float* bias = nullptr;
   const int32_t* row_order = nullptr;
+  const int32_t* k_order = nullptr;
 };
 
 // One row of sampling done by the backend itself (the parameters of the CUDA sampler): greedy
@@ -78,6 +83,17 @@ struct DeviceProcessing {
   std::vector<float> values;
 };
 
+// One layer's attention settings: the scale of q.k; the sliding window (0: none); Gemma 2's cap
+// on the scaled scores (s -> softcap * tanh(s / softcap); 0: none); gpt-oss's sinks: per head
+// (num_heads f32 in backend memory; null: none) a logit that joins the softmax's denominator
+// and attends to nothing.
+struct AttentionOptions {
+  float scale = 1.0f;
+  int64_t sliding_window = 0;
+  float softcap = 0.0f;
+  const float* sinks = nullptr;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -99,6 +115,7 @@ class Backend {
   virtual std::unique_ptr<LinearWeight> pack_linear(const std::vector<Tensor>& parts,
                                                     const std::vector<Tensor>& biases, DType dtype) = 0;
   // Concatenates quantized parts along n; the weights stay quantized (4 or 8 bits per value).
+  // Parts with a k_order must share it (the CPU permutes the activations once per GEMM).
   virtual std::unique_ptr<LinearWeight> pack_linear_quantized(const std::vector<QuantPart>& parts) = 0;
   // y (= or +=) x W^T + bias. x [m][k], y [m][n]; leading dims in elements.
   virtual void linear(const LinearWeight& w, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy,
@@ -108,18 +125,59 @@ class Backend {
   virtual void embedding(const LinearWeight& w, const int32_t* ids, int64_t n, Tensor& out) = 0;
   virtual void rms_norm(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld,
                         float eps, Tensor& out) = 0;
+  // Per-head norms (q/k norms): each of `tokens` rows (stride ld) holds `heads` rows of `dim`,
+  // each normalized in place with the same weight. The default is a rms_norm per token.
+  virtual void rms_norm_heads(Tensor& x, const Tensor& weight, int64_t tokens, int64_t heads, int64_t dim, int64_t ld,
+                              float eps) {
+    for (int64_t t = 0; t < tokens; ++t) {
+      Tensor xt{static_cast<char*>(x.data) + static_cast<size_t>(t * ld) * dtype_size(x.dtype), x.dtype, {heads, dim}};
+      rms_norm(xt, weight, heads, dim, dim, eps, xt);
+    }
+  }
   // residual[r][:] += x[r][:] / sqrt(mean(x[r][:dim]^2) + eps) * weight: a norm on a sublayer's
   // output before its residual add (OLMo 2). Rows of `dim` with row stride ld for both.
   virtual void rms_norm_add(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld,
                             float eps, Tensor& residual) = 0;
+  // out[t][i] = act(gate_up[t][i]) * gate_up[t][inter + i]: SiLU (SwiGLU), or GELU's tanh
+  // approximation (GeGLU: Gemma's gelu_pytorch_tanh).
   virtual void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) = 0;
+  virtual void gelu_tanh_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) = 0;
+  // gpt-oss's experts: g = min(gate, limit), u = clamp(up, -limit, limit);
+  // out = (u + 1) * g * sigmoid(alpha * g).
+  virtual void clamped_swiglu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, float alpha, float limit,
+                                  Tensor& out) = 0;
+  // out[i][:] (= or +=) sum_j weights[i * k + j] * src[rows[i * k + j]][:] for i < n: each
+  // token's expert outputs combined (mixtures of experts). Rows of `cols` f32; rows and weights
+  // are host arrays.
+  virtual void combine_rows(const Tensor& src, const int32_t* rows, const float* weights, int64_t n, int64_t k,
+                            int64_t cols, Tensor& out, bool accumulate) = 0;
+  // x[i] *= factor for i < n (Gemma's embedding scale).
+  virtual void scale(Tensor& x, int64_t n, float factor) = 0;
+  // x[i] = cap * tanh(x[i] / cap) for i < n (Gemma 2's soft-capped logits).
+  virtual void softcap(Tensor& x, int64_t n, float cap) = 0;
   virtual void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
                     const Tensor& sin, int64_t rotary_dim) = 0;
   virtual void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
                         KVCacheLayer& cache) = 0;
   virtual void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
-                         const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) = 0;
+                         const AttentionMetadata& meta, const AttentionOptions& options, Tensor& out) = 0;
   virtual void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) = 0;
+
+  // Tensor parallelism's vocabulary shards. zero_rows_outside: row t of x ([rows][cols] f32,
+  // row stride cols) becomes zeros unless begin <= ids[t] < end (ids: a host array of `rows`).
+  // copy_rows_strided: dst[r][c] = src[r][c] for r < rows, c < cols (f32; row strides in
+  // elements). The defaults work on host memory; a device backend overrides both.
+  virtual void zero_rows_outside(Tensor& x, int64_t rows, int64_t cols, const int32_t* ids, int64_t begin,
+                                 int64_t end) {
+    require_host_memory("zero_rows_outside");
+    for (int64_t t = 0; t < rows; ++t)
+      if (ids[t] < begin || ids[t] >= end) std::fill_n(x.as<float>() + t * cols, cols, 0.0f);
+  }
+  virtual void copy_rows_strided(const Tensor& src, int64_t ld_src, Tensor& dst, int64_t ld_dst, int64_t rows,
+                                 int64_t cols) {
+    require_host_memory("copy_rows_strided");
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(src.as<float>() + r * ld_src, cols, dst.as<float>() + r * ld_dst);
+  }
 
   // Called once at the start of each forward pass with its attention metadata, before any op
   // takes pointers into it: a device backend copies the host arrays over in one transfer.
@@ -149,6 +207,11 @@ class Backend {
   // Runs `forward` only for its host side (the ops refresh the host inputs the graph copies
   // and launch nothing), then launches graph `key`.
   virtual void replay_graph(int64_t key, const std::function<void()>& forward) {}
+
+ protected:
+  void require_host_memory(const char* op) const {
+    if (!host_memory()) throw NotSupported("backend " + name() + " does not implement " + op);
+  }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads);
@@ -160,5 +223,11 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads
 
 // What make_backend("auto") would pick: "cuda" or "cpu" (and why, in `reason`).
 std::string resolve_device(const std::string& device, std::string* reason = nullptr);
+
+// The device of rank `rank` of a tensor/pipeline-parallel engine asking for `device`: "cpu", or
+// on CUDA its own GPU, cuda:<rank mod the visible GPUs> (the launcher refuses fewer GPUs than
+// ranks on one host). InvalidArgument for "cuda:N": the ranks pick their GPUs themselves
+// (CUDA_VISIBLE_DEVICES chooses which GPUs they see).
+std::string rank_device(const std::string& device, int rank);
 
 }  // namespace cserve

@@ -9,6 +9,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda_entry.h"
+#include "backend/device_communicator.h"
 #include "cserve/error.h"
 
 namespace cserve {
@@ -112,6 +113,16 @@ std::string resolve_device(const std::string& device, std::string* reason) {
   return device;
 }
 
+std::string rank_device(const std::string& device, int rank) {
+  if (resolve_device(device) == "cpu") return "cpu";
+  if (device != "cuda" && device != "auto")
+    throw InvalidArgument("with tensor or pipeline parallelism each rank takes its own GPU (rank r: cuda:r); pass "
+                          "--device cuda rather than " + device + " (CUDA_VISIBLE_DEVICES chooses the GPUs)");
+  std::string why;
+  const int n = cuda_devices(why);
+  return "cuda:" + std::to_string(rank % n);
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads) {
   const std::string resolved = resolve_device(device);
   if (resolved == "cpu") return make_cpu_backend(num_threads);
@@ -119,6 +130,23 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int num_threads
   Backend* b = cuda_library().entry.create_backend(cuda_ordinal(resolved), error, sizeof(error));
   if (!b) throw Error("CUDA backend on " + resolved + ": " + error);
   return std::unique_ptr<Backend>(b);
+}
+
+std::unique_ptr<Communicator> make_device_communicator(Backend& backend, Communicator& host,
+                                                       const DeviceCommunicatorOptions& options) {
+  if (backend.host_memory())
+    throw NotSupported("make_device_communicator: backend " + backend.name() +
+                       " computes in host memory (use the shared-memory or gloo communicator)");
+  const CudaLibrary& lib = cuda_library();
+  if (!lib.handle) throw NotSupported(lib.error);
+  char error[1024] = {0};
+  bool timed_out = false;
+  Communicator* c = lib.entry.create_communicator(&backend, &host, &options, &timed_out, error, sizeof(error));
+  if (!c) {
+    if (timed_out) throw CommTimeout(error);
+    throw Error(std::string("device communicator on ") + backend.name() + ": " + error);
+  }
+  return std::unique_ptr<Communicator>(c);
 }
 
 }  // namespace cserve

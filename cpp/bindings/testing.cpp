@@ -265,6 +265,23 @@ void bind_testing(nb::module_& m) {
     return y;
   });
 
+  m.def("gelu_tanh_mul", [](ArrayIn gu) {
+    int64_t t = static_cast<int64_t>(gu.shape(0)), inter = static_cast<int64_t>(gu.shape(1)) / 2;
+    Array y = make_array({t, inter});
+    cserve::ThreadPool pool(2);
+    cserve::cpu::gelu_tanh_mul(gu.data(), t, inter, y.data(), pool);
+    return y;
+  });
+
+  m.def("softcap", [](ArrayIn x, float cap) {
+    const int64_t n = static_cast<int64_t>(x.size());
+    Array y = make_array({n});
+    std::copy(x.data(), x.data() + n, y.data());
+    cserve::ThreadPool pool(2);
+    cserve::cpu::softcap(y.data(), n, cap, pool);
+    return y;
+  });
+
   m.def("rope", [](ArrayIn x, ArrayIn cos, ArrayIn sin, int64_t rotary_dim) {
     int64_t t = static_cast<int64_t>(x.shape(0)), h = static_cast<int64_t>(x.shape(1)), d = static_cast<int64_t>(x.shape(2));
     Array y = make_array({t, h, d});
@@ -276,7 +293,8 @@ void bind_testing(nb::module_& m) {
   // Attention of one sequence's new tokens over a paged cache built from k and v
   // ([seq_len][kv_heads][head_dim]); blocks are laid out in the given (shuffled) order.
   m.def("paged_attention", [](ArrayIn q, ArrayIn k, ArrayIn v, int block_size, const std::vector<int32_t>& block_ids,
-                              const std::string& kv_dtype, float scale, int64_t sliding_window) {
+                              const std::string& kv_dtype, float scale, int64_t sliding_window, float softcap,
+                              std::optional<ArrayIn> sinks) {
     int64_t nq = static_cast<int64_t>(q.shape(0)), nh = static_cast<int64_t>(q.shape(1)), d = static_cast<int64_t>(q.shape(2));
     int64_t len = static_cast<int64_t>(k.shape(0)), nkv = static_cast<int64_t>(k.shape(1));
     int64_t num_blocks = 0;
@@ -300,7 +318,10 @@ void bind_testing(nb::module_& m) {
     for (int64_t j = 0; j < nq; ++j) meta.positions.push_back(static_cast<int32_t>(len - nq + j));
     Array out = make_array({nq, nh * d});
     cserve::ThreadPool pool(2);
-    cserve::cpu::paged_attention(q.data(), nh * d, nh, cache, meta, scale, sliding_window, out.data(), pool);
+    if (sinks && static_cast<int64_t>(sinks->size()) != nh) throw std::invalid_argument("sinks: one per head");
+    cserve::cpu::paged_attention(q.data(), nh * d, nh, cache, meta, scale, sliding_window, out.data(), pool, softcap,
+                                 sinks ? sinks->data() : nullptr);
     return out;
-  });
+  }, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("block_size"), nb::arg("block_ids"), nb::arg("kv_dtype"),
+     nb::arg("scale"), nb::arg("sliding_window"), nb::arg("softcap") = 0.0f, nb::arg("sinks") = nb::none());
 }

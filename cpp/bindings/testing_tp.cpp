@@ -160,7 +160,10 @@ auto run_ranks_as_threads(int size, Rank rank) {
 
 }  // namespace
 
+void bind_testing_device_comm(nb::module_& m);  // testing_device_comm.cpp
+
 void bind_testing_tp(nb::module_& m) {
+  bind_testing_device_comm(m);
   m.def(
       "pipeline_batch_logits",
       [](const std::string& path, int tp, int pp, const std::vector<std::vector<int32_t>>& prompts,

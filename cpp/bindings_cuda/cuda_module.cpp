@@ -30,6 +30,7 @@
 namespace nb = nanobind;
 void bind_cuda_bench(nb::module_& m);  // cuda_bench.cpp
 void bind_custom_all_reduce(nb::module_& m);  // custom_all_reduce.cpp
+void bind_nccl(nb::module_& m);  // nccl.cpp
 using namespace nb::literals;
 namespace cc = cserve::cuda;
 
@@ -93,9 +94,16 @@ NB_MODULE(_cuda, m) {
   m.doc() = "cserve's CUDA kernels, for tests and kernel benchmarks";
   bind_cuda_bench(m);
   bind_custom_all_reduce(m);
+  bind_nccl(m);
   m.def("device_count", [] {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+  });
+  // (free, total) bytes of the current device, as cudaMemGetInfo reports them.
+  m.def("memory_info", [] {
+    size_t free_bytes = 0, total_bytes = 0;
+    ok(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+    return nb::make_tuple(free_bytes, total_bytes);
   });
 
   m.def("rms_norm", [](ArrayIn x, ArrayIn w, float eps, const std::string& dtype, std::optional<ArrayIn> residual) {
@@ -111,6 +119,18 @@ NB_MODULE(_cuda, m) {
     if (dres) dres->to_host(res.data());
     return nb::make_tuple(out, res);
   }, "x"_a, "w"_a, "eps"_a, "dtype"_a = "float32", "residual"_a.none() = nb::none());
+
+  // Per-head norms in place over x [tokens][ld]: the first heads * dim values of each row are
+  // `heads` rows of `dim` (the backend's q/k norms).
+  m.def("rms_norm_heads", [](ArrayIn x, ArrayIn w, int64_t heads, float eps, const std::string& dtype) {
+    const size_t tokens = x.shape(0), ld = x.shape(1), dim = w.shape(0);
+    const cserve::DType dt = dtype_of(dtype);
+    DeviceArray dx(x.data(), tokens * ld, dt), dw(w.data(), dim, cserve::DType::F32);
+    cc::invokeRmsNormHeads(dx.get(), dx.get(), nullptr, dw.as<float>(), tokens, heads, dim, ld, eps, id_of(dt), nullptr);
+    Array out = make_array({tokens, ld});
+    dx.to_host(out.data());
+    return out;
+  }, "x"_a, "w"_a, "heads"_a, "eps"_a, "dtype"_a = "float32");
 
   m.def("silu_mul", [](ArrayIn gu, const std::string& dtype) {
     const size_t tokens = gu.shape(0), inter = gu.shape(1) / 2;
@@ -175,6 +195,27 @@ NB_MODULE(_cuda, m) {
     dy.to_host(out.data());
     return out;
   }, "w"_a, "x"_a, "dtype"_a = "bfloat16", "library"_a = "");
+
+  // One GEMM object over the first m rows of x for each m in row_counts (as a server's steps
+  // of every length): each product, and how many plans it cached.
+  m.def("gemm_row_counts", [](ArrayIn w, ArrayIn x, const std::vector<int64_t>& row_counts, const std::string& dtype,
+                              const std::string& library) {
+    const int64_t n = w.shape(0), k = w.shape(1), rows = x.shape(0);
+    const cserve::DType dt = dtype_of(dtype);
+    DeviceArray dw(w.data(), w.size(), dt), dx(x.data(), x.size(), dt);
+    DeviceArray dy(static_cast<size_t>(rows * n), cserve::DType::F32);
+    cc::CublasLtGemm gemm(library);
+    std::vector<Array> outs;
+    for (int64_t m_rows : row_counts) {
+      if (m_rows < 1 || m_rows > rows) throw std::invalid_argument("gemm_row_counts: a row count outside x");
+      gemm.run(dy.get(), n, dx.get(), k, dw.get(), m_rows, n, k, id_of(dt), false, nullptr, id_of(cserve::DType::F32));
+      Array out = make_array({static_cast<size_t>(m_rows), static_cast<size_t>(n)});
+      ok(cudaMemcpy(out.data(), dy.get(), static_cast<size_t>(m_rows * n) * sizeof(float), cudaMemcpyDeviceToHost), "D2H");
+      outs.push_back(std::move(out));
+    }
+    return nb::make_tuple(outs, gemm.plan_count());
+  }, "w"_a, "x"_a, "row_counts"_a, "dtype"_a = "bfloat16", "library"_a = "");
+  m.def("gemm_row_bucket", &cc::gemm_row_bucket, "m"_a);
 
   // One sampled token per row of logits [rows][vocab]; params per row: (temperature, top_k,
   // top_p, min_p, seed, offset). Returns (ids, logprobs, top ids [rows][num_top], top logprobs).
@@ -250,7 +291,7 @@ NB_MODULE(_cuda, m) {
   // written through write_kv into the listed blocks, then its last q.shape(0) tokens attend.
   m.def("paged_attention", [](ArrayIn q, ArrayIn k, ArrayIn v, int block_size, const std::vector<int32_t>& block_ids,
                               const std::string& kv_dtype, float scale, int64_t sliding_window,
-                              const std::string& act_dtype) {
+                              const std::string& act_dtype, const std::vector<int32_t>& single_tokens) {
     const int64_t nq = q.shape(0), nh = q.shape(1), d = q.shape(2);
     const int64_t len = k.shape(0), nkv = k.shape(1);
     int64_t num_blocks = 0;
@@ -289,13 +330,31 @@ NB_MODULE(_cuda, m) {
     a.act_dtype = id_of(adt);
     a.cache_dtype = id_of(cdt);
     a.max_context = len;  // long contexts over few (token, head) blocks are split
-    std::vector<int32_t> tiles;  // several queries: the tiled prefill kernel
-    for (int64_t t = 0; nq > 1 && t < nq; t += cc::kPrefillTileTokens)
-      tiles.insert(tiles.end(), {static_cast<int32_t>(t), static_cast<int32_t>(std::min<int64_t>(cc::kPrefillTileTokens, nq - t)), 0});
+    // Several queries: the tiled prefill kernel over runs of the queries not in single_tokens,
+    // which the per-token kernel takes (as a mixed batch's decode tokens).
+    std::vector<char> single(static_cast<size_t>(nq), 0);
+    for (int32_t t : single_tokens) {
+      if (t < 0 || t >= nq) throw std::invalid_argument("paged_attention: a single token outside q");
+      single[t] = 1;
+    }
+    std::vector<int32_t> tiles;
+    for (int64_t t = 0; nq > 1 && t < nq;) {
+      if (single[t]) {
+        ++t;
+        continue;
+      }
+      int64_t n = 0;
+      while (t + n < nq && n < cc::kPrefillTileTokens && !single[t + n]) ++n;
+      tiles.insert(tiles.end(), {static_cast<int32_t>(t), static_cast<int32_t>(n), 0});
+      t += n;
+    }
     DeviceArray dtiles = DeviceArray::raw(tiles.empty() ? std::vector<int32_t>{0} : tiles);
+    DeviceArray dsingle = DeviceArray::raw(single_tokens.empty() ? std::vector<int32_t>{0} : single_tokens);
     if (!tiles.empty()) {
       a.tiles = dtiles.as<int32_t>();
       a.num_tiles = static_cast<int64_t>(tiles.size() / 3);
+      a.single_tokens = dsingle.as<int32_t>();
+      a.num_single_tokens = static_cast<int64_t>(single_tokens.size());
     }
     const int64_t ws = cc::paged_attention_workspace(a);
     DeviceArray workspace(static_cast<size_t>(std::max<int64_t>(ws, 1)), cserve::DType::F32);
@@ -305,5 +364,5 @@ NB_MODULE(_cuda, m) {
     dout.to_host(out.data());
     return out;
   }, "q"_a, "k"_a, "v"_a, "block_size"_a, "block_ids"_a, "kv_dtype"_a, "scale"_a, "sliding_window"_a,
-     "act_dtype"_a = "float32");
+     "act_dtype"_a = "float32", "single_tokens"_a = std::vector<int32_t>{});
 }

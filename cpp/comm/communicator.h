@@ -25,6 +25,9 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // Whether the data pointers are a device backend's memory (backend/device_communicator.h),
+  // with the work ordered on that backend's stream, rather than host memory.
+  virtual bool device_memory() const { return false; }
   // In place: data[i] = the sum over ranks of data[i]; F32, BF16 or F16 (summed in f32).
   virtual void all_reduce(void* data, int64_t count, DType dtype) = 0;
   // out[r * count + i] = rank r's in[i]; out holds size() * count elements.

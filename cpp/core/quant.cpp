@@ -92,6 +92,19 @@ void for_each_subblock(GgmlType t, const uint8_t* b, Emit&& emit) {
       }
       return;
     }
+    case GgmlType::QB4:
+    case GgmlType::QB8: {
+      float d, m;
+      std::memcpy(&d, b, 4);
+      std::memcpy(&m, b + 4, 4);
+      if (t == GgmlType::QB8) {
+        emit(0, d, m, b + 8);
+        return;
+      }
+      for (int j = 0; j < 16; ++j) u[j] = b[8 + j] & 0xF, u[j + 16] = b[8 + j] >> 4;
+      emit(0, d, m, u);
+      return;
+    }
     default:
       throw NotSupported(std::string("ggml type ") + ggml_type_name(t) + " has no 32-value sub-blocks");
   }
@@ -100,7 +113,7 @@ void for_each_subblock(GgmlType t, const uint8_t* b, Emit&& emit) {
 bool maps_to_qblocks(GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
-    case GgmlType::Q8_0: case GgmlType::Q4_K: case GgmlType::Q5_K:
+    case GgmlType::Q8_0: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::QB4: case GgmlType::QB8:
       return true;
     default:
       return false;
@@ -150,6 +163,9 @@ const char* ggml_type_name(GgmlType t) {
     case GgmlType::Q5_K: return "Q5_K";
     case GgmlType::Q6_K: return "Q6_K";
     case GgmlType::Q8_K: return "Q8_K";
+    case GgmlType::MXFP4: return "MXFP4";
+    case GgmlType::QB4: return "QB4";
+    case GgmlType::QB8: return "QB8";
   }
   return "unknown";
 }
@@ -158,6 +174,7 @@ int64_t ggml_block_elems(GgmlType t) {
   switch (t) {
     case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: return 1;
     case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q8_0:
+    case GgmlType::QB4: case GgmlType::QB8:
       return 32;
     case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: return QK_K;
     default: return 0;
@@ -176,11 +193,15 @@ int64_t ggml_block_bytes(GgmlType t) {
     case GgmlType::Q4_K: return 144;
     case GgmlType::Q5_K: return 176;
     case GgmlType::Q6_K: return 210;
+    case GgmlType::QB4: return 24;
+    case GgmlType::QB8: return 40;
     default: return 0;
   }
 }
 
-bool ggml_type_supported(GgmlType t) { return ggml_block_elems(t) != 0; }
+bool ggml_type_supported(GgmlType t) {
+  return ggml_block_elems(t) != 0 && t != GgmlType::QB4 && t != GgmlType::QB8;
+}
 
 size_t ggml_row_bytes(GgmlType t, int64_t cols) {
   return static_cast<size_t>(cols / ggml_block_elems(t) * ggml_block_bytes(t));
@@ -212,7 +233,18 @@ bool qblock_scales_are_f16(GgmlType t) {
 }
 
 int qblock_bits(GgmlType t) {
-  return (t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q4_K) ? 4 : 8;
+  return (t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q4_K || t == GgmlType::QB4) ? 4 : 8;
+}
+
+void write_qblock(GgmlType t, uint8_t* dst, float d, float m, const uint8_t* u) {
+  std::memcpy(dst, &d, 4);
+  std::memcpy(dst + 4, &m, 4);
+  if (t == GgmlType::QB8) {
+    std::memcpy(dst + 8, u, 32);
+    return;
+  }
+  if (t != GgmlType::QB4) throw InvalidArgument("write_qblock: not a QB4 / QB8 type");
+  for (int j = 0; j < 16; ++j) dst[8 + j] = static_cast<uint8_t>(u[j] | (u[j + 16] << 4));
 }
 
 void to_qblocks(GgmlType t, const void* src, int64_t k, uint8_t* codes, float* d, float* m, float* scratch) {

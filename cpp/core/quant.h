@@ -11,12 +11,18 @@ namespace cserve {
 enum class GgmlType : uint32_t {
   F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
   Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, BF16 = 30,
+  MXFP4 = 39,  // named in errors only (gpt-oss GGUF experts): cserve does not read it
+  // cserve's own rows, never read from a file: blocks of 32 values w = d * u + m stored as
+  // f32 d, f32 m and the codes (QB4: 16 bytes, u[j] low and u[j + 16] high nibble of byte j;
+  // QB8: 32 bytes). Other checkpoint formats (AWQ, GPTQ, fp8, ...) are converted into them.
+  QB4 = 0x10004, QB8 = 0x10008,
 };
 
 const char* ggml_type_name(GgmlType t);
 // Elements per block and bytes per block; block 0 means "not a type cserve reads".
 int64_t ggml_block_elems(GgmlType t);
 int64_t ggml_block_bytes(GgmlType t);
+// Whether a GGUF file may hold type t (cserve's own QB4 / QB8 never come from a file).
 bool ggml_type_supported(GgmlType t);
 // Bytes of one row of `cols` elements (cols must be a multiple of the block size).
 size_t ggml_row_bytes(GgmlType t, int64_t cols);
@@ -39,5 +45,8 @@ bool qblock_scales_are_f16(GgmlType t);
 // Converts one row of `k` values (a multiple of 32) of type t into one code per value (u)
 // and per-block d and m (k / 32 each). `scratch` holds k floats (used when requantizing).
 void to_qblocks(GgmlType t, const void* src, int64_t k, uint8_t* u, float* d, float* m, float* scratch);
+
+// Writes one QB4 or QB8 block (32 codes u, below 16 for QB4) at dst.
+void write_qblock(GgmlType t, uint8_t* dst, float d, float m, const uint8_t* u);
 
 }  // namespace cserve

@@ -154,6 +154,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   }
   LoadedModel loaded = load_model(c, 0, comm.get());
   groups = std::move(loaded.groups);
+  for (auto& g : loaded.device_groups) groups.push_back(std::move(g));  // destroyed before the backend
   model_config = loaded.config;
   gguf = std::move(loaded.gguf);
   checkpoint = std::move(loaded.checkpoint);
@@ -172,7 +173,10 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   auto t1 = std::chrono::steady_clock::now();
   // Graphs where the backend has them (the CPU only as a test emulation); none with enforce_eager.
   const std::vector<int> sizes = resolve_cudagraph_sizes(c, sched_config.max_num_seqs);
-  const std::vector<int> graph_sizes = backend->graphs_supported() ? sizes : std::vector<int>{};
+  // Not with parallel ranks on a device yet: the other ranks run each step eagerly at its real
+  // size, while a graph would run rank 0's padded one (collectives of other sizes).
+  const bool graphs_possible = backend->graphs_supported() && !(on_device && group > 1);
+  const std::vector<int> graph_sizes = graphs_possible ? sizes : std::vector<int>{};
   KVCachePlan plan;
   if (on_device) {
     // A profiling run, as vLLM's: the largest step the scheduler can make, over a KV cache just
@@ -181,6 +185,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
     const int64_t tokens = std::min<int64_t>(sched_config.max_num_batched_tokens, max_model_len);
     const int64_t profile_blocks = (tokens + c.block_size - 1) / c.block_size;
     runner = std::make_unique<ModelRunner>(*backend, std::move(model), profile_blocks, c.block_size, kv_dtype, eos);
+    if (link) runner->set_rank_link(link.get());  // the other ranks run the profiling step too
     runner->warm_up(tokens, std::min<int64_t>(tokens, sched_config.max_num_seqs));
     size_t free_bytes = 0;
     backend->device_memory(free_bytes, total_bytes);
@@ -195,7 +200,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
     plan = plan_kv_cache(c, rank_model, kv_dtype, max_model_len, weight_bytes);
     runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, kv_dtype, eos);
   }
-  if (link) runner->set_rank_link(link.get());  // the other ranks allocate the same cache now
+  if (link && !on_device) runner->set_rank_link(link.get());  // the other ranks allocate the same cache now
   // The final cache: the planned blocks, plus the graphs' spare block.
   if (!graph_sizes.empty()) runner->enable_graphs(graph_sizes, max_model_len);
   if (on_device || !graph_sizes.empty()) runner->resize_kv_cache(plan.num_blocks);
@@ -208,7 +213,9 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   runner->warm_up(std::min<int64_t>(64, max_model_len));
   info.warmup_seconds = seconds_since(t2);
   if (backend->graphs_supported()) {
-    if (sizes.empty()) {
+    if (!graphs_possible) {
+      log_info("CUDA graphs: off (not yet with tensor or pipeline parallelism on GPUs)");
+    } else if (sizes.empty()) {
       log_info("CUDA graphs: off (enforce_eager)");
     } else {
       auto t3 = std::chrono::steady_clock::now();

@@ -43,11 +43,16 @@ int64_t resolve_max_model_len(const EngineConfig& config, const ModelConfig& mod
   if (model.rope_scaling.type == "yarn" || model.rope_scaling.type == "dynamic" || model.rope_scaling.type == "linear")
     if (model.rope_scaling.factor > 1 && model.rope_scaling.original_max_position_embeddings == 0)
       derived = static_cast<int64_t>(static_cast<double>(derived) * model.rope_scaling.factor);
+  std::string key = "max_position_embeddings";
+  if (model.disabled_sliding_window > 0 && model.disabled_sliding_window < derived) {
+    derived = model.disabled_sliding_window;  // vLLM: attending beyond the window was never trained
+    key = "sliding_window";
+  }
   if (config.max_model_len <= 0) return derived;
   if (config.max_model_len > derived)
     throw InvalidArgument("User-specified max_model_len (" + std::to_string(config.max_model_len) +
-                          ") is greater than the derived max_model_len (max_position_embeddings=" +
-                          std::to_string(derived) + " in the model's config.json)");
+                          ") is greater than the derived max_model_len (" + key + "=" + std::to_string(derived) +
+                          " in the model's config.json)");
   return config.max_model_len;
 }
 

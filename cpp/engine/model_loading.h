@@ -22,6 +22,9 @@ struct LoadedModel {
   std::unique_ptr<GgufFile> gguf;
   std::unique_ptr<SafetensorsCheckpoint> checkpoint;  // must outlive the model: weights may point into it
   std::unique_ptr<Backend> backend;
+  // On a device backend: the device communicators the model's collectives use, over `groups`
+  // or the caller's communicator (declared after the backend: they hold its stream).
+  std::vector<std::unique_ptr<Communicator>> device_groups;
   std::unique_ptr<LlamaModel> model;
   DType dtype = DType::BF16, kv_dtype = DType::BF16;
   int64_t weight_bytes = 0;
@@ -31,7 +34,8 @@ struct LoadedModel {
 };
 
 // Rank `rank` of the config's parallel group (tensor_parallel_size x pipeline_parallel_size
-// ranks, meeting in `comm`).
+// ranks, meeting in `comm`, a host communicator). On CUDA each rank takes its own GPU
+// (rank_device) and its collectives go through device communicators made over the host ones.
 LoadedModel load_model(const EngineConfig& config, int rank = 0, Communicator* comm = nullptr);
 
 }  // namespace cserve

@@ -303,12 +303,17 @@ int ModelRunner::capture_graphs(std::string& why) {
     why = "no capture sizes";
     return 0;
   }
+  if (!model_->graph_capturable(why)) return 0;
   // Padding-only batches, largest first (its capture sizes the graph buffers).
   batch_ = ForwardBatch{};
   batch_.attn.block_size = block_size_;
   int captured = 0;
   for (auto it = graph_sizes_.rbegin(); it != graph_sizes_.rend(); ++it) {
     build_graph_batch(*it);
+    // Each size runs eagerly first (as vLLM warms up): cuBLASLt's heuristics for its shapes and
+    // lazily loaded kernels then happen outside the capture. (Not with other ranks: they would
+    // have to join it, and their caches have no spare block; graphs never run with them.)
+    if (!link_) graph_forward();
     if (!backend_.capture_graph(*it, [&] { graph_forward(); }, why)) return 0;
     ++captured;
   }
@@ -384,8 +389,31 @@ void ModelRunner::warm_up(int64_t num_tokens, int64_t logits_rows) {
   logits_rows = std::clamp<int64_t>(logits_rows, 1, num_tokens);
   for (int64_t r = num_tokens - logits_rows; r < num_tokens; ++r) b.logits_rows.push_back(static_cast<int32_t>(r));
   if (link_) link_->send_forward(b, {});
+  if (backend_.can_sample()) {
+    model_->forward(b, kv_layers_, nullptr);
+    warm_up_sampling(logits_rows);
+    return;
+  }
   std::vector<float> logits(static_cast<size_t>(logits_rows * model_->config().vocab_size));
   model_->forward(b, kv_layers_, logits.data());
+}
+
+void ModelRunner::warm_up_sampling(int64_t rows) {
+  // Every row processed (a zero bias) and the most top logprobs: the sampler's buffers, a
+  // processed copy of every row's logits among them, reach their peak inside the profiling run.
+  std::vector<DeviceSamplingRow> params(static_cast<size_t>(rows));
+  DeviceProcessing processing;
+  for (int64_t r = 0; r < rows; ++r) {
+    DeviceProcessorRow row;
+    row.bias_begin = static_cast<int32_t>(r);
+    row.bias_end = static_cast<int32_t>(r + 1);
+    processing.rows.push_back(row);
+    processing.ids.push_back(0);
+    processing.values.push_back(0.0f);
+  }
+  const int num_top = static_cast<int>(std::min<int64_t>(kMaxDeviceTopLogprobs, model_->config().vocab_size));
+  DeviceSamplingResult result;
+  backend_.sample(model_->device_logits(), params, num_top, &processing, result);
 }
 
 }  // namespace cserve

@@ -24,7 +24,8 @@ class ModelRunner {
   const LlamaModel& model() const { return *model_; }
   size_t kv_cache_bytes() const { return kv_memory_.size(); }
   // One dummy forward over `num_tokens` tokens (logits for the last `logits_rows` of them) so
-  // first requests meet warm caches and pools, and scratch buffers reach their peak size.
+  // first requests meet warm caches and pools, and scratch buffers reach their peak size
+  // (where the backend samples, its sampler's too: those rows are sampled there).
   void warm_up(int64_t num_tokens, int64_t logits_rows = 1);
   // Replaces the KV cache with one of num_blocks blocks (contents are lost).
   void resize_kv_cache(int64_t num_blocks);
@@ -50,6 +51,8 @@ class ModelRunner {
   // no more top logprobs than it returns).
   bool backend_can_sample(const SchedulerOutput& out) const;
   void sample_on_backend(const SchedulerOutput& out, const Tensor& logits, RunnerOutput& result);
+  // The backend's sampler over `rows` rows of the model's device logits, results dropped.
+  void warm_up_sampling(int64_t rows);
   // The logits processors and penalties of the sampling rows, for the backend's sampler;
   // false when no row has any.
   bool build_processing(const SchedulerOutput& out, DeviceProcessing& proc);

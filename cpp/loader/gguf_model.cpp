@@ -1,7 +1,7 @@
 #include "loader/gguf_model.h"
 
 #include <algorithm>
-#include <regex>
+#include <cmath>
 
 #include "cserve/error.h"
 
@@ -15,12 +15,19 @@ struct Arch {
   const char* model_type;
 };
 // GGUF general.architecture values cserve runs, and their transformers names.
+// llama.cpp writes Mixtral as "llama" with experts: see gguf_model_config.
 constexpr Arch kArchs[] = {
     {"llama", "LlamaForCausalLM", "llama"},
     {"mistral", "MistralForCausalLM", "mistral"},
     {"qwen2", "Qwen2ForCausalLM", "qwen2"},
     {"qwen3", "Qwen3ForCausalLM", "qwen3"},
+    {"gemma", "GemmaForCausalLM", "gemma"},
+    {"gemma2", "Gemma2ForCausalLM", "gemma2"},
+    {"gemma3", "Gemma3ForCausalLM", "gemma3_text"},
+    {"qwen2moe", "Qwen2MoeForCausalLM", "qwen2_moe"},
+    {"qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe"},
 };
+constexpr const char* kSupported = "llama (and Mixtral), mistral, qwen2, qwen3, gemma, gemma2, gemma3, qwen2moe, qwen3moe";
 
 // A positive integer no larger than max, or `fallback` when the key is absent (-1: required).
 int64_t bounded_int(const GgufFile& f, const std::string& key, int64_t max, int64_t fallback = -1) {
@@ -31,6 +38,74 @@ int64_t bounded_int(const GgufFile& f, const std::string& key, int64_t max, int6
   return v;
 }
 
+// The dimension `dim` of tensor `name` (row-major), or -1 when the file lacks it.
+int64_t tensor_dim(const GgufFile& f, const std::string& name, size_t dim) {
+  if (!f.has_tensor(name)) return -1;
+  const GgufTensor& t = f.tensor(name);
+  return dim < t.shape.size() ? t.shape[dim] : -1;
+}
+
+// Gemma 1 / 2 / 3 as llama.cpp reads them. Its converter stores every norm weight as 1 + w, so
+// no offset is added at load. llama.cpp ignores query_pre_attn_scalar: the scale is
+// 1/sqrt(head_dim), except for the 27B models (recognized by their layer count), whose
+// 1/sqrt(hidden / heads) it hard-codes; Gemma 2 alternates sliding and global layers, Gemma 3
+// has five sliding layers to one global one, its sliding layers on a RoPE of base 10000.
+void read_gemma(const GgufFile& f, const std::string& arch, ModelConfig& c) {
+  const std::string p = arch + ".";
+  c.norm_weight_offset = 0.0;
+  c.embedding_multiplier = std::sqrt(static_cast<double>(c.hidden_size));
+  c.hidden_act = "gelu_pytorch_tanh";
+  if (arch == "gemma") return;
+  c.post_norms = true;
+  const bool gemma2 = arch == "gemma2";
+  const bool is_27b = c.num_hidden_layers == (gemma2 ? 46 : 62);
+  c.attention_multiplier = 1.0 / std::sqrt(is_27b ? static_cast<double>(c.hidden_size / c.num_attention_heads)
+                                                  : static_cast<double>(c.head_dim));
+  c.attn_logit_softcapping = gemma2 ? f.get_float(p + "attn_logit_softcapping", 50.0) : 0.0;
+  c.final_logit_softcapping = f.get_float(p + "final_logit_softcapping", gemma2 ? 30.0 : 0.0);
+  if (!(c.attn_logit_softcapping >= 0 && c.final_logit_softcapping >= 0))
+    throw InvalidArgument(f.path() + ": the soft-capping values must not be negative");
+  const int64_t window = f.get_int(p + "attention.sliding_window", gemma2 ? 4096 : 0);
+  if (window < 0) throw InvalidArgument(f.path() + ": " + p + "attention.sliding_window must not be negative");
+  if (window == 0) return;
+  const int64_t period = gemma2 ? 2 : 6;  // the last layer of each period attends globally
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (l % period < period - 1) c.layer_sliding_window[static_cast<size_t>(l)] = window;
+  if (gemma2) return;
+  c.local_rope_theta = 10000.0;
+  for (int64_t w : c.layer_sliding_window) c.layer_local_rope.push_back(w > 0);
+}
+
+// Mixtures of experts: the experts' count and width, the layers that have a router, and top-k
+// routing as llama.cpp runs each architecture (the chosen weights renormalized for Mixtral and
+// Qwen3-MoE, not for Qwen2-MoE, unless expert_weights_norm says otherwise).
+void read_moe(const GgufFile& f, const std::string& arch, ModelConfig& c) {
+  const std::string p = arch + ".";
+  constexpr int64_t kMaxExperts = 1 << 16;
+  c.num_experts = bounded_int(f, p + "expert_count", kMaxExperts);
+  c.num_experts_per_tok = bounded_int(f, p + "expert_used_count", c.num_experts);
+  c.layer_moe.assign(static_cast<size_t>(c.num_hidden_layers), 0);
+  int64_t first = -1;
+  for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {  // layers without a router have a dense MLP
+    if (!f.has_tensor("blk." + std::to_string(l) + ".ffn_gate_inp.weight")) continue;
+    c.layer_moe[static_cast<size_t>(l)] = 1;
+    first = l;
+  }
+  if (first < 0) throw InvalidArgument(f.path() + ": " + p + "expert_count is set but no layer has a router (ffn_gate_inp)");
+  const std::string blk = "blk." + std::to_string(first) + ".";
+  c.moe_intermediate_size = bounded_int(f, p + "expert_feed_forward_length", kMaxModelWidth,
+                                        tensor_dim(f, blk + "ffn_gate_exps.weight", 1));
+  if (arch == "qwen2moe")
+    c.shared_expert_intermediate_size = bounded_int(f, p + "expert_shared_feed_forward_length", kMaxModelWidth,
+                                                    tensor_dim(f, blk + "ffn_gate_shexp.weight", 0));
+  c.norm_topk_prob = f.get_int(p + "expert_weights_norm", arch != "qwen2moe") != 0;
+  if (const double scale = f.get_float(p + "expert_weights_scale", 1.0); scale != 1.0 && scale != 0.0)
+    throw NotSupported(f.path() + ": " + p + "expert_weights_scale " + std::to_string(scale) + " is not supported");
+  if (const int64_t gating = f.get_int(p + "expert_gating_func", 1); gating != 1)
+    throw NotSupported(f.path() + ": " + p + "expert_gating_func " + std::to_string(gating) +
+                       " is not supported (supported: 1, softmax)");
+}
+
 }  // namespace
 
 ModelConfig gguf_model_config(const GgufFile& f) {
@@ -39,8 +114,7 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   for (const Arch& a : kArchs)
     if (arch == a.gguf) known = &a;
   if (!known)
-    throw NotSupported(f.path() + ": GGUF architecture '" + arch +
-                       "' is not supported (supported: llama, mistral, qwen2, qwen3)");
+    throw NotSupported(f.path() + ": GGUF architecture '" + arch + "' is not supported (supported: " + kSupported + ")");
   ModelConfig c;
   c.architecture = known->architecture;
   c.model_type = known->model_type;
@@ -81,45 +155,21 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   c.vocab_size = embd.shape[0];
   if (f.find("tokenizer.ggml.eos_token_id")) c.eos_token_ids = {f.get_int("tokenizer.ggml.eos_token_id", -1)};
   c.bos_token_id = f.get_int("tokenizer.ggml.bos_token_id", -1);
+  if (arch.rfind("gemma", 0) == 0) read_gemma(f, arch, c);
+  if (f.find(p + "expert_count") && f.get_int(p + "expert_count", 0) > 0) {
+    if (arch == "llama") {
+      c.architecture = "MixtralForCausalLM";
+      c.model_type = "mixtral";
+    }
+    if (arch != "llama" && arch != "qwen2moe" && arch != "qwen3moe")
+      throw NotSupported(f.path() + ": GGUF architecture '" + arch + "' with experts is not supported");
+    read_moe(f, arch, c);
+  } else if (arch == "qwen2moe" || arch == "qwen3moe") {
+    throw InvalidArgument(f.path() + ": metadata " + p + "expert_count is missing");
+  }
   c.torch_dtype = "bfloat16";  // what --dtype auto computes in (the weights stay quantized)
   check_model_config(c, f.path());
   return c;
-}
-
-std::string gguf_tensor_name(const std::string& hf) {
-  static const std::pair<const char*, const char*> kTop[] = {
-      {"model.embed_tokens.weight", "token_embd.weight"},
-      {"model.norm.weight", "output_norm.weight"},
-      {"lm_head.weight", "output.weight"},
-  };
-  for (const auto& [from, to] : kTop)
-    if (hf == from) return to;
-  static const std::regex layer(R"(model\.layers\.(\d+)\.(.+))");
-  static const std::pair<const char*, const char*> kLayer[] = {
-      {"input_layernorm", "attn_norm"},       {"post_attention_layernorm", "ffn_norm"},
-      {"self_attn.q_proj", "attn_q"},         {"self_attn.k_proj", "attn_k"},
-      {"self_attn.v_proj", "attn_v"},         {"self_attn.o_proj", "attn_output"},
-      {"self_attn.q_norm", "attn_q_norm"},    {"self_attn.k_norm", "attn_k_norm"},
-      {"mlp.gate_proj", "ffn_gate"},          {"mlp.up_proj", "ffn_up"},
-      {"mlp.down_proj", "ffn_down"},
-  };
-  std::smatch m;
-  if (!std::regex_match(hf, m, layer)) return "";
-  const std::string rest = m[2];
-  for (const auto& [from, to] : kLayer) {
-    const std::string f = from;
-    if (rest.compare(0, f.size(), f) == 0 && rest.size() > f.size() && rest[f.size()] == '.')
-      return "blk." + std::string(m[1]) + "." + to + rest.substr(f.size());
-  }
-  return "";
-}
-
-int64_t gguf_permuted_heads(const GgufFile& f, const ModelConfig& c, const std::string& hf) {
-  const std::string arch = f.get_string("general.architecture");
-  if (arch != "llama" && arch != "mistral") return 0;
-  if (hf.find("self_attn.q_proj.") != std::string::npos) return c.num_attention_heads;
-  if (hf.find("self_attn.k_proj.") != std::string::npos) return c.num_key_value_heads;
-  return 0;
 }
 
 }  // namespace cserve

@@ -8,12 +8,16 @@
 
 namespace cserve {
 
-// From the "<arch>.*" and "tokenizer.ggml.*" metadata. Throws NotSupported for an
-// architecture cserve does not run (naming it), InvalidArgument for missing keys.
+// From the "<arch>.*" and "tokenizer.ggml.*" metadata (and, where llama.cpp derives a value
+// instead of storing it, as llama.cpp derives it). Throws NotSupported for an architecture or
+// option cserve does not run (naming it), InvalidArgument for missing keys.
 ModelConfig gguf_model_config(const GgufFile& file);
 
-// "model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight"; "" when unknown.
-std::string gguf_tensor_name(const std::string& hf_name);
+// "model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight"; "" when unknown. Gemma 2 / 3
+// name their norms after the blocks differently (config.post_norms). An expert's matrix
+// ("...experts.5.gate_proj.weight") is a slab of the layer's 3D tensor ("blk.3.ffn_gate_exps.weight"):
+// `expert` is then set to 5 (else -1).
+std::string gguf_tensor_name(const std::string& hf_name, const ModelConfig& config, int64_t* expert = nullptr);
 
 // llama.cpp's converter permutes the rows of q_proj / k_proj of "llama" models (for its
 // interleaved rope); the loader undoes it. Returns the number of heads the rows of

@@ -73,6 +73,14 @@ bool parse_st_dtype(const std::string& name, DType* out) {
   return true;
 }
 
+// Element size of a raw (non-float) dtype; 0 for a dtype cserve does not read at all.
+size_t raw_dtype_size(const std::string& name) {
+  if (name == "I8" || name == "U8" || name == "F8_E4M3") return 1;
+  if (name == "I32") return 4;
+  if (name == "I64") return 8;
+  return 0;
+}
+
 // A JSON number that is a non-negative integer.
 bool non_negative_int(const Json& v, int64_t* out) {
   if (!v.is_number()) return false;
@@ -139,10 +147,12 @@ void SafetensorsCheckpoint::open_file(const std::string& path) {
       throw bad("missing or invalid data_offsets");
     }
     Tensor t;
-    if (!parse_st_dtype(dtype->as_string(), &t.dtype)) {
+    const size_t raw_size = raw_dtype_size(dtype->as_string());
+    if (raw_size == 0 && !parse_st_dtype(dtype->as_string(), &t.dtype)) {
       throw NotSupported(path + ": tensor " + name + " has unsupported dtype " + dtype->as_string() +
-                         " (supported: F32, F16, BF16)");
+                         " (supported: F32, F16, BF16; I8, U8, I32, I64, F8_E4M3 in quantized checkpoints)");
     }
+    const size_t elem_bytes = raw_size ? raw_size : dtype_size(t.dtype);
     for (const Json& d : shape->as_array()) {
       int64_t dim = 0;
       if (!non_negative_int(d, &dim)) throw bad("shape must be a list of non-negative integers");
@@ -151,7 +161,7 @@ void SafetensorsCheckpoint::open_file(const std::string& path) {
     // Checked products: a shape whose byte size overflows must not wrap onto the offsets' size.
     uint64_t numel = 0, expected = 0;
     if (!checked_numel(t.shape, static_cast<uint64_t>(INT64_MAX), &numel) ||
-        !checked_mul(numel, dtype_size(t.dtype), &expected))
+        !checked_mul(numel, elem_bytes, &expected))
       throw bad("shape too large (its size overflows 64 bits)");
     int64_t begin = 0, end = 0;
     for (int i = 0; i < 2; ++i) {
@@ -173,10 +183,15 @@ void SafetensorsCheckpoint::open_file(const std::string& path) {
     // Kernels read elements with typed loads, so data not aligned to its element size (a header
     // length the writer did not pad) is copied out of the mapping into aligned memory.
     const uint8_t* src = data + begin;
-    if (expected != 0 && reinterpret_cast<uintptr_t>(src) % dtype_size(t.dtype) != 0) {
+    if (expected != 0 && reinterpret_cast<uintptr_t>(src) % elem_bytes != 0) {
       copies_.emplace_back(static_cast<size_t>(expected));
       std::memcpy(copies_.back().data(), src, static_cast<size_t>(expected));
       src = copies_.back().as<const uint8_t>();
+    }
+    if (raw_size != 0) {
+      if (raw_.count(name) != 0) throw InvalidArgument(path + ": tensor " + name + " also appears in " + raw_.at(name).file);
+      raw_.emplace(name, SafetensorsRawEntry{src, dtype->as_string(), raw_size, std::move(t.shape), path});
+      continue;
     }
     // Views never write; the const_cast only fits Tensor's pointer type.
     t.data = const_cast<uint8_t*>(src);
@@ -187,14 +202,23 @@ void SafetensorsCheckpoint::open_file(const std::string& path) {
 
 const SafetensorsEntry& SafetensorsCheckpoint::get(const std::string& name) const {
   auto it = entries_.find(name);
+  if (auto raw = raw_.find(name); raw != raw_.end())
+    throw NotSupported(raw->second.file + ": tensor " + name + " has dtype " + raw->second.dtype +
+                       ", which cserve reads only as part of a quantized weight (quantization_config)");
   if (it == entries_.end()) throw NotFound(dir_ + ": tensor " + name + " not found in checkpoint");
   return it->second;
+}
+
+const SafetensorsRawEntry* SafetensorsCheckpoint::raw(const std::string& name) const {
+  auto it = raw_.find(name);
+  return it == raw_.end() ? nullptr : &it->second;
 }
 
 std::vector<std::string> SafetensorsCheckpoint::names() const {
   std::vector<std::string> out;
   out.reserve(entries_.size());
   for (const auto& kv : entries_) out.push_back(kv.first);
+  for (const auto& kv : raw_) out.push_back(kv.first);
   return out;
 }
 

@@ -18,6 +18,17 @@ struct SafetensorsEntry {
   std::string file;   // the file it lives in (for error messages)
 };
 
+// A tensor of a type that holds no weights of its own (I8, U8, I32, I64, F8_E4M3): the packed
+// codes, zero points, indices and fp8 values of quantized checkpoints, read in place by the
+// quantized-checkpoint loader only.
+struct SafetensorsRawEntry {
+  const uint8_t* data = nullptr;
+  std::string dtype;  // the file's name for it: "I32", "F8_E4M3", ...
+  size_t elem_bytes = 0;
+  std::vector<int64_t> shape;
+  std::string file;
+};
+
 class SafetensorsCheckpoint {
  public:
   // Opens <dir>/model.safetensors, or the shards of <dir>/model.safetensors.index.json,
@@ -26,9 +37,11 @@ class SafetensorsCheckpoint {
   // dtypes or data offsets outside the file.
   explicit SafetensorsCheckpoint(const std::string& model_dir);
 
-  bool has(const std::string& name) const { return entries_.count(name) != 0; }
-  // Throws NotFound naming the tensor and the checkpoint directory.
+  bool has(const std::string& name) const { return entries_.count(name) != 0 || raw_.count(name) != 0; }
+  // Throws NotFound naming the tensor and the checkpoint directory, NotSupported for a raw one.
   const SafetensorsEntry& get(const std::string& name) const;
+  // A raw tensor (see SafetensorsRawEntry); null when there is no such tensor or it is a float one.
+  const SafetensorsRawEntry* raw(const std::string& name) const;
   std::vector<std::string> names() const;
   const std::string& dir() const { return dir_; }
 
@@ -38,6 +51,7 @@ class SafetensorsCheckpoint {
   std::vector<std::unique_ptr<MmapFile>> files_;
   std::vector<Buffer> copies_;  // misaligned tensors, copied
   std::map<std::string, SafetensorsEntry> entries_;
+  std::map<std::string, SafetensorsRawEntry> raw_;
 };
 
 }  // namespace cserve

@@ -5,16 +5,26 @@
 
 #include "cserve/error.h"
 #include "model/micro_batches.h"
+#include "model/moe_routing.h"
 
 namespace cserve {
 
 LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, ModelWeights weights, TensorParallel tp,
                        PipelineStage pp)
     : config_(config), backend_(backend), weights_(std::move(weights)), tp_(tp), pp_(pp), rope_(config) {
-  if ((tp_.enabled() || pp_.enabled()) && !backend_.host_memory())
-    throw NotSupported("tensor and pipeline parallelism run on the CPU backend only so far");
+  if (config.local_rope_theta > 0) {  // Gemma 3's sliding layers: the default RoPE at their own base
+    ModelConfig local = config;
+    local.rope_theta = config.local_rope_theta;
+    local.rope_scaling = RopeScaling{};
+    rope_local_ = std::make_unique<RotaryEmbedding>(local);
+  }
   if ((tp_.enabled() && !tp_.comm) || (pp_.enabled() && !pp_.comm))
     throw InvalidArgument("tensor and pipeline parallelism need a communicator");
+  // The collectives run on activations where the backend keeps them.
+  for (const Communicator* comm : {tp_.enabled() ? tp_.comm : nullptr, pp_.enabled() ? pp_.comm : nullptr})
+    if (comm && comm->device_memory() == backend_.host_memory())
+      throw InvalidArgument(std::string("tensor and pipeline parallelism on ") + backend_.name() + " need a " +
+                            (backend_.host_memory() ? "host" : "device") + " communicator");
 }
 
 void LlamaModel::embed_vocab_shard(const ForwardBatch& batch, std::vector<int32_t>& local_ids, Tensor& x) {
@@ -30,9 +40,7 @@ void LlamaModel::embed_vocab_shard(const ForwardBatch& batch, std::vector<int32_
   else
     backend_.embedding(weights_.embed_table, local_ids.data(), T, x);
   // Tokens of other ranks' rows contribute zeros; the sum over ranks is the embedding.
-  for (int64_t t = 0; t < T; ++t)
-    if (batch.token_ids[t] < vs.begin || batch.token_ids[t] >= vs.end)
-      std::fill(x.as<float>() + t * H, x.as<float>() + (t + 1) * H, 0.0f);
+  backend_.zero_rows_outside(x, T, H, batch.token_ids.data(), vs.begin, vs.end);
   tp_.comm->all_reduce(x.data, T * H, DType::F32);
 }
 
@@ -43,10 +51,12 @@ void LlamaModel::gather_logits(Scratch& bufs, const Tensor& sel, int64_t L, floa
   backend_.linear(*weights_.lm_head, sel, H, part, P, false);
   Tensor all = scratch(bufs.gathered, tp_.size * L, P);
   tp_.comm->all_gather(part.data, all.data, L * P, DType::F32);
+  // Rank r's [L][P] block holds the columns [s.begin, s.end) of every row.
   for (int r = 0; r < tp_.size; ++r) {
     const VocabShard s = vocab_shard(V, r, tp_.size);
-    for (int64_t l = 0; l < L; ++l)
-      std::copy_n(all.as<float>() + (r * L + l) * P, s.end - s.begin, out + l * V + s.begin);
+    const Tensor block{all.as<float>() + r * L * P, DType::F32, {L, P}};
+    Tensor columns{out + s.begin, DType::F32, {L, V}};
+    backend_.copy_rows_strided(block, P, columns, V, L, s.end - s.begin);
   }
 }
 
@@ -78,19 +88,32 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
 
   backend_.begin_forward(batch.attn);
   Tensor x = scratch(bufs.x, T, H), h = scratch(bufs.h, T, H), qkv = scratch(bufs.qkv, T, qkv_dim);
-  Tensor attn = scratch(bufs.attn, T, q_dim), gu = scratch(bufs.gu, T, 2 * I), act = scratch(bufs.act, T, I);
+  // gu / act also serve a MoE layer's shared expert (run_experts): sized for the wider of the two.
+  const int64_t mlp_width = std::max(I, c.shared_expert_intermediate_size);
+  Tensor attn = scratch(bufs.attn, T, q_dim);
+  Tensor gu = scratch(bufs.gu, T, 2 * mlp_width), act = scratch(bufs.act, T, mlp_width);
   const int64_t half = rope_.rotary_dim() / 2;
   Tensor cos = scratch(bufs.cos, T, half), sin = scratch(bufs.sin, T, half);
   // The rope tables are computed on the host (straight into cos/sin on the CPU).
   const bool host = backend_.host_memory();
-  if (!host) rope_host_.resize(static_cast<size_t>(2 * T * half));
-  float* cos_h = host ? cos.as<float>() : rope_host_.data();
-  float* sin_h = host ? sin.as<float>() : rope_host_.data() + T * half;
-  for (int64_t t = 0; t < T; ++t)
-    rope_.compute(batch.attn.positions[t], batch.token_seq_len[t], cos_h + t * half, sin_h + t * half);
-  if (!host) {
-    backend_.upload(cos.data, cos_h, static_cast<size_t>(T * half) * sizeof(float));
-    backend_.upload(sin.data, sin_h, static_cast<size_t>(T * half) * sizeof(float));
+  auto rope_tables = [&](const RotaryEmbedding& rope, Tensor& cos_t, Tensor& sin_t) {
+    if (!host) rope_host_.resize(static_cast<size_t>(2 * T * half));
+    float* cos_h = host ? cos_t.as<float>() : rope_host_.data();
+    float* sin_h = host ? sin_t.as<float>() : rope_host_.data() + T * half;
+    for (int64_t t = 0; t < T; ++t)
+      rope.compute(batch.attn.positions[t], batch.token_seq_len[t], cos_h + t * half, sin_h + t * half);
+    if (!host) {
+      backend_.upload(cos_t.data, cos_h, static_cast<size_t>(T * half) * sizeof(float));
+      backend_.upload(sin_t.data, sin_h, static_cast<size_t>(T * half) * sizeof(float));
+    }
+  };
+  rope_tables(rope_, cos, sin);
+  // Gemma 3's sliding layers: their own tables.
+  Tensor cos_local = cos, sin_local = sin;
+  if (rope_local_) {
+    cos_local = scratch(bufs.cos_local, T, half);
+    sin_local = scratch(bufs.sin_local, T, half);
+    rope_tables(*rope_local_, cos_local, sin_local);
   }
 
   auto embed = [&] {
@@ -100,6 +123,7 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
       backend_.embedding(*weights_.lm_head, batch.token_ids.data(), T, x);
     else
       backend_.embedding(weights_.embed_table, batch.token_ids.data(), T, x);
+    if (c.embedding_scale != 1.0) backend_.scale(x, T * H, static_cast<float>(c.embedding_scale));  // Gemma
   };
   // Row-parallel projections under tensor parallelism: each rank's partial product, the residual
   // added by rank 0 alone, summed over ranks in place.
@@ -113,48 +137,63 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
     return Tensor{t.as<float>() + off, DType::F32, {t.dim(0), cols}};
   };
 
+  // The MLP's gated activation, from config.json's hidden_act.
+  const bool gelu = c.hidden_act == "gelu_pytorch_tanh";
+  const float attn_cap = static_cast<float>(c.attn_logit_softcapping);
+
+  // Each block: [pre-norm] -> sublayer -> [post-norm] -> residual add. Without a post-norm the
+  // output projection adds into x itself (rank 0 adds the residual under tensor parallelism);
+  // with one (OLMo 2, Gemma 2 / 3) it goes to h and rms_norm_add adds its norm into x.
   auto run_layers = [&] {
     for (size_t l = 0; l < weights_.layers.size(); ++l) {
       const LayerWeights& lw = weights_.layers[l];
       // The config's per-layer settings are the whole model's: this stage starts at first_layer.
       const size_t global = static_cast<size_t>(pp_.enabled() ? pp_.first_layer : 0) + l;
-      if (!c.post_norms) backend_.rms_norm(x, f32(lw.input_norm, H), T, H, H, x_eps, h);
-      backend_.linear(*lw.qkv, c.post_norms ? x : h, H, qkv, qkv_dim, false);
+      if (c.pre_norms) backend_.rms_norm(x, f32(lw.attn_in_norm, H), T, H, H, x_eps, h);
+      backend_.linear(*lw.qkv, c.pre_norms ? h : x, H, qkv, qkv_dim, false);
       Tensor q = offset(qkv, q_dim, 0), k = offset(qkv, kv_dim, q_dim), v = offset(qkv, kv_dim, q_dim + kv_dim);
       if (c.qk_norm_full) {
         backend_.rms_norm(q, f32(lw.q_norm, q_dim), T, q_dim, qkv_dim, eps, q);
         backend_.rms_norm(k, f32(lw.k_norm, kv_dim), T, kv_dim, qkv_dim, eps, k);
-      } else if (c.qk_norm) {
-        for (int64_t t = 0; t < T; ++t) {
-          Tensor qt{q.as<float>() + t * qkv_dim, DType::F32, {NH, D}};
-          Tensor kt{k.as<float>() + t * qkv_dim, DType::F32, {NKV, D}};
-          backend_.rms_norm(qt, f32(lw.q_norm, D), NH, D, D, eps, qt);
-          backend_.rms_norm(kt, f32(lw.k_norm, D), NKV, D, D, eps, kt);
-        }
+      } else if (c.qk_norm) {  // per head, every token's heads at once
+        backend_.rms_norm_heads(q, f32(lw.q_norm, D), T, NH, D, qkv_dim, eps);
+        backend_.rms_norm_heads(k, f32(lw.k_norm, D), T, NKV, D, qkv_dim, eps);
       }
+      const int64_t window = c.layer_sliding_window.empty() ? 0 : c.layer_sliding_window[global];
       if (c.layer_rope.empty() || c.layer_rope[global]) {  // SmolLM3's NoPE layers skip it
-        backend_.rope(q, T, NH, D, qkv_dim, cos, sin, rope_.rotary_dim());
-        backend_.rope(k, T, NKV, D, qkv_dim, cos, sin, rope_.rotary_dim());
+        const bool local = rope_local_ && config_.layer_local_rope[global];
+        backend_.rope(q, T, NH, D, qkv_dim, local ? cos_local : cos, local ? sin_local : sin, rope_.rotary_dim());
+        backend_.rope(k, T, NKV, D, qkv_dim, local ? cos_local : cos, local ? sin_local : sin, rope_.rotary_dim());
       }
       backend_.write_kv(k, v, T, qkv_dim, batch.attn.slot_mapping.data(), kv_cache[l]);
-      int64_t window = c.layer_sliding_window.empty() ? 0 : c.layer_sliding_window[global];
-      backend_.attention(q, qkv_dim, NH, kv_cache[l], batch.attn, scale, window, attn);
-      if (c.post_norms) {  // OLMo 2: x += norm(o(attn))
+      AttentionOptions attn_options{scale, window, attn_cap, nullptr};
+      if (lw.sinks.size() > 0) attn_options.sinks = lw.sinks.as<float>();
+      backend_.attention(q, qkv_dim, NH, kv_cache[l], batch.attn, attn_options, attn);
+      if (c.post_norms) {
         backend_.linear(*lw.o, attn, q_dim, h, H, false);
         reduce(h);
-        backend_.rms_norm_add(h, f32(lw.post_attention_norm, H), T, H, H, eps, x);
-        backend_.linear(*lw.gate_up, x, H, gu, 2 * I, false);
+        backend_.rms_norm_add(h, f32(lw.attn_out_norm, H), T, H, H, eps, x);
       } else {
         backend_.linear(*lw.o, attn, q_dim, x, H, residual);
         reduce(x);
-        backend_.rms_norm(x, f32(lw.post_attention_norm, H), T, H, H, x_eps, h);
-        backend_.linear(*lw.gate_up, h, H, gu, 2 * I, false);
       }
-      backend_.silu_mul(gu, T, I, act);
-      if (c.post_norms) {  // x += norm(down(act))
+      if (c.pre_norms) backend_.rms_norm(x, f32(lw.mlp_in_norm, H), T, H, H, x_eps, h);
+      if (lw.router) {  // a mixture of experts: combined into x (or h, then normalized into x)
+        Tensor& out = c.post_norms ? h : x;
+        run_experts(lw, c.pre_norms ? h : x, T, bufs, out, !c.post_norms && residual);
+        reduce(out);
+        if (c.post_norms) backend_.rms_norm_add(h, f32(lw.mlp_out_norm, H), T, H, H, eps, x);
+        continue;
+      }
+      backend_.linear(*lw.gate_up, c.pre_norms ? h : x, H, gu, 2 * I, false);
+      if (gelu)
+        backend_.gelu_tanh_mul(gu, T, I, act);
+      else
+        backend_.silu_mul(gu, T, I, act);
+      if (c.post_norms) {
         backend_.linear(*lw.down, act, I, h, H, false);
         reduce(h);
-        backend_.rms_norm_add(h, f32(lw.post_feedforward_norm, H), T, H, H, eps, x);
+        backend_.rms_norm_add(h, f32(lw.mlp_out_norm, H), T, H, H, eps, x);
       } else {
         backend_.linear(*lw.down, act, I, x, H, residual);
         reduce(x);
@@ -207,10 +246,71 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
     gather_logits(bufs, sel, L, out.as<float>());
   else
     backend_.linear(*weights_.lm_head, sel, H, out, c.vocab_size, false);
+  if (c.final_logit_softcapping > 0)  // Gemma 2
+    backend_.softcap(out, L * c.vocab_size, static_cast<float>(c.final_logit_softcapping));
   if (pp_.enabled() && !in_micro_batch_)
     pp_.comm->broadcast(out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float), pp_.num_stages - 1);
   device_logits_ = out;
   if (logits && !host) backend_.download(logits, out.data, static_cast<size_t>(L * c.vocab_size) * sizeof(float));
+}
+
+void LlamaModel::run_experts(const LayerWeights& lw, const Tensor& in, int64_t T, Scratch& bufs, Tensor& out,
+                             bool accumulate) {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, E = c.num_experts, K = c.num_experts_per_tok;
+  const int64_t EI = c.moe_intermediate_size, SI = c.shared_expert_intermediate_size;
+  const int64_t R = E + (SI > 0 ? 1 : 0);  // router columns: the experts, then the shared expert's gate
+  Tensor logits = scratch(bufs.router, T, R);
+  backend_.linear(*lw.router, in, H, logits, R, false);
+  const float* host_logits = logits.as<float>();
+  if (!backend_.host_memory()) {
+    router_host_.resize(static_cast<size_t>(T * R));
+    backend_.download(router_host_.data(), logits.data, router_host_.size() * sizeof(float));
+    host_logits = router_host_.data();
+  }
+  route_top_k(host_logits, T, E, R, K, c.norm_topk_prob, SI > 0 ? E : -1, routing_);
+
+  // Each expert's rows at once: its GEMMs read its weights once for all the tokens it serves.
+  const int64_t n = T * K;
+  Tensor xs = scratch(bufs.moe_in, n, H), gus = scratch(bufs.moe_gate_up, n, 2 * EI);
+  Tensor acts = scratch(bufs.moe_act, n, EI), ys = scratch(bufs.moe_out, n + (SI > 0 ? T : 0), H);
+  auto rows = [](const Tensor& t, int64_t first, int64_t count, int64_t cols) {
+    return Tensor{t.as<float>() + first * cols, DType::F32, {count, cols}};
+  };
+  backend_.gather_rows(in, routing_.source_token.data(), n, H, xs);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t b = routing_.expert_begin[e], count = routing_.expert_begin[e + 1] - b;
+    if (count == 0) continue;
+    Tensor ge = rows(gus, b, count, 2 * EI);
+    backend_.linear(*lw.expert_gate_up[e], rows(xs, b, count, H), H, ge, 2 * EI, false);
+  }
+  if (c.swiglu_limit > 0)  // gpt-oss
+    backend_.clamped_swiglu_mul(gus, n, EI, static_cast<float>(c.swiglu_alpha), static_cast<float>(c.swiglu_limit),
+                                acts);
+  else
+    backend_.silu_mul(gus, n, EI, acts);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t b = routing_.expert_begin[e], count = routing_.expert_begin[e + 1] - b;
+    if (count == 0) continue;
+    Tensor ye = rows(ys, b, count, H);
+    backend_.linear(*lw.expert_down[e], rows(acts, b, count, EI), EI, ye, H, false);
+  }
+  if (SI > 0) {  // Qwen2-MoE's shared expert: its outputs after the routed ones, weighted by its gate
+    // bufs.gu / act hold the shared expert's width too (forward() sized them), so these views
+    // leave forward()'s own valid.
+    Tensor shared_gu = scratch(bufs.gu, T, 2 * SI), shared_act = scratch(bufs.act, T, SI);
+    backend_.linear(*lw.gate_up, in, H, shared_gu, 2 * SI, false);
+    backend_.silu_mul(shared_gu, T, SI, shared_act);
+    Tensor tail = rows(ys, n, T, H);
+    backend_.linear(*lw.down, shared_act, SI, tail, H, false);
+  }
+  backend_.combine_rows(ys, routing_.rows.data(), routing_.weights.data(), T, routing_.slots, H, out, accumulate);
+}
+
+bool LlamaModel::graph_capturable(std::string& why) const {
+  if (config_.num_experts == 0) return true;
+  why = "a mixture of experts routes each step on the host";
+  return false;
 }
 
 // A micro-batch below this many tokens would read the stage's weights once more for too little

@@ -5,16 +5,21 @@
 // only at the rows that need logits.
 // Family options (ModelConfig): OLMo 2 drops the input norms and normalizes the O and down
 // outputs before their residual adds (rms_norm_add), its q/k norms over the whole projection;
-// SmolLM3 skips RoPE on its NoPE layers; Granite's multipliers are folded into the weights
-// (load_weights) and the norms' epsilon (see forward()).
+// Gemma scales its embeddings, Gemma 2 / 3 normalize both sides of each block, GELU (tanh) in
+// the MLP, soft-capped attention scores and logits (Gemma 2), a RoPE of their own for the
+// sliding layers (Gemma 3); SmolLM3 skips RoPE on its NoPE layers; Granite's multipliers are
+// folded into the weights (load_weights) and the norms' epsilon (see forward()).
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/attention_metadata.h"
 #include "backend/backend.h"
 #include "loader/model_config.h"
 #include "model/model_weights.h"
+#include "model/moe_routing.h"
 #include "model/rope.h"
 #include "model/tensor_parallel.h"
 
@@ -45,6 +50,9 @@ class LlamaModel {
   // (device_logits()), for a backend that samples where they are.
   void forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& kv_cache, float* logits,
                ScratchSet set = kEagerScratch);
+  // Whether forward() can be captured in a graph (false, with the reason, for a mixture of
+  // experts: its routing runs on the host).
+  bool graph_capturable(std::string& why) const;
   // How many pipeline micro-batches forward() cuts `batch` into (1: it goes through whole).
   int micro_batch_count(const ForwardBatch& batch) const;
   // The last forward's logits in backend memory (when it was given no host array).
@@ -59,9 +67,11 @@ class LlamaModel {
   TensorParallel tp_;
   PipelineStage pp_;
   RotaryEmbedding rope_;
+  std::unique_ptr<RotaryEmbedding> rope_local_;  // Gemma 3's sliding layers; null elsewhere
   // Activation buffers (backend memory), grown on demand and reused across steps.
   struct Scratch {
-    Buffer x, h, qkv, attn, gu, act, cos, sin, sel, logits, shard_logits, gathered;
+    Buffer x, h, qkv, attn, gu, act, cos, sin, cos_local, sin_local, sel, logits, shard_logits, gathered;
+    Buffer router, moe_in, moe_gate_up, moe_act, moe_out;  // mixture-of-experts layers
   };
   Scratch scratch_[2];
   // Pipeline parallelism: the step cut into micro-batches that flow through the stages, each
@@ -74,6 +84,11 @@ class LlamaModel {
   void embed_vocab_shard(const ForwardBatch& batch, std::vector<int32_t>& local_ids, Tensor& x);
   // Tensor parallelism: this rank's logits columns, gathered from every rank into out [L][vocab].
   void gather_logits(Scratch& bufs, const Tensor& sel, int64_t L, float* out);
+  // A mixture-of-experts MLP on `in` ([T][hidden]): routed on the host, each expert's GEMMs over
+  // the rows routed to it, combined per token into `out` (added to it when accumulate).
+  void run_experts(const LayerWeights& lw, const Tensor& in, int64_t T, Scratch& bufs, Tensor& out, bool accumulate);
+  ExpertRouting routing_;
+  std::vector<float> router_host_;  // router logits downloaded from a device backend
   std::vector<int32_t> local_ids_;
   Tensor device_logits_;
   std::vector<float> rope_host_;  // rope tables made on the host for a device backend

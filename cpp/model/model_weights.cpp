@@ -1,5 +1,6 @@
 #include "model/model_weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -8,6 +9,7 @@
 #include "cserve/error.h"
 #include "loader/gguf.h"
 #include "loader/gguf_model.h"
+#include "loader/quantized_checkpoint.h"
 #include "loader/safetensors.h"
 #include "util/mmap_file.h"
 
@@ -30,7 +32,7 @@ class TensorSource {
       : ckpt_(ckpt), gguf_(gguf), config_(config), state_(seed) {}
 
   bool has(const std::string& name) const {
-    if (gguf_) return gguf_->has_tensor(gguf_tensor_name(name));
+    if (gguf_) return gguf_->has_tensor(gguf_tensor_name(name, *config_));
     return !ckpt_ || ckpt_->has(name);
   }
 
@@ -40,7 +42,7 @@ class TensorSource {
   // on block boundaries), and no byte is copied (the part points into the file).
   std::optional<QuantPart> quant_part(const std::string& name, const std::vector<int64_t>& shape, Slice rows = {},
                                       Slice cols = {}) {
-    if (!gguf_) return std::nullopt;
+    if (!gguf_) return checkpoint_quant_part(name, shape, rows, cols);
     const GgufTensor& t = gguf_tensor(name, shape);
     if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) return std::nullopt;
     QuantPart p;
@@ -62,13 +64,42 @@ class TensorSource {
     if (!cols.all()) {
       const int64_t block = ggml_block_elems(t.type);
       if (cols.begin % block != 0 || cols.count % block != 0)
-        throw NotSupported(gguf_->path() + ": tensor " + gguf_tensor_name(name) + " holds blocks of " +
+        throw NotSupported(gguf_->path() + ": tensor " + gguf_tensor_name(name, *config_) + " holds blocks of " +
                            std::to_string(block) + " values, which tensor parallelism cannot split at column " +
                            std::to_string(cols.begin) + " (of " + std::to_string(cols.count) + " per rank)");
       p.data += static_cast<size_t>(cols.begin / block) * static_cast<size_t>(ggml_block_bytes(t.type));
       p.cols = cols.count;
     }
     fetched(t);
+    return p;
+  }
+
+  // A bias as f32 (quantized checkpoints store them in f16 / bf16), valid until release_scratch.
+  const float* get_f32(const std::string& name, const std::vector<int64_t>& shape, Slice rows) {
+    Tensor t = get(name, shape, 0.0f, rows);
+    if (t.dtype == DType::F32) return t.as<float>();
+    scratch_.emplace_back(static_cast<size_t>(t.numel()) * sizeof(float));
+    convert_to_f32(t.data, t.dtype, scratch_.back().as<float>(), static_cast<size_t>(t.numel()));
+    return scratch_.back().as<float>();
+  }
+
+  // A linear weight of a quantized safetensors checkpoint (quantization_config, or online fp8) as
+  // cserve's QB4 / QB8 rows of this rank's share; nullopt for float weights.
+  std::optional<QuantPart> checkpoint_quant_part(const std::string& name, const std::vector<int64_t>& shape,
+                                                 Slice rows, Slice cols) {
+    if (!ckpt_ || !config_ || !config_->quantization.enabled() || shape.size() != 2) return std::nullopt;
+    const WeightShare share{shape[0], shape[1], rows.begin, rows.all() ? shape[0] : rows.count,
+                            cols.begin, cols.all() ? shape[1] : cols.count};
+    const std::string module = name.substr(0, name.rfind(".weight"));
+    auto q = read_quantized_linear(*ckpt_, config_->quantization, module, share, quant_scratch_);
+    if (!q) return std::nullopt;
+    QuantPart p;
+    p.type = q->type;
+    p.data = q->data;
+    p.rows = q->rows;
+    p.cols = q->cols;
+    p.row_stride = q->row_stride;
+    p.k_order = q->k_order;
     return p;
   }
 
@@ -115,13 +146,28 @@ class TensorSource {
  public:
 
  private:
-  const GgufTensor& gguf_tensor(const std::string& name, const std::vector<int64_t>& shape) {
-    const std::string gname = gguf_tensor_name(name);
+  // The GGUF tensor holding `name`, checked against `shape`. An expert's matrix is its slab of the
+  // layer's 3D tensor of all experts (whole rows: no block is split, nothing copied); size-1
+  // dimensions llama.cpp's converter squeezes out (Qwen2-MoE's shared expert gate) are put back.
+  GgufTensor gguf_tensor(const std::string& name, const std::vector<int64_t>& shape) {
+    int64_t expert = -1;
+    const std::string gname = gguf_tensor_name(name, *config_, &expert);
     if (gname.empty()) throw NotFound(gguf_->path() + ": no GGUF name for tensor " + name);
-    const GgufTensor& t = gguf_->tensor(gname);
-    if (t.shape != shape)
+    GgufTensor t = gguf_->tensor(gname);
+    std::vector<int64_t> want = shape;
+    if (expert >= 0) want.insert(want.begin(), config_->num_experts);
+    auto squeezed = [](std::vector<int64_t> s) {
+      s.erase(std::remove(s.begin(), s.end(), int64_t{1}), s.end());
+      return s;
+    };
+    if (squeezed(t.shape) != squeezed(want) || expert >= config_->num_experts)
       throw InvalidArgument(gguf_->path() + ": tensor " + gname + " has shape " + shape_str(t.shape) +
-                            ", expected " + shape_str(shape));
+                            ", expected " + shape_str(want));
+    if (expert >= 0) {
+      t.nbytes /= static_cast<size_t>(config_->num_experts);
+      t.data += static_cast<size_t>(expert) * t.nbytes;
+    }
+    t.shape = shape;
     return t;
   }
 
@@ -196,6 +242,7 @@ class TensorSource {
   // the last call, which have been converted and packed: the mapping need not stay resident.
   void release_scratch(bool keep_file_pages = false) {
     scratch_.clear();
+    quant_scratch_.clear();
     orders_.clear();
     if (!keep_file_pages)
       for (const Tensor& t : fetched_) drop_file_pages(t.data, t.nbytes());
@@ -207,6 +254,7 @@ class TensorSource {
   const GgufFile* gguf_;
   const ModelConfig* config_;
   std::vector<std::vector<int32_t>> orders_;
+  QuantScratch quant_scratch_;
   uint64_t state_;
   std::vector<Buffer> scratch_;
   std::vector<Tensor> fetched_;
@@ -284,7 +332,7 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     if (!qparts.empty() && qparts.size() == ps.size()) {  // every part quantized: keep it so
       for (size_t i = 0; i < ps.size(); ++i)
         if (with_bias)
-          qparts[i].bias = src.get(ps[i].name + ".bias", {ps[i].shape(1)[0]}, 0.0f, ps[i].rows_in_tensor()).as<float>();
+          qparts[i].bias = src.get_f32(ps[i].name + ".bias", {ps[i].shape(1)[0]}, ps[i].rows_in_tensor());
       auto packed = backend.pack_linear_quantized(qparts);
       w.total_bytes += packed->bytes();
       src.release_scratch();
@@ -307,19 +355,107 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     backend.upload(dev.data(), host.data(), host.size());
     return dev;
   };
+  // Norm weights as the model scales by them: Gemma stores w for a scale of (1 + w), added in
+  // f32 after the weight's own rounding, as transformers computes it.
+  const double offset = c.norm_weight_offset;
   auto norm = [&](const std::string& name, int64_t n, double scale = 1.0) {
-    Buffer b = to_f32(src.get(name, {n}, 1.0f), dtype);
-    if (scale != 1.0)
-      for (int64_t i = 0; i < n; ++i) b.as<float>()[i] = static_cast<float>(b.as<float>()[i] * scale);
+    Buffer b = to_f32(src.get(name, {n}, static_cast<float>(1.0 - offset)), dtype);
+    if (scale != 1.0 || offset != 0.0)
+      for (int64_t i = 0; i < n; ++i) b.as<float>()[i] = static_cast<float>((b.as<float>()[i] + offset) * scale);
     src.release_scratch();
     return in_backend(std::move(b));
   };
 
+  // The decoder's tensors: under model., or in a multimodal checkpoint (Gemma 3) its language
+  // model's, under language_model.model. (as transformers wrote them until 4.52) or
+  // model.language_model. (since).
+  std::string root = "model.", lm_head = "lm_head";
+  if (c.text_of_multimodal && !(ckpt && ckpt->has("model.language_model.embed_tokens.weight"))) {
+    root = "language_model.model.";
+    lm_head = "language_model.lm_head";
+  } else if (c.text_of_multimodal) {
+    root = "model.language_model.";
+  }
   // Granite: the residual stream is held divided by embedding_multiplier (LlamaModel), so the
   // sublayer outputs added to it are scaled by residual_multiplier / embedding_multiplier.
+  // With post_norms the outputs are normalized before the add: their norms carry the scale.
   const float out_scale = static_cast<float>(c.residual_multiplier / c.embedding_multiplier);
+  const float proj_scale = c.post_norms ? 1.0f : out_scale;
+  // A mixture of experts' MLP: the router (with the shared expert's gate as one more row), each
+  // expert's gate|up and down (this rank's share of each, as a dense MLP is split), and the
+  // shared expert in gate_up / down.
+  // gpt-oss: each expert kind in one 3D tensor of x @ W layout ([E][H][2I], gate and up
+  // interleaved; [E][I][H]) with biases: transposed (and de-interleaved) into cserve's [rows][k]
+  // matrices one expert at a time, this rank's share of I.
+  auto load_packed_experts = [&](const std::string& moe, LayerWeights& lw) {
+    const int64_t E = c.num_experts, EI = c.moe_intermediate_size, mine = local.moe_intermediate_size;
+    const int64_t first = tp.enabled() ? tp.rank * mine : 0;
+    const Tensor gu = src.get(moe + "experts.gate_up_proj", {E, H, 2 * EI}, kRandom);
+    const Tensor gu_bias = src.get(moe + "experts.gate_up_proj_bias", {E, 2 * EI}, 0.0f);
+    const Tensor dn = src.get(moe + "experts.down_proj", {E, EI, H}, kRandom);
+    const Tensor dn_bias = src.get(moe + "experts.down_proj_bias", {E, H}, 0.0f);
+    auto expert_f32 = [](const Tensor& t, int64_t e, int64_t n) {  // expert e's n values as f32
+      std::vector<float> out(static_cast<size_t>(n));
+      convert_to_f32(static_cast<const uint8_t*>(t.data) + static_cast<size_t>(e * n) * dtype_size(t.dtype), t.dtype,
+                     out.data(), static_cast<size_t>(n));
+      return out;
+    };
+    for (int64_t e = 0; e < E; ++e) {
+      const std::vector<float> wt = expert_f32(gu, e, H * 2 * EI), b = expert_f32(gu_bias, e, 2 * EI);
+      std::vector<float> gate(static_cast<size_t>(mine * H)), up(gate.size()), gate_b(mine), up_b(mine);
+      for (int64_t i = 0; i < mine; ++i) {
+        const int64_t col = 2 * (first + i);
+        for (int64_t h = 0; h < H; ++h) {
+          gate[i * H + h] = wt[h * 2 * EI + col];
+          up[i * H + h] = wt[h * 2 * EI + col + 1];
+        }
+        gate_b[i] = b[col];
+        up_b[i] = b[col + 1];
+      }
+      auto f32 = [](std::vector<float>& v, std::vector<int64_t> shape) { return Tensor{v.data(), DType::F32, shape}; };
+      lw.expert_gate_up.push_back(backend.pack_linear({f32(gate, {mine, H}), f32(up, {mine, H})},
+                                                      {f32(gate_b, {mine}), f32(up_b, {mine})}, dtype));
+      const std::vector<float> d = expert_f32(dn, e, EI * H);
+      std::vector<float> down(static_cast<size_t>(H * mine)), down_b = expert_f32(dn_bias, e, H);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < mine; ++i) down[h * mine + i] = d[(first + i) * H + h];
+      std::vector<Tensor> down_bias;
+      if (sums_bias) down_bias.push_back(f32(down_b, {H}));
+      lw.expert_down.push_back(backend.pack_linear({f32(down, {H, mine})}, down_bias, dtype));
+      w.total_bytes += lw.expert_gate_up.back()->bytes() + lw.expert_down.back()->bytes();
+    }
+    src.release_scratch();
+  };
+  auto load_experts = [&](const std::string& p, LayerWeights& lw) {
+    const bool mixtral = c.model_type == "mixtral";
+    const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
+    const int64_t E = c.num_experts, EI = c.moe_intermediate_size, SI = c.shared_expert_intermediate_size;
+    const int64_t ei_local = local.moe_intermediate_size, si_local = local.shared_expert_intermediate_size;
+    const Slice ei_rows = tp.enabled() ? Slice{tp.rank * ei_local, ei_local} : Slice{};
+    const Slice si_rows = tp.enabled() ? Slice{tp.rank * si_local, si_local} : Slice{};
+    if (c.model_type == "gpt_oss") {  // a router with a bias, experts in 3D tensors
+      lw.router = linear({{moe + "router", E}}, H, {}, true);
+      load_packed_experts(moe, lw);
+      return;
+    }
+    std::vector<Part> router{{moe + "gate", E}};
+    if (SI > 0) router.push_back({moe + "shared_expert_gate", 1});
+    lw.router = linear(router, H, {}, false);
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string x = moe + "experts." + std::to_string(e) + ".";
+      lw.expert_gate_up.push_back(mixtral ? linear({{x + "w1", EI, ei_rows}, {x + "w3", EI, ei_rows}}, H, {}, false)
+                                          : linear({{x + "gate_proj", EI, ei_rows}, {x + "up_proj", EI, ei_rows}}, H,
+                                                   {}, false));
+      lw.expert_down.push_back(linear({{x + (mixtral ? "w2" : "down_proj"), H}}, EI, ei_rows, false, proj_scale));
+    }
+    if (SI > 0) {
+      const std::string s = moe + "shared_expert.";
+      lw.gate_up = linear({{s + "gate_proj", SI, si_rows}, {s + "up_proj", SI, si_rows}}, H, {}, false);
+      lw.down = linear({{s + "down_proj", H}}, SI, si_rows, false, proj_scale);
+    }
+  };
   for (int64_t l = first_layer; l < first_layer + num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string p = root + "layers." + std::to_string(l) + ".";
     LayerWeights lw;
     if (c.fused_proj) {  // Phi-3: this rank's q, k and v rows out of qkv_proj, gate and up out of gate_up_proj
       const std::string qkv = p + "self_attn.qkv_proj", gu = p + "mlp.gate_up_proj";
@@ -332,13 +468,23 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
       lw.qkv = linear({{p + "self_attn.q_proj", q_dim, q_rows}, {p + "self_attn.k_proj", kv_dim, kv_rows},
                        {p + "self_attn.v_proj", kv_dim, kv_rows}},
                       H, {}, c.attention_bias);
-      lw.gate_up = linear({{p + "mlp.gate_proj", I, i_rows}, {p + "mlp.up_proj", I, i_rows}}, H, {}, c.mlp_bias);
     }
-    lw.o = linear({{p + "self_attn.o_proj", H}}, q_dim, q_rows, c.o_proj_bias && sums_bias, out_scale);
-    lw.down = linear({{p + "mlp.down_proj", H}}, I, i_rows, c.mlp_bias && sums_bias, out_scale);
-    if (!c.post_norms) lw.input_norm = norm(p + "input_layernorm.weight", H);
-    lw.post_attention_norm = norm(p + "post_attention_layernorm.weight", H);
-    if (c.post_norms) lw.post_feedforward_norm = norm(p + "post_feedforward_layernorm.weight", H);
+    lw.o = linear({{p + "self_attn.o_proj", H}}, q_dim, q_rows, c.o_proj_bias && sums_bias, proj_scale);
+    if (!c.layer_moe.empty() && c.layer_moe[l]) {
+      load_experts(p, lw);
+    } else {
+      if (!c.fused_proj)
+        lw.gate_up = linear({{p + "mlp.gate_proj", I, i_rows}, {p + "mlp.up_proj", I, i_rows}}, H, {}, c.mlp_bias);
+      lw.down = linear({{p + "mlp.down_proj", H}}, I, i_rows, c.mlp_bias && sums_bias, proj_scale);
+    }
+    if (c.pre_norms) lw.attn_in_norm = norm(p + "input_layernorm.weight", H);
+    if (c.post_norms) {  // post_attention_layernorm is then the attention output's norm
+      lw.attn_out_norm = norm(p + "post_attention_layernorm.weight", H, out_scale);
+      lw.mlp_out_norm = norm(p + "post_feedforward_layernorm.weight", H, out_scale);
+      if (c.pre_norms) lw.mlp_in_norm = norm(p + "pre_feedforward_layernorm.weight", H);
+    } else {
+      lw.mlp_in_norm = norm(p + "post_attention_layernorm.weight", H);
+    }
     if (c.qk_norm) {
       lw.q_norm = norm(p + "self_attn.q_norm.weight", D);
       lw.k_norm = norm(p + "self_attn.k_norm.weight", D);
@@ -346,19 +492,26 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
       lw.q_norm = norm(p + "self_attn.q_norm.weight", q_dim);
       lw.k_norm = norm(p + "self_attn.k_norm.weight", kv_dim);
     }
+    if (c.attention_sinks) {  // this rank's heads' sinks
+      const int64_t heads = local.num_attention_heads;
+      const Slice mine = tp.enabled() ? Slice{tp.rank * heads, heads} : Slice{};
+      Buffer b = to_f32(src.get(p + "self_attn.sinks", {c.num_attention_heads}, 0.0f, mine), dtype);
+      src.release_scratch();
+      lw.sinks = in_backend(std::move(b));
+    }
     w.layers.push_back(std::move(lw));
     if (progress) progress(l - first_layer + 1, steps);
   }
-  if (heads) w.final_norm = norm("model.norm.weight", H, 1.0 / c.logits_scaling);
+  if (heads) w.final_norm = norm(root + "norm.weight", H, 1.0 / c.logits_scaling);
 
   w.tied = c.tie_word_embeddings;
   if (w.tied) {  // the embedding is the LM head's matrix: the first stage needs it too
-    if (heads || embeds) w.lm_head = linear({{"model.embed_tokens", c.vocab_size, vocab_rows}}, H, {}, false);
+    if (heads || embeds) w.lm_head = linear({{root + "embed_tokens", c.vocab_size, vocab_rows}}, H, {}, false);
   } else if (heads) {
-    w.lm_head = linear({{"lm_head", c.vocab_size, vocab_rows}}, H, {}, false);
+    w.lm_head = linear({{lm_head, c.vocab_size, vocab_rows}}, H, {}, false);
   }
   if (!w.tied && embeds) {
-    Tensor e = src.get("model.embed_tokens.weight", {c.vocab_size, H}, kRandom, vocab_rows);
+    Tensor e = src.get(root + "embed_tokens.weight", {c.vocab_size, H}, kRandom, vocab_rows);
     if (ckpt && e.dtype == dtype) {
       w.embed_table = e;  // used straight from the mmap
     } else {

@@ -19,10 +19,16 @@ class GgufFile;
 class SafetensorsCheckpoint;
 
 struct LayerWeights {
-  std::unique_ptr<LinearWeight> qkv, o, gate_up, down;
-  Buffer input_norm, post_attention_norm;  // f32 [hidden]; OLMo 2 has no input_norm
-  Buffer post_feedforward_norm;            // f32 [hidden], OLMo 2 only
-  Buffer q_norm, k_norm;                   // f32 [head_dim] (Qwen3), [q_dim] / [kv_dim] (OLMo 2)
+  std::unique_ptr<LinearWeight> qkv, o, gate_up, down;  // gate_up / down: a MoE layer's shared expert, if any
+  // Mixture-of-experts layers: the router ([num_experts (+ 1: the shared expert's gate)][hidden])
+  // and each expert's gate|up and down; null / empty on dense layers.
+  std::unique_ptr<LinearWeight> router;
+  std::vector<std::unique_ptr<LinearWeight>> expert_gate_up, expert_down;
+  // RMSNorm weights, f32 [hidden]: on the attention and MLP blocks' inputs (pre_norms: all but
+  // OLMo 2) and outputs (post_norms: OLMo 2, Gemma 2 / 3); Gemma's offset already added.
+  Buffer attn_in_norm, attn_out_norm, mlp_in_norm, mlp_out_norm;
+  Buffer q_norm, k_norm;                   // f32 [head_dim] (Qwen3, Gemma 3), [q_dim] / [kv_dim] (OLMo 2)
+  Buffer sinks;                            // f32 [this rank's heads]: gpt-oss's attention sinks
 };
 
 struct ModelWeights {
@@ -46,7 +52,8 @@ using LoadProgress = std::function<void(int64_t done, int64_t total)>;
 // the whole model's; the layers' shapes are then rank_config's). With pipeline parallelism only
 // the stage's layers, the embedding on the first stage, the final norm and LM head on the last.
 // Granite's multipliers are folded in here (see LlamaModel): o and down (weights and biases) are
-// scaled by residual_multiplier / embedding_multiplier, the final norm by 1 / logits_scaling.
+// scaled by residual_multiplier / embedding_multiplier (with post_norms: the output norms), the
+// final norm by 1 / logits_scaling. Gemma's norm offset is added to the norm weights.
 ModelWeights load_weights(const ModelConfig& config, const SafetensorsCheckpoint* checkpoint, DType dtype,
                           Backend& backend, uint64_t seed, const LoadProgress& progress = {},
                           const GgufFile* gguf = nullptr, const TensorParallel& tp = {},

@@ -22,9 +22,13 @@ void check_tensor_parallel(const ModelConfig& c, int size) {
   if (kv >= size ? kv % size != 0 : size % kv != 0)
     throw InvalidArgument("Total number of key/value heads (" + std::to_string(kv) +
                           ") must be divisible by tensor parallel size (" + n + "), or the other way round.");
-  if (c.intermediate_size % size != 0)
-    throw InvalidArgument("intermediate_size (" + std::to_string(c.intermediate_size) +
-                          ") must be divisible by tensor parallel size (" + n + ").");
+  const std::pair<const char*, int64_t> widths[] = {{"intermediate_size", c.intermediate_size},
+                                                    {"moe_intermediate_size", c.moe_intermediate_size},
+                                                    {"shared_expert_intermediate_size", c.shared_expert_intermediate_size}};
+  for (const auto& [field, width] : widths)
+    if (width % size != 0)
+      throw InvalidArgument(std::string(field) + " (" + std::to_string(width) +
+                            ") must be divisible by tensor parallel size (" + n + ").");
 }
 
 ModelConfig rank_config(const ModelConfig& c, int rank, int size) {
@@ -32,6 +36,8 @@ ModelConfig rank_config(const ModelConfig& c, int rank, int size) {
   r.num_attention_heads = c.num_attention_heads / size;
   r.num_key_value_heads = c.num_key_value_heads >= size ? c.num_key_value_heads / size : 1;
   r.intermediate_size = c.intermediate_size / size;
+  r.moe_intermediate_size = c.moe_intermediate_size / size;  // each expert split as a dense MLP
+  r.shared_expert_intermediate_size = c.shared_expert_intermediate_size / size;
   (void)rank;
   return r;
 }

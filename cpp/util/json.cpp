@@ -315,6 +315,19 @@ const std::map<std::string, Json>& Json::as_object() const {
   return object_;
 }
 
+Json Json::merge(const Json& base, const Json& overrides) {
+  Json out = base;
+  for (const auto& [key, value] : overrides.as_object()) {
+    auto it = out.object_.find(key);
+    const bool sub_config = key.size() > 7 && key.compare(key.size() - 7, 7, "_config") == 0;
+    if (sub_config && it != out.object_.end() && it->second.is_object() && value.is_object())
+      it->second = merge(it->second, value);
+    else
+      out.object_[key] = value;
+  }
+  return out;
+}
+
 const Json* Json::find(const std::string& key) const {
   if (kind_ != Kind::Object) return nullptr;
   auto it = object_.find(key);

@@ -31,6 +31,11 @@ class Json {
   const std::vector<Json>& as_array() const;
   const std::map<std::string, Json>& as_object() const;
 
+  // `base` with each key of the object `overrides` set to its value (vLLM's --hf-overrides): a
+  // sub-config (a key ending in _config, e.g. text_config) whose values are both objects is
+  // merged key by key the same way; any other value (rope_scaling too) replaces the old one.
+  static Json merge(const Json& base, const Json& overrides);
+
   // Object lookup: nullptr when absent or when this is not an object.
   const Json* find(const std::string& key) const;
   bool has(const std::string& key) const { return find(key) != nullptr; }

@@ -20,7 +20,8 @@ __global__ void paged_attention_kernel(PagedAttentionArgs a, int64_t token0, int
   __shared__ float scratch[32];
   // Heads vary fastest across blocks: the heads of one GQA group run side by side and share
   // their K/V rows through L2 instead of each fetching them from memory.
-  const int64_t h = blockIdx.x, t = token0 + blockIdx.y;
+  const int64_t h = blockIdx.x;
+  const int64_t t = a.single_tokens ? a.single_tokens[token0 + blockIdx.y] : token0 + blockIdx.y;
   const int64_t kvh = h / (a.num_heads / a.num_kv_heads);
   const int64_t d = a.head_dim;
   const A* qt = static_cast<const A*>(a.q) + t * a.ldq + h * d;
@@ -55,6 +56,7 @@ __global__ void paged_attention_kernel(PagedAttentionArgs a, int64_t token0, int
       float s = 0.0f;
       for (int64_t i = lane; i < d; i += 32) s += q[i] * to_f32(kr[i]);
       s = warp_sum(s);
+      if (a.softcap > 0.0f) s = a.softcap * tanhf(s / a.softcap);
       if (lane == 0) scores[j] = s;
     }
     __syncthreads();
@@ -93,6 +95,12 @@ __global__ void paged_attention_kernel(PagedAttentionArgs a, int64_t token0, int
     return;
   }
   A* out = static_cast<A*>(a.out) + t * a.num_heads * d + h * d;
+  if (a.sinks) {  // the sink joins the denominator: rescale to the larger of the two maxima
+    const float m = fmaxf(run_max, a.sinks[h]), keep = run_sum > 0.0f ? __expf(run_max - m) : 0.0f;
+    run_sum = run_sum * keep + __expf(a.sinks[h] - m);
+    acc0 *= keep;
+    acc1 *= keep;
+  }
   const float inv = run_sum > 0.0f ? 1.0f / run_sum : 0.0f;
   if (threadIdx.x < d) out[threadIdx.x] = from_f32<A>(acc0 * inv);
   if (threadIdx.x + kThreads < d) out[threadIdx.x + kThreads] = from_f32<A>(acc1 * inv);
@@ -106,7 +114,8 @@ __global__ void merge_splits_kernel(PagedAttentionArgs a, int64_t token0, int sp
   float m = -INFINITY;
   for (int s = 0; s < splits; ++s)
     if (parts[s * (d + 2) + 1] > 0.0f) m = fmaxf(m, parts[s * (d + 2)]);
-  float total = 0.0f;
+  if (a.sinks) m = fmaxf(m, a.sinks[h]);
+  float total = a.sinks ? __expf(a.sinks[h] - m) : 0.0f;
   for (int s = 0; s < splits; ++s) {
     const float l = parts[s * (d + 2) + 1];
     if (l > 0.0f) total += l * __expf(parts[s * (d + 2)] - m);
@@ -155,20 +164,26 @@ void invokePagedAttention(const PagedAttentionArgs& a, cudaStream_t stream) {
   if (a.head_dim > kMaxHeadDim) throw std::invalid_argument("paged attention: head_dim above 256");
   if (a.num_kv_heads <= 0 || a.num_heads % a.num_kv_heads != 0)
     throw std::invalid_argument("paged attention: num_kv_heads must divide num_heads");
+  PagedAttentionArgs per_token = a;
+  per_token.single_tokens = nullptr;
   if (prefill_tiles_apply(a)) {
     invokePrefillAttention(a, stream);
-    return;
+    if (a.num_single_tokens == 0) return;
+    per_token = a;  // then the decode tokens, one block per (head, token), no splits
+    per_token.num_tokens = a.num_single_tokens;
+    per_token.workspace = nullptr;
   }
-  const int splits = a.workspace ? split_count(a) : 1;
+  const int splits = per_token.workspace ? split_count(per_token) : 1;
   // grid.y holds at most 65535 tokens: larger batches go in slices.
-  for (int64_t t0 = 0; t0 < a.num_tokens; t0 += 65535) {
-    const unsigned tokens = static_cast<unsigned>(std::min<int64_t>(65535, a.num_tokens - t0));
+  for (int64_t t0 = 0; t0 < per_token.num_tokens; t0 += 65535) {
+    const unsigned tokens = static_cast<unsigned>(std::min<int64_t>(65535, per_token.num_tokens - t0));
     const dim3 grid(static_cast<unsigned>(a.num_heads), tokens, static_cast<unsigned>(splits));
     CSERVE_DISPATCH_DTYPE(a.act_dtype, A, CSERVE_DISPATCH_CACHE_DTYPE(a.cache_dtype, C,
-        paged_attention_kernel<A, C><<<grid, kThreads, 0, stream>>>(a, t0, splits)));
+        paged_attention_kernel<A, C><<<grid, kThreads, 0, stream>>>(per_token, t0, splits)));
     if (splits > 1) {
       const dim3 merge_grid(static_cast<unsigned>(a.num_heads), tokens);
-      CSERVE_DISPATCH_DTYPE(a.act_dtype, A, merge_splits_kernel<A><<<merge_grid, kThreads, 0, stream>>>(a, t0, splits));
+      CSERVE_DISPATCH_DTYPE(a.act_dtype, A,
+          merge_splits_kernel<A><<<merge_grid, kThreads, 0, stream>>>(per_token, t0, splits));
     }
   }
   check(cudaGetLastError(), "paged_attention");

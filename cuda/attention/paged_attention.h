@@ -34,16 +34,22 @@ struct PagedAttentionArgs {
   const int32_t* positions = nullptr;     // [num_tokens]
   float scale = 1.0f;
   int64_t sliding_window = 0;
+  float softcap = 0.0f;  // > 0: each scaled score s becomes softcap * tanh(s / softcap)
+  const float* sinks = nullptr;  // per head: a logit in the softmax's denominator that attends to nothing
   int act_dtype = 0, cache_dtype = 0;
   // Split-context decoding: max_context bounds every token's key count (e.g. the block table
   // width times block_size, fixed for CUDA graphs); workspace holds paged_attention_workspace(a)
   // floats, or is null (no splitting).
   int64_t max_context = 0;
   float* workspace = nullptr;
-  // Prefill tiles (optional): [num_tiles][3] = (first token, token count <= 16, sequence),
-  // covering every token once; with them (and head_dim <= 128) the tiled kernel runs.
+  // Prefill tiles (optional): [num_tiles][3] = (first token, token count <= 16, sequence);
+  // with them (and head_dim <= 128) the tiled kernel runs. The tiles and single_tokens together
+  // cover every token once: the tokens of sequences with one new token (decodes in a mixed
+  // batch) go to the per-token kernel, which would waste 15 of a tile's 16 query rows.
   const int32_t* tiles = nullptr;
   int64_t num_tiles = 0;
+  const int32_t* single_tokens = nullptr;
+  int64_t num_single_tokens = 0;
 };
 constexpr int kPrefillTileTokens = 16;
 
@@ -52,7 +58,8 @@ constexpr int kPrefillTileTokens = 16;
 int64_t paged_attention_workspace(const PagedAttentionArgs& a);
 int64_t paged_attention_max_workspace(int64_t head_dim);
 
-// Runs the tiled prefill kernel when a.tiles apply, else the per-token kernel (with splits).
+// Runs the tiled prefill kernel (and the per-token one over a.single_tokens) when a.tiles
+// apply, else the per-token kernel over every token (with splits).
 void invokePagedAttention(const PagedAttentionArgs& a, cudaStream_t stream);
 // The tiled kernel alone (prefill_attention.cu).
 bool prefill_tiles_apply(const PagedAttentionArgs& a);

@@ -74,6 +74,7 @@ __global__ void prefill_tile_kernel(PagedAttentionArgs a, int64_t tile0) {
       if (valid) {
         s = 0.0f;
         for (int i = 0; i < d; ++i) s += qs[r][i] * ks[lane][i];
+        if (a.softcap > 0.0f) s = a.softcap * tanhf(s / a.softcap);
       }
       const float m_new = fmaxf(m[j], warp_max(s));
       const float prob = valid ? __expf(s - m_new) : 0.0f;
@@ -94,7 +95,13 @@ __global__ void prefill_tile_kernel(PagedAttentionArgs a, int64_t tile0) {
   for (int j = 0; j < kRowsPerWarp; ++j) {
     const int r = warp * kRowsPerWarp + j;
     if (r >= nq) continue;
-    const float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
+    float keep = 1.0f, total = l[j];
+    if (a.sinks) {  // the sink joins the denominator: rescale to the larger of the two maxima
+      const float m_sink = fmaxf(m[j], a.sinks[h]);
+      keep = l[j] > 0.0f ? __expf(m[j] - m_sink) : 0.0f;
+      total = l[j] * keep + __expf(a.sinks[h] - m_sink);
+    }
+    const float inv = total > 0.0f ? keep / total : 0.0f;
     for (int c = 0; c < kDimsPerLane; ++c) {
       const int64_t i = lane + 32 * c;
       if (i < d) out[(t0 + r) * a.num_heads * d + h * d + i] = from_f32<A>(acc[j][c] * inv);

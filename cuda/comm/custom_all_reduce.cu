@@ -10,24 +10,41 @@ namespace {
 
 constexpr int kThreads = 512;
 
-// Writes `epoch` into this rank's slot of every rank's flags, then waits until every rank's
-// epoch has reached this rank's flags. One block; system-scope fences because the peers are
-// other processes.
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// Writes the epoch into this rank's slot of every rank's flags, then waits until every rank's
+// epoch has reached this rank's flags (or the host aborts, or timeout_ns passes). The epoch is
+// `epoch`, or the device counter's next value. One block; system-scope fences because the peers
+// are other processes.
 __global__ void barrier_kernel(AllReducePeers p, uint32_t epoch) {
+  __shared__ uint32_t e;
   const int t = threadIdx.x;
+  if (t == 0) e = p.counter ? *p.counter + 1 : epoch;
+  __syncthreads();
   if (t < p.size) {
     __threadfence_system();
     volatile uint32_t* slot = p.flags[t] + p.rank;
-    *slot = epoch;
+    *slot = e;
   }
   __syncthreads();
   if (t < p.size) {
     volatile uint32_t* mine = p.flags[p.rank] + t;
-    while (*mine < epoch) {
+    const uint64_t start = p.timeout_ns ? global_ns() : 0;
+    while (*mine < e) {
+      if (p.status && *p.status) break;
+      if (p.timeout_ns && global_ns() - start > p.timeout_ns) {
+        if (p.status) *p.status = kAllReduceTimedOut;
+        break;
+      }
     }
   }
   __threadfence_system();
   __syncthreads();
+  if (t == 0 && p.counter) *p.counter = e;
 }
 
 template <class T>

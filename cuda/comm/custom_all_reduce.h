@@ -9,7 +9,7 @@
 //      own buffer, a barrier, then each rank gathers the summed slices from all buffers;
 //   4. a closing barrier, so that no rank overwrites its buffer while a peer still reads it.
 // Every step is a kernel on the caller's stream with fixed addresses, so the sequence can be
-// captured in a CUDA graph. Ranks: at most kMaxRanks.
+// captured in a CUDA graph (with AllReducePeers::counter set). Ranks: at most kMaxRanks.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -25,7 +25,18 @@ struct AllReducePeers {
   void* buffers[kMaxRanks] = {};     // each rank's registered buffer, mapped in this process
   uint32_t* flags[kMaxRanks] = {};   // each rank's flags [kMaxRanks] (uint32), mapped here
   int64_t buffer_bytes = 0;          // the size of each registered buffer
+  // Graph-safe epochs: this rank's count of barriers in its own device memory, read and advanced
+  // by the barrier kernel itself, so that a replayed graph never reuses a captured epoch (every
+  // rank runs the same sequence of barriers, eager or replayed). Null: the epoch the caller gives.
+  uint32_t* counter = nullptr;
+  // Host-mapped status word (null: none): the host sets kAllReduceAborted to stop waiting
+  // barriers; a barrier that waits past timeout_ns (0: forever) sets kAllReduceTimedOut and gives
+  // up. Either way the group is then out of step and cannot be used again.
+  volatile uint32_t* status = nullptr;
+  uint64_t timeout_ns = 0;
 };
+constexpr uint32_t kAllReduceAborted = 1;
+constexpr uint32_t kAllReduceTimedOut = 2;
 
 // data: this rank's `count` elements of dtype (0 f32, 1 f16, 2 bf16; cserve::DType's values) on
 // the device, replaced by the sum over ranks. epoch: a value no earlier call of this group used

@@ -46,4 +46,21 @@ void invokeAddBias(float* y, int64_t ldy, const float* bias, int64_t rows, int64
   check(cudaGetLastError(), "add_bias");
 }
 
+namespace {
+
+__global__ void scale_kernel(float* x, int64_t n, float factor) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] *= factor;
+}
+
+}  // namespace
+
+void invokeScale(float* x, int64_t n, float factor, cudaStream_t stream) {
+  if (n == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
+  scale_kernel<<<blocks, 256, 0, stream>>>(x, n, factor);
+  check(cudaGetLastError(), "scale");
+}
+
 }  // namespace cserve::cuda

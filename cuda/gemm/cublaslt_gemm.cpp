@@ -32,6 +32,7 @@ constexpr int kComputeF32 = 68;                  // CUBLAS_COMPUTE_32F
 constexpr int kR32F = 0, kR16F = 2, kR16BF = 14;  // cudaDataType
 constexpr int kDescTransA = 3, kDescTransB = 4;  // cublasLtMatmulDescAttributes_t
 constexpr int kPrefMaxWorkspace = 1;             // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+constexpr int kLayoutCols = 3;                   // CUBLASLT_MATRIX_LAYOUT_COLS (uint64_t)
 constexpr int kOpN = 0, kOpT = 1;                // cublasOperation_t
 constexpr size_t kWorkspaceBytes = 32u << 20;
 
@@ -43,6 +44,7 @@ struct Api {
   Status (*desc_set)(MatmulDesc, int, const void*, size_t);
   Status (*layout_create)(Layout*, int, uint64_t, uint64_t, int64_t);
   Status (*layout_destroy)(Layout);
+  Status (*layout_set)(Layout, int, const void*, size_t);
   Status (*pref_create)(Preference*);
   Status (*pref_destroy)(Preference);
   Status (*pref_set)(Preference, int, const void*, size_t);
@@ -64,9 +66,12 @@ int data_type(int dtype) {
   }
 }
 
+// One plan serves a bucket of row counts: its algorithm is the heuristic's for the bucket's
+// largest, and its x and y layouts are set to each call's rows.
 struct Plan {
   MatmulDesc desc = nullptr;
   Layout a = nullptr, b = nullptr, c = nullptr;
+  int64_t rows = 0;  // what b and c describe now
   Algo algo{};
 };
 
@@ -78,7 +83,7 @@ struct CublasLtGemm::Impl {
   Api api{};
   Handle handle = nullptr;
   void* workspace = nullptr;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, int>, Plan> plans;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, int>, Plan> plans;  // by row bucket
 
   template <class F>
   void bind(F& fn, const char* name) {
@@ -89,9 +94,13 @@ struct CublasLtGemm::Impl {
   // Column-major cuBLASLt view of the row-major product: y^T [n][m] = w [n][k] (as stored,
   // k x n column-major, transposed) times x^T (k x m column-major, as stored).
   Plan& plan(int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy, int dtype, int out_dtype) {
-    auto key = std::make_tuple(m, n, k, ldx, ldy, dtype, out_dtype);
+    const int64_t bucket = gemm_row_bucket(m);
+    auto key = std::make_tuple(bucket, n, k, ldx, ldy, dtype, out_dtype);
     auto it = plans.find(key);
-    if (it != plans.end()) return it->second;
+    if (it != plans.end()) {
+      set_rows(it->second, m);
+      return it->second;
+    }
     Plan p;
     const int dt = data_type(dtype), dt_out = data_type(out_dtype);
     ok(api.desc_create(&p.desc, kComputeF32, kR32F), "MatmulDescCreate");
@@ -99,8 +108,24 @@ struct CublasLtGemm::Impl {
     ok(api.desc_set(p.desc, kDescTransA, &trans_a, sizeof(trans_a)), "MatmulDescSetAttribute(TRANSA)");
     ok(api.desc_set(p.desc, kDescTransB, &trans_b, sizeof(trans_b)), "MatmulDescSetAttribute(TRANSB)");
     ok(api.layout_create(&p.a, dt, k, n, k), "MatrixLayoutCreate(A)");
-    ok(api.layout_create(&p.b, dt, k, m, ldx), "MatrixLayoutCreate(B)");
-    ok(api.layout_create(&p.c, dt_out, n, m, ldy), "MatrixLayoutCreate(C)");
+    ok(api.layout_create(&p.b, dt, k, bucket, ldx), "MatrixLayoutCreate(B)");
+    ok(api.layout_create(&p.c, dt_out, n, bucket, ldy), "MatrixLayoutCreate(C)");
+    p.rows = bucket;
+    p.algo = heuristic(p);
+    set_rows(p, m);
+    return plans.emplace(key, p).first->second;
+  }
+
+  void set_rows(Plan& p, int64_t m) {
+    if (p.rows == m) return;
+    const uint64_t cols = static_cast<uint64_t>(m);
+    ok(api.layout_set(p.b, kLayoutCols, &cols, sizeof(cols)), "MatrixLayoutSetAttribute(B)");
+    ok(api.layout_set(p.c, kLayoutCols, &cols, sizeof(cols)), "MatrixLayoutSetAttribute(C)");
+    p.rows = m;
+  }
+
+  // The heuristic's best algorithm for the plan's layouts as they are now.
+  Algo heuristic(const Plan& p) {
     Preference pref = nullptr;
     ok(api.pref_create(&pref), "MatmulPreferenceCreate");
     const uint64_t ws = kWorkspaceBytes;
@@ -111,10 +136,17 @@ struct CublasLtGemm::Impl {
     api.pref_destroy(pref);
     ok(s, "MatmulAlgoGetHeuristic");
     if (found == 0) throw std::runtime_error("cuBLASLt found no algorithm for a GEMM of this shape");
-    p.algo = result.algo;
-    return plans.emplace(key, p).first->second;
+    return result.algo;
   }
 };
+
+int64_t gemm_row_bucket(int64_t m) {
+  if (m <= 64) return m;  // decode batches: each its own plan
+  int64_t octave = 64;    // above: four buckets per doubling, so a few dozen plans per shape in all
+  while (octave * 2 < m) octave *= 2;
+  const int64_t step = octave / 4;
+  return (m + step - 1) / step * step;
+}
 
 CublasLtGemm::CublasLtGemm(const std::string& library) : impl_(std::make_unique<Impl>()) {
   std::vector<std::string> tried;
@@ -143,6 +175,7 @@ CublasLtGemm::CublasLtGemm(const std::string& library) : impl_(std::make_unique<
   impl_->bind(a.desc_set, "cublasLtMatmulDescSetAttribute");
   impl_->bind(a.layout_create, "cublasLtMatrixLayoutCreate");
   impl_->bind(a.layout_destroy, "cublasLtMatrixLayoutDestroy");
+  impl_->bind(a.layout_set, "cublasLtMatrixLayoutSetAttribute");
   impl_->bind(a.pref_create, "cublasLtMatmulPreferenceCreate");
   impl_->bind(a.pref_destroy, "cublasLtMatmulPreferenceDestroy");
   impl_->bind(a.pref_set, "cublasLtMatmulPreferenceSetAttribute");
@@ -172,10 +205,18 @@ void CublasLtGemm::run(void* y, int64_t ldy, const void* x, int64_t ldx, const v
   if (m == 0 || n == 0) return;
   Plan& p = impl_->plan(m, n, k, ldx, ldy, dtype, out_dtype < 0 ? dtype : out_dtype);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  ok(impl_->api.matmul(impl_->handle, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
-                       impl_->workspace, kWorkspaceBytes, stream),
-     "Matmul");
+  auto matmul = [&](const Algo& algo) {
+    return impl_->api.matmul(impl_->handle, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo,
+                             impl_->workspace, kWorkspaceBytes, stream);
+  };
+  Status s = matmul(p.algo);
+  // The bucket's algorithm may not take this row count: the heuristic's own choice for it
+  // (cuBLASLt keeps a cache of its heuristic answers).
+  if (s != 0) s = matmul(impl_->heuristic(p));
+  ok(s, "Matmul");
 }
+
+size_t CublasLtGemm::plan_count() const { return impl_->plans.size(); }
 
 const std::string& CublasLtGemm::library() const { return impl_->path; }
 

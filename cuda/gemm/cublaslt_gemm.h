@@ -11,6 +11,10 @@
 
 namespace cserve::cuda {
 
+// The row count whose heuristic answer serves m rows: m itself up to 64, then four buckets per
+// doubling (65..80 -> 80, ..., 129..160 -> 160).
+int64_t gemm_row_bucket(int64_t m);
+
 class CublasLtGemm {
  public:
   // `library`: a path to libcublasLt.so.*; empty: $CSERVE_CUBLASLT, else libcublasLt.so.13 and
@@ -23,11 +27,13 @@ class CublasLtGemm {
   // Row-major x [m][k] (row stride ldx), w [n][k], y [m][n] (row stride ldy), all `dtype`
   // (DTypeId), except y when out_dtype >= 0 (bf16/f16 x and w into an f32 y is how the CUDA
   // backend keeps f32 activations). accumulate: y += x w^T. Plans (layouts, algorithm) are
-  // cached per shape.
+  // cached per shape, with row counts in buckets (gemm_row_bucket), so that prefill lengths
+  // never make more than a few dozen per (n, k).
   void run(void* y, int64_t ldy, const void* x, int64_t ldx, const void* w, int64_t m, int64_t n, int64_t k,
            int dtype, bool accumulate, cudaStream_t stream, int out_dtype = -1);
 
   const std::string& library() const;
+  size_t plan_count() const;
 
  private:
   struct Impl;

@@ -5,31 +5,39 @@ namespace cserve::cuda {
 
 namespace {
 
+constexpr int kMaxThreads = 1024;
+
+// Row `row` of the norm: `heads` rows of `dim` per token of stride ld (heads = 1: plain rows).
+__device__ __forceinline__ int64_t row_offset(int64_t row, int64_t heads, int64_t dim, int64_t ld) {
+  return (row / heads) * ld + (row % heads) * dim;
+}
+
+// Two passes over the row in global memory (the second mostly from L1/L2), so any hidden size
+// works without dynamic shared memory. Each thread reads back only what it wrote itself.
 template <class T>
-__global__ void rms_norm_kernel(T* out, const T* x, T* residual, const float* w, int64_t dim, int64_t ld,
-                                float eps) {
+__global__ void __launch_bounds__(kMaxThreads) rms_norm_kernel(T* out, const T* x, T* residual, const float* w,
+                                                               int64_t dim, int64_t ld, int64_t heads, float eps) {
   __shared__ float scratch[32];
-  extern __shared__ float h[];  // the row, in f32
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * ld;
+  const int64_t base = row_offset(blockIdx.x, heads, dim, ld);
+  const T* xr = x + base;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
     float v = to_f32(xr[i]);
     if (residual) {
-      v += to_f32(residual[row * ld + i]);
-      residual[row * ld + i] = from_f32<T>(v);
-      v = to_f32(residual[row * ld + i]);  // normalize what the residual stream holds
+      v += to_f32(residual[base + i]);
+      residual[base + i] = from_f32<T>(v);
+      v = to_f32(residual[base + i]);  // normalize what the residual stream holds
     }
-    h[i] = v;
     ss += v * v;
   }
-  const float total = block_reduce<false>(ss, scratch);
+  const float total = block_reduce<false>(ss, scratch);  // also orders every read of x before out's writes
   const float inv = rsqrtf(total / static_cast<float>(dim) + eps);
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) out[row * ld + i] = from_f32<T>(h[i] * inv * w[i]);
+  const T* src = residual ? residual + base : xr;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) out[base + i] = from_f32<T>(to_f32(src[i]) * inv * w[i]);
 }
 
 template <class T>
-__global__ void rms_norm_add_kernel(T* residual, const T* x, const float* w, int64_t dim, int64_t ld, float eps) {
+__global__ void __launch_bounds__(kMaxThreads) rms_norm_add_kernel(T* residual, const T* x, const float* w, int64_t dim, int64_t ld, float eps) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const T* xr = x + row * ld;
@@ -50,22 +58,28 @@ __global__ void rms_norm_add_kernel(T* residual, const T* x, const float* w, int
 void invokeRmsNormAdd(void* residual, const void* x, const float* weight, int64_t rows, int64_t dim, int64_t ld,
                       float eps, int dtype, cudaStream_t stream) {
   if (rows == 0) return;
-  const int threads = dim >= 1024 ? 1024 : ((static_cast<int>(dim) + 31) / 32) * 32;
+  const int threads = dim >= kMaxThreads ? kMaxThreads : ((static_cast<int>(dim) + 31) / 32) * 32;
   CSERVE_DISPATCH_DTYPE(dtype, T,
       rms_norm_add_kernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
           static_cast<T*>(residual), static_cast<const T*>(x), weight, dim, ld, eps));
   check(cudaGetLastError(), "rms_norm_add");
 }
 
+void invokeRmsNormHeads(void* out, const void* x, void* residual, const float* weight, int64_t tokens, int64_t heads,
+                        int64_t dim, int64_t ld, float eps, int dtype, cudaStream_t stream) {
+  const int64_t rows = tokens * heads;
+  if (rows == 0) return;
+  if (rows > INT32_MAX) throw std::invalid_argument("rms_norm: more than 2^31 rows");
+  const int threads = dim >= kMaxThreads ? kMaxThreads : ((static_cast<int>(dim) + 31) / 32) * 32;
+  CSERVE_DISPATCH_DTYPE(dtype, T,
+      rms_norm_kernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
+          static_cast<T*>(out), static_cast<const T*>(x), static_cast<T*>(residual), weight, dim, ld, heads, eps));
+  check(cudaGetLastError(), "rms_norm");
+}
+
 void invokeRmsNorm(void* out, const void* x, void* residual, const float* weight, int64_t rows, int64_t dim,
                    int64_t ld, float eps, int dtype, cudaStream_t stream) {
-  if (rows == 0) return;
-  const int threads = dim >= 1024 ? 1024 : ((static_cast<int>(dim) + 31) / 32) * 32;
-  const size_t smem = static_cast<size_t>(dim) * sizeof(float);
-  CSERVE_DISPATCH_DTYPE(dtype, T,
-      rms_norm_kernel<T><<<static_cast<unsigned>(rows), threads, smem, stream>>>(
-          static_cast<T*>(out), static_cast<const T*>(x), static_cast<T*>(residual), weight, dim, ld, eps));
-  check(cudaGetLastError(), "rms_norm");
+  invokeRmsNormHeads(out, x, residual, weight, rows, 1, dim, ld, eps, dtype, stream);
 }
 
 }  // namespace cserve::cuda

@@ -9,8 +9,8 @@ constexpr int kThreads = 512;
 // The allowed-id bitmap lives in shared memory: vocabularies up to 48 KiB * 8 ids.
 constexpr int64_t kMaxBitmapVocab = int64_t{48} * 1024 * 8;
 
-__global__ void process_logits_kernel(float* logits, int64_t vocab, const ProcessorRow* params, const int32_t* ids,
-                                      const float* values) {
+__global__ void __launch_bounds__(kThreads) process_logits_kernel(float* logits, int64_t vocab, const ProcessorRow* params,
+                                                                  const int32_t* ids, const float* values) {
   extern __shared__ uint32_t allowed[];  // one bit per id, only with an allowed list
   const ProcessorRow p = params[blockIdx.x];
   float* l = logits + blockIdx.x * vocab;

@@ -54,7 +54,7 @@ __device__ float uniform(uint64_t seed, uint64_t offset) {
   return static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
 }
 
-__global__ void sample_kernel(const float* logits, const float* raw_logits, int64_t vocab, const SamplingRow* params,
+__global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, const float* raw_logits, int64_t vocab, const SamplingRow* params,
                               int32_t* out_ids, float* out_logprobs, int32_t* out_ranks, int num_top,
                               int32_t* top_ids, float* top_logprobs) {
   __shared__ float scratch[32];
@@ -111,6 +111,9 @@ __global__ void sample_kernel(const float* logits, const float* raw_logits, int6
       }
       threshold = lo;
     }
+    // min_p before top_p, as the CPU sampler and vLLM: top_p's share is of what min_p left.
+    // (min_p and top_k commute: both keep the tokens above a floor.)
+    if (sp.min_p > 0.0f) threshold = fmaxf(threshold, top + logf(sp.min_p));
     float count;
     const float kept = mass(threshold, &count);
     if (sp.top_p < 1.0f) {
@@ -123,11 +126,9 @@ __global__ void sample_kernel(const float* logits, const float* raw_logits, int6
       }
       threshold = lo;
     }
-    if (sp.min_p > 0.0f) threshold = fmaxf(threshold, top + logf(sp.min_p));
-    const float total = mass(threshold, &count);
     // Draw: the token where the running mass (in vocabulary order) passes u * total. Each
-    // thread owns a contiguous slice; a scan over the slices finds the owner.
-    const float target = uniform(sp.seed, sp.offset) * total;
+    // thread owns a contiguous slice; a scan over the slices finds the owner. The total is the
+    // scan's own, so rounding cannot put the target past every slice.
     const int64_t slice = (vocab + blockDim.x - 1) / blockDim.x;
     const int64_t begin = threadIdx.x * slice, end = min(vocab, begin + slice);
     float own = 0.0f;
@@ -144,25 +145,28 @@ __global__ void sample_kernel(const float* logits, const float* raw_logits, int6
       prefix[threadIdx.x] += add;
       __syncthreads();
     }
+    const float total = prefix[blockDim.x - 1];
+    const float target = uniform(sp.seed, sp.offset) * total;
     __shared__ int32_t picked;
-    if (threadIdx.x == 0) picked = -1;
+    if (threadIdx.x == 0) picked = INT32_MAX;
     __syncthreads();
     const float before = threadIdx.x > 0 ? prefix[threadIdx.x - 1] : 0.0f;
-    if (own > 0.0f && target >= before && (target < prefix[threadIdx.x] || threadIdx.x == blockDim.x - 1 ||
-                                           prefix[threadIdx.x] >= total)) {
+    if (own > 0.0f && target >= before && (target < prefix[threadIdx.x] || prefix[threadIdx.x] >= total)) {
       float run = before;
       int32_t last = -1;
       for (int64_t i = begin; i < end; ++i) {
         const float s = l[i] * inv_t;
         if (s < threshold) continue;
+        const float w = __expf(s - top);
+        if (w <= 0.0f) continue;  // zero mass (masked, or below exp's range) is never drawn, as on the CPU
         last = static_cast<int32_t>(i);
-        run += __expf(s - top);
+        run += w;
         if (run > target) break;
       }
-      atomicCAS(&picked, -1, last);
+      atomicMin(&picked, last);  // the first owner when rounding makes two: the same token every run
     }
     __syncthreads();
-    if (picked >= 0) chosen = picked;  // else (rounding at the very end): the most likely token
+    if (picked != INT32_MAX) chosen = picked;  // else (nothing kept): the most likely token
   }
   if (out_ranks) {  // 1 + the tokens with a strictly larger raw logit, as the CPU sampler ranks
     const float v = r[chosen];

@@ -1,10 +1,11 @@
 // Sampling on the GPU, one thread block per row of logits, so that only token ids (and the
 // logprobs asked for) cross to the host:
 // - greedy when temperature is 0 (the first maximum);
-// - else softmax(logits / temperature) restricted to the top_k tokens (0: all), then to the
-//   smallest set of most likely tokens holding top_p of the rest, then to tokens with at least
-//   min_p times the most likely one's probability; a token drawn from that with a counter-based
-//   random number from (seed, offset): the same seed and offset always give the same token.
+// - else softmax(logits / temperature) restricted to the top_k tokens (0: all) with at least
+//   min_p times the most likely one's probability, then to the smallest set of most likely
+//   tokens holding top_p of the rest (the CPU sampler's and vLLM's order); a token with
+//   non-zero probability drawn from that with a counter-based random number from (seed,
+//   offset): the same seed and offset always give the same token.
 // Thresholds are found by bisection on the scaled logit value (no sort), 32 steps each.
 // Logprobs are the raw log_softmax(logits) (vLLM's raw_logprobs) of the chosen token and, with
 // num_top > 0, of the num_top most likely tokens (ids in descending order).

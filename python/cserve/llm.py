@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -17,22 +18,22 @@ PromptType = Union[str, dict]
 
 # LLM(...) keyword -> EngineConfig field, with vLLM's names.
 _ENGINE_FIELDS = {
-    "dtype", "load_format", "seed", "block_size", "enable_prefix_caching", "prefix_caching_hash_algo",
+    "dtype", "load_format", "quantization", "seed", "block_size", "enable_prefix_caching", "prefix_caching_hash_algo",
     "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override", "kv_cache_dtype",
     "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "long_prefill_token_threshold",
     "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy", "max_logprobs",
     "disable_sliding_window", "max_model_len", "device", "enforce_eager", "cudagraph_capture_sizes",
-    "max_cudagraph_capture_size", "tensor_parallel_size", "pipeline_parallel_size",
+    "max_cudagraph_capture_size", "tensor_parallel_size", "pipeline_parallel_size", "disable_custom_all_reduce",
+    "hf_overrides", "hf_config_path",
 }
 
 
 # vLLM keywords whose default (or any value) needs nothing from the CPU engine:
 # cserve never runs model code from the checkpoint, and the CPU backend is always eager.
 _ACCEPTED_AS_IS = {"trust_remote_code", "disable_log_stats", "swap_space", "tokenizer_mode",
-                   "disable_custom_all_reduce", "cpu_offload_gb"}
+                   "cpu_offload_gb"}
 # vLLM keywords that cserve supports only at their default value so far.
-_ONLY_DEFAULT = { "data_parallel_size": 1,
-                 "quantization": None}
+_ONLY_DEFAULT = {"data_parallel_size": 1}
 
 
 def _check_unsupported(options: dict[str, Any]) -> None:
@@ -56,7 +57,13 @@ def _engine_config(model: str, options: dict[str, Any]) -> _core.EngineConfig:
             raise TypeError(f"LLM() got an unexpected keyword argument '{name}'")
         if value is None:
             continue
-        setattr(config, name, value)
+        if name == "hf_overrides" and not isinstance(value, str):  # vLLM's dict, to the engine as JSON text
+            if not isinstance(value, dict):
+                raise TypeError("hf_overrides must be a dict (a callable is not supported)")
+            if not value:
+                continue
+            value = json.dumps(value)
+        setattr(config, name, str(value) if name == "hf_config_path" else value)
     _point_at_cublaslt(config.device)
     return config
 

@@ -106,6 +106,30 @@ def test_silu_mul(tokens, inter):
     np.testing.assert_allclose(got, ref.silu_mul(gu), rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("tokens,inter", [(1, 1), (3, 7), (4, 33), (7, 160), (2, 1001)])
+def test_gelu_tanh_mul(tokens, inter):
+    rng = np.random.default_rng(tokens + inter)
+    gu = (4 * rng.standard_normal((tokens, 2 * inter))).astype(np.float32)
+    gu[0, 0] = -80.0  # far in the tail: gelu -> -0
+    if inter > 1:
+        gu[0, 1] = 60.0  # and the other: gelu -> x
+    got = T.gelu_tanh_mul(gu)
+    np.testing.assert_allclose(got, ref.gelu_tanh_mul(gu), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("n", [1, 15, 17, 4096 * 2 + 5])
+@pytest.mark.parametrize("cap", [0.5, 30.0])
+def test_softcap(n, cap):
+    rng = np.random.default_rng(n)
+    x = (cap * 3 * rng.standard_normal(n)).astype(np.float32)
+    x[0] = 1e30  # exp overflows: the cap itself
+    if n > 1:
+        x[1] = -1e30
+    got = T.softcap(x, cap)
+    np.testing.assert_allclose(got, ref.softcap(x, cap), rtol=1e-5, atol=2e-6 * cap)
+    assert np.abs(got).max() <= cap
+
+
 @pytest.mark.parametrize("tokens,heads,dim,rotary", [(1, 1, 2, 2), (3, 4, 8, 8), (5, 3, 64, 32), (7, 2, 128, 128),
                                                      (2, 5, 24, 12)])
 def test_rope(tokens, heads, dim, rotary):
@@ -159,6 +183,30 @@ def test_paged_attention(case, kv_dtype):
     else:
         want = ref.attention(q, k_stored, v_stored, scale, window)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [ATTN_CASES[1], ATTN_CASES[3], ATTN_CASES[5], ATTN_CASES[7]],
+                         ids=["prefill", "decode", "window", "split"])
+def test_paged_attention_softcap(case):
+    """Gemma 2's capped scores, with the scale large enough that the cap of 2 bites."""
+    nq, nh, nkv, d, length, bs, window = case
+    q, k, v, block_ids, _ = ref.attention_inputs(case)
+    scale = 3.0
+    got = T.paged_attention(q, k, v, bs, block_ids, "float32", scale, window, softcap=2.0)
+    np.testing.assert_allclose(got, ref.attention(q, k, v, scale, window, softcap=2.0), rtol=1e-4, atol=1e-4)
+    assert np.abs(got - ref.attention(q, k, v, scale, window)).max() > 1e-2
+
+
+@pytest.mark.parametrize("case", [ATTN_CASES[1], ATTN_CASES[3], ATTN_CASES[5], ATTN_CASES[7]],
+                         ids=["prefill", "decode", "window", "split"])
+def test_paged_attention_sinks(case):
+    """gpt-oss's sinks: one logit per head in the denominator, merged across key parts too."""
+    nq, nh, nkv, d, length, bs, window = case
+    q, k, v, block_ids, scale = ref.attention_inputs(case)
+    sinks = np.linspace(1.0, 5.0, nh).astype(np.float32)
+    got = T.paged_attention(q, k, v, bs, block_ids, "float32", scale, window, sinks=sinks)
+    np.testing.assert_allclose(got, ref.attention(q, k, v, scale, window, sinks=sinks), rtol=1e-4, atol=1e-4)
+    assert np.abs(got - ref.attention(q, k, v, scale, window)).max() > 1e-2
 
 
 def test_paged_attention_rejects_bad_group():

@@ -22,12 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 MODEL = "some/model"
 ENGINE_FIELDS = {
-    "model", "dtype", "load_format", "max_model_len", "seed", "block_size", "enable_prefix_caching",
+    "model", "dtype", "load_format", "quantization", "max_model_len", "seed", "block_size", "enable_prefix_caching",
     "prefix_caching_hash_algo", "gpu_memory_utilization", "kv_cache_memory_bytes", "num_gpu_blocks_override",
     "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill",
     "long_prefill_token_threshold", "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy",
     "max_logprobs", "disable_sliding_window", "device", "enforce_eager", "cudagraph_capture_sizes",
-    "max_cudagraph_capture_size", "tensor_parallel_size", "pipeline_parallel_size",
+    "max_cudagraph_capture_size", "tensor_parallel_size", "pipeline_parallel_size", "disable_custom_all_reduce",
+    "hf_overrides", "hf_config_path",
 }
 
 
@@ -70,7 +71,9 @@ def test_engine_fields_exist_in_the_core():
                                    "--gpu-memory-utilization", "0.5",
                                    "--max-num-batched-tokens", "2k", "--no-enable-prefix-caching",
                                    "--enable-chunked-prefill", "--kv-cache-dtype", "bfloat16", "--seed", "3",
-                                   "--cudagraph-capture-sizes", "1", "2", "4", "--max-cudagraph-capture-size", "16"))
+                                   "--cudagraph-capture-sizes", "1", "2", "4", "--max-cudagraph-capture-size", "16",
+                                   "-q", "awq", "--hf-overrides", '{"sliding_window": null}',
+                                   "--hf-config-path", "/some/config.json"))
     assert set(options) == ENGINE_FIELDS
     for name, value in options.items():
         setattr(config, name, value)
@@ -443,7 +446,7 @@ def test_malformed_values_exit_2(argv, capsys):
 def test_refusals_name_the_flag_and_value():
     assert refusal("--distributed-executor-backend", "external_launcher") == \
         "--distributed-executor-backend external_launcher is not supported yet"
-    assert refusal("-q", "awq") == "--quantization awq is not supported yet"
+    assert refusal("--config-format", "mistral") == "--config-format mistral is not supported yet"
     assert refusal("--load-format", "tensorizer") == "--load-format tensorizer is not supported yet"
     assert refusal("--limit-mm-per-prompt", "image=2") == '--limit-mm-per-prompt {"image": 2} is not supported yet'
 

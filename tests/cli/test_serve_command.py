@@ -24,7 +24,7 @@ def run_cli(*args: str, timeout: float = 60, env: Optional[dict] = None) -> subp
 @pytest.mark.parametrize("flags, line", [
     (["--distributed-executor-backend", "external_launcher"],
      "--distributed-executor-backend external_launcher is not supported yet"),
-    (["--quantization", "awq"], "--quantization awq is not supported yet"),
+    (["--config-format", "mistral"], "--config-format mistral is not supported yet"),
     (["--kv-cache-dtype", "fp8_inc"], "--kv-cache-dtype fp8_inc is not supported yet"),
     (["--enable-lora"], "--enable-lora"),
 ])

@@ -146,7 +146,15 @@ def _sample(flag) -> tuple:
 
 
 TABLE = [f for f in SGLANG_FLAGS
-         if f.name not in ("--model-path", "--chat-template", "--reasoning-parser", "--tool-call-parser")]
+         if f.name not in ("--model-path", "--chat-template", "--reasoning-parser", "--tool-call-parser",
+                           "--json-model-override-args")]
+
+
+def test_json_model_override_args_is_hf_overrides():
+    args = sgl("--json-model-override-args", '{"sliding_window": null, "text_config": {"head_dim": 8}}')
+    assert args.hf_overrides == {"sliding_window": None, "text_config": {"head_dim": 8}}
+    assert sgl().hf_overrides == {}
+    assert refusal("--json-model-override-args", "[1]") == "--json-model-override-args must be a JSON object"
 
 
 @pytest.mark.parametrize("flag", TABLE, ids=lambda f: f.name)

@@ -64,3 +64,18 @@ def test_mixed_bf16_into_f32(library):
 def test_kernel_benchmarks_run(library):
     assert cuda.bench_copy(1 << 20, 3) > 0
     assert cuda.bench_decode_attention(4, 100, 8, 2, 64, "fp8", 3) > 0
+
+
+def test_row_counts_share_bucketed_plans(library):
+    # Every prefill length a server meets: one plan per bucket of row counts, and each
+    # product right with its bucket's algorithm (or the exact heuristic's where it differs).
+    rng = np.random.default_rng(11)
+    n, k = 256, 512
+    w = ref.round_bf16(rng.standard_normal((n, k)).astype(np.float32) * 0.02)
+    x = ref.round_bf16(rng.standard_normal((700, k)).astype(np.float32))
+    counts = [*range(1, 70), 70, 80, 81, 100, 127, 128, 129, 200, 255, 256, 257, 511, 512, 513, 699, 700]
+    outs, plans = cuda.gemm_row_counts(w, x, counts, "bfloat16", library)
+    assert plans == len({cuda.gemm_row_bucket(m) for m in counts})
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+    for m, y in zip(counts, outs):
+        np.testing.assert_allclose(y, want[:m], rtol=1e-3, atol=1e-3)

@@ -21,13 +21,28 @@ def tol(dtype: str) -> float:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows, dim", [(1, 64), (37, 576), (4096, 4096), (3, 8192)])
+@pytest.mark.parametrize("rows, dim", [(1, 64), (37, 576), (4096, 4096), (3, 8192), (5, 16384), (2, 20000),
+                                       (2, 65536)])
 def test_rms_norm(dtype, rows, dim):
     rng = np.random.default_rng(rows + dim)
     x = ref.round_to(rng.standard_normal((rows, dim)).astype(np.float32), dtype)
     w = rng.uniform(0.5, 1.5, dim).astype(np.float32)
     out, _ = cuda.rms_norm(x, w, 1e-5, dtype)
     np.testing.assert_allclose(out, ref.rms_norm(x, w, 1e-5), rtol=tol(dtype), atol=tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads, dim, ld", [(32, 128, 6144), (8, 64, 512), (1, 256, 256)])
+def test_rms_norm_heads(dtype, heads, dim, ld):
+    # Per-head q/k norms of every token in one launch: rows of `dim` inside token rows of
+    # stride ld; the rest of each token row (k, v) is left alone.
+    rng = np.random.default_rng(heads + dim)
+    x = ref.round_to(rng.standard_normal((37, ld)).astype(np.float32), dtype)
+    w = rng.uniform(0.5, 1.5, dim).astype(np.float32)
+    out = cuda.rms_norm_heads(x, w, heads, 1e-6, dtype)
+    normed = ref.rms_norm(x[:, : heads * dim].reshape(-1, dim), w, 1e-6).reshape(37, heads * dim)
+    np.testing.assert_allclose(out[:, : heads * dim], normed, rtol=tol(dtype), atol=tol(dtype))
+    assert np.array_equal(out[:, heads * dim:], x[:, heads * dim:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -90,6 +105,16 @@ def test_paged_attention(case, kv_dtype):
     q, k, v, block_ids, scale = ref.attention_inputs(case)
     got = cuda.paged_attention(q, k, v, bs, block_ids, kv_dtype, scale, window)
     want = ref.attention(q, ref.round_to(k, kv_dtype), ref.round_to(v, kv_dtype), scale, window)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("single", [[0], [5, 6, 20, 39], list(range(0, 40, 3))])
+def test_paged_attention_single_tokens_beside_tiles(single):
+    # A mixed batch's decode tokens go to the per-token kernel while the rest run in tiles.
+    case = (40, 4, 2, 64, 100, 16, 0)
+    q, k, v, block_ids, scale = ref.attention_inputs(case)
+    got = cuda.paged_attention(q, k, v, 16, block_ids, "float32", scale, 0, single_tokens=single)
+    want = ref.attention(q, k, v, scale, 0)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

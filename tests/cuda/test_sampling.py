@@ -113,3 +113,62 @@ def test_logits_processors_and_penalties():
     want[2, 8] -= 0.5 * 1 + 0.25
     got = cuda.process_logits(logits, rows)
     np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+def _kept_mask(p, top_k=0, top_p=1.0, min_p=0.0):
+    """vLLM's order: min_p and top_k (floors on the probabilities), then top_p of what is left."""
+    mask = p > 0
+    if min_p > 0:
+        mask &= p >= min_p * p.max()
+    if top_k > 0:
+        mask &= p >= np.sort(p[mask])[::-1][min(top_k, mask.sum()) - 1]
+    if top_p < 1.0:
+        kept = np.where(mask, p, 0)
+        order = np.argsort(-kept, kind="stable")
+        n = int(np.searchsorted(np.cumsum(kept[order]), top_p * kept.sum()) + 1)
+        mask = np.zeros_like(mask)
+        mask[order[:n]] = True
+    return mask
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=3), dict(top_p=0.5), dict(top_k=4, top_p=0.7)])
+def test_masked_logits_leave_top_k_and_top_p_filtering_on(kw):
+    # Masked (-inf) logits, as allowed_token_ids and min_tokens leave them, must not turn the
+    # thresholds off: only the kept tokens of the finite ones are ever drawn.
+    row = np.full(64, -np.inf)
+    row[[3, 9, 17, 30, 41, 50, 63]] = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0]
+    p = np.where(np.isfinite(row), np.exp(row - 2.0), 0.0)
+    mask = _kept_mask(p / p.sum(), **kw)
+    assert mask.sum() < 7  # the filter removes some finite tokens
+    got = empirical(row, 40000, **kw)
+    assert np.all(got[~mask] == 0), np.nonzero(got[~mask])
+    want = np.where(mask, p, 0) / np.where(mask, p, 0).sum()
+    np.testing.assert_allclose(got, want, atol=0.01)
+
+
+def test_min_p_applies_before_top_p():
+    # min_p first leaves less mass, so top_p keeps fewer tokens than in the other order.
+    p = np.exp(LOGITS - LOGITS.max())
+    p /= p.sum()
+    kw = dict(top_p=0.8, min_p=0.2)
+    mask = _kept_mask(p, **kw)
+    other = _kept_mask(p, top_p=0.8) & (p >= 0.2 * p.max())
+    assert mask.sum() < other.sum()  # the two orders differ here
+    got = empirical(LOGITS, 40000, **kw)
+    assert np.all(got[~mask] == 0)
+    want = np.where(mask, p, 0) / np.where(mask, p, 0).sum()
+    np.testing.assert_allclose(got, want, atol=0.01)
+
+
+def test_zero_mass_tokens_are_never_drawn():
+    # Each thread's slice of the vocabulary holds one likely token among tokens whose
+    # probability underflows to 0 (and masked ones): rounding in the draw must never land on
+    # those.
+    rng = np.random.default_rng(4)
+    vocab = 4096
+    row = np.full(vocab, -300.0)
+    row[::8] = -np.inf
+    likely = np.arange(2, vocab, 4)
+    row[likely] = rng.uniform(-3, 0, likely.size)
+    ids, _, _, _, _ = cuda.sample(np.repeat(row[None, :], 20000, 0).astype(np.float32), params(20000, seed=7), 0)
+    assert set(np.asarray(ids)) <= set(likely.tolist())

@@ -67,6 +67,43 @@ SPECS: dict[str, dict[str, Any]] = {
                       rope_scaling=dict(type="longrope", short_factor=[1.0, 1.5, 0.7, 2.5],
                                         long_factor=[3.0, 0.6, 5.0, 1.8]),
                       tie_word_embeddings=False),
+    # MQA 4:1, head_dim 16: (1 + w) norms, the embedding times sqrt(64), GELU (tanh), tied.
+    "gemma": dict(model_type="gemma", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=16, tie_word_embeddings=True),
+    # GQA 4:2, head_dim 16: norms on both sides of each block, query_pre_attn_scalar 24, attention
+    # and final logits soft-capped low enough to bite, every other layer sliding (window 12), tied.
+    "gemma2": dict(model_type="gemma2", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=4.0,
+                   final_logit_softcapping=6.0, sliding_window=12, tie_word_embeddings=True),
+    # GQA 4:2, head_dim 16, 4 layers: q/k norms, sliding layers (window 12) on a RoPE of base 100,
+    # the full-attention layers on linear scaling x4 of base 10000, untied.
+    "gemma3": dict(model_type="gemma3_text", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, num_hidden_layers=4, query_pre_attn_scalar=20,
+                   sliding_window=12,
+                   layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+                   rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                    "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}},
+                   tie_word_embeddings=False),
+    # Mixtures of experts. Mixtral: 4 experts of width 96, 2 per token (renormalized), untied.
+    "mixtral": dict(model_type="mixtral", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                    tie_word_embeddings=False),
+    # Qwen2-MoE: 4 experts of width 32, 2 per token (not renormalized), a shared expert of width 48
+    # behind its sigmoid gate, q/k/v biases; layer 1 is a dense MLP of width 96 (mlp_only_layers), tied.
+    "qwen2_moe": dict(model_type="qwen2_moe", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                      num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=48, norm_topk_prob=False, mlp_only_layers=[1],
+                      tie_word_embeddings=True),
+    # Qwen3-MoE: 8 experts of width 32, 3 per token (renormalized), q/k norms, untied.
+    "qwen3_moe": dict(model_type="qwen3_moe", hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, num_experts=8, num_experts_per_tok=3,
+                      moe_intermediate_size=32, norm_topk_prob=True, tie_word_embeddings=False),
+    # gpt-oss: 4 experts of width 32 (3D tensors, gate and up interleaved, biases), 2 per token
+    # (softmax of the top 2), a clamped SwiGLU whose limit bites (1.5), attention sinks, every
+    # other layer sliding (window 12), YaRN x32 of an original 4096 (its default), untied.
+    "gpt_oss": dict(model_type="gpt_oss", hidden_size=64, intermediate_size=32, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                    sliding_window=12, swiglu_limit=1.5, tie_word_embeddings=False),
 }
 
 FAMILY_ARCH = {
@@ -80,6 +117,13 @@ FAMILY_ARCH = {
     "smollm3": "SmolLM3ForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "phi3_long": "Phi3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
 }
 
 BASE = dict(vocab_size=256, num_hidden_layers=2, max_position_embeddings=512, rms_norm_eps=1e-6,
@@ -125,6 +169,10 @@ def _randomize(model, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * (2.5 / math.sqrt(p.shape[1])))
             elif p.dim() == 2:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+            elif p.dim() == 3:  # gpt-oss's experts, x @ W: [experts][in][out]
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+            elif name.endswith("sinks"):  # gpt-oss's attention sinks: logits as large as the scores'
+                p.copy_(1.5 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
@@ -286,3 +334,37 @@ def greedy(max_tokens: int = 12, prompt_logprobs: Optional[int] = 0, **kw: Any):
 
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=0,
                           prompt_logprobs=prompt_logprobs, **kw)
+
+
+def seeded_prompt(built: BuiltModel, length: int, seed: int) -> list[int]:
+    return random_prompt(np.random.default_rng(seed), length, built.vocab_size)
+
+
+def max_prompt_logprob_error(built: BuiltModel, path: str, prompt: list[int], **options: Any) -> float:
+    """The largest gap between cserve's prompt logprobs on the model at `path` and transformers'
+    on `built` (an option or config change that matters makes it large)."""
+    ref = built.logprobs(prompt)
+    (out,) = make_llm(path, **options).generate({"prompt_token_ids": prompt}, greedy(max_tokens=1))
+    got = np.array([out.prompt_logprobs[i][prompt[i]].logprob for i in range(1, len(prompt))])
+    want = np.array([ref[i - 1, prompt[i]] for i in range(1, len(prompt))])
+    return float(np.abs(got - want).max())
+
+
+def check_generate(built: BuiltModel, prompt: list[int], max_tokens: int = 12, **llm_options: Any):
+    """cserve's greedy tokens equal transformers' own generate() (incremental, with its KV cache),
+    and every step's logprobs match transformers' (check_request). generate() runs max_tokens steps
+    only by masking EOS, which cserve (ignoring EOS) may pick: the ids are compared up to the first
+    EOS cserve picked, and check_request covers the steps after it."""
+    import torch
+
+    with torch.no_grad():
+        ids = built.model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False,
+                                   min_new_tokens=max_tokens, pad_token_id=0)[0, len(prompt):].tolist()
+    (out,) = make_llm(built.path, **llm_options).generate({"prompt_token_ids": prompt}, greedy(max_tokens=max_tokens))
+    got = list(out.outputs[0].token_ids)
+    eos = built.config.get("eos_token_id")
+    eos = set(eos if isinstance(eos, list) else [eos])
+    cut = next((i for i, t in enumerate(got) if t in eos), len(got))
+    assert got[:cut] == ids[:cut]
+    check_request(built, out)
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -57,6 +59,17 @@ def silu_mul(gu: np.ndarray) -> np.ndarray:
     return (g / (1 + np.exp(-g)) * u).astype(np.float32)
 
 
+def gelu_tanh_mul(gu: np.ndarray) -> np.ndarray:
+    """GeGLU with PyTorch's tanh GELU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) * u."""
+    inter = gu.shape[1] // 2
+    g, u = gu[:, :inter].astype(np.float64), gu[:, inter:].astype(np.float64)
+    return (0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3))) * u).astype(np.float32)
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    return (cap * np.tanh(x.astype(np.float64) / cap)).astype(np.float32)
+
+
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rotary_dim: int) -> np.ndarray:
     """Rotate-half RoPE on the first rotary_dim dims of x[T, H, D]; cos/sin [T, rotary_dim/2]."""
     out = x.astype(np.float64).copy()
@@ -69,8 +82,11 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rotary_dim: int) -> np
     return out.astype(np.float32)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int) -> np.ndarray:
-    """The last nq tokens of a sequence attending causally over k/v [len, KVH, D]; -> [nq, H*D]."""
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int,
+              softcap: float = 0.0, sinks: Optional[np.ndarray] = None) -> np.ndarray:
+    """The last nq tokens of a sequence attending causally over k/v [len, KVH, D]; -> [nq, H*D].
+    softcap > 0: scaled scores s become softcap * tanh(s / softcap). sinks: per head a logit in
+    the softmax's denominator that attends to nothing."""
     nq, nh, d = q.shape
     length, nkv, _ = k.shape
     group = nh // nkv
@@ -81,8 +97,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window:
         for h in range(nh):
             kv = h // group
             s = (k[lo:pos + 1, kv].astype(np.float64) @ q[j, h].astype(np.float64)) * scale
-            p = np.exp(s - s.max())
-            p /= p.sum()
+            if softcap > 0:
+                s = softcap * np.tanh(s / softcap)
+            top = s.max() if sinks is None else max(s.max(), float(sinks[h]))
+            p = np.exp(s - top)
+            p /= p.sum() + (0.0 if sinks is None else np.exp(float(sinks[h]) - top))
             out[j, h] = p @ v[lo:pos + 1, kv].astype(np.float64)
     return out.reshape(nq, nh * d).astype(np.float32)
 

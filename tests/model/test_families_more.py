@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 
 from cserve import _core
-from tests.helpers.models import check_request, greedy, make_llm, random_prompt, with_config
+from tests.helpers.models import (check_generate, check_request, greedy, make_llm, max_prompt_logprob_error, seeded_prompt, with_config)
 
 NEW_FAMILIES = ["granite", "olmo2", "smollm3"]
 
-
-def _prompt(built, length, seed):
-    return random_prompt(np.random.default_rng(seed), length, built.vocab_size)
 
 
 # phi3_long (original_max_position_embeddings 32 of 256, partial_rotary_factor 0.5): its 40-token
@@ -28,24 +25,8 @@ GENERATE_CASES = [(f, 27) for f in NEW_FAMILIES] + [("phi3_long", 40), ("phi3_lo
 
 @pytest.mark.parametrize("family,length", GENERATE_CASES, ids=[f"{f}-{n}" for f, n in GENERATE_CASES])
 def test_greedy_matches_transformers_generate(model_zoo, family, length):
-    import torch
-
     built = model_zoo.get(family)
-    prompt = _prompt(built, length, seed=41)
-    with torch.no_grad():
-        ids = built.model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                   min_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
-    (out,) = make_llm(built.path).generate({"prompt_token_ids": prompt}, greedy(max_tokens=12))
-    assert out.outputs[0].token_ids == ids
-    check_request(built, out)  # prompt logprobs and every decode step's against transformers
-
-
-def _max_prompt_logprob_error(built, path, prompt):
-    ref = built.logprobs(prompt)
-    (out,) = make_llm(path).generate({"prompt_token_ids": prompt}, greedy(max_tokens=1))
-    got = np.array([out.prompt_logprobs[i][prompt[i]].logprob for i in range(1, len(prompt))])
-    want = np.array([ref[i - 1, prompt[i]] for i in range(1, len(prompt))])
-    return np.abs(got - want).max()
+    check_generate(built, seeded_prompt(built, length, seed=41))
 
 
 @pytest.mark.parametrize("family,changes", [
@@ -60,9 +41,9 @@ def test_options_matter(model_zoo, tmp_path, family, changes):
     """With one option changed in config.json, cserve no longer matches transformers on the
     original config: each option is honoured, not ignored."""
     built = model_zoo.get(family)
-    prompt = _prompt(built, 40, seed=42)  # longer than SmolLM3's window of 12
-    assert _max_prompt_logprob_error(built, built.path, prompt) <= 1e-3
-    assert _max_prompt_logprob_error(built, with_config(built, tmp_path / "m", **changes), prompt) > 1e-2
+    prompt = seeded_prompt(built, 40, seed=42)  # longer than SmolLM3's window of 12
+    assert max_prompt_logprob_error(built, built.path, prompt) <= 1e-3
+    assert max_prompt_logprob_error(built, with_config(built, tmp_path / "m", **changes), prompt) > 1e-2
 
 
 def test_smollm3_derived_layer_settings(model_zoo, tmp_path):
@@ -72,7 +53,7 @@ def test_smollm3_derived_layer_settings(model_zoo, tmp_path):
     assert built.config["no_rope_layers"] == [1, 1, 0, 1]
     assert built.config["layer_types"][2] == "sliding_attention"
     path = with_config(built, tmp_path / "m", layer_types=None, no_rope_layers=None)
-    (out,) = make_llm(path).generate({"prompt_token_ids": _prompt(built, 40, seed=43)}, greedy(max_tokens=8))
+    (out,) = make_llm(path).generate({"prompt_token_ids": seeded_prompt(built, 40, seed=43)}, greedy(max_tokens=8))
     check_request(built, out)
 
 
@@ -121,18 +102,18 @@ def test_phi3_longrope_options_matter(model_zoo, tmp_path, changes):
             rope[k] = v
         else:
             rope[k] = v
-    prompt = _prompt(built, 40, seed=45)
-    assert _max_prompt_logprob_error(built, built.path, prompt) <= 1e-3
+    prompt = seeded_prompt(built, 40, seed=45)
+    assert max_prompt_logprob_error(built, built.path, prompt) <= 1e-3
     path = with_config(built, tmp_path / "m", rope_parameters=rope, **top)
-    assert _max_prompt_logprob_error(built, path, prompt) > 1e-2
+    assert max_prompt_logprob_error(built, path, prompt) > 1e-2
 
 
 def test_phi3_short_factor_matters(model_zoo, tmp_path):
     built = model_zoo.get("phi3_long")
     rope = dict(built.config["rope_parameters"], short_factor=[1.0, 3.0, 0.7, 2.5])
-    prompt = _prompt(built, 20, seed=46)
-    assert _max_prompt_logprob_error(built, built.path, prompt) <= 1e-3
-    assert _max_prompt_logprob_error(built, with_config(built, tmp_path / "m", rope_parameters=rope), prompt) > 1e-2
+    prompt = seeded_prompt(built, 20, seed=46)
+    assert max_prompt_logprob_error(built, built.path, prompt) <= 1e-3
+    assert max_prompt_logprob_error(built, with_config(built, tmp_path / "m", rope_parameters=rope), prompt) > 1e-2
 
 
 def test_phi3_legacy_rope_scaling_su(model_zoo, tmp_path):
@@ -141,7 +122,7 @@ def test_phi3_legacy_rope_scaling_su(model_zoo, tmp_path):
     rope = built.config["rope_parameters"]
     scaling = dict(type="su", short_factor=rope["short_factor"], long_factor=rope["long_factor"])
     path = with_config(built, tmp_path / "m", rope_parameters=None, rope_scaling=scaling, rope_theta=10000.0)
-    assert _max_prompt_logprob_error(built, path, _prompt(built, 40, seed=47)) <= 1e-3
+    assert max_prompt_logprob_error(built, path, seeded_prompt(built, 40, seed=47)) <= 1e-3
 
 
 @pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
@@ -149,7 +130,7 @@ def test_phi3_long_factors_split(model_zoo, tp, pp):
     """-tp 2 (q, k, v and gate, up rows sliced per rank out of the fused tensors) and -pp 2 on
     the long factors, against transformers' logits."""
     built = model_zoo.get("phi3_long")
-    prompt = _prompt(built, 40, seed=48)
+    prompt = seeded_prompt(built, 40, seed=48)
     group = f"cserve-test-phi3-{os.getpid()}-{tp}-{pp}"
     got = np.asarray(_core.testing.tensor_parallel_logits(built.path, tp, prompt, group, pp=pp))
     np.testing.assert_allclose(got.reshape(len(prompt), -1), built.logits(prompt), atol=2e-3, rtol=0)

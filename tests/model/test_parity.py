@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from cserve import SamplingParams
-from tests.helpers.models import FAMILY_ARCH, check_greedy, check_request, greedy, make_llm, random_prompt
+from tests.helpers.models import FAMILY_ARCH, check_generate, check_greedy, check_request, greedy, make_llm, random_prompt, with_config
 
-FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3", "phi3"]
+FAMILIES = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3", "phi3", "gemma",
+            "gemma2", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss"]
 
 
 def _prompts(built, lengths, seed):
@@ -124,12 +125,13 @@ def test_other_block_sizes(model_zoo, family):
         check_request(built, out)
 
 
-def test_mistral_window_matters(model_zoo):
-    """Without the window, Mistral's logprobs past the window differ: the parity above is not vacuous."""
+def test_mistral_window_matters(model_zoo, tmp_path):
+    """Without the window, Mistral's logprobs past the window differ: the parity above is not vacuous.
+    (--disable-sliding-window would cap the context at the window, as in vLLM.)"""
     built = model_zoo.get("mistral")
     prompt = _prompts(built, [40], seed=7)[0]
     ref = built.logprobs(prompt)
-    llm = make_llm(built.path, disable_sliding_window=True)
+    llm = make_llm(with_config(built, tmp_path / "m", sliding_window=None))
     (out,) = llm.generate({"prompt_token_ids": prompt}, greedy(max_tokens=1))
     got = np.array([out.prompt_logprobs[i][prompt[i]].logprob for i in range(1, 40)])
     want = np.array([ref[i - 1, prompt[i]] for i in range(1, 40)])
@@ -140,16 +142,8 @@ def test_mistral_window_matters(model_zoo):
 
 def test_greedy_matches_transformers_generate(model_zoo):
     """Token ids equal transformers' own greedy generate() (incremental, with its KV cache)."""
-    import torch
-
     built = model_zoo.get("llama")
-    prompt = _prompts(built, [23], seed=8)[0]
-    with torch.no_grad():
-        ids = built.model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                   min_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
-    llm = make_llm(built.path)
-    (out,) = llm.generate({"prompt_token_ids": prompt}, greedy(max_tokens=12))
-    assert out.outputs[0].token_ids == ids
+    check_generate(built, _prompts(built, [23], seed=8)[0])
 
 
 def test_logprobs_without_prompt_logprobs(model_zoo):

@@ -30,6 +30,7 @@ struct Shape {
   int64_t ldq;
   float scale;
   int64_t window;
+  float softcap;  // 0: none
 };
 
 struct Unit {
@@ -198,6 +199,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
         }
         any = true;
         scores(qs + r * dim, jl, jh, p);
+        if (s.softcap > 0) ops.softcap(p + jl, jh - jl, s.softcap);
         float bmax = neg_inf;
         for (int64_t j = jl; j < jh; ++j) bmax = std::max(bmax, p[j]);
         const float m_new = std::max(out.m[r], bmax);
@@ -232,7 +234,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
 
 void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLayer& cache,
                      const AttentionMetadata& meta, float scale, int64_t sliding_window,
-                     float* out, ThreadPool& pool) {
+                     float* out, ThreadPool& pool, float softcap, const float* sinks) {
   Shape s;
   s.num_heads = num_heads;
   s.kv_heads = cache.k.shape.size() == 4 ? cache.k.shape[1] : 0;
@@ -242,6 +244,8 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
   s.ldq = ldq;
   s.scale = scale;
   s.window = sliding_window;
+  s.softcap = softcap;
+  if (!(softcap >= 0)) throw InvalidArgument("paged_attention: softcap must be 0 or positive");
   if (s.kv_heads <= 0 || s.block_size <= 0 || s.dim <= 0) {
     throw InvalidArgument("paged_attention: bad KV cache shape");
   }
@@ -296,7 +300,8 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
       float* o = out + t * ldo + head * dim;
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t p = 0; p < count; ++p) m = std::max(m, ps[p].m[r]);
-      float l = 0.0f;
+      if (sinks) m = std::max(m, sinks[head]);
+      float l = sinks ? std::exp(sinks[head] - m) : 0.0f;
       std::fill(o, o + dim, 0.0f);
       for (int64_t p = 0; p < count; ++p) {
         if (ps[p].l[r] == 0.0f) continue;

@@ -159,6 +159,24 @@ class CpuBackend : public Backend {
   void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) override {
     cpu::silu_mul(gate_up.as<float>(), tokens, inter, out.as<float>(), pool_);
   }
+  void gelu_tanh_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) override {
+    cpu::gelu_tanh_mul(gate_up.as<float>(), tokens, inter, out.as<float>(), pool_);
+  }
+  void softcap(Tensor& x, int64_t n, float cap) override { cpu::softcap(x.as<float>(), n, cap, pool_); }
+  void scale(Tensor& x, int64_t n, float factor) override {
+    float* p = x.as<float>();
+    pool_.parallel_for(n, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) p[i] *= factor;
+    });
+  }
+  void clamped_swiglu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, float alpha, float limit,
+                          Tensor& out) override {
+    cpu::clamped_swiglu_mul(gate_up.as<float>(), tokens, inter, alpha, limit, out.as<float>(), pool_);
+  }
+  void combine_rows(const Tensor& src, const int32_t* rows, const float* weights, int64_t n, int64_t k, int64_t cols,
+                    Tensor& out, bool accumulate) override {
+    cpu::combine_rows(src.as<float>(), rows, weights, n, k, cols, out.as<float>(), accumulate, pool_);
+  }
   void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
             const Tensor& sin, int64_t rotary_dim) override {
     cpu::rope(x.as<float>(), tokens, heads, head_dim, ld, cos.as<float>(), sin.as<float>(), rotary_dim);
@@ -168,9 +186,9 @@ class CpuBackend : public Backend {
     cpu::write_kv(k.as<float>(), v.as<float>(), tokens, ld, slots, cache);
   }
   void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
-                 const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) override {
-    cpu::paged_attention(q.as<float>(), ldq, num_heads, cache, meta, scale, sliding_window,
-                         out.as<float>(), pool_);
+                 const AttentionMetadata& meta, const AttentionOptions& o, Tensor& out) override {
+    cpu::paged_attention(q.as<float>(), ldq, num_heads, cache, meta, o.scale, o.sliding_window, out.as<float>(), pool_,
+                         o.softcap, o.sinks);
   }
   void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) override {
     cpu::copy_blocks(cache, pairs);
@@ -178,10 +196,17 @@ class CpuBackend : public Backend {
 
   // Graph emulation for tests: "capturing" records the size, "replaying" runs the padded
   // forward eagerly, so the runner's padding path runs end to end on the CPU (no speed-up).
+  // As on a GPU, each size must have run eagerly just before its capture (there: cuBLASLt's
+  // heuristics and lazily loaded kernels, which a capture must not meet).
   bool graphs_supported() const override { return emulate_graphs_; }
+  void begin_forward(const AttentionMetadata& meta) override { last_forward_tokens_ = meta.num_tokens; }
   bool capture_graph(int64_t key, const std::function<void()>& forward, std::string& why) override {
     if (!emulate_graphs_) {
       why = "the CPU backend has no graphs";
+      return false;
+    }
+    if (last_forward_tokens_ != key) {
+      why = "size " + std::to_string(key) + " did not run eagerly before its capture";
       return false;
     }
     return true;
@@ -199,6 +224,7 @@ class CpuBackend : public Backend {
  private:
   ThreadPool pool_;
   bool emulate_graphs_ = false, emulate_sampling_ = false;
+  int64_t last_forward_tokens_ = -1;
 };
 
 }  // namespace

@@ -55,6 +55,53 @@ void silu_mul(const float* gu, int64_t tokens, int64_t inter, float* out, Thread
   });
 }
 
+void gelu_tanh_mul(const float* gu, int64_t tokens, int64_t inter, float* out, ThreadPool& pool) {
+  if (inter <= 0) return;
+  const detail::RowOps& ops = detail::row_ops();
+  pool.parallel_for(tokens, row_grain(inter), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* g = gu + t * 2 * inter;
+      ops.gelu_tanh_mul(g, g + inter, out + t * inter, inter);
+    }
+  });
+}
+
+void combine_rows(const float* src, const int32_t* rows, const float* weights, int64_t n, int64_t k, int64_t cols,
+                  float* out, bool accumulate, ThreadPool& pool) {
+  pool.parallel_for(n, row_grain(cols * k), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float* o = out + i * cols;
+      if (!accumulate) std::fill(o, o + cols, 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        const float w = weights[i * k + j];
+        const float* s = src + static_cast<int64_t>(rows[i * k + j]) * cols;
+        for (int64_t c = 0; c < cols; ++c) o[c] += w * s[c];
+      }
+    }
+  });
+}
+
+void clamped_swiglu_mul(const float* gu, int64_t tokens, int64_t inter, float alpha, float limit, float* out,
+                        ThreadPool& pool) {
+  pool.parallel_for(tokens, row_grain(inter), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* g = gu + t * 2 * inter;
+      for (int64_t i = 0; i < inter; ++i) {
+        const float gate = std::min(g[i], limit), up = std::clamp(g[inter + i], -limit, limit);
+        out[t * inter + i] = (up + 1.0f) * gate / (1.0f + std::exp(-alpha * gate));
+      }
+    }
+  });
+}
+
+void softcap(float* x, int64_t n, float cap, ThreadPool& pool) {
+  constexpr int64_t kChunk = 4096;
+  const detail::RowOps& ops = detail::row_ops();
+  pool.parallel_for((n + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) ops.softcap(x + c * kChunk, std::min(kChunk, n - c * kChunk), cap);
+  });
+}
+
 void rope(float* x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const float* cos,
           const float* sin, int64_t rotary_dim) {
   if (rotary_dim <= 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim) {

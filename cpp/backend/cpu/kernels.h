@@ -64,6 +64,16 @@ void rms_norm_add(const float* x, const float* w, int64_t rows, int64_t dim, int
 
 // out[t][i] = silu(gu[t][i]) * gu[t][inter + i] for i < inter.
 void silu_mul(const float* gu, int64_t tokens, int64_t inter, float* out, ThreadPool& pool);
+// The same with GELU's tanh approximation (gelu_pytorch_tanh) for silu.
+void gelu_tanh_mul(const float* gu, int64_t tokens, int64_t inter, float* out, ThreadPool& pool);
+// out[i][:] (= or +=) sum_j weights[i * k + j] * src[rows[i * k + j]][:], rows of `cols`.
+void combine_rows(const float* src, const int32_t* rows, const float* weights, int64_t n, int64_t k, int64_t cols,
+                  float* out, bool accumulate, ThreadPool& pool);
+// gpt-oss: out[t][i] = (clamp(u, -limit, limit) + 1) * g * sigmoid(alpha g), g = min(gate, limit).
+void clamped_swiglu_mul(const float* gu, int64_t tokens, int64_t inter, float alpha, float limit, float* out,
+                        ThreadPool& pool);
+// x[i] = cap * tanh(x[i] / cap) for i < n.
+void softcap(float* x, int64_t n, float cap, ThreadPool& pool);
 
 // Rotates the first rotary_dim dims of each head in place, rotate-half (GPT-NeoX /
 // HF Llama) style: x1 = x[:r/2], x2 = x[r/2:r]; x1' = x1*c - x2*s; x2' = x2*c + x1*s.
@@ -83,10 +93,12 @@ void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const 
 // the new ones, written by write_kv): token j of sequence i at position p attends to
 // cached positions [max(0, p - sliding_window + 1) .. p] (sliding_window 0 = no window).
 // q: [tokens][num_heads][head_dim] with token stride ldq; out: [tokens][num_heads*head_dim].
-// GQA: head h reads kv head h / (num_heads / num_kv_heads).
+// GQA: head h reads kv head h / (num_heads / num_kv_heads). softcap > 0: each scaled score s
+// becomes softcap * tanh(s / softcap) (Gemma 2). sinks: null, or per head a logit in each
+// softmax's denominator that attends to nothing (gpt-oss).
 void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLayer& cache,
                      const AttentionMetadata& meta, float scale, int64_t sliding_window,
-                     float* out, ThreadPool& pool);
+                     float* out, ThreadPool& pool, float softcap = 0.0f, const float* sinks = nullptr);
 
 // For each (src, dst) pair copies block src to block dst in k and v.
 void copy_blocks(KVLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs);

@@ -85,6 +85,27 @@ void place_row(QuantMatrix& w, int64_t row, const uint8_t* u, const float* d, co
   }
 }
 
+// The parts' common k order (empty: the natural one).
+std::vector<int32_t> shared_k_order(const std::vector<QuantPart>& parts) {
+  const int64_t k = parts[0].cols;
+  auto order_of = [&](const QuantPart& p) {
+    std::vector<int32_t> o(static_cast<size_t>(k));
+    for (int64_t j = 0; j < k; ++j) o[j] = p.k_order ? p.k_order[j] : static_cast<int32_t>(j);
+    return o;
+  };
+  bool any = false;
+  for (const QuantPart& p : parts) any = any || p.k_order != nullptr;
+  if (!any) return {};
+  std::vector<int32_t> order = order_of(parts[0]);
+  for (const QuantPart& p : parts)
+    if (order_of(p) != order)
+      throw NotSupported("quantized parts fused into one matrix (q|k|v or gate|up) have different activation "
+                         "orders (GPTQ act-order g_idx); cserve needs one order per fused matrix");
+  for (int32_t c : order)
+    if (c < 0 || c >= k) throw InvalidArgument("pack_quant_matrix: k order out of range");
+  return order;
+}
+
 }  // namespace
 
 QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& pool) {
@@ -102,6 +123,7 @@ QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& p
     any_bias = any_bias || p.bias != nullptr;
   }
   if (w.k % kQBlock != 0) throw InvalidArgument("pack_quant_matrix: k must be a multiple of 32");
+  w.k_order = shared_k_order(parts);
   w.blocks = w.k / kQBlock;
   w.panels = (w.n + kQPanel - 1) / kQPanel;
   w.codes = Buffer(static_cast<size_t>(w.panels * w.blocks) * w.block_bytes());
@@ -138,6 +160,14 @@ QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& p
 void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, bool accumulate,
            ThreadPool& pool) {
   thread_local detail::QuantActs acts;
+  thread_local std::vector<float> permuted;
+  if (!w.k_order.empty()) {  // act-order: the activations in the weight's column order
+    permuted.resize(static_cast<size_t>(m * w.k));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < w.k; ++j) permuted[i * w.k + j] = x[i * ldx + w.k_order[j]];
+    x = permuted.data();
+    ldx = w.k;
+  }
   if (cpu_has_avx512_vnni()) detail::quantize_acts_avx512(x, m, ldx, w.k, acts);
   else detail::quantize_acts(x, m, ldx, w.k, acts);
   detail::QGemmArgs g{&w, &acts, y, ldy, accumulate};
@@ -155,7 +185,10 @@ void qgather_rows(const QuantMatrix& w, const int32_t* ids, int64_t num_ids, flo
     for (int64_t b = 0; b < w.blocks; ++b) {
       const uint8_t* codes = w.block_codes(p, b);
       const float d = w.scale_at(w.block_scales(p, b), r), m = w.scale_at(w.block_mins(p, b), r);
-      for (int64_t j = 0; j < kQBlock; ++j) out[i * w.k + b * kQBlock + j] = d * w.code_at(codes, r, j) + m;
+      for (int64_t j = 0; j < kQBlock; ++j) {
+        const int64_t c = b * kQBlock + j;
+        out[i * w.k + (w.k_order.empty() ? c : w.k_order[c])] = d * w.code_at(codes, r, j) + m;
+      }
     }
   }
 }

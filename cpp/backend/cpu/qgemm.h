@@ -37,6 +37,9 @@ struct QuantMatrix {
   Buffer codes;                 // [panel][block][block_bytes()]
   Buffer scales, mins;
   std::vector<float> bias;      // empty or n values
+  // Empty, or k entries: column j holds input feature k_order[j] (GPTQ act-order); the
+  // activations are gathered into this order before they are quantized.
+  std::vector<int32_t> k_order;
   size_t block_bytes() const { return static_cast<size_t>(kQPanel * kQBlock * bits / 8); }
   size_t scale_bytes() const { return half_scales ? 2 : 4; }
   const uint8_t* block_codes(int64_t panel, int64_t b) const {
@@ -62,6 +65,7 @@ struct QuantMatrix {
 };
 
 // Concatenates parts along n into one QuantMatrix (4-bit when every part is a 4-bit type).
+// Throws NotSupported when the parts' k orders differ (one activation order per GEMM).
 QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& pool);
 
 // y[m][n] (= or +=) x[m][k] W^T + bias.

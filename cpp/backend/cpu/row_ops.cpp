@@ -50,6 +50,17 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+void gelu_tanh_mul(const float* g, const float* u, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = g[i], z = kGeluTanhC1 * x + kGeluTanhC3 * x * x * x;
+    out[i] = x / (1.0f + std::exp(-z)) * u[i];
+  }
+}
+
+void softcap(float* x, int64_t n, float cap) {
+  for (int64_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
+}
+
 float sum_squares(const float* x, int64_t n) {
   float s[4] = {0, 0, 0, 0};
   int64_t i = 0;
@@ -65,7 +76,8 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 
 }  // namespace
 
-const RowOps kRowOpsScalar = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul, nullptr, nullptr};
+const RowOps kRowOpsScalar = {to_f32, qk, pv, exp_shift_sum, silu_mul, gelu_tanh_mul, softcap, sum_squares, scale_mul,
+                              nullptr, nullptr};
 
 const RowOps& row_ops() {
   switch (cpu_isa()) {

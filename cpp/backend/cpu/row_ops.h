@@ -19,6 +19,11 @@ struct RowOps {
   float (*exp_shift_sum)(float* x, int64_t n, float shift);
   // out[i] = g[i] / (1 + exp(-g[i])) * u[i].
   void (*silu_mul)(const float* g, const float* u, float* out, int64_t n);
+  // out[i] = gelu_tanh(g[i]) * u[i], with gelu_tanh(x) = x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))
+  // (the same function as 0.5 x (1 + tanh(...))).
+  void (*gelu_tanh_mul)(const float* g, const float* u, float* out, int64_t n);
+  // x[i] = cap * tanh(x[i] / cap).
+  void (*softcap)(float* x, int64_t n, float cap);
   // Returns sum_i x[i]^2.
   float (*sum_squares)(const float* x, int64_t n);
   // out[i] = x[i] * s * w[i].
@@ -29,6 +34,10 @@ struct RowOps {
   void (*pv_kv)(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, DType t,
                 int64_t nk, int64_t dim);
 };
+
+// gelu_tanh(x) = x * sigmoid(C1 x + C3 x^3): C1 = 2 sqrt(2 / pi), C3 = C1 * 0.044715.
+constexpr float kGeluTanhC1 = 1.5957691216057308f;
+constexpr float kGeluTanhC3 = 0.0713548162726f;
 
 extern const RowOps kRowOpsScalar;
 extern const RowOps kRowOpsAvx2;

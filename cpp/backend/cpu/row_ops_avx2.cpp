@@ -137,6 +137,33 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n) {
   for (; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+void gelu_tanh_mul(const float* g, const float* u, float* out, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f), c1 = _mm256_set1_ps(-kGeluTanhC1), c3 = _mm256_set1_ps(-kGeluTanhC3);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256 neg_z = _mm256_mul_ps(x, _mm256_fmadd_ps(c3, _mm256_mul_ps(x, x), c1));  // -(C1 x + C3 x^3)
+    const __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, exp256(neg_z)));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) {
+    const float x = g[i], z = kGeluTanhC1 * x + kGeluTanhC3 * x * x * x;
+    out[i] = x / (1.0f + std::exp(-z)) * u[i];
+  }
+}
+
+// cap * tanh(x / cap) = cap - 2 cap / (1 + exp(2 x / cap)): exp overflowing to inf gives cap.
+void softcap(float* x, int64_t n, float cap) {
+  const __m256 one = _mm256_set1_ps(1.0f), c = _mm256_set1_ps(cap), two_c = _mm256_set1_ps(2.0f * cap);
+  const __m256 k = _mm256_set1_ps(2.0f / cap);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp256(_mm256_mul_ps(_mm256_loadu_ps(x + i), k));
+    _mm256_storeu_ps(x + i, _mm256_sub_ps(c, _mm256_div_ps(two_c, _mm256_add_ps(one, e))));
+  }
+  for (; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
+}
+
 float sum_squares(const float* x, int64_t n) {
   __m256 s = _mm256_setzero_ps();
   int64_t i = 0;
@@ -159,6 +186,7 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 
 }  // namespace
 
-const RowOps kRowOpsAvx2 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul, nullptr, nullptr};
+const RowOps kRowOpsAvx2 = {to_f32, qk, pv, exp_shift_sum, silu_mul, gelu_tanh_mul, softcap, sum_squares, scale_mul,
+                            nullptr, nullptr};
 
 }  // namespace cserve::cpu::detail

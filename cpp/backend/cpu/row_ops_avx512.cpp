@@ -192,6 +192,28 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n) {
   }
 }
 
+void gelu_tanh_mul(const float* g, const float* u, float* out, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f), c1 = _mm512_set1_ps(-kGeluTanhC1), c3 = _mm512_set1_ps(-kGeluTanhC3);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+    const __m512 neg_z = _mm512_mul_ps(x, _mm512_fmadd_ps(c3, _mm512_mul_ps(x, x), c1));  // -(C1 x + C3 x^3)
+    const __m512 s = _mm512_div_ps(x, _mm512_add_ps(one, exp512(neg_z)));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, u + i)));
+  }
+}
+
+// cap * tanh(x / cap) = cap - 2 cap / (1 + exp(2 x / cap)): exp overflowing to inf gives cap.
+void softcap(float* x, int64_t n, float cap) {
+  const __m512 one = _mm512_set1_ps(1.0f), c = _mm512_set1_ps(cap), two_c = _mm512_set1_ps(2.0f * cap);
+  const __m512 k = _mm512_set1_ps(2.0f / cap);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 e = exp512(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), k));
+    _mm512_mask_storeu_ps(x + i, m, _mm512_sub_ps(c, _mm512_div_ps(two_c, _mm512_add_ps(one, e))));
+  }
+}
+
 float sum_squares(const float* x, int64_t n) {
   __m512 s = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
@@ -213,7 +235,9 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 
 }  // namespace
 
-const RowOps kRowOpsAvx512 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul, qk_kv, pv_kv};
-const RowOps kRowOpsAvx512Bf16 = {to_f32, qk, pv, exp_shift_sum, silu_mul, sum_squares, scale_mul, qk_kv_dp, pv_kv};
+const RowOps kRowOpsAvx512 = {to_f32, qk,       pv,        exp_shift_sum, silu_mul, gelu_tanh_mul,
+                              softcap, sum_squares, scale_mul, qk_kv,        pv_kv};
+const RowOps kRowOpsAvx512Bf16 = {to_f32,  qk,          pv,        exp_shift_sum, silu_mul, gelu_tanh_mul,
+                                  softcap, sum_squares, scale_mul, qk_kv_dp,      pv_kv};
 
 }  // namespace cserve::cpu::detail

@@ -20,13 +20,18 @@
 #include "attention/kv_cache.h"
 #include "attention/paged_attention.h"
 #include "backend/backend.h"
+#include "backend/cuda/cuda_communicator.h"
+#include "backend/cuda/cuda_device_access.h"
 #include "backend/cuda/cuda_util.h"
+#include "backend/device_communicator.h"
 #include "backend/cuda_entry.h"
 #include "core/quant.h"
 #include "cserve/error.h"
 #include "elementwise/convert.h"
 #include "embedding/embedding.h"
+#include "embedding/vocab_shard.h"
 #include "gemm/cublaslt_gemm.h"
+#include "moe/combine_rows.h"
 #include "norm/rms_norm.h"
 #include "rope/rope.h"
 #include "sampling/sampler.h"
@@ -58,7 +63,7 @@ class CudaLinear : public LinearWeight {
 
 const CudaLinear& cuda_linear(const LinearWeight& w) { return static_cast<const CudaLinear&>(w); }
 
-class CudaBackend : public Backend {
+class CudaBackend : public Backend, public CudaDeviceAccess {
  public:
   explicit CudaBackend(int ordinal) : ordinal_(ordinal) {
     check(cudaSetDevice(ordinal), "cudaSetDevice");
@@ -69,6 +74,7 @@ class CudaBackend : public Backend {
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaEventCreateWithFlags(&staged_copy_done_, cudaEventDisableTiming), "cudaEventCreate");
     check(cudaEventCreateWithFlags(&graph_done_, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaEventCreateWithFlags(&upload_done_, cudaEventDisableTiming), "cudaEventCreate");
     gemm_ = std::make_unique<cuda::CublasLtGemm>();
     // CSERVE_CUDA_SIMPLE_KERNELS=1: attention by the per-token kernel alone (no prefill tiles,
     // no context splits), to tell a fault of the faster kernels from one elsewhere.
@@ -80,6 +86,8 @@ class CudaBackend : public Backend {
     if (pinned_) cudaFreeHost(pinned_);
     for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
     if (graph_pinned_) cudaFreeHost(graph_pinned_);
+    if (upload_ring_) cudaFreeHost(upload_ring_);
+    cudaEventDestroy(upload_done_);
     cudaEventDestroy(graph_done_);
     cudaEventDestroy(staged_copy_done_);
     cudaStreamDestroy(stream_);
@@ -89,6 +97,10 @@ class CudaBackend : public Backend {
   DType activation_dtype() const override { return DType::F32; }
   int num_threads() const override { return 1; }
   bool host_memory() const override { return false; }
+  int ordinal() const override { return ordinal_; }
+  cudaStream_t stream() const override { return stream_; }
+  bool launches() const override { return mode_ == Mode::Eager || mode_ == Mode::Capture; }
+  bool capturing() const override { return mode_ == Mode::Capture; }
 
   Buffer allocate(size_t bytes) override {
     use_device();
@@ -98,7 +110,12 @@ class CudaBackend : public Backend {
   // to the next slot of the pinned staging, which a copy node of the graph reads at launch.
   void upload(void* dst, const void* host_src, size_t bytes) override {
     if (mode_ == Mode::Eager) {
-      check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_), "upload");
+      // Small uploads (token ids, rows, rope tables, sampling parameters) through pinned memory,
+      // so the copy is asynchronous; large ones (weights at load) straight from the host.
+      void* slot = bytes <= kUploadRingBytes / 4 ? upload_slot(bytes) : nullptr;
+      if (slot) std::memcpy(slot, host_src, bytes);
+      check(cudaMemcpyAsync(dst, slot ? slot : host_src, bytes, cudaMemcpyHostToDevice, stream_), "upload");
+      if (slot) check(cudaEventRecord(upload_done_, stream_), "cudaEventRecord");
       return;
     }
     if (mode_ == Mode::Size) {
@@ -128,6 +145,20 @@ class CudaBackend : public Backend {
       cuda::invokeEmbedding(out.data, src.data, ids, n, cols, dtype_id(DType::F32), dtype_id(DType::F32), stream_);
   }
 
+  void zero_rows_outside(Tensor& x, int64_t rows, int64_t cols, const int32_t* ids, int64_t begin,
+                         int64_t end) override {
+    const int32_t* dev_ids = upload_ids(ids, rows);
+    if (launches()) cuda::invokeZeroRowsOutside(x.as<float>(), cols, rows, cols, dev_ids, begin, end, stream_);
+  }
+  void copy_rows_strided(const Tensor& src, int64_t ld_src, Tensor& dst, int64_t ld_dst, int64_t rows,
+                         int64_t cols) override {
+    if (!launches() || rows <= 0 || cols <= 0) return;
+    check(cudaMemcpy2DAsync(dst.data, static_cast<size_t>(ld_dst) * sizeof(float), src.data,
+                            static_cast<size_t>(ld_src) * sizeof(float), static_cast<size_t>(cols) * sizeof(float),
+                            static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, stream_),
+          "copy_rows_strided");
+  }
+
   std::unique_ptr<LinearWeight> pack_linear(const std::vector<Tensor>& parts, const std::vector<Tensor>& biases,
                                             DType dtype) override {
     int64_t n = 0;
@@ -140,7 +171,7 @@ class CudaBackend : public Backend {
     std::vector<char> host(static_cast<size_t>(n * k) * dtype_size(dtype));
     int64_t row0 = 0;
     for (const Tensor& p : parts) {
-      cuda_util::parallel_rows(p.dim(0), [&](int64_t begin, int64_t end) {
+      parallel_rows(p.dim(0), [&](int64_t begin, int64_t end) {
         std::vector<float> row_f32(static_cast<size_t>(k));
         for (int64_t r = begin; r < end; ++r) {
           convert_to_f32(static_cast<const char*>(p.data) + static_cast<size_t>(r * k) * dtype_size(p.dtype),
@@ -154,7 +185,8 @@ class CudaBackend : public Backend {
     return finish_linear(host, dtype, n, k, host_bias(parts, biases, n));
   }
 
-  // GGUF weights are dequantized to bf16 here: no quantized GPU kernels yet.
+  // Quantized weights (GGUF, and AWQ / GPTQ / fp8 rows) are dequantized to bf16 here: no quantized GPU
+  // kernels yet. An act-order part's columns go back to the natural order.
   std::unique_ptr<LinearWeight> pack_linear_quantized(const std::vector<QuantPart>& parts) override {
     int64_t n = 0;
     const int64_t k = parts.empty() ? 0 : parts[0].cols;
@@ -166,11 +198,14 @@ class CudaBackend : public Backend {
     std::vector<float> bias;
     int64_t row0 = 0;
     for (const QuantPart& p : parts) {
-      cuda_util::parallel_rows(p.rows, [&](int64_t begin, int64_t end) {
-        std::vector<float> row_f32(static_cast<size_t>(k));
+      parallel_rows(p.rows, [&](int64_t begin, int64_t end) {
+        std::vector<float> row_f32(static_cast<size_t>(k)), permuted(p.k_order ? static_cast<size_t>(k) : 0);
         for (int64_t r = begin; r < end; ++r) {
           const int64_t src_row = p.row_order ? p.row_order[r] : r;
-          dequantize_row(p.type, p.data + static_cast<size_t>(src_row) * p.row_stride, row_f32.data(), k);
+          dequantize_row(p.type, p.data + static_cast<size_t>(src_row) * p.row_stride,
+                         p.k_order ? permuted.data() : row_f32.data(), k);
+          if (p.k_order)
+            for (int64_t j = 0; j < k; ++j) row_f32[p.k_order[j]] = permuted[j];
           convert_from_f32(row_f32.data(), host.data() + static_cast<size_t>((row0 + r) * k) * sizeof(uint16_t),
                            DType::BF16, static_cast<size_t>(k));
         }
@@ -225,6 +260,12 @@ class CudaBackend : public Backend {
     cuda::invokeRmsNorm(out.data, x.data, nullptr, weight.as<float>(), rows, dim, ld, eps, dtype_id(DType::F32),
                         stream_);
   }
+  void rms_norm_heads(Tensor& x, const Tensor& weight, int64_t tokens, int64_t heads, int64_t dim, int64_t ld,
+                      float eps) override {
+    if (!launches()) return;
+    cuda::invokeRmsNormHeads(x.data, x.data, nullptr, weight.as<float>(), tokens, heads, dim, ld, eps,
+                             dtype_id(DType::F32), stream_);
+  }
   void rms_norm_add(const Tensor& x, const Tensor& weight, int64_t rows, int64_t dim, int64_t ld, float eps,
                     Tensor& residual) override {
     if (!launches()) return;
@@ -234,6 +275,31 @@ class CudaBackend : public Backend {
   void silu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) override {
     if (!launches()) return;
     cuda::invokeSiluMul(out.data, gate_up.data, tokens, inter, dtype_id(DType::F32), stream_);
+  }
+  void gelu_tanh_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, Tensor& out) override {
+    if (!launches()) return;
+    cuda::invokeGeluTanhMul(out.data, gate_up.data, tokens, inter, dtype_id(DType::F32), stream_);
+  }
+  void combine_rows(const Tensor& src, const int32_t* rows, const float* weights, int64_t n, int64_t k, int64_t cols,
+                    Tensor& out, bool accumulate) override {
+    // Mixture-of-experts steps route on the host, so they never run inside a graph.
+    const int32_t* dev_rows = upload_array(rows, n * k, moe_rows_dev_);
+    const float* dev_weights = upload_array(weights, n * k, moe_weights_dev_);
+    if (!launches()) return;
+    cuda::invokeCombineRows(out.as<float>(), src.as<float>(), dev_rows, dev_weights, n, k, cols, accumulate, stream_);
+  }
+  void clamped_swiglu_mul(const Tensor& gate_up, int64_t tokens, int64_t inter, float alpha, float limit,
+                          Tensor& out) override {
+    if (!launches()) return;
+    cuda::invokeClampedSwigluMul(out.data, gate_up.data, tokens, inter, alpha, limit, dtype_id(DType::F32), stream_);
+  }
+  void scale(Tensor& x, int64_t n, float factor) override {
+    if (!launches()) return;
+    cuda::invokeScale(x.as<float>(), n, factor, stream_);
+  }
+  void softcap(Tensor& x, int64_t n, float cap) override {
+    if (!launches()) return;
+    cuda::invokeSoftcap(x.data, n, cap, dtype_id(DType::F32), stream_);
   }
   void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
             const Tensor& sin, int64_t rotary_dim) override {
@@ -250,7 +316,7 @@ class CudaBackend : public Backend {
                         cache.k.dim(3), cache.k.dim(2), dtype_id(DType::F32), dtype_id(cache.k.dtype), stream_);
   }
   void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
-                 const AttentionMetadata& meta, float scale, int64_t sliding_window, Tensor& out) override {
+                 const AttentionMetadata& meta, const AttentionOptions& o, Tensor& out) override {
     if (staged_.meta != &meta || staged_.slots_host != meta.slot_mapping.data()) begin_forward(meta);
     cuda::PagedAttentionArgs a;
     a.out = out.data;
@@ -267,8 +333,10 @@ class CudaBackend : public Backend {
     a.max_blocks_per_seq = meta.max_blocks_per_seq;
     a.token_seq = staged_.token_seq;
     a.positions = staged_.positions;
-    a.scale = scale;
-    a.sliding_window = sliding_window;
+    a.scale = o.scale;
+    a.sliding_window = o.sliding_window;
+    a.softcap = o.softcap;
+    a.sinks = o.sinks;
     a.act_dtype = dtype_id(DType::F32);
     a.cache_dtype = dtype_id(cache.k.dtype);
     // The block table width bounds every context (for graph batches it is max_model_len's).
@@ -276,6 +344,8 @@ class CudaBackend : public Backend {
     if (!simple_kernels_ && meta.num_tokens > meta.num_seqs) {  // some sequence has several new tokens: tiles
       a.tiles = staged_.tiles;
       a.num_tiles = staged_.num_tiles;
+      a.single_tokens = staged_.single_tokens;
+      a.num_single_tokens = staged_.num_single_tokens;
     }
     // Graphs of every size share one workspace: it gets the most any split can need.
     int64_t floats = simple_kernels_ ? 0 : cuda::paged_attention_workspace(a);
@@ -361,13 +431,15 @@ class CudaBackend : public Backend {
     const size_t T = static_cast<size_t>(meta.num_tokens), S = static_cast<size_t>(meta.num_seqs);
     const size_t tables = S * static_cast<size_t>(meta.max_blocks_per_seq);
     const size_t slots_bytes = T * sizeof(int64_t);
-    // Prefill tiles: each sequence's new tokens in runs of up to kPrefillTileTokens.
-    size_t num_tiles = 0;
+    // Prefill tiles: the new tokens of each sequence with several in runs of up to
+    // kPrefillTileTokens; sequences with one (decodes) go to the per-token kernel.
+    size_t num_tiles = 0, num_single = 0;
     for (size_t s = 0; s < S; ++s) {
       const size_t n = static_cast<size_t>(meta.query_start[s + 1] - meta.query_start[s]);
-      num_tiles += (n + cuda::kPrefillTileTokens - 1) / cuda::kPrefillTileTokens;
+      if (n == 1) ++num_single;
+      else num_tiles += (n + cuda::kPrefillTileTokens - 1) / cuda::kPrefillTileTokens;
     }
-    const size_t ints = 2 * T + tables + 3 * num_tiles;
+    const size_t ints = 2 * T + tables + 3 * num_tiles + num_single;
     const size_t bytes = slots_bytes + ints * sizeof(int32_t);
     char* d = static_cast<char*>(scratch(region(meta_dev_, graph_meta_dev_), bytes));
     char* h = nullptr;
@@ -378,6 +450,10 @@ class CudaBackend : public Backend {
       h = sizing.data();
     } else if (mode_ == Mode::Eager) {
       check(cudaEventSynchronize(staged_copy_done_), "staging (previous copy)");
+      if (upload_cursor_ > kUploadRingBytes / 2) {  // start over here rather than in the middle of a forward
+        check(cudaEventSynchronize(upload_done_), "upload ring");
+        upload_cursor_ = 0;
+      }
       if (pinned_bytes_ < bytes) {
         if (pinned_) cudaFreeHost(pinned_);
         pinned_ = nullptr;
@@ -397,12 +473,18 @@ class CudaBackend : public Backend {
       for (int32_t t = meta.query_start[s]; t < meta.query_start[s + 1]; ++t) hi[T + t] = static_cast<int32_t>(s);
     std::memcpy(hi + 2 * T, meta.block_tables.data(), tables * sizeof(int32_t));
     int32_t* tile = hi + 2 * T + tables;
-    for (size_t s = 0; s < S; ++s)
+    int32_t* single = tile + 3 * num_tiles;
+    for (size_t s = 0; s < S; ++s) {
+      if (meta.query_start[s + 1] - meta.query_start[s] == 1) {
+        *single++ = meta.query_start[s];
+        continue;
+      }
       for (int32_t t = meta.query_start[s]; t < meta.query_start[s + 1]; t += cuda::kPrefillTileTokens) {
         *tile++ = t;
         *tile++ = std::min<int32_t>(cuda::kPrefillTileTokens, meta.query_start[s + 1] - t);
         *tile++ = static_cast<int32_t>(s);
       }
+    }
     if (launches()) check(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_), "metadata upload");
     if (mode_ == Mode::Eager) check(cudaEventRecord(staged_copy_done_, stream_), "cudaEventRecord");
     staged_.meta = &meta;
@@ -414,6 +496,8 @@ class CudaBackend : public Backend {
     staged_.block_tables = di + 2 * T;
     staged_.tiles = di + 2 * T + tables;
     staged_.num_tiles = static_cast<int64_t>(num_tiles);
+    staged_.single_tokens = staged_.tiles + 3 * num_tiles;
+    staged_.num_single_tokens = static_cast<int64_t>(num_single);
   }
 
   bool graphs_supported() const override { return true; }
@@ -485,10 +569,21 @@ class CudaBackend : public Backend {
   // staging (before the first capture). Capture: they are recorded into a graph. Replay: they
   // only refresh the host inputs in the graph staging (the graph is launched after).
   enum class Mode { Eager, Size, Capture, Replay };
-  bool launches() const { return mode_ == Mode::Eager || mode_ == Mode::Capture; }
   // Graphs have device regions of their own, which eager steps never move.
   Buffer& region(Buffer& eager, Buffer& graph) { return mode_ == Mode::Eager ? eager : graph; }
   static size_t staged_size(size_t bytes) { return (bytes + 255) / 256 * 256; }
+  // The next slot of the eager upload ring. At its end it starts over once every copy from it
+  // has finished (begin_forward starts over past half, when earlier steps' copies are done).
+  void* upload_slot(size_t bytes) {
+    if (!upload_ring_) check(cudaMallocHost(&upload_ring_, kUploadRingBytes), "cudaMallocHost (upload ring)");
+    if (upload_cursor_ + staged_size(bytes) > kUploadRingBytes) {
+      check(cudaEventSynchronize(upload_done_), "upload ring");
+      upload_cursor_ = 0;
+    }
+    void* p = static_cast<char*>(upload_ring_) + upload_cursor_;
+    upload_cursor_ += staged_size(bytes);
+    return p;
+  }
   // The next 256-byte aligned slot of the graph staging; the same sequence of uploads finds
   // the same slots at capture and at every replay.
   void* graph_slot(size_t bytes) {
@@ -560,6 +655,8 @@ class CudaBackend : public Backend {
     const int32_t* block_tables = nullptr;
     const int32_t* tiles = nullptr;
     int64_t num_tiles = 0;
+    const int32_t* single_tokens = nullptr;
+    int64_t num_single_tokens = 0;
   };
 
   int ordinal_;
@@ -569,8 +666,13 @@ class CudaBackend : public Backend {
   cudaEvent_t staged_copy_done_ = nullptr;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
   Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_, sample_dev_, processed_logits_, processing_dev_, attn_split_;
+  Buffer moe_rows_dev_, moe_weights_dev_;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
+  static constexpr size_t kUploadRingBytes = size_t{8} << 20;
+  void* upload_ring_ = nullptr;
+  size_t upload_cursor_ = 0;
+  cudaEvent_t upload_done_ = nullptr;
   Mode mode_ = Mode::Eager;
   Buffer graph_x_conv_, graph_ids_dev_, graph_slots_dev_, graph_meta_dev_, graph_attn_split_;
   size_t graph_upload_bytes_ = 0;  // staging the sizing pass counted
@@ -592,6 +694,22 @@ int device_count(char* error, size_t error_len) {
   return n;
 }
 
+Communicator* create_communicator(Backend* backend, Communicator* host, const DeviceCommunicatorOptions* options,
+                                  bool* timed_out, char* error, size_t error_len) {
+  *timed_out = false;
+  try {
+    auto* device = dynamic_cast<CudaDeviceAccess*>(backend);
+    if (!device) throw InvalidArgument("a device communicator needs a backend of the CUDA library");
+    return new_cuda_communicator(*device, *host, *options).release();
+  } catch (const CommTimeout& e) {
+    *timed_out = true;
+    cuda_util::write_error(error, error_len, e.what());
+  } catch (const std::exception& e) {
+    cuda_util::write_error(error, error_len, e.what());
+  }
+  return nullptr;
+}
+
 Backend* create_backend(int ordinal, char* error, size_t error_len) {
   try {
     return new CudaBackend(ordinal);
@@ -609,4 +727,5 @@ extern "C" __attribute__((visibility("default"))) void cserve_cuda_entry_points(
   out->abi_version = cserve::kCudaBackendAbi;
   out->device_count = &cserve::device_count;
   out->create_backend = &cserve::create_backend;
+  out->create_communicator = &cserve::create_communicator;
 }

@@ -5,12 +5,12 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core/buffer.h"
 #include "core/dtype.h"
 #include "cserve/error.h"
+#include "util/parallel_rows.h"
 
 namespace cserve::cuda_util {
 
@@ -39,19 +39,6 @@ inline Buffer device_buffer(size_t bytes, cudaStream_t stream) {
   return b;
 }
 
-// fn(begin, end) over [0, n) split across the host's cores (up to 16): weight conversion at
-// load time is host work, and an 8B model has 8 billion values to convert.
-template <class F>
-void parallel_rows(int64_t n, F fn) {
-  const int64_t threads = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 16);
-  if (n < 64 || threads == 1) {
-    fn(int64_t{0}, n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  for (int64_t t = 0; t < threads; ++t) pool.emplace_back([&fn, n, t, threads] { fn(n * t / threads, n * (t + 1) / threads); });
-  for (auto& th : pool) th.join();
-}
 
 inline void write_error(char* out, size_t len, const std::string& msg) {
   if (!out || len == 0) return;

@@ -11,6 +11,9 @@ struct EngineConfig {
   std::string model;                 // a directory with config.json and safetensors
   std::string dtype = "auto";        // auto, float32, bfloat16, float16 (float, half)
   std::string load_format = "auto";  // auto, safetensors, dummy
+  // vLLM's --quantization: "" (read from the checkpoint), awq, awq_marlin, gptq, gptq_marlin,
+  // compressed-tensors, fp8 (also online, of a float checkpoint), gguf
+  std::string quantization;
   int64_t max_model_len = 0;         // 0: from config.json
   int64_t seed = 0;
   // KV cache
@@ -33,6 +36,10 @@ struct EngineConfig {
   std::string scheduling_policy = "fcfs";  // fcfs, priority
   int max_logprobs = 20;  // -1: no cap
   bool disable_sliding_window = false;
+  // vLLM's --hf-overrides: a JSON object merged into config.json ("": none), and
+  // --hf-config-path: the directory whose config.json to read instead of the model's ("").
+  std::string hf_overrides;
+  std::string hf_config_path;
   // Runtime
   std::string device = "auto";  // auto (CUDA when a GPU and the CUDA backend are there), cpu, cuda, cuda:N
   // CUDA graphs for decode steps (device backends): captured at start for each size, a step of
@@ -42,8 +49,8 @@ struct EngineConfig {
   std::vector<int> cudagraph_capture_sizes;
   int max_cudagraph_capture_size = 0;
   int num_threads = 0;  // 0: all cores (CPU backend); per rank under tensor parallelism
-  // Tensor parallelism (the CPU backend so far): the model split across tensor_parallel_size
-  // ranks, one process each. The engine is rank 0; each other rank is a process that calls
+  // Tensor parallelism: the model split across tensor_parallel_size ranks, one process each
+  // (on CUDA, rank r on GPU r mod the visible GPUs). The engine is rank 0; each other rank is a process that calls
   // run_tensor_parallel_rank(config, rank) with the same config. They meet in a group named
   // tensor_parallel_group (unique per engine), as tensor_parallel_store says; a rank that does
   // not answer within tensor_parallel_timeout seconds fails the step (and, repeated, the engine).
@@ -60,6 +67,8 @@ struct EngineConfig {
   // bootstrap store there.
   std::string tensor_parallel_store;
   double tensor_parallel_timeout = 60.0;
+  // On GPUs: NCCL for every all-reduce, never the custom all-reduce over CUDA IPC buffers.
+  bool disable_custom_all_reduce = false;
   // Optional: told (done, total) as the weights load, for a progress bar.
   std::function<void(int64_t done, int64_t total)> load_progress;
 };

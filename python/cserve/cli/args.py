@@ -515,6 +515,10 @@ def engine_options(args: argparse.Namespace) -> dict:
         value = getattr(args, flag.dest)
         if flag.config != "engine" or value is None or (flag.kind == SIZE_AUTO and value == -1):
             continue
+        if flag.dest == "hf_overrides":  # a JSON object, to the engine as its text
+            if not value:
+                continue
+            value = json.dumps(value)
         options[flag.dest] = value
     options.update(_graph_options(getattr(args, "compilation_config", None) or {}, options))
     return options

@@ -297,15 +297,18 @@ FLAGS: tuple = (
         Flag("--hf-token", STR_OR_TRUE, None, "Hugging Face token for downloading private or gated repos; "
              "bare --hf-token requires the stored token (hf auth login); unset: HF_TOKEN or the stored token, "
              "if any.", **ok("server")),
-        Flag("--hf-overrides", JSON, {}, "JSON object merged into the Hugging Face config."),
-        Flag("--hf-config-path", STR, None, "Hugging Face config to use instead of the model's."),
+        Flag("--hf-overrides", JSON, {}, "JSON object merged into the Hugging Face config (config.json; a "
+             "sub-config such as text_config key by key).", **ok("engine")),
+        Flag("--hf-config-path", STR, None, "Hugging Face config to use instead of the model's: a directory "
+             "holding config.json, or a .json file.", **ok("engine")),
         Flag("--dtype", STR, "auto", "Data type of weights and activations; auto: float16 for float16 "
              "checkpoints, else bfloat16 (float32 checkpoints too, as vLLM on the CPU; GGUF weights stay "
              "quantized).",
              choices=("auto", "bfloat16", "float", "float16", "float32", "half"), **ok("engine")),
-        Flag("--quantization", STR, None, "Weight quantization method; read from the model config when unset. "
-             "cserve: gguf (a GGUF file's ggml formats, also found without this flag).", aliases=("-q",),
-             **only("gguf")),
+        Flag("--quantization", STR, None, "Weight quantization method; read from the model config when unset "
+             "and checked against it when set. cserve: awq, awq_marlin, gptq, gptq_marlin, compressed-tensors, "
+             "fp8 (also online, of a float checkpoint), gguf (a GGUF file's ggml formats).", aliases=("-q",),
+             **ok("engine")),
         Flag("--allow-deprecated-quantization", BOOL, False, "Allow deprecated quantization methods.",
              **noop("no deprecated quantization method is supported")),
         Flag("--override-attention-dtype", STR, None, "Data type for attention instead of --dtype."),
@@ -379,7 +382,8 @@ FLAGS: tuple = (
     *_group(
         "ParallelConfig",
         Flag("--tensor-parallel-size", INT, 1, "Tensor parallel ranks: the model split across this many "
-             "processes (the CPU backend so far), pinned to their own cores (VLLM_CPU_OMP_THREADS_BIND).",
+             "processes, pinned to their own cores (VLLM_CPU_OMP_THREADS_BIND) or, with --device cuda, one "
+             "GPU each.",
              aliases=("-tp",), check=Range(1), **ok("engine")),
         Flag("--pipeline-parallel-size", INT, 1, "Pipeline parallel stages: contiguous layer ranges on this many "
              "processes (the CPU backend; with -tp, tp ranks per stage).", aliases=("-pp",), check=Range(1), **ok("engine")),
@@ -452,8 +456,8 @@ FLAGS: tuple = (
         Flag("--dbo-prefill-token-threshold", INT, 512, "Dual batch overlap threshold for batches with "
              "prefills.", **noop("dual batch overlap is not supported yet")),
         Flag("--ray-workers-use-nsight", BOOL, False, "Profile Ray workers with nsight.", **noop(_ONE_WORKER)),
-        Flag("--disable-custom-all-reduce", BOOL, False, "Use NCCL instead of the custom all-reduce.",
-             **noop("the CPU ranks all-reduce in cserve's shared memory; there is no NCCL on the CPU")),
+        Flag("--disable-custom-all-reduce", BOOL, False, "Use NCCL instead of the custom all-reduce (GPUs; the "
+             "CPU ranks always all-reduce in cserve's shared memory).", **ok("engine")),
         Flag("--disable-nccl-for-dp-synchronization", BOOL, None, "Synchronize data parallel ranks with Gloo.",
              **noop("data parallel size is 1")),
         Flag("--worker-cls", STR, "auto", "Worker class (full import path)."),

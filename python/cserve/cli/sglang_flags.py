@@ -48,6 +48,18 @@ def _load_balance_method(value, ns) -> dict:
     return {"data_parallel_load_balance": {"shortest_queue": "least_loaded"}.get(value, value)}
 
 
+def _model_override_args(value, ns) -> dict:
+    import json
+
+    try:
+        overrides = json.loads(value or "{}")
+    except ValueError as e:
+        raise SGLangValueError(f"--json-model-override-args: not JSON ({e})") from None
+    if not isinstance(overrides, dict):
+        raise SGLangValueError("--json-model-override-args must be a JSON object")
+    return {"hf_overrides": overrides}
+
+
 def _served_model_name(value, ns) -> dict:
     return {"served_model_name": None if value is None else [value]}
 
@@ -369,7 +381,8 @@ SGLANG_FLAGS: tuple = (
     ),
     *_group(
         "ModelOverride",
-        Flag("--json-model-override-args", STR, "{}", "JSON object that overrides the model config."),
+        Flag("--json-model-override-args", STR, "{}", "JSON object that overrides the model config.",
+             **to("--hf-overrides", convert=_model_override_args)),
         Flag("--preferred-sampling-params", STR, None, "Sampling parameters (JSON) that /get_model_info reports.",
              **noop("cserve's /get_model_info does not report them yet")),
     ),

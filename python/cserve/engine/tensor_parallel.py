@@ -235,6 +235,32 @@ def run_node_ranks(config: _core.EngineConfig, nodes: MultiNode) -> int:
     return 1 if failed else 0
 
 
+def _check_gpus(config: _core.EngineConfig, local_ranks: int) -> None:
+    """On CUDA each rank of this host takes its own GPU (rank r: cuda:r): refuses fewer visible GPUs
+    than ranks, and names NCCL's library for the ranks (they inherit the environment)."""
+    device = config.device
+    if _core.resolve_device(device)[0] == "cpu":
+        return
+    if device not in ("cuda", "auto"):
+        raise ValueError(f"with tensor or pipeline parallelism each rank takes its own GPU (rank r: cuda:r); "
+                         f"pass --device cuda rather than {device} (CUDA_VISIBLE_DEVICES chooses the GPUs)")
+    visible = 0
+    while visible < local_ranks:
+        try:
+            _core.resolve_device(f"cuda:{visible}")
+        except (ValueError, NotImplementedError):
+            break
+        visible += 1
+    if visible < local_ranks:
+        raise ValueError(f"tensor_parallel_size x pipeline_parallel_size = {local_ranks} ranks on this host need "
+                         f"{local_ranks} GPUs, one per rank, but only {visible} are visible")
+    from cserve.cuda_libs import find_cublaslt, find_nccl
+
+    for variable, path in (("CSERVE_NCCL_LIBRARY", find_nccl()), ("CSERVE_CUBLASLT", find_cublaslt())):
+        if path and not os.environ.get(variable):
+            os.environ[variable] = path
+
+
 def group_size(config: _core.EngineConfig) -> int:
     return max(1, config.tensor_parallel_size) * max(1, config.pipeline_parallel_size)
 
@@ -253,6 +279,7 @@ def start_engine(config: _core.EngineConfig, launch: Launcher = start_child,
         nodes.configure(config)
     if not config.tensor_parallel_group:
         config.tensor_parallel_group = f"cserve-tp-{os.getpid()}-{secrets.token_hex(4)}"
+    _check_gpus(config, len(local))
     cores = rank_cores(len(local))
     if config.num_threads <= 0 and cores[0]:
         config.num_threads = len(cores[0])  # each rank runs as many threads as it has cores
