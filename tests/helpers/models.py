@@ -251,7 +251,18 @@ def check_prompt_logprobs(out, ref: np.ndarray, tol: float = TOL) -> None:
     assert err.max(initial=0.0) <= tol, (
         f"prompt logprob mismatch at position {int(err.argmax()) + 1}: cserve {got[err.argmax()]}, "
         f"transformers {want[err.argmax()]} (max |diff| {err.max()})")
-
+    # With prompt_logprobs=k, the k best tokens too (ranks 1..k; the prompt token may come on top
+    # of them with its own rank): each one's logprob, and that it is among transformers' k best
+    # (up to a near tie).
+    for i in range(1, len(ids)):
+        entry = out.prompt_logprobs[i]
+        ranks = sorted(lp.rank for lp in entry.values())
+        k = next((j for j in range(len(ranks), 0, -1) if ranks[:j] == list(range(1, j + 1))), 0)
+        kth = np.sort(ref[i - 1])[-k] if k else None
+        for t, lp in entry.items():
+            assert abs(lp.logprob - ref[i - 1, t]) <= tol, f"position {i}: logprob of token {t}"
+            if lp.rank <= k:
+                assert ref[i - 1, t] >= kth - tol, f"position {i}: token {t} (rank {lp.rank}) is not in transformers' top {k}"
 
 def check_greedy(completion, prompt: list[int], ref: np.ndarray, tol: float = TOL, num_tokens: Optional[int] = None):
     """A greedy completion (logprobs=0 or more) against ref = transformers logprobs of prompt + completion.

@@ -27,7 +27,7 @@ def test_alone(model_zoo, family):
     assert llm.model_info.vocab_size == built.vocab_size
     # 40 tokens is longer than Mistral's window of 12; 1 token has no prompt logprob to check.
     for prompt in _prompts(built, [40, 1, 17], seed=1):
-        (out,) = llm.generate({"prompt_token_ids": prompt}, greedy(max_tokens=16))
+        (out,) = llm.generate({"prompt_token_ids": prompt}, greedy(max_tokens=16, prompt_logprobs=5))
         assert out.prompt_token_ids == prompt
         assert len(out.outputs) == 1 and len(out.outputs[0].token_ids) == 16
         assert out.outputs[0].finish_reason == "length"
@@ -59,13 +59,13 @@ def test_chunked_prefill(model_zoo, family):
     prompts = _prompts(built, [50, 37, 5], seed=3)
     # Chunks forced by the step budget...
     llm = make_llm(built.path, max_num_batched_tokens=16, enable_chunked_prefill=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(max_tokens=10))
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(max_tokens=10, prompt_logprobs=5))
     for out in outs:
         check_request(built, out)
     assert llm.engine.stats().num_steps >= (50 + 37 + 5) // 16
     # ... and by the per-request cap.
     llm = make_llm(built.path, max_num_batched_tokens=64, long_prefill_token_threshold=8)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(max_tokens=10))
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(max_tokens=10, prompt_logprobs=5))
     for out in outs:
         check_request(built, out)
     assert llm.engine.stats().num_steps >= 50 // 8
@@ -166,6 +166,6 @@ def test_long_context_decode(model_zoo, family):
     built = model_zoo.get(family)
     prompts = _prompts(built, [450, 1, 3, 300], seed=10)
     llm = make_llm(built.path, max_model_len=500)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(max_tokens=10))
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy(max_tokens=10, prompt_logprobs=5))
     for out in outs:
         check_request(built, out)
