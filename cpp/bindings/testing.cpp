@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 
+#include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/qgemm.h"
 #include "core/quant.h"
@@ -241,6 +242,39 @@ void bind_testing(nb::module_& m) {
     cserve::cpu::qgemm(w, x.data(), m_rows, static_cast<int64_t>(x.shape(1)), y.data(), n, false, pool);
     return nb::make_tuple(y, w.bits);
   }, "type"_a, "data"_a, "n"_a, "k"_a, "x"_a, "num_threads"_a = 2);
+
+  // The same through a backend of `device` ("cpu", "cuda"): pack_linear_quantized, linear
+  // (y = x W^T + bias) and the packed weight's embedding rows `ids`.
+  m.def("backend_quant_linear", [](const std::string& device, uint32_t type, nb::bytes data, int64_t n, int64_t k,
+                                   ArrayIn x, std::optional<ArrayIn> bias, std::optional<std::vector<int32_t>> k_order,
+                                   const std::vector<int32_t>& ids) {
+    cserve::QuantPart part;
+    part.type = static_cast<cserve::GgmlType>(type);
+    part.data = static_cast<const uint8_t*>(data.data());
+    part.rows = n;
+    part.cols = k;
+    part.row_stride = cserve::ggml_row_bytes(part.type, k);
+    if (data.size() != part.row_stride * static_cast<size_t>(n))
+      throw cserve::InvalidArgument("backend_quant_linear: wrong byte count");
+    if (bias) part.bias = bias->data();
+    if (k_order) part.k_order = k_order->data();
+    std::unique_ptr<cserve::Backend> backend = cserve::make_backend(device, 2);
+    std::unique_ptr<cserve::LinearWeight> w = backend->pack_linear_quantized({part});
+    const int64_t m_rows = static_cast<int64_t>(x.shape(0)), num_ids = static_cast<int64_t>(ids.size());
+    cserve::Buffer dx = backend->allocate(static_cast<size_t>(m_rows * k) * 4);
+    cserve::Buffer dy = backend->allocate(static_cast<size_t>(m_rows * n) * 4);
+    cserve::Buffer de = backend->allocate(static_cast<size_t>(std::max<int64_t>(num_ids, 1) * k) * 4);
+    backend->upload(dx.data(), x.data(), dx.size());
+    cserve::Tensor tx{dx.data(), cserve::DType::F32, {m_rows, k}}, ty{dy.data(), cserve::DType::F32, {m_rows, n}};
+    cserve::Tensor te{de.data(), cserve::DType::F32, {num_ids, k}};
+    backend->linear(*w, tx, k, ty, n, false);
+    backend->embedding(*w, ids.data(), num_ids, te);
+    Array y = make_array({m_rows, n}), rows = make_array({num_ids, k});
+    backend->download(y.data(), dy.data(), dy.size());
+    backend->download(rows.data(), de.data(), static_cast<size_t>(num_ids * k) * 4);
+    return nb::make_tuple(y, rows);
+  }, "device"_a, "type"_a, "data"_a, "n"_a, "k"_a, "x"_a, "bias"_a.none() = nb::none(), "k_order"_a.none() = nb::none(),
+     "ids"_a = std::vector<int32_t>{});
 
   m.def("gather_rows", [](ArrayIn w, const std::string& dtype, const std::vector<int32_t>& ids) {
     cserve::cpu::PackedMatrix p = cserve::cpu::pack_matrix({view(w)}, {}, dtype_of(dtype));

@@ -7,14 +7,17 @@
 
 #include <algorithm>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "arrays.h"
 #include "attention/kv_cache.h"
 #include "attention/paged_attention.h"
 #include "core/dtype.h"
 #include "gemm/cublaslt_gemm.h"
+#include "quant/quant_linear.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -26,16 +29,7 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
-struct Device {
-  void* p = nullptr;
-  explicit Device(size_t bytes) {
-    check(cudaMalloc(&p, std::max<size_t>(bytes, 1)), "cudaMalloc");
-    check(cudaMemset(p, 0, std::max<size_t>(bytes, 1)), "cudaMemset");
-  }
-  ~Device() { cudaFree(p); }
-  Device(const Device&) = delete;
-  Device& operator=(const Device&) = delete;
-};
+using Device = cserve::cuda_bindings::DeviceBytes;
 
 // Median milliseconds of fn() over iters runs on the default stream.
 double time_ms(const std::function<void()>& fn, int warmup, int iters) {
@@ -87,6 +81,41 @@ void bind_cuda_bench(nb::module_& m) {
     }, 3, iters);
   }, "m"_a, "n"_a, "k"_a, "dtype"_a = "bfloat16", "out_dtype"_a = "float32", "iters"_a = 20, "library"_a = "",
      "Milliseconds of y[m][n] = x[m][k] w[n][k]^T through cuBLASLt.");
+
+  m.def("bench_quant_gemm", [](int64_t m_rows, int64_t n, int64_t k, int bits, bool half_scales,
+                               const std::string& path, int iters, const std::string& library) {
+    cc::QuantLayout layout;
+    layout.bits = bits;
+    layout.half_scales = half_scales;
+    layout.n = n;
+    layout.k = k;
+    // Random codes and zero scales (the time does not depend on the values), in several copies,
+    // cycled, so the weights never sit in L2 between runs.
+    std::vector<uint8_t> codes(layout.code_bytes());
+    uint32_t state = 12345;
+    for (uint8_t& c : codes) c = static_cast<uint8_t>((state = state * 1664525u + 1013904223u) >> 24);
+    const size_t wbytes = layout.code_bytes() + layout.scale_bytes();
+    const int copies = static_cast<int>(std::clamp<size_t>((size_t{256} << 20) / wbytes + 1, 1, 8));
+    std::vector<std::unique_ptr<Device>> dcodes, dscales;
+    for (int i = 0; i < copies; ++i) {
+      dcodes.push_back(std::make_unique<Device>(codes.size(), codes.data()));
+      dscales.push_back(std::make_unique<Device>(layout.scale_bytes()));
+    }
+    const cc::QuantLinearPlan plan = cc::plan_quant_linear(layout, m_rows, cserve::cuda_bindings::quant_gemm_path(path));
+    Device x(static_cast<size_t>(m_rows * k) * 4), y(static_cast<size_t>(m_rows * n) * 4), xs(plan.x_bytes),
+        tile(plan.tile_bytes);
+    std::unique_ptr<cc::CublasLtGemm> gemm = plan.gemv ? nullptr : std::make_unique<cc::CublasLtGemm>(library);
+    int turn = 0;
+    return time_ms([&] {
+      cc::QuantWeightView w;
+      w.layout = layout;
+      w.codes = static_cast<const uint8_t*>(dcodes[turn % copies]->p);
+      w.scales = dscales[turn++ % copies]->p;
+      cc::invokeQuantLinear(gemm.get(), w, plan, static_cast<const float*>(x.p), k, m_rows, static_cast<float*>(y.p), n,
+                            false, xs.p, tile.p, nullptr);
+    }, 3, iters);
+  }, "m"_a, "n"_a, "k"_a, "bits"_a = 4, "half_scales"_a = true, "path"_a = "auto", "iters"_a = 20, "library"_a = "",
+     "Milliseconds of y[m][n] = x[m][k] W^T for a quantized W (cuda/quant): f32 x and y.");
 
   m.def("bench_decode_attention", [](int64_t num_seqs, int64_t context, int64_t num_heads, int64_t num_kv_heads,
                                      int64_t head_dim, const std::string& kv_dtype, int iters) {

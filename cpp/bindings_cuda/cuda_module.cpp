@@ -31,6 +31,7 @@ namespace nb = nanobind;
 void bind_cuda_bench(nb::module_& m);  // cuda_bench.cpp
 void bind_custom_all_reduce(nb::module_& m);  // custom_all_reduce.cpp
 void bind_nccl(nb::module_& m);  // nccl.cpp
+void bind_quant(nb::module_& m);  // quant.cpp
 using namespace nb::literals;
 namespace cc = cserve::cuda;
 
@@ -95,6 +96,7 @@ NB_MODULE(_cuda, m) {
   bind_cuda_bench(m);
   bind_custom_all_reduce(m);
   bind_nccl(m);
+  bind_quant(m);
   m.def("device_count", [] {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;

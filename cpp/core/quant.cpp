@@ -92,6 +92,12 @@ void for_each_subblock(GgmlType t, const uint8_t* b, Emit&& emit) {
       }
       return;
     }
+    case GgmlType::MXFP4: {
+      const float d = mxfp4_half_scale(b[0]);
+      for (int j = 0; j < 16; ++j) u[j] = mxfp4_code(b[1 + j] & 0xF), u[j + 16] = mxfp4_code(b[1 + j] >> 4);
+      emit(0, d, -12.0f * d, u);
+      return;
+    }
     case GgmlType::QB4:
     case GgmlType::QB8: {
       float d, m;
@@ -113,7 +119,8 @@ void for_each_subblock(GgmlType t, const uint8_t* b, Emit&& emit) {
 bool maps_to_qblocks(GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
-    case GgmlType::Q8_0: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::QB4: case GgmlType::QB8:
+    case GgmlType::Q8_0: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::MXFP4: case GgmlType::QB4:
+    case GgmlType::QB8:
       return true;
     default:
       return false;
@@ -174,7 +181,7 @@ int64_t ggml_block_elems(GgmlType t) {
   switch (t) {
     case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: return 1;
     case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q8_0:
-    case GgmlType::QB4: case GgmlType::QB8:
+    case GgmlType::MXFP4: case GgmlType::QB4: case GgmlType::QB8:
       return 32;
     case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: return QK_K;
     default: return 0;
@@ -190,6 +197,7 @@ int64_t ggml_block_bytes(GgmlType t) {
     case GgmlType::Q5_0: return 22;
     case GgmlType::Q5_1: return 24;
     case GgmlType::Q8_0: return 34;
+    case GgmlType::MXFP4: return 17;
     case GgmlType::Q4_K: return 144;
     case GgmlType::Q5_K: return 176;
     case GgmlType::Q6_K: return 210;
@@ -235,6 +243,16 @@ bool qblock_scales_are_f16(GgmlType t) {
 int qblock_bits(GgmlType t) {
   return (t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q4_K || t == GgmlType::QB4) ? 4 : 8;
 }
+
+bool mxfp4_scale_supported(uint8_t e8m0) { return e8m0 <= 251; }
+
+uint8_t mxfp4_code(uint8_t fp4) {
+  static constexpr uint8_t kDoubled[8] = {0, 1, 2, 3, 4, 6, 8, 12};  // 2 * {0, 0.5, 1, 1.5, 2, 3, 4, 6}
+  const uint8_t mag = kDoubled[fp4 & 7];
+  return static_cast<uint8_t>((fp4 & 8) ? 12 - mag : 12 + mag);
+}
+
+float mxfp4_half_scale(uint8_t e8m0) { return std::ldexp(1.0f, static_cast<int>(e8m0) - 128); }
 
 void write_qblock(GgmlType t, uint8_t* dst, float d, float m, const uint8_t* u) {
   std::memcpy(dst, &d, 4);

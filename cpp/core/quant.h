@@ -11,7 +11,7 @@ namespace cserve {
 enum class GgmlType : uint32_t {
   F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
   Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, BF16 = 30,
-  MXFP4 = 39,  // named in errors only (gpt-oss GGUF experts): cserve does not read it
+  MXFP4 = 39,  // gpt-oss's experts: an E8M0 byte and 16 bytes of FP4 e2m1 codes (value j low, j + 16 high nibble)
   // cserve's own rows, never read from a file: blocks of 32 values w = d * u + m stored as
   // f32 d, f32 m and the codes (QB4: 16 bytes, u[j] low and u[j + 16] high nibble of byte j;
   // QB8: 32 bytes). Other checkpoint formats (AWQ, GPTQ, fp8, ...) are converted into them.
@@ -45,6 +45,16 @@ bool qblock_scales_are_f16(GgmlType t);
 // Converts one row of `k` values (a multiple of 32) of type t into one code per value (u)
 // and per-block d and m (k / 32 each). `scratch` holds k floats (used when requantizing).
 void to_qblocks(GgmlType t, const void* src, int64_t k, uint8_t* u, float* d, float* m, float* scratch);
+
+// MXFP4 (OCP microscaling): 32 FP4 e2m1 values sharing an E8M0 scale 2^(e - 127). Doubled, an
+// e2m1 value is an integer in [-12, 12], so a block is exactly an 8-bit block with u = 2v + 12,
+// d = 2^(e - 128), m = -12 d. E8M0 255 is NaN, and above 251 d * u overflows f32: loaders refuse
+// such scales (mxfp4_scale_supported) before converting.
+bool mxfp4_scale_supported(uint8_t e8m0);
+// The 8-bit code u = 2v + 12 of the e2m1 code `fp4` (bit 3 the sign, bits 0-2 the magnitude).
+uint8_t mxfp4_code(uint8_t fp4);
+// d = 2^(e - 128): half the block's scale (exact, subnormal for e = 0).
+float mxfp4_half_scale(uint8_t e8m0);
 
 // Writes one QB4 or QB8 block (32 codes u, below 16 for QB4) at dst.
 void write_qblock(GgmlType t, uint8_t* dst, float d, float m, const uint8_t* u);

@@ -168,7 +168,7 @@ GgufFile::GgufFile(const std::string& path) : path_(path), file_(std::make_uniqu
       throw NotSupported(path_ + ": tensor " + info.t.name + " has ggml type " + ggml_type_name(info.t.type) +
                          " (" + std::to_string(static_cast<uint32_t>(info.t.type)) +
                          "), which cserve does not read (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, "
-                         "Q8_0, Q4_K, Q5_K, Q6_K)");
+                         "Q8_0, Q4_K, Q5_K, Q6_K, MXFP4)");
     if (ne[0] % ggml_block_elems(info.t.type) != 0)
       bad("row length " + std::to_string(ne[0]) + " not a multiple of its block size " +
           std::to_string(ggml_block_elems(info.t.type)));

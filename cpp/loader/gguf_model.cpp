@@ -26,8 +26,10 @@ constexpr Arch kArchs[] = {
     {"gemma3", "Gemma3ForCausalLM", "gemma3_text"},
     {"qwen2moe", "Qwen2MoeForCausalLM", "qwen2_moe"},
     {"qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe"},
+    {"gpt-oss", "GptOssForCausalLM", "gpt_oss"},
 };
-constexpr const char* kSupported = "llama (and Mixtral), mistral, qwen2, qwen3, gemma, gemma2, gemma3, qwen2moe, qwen3moe";
+constexpr const char* kSupported =
+    "llama (and Mixtral), mistral, qwen2, qwen3, gemma, gemma2, gemma3, qwen2moe, qwen3moe, gpt-oss";
 
 // A positive integer no larger than max, or `fallback` when the key is absent (-1: required).
 int64_t bounded_int(const GgufFile& f, const std::string& key, int64_t max, int64_t fallback = -1) {
@@ -76,6 +78,16 @@ void read_gemma(const GgufFile& f, const std::string& arch, ModelConfig& c) {
   for (int64_t w : c.layer_sliding_window) c.layer_local_rope.push_back(w > 0);
 }
 
+// gpt-oss as llama.cpp runs it: the experts' SwiGLU clamped at 7 with alpha 1.702 (constants
+// there, not in the file), attention sinks, every other layer sliding, the first one included.
+void read_gpt_oss(const GgufFile& f, ModelConfig& c) {
+  c.swiglu_alpha = 1.702;
+  c.swiglu_limit = 7.0;
+  c.attention_sinks = true;
+  const int64_t window = bounded_int(f, "gpt-oss.attention.sliding_window", kMaxPositions);
+  for (int64_t l = 0; l < c.num_hidden_layers; l += 2) c.layer_sliding_window[static_cast<size_t>(l)] = window;
+}
+
 // Mixtures of experts: the experts' count and width, the layers that have a router, and top-k
 // routing as llama.cpp runs each architecture (the chosen weights renormalized for Mixtral and
 // Qwen3-MoE, not for Qwen2-MoE, unless expert_weights_norm says otherwise).
@@ -104,6 +116,23 @@ void read_moe(const GgufFile& f, const std::string& arch, ModelConfig& c) {
   if (const int64_t gating = f.get_int(p + "expert_gating_func", 1); gating != 1)
     throw NotSupported(f.path() + ": " + p + "expert_gating_func " + std::to_string(gating) +
                        " is not supported (supported: 1, softmax)");
+}
+
+// Tokens that end a turn stop generation as the EOS does (llama.cpp's end-of-generation set):
+// the file's end-of-turn / end-of-message ids, and Gemma's <end_of_turn> (instruction-tuned
+// Gemma files name only <eos>, yet every turn ends with <end_of_turn>).
+void add_end_of_turn_ids(const GgufFile& f, ModelConfig& c) {
+  auto add = [&](int64_t id) {
+    if (id >= 0 && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), id) == c.eos_token_ids.end())
+      c.eos_token_ids.push_back(id);
+  };
+  for (const char* key : {"tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"})
+    if (f.find(key)) add(f.get_int(key, -1));
+  if (c.model_type.rfind("gemma", 0) != 0) return;
+  const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
+  if (!tokens || tokens->type != GgufValue::Type::ARRAY) return;
+  for (size_t i = 0; i < tokens->array.size(); ++i)
+    if (tokens->array[i].s == "<end_of_turn>") add(static_cast<int64_t>(i));
 }
 
 }  // namespace
@@ -154,17 +183,19 @@ ModelConfig gguf_model_config(const GgufFile& f) {
                           " rows, more than the largest vocabulary (" + std::to_string(kMaxVocabSize) + ")");
   c.vocab_size = embd.shape[0];
   if (f.find("tokenizer.ggml.eos_token_id")) c.eos_token_ids = {f.get_int("tokenizer.ggml.eos_token_id", -1)};
+  add_end_of_turn_ids(f, c);
   c.bos_token_id = f.get_int("tokenizer.ggml.bos_token_id", -1);
   if (arch.rfind("gemma", 0) == 0) read_gemma(f, arch, c);
+  if (arch == "gpt-oss") read_gpt_oss(f, c);
   if (f.find(p + "expert_count") && f.get_int(p + "expert_count", 0) > 0) {
     if (arch == "llama") {
       c.architecture = "MixtralForCausalLM";
       c.model_type = "mixtral";
     }
-    if (arch != "llama" && arch != "qwen2moe" && arch != "qwen3moe")
+    if (arch != "llama" && arch != "qwen2moe" && arch != "qwen3moe" && arch != "gpt-oss")
       throw NotSupported(f.path() + ": GGUF architecture '" + arch + "' with experts is not supported");
     read_moe(f, arch, c);
-  } else if (arch == "qwen2moe" || arch == "qwen3moe") {
+  } else if (arch == "qwen2moe" || arch == "qwen3moe" || arch == "gpt-oss") {
     throw InvalidArgument(f.path() + ": metadata " + p + "expert_count is missing");
   }
   c.torch_dtype = "bfloat16";  // what --dtype auto computes in (the weights stay quantized)

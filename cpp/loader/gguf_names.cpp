@@ -19,6 +19,7 @@ constexpr Names kLayer[] = {
     {"mlp.up_proj", "ffn_up"},              {"mlp.down_proj", "ffn_down"},
     // mixtures of experts: the router, Qwen2-MoE's shared expert and its gate
     {"mlp.gate", "ffn_gate_inp"},           {"block_sparse_moe.gate", "ffn_gate_inp"},
+    {"mlp.router", "ffn_gate_inp"},  // gpt-oss
     {"mlp.shared_expert_gate", "ffn_gate_inp_shexp"},
     {"mlp.shared_expert.gate_proj", "ffn_gate_shexp"},
     {"mlp.shared_expert.up_proj", "ffn_up_shexp"},
@@ -56,9 +57,11 @@ std::string gguf_tensor_name(const std::string& hf, const ModelConfig& config, i
   };
   for (const auto& [from, to] : kTop)
     if (hf == from) return to;
+  static const std::regex sinks(R"(model\.layers\.(\d+)\.self_attn\.sinks)");  // gpt-oss: no .weight in HF
   static const std::regex layer(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
   static const std::regex expert_module(R"((?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+))");
   std::smatch m;
+  if (std::regex_match(hf, m, sinks)) return "blk." + std::string(m[1]) + ".attn_sinks.weight";
   if (!std::regex_match(hf, m, layer)) return "";
   const std::string block = "blk." + std::string(m[1]) + ".", module = m[2], kind = "." + std::string(m[3]);
   std::smatch e;
@@ -69,6 +72,7 @@ std::string gguf_tensor_name(const std::string& hf, const ModelConfig& config, i
     return block + to + kind;
   }
   const char* to = lookup(kLayer, module);
+  if (!to && config.model_type == "gpt_oss" && module == "post_attention_layernorm") to = "post_attention_norm";
   if (!to) to = config.post_norms && config.pre_norms ? lookup(kBothSidesNorms, module) : lookup(kMlpInputNorm, module);
   return to ? block + to + kind : "";
 }

@@ -569,6 +569,9 @@ ModelConfig parse_decoder_config(const Json& root, const std::string& source) {
 
   c.torch_dtype = read_dtype(r);
   c.quantization = parse_quantization_config(root.find("quantization_config"), source);
+  if (c.quantization.method == "mxfp4" && c.model_type != "gpt_oss")  // vLLM's mxfp4 is gpt-oss's experts too
+    throw NotSupported(source + ": quantization method 'mxfp4' is supported for gpt-oss (GptOssForCausalLM) only, not " +
+                       c.model_type);
   c.eos_token_ids = r.int_list(r.get("eos_token_id"), "eos_token_id");
   if (const Json* v = r.get("bos_token_id")) c.bos_token_id = r.integer(v, "bos_token_id");
   // Gemma 2 / 3 name it hidden_activation; Gemma's legacy "gelu" means the tanh approximation,

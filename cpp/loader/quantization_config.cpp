@@ -15,7 +15,7 @@ constexpr const char* kVllmMethods[] = {
     "bitblas", "gguf", "gptq_marlin_24", "gptq_marlin", "gptq_bitblas", "awq_marlin", "gptq", "compressed-tensors",
     "bitsandbytes", "hqq", "experts_int8", "ipex", "quark", "moe_wna16", "torchao", "auto-round", "rtn", "inc",
     "mxfp4", "petit_nvfp4", "marlin", "qqq", "aqlm"};
-constexpr const char* kServed = "awq, awq_marlin, gptq, gptq_marlin, compressed-tensors, fp8, gguf";
+constexpr const char* kServed = "awq, awq_marlin, gptq, gptq_marlin, compressed-tensors, fp8, mxfp4, gguf";
 
 bool known_to_vllm(const std::string& m) {
   for (const char* k : kVllmMethods)
@@ -125,6 +125,12 @@ void read_fp8(const Reader& r, QuantizationConfig& q) {
   r.strings("modules_to_not_convert", q.ignored);
 }
 
+// gpt-oss's MXFP4 experts (loader/mxfp4_experts.h); every other module stays float.
+void read_mxfp4(const Reader& r, QuantizationConfig& q) {
+  q.bits = 4;
+  r.strings("modules_to_not_convert", q.ignored);
+}
+
 // compressed-tensors: one config group targeting Linear, weight-only int (pack-quantized) or fp8.
 void read_compressed_tensors(const Reader& r, QuantizationConfig& q) {
   q.format = r.string("format", "");
@@ -207,6 +213,7 @@ QuantizationConfig parse_quantization_config(const Json* config, const std::stri
   else if (method == "gptq") read_gptq(r, q);
   else if (method == "fp8") read_fp8(r, q);
   else if (method == "compressed-tensors") read_compressed_tensors(r, q);
+  else if (method == "mxfp4") read_mxfp4(r, q);
   else if (known_to_vllm(method))
     throw NotSupported(source + ": quantization method '" + method + "' is not supported by cserve yet (supported: " +
                        kServed + ")");

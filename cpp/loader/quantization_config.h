@@ -1,7 +1,8 @@
 // config.json's quantization_config, read as vLLM reads it, and the --quantization flag checked
 // against it. The formats cserve serves: AWQ and GPTQ int4 (and GPTQ int8), compressed-tensors
 // pack-quantized int4 (w4a16) and fp8 ("fp8" checkpoints with block-wise or per-tensor scales,
-// compressed-tensors float-quantized), and vLLM's online fp8 of an unquantized checkpoint.
+// compressed-tensors float-quantized), gpt-oss's MXFP4 experts, and vLLM's online fp8 of an
+// unquantized checkpoint.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -12,7 +13,7 @@ namespace cserve {
 class Json;
 
 struct QuantizationConfig {
-  // "" (none), "awq", "gptq", "compressed-tensors" or "fp8".
+  // "" (none), "awq", "gptq", "compressed-tensors", "fp8" or "mxfp4" (gpt-oss's experts only).
   std::string method;
   int bits = 0;                // 4 or 8 (AWQ, GPTQ, compressed-tensors int); 8 for fp8
   int64_t group_size = 0;      // values per scale along k; 0: one group per row (channel-wise)

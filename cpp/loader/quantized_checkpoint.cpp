@@ -323,7 +323,8 @@ QuantizedRows fp8_rows(const ModuleTensors& t, const QuantizationConfig& q, cons
 std::optional<QuantizedRows> read_quantized_linear(const SafetensorsCheckpoint& ckpt, const QuantizationConfig& q,
                                                    const std::string& module, const WeightShare& s,
                                                    QuantScratch& scratch) {
-  if (!q.enabled() || q.ignores(module)) return std::nullopt;
+  // mxfp4 quantizes gpt-oss's experts only (loader/mxfp4_experts.h): its linear modules are float.
+  if (!q.enabled() || q.ignores(module) || q.method == "mxfp4") return std::nullopt;
   const ModuleTensors t(ckpt, module);
   const bool head = module == "lm_head" || module == "model.embed_tokens";
   if (s.col_count % kQBlock != 0)

@@ -9,6 +9,7 @@
 #include "cserve/error.h"
 #include "loader/gguf.h"
 #include "loader/gguf_model.h"
+#include "loader/mxfp4_experts.h"
 #include "loader/quantized_checkpoint.h"
 #include "loader/safetensors.h"
 #include "util/mmap_file.h"
@@ -22,6 +23,19 @@ struct Slice {
   int64_t begin = 0, count = -1;
   bool all() const { return count < 0; }
 };
+
+// Rows converted from a quantized checkpoint, as the backend packs them.
+QuantPart as_quant_part(const QuantizedRows& q, const float* bias = nullptr) {
+  QuantPart p;
+  p.type = q.type;
+  p.data = q.data;
+  p.rows = q.rows;
+  p.cols = q.cols;
+  p.row_stride = q.row_stride;
+  p.k_order = q.k_order;
+  p.bias = bias;
+  return p;
+}
 
 // Supplies tensors by name: from the checkpoint, checked against the expected shape,
 // or freshly made random ones for load_format dummy.
@@ -93,14 +107,7 @@ class TensorSource {
     const std::string module = name.substr(0, name.rfind(".weight"));
     auto q = read_quantized_linear(*ckpt_, config_->quantization, module, share, quant_scratch_);
     if (!q) return std::nullopt;
-    QuantPart p;
-    p.type = q->type;
-    p.data = q->data;
-    p.rows = q->rows;
-    p.cols = q->cols;
-    p.row_stride = q->row_stride;
-    p.k_order = q->k_order;
-    return p;
+    return as_quant_part(*q);
   }
 
   // The tensor `name` of the given (whole) shape, or this rank's rows / columns of it: rows are a
@@ -167,6 +174,11 @@ class TensorSource {
       t.nbytes /= static_cast<size_t>(config_->num_experts);
       t.data += static_cast<size_t>(expert) * t.nbytes;
     }
+    if (t.type == GgmlType::MXFP4)  // checked here: the backends convert blocks on worker threads
+      for (size_t b = 0; b < t.nbytes; b += static_cast<size_t>(ggml_block_bytes(t.type)))
+        if (!mxfp4_scale_supported(t.data[b]))
+          throw InvalidArgument(gguf_->path() + ": tensor " + gname + " holds the E8M0 scale " + std::to_string(t.data[b]) +
+                                (t.data[b] == 255 ? " (NaN)" : "") + ", which cserve's blocks cannot hold (at most 251)");
     t.shape = shape;
     return t;
   }
@@ -330,9 +342,12 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
       if (auto q = src.quant_part(p.name + ".weight", p.shape(k), p.rows_in_tensor(), cols)) qparts.push_back(*q);
     }
     if (!qparts.empty() && qparts.size() == ps.size()) {  // every part quantized: keep it so
+      // A part with a row order (llama.cpp's q/k permutation) indexes its bias by the file's
+      // rows: the whole bias then, not this rank's slice of it.
       for (size_t i = 0; i < ps.size(); ++i)
         if (with_bias)
-          qparts[i].bias = src.get_f32(ps[i].name + ".bias", {ps[i].shape(1)[0]}, ps[i].rows_in_tensor());
+          qparts[i].bias = src.get_f32(ps[i].name + ".bias", {ps[i].shape(1)[0]},
+                                       qparts[i].row_order ? Slice{} : ps[i].rows_in_tensor());
       auto packed = backend.pack_linear_quantized(qparts);
       w.total_bytes += packed->bytes();
       src.release_scratch();
@@ -386,13 +401,16 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
   // shared expert in gate_up / down.
   // gpt-oss: each expert kind in one 3D tensor of x @ W layout ([E][H][2I], gate and up
   // interleaved; [E][I][H]) with biases: transposed (and de-interleaved) into cserve's [rows][k]
-  // matrices one expert at a time, this rank's share of I.
+  // matrices one expert at a time, this rank's share of I. MXFP4 checkpoints hold the weights as
+  // quantized [rows][k] blocks instead: converted to QB8 rows one expert at a time (never a float
+  // copy), the biases as above.
   auto load_packed_experts = [&](const std::string& moe, LayerWeights& lw) {
     const int64_t E = c.num_experts, EI = c.moe_intermediate_size, mine = local.moe_intermediate_size;
     const int64_t first = tp.enabled() ? tp.rank * mine : 0;
-    const Tensor gu = src.get(moe + "experts.gate_up_proj", {E, H, 2 * EI}, kRandom);
+    const bool mxfp4 = ckpt && c.quantization.method == "mxfp4";
+    const Tensor gu = mxfp4 ? Tensor{} : src.get(moe + "experts.gate_up_proj", {E, H, 2 * EI}, kRandom);
     const Tensor gu_bias = src.get(moe + "experts.gate_up_proj_bias", {E, 2 * EI}, 0.0f);
-    const Tensor dn = src.get(moe + "experts.down_proj", {E, EI, H}, kRandom);
+    const Tensor dn = mxfp4 ? Tensor{} : src.get(moe + "experts.down_proj", {E, EI, H}, kRandom);
     const Tensor dn_bias = src.get(moe + "experts.down_proj_bias", {E, H}, 0.0f);
     auto expert_f32 = [](const Tensor& t, int64_t e, int64_t n) {  // expert e's n values as f32
       std::vector<float> out(static_cast<size_t>(n));
@@ -401,22 +419,30 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
       return out;
     };
     for (int64_t e = 0; e < E; ++e) {
-      const std::vector<float> wt = expert_f32(gu, e, H * 2 * EI), b = expert_f32(gu_bias, e, 2 * EI);
-      std::vector<float> gate(static_cast<size_t>(mine * H)), up(gate.size()), gate_b(mine), up_b(mine);
-      for (int64_t i = 0; i < mine; ++i) {
-        const int64_t col = 2 * (first + i);
-        for (int64_t h = 0; h < H; ++h) {
-          gate[i * H + h] = wt[h * 2 * EI + col];
-          up[i * H + h] = wt[h * 2 * EI + col + 1];
-        }
-        gate_b[i] = b[col];
-        up_b[i] = b[col + 1];
+      const std::vector<float> b = expert_f32(gu_bias, e, 2 * EI);
+      std::vector<float> gate_b(mine), up_b(mine), down_b = expert_f32(dn_bias, e, H);
+      for (int64_t i = 0; i < mine; ++i) gate_b[i] = b[2 * (first + i)], up_b[i] = b[2 * (first + i) + 1];
+      if (mxfp4) {
+        QuantScratch scratch;
+        const Mxfp4Expert q = read_mxfp4_expert(*ckpt, moe + "experts.", e, {E, H, EI, first, mine}, scratch);
+        lw.expert_gate_up.push_back(
+            backend.pack_linear_quantized({as_quant_part(q.gate, gate_b.data()), as_quant_part(q.up, up_b.data())}));
+        lw.expert_down.push_back(backend.pack_linear_quantized({as_quant_part(q.down, sums_bias ? down_b.data() : nullptr)}));
+        w.total_bytes += lw.expert_gate_up.back()->bytes() + lw.expert_down.back()->bytes();
+        continue;
       }
+      const std::vector<float> wt = expert_f32(gu, e, H * 2 * EI);
+      std::vector<float> gate(static_cast<size_t>(mine * H)), up(gate.size());
+      for (int64_t i = 0; i < mine; ++i)
+        for (int64_t h = 0; h < H; ++h) {
+          gate[i * H + h] = wt[h * 2 * EI + 2 * (first + i)];
+          up[i * H + h] = wt[h * 2 * EI + 2 * (first + i) + 1];
+        }
       auto f32 = [](std::vector<float>& v, std::vector<int64_t> shape) { return Tensor{v.data(), DType::F32, shape}; };
       lw.expert_gate_up.push_back(backend.pack_linear({f32(gate, {mine, H}), f32(up, {mine, H})},
                                                       {f32(gate_b, {mine}), f32(up_b, {mine})}, dtype));
       const std::vector<float> d = expert_f32(dn, e, EI * H);
-      std::vector<float> down(static_cast<size_t>(H * mine)), down_b = expert_f32(dn_bias, e, H);
+      std::vector<float> down(static_cast<size_t>(H * mine));
       for (int64_t h = 0; h < H; ++h)
         for (int64_t i = 0; i < mine; ++i) down[h * mine + i] = d[(first + i) * H + h];
       std::vector<Tensor> down_bias;
@@ -433,20 +459,24 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     const int64_t ei_local = local.moe_intermediate_size, si_local = local.shared_expert_intermediate_size;
     const Slice ei_rows = tp.enabled() ? Slice{tp.rank * ei_local, ei_local} : Slice{};
     const Slice si_rows = tp.enabled() ? Slice{tp.rank * si_local, si_local} : Slice{};
-    if (c.model_type == "gpt_oss") {  // a router with a bias, experts in 3D tensors
+    // gpt-oss: a router with a bias; experts with biases, in 3D tensors (GGUF files hold them
+    // per expert kind as the other families', gate and up apart).
+    const bool gpt_oss = c.model_type == "gpt_oss";
+    if (gpt_oss) {
       lw.router = linear({{moe + "router", E}}, H, {}, true);
-      load_packed_experts(moe, lw);
-      return;
+      if (!gguf) return load_packed_experts(moe, lw);
+    } else {
+      std::vector<Part> router{{moe + "gate", E}};
+      if (SI > 0) router.push_back({moe + "shared_expert_gate", 1});
+      lw.router = linear(router, H, {}, false);
     }
-    std::vector<Part> router{{moe + "gate", E}};
-    if (SI > 0) router.push_back({moe + "shared_expert_gate", 1});
-    lw.router = linear(router, H, {}, false);
     for (int64_t e = 0; e < E; ++e) {
       const std::string x = moe + "experts." + std::to_string(e) + ".";
       lw.expert_gate_up.push_back(mixtral ? linear({{x + "w1", EI, ei_rows}, {x + "w3", EI, ei_rows}}, H, {}, false)
                                           : linear({{x + "gate_proj", EI, ei_rows}, {x + "up_proj", EI, ei_rows}}, H,
-                                                   {}, false));
-      lw.expert_down.push_back(linear({{x + (mixtral ? "w2" : "down_proj"), H}}, EI, ei_rows, false, proj_scale));
+                                                   {}, gpt_oss));
+      lw.expert_down.push_back(
+          linear({{x + (mixtral ? "w2" : "down_proj"), H}}, EI, ei_rows, gpt_oss && sums_bias, proj_scale));
     }
     if (SI > 0) {
       const std::string s = moe + "shared_expert.";

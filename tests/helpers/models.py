@@ -199,6 +199,13 @@ def build_model(path: Path, model_type: str, seed: int = 0, generation_eos: Opti
     return BuiltModel(name=model_type, path=str(path), model=model, config=saved)
 
 
+def _seed_of(name: str) -> int:
+    """Each zoo model's weights from its name alone: the same model whichever tests ran first."""
+    import zlib
+
+    return zlib.crc32(name.encode()) % 10007 + 1
+
+
 class ModelZoo:
     """Builds each named model once per session."""
 
@@ -210,7 +217,7 @@ class ModelZoo:
         if name not in self._models:
             spec = dict(SPECS[name])
             model_type = spec.pop("model_type")
-            built = build_model(self.root / name, model_type, seed=len(self._models) + 1, **spec)
+            built = build_model(self.root / name, model_type, seed=_seed_of(name), **spec)
             built.name = name
             self._models[name] = built
         return self._models[name]
@@ -218,7 +225,7 @@ class ModelZoo:
     def custom(self, name: str, model_type: str, **overrides: Any) -> BuiltModel:
         """A one-off model (cached under `name`)."""
         if name not in self._models:
-            built = build_model(self.root / name, model_type, seed=len(self._models) + 101, **overrides)
+            built = build_model(self.root / name, model_type, seed=_seed_of(name) + 101, **overrides)
             built.name = name
             self._models[name] = built
         return self._models[name]

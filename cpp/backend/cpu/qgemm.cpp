@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "backend/cpu/kernels.h"
+#include "backend/quant_parts.h"
 #include "cserve/error.h"
 
 namespace cserve::cpu {
@@ -85,45 +86,17 @@ void place_row(QuantMatrix& w, int64_t row, const uint8_t* u, const float* d, co
   }
 }
 
-// The parts' common k order (empty: the natural one).
-std::vector<int32_t> shared_k_order(const std::vector<QuantPart>& parts) {
-  const int64_t k = parts[0].cols;
-  auto order_of = [&](const QuantPart& p) {
-    std::vector<int32_t> o(static_cast<size_t>(k));
-    for (int64_t j = 0; j < k; ++j) o[j] = p.k_order ? p.k_order[j] : static_cast<int32_t>(j);
-    return o;
-  };
-  bool any = false;
-  for (const QuantPart& p : parts) any = any || p.k_order != nullptr;
-  if (!any) return {};
-  std::vector<int32_t> order = order_of(parts[0]);
-  for (const QuantPart& p : parts)
-    if (order_of(p) != order)
-      throw NotSupported("quantized parts fused into one matrix (q|k|v or gate|up) have different activation "
-                         "orders (GPTQ act-order g_idx); cserve needs one order per fused matrix");
-  for (int32_t c : order)
-    if (c < 0 || c >= k) throw InvalidArgument("pack_quant_matrix: k order out of range");
-  return order;
-}
-
 }  // namespace
 
 QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& pool) {
-  if (parts.empty()) throw InvalidArgument("pack_quant_matrix: no parts");
+  QuantPartsShape shape = quant_parts_shape(parts);
   QuantMatrix w;
-  w.k = parts[0].cols;
-  w.bits = 4;
-  w.half_scales = true;
-  bool any_bias = false;
-  for (const QuantPart& p : parts) {
-    if (p.cols != w.k) throw InvalidArgument("pack_quant_matrix: parts differ in k");
-    if (qblock_bits(p.type) == 8) w.bits = 8;
-    if (!qblock_scales_are_f16(p.type)) w.half_scales = false;
-    w.n += p.rows;
-    any_bias = any_bias || p.bias != nullptr;
-  }
-  if (w.k % kQBlock != 0) throw InvalidArgument("pack_quant_matrix: k must be a multiple of 32");
-  w.k_order = shared_k_order(parts);
+  w.n = shape.n;
+  w.k = shape.k;
+  w.bits = shape.bits;
+  w.half_scales = shape.half_scales;
+  const bool any_bias = shape.any_bias;
+  w.k_order = std::move(shape.k_order);
   w.blocks = w.k / kQBlock;
   w.panels = (w.n + kQPanel - 1) / kQPanel;
   w.codes = Buffer(static_cast<size_t>(w.panels * w.blocks) * w.block_bytes());

@@ -1,6 +1,7 @@
 // The CUDA implementation of Backend, built into libcserve_cuda.so (loaded by make_backend).
 //
-// Weights live on the GPU in the compute dtype (bf16 by default) as plain [n][k] rows;
+// Weights live on the GPU in the compute dtype (bf16 by default) as plain [n][k] rows, or,
+// quantized, as codes with block scales (cuda/quant);
 // activations stay f32 (the model's arithmetic is unchanged from the CPU's), and each GEMM
 // rounds its input to the weight dtype and accumulates into f32 through cuBLASLt. The host
 // arrays an op takes (token ids, slots, attention metadata) are copied over on the backend's
@@ -22,6 +23,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_communicator.h"
 #include "backend/cuda/cuda_device_access.h"
+#include "backend/cuda/cuda_quant_linear.h"
 #include "backend/cuda/cuda_util.h"
 #include "backend/device_communicator.h"
 #include "backend/cuda_entry.h"
@@ -33,6 +35,8 @@
 #include "gemm/cublaslt_gemm.h"
 #include "moe/combine_rows.h"
 #include "norm/rms_norm.h"
+#include "quant/quant_kernels.h"
+#include "quant/quant_linear.h"
 #include "rope/rope.h"
 #include "sampling/sampler.h"
 #include "util/env.h"
@@ -79,6 +83,9 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
     // CSERVE_CUDA_SIMPLE_KERNELS=1: attention by the per-token kernel alone (no prefill tiles,
     // no context splits), to tell a fault of the faster kernels from one elsewhere.
     simple_kernels_ = env_flag("CSERVE_CUDA_SIMPLE_KERNELS");
+    // CSERVE_CUDA_DEQUANTIZE_WEIGHTS=1: quantized weights dequantized to bf16 at load and
+    // multiplied by cuBLASLt, to tell a fault of the quantized kernels from one elsewhere.
+    dequantize_weights_ = env_flag("CSERVE_CUDA_DEQUANTIZE_WEIGHTS");
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -185,9 +192,27 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
     return finish_linear(host, dtype, n, k, host_bias(parts, biases, n));
   }
 
-  // Quantized weights (GGUF, and AWQ / GPTQ / fp8 rows) are dequantized to bf16 here: no quantized GPU
-  // kernels yet. An act-order part's columns go back to the natural order.
+  // Quantized weights (GGUF, and AWQ / GPTQ / fp8 rows) stay codes with block scales
+  // (cuda/quant); with CSERVE_CUDA_DEQUANTIZE_WEIGHTS they become bf16 rows instead.
   std::unique_ptr<LinearWeight> pack_linear_quantized(const std::vector<QuantPart>& parts) override {
+    if (dequantize_weights_) return pack_linear_dequantized(parts);
+    const HostQuantWeight host = pack_host_quant_weight(parts);
+    auto to_device = [&](const void* data, size_t bytes) {
+      Buffer b = allocate(bytes);
+      if (bytes) upload(b.data(), data, bytes);
+      return b;
+    };
+    auto w = std::make_unique<CudaQuantLinear>(
+        host.layout, to_device(host.codes.data(), host.codes.size()),
+        to_device(host.scales.data(), host.scales.size()),
+        to_device(host.bias.data(), host.bias.size() * sizeof(float)),
+        to_device(host.k_order.data(), host.k_order.size() * sizeof(int32_t)));
+    // The host copies go out of scope when this returns: finish the transfers first.
+    check(cudaStreamSynchronize(stream_), "weight upload");
+    return w;
+  }
+  // An act-order part's columns go back to the natural order.
+  std::unique_ptr<LinearWeight> pack_linear_dequantized(const std::vector<QuantPart>& parts) {
     int64_t n = 0;
     const int64_t k = parts.empty() ? 0 : parts[0].cols;
     for (const QuantPart& p : parts) {
@@ -223,6 +248,10 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
 
   void linear(const LinearWeight& weight, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy,
               bool accumulate) override {
+    if (const auto* q = dynamic_cast<const CudaQuantLinear*>(&weight)) {
+      quant_linear(*q, x, ldx, y, ldy, accumulate);
+      return;
+    }
     const CudaLinear& w = cuda_linear(weight);
     const int64_t m = x.dim(0), n = w.n(), k = w.k();
     if (m == 0) return;
@@ -248,8 +277,12 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
                             dtype_id(table.dtype), stream_);
   }
   void embedding(const LinearWeight& weight, const int32_t* ids, int64_t n, Tensor& out) override {
-    const CudaLinear& w = cuda_linear(weight);
     const int32_t* dev_ids = upload_ids(ids, n);
+    if (const auto* q = dynamic_cast<const CudaQuantLinear*>(&weight)) {
+      if (launches()) cuda::invokeQuantGatherRows(out.as<float>(), q->view(), dev_ids, n, stream_);
+      return;
+    }
+    const CudaLinear& w = cuda_linear(weight);
     if (launches())
       cuda::invokeEmbedding(out.data, w.data(), dev_ids, n, w.k(), dtype_id(DType::F32), dtype_id(w.dtype()),
                             stream_);
@@ -594,6 +627,20 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
     return p;
   }
 
+  // The scratch (activation copy, bf16 weight tile) is sized from the row count alone, so the
+  // graphs' sizing pass reserves what capture and replay use.
+  void quant_linear(const CudaQuantLinear& w, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy, bool accumulate) {
+    const int64_t m = x.dim(0);
+    if (m == 0) return;
+    const cuda::QuantWeightView view = w.view();
+    const cuda::QuantLinearPlan plan = cuda::plan_quant_linear(view.layout, m);
+    void* xs = scratch(region(x_conv_, graph_x_conv_), plan.x_bytes);
+    void* tile = plan.tile_bytes ? scratch(region(weight_tile_, graph_weight_tile_), plan.tile_bytes) : nullptr;
+    if (!launches()) return;
+    cuda::invokeQuantLinear(gemm_.get(), view, plan, x.as<float>(), ldx, m, y.as<float>(), ldy, accumulate, xs, tile,
+                            stream_);
+  }
+
   std::unique_ptr<LinearWeight> finish_linear(const std::vector<char>& host, DType dtype, int64_t n, int64_t k,
                                               const std::vector<float>& bias) {
     Buffer w = allocate(host.size());
@@ -661,12 +708,13 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
 
   int ordinal_;
   bool simple_kernels_ = false;
+  bool dequantize_weights_ = false;
   std::string name_;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t staged_copy_done_ = nullptr;
   std::unique_ptr<cuda::CublasLtGemm> gemm_;
   Buffer x_conv_, ids_dev_, slots_dev_, meta_dev_, sample_dev_, processed_logits_, processing_dev_, attn_split_;
-  Buffer moe_rows_dev_, moe_weights_dev_;
+  Buffer moe_rows_dev_, moe_weights_dev_, weight_tile_;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
   static constexpr size_t kUploadRingBytes = size_t{8} << 20;
@@ -674,7 +722,7 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
   size_t upload_cursor_ = 0;
   cudaEvent_t upload_done_ = nullptr;
   Mode mode_ = Mode::Eager;
-  Buffer graph_x_conv_, graph_ids_dev_, graph_slots_dev_, graph_meta_dev_, graph_attn_split_;
+  Buffer graph_x_conv_, graph_ids_dev_, graph_slots_dev_, graph_meta_dev_, graph_attn_split_, graph_weight_tile_;
   size_t graph_upload_bytes_ = 0;  // staging the sizing pass counted
   void* graph_pinned_ = nullptr;
   size_t graph_pinned_bytes_ = 0, graph_cursor_ = 0;

@@ -307,7 +307,8 @@ FLAGS: tuple = (
              choices=("auto", "bfloat16", "float", "float16", "float32", "half"), **ok("engine")),
         Flag("--quantization", STR, None, "Weight quantization method; read from the model config when unset "
              "and checked against it when set. cserve: awq, awq_marlin, gptq, gptq_marlin, compressed-tensors, "
-             "fp8 (also online, of a float checkpoint), gguf (a GGUF file's ggml formats).", aliases=("-q",),
+             "fp8 (also online, of a float checkpoint), mxfp4 (gpt-oss), gguf (a GGUF file's ggml formats).",
+             aliases=("-q",),
              **ok("engine")),
         Flag("--allow-deprecated-quantization", BOOL, False, "Allow deprecated quantization methods.",
              **noop("no deprecated quantization method is supported")),

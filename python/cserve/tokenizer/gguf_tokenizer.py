@@ -14,10 +14,11 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import BPE
 
 from cserve.tokenizer.chat_template import ChatTemplate
+from cserve.tokenizer.gguf_sentencepiece import sentencepiece_bpe, vocabulary_merges
 
 
 class TokenType(IntEnum):
@@ -72,13 +73,11 @@ PRE_TOKENIZER_SPLITS = {
     **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_SPLIT),
 }
 
-# transformers shapes these architectures' sentencepiece vocabularies its own way; we do not yet.
-_UNSUPPORTED_SENTENCEPIECE_ARCHS = ("gemma", "gemma2", "gemma3")
-
 
 def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:
     """The tokenizer `tokenizer.ggml.*` describes: "gpt2" (byte-level BPE) or "llama"
-    (sentencepiece BPE with byte fallback). ValueError for anything else."""
+    (sentencepiece BPE with byte fallback; Gemma's shaped as transformers' GemmaTokenizer).
+    ValueError for anything else."""
     model = metadata.get("tokenizer.ggml.model")
     if model not in ("gpt2", "llama"):
         raise ValueError(f"unsupported GGUF tokenizer model {model!r} (tokenizer.ggml.model); "
@@ -99,8 +98,10 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:
         spelled = [token if i in whole else _byte_level_spelling(token) for i, token in enumerate(tokens)]
         tokenizer = _byte_level_bpe(metadata, spelled)
     else:
-        spelled = list(tokens)
-        tokenizer = _sentencepiece_bpe(metadata, spelled)
+        tokenizer, spelled = sentencepiece_bpe(metadata, list(tokens))
+        # A token the vocabulary respells (Gemma's runs of spaces) is a piece BPE reaches, not
+        # text matched whole (transformers does not add it either).
+        types = [TokenType.NORMAL if new != old else kind for new, old, kind in zip(spelled, tokens, types)]
 
     _add_whole_tokens(tokenizer, spelled, types, set(special_ids.values()))
     tokenizer.post_processor = _post_processor(metadata, model, spelled, special_ids)
@@ -159,32 +160,9 @@ def _byte_level_spelling(token: str) -> str:
     return "".join(BYTE_ALPHABET[b] for b in token.encode("utf-8"))
 
 
-def _merges(metadata: Mapping[str, Any], tokens: list[str]) -> list[tuple[str, str]]:
-    merges = metadata.get("tokenizer.ggml.merges")
-    if merges is not None:
-        return [tuple(merge.split(" ", 1)) for merge in merges]
-    scores = metadata.get("tokenizer.ggml.scores")
-    if scores is None:
-        raise ValueError("GGUF metadata has neither tokenizer.ggml.merges nor tokenizer.ggml.scores")
-    return _merges_from_scores(tokens, scores)
-
-
-def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
-    """Sentencepiece BPE keeps no merge list: a piece's score is its merge rank. Every cut of a
-    piece into two known pieces is a merge, best score first; ties break as transformers'
-    generate_merges breaks them (longer left piece first, then longer right, then file order)."""
-    known = set(tokens)
-    ranked = []
-    for piece, score in dict(zip(tokens, scores)).items():
-        ranked.extend((piece[:k], piece[k:], score) for k in range(1, len(piece))
-                      if piece[:k] in known and piece[k:] in known)
-    ranked.sort(key=lambda merge: (merge[2], len(merge[0]), len(merge[1])), reverse=True)
-    return [(left, right) for left, right, _ in ranked]
-
-
 def _byte_level_bpe(metadata: Mapping[str, Any], spelled: list[str]) -> Tokenizer:
     vocab = {token: i for i, token in enumerate(spelled)}
-    model = BPE(vocab=vocab, merges=_merges(metadata, spelled), dropout=None,
+    model = BPE(vocab=vocab, merges=vocabulary_merges(metadata, spelled), dropout=None,
                 continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
     tokenizer = Tokenizer(model)
     split = PRE_TOKENIZER_SPLITS.get(metadata.get("tokenizer.ggml.pre"))
@@ -196,30 +174,6 @@ def _byte_level_bpe(metadata: Mapping[str, Any], spelled: list[str]) -> Tokenize
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
     tokenizer.decoder = decoders.ByteLevel()
-    return tokenizer
-
-
-def _sentencepiece_bpe(metadata: Mapping[str, Any], tokens: list[str]) -> Tokenizer:
-    architecture = metadata.get("general.architecture")
-    if architecture in _UNSUPPORTED_SENTENCEPIECE_ARCHS:
-        raise ValueError(f"GGUF sentencepiece vocabularies of architecture {architecture!r} are not supported")
-    vocab = {token: i for i, token in enumerate(tokens)}
-    tokenizer = Tokenizer(BPE(vocab=vocab, merges=_merges(metadata, tokens), fuse_unk=True, byte_fallback=True,
-                              dropout=None))
-    # transformers always adds the dummy prefix; llama.cpp (and sentencepiece) skip it when the
-    # file says add_space_prefix = false, and so do we.
-    prefix_space = metadata.get("tokenizer.ggml.add_space_prefix", True) is not False
-    if architecture == "phi3":  # the prefix space comes from a normalizer: "  hi" -> "▁▁▁hi"
-        tokenizer.normalizer = normalizers.Sequence(
-            [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")] if prefix_space
-            else [normalizers.Replace(" ", "▁")])
-    else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
-            replacement="▁", prepend_scheme="first" if prefix_space else "never", split=False)
-    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-    if prefix_space:
-        steps.append(decoders.Strip(" ", 1, 0))
-    tokenizer.decoder = decoders.Sequence(steps)
     return tokenizer
 
 
