@@ -96,6 +96,10 @@ void bind_config(nb::module_& m) {
       .def_rw("enforce_eager", &cserve::EngineConfig::enforce_eager)
       .def_rw("cudagraph_capture_sizes", &cserve::EngineConfig::cudagraph_capture_sizes)
       .def_rw("max_cudagraph_capture_size", &cserve::EngineConfig::max_cudagraph_capture_size)
+      .def_rw("speculative_method", &cserve::EngineConfig::speculative_method)
+      .def_rw("num_speculative_tokens", &cserve::EngineConfig::num_speculative_tokens)
+      .def_rw("prompt_lookup_min", &cserve::EngineConfig::prompt_lookup_min)
+      .def_rw("prompt_lookup_max", &cserve::EngineConfig::prompt_lookup_max)
       .def_rw("load_progress", &cserve::EngineConfig::load_progress, nb::arg("load_progress").none());
 
   nb::class_<cserve::ModelInfo>(m, "ModelInfo")
@@ -112,6 +116,8 @@ void bind_config(nb::module_& m) {
       .def_ro("kv_cache_tokens", &cserve::ModelInfo::kv_cache_tokens)
       .def_ro("max_concurrency", &cserve::ModelInfo::max_concurrency)
       .def_ro("max_num_seqs", &cserve::ModelInfo::max_num_seqs)
+      .def_ro("speculative_method", &cserve::ModelInfo::speculative_method)
+      .def_ro("num_speculative_tokens", &cserve::ModelInfo::num_speculative_tokens)
       .def_ro("load_seconds", &cserve::ModelInfo::load_seconds)
       .def_ro("kv_alloc_seconds", &cserve::ModelInfo::kv_alloc_seconds)
       .def_ro("warmup_seconds", &cserve::ModelInfo::warmup_seconds)
@@ -178,7 +184,11 @@ void bind_engine(nb::module_& m) {
       .def_ro("num_steps", &cserve::EngineStats::num_steps)
       .def_ro("num_free_blocks", &cserve::EngineStats::num_free_blocks)
       .def_ro("steps_by_tokens_log2", &cserve::EngineStats::steps_by_tokens_log2)
-      .def_ro("scheduled_tokens", &cserve::EngineStats::scheduled_tokens);
+      .def_ro("scheduled_tokens", &cserve::EngineStats::scheduled_tokens)
+      .def_ro("spec_decode_num_drafts", &cserve::EngineStats::spec_decode_num_drafts)
+      .def_ro("spec_decode_num_draft_tokens", &cserve::EngineStats::spec_decode_num_draft_tokens)
+      .def_ro("spec_decode_num_accepted_tokens", &cserve::EngineStats::spec_decode_num_accepted_tokens)
+      .def_ro("spec_decode_num_accepted_tokens_per_pos", &cserve::EngineStats::spec_decode_num_accepted_tokens_per_pos);
 
   nb::class_<cserve::Engine>(m, "Engine")
       .def(nb::init<const cserve::EngineConfig&>(), "config"_a, nb::call_guard<nb::gil_scoped_release>())

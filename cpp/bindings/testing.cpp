@@ -18,6 +18,7 @@
 #include "core/quant.h"
 #include "cserve/engine.h"
 #include "engine/engine_setup.h"
+#include "engine/ngram_proposer.h"
 #include "kv/block_pool.h"
 #include "kv/kv_cache_manager.h"
 #include "loader/gguf.h"
@@ -78,10 +79,21 @@ class SchedulerHarness {
   std::vector<std::pair<int32_t, int32_t>> block_copies() const { return last_.block_copies; }
   // Completes the last scheduled step; `tokens` gives the sampled token per completion name.
   std::vector<cserve::RequestOutput> update(const std::map<std::string, int32_t>& tokens) {
+    std::map<std::string, std::vector<int32_t>> many;
+    for (const auto& [id, t] : tokens) many[id] = {t};
+    return update_speculative(many, {});
+  }
+  // The same with several tokens per completion (accepted drafts, then the target's own) and
+  // the draft tokens each proposes for its next step.
+  std::vector<cserve::RequestOutput> update_speculative(const std::map<std::string, std::vector<int32_t>>& tokens,
+                                                        const std::map<std::string, std::vector<int32_t>>& drafts) {
     cserve::RunnerOutput r;
     for (const auto& s : last_.scheduled) {
       auto it = tokens.find(name(*s.request));
-      r.sampled_token_ids.push_back(s.sample ? (it == tokens.end() ? 0 : it->second) : -1);
+      r.sampled_token_ids.push_back(!s.sample ? std::vector<int32_t>{}
+                                    : it == tokens.end() ? std::vector<int32_t>{0} : it->second);
+      auto d = drafts.find(name(*s.request));
+      r.draft_token_ids.push_back(d == drafts.end() ? std::vector<int32_t>{} : d->second);
     }
     r.logprobs.resize(last_.scheduled.size());
     r.prompt_logprobs.resize(last_.scheduled.size());
@@ -90,6 +102,17 @@ class SchedulerHarness {
     return outs;
   }
   std::vector<cserve::RequestOutput> abort(const std::string& id) { return sched_.abort(id); }
+  // The draft tokens each completion of the last schedule() verifies.
+  std::map<std::string, std::vector<int32_t>> scheduled_drafts() const {
+    std::map<std::string, std::vector<int32_t>> out;
+    for (const auto& s : last_.scheduled) out[name(*s.request)] = s.draft_token_ids;
+    return out;
+  }
+  // (drafts, draft tokens, accepted tokens, accepted per position)
+  std::tuple<int64_t, int64_t, int64_t, std::vector<int64_t>> spec_counters() const {
+    const auto& c = sched_.counters();
+    return {c.num_drafts, c.num_draft_tokens, c.num_accepted_tokens, c.num_accepted_tokens_per_pos};
+  }
   int64_t num_running() const { return sched_.num_running(); }
   int64_t num_waiting() const { return sched_.num_waiting(); }
   int64_t num_free_blocks() const { return kv_.pool().num_free_blocks(); }
@@ -142,6 +165,10 @@ void bind_testing(nb::module_& m) {
       .def_rw("max_long_partial_prefills", &cserve::SchedulerConfig::max_long_partial_prefills)
       .def_rw("priority_policy", &cserve::SchedulerConfig::priority_policy);
 
+  m.def("ngram_propose", [](const std::vector<int32_t>& tokens, int k, int min_n, int max_n) {
+    return cserve::NgramProposer{k, min_n, max_n}.propose(tokens);
+  }, "tokens"_a, "num_speculative_tokens"_a, "prompt_lookup_min"_a, "prompt_lookup_max"_a);
+
   nb::class_<SchedulerHarness>(m, "SchedulerHarness")
       .def(nb::init<const cserve::SchedulerConfig&, int64_t, int, bool, const std::string&, std::vector<int64_t>>(),
            "config"_a, "num_blocks"_a, "block_size"_a = 16, "enable_prefix_caching"_a = true,
@@ -150,6 +177,9 @@ void bind_testing(nb::module_& m) {
       .def("schedule", &SchedulerHarness::schedule)
       .def("block_copies", &SchedulerHarness::block_copies)
       .def("update", &SchedulerHarness::update, "tokens"_a = std::map<std::string, int32_t>{})
+      .def("update_speculative", &SchedulerHarness::update_speculative, "tokens"_a, "drafts"_a)
+      .def("scheduled_drafts", &SchedulerHarness::scheduled_drafts)
+      .def_prop_ro("spec_counters", &SchedulerHarness::spec_counters)
       .def("abort", &SchedulerHarness::abort)
       .def_prop_ro("num_running", &SchedulerHarness::num_running)
       .def_prop_ro("num_waiting", &SchedulerHarness::num_waiting)

@@ -147,6 +147,7 @@ struct Engine::Impl {
 Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   config.load_progress = nullptr;  // used only while loading, from `c`; not kept
   auto t0 = std::chrono::steady_clock::now();
+  const NgramProposer proposer = resolve_speculation(c);  // refuses a bad config before loading
   const int group = parallel_group_size(c);
   if (group > 1) {
     comm = make_group_communicator(c, c.tensor_parallel_group, 0, group, true);
@@ -186,7 +187,9 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
     const int64_t profile_blocks = (tokens + c.block_size - 1) / c.block_size;
     runner = std::make_unique<ModelRunner>(*backend, std::move(model), profile_blocks, c.block_size, kv_dtype, eos);
     if (link) runner->set_rank_link(link.get());  // the other ranks run the profiling step too
-    runner->warm_up(tokens, std::min<int64_t>(tokens, sched_config.max_num_seqs));
+    // Logits rows: one per sequence, and one more per draft token with speculative decoding.
+    const int64_t rows = int64_t{sched_config.max_num_seqs} * (1 + proposer.num_speculative_tokens);
+    runner->warm_up(tokens, std::min<int64_t>(tokens, rows));
     size_t free_bytes = 0;
     backend->device_memory(free_bytes, total_bytes);
     DeviceMemoryUse use;
@@ -204,6 +207,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   // The final cache: the planned blocks, plus the graphs' spare block.
   if (!graph_sizes.empty()) runner->enable_graphs(graph_sizes, max_model_len);
   if (on_device || !graph_sizes.empty()) runner->resize_kv_cache(plan.num_blocks);
+  runner->set_ngram_proposer(proposer);
   kv = std::make_unique<KVCacheManager>(plan.num_blocks, c.block_size, c.enable_prefix_caching,
                                         c.prefix_caching_hash_algo);
   scheduler = std::make_unique<Scheduler>(sched_config, *kv, eos, static_cast<uint64_t>(c.seed));
@@ -245,6 +249,8 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   info.kv_cache_tokens = plan.num_blocks * c.block_size;
   info.max_concurrency = static_cast<double>(info.kv_cache_tokens) / static_cast<double>(max_model_len);
   info.max_num_seqs = sched_config.max_num_seqs;
+  info.speculative_method = proposer.num_speculative_tokens > 0 ? "ngram" : "";
+  info.num_speculative_tokens = proposer.num_speculative_tokens;
   info.weight_bytes = weight_bytes;
   info.kv_cache_bytes = static_cast<int64_t>(runner->kv_cache_bytes());
   log_info("Model " + info.architecture + " loaded in " + fixed(info.load_seconds, 2) + " s (" +
@@ -303,6 +309,13 @@ void Engine::Impl::refresh_stats() {
   stats.num_free_blocks = kv->pool().num_free_blocks();
   stats.steps_by_tokens_log2 = steps_by_tokens_log2;
   stats.scheduled_tokens = scheduled_tokens;
+  const SchedulerCounters& sc = scheduler->counters();
+  stats.spec_decode_num_drafts = sc.num_drafts;
+  stats.spec_decode_num_draft_tokens = sc.num_draft_tokens;
+  stats.spec_decode_num_accepted_tokens = sc.num_accepted_tokens;
+  stats.spec_decode_num_accepted_tokens_per_pos = sc.num_accepted_tokens_per_pos;
+  stats.spec_decode_num_accepted_tokens_per_pos.resize(
+      std::max<size_t>(stats.spec_decode_num_accepted_tokens_per_pos.size(), static_cast<size_t>(info.num_speculative_tokens)), 0);
 }
 
 std::vector<RequestOutput> Engine::Impl::step() {

@@ -179,3 +179,26 @@ std::vector<int> resolve_cudagraph_sizes(const EngineConfig& config, int max_num
 }
 
 }  // namespace cserve
+
+namespace cserve {
+
+NgramProposer resolve_speculation(const EngineConfig& config) {
+  NgramProposer p;
+  if (config.speculative_method.empty()) return p;
+  if (config.speculative_method != "ngram")
+    throw NotSupported("speculative decoding method '" + config.speculative_method +
+                       "' is not supported yet (supported: ngram)");
+  if (config.num_speculative_tokens <= 0)
+    throw InvalidArgument("num_speculative_tokens must be > 0, got " + std::to_string(config.num_speculative_tokens));
+  if (config.prompt_lookup_min < 1 || config.prompt_lookup_max < 1)
+    throw InvalidArgument("prompt_lookup_min and prompt_lookup_max must be >= 1");
+  if (config.prompt_lookup_min > config.prompt_lookup_max)
+    throw InvalidArgument("prompt_lookup_min=" + std::to_string(config.prompt_lookup_min) + " must be <= prompt_lookup_max=" +
+                          std::to_string(config.prompt_lookup_max));
+  p.num_speculative_tokens = config.num_speculative_tokens;
+  p.min_n = config.prompt_lookup_min;
+  p.max_n = config.prompt_lookup_max;
+  return p;
+}
+
+}  // namespace cserve

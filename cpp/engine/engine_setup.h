@@ -5,6 +5,7 @@
 
 #include "core/dtype.h"
 #include "cserve/engine_config.h"
+#include "engine/ngram_proposer.h"
 #include "loader/model_config.h"
 #include "sched/scheduler.h"
 
@@ -46,6 +47,10 @@ constexpr double kDefaultGpuMemoryUtilization = 0.9;
 // available now less a reserve (1 GiB, or a tenth of it): the CPU cache is committed at start.
 KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& model, DType kv_dtype,
                           int64_t max_model_len, int64_t weight_bytes, const DeviceMemoryUse* device = nullptr);
+
+// The n-gram proposer of speculative_method "ngram" (num_speculative_tokens 0: speculation off).
+// Throws NotSupported for another method, InvalidArgument for values vLLM refuses too.
+NgramProposer resolve_speculation(const EngineConfig& config);
 
 // The CUDA graph sizes a device engine captures: none with enforce_eager; else
 // cudagraph_capture_sizes, or vLLM's default list ([1, 2, 4], multiples of 8 below 256, of 16

@@ -7,6 +7,36 @@
 
 namespace cserve {
 
+namespace {
+// While the row after `count` draft tokens is sampled, the request holds those tokens as output,
+// as it would had it sampled them one step at a time: penalties and min_tokens see the same tokens.
+class DraftsAsOutput {
+ public:
+  DraftsAsOutput(Request& r, const std::vector<int32_t>& drafts, int32_t count) : r_(r), count_(count) {
+    for (int32_t j = 0; j < count; ++j) r_.append_output(drafts[j]);
+  }
+  ~DraftsAsOutput() {
+    r_.output_token_ids.resize(r_.output_token_ids.size() - count_);
+    r_.all_token_ids.resize(r_.all_token_ids.size() - count_);
+  }
+  DraftsAsOutput(const DraftsAsOutput&) = delete;
+  DraftsAsOutput& operator=(const DraftsAsOutput&) = delete;
+
+ private:
+  Request& r_;
+  size_t count_;
+};
+
+// Whether the token sampled after `row.num_drafts_before` drafts rejects the next draft (later
+// rows of the request are then void). Sampling the target and keeping a draft token where the
+// target drew it is rejection sampling for a draft that is certain (n-gram): the draft is
+// accepted with probability p(draft), and on rejection the token drawn is distributed as
+// p without the draft, renormalized; so the output follows the target model exactly.
+bool rejects_draft(const std::vector<int32_t>& drafts, int32_t num_drafts_before, int32_t token) {
+  return static_cast<size_t>(num_drafts_before) < drafts.size() && drafts[num_drafts_before] != token;
+}
+}  // namespace
+
 ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, int64_t num_blocks, int block_size,
                          DType kv_dtype, std::vector<int64_t> eos_token_ids)
     : backend_(backend),
@@ -77,19 +107,24 @@ void ModelRunner::build_batch(const SchedulerOutput& out) {
     std::copy(blocks.begin(), blocks.end(), m.block_tables.begin() + i * m.max_blocks_per_seq);
     const int64_t end = s.start + s.num_new_tokens;
     const bool prompt_lp = r.wants_prompt_logprobs() && !r.prompt_logprobs_sent;
+    const int64_t num_known = r.num_tokens();  // draft tokens follow the known ones
     for (int64_t pos = s.start; pos < end; ++pos) {
       if (prompt_lp && pos + 1 < r.num_prompt_tokens()) {
         b.logits_rows.push_back(static_cast<int32_t>(b.token_ids.size()));
-        row_owner_.emplace_back(static_cast<int32_t>(i), pos);
+        row_owner_.push_back({static_cast<int32_t>(i), pos, 0});
       }
-      b.token_ids.push_back(r.all_token_ids[pos]);
+      b.token_ids.push_back(pos < num_known ? r.all_token_ids[pos] : s.draft_token_ids[pos - num_known]);
       b.token_seq_len.push_back(static_cast<int32_t>(end));
       m.positions.push_back(static_cast<int32_t>(pos));
       m.slot_mapping.push_back(static_cast<int64_t>(blocks[pos / block_size_]) * block_size_ + pos % block_size_);
     }
     if (s.sample) {
-      b.logits_rows.push_back(static_cast<int32_t>(b.token_ids.size() - 1));
-      row_owner_.emplace_back(static_cast<int32_t>(i), -1);
+      // One sampling row after the last known token and after each draft token.
+      const int32_t num_drafts = static_cast<int32_t>(s.draft_token_ids.size());
+      for (int32_t j = 0; j <= num_drafts; ++j) {
+        b.logits_rows.push_back(static_cast<int32_t>(b.token_ids.size()) - 1 - num_drafts + j);
+        row_owner_.push_back({static_cast<int32_t>(i), -1, j});
+      }
     }
     m.query_start.push_back(static_cast<int32_t>(b.token_ids.size()));
     m.seq_lens.push_back(static_cast<int32_t>(end));
@@ -100,8 +135,9 @@ void ModelRunner::build_batch(const SchedulerOutput& out) {
 RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   RunnerOutput result;
   const size_t n = out.scheduled.size();
-  result.sampled_token_ids.assign(n, -1);
+  result.sampled_token_ids.resize(n);
   result.logprobs.resize(n);
+  result.draft_token_ids.resize(n);
   result.prompt_logprobs.resize(n);
   if (!out.block_copies.empty())
     for (auto& layer : kv_layers_) backend_.copy_blocks(layer, out.block_copies);
@@ -114,21 +150,35 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   if (link_) link_->send_forward(batch_, out.block_copies);  // the other ranks run the same step
   std::vector<Request*> sampling(row_owner_.size(), nullptr);
   for (size_t row = 0; row < row_owner_.size(); ++row)
-    if (row_owner_[row].second < 0) sampling[row] = out.scheduled[row_owner_[row].first].request;
+    if (row_owner_[row].prompt_pos < 0) sampling[row] = out.scheduled[row_owner_[row].seq].request;
   grammar_masks_.begin(sampling);  // filled while the forward pass runs
   forward_and_sample(out, result);
   advance_grammars(out, result);
+  if (proposer_.num_speculative_tokens > 0) propose_drafts(out, result);
   return result;
+}
+
+void ModelRunner::propose_drafts(const SchedulerOutput& out, RunnerOutput& result) const {
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    const Request& r = *out.scheduled[i].request;
+    const auto& sampled = result.sampled_token_ids[i];
+    // A grammar decides per token what may follow: its requests do not speculate.
+    if (sampled.empty() || r.grammar || r.params.grammar) continue;
+    std::vector<int32_t> tokens = r.all_token_ids;
+    tokens.insert(tokens.end(), sampled.begin(), sampled.end());
+    result.draft_token_ids[i] = proposer_.propose(tokens);
+  }
 }
 
 void ModelRunner::advance_grammars(const SchedulerOutput& out, RunnerOutput& result) {
   const size_t n = out.scheduled.size();
   for (size_t i = 0; i < n; ++i) {
     Request& r = *out.scheduled[i].request;
-    if (!r.grammar || result.sampled_token_ids[i] < 0) continue;
+    if (!r.grammar || result.sampled_token_ids[i].empty()) continue;
     result.grammar_ended.resize(n, 0);
     result.errors.resize(n);
-    result.errors[i] = GrammarMasks::advance(r, result.sampled_token_ids[i], result.grammar_ended[i]);
+    // One token: constrained requests never speculate.
+    result.errors[i] = GrammarMasks::advance(r, result.sampled_token_ids[i].front(), result.grammar_ended[i]);
   }
 }
 
@@ -164,32 +214,43 @@ void ModelRunner::forward_and_sample(const SchedulerOutput& out, RunnerOutput& r
 void ModelRunner::sample_on_host(const SchedulerOutput& out, RunnerOutput& result) {
   const int64_t V = model_->config().vocab_size;
   std::vector<float> raw;
+  std::vector<uint8_t> rejected(out.scheduled.size(), 0);  // later sampling rows of the request are void
   for (size_t row = 0; row < row_owner_.size(); ++row) {
-    auto [i, pos] = row_owner_[row];
-    Request& r = *out.scheduled[i].request;
+    const LogitsRow& o = row_owner_[row];
+    const ScheduledRequest& s = out.scheduled[o.seq];
+    Request& r = *s.request;
     float* logits = logits_.data() + row * V;
-    if (pos >= 0) {
+    if (o.prompt_pos >= 0) {
       int want = *r.params.prompt_logprobs < 0 ? static_cast<int>(V) : *r.params.prompt_logprobs;
       PositionLogprobs lp;
-      sampler_.logprobs(logits, r.prompt_token_ids[pos + 1], want, lp);
-      result.prompt_logprobs[i].push_back(std::move(lp));
+      sampler_.logprobs(logits, r.prompt_token_ids[o.prompt_pos + 1], want, lp);
+      result.prompt_logprobs[o.seq].push_back(std::move(lp));
       continue;
     }
+    // Rows in order, stopping at the first rejection: the request's generator draws once per
+    // output token, so a seeded request samples what it would without speculation.
+    if (rejected[o.seq]) continue;
     if (r.params.logprobs) raw.assign(logits, logits + V);
-    int32_t token = sampler_.sample(logits, r, grammar_masks_.mask(row));
-    result.sampled_token_ids[i] = token;
+    int32_t token;
+    {
+      DraftsAsOutput drafts(r, s.draft_token_ids, o.num_drafts_before);
+      token = sampler_.sample(logits, r, grammar_masks_.mask(row));
+    }
+    result.sampled_token_ids[o.seq].push_back(token);
     if (r.params.logprobs) {
       int want = *r.params.logprobs < 0 ? static_cast<int>(V) : *r.params.logprobs;
-      sampler_.logprobs(raw.data(), token, want, result.logprobs[i]);
+      result.logprobs[o.seq].emplace_back();
+      sampler_.logprobs(raw.data(), token, want, result.logprobs[o.seq].back());
     }
+    rejected[o.seq] = rejects_draft(s.draft_token_ids, o.num_drafts_before, token);
   }
 }
 
 bool ModelRunner::backend_can_sample(const SchedulerOutput& out) const {
   if (!backend_.can_sample()) return false;
-  for (const auto& [i, pos] : row_owner_) {
-    if (pos >= 0) return false;  // prompt logprobs: ranks and top-N of every position, on the host
-    const SamplingParams& p = out.scheduled[i].request->params;
+  for (const LogitsRow& o : row_owner_) {
+    if (o.prompt_pos >= 0) return false;  // prompt logprobs: ranks and top-N of every position, on the host
+    const SamplingParams& p = out.scheduled[o.seq].request->params;
     if (p.logprobs && (*p.logprobs < 0 || *p.logprobs > kMaxDeviceTopLogprobs)) return false;
   }
   return true;
@@ -198,8 +259,8 @@ bool ModelRunner::backend_can_sample(const SchedulerOutput& out) const {
 void ModelRunner::sample_on_backend(const SchedulerOutput& out, const Tensor& logits, RunnerOutput& result) {
   std::vector<DeviceSamplingRow> rows;
   int num_top = 0;
-  for (const auto& [i, pos] : row_owner_) {
-    Request& r = *out.scheduled[i].request;
+  for (const LogitsRow& o : row_owner_) {
+    Request& r = *out.scheduled[o.seq].request;
     const SamplingParams& p = r.params;
     DeviceSamplingRow row;
     if (!p.greedy()) {
@@ -217,12 +278,18 @@ void ModelRunner::sample_on_backend(const SchedulerOutput& out, const Tensor& lo
   const bool process = build_processing(out, processing);
   DeviceSamplingResult s;
   backend_.sample(logits, rows, num_top, process ? &processing : nullptr, s);
+  // Every row was sampled at once (each as if the drafts before it were output); the request
+  // keeps its tokens up to the first one that rejects a draft.
+  std::vector<uint8_t> rejected(out.scheduled.size(), 0);
   for (size_t row = 0; row < row_owner_.size(); ++row) {
-    const int32_t i = row_owner_[row].first;
+    const LogitsRow& o = row_owner_[row];
+    const int32_t i = o.seq;
     const Request& r = *out.scheduled[i].request;
-    result.sampled_token_ids[i] = s.ids[row];
+    if (rejected[i]) continue;
+    rejected[i] = rejects_draft(out.scheduled[i].draft_token_ids, o.num_drafts_before, s.ids[row]);
+    result.sampled_token_ids[i].push_back(s.ids[row]);
     if (!r.params.logprobs) continue;
-    PositionLogprobs& lp = result.logprobs[i];
+    PositionLogprobs& lp = result.logprobs[i].emplace_back();
     lp.token_ids.assign(1, s.ids[row]);
     lp.logprobs.assign(1, s.logprobs[row]);
     lp.ranks.assign(1, s.ranks[row]);
@@ -248,8 +315,10 @@ bool ModelRunner::build_processing(const SchedulerOutput& out, DeviceProcessing&
   };
   const int64_t V = model_->config().vocab_size;
   for (size_t k = 0; k < row_owner_.size(); ++k) {
-    const Request& r = *out.scheduled[row_owner_[k].first].request;
+    const ScheduledRequest& s = out.scheduled[row_owner_[k].seq];
+    Request& r = *s.request;
     const SamplingParams& p = r.params;
+    DraftsAsOutput drafts(r, s.draft_token_ids, row_owner_[k].num_drafts_before);
     DeviceProcessorRow row;
     range(row.grammar_begin, row.grammar_end, [&] {
       const uint32_t* mask = grammar_masks_.mask(k);

@@ -8,6 +8,7 @@
 
 #include "backend/backend.h"
 #include "engine/grammar_masks.h"
+#include "engine/ngram_proposer.h"
 #include "engine/rank_link.h"
 #include "model/llama_model.h"
 #include "sample/sampler.h"
@@ -21,6 +22,9 @@ class ModelRunner {
               DType kv_dtype, std::vector<int64_t> eos_token_ids);
 
   RunnerOutput execute(const SchedulerOutput& out);
+  // Speculative decoding by prompt lookup: after each step, every request that may speculate
+  // gets the proposer's draft tokens for its next one (RunnerOutput::draft_token_ids).
+  void set_ngram_proposer(const NgramProposer& proposer) { proposer_ = proposer; }
   const LlamaModel& model() const { return *model_; }
   size_t kv_cache_bytes() const { return kv_memory_.size(); }
   // One dummy forward over `num_tokens` tokens (logits for the last `logits_rows` of them) so
@@ -47,6 +51,8 @@ class ModelRunner {
   void forward_and_sample(const SchedulerOutput& out, RunnerOutput& result);
   // Each constrained request's grammar takes its sampled token (result.grammar_ended, errors).
   void advance_grammars(const SchedulerOutput& out, RunnerOutput& result);
+  // result.draft_token_ids of the requests that sampled this step and may speculate.
+  void propose_drafts(const SchedulerOutput& out, RunnerOutput& result) const;
   // Whether every logits row of this step can be sampled by the backend (no prompt logprobs,
   // no more top logprobs than it returns).
   bool backend_can_sample(const SchedulerOutput& out) const;
@@ -75,8 +81,15 @@ class ModelRunner {
   Sampler sampler_;
   GrammarMasks grammar_masks_;
   ForwardBatch batch_;
-  // Per logits row: which scheduled request, and the prompt position it scores (-1: a sampling row).
-  std::vector<std::pair<int32_t, int64_t>> row_owner_;
+  // Per logits row: which scheduled request, the prompt position it scores (-1: a sampling row)
+  // and, for a sampling row, how many of the request's draft tokens come before it.
+  struct LogitsRow {
+    int32_t seq = 0;
+    int64_t prompt_pos = -1;
+    int32_t num_drafts_before = 0;
+  };
+  std::vector<LogitsRow> row_owner_;
+  NgramProposer proposer_;
   std::vector<float> logits_;
   std::vector<int> graph_sizes_;  // ascending
   int64_t graph_width_ = 0;

@@ -116,6 +116,17 @@ void KVCacheManager::free(const Request& request) {
   num_cached_blocks_.erase(request.id);
 }
 
+void KVCacheManager::release_beyond_computed(const Request& request) {
+  auto it = tables_.find(request.id);
+  if (it == tables_.end()) return;
+  auto& table = it->second;
+  const size_t keep = static_cast<size_t>((request.num_computed_tokens + block_size_ - 1) / block_size_);
+  if (table.size() <= keep) return;
+  std::vector<int32_t> beyond(table.rbegin(), table.rend() - static_cast<std::ptrdiff_t>(keep));
+  pool_.release(beyond);
+  table.resize(keep);
+}
+
 const std::vector<int32_t>& KVCacheManager::block_ids(const std::string& request_id) const {
   static const std::vector<int32_t> kEmpty;
   auto it = tables_.find(request_id);

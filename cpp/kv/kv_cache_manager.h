@@ -48,6 +48,11 @@ class KVCacheManager {
   bool fork(const Request& parent, Request& child, int64_t num_tokens,
             std::vector<std::pair<int32_t, int32_t>>& copies);
 
+  // Speculative decoding, after rejected draft tokens rolled the request back: returns the
+  // blocks wholly beyond its num_computed_tokens to the pool (never prefix-cached ones: those
+  // hold committed tokens only).
+  void release_beyond_computed(const Request& request);
+
   // Frees the request's blocks. Blocks it registered in the prefix cache beyond its
   // num_computed_tokens (a chunk that was scheduled but never computed) leave the cache.
   void free(const Request& request);

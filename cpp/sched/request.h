@@ -23,6 +23,9 @@ struct Request {
   std::vector<int32_t> prompt_token_ids;
   std::vector<int32_t> output_token_ids;
   std::vector<int32_t> all_token_ids;  // prompt then output
+  // Speculative decoding: tokens proposed to follow all_token_ids, verified by the next step
+  // (never part of all_token_ids until accepted).
+  std::vector<int32_t> draft_token_ids;
   SamplingParams params;
   int priority = 0;
   uint64_t arrival = 0;  // monotonically increasing admission order

@@ -75,6 +75,7 @@ void Scheduler::preempt(Request* victim) {
   running_.erase(std::find(running_.begin(), running_.end(), victim));
   kv_.free(*victim);
   victim->num_computed_tokens = 0;
+  victim->draft_token_ids.clear();
   victim->status = RequestStatus::Preempted;
   victim->num_preemptions++;
   // Prompt logprobs of a recomputed prefill are produced again from the start.
@@ -119,11 +120,19 @@ SchedulerOutput Scheduler::schedule() {
   for (Request* r : running_before) {
     if (budget <= 0) break;
     if (r->status != RequestStatus::Running) continue;  // preempted earlier in this step
-    int64_t num_new = cap(*r, r->num_tokens() - r->num_computed_tokens);
+    const int64_t num_known = r->num_tokens() - r->num_computed_tokens;
+    // In decode, the request's draft tokens are computed with its last token (the budget counts them).
+    int64_t num_new = cap(*r, num_known + (num_known == 1 ? num_drafts_allowed(*r) : 0));
     if (num_new <= 0) continue;
+    int64_t num_drafts = std::max<int64_t>(0, num_new - num_known);
     bool scheduled = false;
     while (true) {
       if (kv_.allocate_slots(*r, num_new, {})) { scheduled = true; break; }
+      if (num_drafts > 0) {  // short of blocks: no drafts this step rather than a preemption
+        num_new -= num_drafts;
+        num_drafts = 0;
+        continue;
+      }
       if (running_.size() == 1) {
         // Alone and still short of blocks: it can never fit, so end it instead of preempting forever.
         r->finish_reason = FinishReason::Length;
@@ -152,7 +161,8 @@ SchedulerOutput Scheduler::schedule() {
       if (is_long(*r)) ++num_long_partial;
     }
     out.scheduled.push_back({r, r->num_computed_tokens, num_new, r->num_computed_tokens + num_new >= r->num_tokens(),
-                             &kv_.block_ids(r->id)});
+                             &kv_.block_ids(r->id), {}});
+    out.scheduled.back().draft_token_ids.assign(r->draft_token_ids.begin(), r->draft_token_ids.begin() + num_drafts);
     out.num_scheduled_tokens += num_new;
     budget -= num_new;
   }
@@ -184,7 +194,7 @@ SchedulerOutput Scheduler::schedule() {
       if (is_long(*r)) ++num_long_partial;
     }
     out.scheduled.push_back({r, r->num_computed_tokens, num_new, r->num_computed_tokens + num_new >= r->num_tokens(),
-                             &kv_.block_ids(r->id)});
+                             &kv_.block_ids(r->id), {}});
     out.num_scheduled_tokens += num_new;
     budget -= num_new;
   }
@@ -207,6 +217,34 @@ void Scheduler::fork_siblings(Request& first, std::vector<std::pair<int32_t, int
     }
   }
   pending_forks_.erase(it);
+}
+
+int64_t Scheduler::num_drafts_allowed(const Request& r) const {
+  // Verifying d drafts yields up to d + 1 tokens.
+  const int64_t by_max_tokens = r.params.max_tokens - static_cast<int64_t>(r.output_token_ids.size()) - 1;
+  const int64_t by_model_len = config_.max_model_len - r.num_tokens() - 1;
+  return std::max<int64_t>(0, std::min({static_cast<int64_t>(r.draft_token_ids.size()), by_max_tokens, by_model_len}));
+}
+
+void Scheduler::count_draft(size_t num_draft_tokens, size_t num_accepted) {
+  ++counters_.num_drafts;
+  counters_.num_draft_tokens += static_cast<int64_t>(num_draft_tokens);
+  counters_.num_accepted_tokens += static_cast<int64_t>(num_accepted);
+  auto& per_pos = counters_.num_accepted_tokens_per_pos;
+  if (per_pos.size() < num_draft_tokens) per_pos.resize(num_draft_tokens, 0);
+  for (size_t k = 0; k < num_accepted; ++k) ++per_pos[k];
+}
+
+bool Scheduler::append_sampled(Request& r, const std::vector<int32_t>& tokens, size_t& num_appended) {
+  num_appended = 0;
+  for (int32_t t : tokens) {
+    r.append_output(t);
+    ++num_appended;
+    ++counters_.generation_tokens;
+    if (check_stop(r)) break;  // tokens after a stop are dropped
+  }
+  kv_.update_block_hashes(r);
+  return r.finish_reason != FinishReason::None;
 }
 
 bool Scheduler::check_stop(Request& r) const {
@@ -279,12 +317,19 @@ std::vector<RequestOutput> Scheduler::update(const SchedulerOutput& out, const R
       for (const auto& p : result.prompt_logprobs[i]) r.prompt_logprobs.push_back(p);
     if (was_prefill && r.num_computed_tokens >= r.num_prompt_tokens())
       fork_siblings(r, pending_copies_);
-    int32_t t = result.sampled_token_ids[i];
-    if (t < 0) continue;
-    r.append_output(t);
-    ++counters_.generation_tokens;
-    kv_.update_block_hashes(r);
-    bool stop = check_stop(r);
+    const std::vector<int32_t>& tokens = result.sampled_token_ids[i];
+    if (tokens.empty()) continue;
+    if (!s.draft_token_ids.empty()) {
+      // The KV of draft tokens after the first rejected one is void: the request's length
+      // rolls back to its last accepted token, and wholly unused blocks go back to the pool.
+      const size_t num_accepted = tokens.size() - 1;
+      r.num_computed_tokens -= static_cast<int64_t>(s.draft_token_ids.size() - num_accepted);
+      count_draft(s.draft_token_ids.size(), num_accepted);
+      kv_.release_beyond_computed(r);
+    }
+    size_t num_appended = 0;
+    bool stop = append_sampled(r, tokens, num_appended);
+    const int32_t t = r.output_token_ids.back();
     if (i < result.errors.size() && !result.errors[i].empty()) {
       r.finish_reason = FinishReason::Error;
       r.error = result.errors[i];
@@ -297,9 +342,14 @@ std::vector<RequestOutput> Scheduler::update(const SchedulerOutput& out, const R
       stop = true;
     }
     RequestOutput o = make_output(r);
-    if (r.params.logprobs && i < result.logprobs.size()) o.new_logprobs.push_back(result.logprobs[i]);
+    if (r.params.logprobs && i < result.logprobs.size()) {
+      const auto& lps = result.logprobs[i];
+      o.new_logprobs.assign(lps.begin(), lps.begin() + static_cast<std::ptrdiff_t>(std::min(num_appended, lps.size())));
+    }
     outputs.push_back(std::move(o));
     if (stop) done.push_back(&r);
+    else if (i < result.draft_token_ids.size()) r.draft_token_ids = result.draft_token_ids[i];
+    else r.draft_token_ids.clear();
   }
   for (Request* r : done) {
     finish(*r, r->finish_reason);

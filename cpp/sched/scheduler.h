@@ -36,6 +36,12 @@ struct SchedulerCounters {
   int64_t prompt_tokens = 0;
   int64_t generation_tokens = 0;
   int64_t num_preemptions = 0;
+  // Speculative decoding, as vLLM's SpecDecodingStats: verified drafts, their tokens, the
+  // accepted ones, and per draft position how often it was accepted.
+  int64_t num_drafts = 0;
+  int64_t num_draft_tokens = 0;
+  int64_t num_accepted_tokens = 0;
+  std::vector<int64_t> num_accepted_tokens_per_pos;
 };
 
 class Scheduler {
@@ -74,6 +80,12 @@ class Scheduler {
   Request* choose_victim() const;
   void fork_siblings(Request& first, std::vector<std::pair<int32_t, int32_t>>& copies);
   bool check_stop(Request& r) const;
+  // How many of r's draft tokens this step may verify: as many as could still be output
+  // (max_tokens, max_model_len), so no verified token is thrown away for length.
+  int64_t num_drafts_allowed(const Request& r) const;
+  // Appends the runner's tokens for r in order until one stops it; returns whether one did.
+  bool append_sampled(Request& r, const std::vector<int32_t>& tokens, size_t& num_appended);
+  void count_draft(size_t num_draft_tokens, size_t num_accepted);
   RequestOutput make_output(Request& r);
   void finish(Request& r, FinishReason reason);
   std::vector<RequestOutput> end(const std::string& external_id, FinishReason reason, const std::string& error);

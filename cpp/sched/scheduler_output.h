@@ -17,6 +17,9 @@ struct ScheduledRequest {
   int64_t num_new_tokens = 0;          // tokens computed this step
   bool sample = false;                 // this step reaches the last known token: sample the next one
   const std::vector<int32_t>* block_ids = nullptr;  // the request's block table
+  // Speculative decoding: the draft tokens this step verifies; they are the last
+  // draft_token_ids.size() of its num_new_tokens, after the request's last known token.
+  std::vector<int32_t> draft_token_ids;
 };
 
 struct SchedulerOutput {
@@ -29,8 +32,11 @@ struct SchedulerOutput {
 
 // One entry per ScheduledRequest, in the same order.
 struct RunnerOutput {
-  std::vector<int32_t> sampled_token_ids;                 // -1 where nothing was sampled
-  std::vector<PositionLogprobs> logprobs;                 // filled where the request asked
+  // The tokens to append: the accepted draft tokens, then one the target model sampled itself
+  // (empty where nothing was sampled).
+  std::vector<std::vector<int32_t>> sampled_token_ids;
+  std::vector<std::vector<PositionLogprobs>> logprobs;   // one per sampled token where the request asked
+  std::vector<std::vector<int32_t>> draft_token_ids;     // proposals for each request's next step
   std::vector<std::vector<PositionLogprobs>> prompt_logprobs;  // positions finished this step
   std::vector<uint8_t> grammar_ended;  // 1 where the sampled token ended the request's grammar
   std::vector<std::string> errors;     // non-empty where the request failed (its grammar rejected the token)

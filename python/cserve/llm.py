@@ -13,6 +13,7 @@ from cserve import _core
 from cserve.engine.output_processor import RequestOutputProcessor
 from cserve.outputs import CompletionOutput, Logprob, RequestOutput
 from cserve.sampling_params import SamplingParams
+from cserve.cli.speculative_config import speculative_fields
 
 PromptType = Union[str, dict]
 
@@ -24,7 +25,8 @@ _ENGINE_FIELDS = {
     "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy", "max_logprobs",
     "disable_sliding_window", "max_model_len", "device", "enforce_eager", "cudagraph_capture_sizes",
     "max_cudagraph_capture_size", "tensor_parallel_size", "pipeline_parallel_size", "disable_custom_all_reduce",
-    "hf_overrides", "hf_config_path",
+    "hf_overrides", "hf_config_path", "speculative_method", "num_speculative_tokens", "prompt_lookup_min",
+    "prompt_lookup_max",
 }
 
 
@@ -52,6 +54,7 @@ def _engine_config(model: str, options: dict[str, Any]) -> _core.EngineConfig:
     config.model = str(model)
     options = dict(options)
     _check_unsupported(options)
+    options.update(speculative_fields(options.pop("speculative_config", None)))
     for name, value in options.items():
         if name not in _ENGINE_FIELDS:
             raise TypeError(f"LLM() got an unexpected keyword argument '{name}'")

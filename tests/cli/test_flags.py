@@ -110,7 +110,9 @@ def _message(flag, tokens: list) -> str:
     return f"{spelled} is not supported yet"
 
 
-TABLE = [f for f in FLAGS if f.name not in ("--model", "--config", "--max-long-partial-prefills")]
+# (--speculative-config checks its keys: tests/engine/test_speculative.py.)
+TABLE = [f for f in FLAGS if f.name not in ("--model", "--config", "--max-long-partial-prefills",
+                                            "--speculative-config")]
 
 
 @pytest.mark.parametrize("flag", TABLE, ids=lambda f: f.name)

@@ -438,3 +438,49 @@ def test_prompt_logprob_rows_per_step_are_capped():
     steps, outputs = run(h)
     assert [sum(s[2] for s in sched if s[0] == "lp") for sched in steps][:2] == [512, 476]
     assert outputs[("lp", 0)][-1].finish_reason == "length"
+
+
+# --- speculative decoding ------------------------------------------------------------------------
+
+def test_drafts_are_budgeted_and_rejected_slots_released():
+    h = SchedulerHarness(config(max_num_batched_tokens=64), num_blocks=20, block_size=4, enable_prefix_caching=False)
+    h.add_request("r", list(range(10, 20)), params(max_tokens=20))
+    assert h.schedule() == [("r", 0, 10, True, [0, 1, 2])]
+    h.update_speculative({"r": [5]}, {"r": [1, 2, 3, 4]})
+    # The last token and four drafts: 15 tokens in all, four blocks.
+    ((rid, start, num_new, sample, blocks),) = h.schedule()
+    assert (start, num_new, sample, len(blocks)) == (10, 5, True, 4)
+    assert h.scheduled_drafts() == {"r": [1, 2, 3, 4]}
+    free_before = h.num_free_blocks
+    # One draft accepted, then the target's own token: 12 tokens computed, the fourth block is free again.
+    outs = h.update_speculative({"r": [1, 9]}, {"r": []})
+    assert list(outs[0].new_token_ids) == [1, 9]
+    assert h.num_free_blocks == free_before + 1
+    assert h.spec_counters == (1, 4, 1, [1, 0, 0, 0])
+    # Next step computes from the first rejected position: the token after the accepted one.
+    assert h.schedule()[0][1:3] == (12, 1)
+
+
+def test_drafts_are_cut_by_max_tokens_and_budget():
+    h = SchedulerHarness(config(max_num_batched_tokens=6), num_blocks=40, block_size=4)
+    h.add_request("a", [1, 2, 3], params(max_tokens=3))
+    h.add_request("b", [4, 5, 6], params(max_tokens=30))
+    h.schedule()
+    h.update_speculative({"a": [7], "b": [8]}, {"a": [1, 2, 3, 4], "b": [1, 2, 3, 4, 5, 6]})
+    # a may output two more tokens: one draft; b gets what the budget of 6 leaves.
+    assert [(s[0], s[2]) for s in h.schedule()] == [("a", 2), ("b", 4)]
+    assert h.scheduled_drafts() == {"a": [1], "b": [1, 2, 3]}
+    outs = {o.request_id: o for o in h.update_speculative({"a": [1, 5], "b": [1, 2, 3, 6]}, {})}
+    assert list(outs["a"].new_token_ids) == [1, 5] and outs["a"].finish_reason == "length"
+    assert list(outs["b"].new_token_ids) == [1, 2, 3, 6]
+
+
+def test_stop_token_inside_accepted_drafts_drops_the_rest():
+    h = SchedulerHarness(config(), num_blocks=40, block_size=4, eos_token_ids=[2])
+    h.add_request("r", [10, 11, 12], params(max_tokens=30))
+    h.schedule()
+    h.update_speculative({"r": [20]}, {"r": [21, 2, 23]})
+    h.schedule()
+    (out,) = h.update_speculative({"r": [21, 2, 23, 24]}, {})
+    assert list(out.new_token_ids) == [21, 2] and out.stop_token_id == 2
+    assert h.num_free_blocks == 40 and not h.has_unfinished()

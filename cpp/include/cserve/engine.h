@@ -39,6 +39,12 @@ struct EngineStats {
   // (entry 0: t <= 1); `scheduled_tokens` is their sum.
   std::vector<int64_t> steps_by_tokens_log2;
   int64_t scheduled_tokens = 0;
+  // Speculative decoding (vLLM's vllm:spec_decode_* counters): drafts verified, their tokens,
+  // the accepted ones, and per draft position how many were accepted.
+  int64_t spec_decode_num_drafts = 0;
+  int64_t spec_decode_num_draft_tokens = 0;
+  int64_t spec_decode_num_accepted_tokens = 0;
+  std::vector<int64_t> spec_decode_num_accepted_tokens_per_pos;
 };
 
 class Engine {

@@ -69,6 +69,13 @@ struct EngineConfig {
   double tensor_parallel_timeout = 60.0;
   // On GPUs: NCCL for every all-reduce, never the custom all-reduce over CUDA IPC buffers.
   bool disable_custom_all_reduce = false;
+  // Speculative decoding (vLLM's --speculative-config): "" (off) or "ngram" (prompt lookup: up to
+  // num_speculative_tokens drafted after the longest recurring n-gram of prompt_lookup_min to
+  // prompt_lookup_max tokens, verified in one forward pass).
+  std::string speculative_method;
+  int num_speculative_tokens = 0;
+  int prompt_lookup_min = 0;
+  int prompt_lookup_max = 0;
   // Optional: told (done, total) as the weights load, for a progress bar.
   std::function<void(int64_t done, int64_t total)> load_progress;
 };
@@ -94,6 +101,8 @@ struct ModelInfo {
   int64_t kv_cache_tokens = 0;
   double max_concurrency = 0;  // kv_cache_tokens / max_model_len
   int max_num_seqs = 0;        // as resolved: the most sequences (all n completions count) per step
+  std::string speculative_method;  // "" (no speculative decoding) or "ngram"
+  int num_speculative_tokens = 0;
   double load_seconds = 0, kv_alloc_seconds = 0, warmup_seconds = 0;
   int64_t weight_bytes = 0, kv_cache_bytes = 0;
 };

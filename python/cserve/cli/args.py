@@ -422,6 +422,14 @@ def check_values(args: argparse.Namespace, table: tuple) -> None:
 
 def _check_values(args: argparse.Namespace) -> None:
     check_values(args, FLAGS)
+    from cserve.cli.speculative_config import speculative_fields
+
+    try:
+        speculative_fields(args.speculative_config)
+    except NotImplementedError as e:
+        raise UnsupportedFlagError(f"--speculative-config: {e}") from None
+    except ValueError as e:
+        raise ServeArgsError(f"--speculative-config: {e}") from None
     if args.max_long_partial_prefills > args.max_num_partial_prefills:
         raise ServeArgsError(f"--max-long-partial-prefills ({args.max_long_partial_prefills}) must be <= "
                              f"--max-num-partial-prefills ({args.max_num_partial_prefills})")
@@ -521,6 +529,9 @@ def engine_options(args: argparse.Namespace) -> dict:
             value = json.dumps(value)
         options[flag.dest] = value
     options.update(_graph_options(getattr(args, "compilation_config", None) or {}, options))
+    from cserve.cli.speculative_config import speculative_fields
+
+    options.update(speculative_fields(getattr(args, "speculative_config", None)))
     return options
 
 

@@ -29,7 +29,9 @@ _PARAM_FIELDS = ("n", "temperature", "top_p", "top_k", "min_p", "presence_penalt
                  "prompt_logprobs", "logit_bias", "allowed_token_ids", "grammar_start_after")
 _STATS_FIELDS = ("num_running", "num_waiting", "kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits",
                  "prompt_tokens", "generation_tokens", "num_preemptions", "num_steps", "num_free_blocks",
-                 "steps_by_tokens_log2", "scheduled_tokens")
+                 "steps_by_tokens_log2", "scheduled_tokens", "spec_decode_num_drafts", "spec_decode_num_draft_tokens",
+                 "spec_decode_num_accepted_tokens", "spec_decode_num_accepted_tokens_per_pos")
+_PER_BUCKET_FIELDS = ("steps_by_tokens_log2", "spec_decode_num_accepted_tokens_per_pos")  # summed entry by entry
 
 
 def replica_key() -> bytes:
@@ -143,7 +145,7 @@ class _Stats:
         rows = [r for r in per_replica if r is not None]
         for i, name in enumerate(_STATS_FIELDS):
             values = [r[i] for r in rows] or [0]
-            if name == "steps_by_tokens_log2":  # a histogram: summed bucket by bucket
+            if name in _PER_BUCKET_FIELDS:
                 setattr(self, name, [sum(c) for c in zip(*values)] if rows else [])
             else:
                 setattr(self, name, sum(values) / len(values) if name == "kv_cache_usage" else sum(values))

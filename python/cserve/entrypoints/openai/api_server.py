@@ -28,6 +28,7 @@ from cserve.entrypoints.auth import key_matches
 from cserve.entrypoints.openai.errors import APIError, error_body
 from cserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, random_id
 from cserve.entrypoints.openai.serving import ServerState, Streamed, check_list_sizes, release_all
+from cserve.entrypoints.openai.metrics import spec_decode_log_line, spec_decode_totals
 
 logger = logging.getLogger("cserve.server")
 
@@ -443,6 +444,7 @@ async def _log_stats(state: ServerState, interval: float = 10.0) -> None:
     m = state.metrics
     last = (time.monotonic(), m.prompt_tokens, m.generation_tokens)
     last_prefix = (0, 0)
+    last_spec = spec_decode_totals(state.engine.stats())
     while True:
         await asyncio.sleep(interval)
         s = state.engine.stats()
@@ -456,7 +458,11 @@ async def _log_stats(state: ServerState, interval: float = 10.0) -> None:
                         "Running: %d reqs, Waiting: %d reqs, KV cache usage: %.1f%%, Prefix cache hit rate: %.1f%%",
                         (now[1] - last[1]) / dt, (now[2] - last[2]) / dt, s.num_running, s.num_waiting,
                         100 * s.kv_cache_usage, 100 * hits / queries if queries else 0.0)
-        last, last_prefix = now, (s.prefix_cache_queries, s.prefix_cache_hits)
+        spec = spec_decode_totals(s)
+        line = spec_decode_log_line(last_spec, spec, dt)
+        if line:
+            logger.info("%s", line)
+        last, last_prefix, last_spec = now, (s.prefix_cache_queries, s.prefix_cache_hits), spec
 
 
 async def _save_metrics(state: ServerState, interval: float = 1.0) -> None:

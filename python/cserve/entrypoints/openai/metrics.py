@@ -221,6 +221,30 @@ class RequestTimes:
         self.metrics.save()
 
 
+def spec_decode_totals(stats) -> tuple:
+    """(drafts, draft tokens, accepted tokens, accepted per position) of one engine's stats."""
+    return (getattr(stats, "spec_decode_num_drafts", 0), getattr(stats, "spec_decode_num_draft_tokens", 0),
+            getattr(stats, "spec_decode_num_accepted_tokens", 0),
+            list(getattr(stats, "spec_decode_num_accepted_tokens_per_pos", None) or []))
+
+
+def spec_decode_log_line(before: tuple, after: tuple, seconds: float) -> Optional[str]:
+    """vLLM's periodic "SpecDecoding metrics" line over an interval (spec_decode_totals at its start
+    and end); None when nothing was drafted in it."""
+    drafts = after[0] - before[0]
+    if drafts <= 0:
+        return None
+    draft_tokens, accepted = after[1] - before[1], after[2] - before[2]
+    per_pos = [a - (before[3][i] if i < len(before[3]) else 0) for i, a in enumerate(after[3])]
+    rate = 100 * accepted / draft_tokens if draft_tokens > 0 else float("nan")
+    return ("SpecDecoding metrics: Mean acceptance length: %.2f, Accepted throughput: %.2f tokens/s, "
+            "Drafted throughput: %.2f tokens/s, Accepted: %d tokens, Drafted: %d tokens, "
+            "Per-position acceptance rate: %s, Avg Draft acceptance rate: %.1f%%" % (
+                1 + accepted / drafts, accepted / seconds if seconds > 0 else 0,
+                draft_tokens / seconds if seconds > 0 else 0, accepted, draft_tokens,
+                ", ".join(f"{c / drafts:.3f}" for c in per_pos), rate))
+
+
 class Metrics:
     """Counts the server keeps per request, plus gauges and counters read from the engines; every
     series carries vLLM's labels model_name and engine (the data-parallel replica: 0..N-1)."""
@@ -352,6 +376,7 @@ class Metrics:
         counter("vllm:mm_cache_hits", "Multi-modal cache hits, in terms of number of cached items.", zeros)
         counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
                 [s.num_preemptions for s in stats])
+        self._render_spec_decode(stats, counter, labelled)
         counter("vllm:prompt_tokens", "Number of prefill tokens processed.", [e.prompt_tokens for e in engines])
         labelled("vllm:prompt_tokens_by_source", "counter", "Number of prompt tokens by source.", "source",
                  [{"local_compute": e.prompt_tokens - e.prompt_tokens_cached,
@@ -374,6 +399,22 @@ class Metrics:
             info = [(k, str(v)) for k, v in self.cache_info.items()] + [("engine", str(self.first_label + i))]
             lines.append(f"vllm:cache_config_info{_labels(info)} 1.0")
         return "\n".join(self._without_hidden(lines)) + "\n"
+
+    @staticmethod
+    def _render_spec_decode(stats: list, counter: Callable, labelled: Callable) -> None:
+        """vLLM's speculative decoding counters, where the engines speculate (their per-position
+        counts then have one entry per draft position)."""
+        if not any(getattr(s, "spec_decode_num_accepted_tokens_per_pos", None) for s in stats):
+            return
+        counter("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.",
+                [s.spec_decode_num_drafts for s in stats])
+        counter("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.",
+                [s.spec_decode_num_draft_tokens for s in stats])
+        counter("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.",
+                [s.spec_decode_num_accepted_tokens for s in stats])
+        labelled("vllm:spec_decode_num_accepted_tokens_per_pos", "counter", "Accepted tokens per draft position.",
+                 "position", [{str(p): v for p, v in enumerate(s.spec_decode_num_accepted_tokens_per_pos)}
+                              for s in stats], "_total")
 
     def _without_hidden(self, lines: list[str]) -> list[str]:
         hidden = {n for n, v in HIDDEN_METRICS.items() if not shows_hidden(self.show_hidden_for, v)}

@@ -1,0 +1,85 @@
+"""vLLM's speculative_config (--speculative-config JSON, LLM(speculative_config={...})) resolved into
+the engine's fields, with vLLM's defaults and checks. Only the "ngram" method (prompt lookup) is
+built; every other method is refused by name.
+
+Only the standard library here: `cserve serve --help` imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+SUPPORTED_METHODS = ("ngram",)
+# vLLM's other methods: refused by name.
+OTHER_METHODS = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix", "ngram_gpu",
+                 "custom_class", "extract_hidden_states", "dflash", "dspark")
+_NGRAM_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max")
+# Other keys of vLLM's SpeculativeConfig: refused unless left at their default.
+_OTHER_KEYS = {
+    "enforce_eager": None, "draft_tensor_parallel_size": None, "tensor_parallel_size": None, "quantization": None,
+    "moe_backend": None, "attention_backend": None, "kv_cache_dtype": None, "max_model_len": None, "revision": None,
+    "code_revision": None, "disable_padded_drafter_batch": False, "disable_by_batch_size": None,
+    "disable_logprobs": None, "rejection_sample_method": "standard", "draft_sample_method": "greedy",
+    "parallel_drafting": False, "use_local_argmax_reduction": False, "speculative_token_tree": None,
+}
+
+
+def _positive_int(config: dict, key: str, low: int) -> Optional[int]:
+    value = config.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"speculative_config: {key} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"speculative_config: {key} must be >= {low}, got {value}")
+    return value
+
+
+def method_of(config: dict) -> str:
+    """The method vLLM infers: `method`, else "ngram" for model "ngram" / "[ngram]", else "draft_model"."""
+    method = config.get("method")
+    model = config.get("model")
+    if method is None:
+        method = "ngram" if model in ("ngram", "[ngram]") else "draft_model"
+    if method == "[ngram]":
+        method = "ngram"
+    if isinstance(method, str) and method.endswith("_mtp"):
+        method = "mtp"  # vLLM folds the model-specific MTP names into "mtp"
+    return method
+
+
+def speculative_fields(config: Any) -> dict:
+    """EngineConfig fields (speculative_method, num_speculative_tokens, prompt_lookup_min/max) of vLLM's
+    speculative_config; {} when speculation is off (None or an empty object). Raises ValueError for a
+    value vLLM refuses too and NotImplementedError for a method or option cserve has not built."""
+    if not config:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"speculative_config must be a JSON object, got {config!r}")
+    unknown = sorted(k for k in config if k not in _NGRAM_KEYS and k not in _OTHER_KEYS)
+    if unknown:
+        raise ValueError(f"speculative_config: unknown key(s) {', '.join(unknown)}")
+    method = method_of(config)
+    if method not in SUPPORTED_METHODS:
+        if config.get("method") is None and config.get("model") is None:
+            if config.get("num_speculative_tokens") is not None:
+                raise ValueError("num_speculative_tokens was provided but without speculative model.")
+        raise NotImplementedError(f"speculative decoding method '{method}' is not supported yet (supported: ngram)")
+    for key, default in _OTHER_KEYS.items():
+        if key in config and config[key] != default:
+            raise NotImplementedError(f"speculative_config: {key}={config[key]!r} is not supported yet")
+    k = _positive_int(config, "num_speculative_tokens", 1)
+    if k is None:
+        raise ValueError("speculative_config: num_speculative_tokens must be provided with the ngram method")
+    low = _positive_int(config, "prompt_lookup_min", 1)
+    high = _positive_int(config, "prompt_lookup_max", 1)
+    if low is None and high is None:
+        low = high = 5  # vLLM's defaults
+    elif low is None:
+        low = high
+    elif high is None:
+        high = low
+    if low > high:
+        raise ValueError(f"prompt_lookup_min={low} must be <= prompt_lookup_max={high}")
+    return {"speculative_method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": low,
+            "prompt_lookup_max": high}
