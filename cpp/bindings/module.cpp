@@ -100,6 +100,8 @@ void bind_config(nb::module_& m) {
       .def_rw("num_speculative_tokens", &cserve::EngineConfig::num_speculative_tokens)
       .def_rw("prompt_lookup_min", &cserve::EngineConfig::prompt_lookup_min)
       .def_rw("prompt_lookup_max", &cserve::EngineConfig::prompt_lookup_max)
+      .def_rw("speculative_disable_by_batch_size", &cserve::EngineConfig::speculative_disable_by_batch_size)
+      .def_rw("speculative_auto_disable", &cserve::EngineConfig::speculative_auto_disable)
       .def_rw("load_progress", &cserve::EngineConfig::load_progress, nb::arg("load_progress").none());
 
   nb::class_<cserve::ModelInfo>(m, "ModelInfo")

@@ -27,6 +27,7 @@
 #include "model/llama_model.h"
 #include "model/model_weights.h"
 #include "sched/scheduler.h"
+#include "sched/speculation_governor.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -84,9 +85,11 @@ class SchedulerHarness {
     return update_speculative(many, {});
   }
   // The same with several tokens per completion (accepted drafts, then the target's own) and
-  // the draft tokens each proposes for its next step.
+  // the draft tokens each proposes for its next step; step_seconds > 0: the step took that long
+  // (for the speculation governor).
   std::vector<cserve::RequestOutput> update_speculative(const std::map<std::string, std::vector<int32_t>>& tokens,
-                                                        const std::map<std::string, std::vector<int32_t>>& drafts) {
+                                                        const std::map<std::string, std::vector<int32_t>>& drafts,
+                                                        double step_seconds = 0) {
     cserve::RunnerOutput r;
     for (const auto& s : last_.scheduled) {
       auto it = tokens.find(name(*s.request));
@@ -98,6 +101,7 @@ class SchedulerHarness {
     r.logprobs.resize(last_.scheduled.size());
     r.prompt_logprobs.resize(last_.scheduled.size());
     auto outs = sched_.update(last_, r);
+    if (step_seconds > 0) sched_.record_step_seconds(last_, step_seconds);
     last_ = cserve::SchedulerOutput{};
     return outs;
   }
@@ -163,7 +167,28 @@ void bind_testing(nb::module_& m) {
       .def_rw("long_prefill_token_threshold", &cserve::SchedulerConfig::long_prefill_token_threshold)
       .def_rw("max_num_partial_prefills", &cserve::SchedulerConfig::max_num_partial_prefills)
       .def_rw("max_long_partial_prefills", &cserve::SchedulerConfig::max_long_partial_prefills)
-      .def_rw("priority_policy", &cserve::SchedulerConfig::priority_policy);
+      .def_rw("priority_policy", &cserve::SchedulerConfig::priority_policy)
+      .def_rw("speculative_disable_by_batch_size", &cserve::SchedulerConfig::speculative_disable_by_batch_size)
+      .def_rw("speculative_auto_disable", &cserve::SchedulerConfig::speculative_auto_disable);
+
+  // The speculation governor fed synthetic step times and acceptance; a candidate is
+  // (num_drafts, its accepted, its trials).
+  nb::class_<cserve::SpeculationGovernor>(m, "SpeculationGovernor")
+      .def("__init__", [](cserve::SpeculationGovernor* g, bool automatic, int disable_by_batch_size, int64_t expiry_steps) {
+        new (g) cserve::SpeculationGovernor({automatic, disable_by_batch_size, expiry_steps});
+      }, "automatic"_a = true, "disable_by_batch_size"_a = 0, "expiry_steps"_a = 256)
+      .def("plan", [](const cserve::SpeculationGovernor& g, int64_t num_running,
+                      const std::vector<std::tuple<int64_t, int64_t, int64_t>>& candidates) {
+        std::vector<cserve::DraftCandidate> c;
+        for (const auto& [d, accepted, trials] : candidates) c.push_back({d, {accepted, trials}});
+        return g.plan(num_running, c);
+      }, "num_running"_a, "candidates"_a)
+      .def("record_step", &cserve::SpeculationGovernor::record_step, "num_tokens"_a, "seconds"_a)
+      .def("record_draft", &cserve::SpeculationGovernor::record_draft, "num_drafts"_a, "num_accepted"_a)
+      .def("acceptance_rate", [](const cserve::SpeculationGovernor& g, int64_t accepted, int64_t trials) {
+        return g.acceptance_rate({accepted, trials});
+      }, "accepted"_a = 0, "trials"_a = 0)
+      .def("step_seconds", &cserve::SpeculationGovernor::step_seconds, "num_tokens"_a);
 
   m.def("ngram_propose", [](const std::vector<int32_t>& tokens, int k, int min_n, int max_n) {
     return cserve::NgramProposer{k, min_n, max_n}.propose(tokens);
@@ -177,7 +202,7 @@ void bind_testing(nb::module_& m) {
       .def("schedule", &SchedulerHarness::schedule)
       .def("block_copies", &SchedulerHarness::block_copies)
       .def("update", &SchedulerHarness::update, "tokens"_a = std::map<std::string, int32_t>{})
-      .def("update_speculative", &SchedulerHarness::update_speculative, "tokens"_a, "drafts"_a)
+      .def("update_speculative", &SchedulerHarness::update_speculative, "tokens"_a, "drafts"_a, "step_seconds"_a = 0.0)
       .def("scheduled_drafts", &SchedulerHarness::scheduled_drafts)
       .def_prop_ro("spec_counters", &SchedulerHarness::spec_counters)
       .def("abort", &SchedulerHarness::abort)

@@ -329,12 +329,14 @@ std::vector<RequestOutput> Engine::Impl::step() {
       // Adds queued before the engine died.
       for (auto& o : scheduler->fail_all("the engine is dead")) outs.push_back(std::move(o));
     } else if (scheduler->has_unfinished()) {
+      const auto t0 = std::chrono::steady_clock::now();
       SchedulerOutput so = scheduler->schedule();
       count_step_tokens(so.num_scheduled_tokens);
       try {
         inject.check(so, num_steps);
         RunnerOutput ro = runner->execute(so);
         for (auto& o : scheduler->update(so, ro)) outs.push_back(std::move(o));
+        scheduler->record_step_seconds(so, seconds_since(t0));
         consecutive_failures = 0;
       } catch (const CommTimeout& e) {
         // A tensor-parallel rank is gone: the group cannot run another step.

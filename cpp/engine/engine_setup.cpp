@@ -77,6 +77,8 @@ SchedulerConfig resolve_scheduler_config(const EngineConfig& config, int64_t max
                           ") must be less than or equal to max_num_partial_prefills (" +
                           std::to_string(config.max_num_partial_prefills) + ")");
   s.max_num_partial_prefills = config.max_num_partial_prefills;
+  s.speculative_disable_by_batch_size = config.speculative_disable_by_batch_size;
+  s.speculative_auto_disable = config.speculative_auto_disable;
   s.max_long_partial_prefills = config.max_long_partial_prefills;
   s.long_prefill_token_threshold = config.long_prefill_token_threshold;
   if (s.long_prefill_token_threshold == 0 && s.max_num_partial_prefills > 1)
@@ -195,6 +197,9 @@ NgramProposer resolve_speculation(const EngineConfig& config) {
   if (config.prompt_lookup_min > config.prompt_lookup_max)
     throw InvalidArgument("prompt_lookup_min=" + std::to_string(config.prompt_lookup_min) + " must be <= prompt_lookup_max=" +
                           std::to_string(config.prompt_lookup_max));
+  if (config.speculative_disable_by_batch_size != 0 && config.speculative_disable_by_batch_size < 2)
+    throw InvalidArgument("Expect the batch size threshold of disabling speculative decoding is > 1, but got "
+                          "disable_by_batch_size=" + std::to_string(config.speculative_disable_by_batch_size));
   p.num_speculative_tokens = config.num_speculative_tokens;
   p.min_n = config.prompt_lookup_min;
   p.max_n = config.prompt_lookup_max;

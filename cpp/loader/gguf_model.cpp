@@ -27,9 +27,14 @@ constexpr Arch kArchs[] = {
     {"qwen2moe", "Qwen2MoeForCausalLM", "qwen2_moe"},
     {"qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe"},
     {"gpt-oss", "GptOssForCausalLM", "gpt_oss"},
+    {"phi3", "Phi3ForCausalLM", "phi3"},
+    {"granite", "GraniteForCausalLM", "granite"},
+    {"olmo2", "Olmo2ForCausalLM", "olmo2"},
+    {"smollm3", "SmolLM3ForCausalLM", "smollm3"},
 };
 constexpr const char* kSupported =
-    "llama (and Mixtral), mistral, qwen2, qwen3, gemma, gemma2, gemma3, qwen2moe, qwen3moe, gpt-oss";
+    "llama (and Mixtral), mistral, qwen2, qwen3, gemma, gemma2, gemma3, qwen2moe, qwen3moe, gpt-oss, phi3, granite, "
+    "olmo2, smollm3";
 
 // A positive integer no larger than max, or `fallback` when the key is absent (-1: required).
 int64_t bounded_int(const GgufFile& f, const std::string& key, int64_t max, int64_t fallback = -1) {
@@ -119,8 +124,8 @@ void read_moe(const GgufFile& f, const std::string& arch, ModelConfig& c) {
 }
 
 // Tokens that end a turn stop generation as the EOS does (llama.cpp's end-of-generation set):
-// the file's end-of-turn / end-of-message ids, and Gemma's <end_of_turn> (instruction-tuned
-// Gemma files name only <eos>, yet every turn ends with <end_of_turn>).
+// the file's end-of-turn / end-of-message ids, and Gemma's <end_of_turn> and Phi-3's <|end|>
+// (instruction-tuned files name only <eos> / <|endoftext|>, yet every turn ends with them).
 void add_end_of_turn_ids(const GgufFile& f, ModelConfig& c) {
   auto add = [&](int64_t id) {
     if (id >= 0 && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), id) == c.eos_token_ids.end())
@@ -128,11 +133,13 @@ void add_end_of_turn_ids(const GgufFile& f, ModelConfig& c) {
   };
   for (const char* key : {"tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"})
     if (f.find(key)) add(f.get_int(key, -1));
-  if (c.model_type.rfind("gemma", 0) != 0) return;
+  const char* turn_end = c.model_type.rfind("gemma", 0) == 0 ? "<end_of_turn>"
+                         : c.model_type == "phi3"               ? "<|end|>"
+                                                                : nullptr;
   const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
-  if (!tokens || tokens->type != GgufValue::Type::ARRAY) return;
+  if (!turn_end || !tokens || tokens->type != GgufValue::Type::ARRAY) return;
   for (size_t i = 0; i < tokens->array.size(); ++i)
-    if (tokens->array[i].s == "<end_of_turn>") add(static_cast<int64_t>(i));
+    if (tokens->array[i].s == turn_end) add(static_cast<int64_t>(i));
 }
 
 }  // namespace
@@ -173,6 +180,7 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   c.tie_word_embeddings = !f.has_tensor("output.weight");
   c.attention_bias = f.has_tensor("blk.0.attn_q.bias");
   c.o_proj_bias = f.has_tensor("blk.0.attn_output.bias");
+  c.mlp_bias = f.has_tensor("blk.0.ffn_up.bias");
   c.qk_norm = f.has_tensor("blk.0.attn_q_norm.weight");
   c.layer_sliding_window.assign(static_cast<size_t>(c.num_hidden_layers), 0);
   const GgufTensor& embd = f.tensor("token_embd.weight");
@@ -187,6 +195,7 @@ ModelConfig gguf_model_config(const GgufFile& f) {
   c.bos_token_id = f.get_int("tokenizer.ggml.bos_token_id", -1);
   if (arch.rfind("gemma", 0) == 0) read_gemma(f, arch, c);
   if (arch == "gpt-oss") read_gpt_oss(f, c);
+  read_gguf_variant(f, arch, c);
   if (f.find(p + "expert_count") && f.get_int(p + "expert_count", 0) > 0) {
     if (arch == "llama") {
       c.architecture = "MixtralForCausalLM";

@@ -19,9 +19,13 @@ ModelConfig gguf_model_config(const GgufFile& file);
 // `expert` is then set to 5 (else -1).
 std::string gguf_tensor_name(const std::string& hf_name, const ModelConfig& config, int64_t* expert = nullptr);
 
-// llama.cpp's converter permutes the rows of q_proj / k_proj of "llama" models (for its
-// interleaved rope); the loader undoes it. Returns the number of heads the rows of
-// `hf_name` were permuted over, or 0 when they were not.
+// llama.cpp's converter permutes the rows of q_proj / k_proj (weights and biases) of llama,
+// mistral, granite and smollm3 models (for its interleaved rope); the loader undoes it. Returns
+// the number of heads the rows of `hf_name` were permuted over, or 0 when they were not.
 int64_t gguf_permuted_heads(const GgufFile& file, const ModelConfig& config, const std::string& hf_name);
+
+// Phi-3, Granite, OLMo 2 and SmolLM3 (gguf_variants.cpp): what each adds to the Llama-shaped
+// config gguf_model_config reads, as llama.cpp's converter stores it and llama.cpp runs it.
+void read_gguf_variant(const GgufFile& file, const std::string& arch, ModelConfig& config);
 
 }  // namespace cserve

@@ -17,6 +17,8 @@ constexpr Names kLayer[] = {
     {"self_attn.o_proj", "attn_output"},    {"self_attn.q_norm", "attn_q_norm"},
     {"self_attn.k_norm", "attn_k_norm"},    {"mlp.gate_proj", "ffn_gate"},
     {"mlp.up_proj", "ffn_up"},              {"mlp.down_proj", "ffn_down"},
+    // Phi-3's fused projections: q|k|v, and gate|up in the one tensor llama.cpp calls ffn_up
+    {"self_attn.qkv_proj", "attn_qkv"},     {"mlp.gate_up_proj", "ffn_up"},
     // mixtures of experts: the router, Qwen2-MoE's shared expert and its gate
     {"mlp.gate", "ffn_gate_inp"},           {"block_sparse_moe.gate", "ffn_gate_inp"},
     {"mlp.router", "ffn_gate_inp"},  // gpt-oss
@@ -25,8 +27,8 @@ constexpr Names kLayer[] = {
     {"mlp.shared_expert.up_proj", "ffn_up_shexp"},
     {"mlp.shared_expert.down_proj", "ffn_down_shexp"},
 };
-// The norm after attention: the MLP's input norm, or (Gemma 2 / 3, norms on both sides of
-// each block) the attention output's, with the MLP's own pair beside it.
+// The norm after attention: the MLP's input norm, or (post-norms: Gemma 2 / 3 on both sides of
+// each block, OLMo 2 after them only) the attention output's, with the MLP's own beside it.
 constexpr Names kMlpInputNorm[] = {{"post_attention_layernorm", "ffn_norm"}};
 constexpr Names kBothSidesNorms[] = {
     {"post_attention_layernorm", "post_attention_norm"},
@@ -73,13 +75,14 @@ std::string gguf_tensor_name(const std::string& hf, const ModelConfig& config, i
   }
   const char* to = lookup(kLayer, module);
   if (!to && config.model_type == "gpt_oss" && module == "post_attention_layernorm") to = "post_attention_norm";
-  if (!to) to = config.post_norms && config.pre_norms ? lookup(kBothSidesNorms, module) : lookup(kMlpInputNorm, module);
+  if (!to) to = config.post_norms ? lookup(kBothSidesNorms, module) : lookup(kMlpInputNorm, module);
   return to ? block + to + kind : "";
 }
 
 int64_t gguf_permuted_heads(const GgufFile& f, const ModelConfig& c, const std::string& hf) {
+  // The converter's LlamaModel and the classes built on it (Granite, SmolLM3) permute.
   const std::string arch = f.get_string("general.architecture");
-  if (arch != "llama" && arch != "mistral") return 0;
+  if (arch != "llama" && arch != "mistral" && arch != "granite" && arch != "smollm3") return 0;
   if (hf.find("self_attn.q_proj.") != std::string::npos) return c.num_attention_heads;
   if (hf.find("self_attn.k_proj.") != std::string::npos) return c.num_key_value_heads;
   return 0;

@@ -89,8 +89,10 @@ class TensorSource {
   }
 
   // A bias as f32 (quantized checkpoints store them in f16 / bf16), valid until release_scratch.
-  const float* get_f32(const std::string& name, const std::vector<int64_t>& shape, Slice rows) {
-    Tensor t = get(name, shape, 0.0f, rows);
+  // file_order: a GGUF q/k bias in the file's (permuted) order, for a QuantPart with a row order.
+  const float* get_f32(const std::string& name, const std::vector<int64_t>& shape, Slice rows,
+                       bool file_order = false) {
+    Tensor t = gguf_ && file_order ? get_gguf(name, shape, true) : get(name, shape, 0.0f, rows);
     if (t.dtype == DType::F32) return t.as<float>();
     scratch_.emplace_back(static_cast<size_t>(t.numel()) * sizeof(float));
     convert_to_f32(t.data, t.dtype, scratch_.back().as<float>(), static_cast<size_t>(t.numel()));
@@ -198,12 +200,14 @@ class TensorSource {
   }
 
   // Dense GGUF tensors are used in place when their type is one cserve stores; anything
-  // quantized (or permuted) becomes an f32 copy.
-  Tensor get_gguf(const std::string& name, const std::vector<int64_t>& shape) {
+  // quantized (or permuted) becomes an f32 copy. A q/k bias is un-permuted as its weight's rows
+  // are, unless file_order.
+  Tensor get_gguf(const std::string& name, const std::vector<int64_t>& shape, bool file_order = false) {
     const GgufTensor& t = gguf_tensor(name, shape);
-    const int64_t rows = shape.size() == 2 ? shape[0] : 1;
+    const bool vector = shape.size() == 1;
+    const int64_t rows = vector ? 1 : shape[0];
     const int64_t cols = shape.back();
-    const int32_t* order = shape.size() == 2 ? row_order(name, rows) : nullptr;
+    const int32_t* order = shape.size() <= 2 && !file_order ? row_order(name, shape[0]) : nullptr;
     if (!order && (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16)) {
       const DType dt = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
       fetched(t);
@@ -213,7 +217,12 @@ class TensorSource {
     float* out = scratch_.back().as<float>();
     const size_t row_bytes = ggml_row_bytes(t.type, cols);
     for (int64_t r = 0; r < rows; ++r)
-      dequantize_row(t.type, t.data + static_cast<size_t>(order ? order[r] : r) * row_bytes, out + r * cols, cols);
+      dequantize_row(t.type, t.data + static_cast<size_t>(order && !vector ? order[r] : r) * row_bytes, out + r * cols,
+                     cols);
+    if (order && vector) {
+      const std::vector<float> stored(out, out + cols);
+      for (int64_t i = 0; i < cols; ++i) out[i] = stored[static_cast<size_t>(order[i])];
+    }
     fetched(t);
     return Tensor{out, DType::F32, shape};
   }
@@ -343,11 +352,13 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     }
     if (!qparts.empty() && qparts.size() == ps.size()) {  // every part quantized: keep it so
       // A part with a row order (llama.cpp's q/k permutation) indexes its bias by the file's
-      // rows: the whole bias then, not this rank's slice of it.
-      for (size_t i = 0; i < ps.size(); ++i)
+      // rows: the whole bias then, as stored, not this rank's slice of it.
+      for (size_t i = 0; i < ps.size(); ++i) {
+        const bool file_rows = qparts[i].row_order != nullptr;
         if (with_bias)
           qparts[i].bias = src.get_f32(ps[i].name + ".bias", {ps[i].shape(1)[0]},
-                                       qparts[i].row_order ? Slice{} : ps[i].rows_in_tensor());
+                                       file_rows ? Slice{} : ps[i].rows_in_tensor(), file_rows);
+      }
       auto packed = backend.pack_linear_quantized(qparts);
       w.total_bytes += packed->bytes();
       src.release_scratch();

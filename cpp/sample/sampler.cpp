@@ -66,6 +66,27 @@ CSERVE_VECTOR_CLONES void exp_shifted(float* x, int64_t n, float shift) {
     x[i] = negligible ? 0.0f : poly * scale;
   }
 }
+// The largest value, NaN skipped (-inf when there is none); x is left as it is.
+CSERVE_VECTOR_CLONES float max_skipping_nan(const float* x, int64_t n) {
+  float m = kNegInf;
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// The first i with x[i] == value (n when none): blocks of 64 are compared whole, which
+// vectorizes, and only the block holding it is searched one by one.
+CSERVE_VECTOR_CLONES int64_t first_index_of(const float* x, int64_t n, float value) {
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    bool any = false;
+    for (int64_t j = 0; j < 64; ++j) any |= x[i + j] == value;
+    if (any) break;
+  }
+  for (; i < n; ++i)
+    if (x[i] == value) return i;
+  return n;
+}
+
 // Tokens outside the grammar's mask become impossible.
 CSERVE_VECTOR_CLONES void apply_token_mask(float* x, int64_t n, const uint32_t* allowed) {
   for (int64_t i = 0; i < n; ++i) x[i] = (allowed[i >> 5] >> (i & 31)) & 1u ? x[i] : kNegInf;
@@ -111,11 +132,17 @@ int32_t Sampler::sample(float* logits, Request& r, const uint32_t* allowed) cons
   apply_processors(logits, r);
   apply_penalties(logits, r);
   const SamplingParams& p = r.params;
+  if (p.greedy()) {
+    // The first largest logit, as argmax over the row with NaN as -inf; read only, as greedy
+    // needs nothing else. A row without a finite or +inf maximum takes the path below.
+    const float top = max_skipping_nan(logits, vocab_);
+    if (top > kNegInf) return static_cast<int32_t>(first_index_of(logits, vocab_, top));
+  }
   // A row with no possible token (every logit masked or NaN) or an infinite one has no
   // distribution to draw from: it takes the first largest logit, as greedy does (token 0 when
   // everything is masked), which is what vLLM's samplers return there too.
   const float top = nan_to_neg_inf_max(logits, vocab_);
-  if (p.greedy() || !std::isfinite(top)) return argmax(logits, vocab_);
+  if (p.greedy() || !std::isfinite(top)) return static_cast<int32_t>(first_index_of(logits, vocab_, top));
 
   // A huge temperature must not scale masked (-inf) logits by 0 into NaN: 1/T stays a normal float.
   const float inv_t = std::max(static_cast<float>(1.0 / p.temperature), std::numeric_limits<float>::min());

@@ -9,6 +9,7 @@
 #include "cserve/request_output.h"
 #include "cserve/sampling_params.h"
 #include "kv/block_pool.h"
+#include "sched/speculation_governor.h"
 
 namespace cserve {
 
@@ -26,6 +27,13 @@ struct Request {
   // Speculative decoding: tokens proposed to follow all_token_ids, verified by the next step
   // (never part of all_token_ids until accepted).
   std::vector<int32_t> draft_token_ids;
+  // How its drafts fared (verified, or compared with the tokens that followed when a step left
+  // them unverified): what the speculation governor expects of its next ones.
+  DraftAcceptance draft_acceptance;
+  // Drafts a step left unverified, still being compared with the output from output position
+  // unverified_draft_at on (empty: none).
+  std::vector<int32_t> unverified_draft;
+  size_t unverified_draft_at = 0;
   SamplingParams params;
   int priority = 0;
   uint64_t arrival = 0;  // monotonically increasing admission order

@@ -16,7 +16,11 @@ double now_seconds() {
 
 Scheduler::Scheduler(const SchedulerConfig& config, KVCacheManager& kv, std::vector<int64_t> eos_token_ids,
                      uint64_t seed)
-    : config_(config), kv_(kv), eos_(std::move(eos_token_ids)), seed_rng_(seed) {}
+    : config_(config),
+      governor_({config.speculative_auto_disable, config.speculative_disable_by_batch_size}),
+      kv_(kv),
+      eos_(std::move(eos_token_ids)),
+      seed_rng_(seed) {}
 
 int64_t Scheduler::num_waiting() const {
   int64_t n = static_cast<int64_t>(waiting_.size());
@@ -76,6 +80,7 @@ void Scheduler::preempt(Request* victim) {
   kv_.free(*victim);
   victim->num_computed_tokens = 0;
   victim->draft_token_ids.clear();
+  victim->unverified_draft.clear();
   victim->status = RequestStatus::Preempted;
   victim->num_preemptions++;
   // Prompt logprobs of a recomputed prefill are produced again from the start.
@@ -115,6 +120,7 @@ SchedulerOutput Scheduler::schedule() {
     if (wants_rows(r)) prompt_logprob_rows -= num_new;
   };
 
+  const std::unordered_map<const Request*, int64_t> planned_drafts = plan_drafts();
   // Running requests first, in order (over a snapshot: preemption removes entries).
   const std::vector<Request*> running_before = running_;
   for (Request* r : running_before) {
@@ -122,7 +128,8 @@ SchedulerOutput Scheduler::schedule() {
     if (r->status != RequestStatus::Running) continue;  // preempted earlier in this step
     const int64_t num_known = r->num_tokens() - r->num_computed_tokens;
     // In decode, the request's draft tokens are computed with its last token (the budget counts them).
-    int64_t num_new = cap(*r, num_known + (num_known == 1 ? num_drafts_allowed(*r) : 0));
+    const auto planned = planned_drafts.find(r);
+    int64_t num_new = cap(*r, num_known + (planned != planned_drafts.end() ? planned->second : 0));
     if (num_new <= 0) continue;
     int64_t num_drafts = std::max<int64_t>(0, num_new - num_known);
     bool scheduled = false;
@@ -163,6 +170,10 @@ SchedulerOutput Scheduler::schedule() {
     out.scheduled.push_back({r, r->num_computed_tokens, num_new, r->num_computed_tokens + num_new >= r->num_tokens(),
                              &kv_.block_ids(r->id), {}});
     out.scheduled.back().draft_token_ids.assign(r->draft_token_ids.begin(), r->draft_token_ids.begin() + num_drafts);
+    if (num_drafts == 0 && !r->draft_token_ids.empty() && r->unverified_draft.empty()) {
+      r->unverified_draft = r->draft_token_ids;  // compared with the tokens to come instead
+      r->unverified_draft_at = r->output_token_ids.size();
+    }
     out.num_scheduled_tokens += num_new;
     budget -= num_new;
   }
@@ -233,6 +244,45 @@ void Scheduler::count_draft(size_t num_draft_tokens, size_t num_accepted) {
   auto& per_pos = counters_.num_accepted_tokens_per_pos;
   if (per_pos.size() < num_draft_tokens) per_pos.resize(num_draft_tokens, 0);
   for (size_t k = 0; k < num_accepted; ++k) ++per_pos[k];
+}
+
+std::unordered_map<const Request*, int64_t> Scheduler::plan_drafts() const {
+  std::vector<DraftCandidate> candidates;
+  std::vector<const Request*> who;
+  bool any_drafts = false;
+  for (const Request* r : running_) {
+    if (r->num_tokens() - r->num_computed_tokens != 1) continue;  // not in decode
+    candidates.push_back({num_drafts_allowed(*r), r->draft_acceptance});
+    who.push_back(r);
+    any_drafts = any_drafts || candidates.back().num_drafts > 0;
+  }
+  if (!any_drafts) return {};
+  const std::vector<int64_t> counts = governor_.plan(static_cast<int64_t>(running_.size()), candidates);
+  std::unordered_map<const Request*, int64_t> planned;
+  for (size_t i = 0; i < who.size(); ++i)
+    if (counts[i] > 0) planned[who[i]] = counts[i];
+  return planned;
+}
+
+void Scheduler::compare_unverified_draft(Request& r) {
+  const auto& draft = r.unverified_draft;
+  const size_t from = r.unverified_draft_at;
+  const size_t num_new = r.output_token_ids.size() - from;
+  size_t matched = 0;
+  while (matched < std::min(num_new, draft.size()) && r.output_token_ids[from + matched] == draft[matched]) ++matched;
+  // Known once a token differs or every draft token has its counterpart.
+  if (matched < std::min(num_new, draft.size()) || num_new >= draft.size()) {
+    r.draft_acceptance.add(static_cast<int64_t>(draft.size()), static_cast<int64_t>(matched));
+    governor_.record_draft(static_cast<int64_t>(draft.size()), static_cast<int64_t>(matched));
+    r.unverified_draft.clear();
+  }
+}
+
+void Scheduler::record_step_seconds(const SchedulerOutput& out, double seconds) {
+  if (out.scheduled.empty()) return;
+  for (const ScheduledRequest& s : out.scheduled)  // decode only: each request's last token and its drafts
+    if (!s.sample || s.num_new_tokens != 1 + static_cast<int64_t>(s.draft_token_ids.size())) return;
+  governor_.record_step(out.num_scheduled_tokens, seconds);
 }
 
 bool Scheduler::append_sampled(Request& r, const std::vector<int32_t>& tokens, size_t& num_appended) {
@@ -325,10 +375,13 @@ std::vector<RequestOutput> Scheduler::update(const SchedulerOutput& out, const R
       const size_t num_accepted = tokens.size() - 1;
       r.num_computed_tokens -= static_cast<int64_t>(s.draft_token_ids.size() - num_accepted);
       count_draft(s.draft_token_ids.size(), num_accepted);
+      r.draft_acceptance.add(static_cast<int64_t>(s.draft_token_ids.size()), static_cast<int64_t>(num_accepted));
+      governor_.record_draft(static_cast<int64_t>(s.draft_token_ids.size()), static_cast<int64_t>(num_accepted));
       kv_.release_beyond_computed(r);
     }
     size_t num_appended = 0;
     bool stop = append_sampled(r, tokens, num_appended);
+    if (!r.unverified_draft.empty()) compare_unverified_draft(r);
     const int32_t t = r.output_token_ids.back();
     if (i < result.errors.size() && !result.errors[i].empty()) {
       r.finish_reason = FinishReason::Error;

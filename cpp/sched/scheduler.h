@@ -15,6 +15,7 @@
 #include "kv/kv_cache_manager.h"
 #include "sched/request.h"
 #include "sched/scheduler_output.h"
+#include "sched/speculation_governor.h"
 
 namespace cserve {
 
@@ -27,6 +28,10 @@ struct SchedulerConfig {
   int max_num_partial_prefills = 1;
   int max_long_partial_prefills = 1;
   bool priority_policy = false;  // false: fcfs
+  // Speculative decoding: vLLM's disable_by_batch_size (no drafts while more requests than this
+  // run; 0: no limit) and whether drafts are verified only where they are expected to pay.
+  int speculative_disable_by_batch_size = 0;
+  bool speculative_auto_disable = false;
 };
 
 // At most this many prompt tokens of requests that want prompt logprobs are computed per step.
@@ -64,6 +69,8 @@ class Scheduler {
   std::vector<RequestOutput> fail_all(const std::string& error);
 
   SchedulerOutput schedule();
+  // The wall time of the step that ran `out` (schedule to update), for the speculation governor.
+  void record_step_seconds(const SchedulerOutput& out, double seconds);
   // Applies the runner's results; returns the outputs of this step.
   std::vector<RequestOutput> update(const SchedulerOutput& out, const RunnerOutput& result);
 
@@ -86,6 +93,10 @@ class Scheduler {
   // Appends the runner's tokens for r in order until one stops it; returns whether one did.
   bool append_sampled(Request& r, const std::vector<int32_t>& tokens, size_t& num_appended);
   void count_draft(size_t num_draft_tokens, size_t num_accepted);
+  // The speculation governor's draft tokens per running request in decode this step.
+  std::unordered_map<const Request*, int64_t> plan_drafts() const;
+  // After r's output grew: how its unverified draft compares with the new tokens, once known.
+  void compare_unverified_draft(Request& r);
   RequestOutput make_output(Request& r);
   void finish(Request& r, FinishReason reason);
   std::vector<RequestOutput> end(const std::string& external_id, FinishReason reason, const std::string& error);
@@ -93,6 +104,7 @@ class Scheduler {
   bool is_long(const Request& r) const;
 
   SchedulerConfig config_;
+  SpeculationGovernor governor_;
   KVCacheManager& kv_;
   std::vector<int64_t> eos_;
   std::mt19937_64 seed_rng_;  // seeds requests that bring no seed

@@ -65,7 +65,7 @@ def test_dequantize_matches_gguf(qtype):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("m", [1, 3, 5, 17])
+@pytest.mark.parametrize("m", [1, 3, 5, 6, 7, 8, 17])
 @pytest.mark.parametrize("qtype", SIMPLE + K_QUANTS, ids=lambda t: t.name)
 def test_quant_linear(qtype, m):
     rng = np.random.default_rng(100 * int(qtype) + m)
@@ -90,6 +90,18 @@ def test_threads_agree():
     one, _ = T.quant_linear(int(Q.Q4_1), raw, 130, 128, x, num_threads=1)
     two, _ = T.quant_linear(int(Q.Q4_1), raw, 130, 128, x, num_threads=2)
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0], ids=lambda t: t.name)
+def test_a_row_does_not_depend_on_its_batch(qtype):
+    # A verification step computes a token and its drafts together: each row must be what it
+    # would be alone, bit for bit, or greedy speculation could pick another token.
+    rng = np.random.default_rng(11)
+    raw, _ = make_weight(qtype, 40, 128, rng)
+    x = rng.standard_normal((9, 128)).astype(np.float32)
+    alone = np.concatenate([T.quant_linear(int(qtype), raw, 40, 128, x[i:i + 1])[0] for i in range(9)])
+    for m in range(2, 10):
+        np.testing.assert_array_equal(T.quant_linear(int(qtype), raw, 40, 128, x[:m])[0], alone[:m], err_msg=str(m))
 
 
 def test_unsupported_type_is_an_error():

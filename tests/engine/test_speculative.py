@@ -18,7 +18,9 @@ from cserve import SamplingParams, _core
 from cserve.cli.speculative_config import speculative_fields
 from tests.helpers.models import make_llm, random_prompt, with_config
 
-NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+# Every draft verified (cserve's auto_disable off): these tests need drafts in every step.
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4,
+         "auto_disable": False}
 propose = _core.testing.ngram_propose
 
 
@@ -65,7 +67,15 @@ def test_proposer_takes_the_longest_recurring_suffix():
 def test_config_defaults_and_checks():
     assert speculative_fields(None) == {} and speculative_fields({}) == {}
     assert speculative_fields({"method": "ngram", "num_speculative_tokens": 3}) == {
-        "speculative_method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 5, "prompt_lookup_max": 5}
+        "speculative_method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 5, "prompt_lookup_max": 5,
+        "speculative_disable_by_batch_size": 0, "speculative_auto_disable": True}
+    fields = speculative_fields({"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": 4,
+                                 "auto_disable": False})
+    assert fields["speculative_disable_by_batch_size"] == 4 and fields["speculative_auto_disable"] is False
+    with pytest.raises(ValueError, match="threshold of disabling speculative decoding is > 1"):
+        speculative_fields({"method": "ngram", "num_speculative_tokens": 3, "disable_by_batch_size": 1})
+    with pytest.raises(ValueError, match="auto_disable must be true or false"):
+        speculative_fields({"method": "ngram", "num_speculative_tokens": 3, "auto_disable": 1})
     assert speculative_fields({"model": "[ngram]", "num_speculative_tokens": 2, "prompt_lookup_max": 4})[
         "prompt_lookup_min"] == 4
     with pytest.raises(ValueError, match="prompt_lookup_min=4 must be <= prompt_lookup_max=2"):
@@ -153,6 +163,25 @@ def test_mixed_batch_with_chunked_prefill_prefix_caching_and_preemption(built, p
     # The prefix cache holds committed tokens only: a request after them matches the plain engine.
     again = tokens(spec.generate(inputs[:2], sps[:2], use_tqdm=False))
     assert again == want[:2]
+
+
+def test_disable_by_batch_size_and_the_automatic_rule_keep_greedy_output(built, prompts):
+    sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    batch = [{"prompt_token_ids": prompts["repetitive"][i:]} for i in range(3)]
+    plain = make_llm(built.path)
+    want = tokens(plain.generate(batch, sp, use_tqdm=False))
+    # Three requests run side by side the whole time: more than 2, so none drafts.
+    by_batch = make_llm(built.path, speculative_config={**NGRAM, "disable_by_batch_size": 2})
+    assert tokens(by_batch.generate(batch, sp, use_tqdm=False)) == want
+    assert spec_counts(by_batch) == (0, 0, 0)
+    # Alone, the same request drafts.
+    assert tokens(by_batch.generate(batch[:1], sp, use_tqdm=False)) == want[:1]
+    assert spec_counts(by_batch)[0] > 0
+    # The automatic rule (the default) decides from measured step times: whatever it decides,
+    # the text is the same; its first decode steps try drafts.
+    auto = make_llm(built.path, speculative_config={k: v for k, v in NGRAM.items() if k != "auto_disable"})
+    assert tokens(auto.generate(batch, sp, use_tqdm=False)) == want
+    assert spec_counts(auto)[0] > 0
 
 
 # --- sampling: the target's distribution ---------------------------------------------------------

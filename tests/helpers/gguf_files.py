@@ -82,11 +82,26 @@ def permute_back(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-# ---- Gemma 1/2/3 and the mixtures of experts, as convert_hf_to_gguf.py writes them ----
+# ---- Gemma 1/2/3, the mixtures of experts, Phi-3, Granite, OLMo 2 and SmolLM3, as
+# convert_hf_to_gguf.py writes them ----
 
 # transformers model_type -> GGUF general.architecture (Mixtral is written as "llama" with experts).
 FAMILY_ARCH = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "mixtral": "llama",
-               "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+               "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "phi3": "phi3", "granite": "granite",
+               "olmo2": "olmo2", "smollm3": "smollm3"}
+# The converter's LlamaModel and its subclasses permute q/k rows (and biases) for llama.cpp's rope.
+PERMUTED = ("mixtral", "granite", "smollm3")
+
+
+def _permuted_heads(cfg, name: str) -> int:
+    """The heads the converter permutes `name`'s rows over (0: not permuted)."""
+    if cfg.model_type not in PERMUTED:
+        return 0
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return cfg.num_attention_heads
+    if name.endswith(("k_proj.weight", "k_proj.bias")):
+        return cfg.num_key_value_heads
+    return 0
 
 
 def _check_llama_cpp_reads(cfg) -> None:
@@ -103,6 +118,13 @@ def _check_llama_cpp_reads(cfg) -> None:
             raise ValueError("llama.cpp's Gemma 3 has five sliding layers to one full one")
         if cfg.rope_parameters["sliding_attention"].get("rope_theta") != 10000.0:
             raise ValueError("llama.cpp's Gemma 3 sliding layers use RoPE base 10000")
+    if mt == "smollm3":
+        if list(cfg.no_rope_layers[:n]) != [int((i + 1) % 4 != 0) for i in range(n)]:
+            raise ValueError("llama.cpp's SmolLM3 skips RoPE on every 4th layer (no_rope_layer_interval 4)")
+        if cfg.use_sliding_window:
+            raise ValueError("llama.cpp runs SmolLM3 without a sliding window")
+    if mt == "granite" and getattr(cfg, "head_dim", None) not in (None, cfg.hidden_size // cfg.num_attention_heads):
+        raise ValueError("the converter ignores Granite's head_dim: it must be hidden_size / num_attention_heads")
 
 
 def _shape_metadata(w, cfg, rope_theta: float) -> None:
@@ -124,9 +146,21 @@ def _family_metadata(w, cfg) -> None:
     rope = getattr(cfg, "rope_parameters", None) or {}
     full_rope = rope.get("full_attention", rope)
     _shape_metadata(w, cfg, full_rope.get("rope_theta", 10000.0))
-    if getattr(cfg, "head_dim", None):
+    if getattr(cfg, "head_dim", None) and mt != "granite":  # the converter drops Granite's
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
+    if mt in ("granite", "smollm3", "phi3"):  # Phi-3: its rotary part
+        rotary = full_rope.get("partial_rotary_factor", 1.0) if mt == "phi3" else 1.0
+        w.add_rope_dimension_count(int(rotary * cfg.hidden_size) // cfg.num_attention_heads)
+    if mt == "phi3":
+        _phi3_metadata(w, cfg, full_rope)
+    if mt == "granite":
+        for method, value in (("add_attention_scale", cfg.attention_multiplier),
+                              ("add_embedding_scale", cfg.embedding_multiplier),
+                              ("add_residual_scale", cfg.residual_multiplier),
+                              ("add_logit_scale", cfg.logits_scaling)):
+            if value:
+                getattr(w, method)(value)
     if full_rope.get("rope_type") == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(full_rope["factor"])
@@ -151,6 +185,27 @@ def _family_metadata(w, cfg) -> None:
     w.add_eos_token_id(cfg.eos_token_id)
 
 
+def _phi3_metadata(w, cfg, rope: dict) -> None:
+    """Phi3MiniModel's keys: the original context, the window (0: none) and longrope's attention
+    factor, computed as the converter computes it."""
+    import math
+
+    original = rope.get("original_max_position_embeddings") or cfg.original_max_position_embeddings
+    w.add_rope_scaling_orig_ctx_len(original)
+    w.add_sliding_window(cfg.sliding_window or 0)
+    if rope.get("long_factor"):
+        scale = cfg.max_position_embeddings / original
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+
+
+def _extra_tensors(cfg):
+    """Tensors the converter makes rather than copies: Phi-3's longrope factors."""
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if cfg.model_type == "phi3" and rope.get("long_factor"):
+        yield "rope_factors_long.weight", np.array(rope["long_factor"], np.float32)
+        yield "rope_factors_short.weight", np.array(rope["short_factor"], np.float32)
+
+
 def _family_tensors(model):
     """(HF name as the converter sees it, array) in the converter's terms: the experts' fused
     gate_up_proj split into gate and up, each of [experts][rows][cols]."""
@@ -167,14 +222,16 @@ def _family_tensors(model):
             yield name, data
 
 
-def write_family_gguf(model, path: Path, matrix_type=None, fields: dict | None = None) -> dict:
-    """Writes `model` (transformers Gemma / Gemma 2 / Gemma 3 text / Mixtral / Qwen2-MoE / Qwen3-MoE)
-    to path as llama.cpp's convert_hf_to_gguf.py does: its tensor names, each layer's experts as one
-    3D tensor, q/k rows permuted for "llama" (Mixtral), 1 added to Gemma's norm weights, size-1
+def write_family_gguf(model, path: Path, matrix_type=None, fields: dict | None = None,
+                      tokens: Optional[list[str]] = None) -> dict:
+    """Writes `model` (transformers Gemma / Gemma 2 / Gemma 3 text / Mixtral / Qwen2-MoE / Qwen3-MoE /
+    Phi-3 / Granite / OLMo 2 / SmolLM3) to path as llama.cpp's convert_hf_to_gguf.py does: its tensor
+    names and keys, each layer's experts as one 3D tensor, q/k rows (and biases) permuted for Mixtral,
+    Granite and SmolLM3, Phi-3's longrope factors as tensors, 1 added to Gemma's norm weights, size-1
     dimensions squeezed, norms and routers in F32, other matrices in `matrix_type` where their rows
     fill whole blocks (else F32, as the converter falls back). Returns {HF state_dict name: weight as
     the file holds it, dequantized, in transformers' terms} for a reference model. `fields` (key ->
-    int or float) adds metadata."""
+    int or float) adds metadata, `tokens` a vocabulary."""
     import gguf
     from gguf import quants
 
@@ -189,6 +246,9 @@ def write_family_gguf(model, path: Path, matrix_type=None, fields: dict | None =
     _family_metadata(w, cfg)
     for key, value in (fields or {}).items():
         (w.add_uint32 if isinstance(value, int) else w.add_float32)(key, value)
+    if tokens:
+        w.add_tokenizer_model("gpt2")
+        w.add_token_list(tokens)
     stored, expert_parts = {}, {}
     block = gguf.GGML_QUANT_SIZES[matrix_type][0]
     for name, data in _family_tensors(model):
@@ -196,10 +256,9 @@ def write_family_gguf(model, path: Path, matrix_type=None, fields: dict | None =
             continue  # tied (Gemma and Gemma 2 files never hold an output matrix)
         if mt.startswith("gemma") and name.endswith("norm.weight"):
             data = data + 1
-        if mt == "mixtral" and name.endswith("q_proj.weight"):
-            data = permute(data, cfg.num_attention_heads)
-        elif mt == "mixtral" and name.endswith("k_proj.weight"):
-            data = permute(data, cfg.num_key_value_heads)
+        heads = _permuted_heads(cfg, name)
+        if heads:
+            data = permute(data, heads)
         gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert gname, f"no GGUF name for {name}"
         shape = data.shape
@@ -212,10 +271,8 @@ def write_family_gguf(model, path: Path, matrix_type=None, fields: dict | None =
         else:
             w.add_tensor(gname, data.astype(np.float32))
         data = data.reshape(shape)
-        if mt == "mixtral" and name.endswith("q_proj.weight"):
-            data = permute_back(data, cfg.num_attention_heads)
-        elif mt == "mixtral" and name.endswith("k_proj.weight"):
-            data = permute_back(data, cfg.num_key_value_heads)
+        if heads:
+            data = permute_back(data, heads)
         if mt.startswith("gemma") and name.endswith("norm.weight"):
             data = data - 1
         if ".experts." in name:
@@ -228,6 +285,8 @@ def write_family_gguf(model, path: Path, matrix_type=None, fields: dict | None =
             stored[base + "gate_up_proj"] = np.concatenate([expert_parts[name], expert_parts[base + "up_proj.weight"]], 1)
         elif name.endswith("down_proj.weight"):
             stored[name.removesuffix(".weight")] = expert_parts[name]
+    for gname, data in _extra_tensors(cfg):
+        w.add_tensor(gname, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -78,6 +78,13 @@ void run(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end) {
   const int64_t m = g.a->m;
   for (int64_t p = panel_begin; p < panel_end; ++p) {
     int64_t i = 0;
+    switch (m) {  // a verification step (a token and its drafts): all rows share one pass
+      case 5: panel<Bits, Half, 5>(g, p, 0); continue;
+      case 6: panel<Bits, Half, 6>(g, p, 0); continue;
+      case 7: panel<Bits, Half, 7>(g, p, 0); continue;
+      case 8: panel<Bits, Half, 8>(g, p, 0); continue;
+      default: break;
+    }
     if (m >= 32)  // prefill: 8 rows share each weight load (decode steps run faster with 4)
       for (; i + 8 <= m; i += 8) panel<Bits, Half, 8>(g, p, i);
     for (; i + 4 <= m; i += 4) panel<Bits, Half, 4>(g, p, i);

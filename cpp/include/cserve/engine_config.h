@@ -76,6 +76,11 @@ struct EngineConfig {
   int num_speculative_tokens = 0;
   int prompt_lookup_min = 0;
   int prompt_lookup_max = 0;
+  // vLLM's disable_by_batch_size: no drafts while more requests than this run (0: no limit).
+  int speculative_disable_by_batch_size = 0;
+  // Drafts are verified only while the measured step times and acceptance say they raise the
+  // output tokens per second (false: always, as vLLM).
+  bool speculative_auto_disable = true;
   // Optional: told (done, total) as the weights load, for a progress bar.
   std::function<void(int64_t done, int64_t total)> load_progress;
 };

@@ -1,6 +1,6 @@
 """vLLM's speculative_config (--speculative-config JSON, LLM(speculative_config={...})) resolved into
-the engine's fields, with vLLM's defaults and checks. Only the "ngram" method (prompt lookup) is
-built; every other method is refused by name.
+the engine's fields, with vLLM's defaults and checks, plus cserve's own auto_disable key. Only the
+"ngram" method (prompt lookup) is built; every other method is refused by name.
 
 Only the standard library here: `cserve serve --help` imports it.
 """
@@ -10,15 +10,19 @@ from __future__ import annotations
 from typing import Any, Optional
 
 SUPPORTED_METHODS = ("ngram",)
+# cserve's own key (vLLM has no such rule): verify drafts only while the measured step times and
+# acceptance say they raise the output tokens per second (default true; false: always, as vLLM).
+AUTO_DISABLE_KEY = "auto_disable"
 # vLLM's other methods: refused by name.
 OTHER_METHODS = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix", "ngram_gpu",
                  "custom_class", "extract_hidden_states", "dflash", "dspark")
-_NGRAM_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max")
+_NGRAM_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max",
+               "disable_by_batch_size", AUTO_DISABLE_KEY)
 # Other keys of vLLM's SpeculativeConfig: refused unless left at their default.
 _OTHER_KEYS = {
     "enforce_eager": None, "draft_tensor_parallel_size": None, "tensor_parallel_size": None, "quantization": None,
     "moe_backend": None, "attention_backend": None, "kv_cache_dtype": None, "max_model_len": None, "revision": None,
-    "code_revision": None, "disable_padded_drafter_batch": False, "disable_by_batch_size": None,
+    "code_revision": None, "disable_padded_drafter_batch": False,
     "disable_logprobs": None, "rejection_sample_method": "standard", "draft_sample_method": "greedy",
     "parallel_drafting": False, "use_local_argmax_reduction": False, "speculative_token_tree": None,
 }
@@ -81,5 +85,15 @@ def speculative_fields(config: Any) -> dict:
         high = low
     if low > high:
         raise ValueError(f"prompt_lookup_min={low} must be <= prompt_lookup_max={high}")
+    by_batch = config.get("disable_by_batch_size")
+    if by_batch is not None and (isinstance(by_batch, bool) or not isinstance(by_batch, int)):
+        raise ValueError(f"speculative_config: disable_by_batch_size must be an integer, got {by_batch!r}")
+    if by_batch is not None and by_batch < 2:
+        raise ValueError("Expect the batch size threshold of disabling speculative decoding is > 1, but got "
+                         f"disable_by_batch_size={by_batch}")
+    auto = config.get(AUTO_DISABLE_KEY, True)
+    if not isinstance(auto, bool):
+        raise ValueError(f"speculative_config: {AUTO_DISABLE_KEY} must be true or false, got {auto!r}")
     return {"speculative_method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": low,
-            "prompt_lookup_max": high}
+            "prompt_lookup_max": high, "speculative_disable_by_batch_size": by_batch or 0,
+            "speculative_auto_disable": auto}
