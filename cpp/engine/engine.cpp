@@ -208,6 +208,11 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   if (!graph_sizes.empty()) runner->enable_graphs(graph_sizes, max_model_len);
   if (on_device || !graph_sizes.empty()) runner->resize_kv_cache(plan.num_blocks);
   runner->set_ngram_proposer(proposer);
+  if (c.speculative_method == "draft_model") {
+    auto draft = std::make_unique<DraftProposer>(*backend, load_draft_model(c, *backend, dtype, model_config.vocab_size),
+                                                 c.block_size, kv_dtype);
+    runner->set_draft_proposer(std::move(draft), sched_config.max_num_seqs);
+  }
   kv = std::make_unique<KVCacheManager>(plan.num_blocks, c.block_size, c.enable_prefix_caching,
                                         c.prefix_caching_hash_algo);
   scheduler = std::make_unique<Scheduler>(sched_config, *kv, eos, static_cast<uint64_t>(c.seed));
@@ -249,7 +254,7 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   info.kv_cache_tokens = plan.num_blocks * c.block_size;
   info.max_concurrency = static_cast<double>(info.kv_cache_tokens) / static_cast<double>(max_model_len);
   info.max_num_seqs = sched_config.max_num_seqs;
-  info.speculative_method = proposer.num_speculative_tokens > 0 ? "ngram" : "";
+  info.speculative_method = proposer.num_speculative_tokens > 0 ? c.speculative_method : "";
   info.num_speculative_tokens = proposer.num_speculative_tokens;
   info.weight_bytes = weight_bytes;
   info.kv_cache_bytes = static_cast<int64_t>(runner->kv_cache_bytes());

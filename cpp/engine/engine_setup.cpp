@@ -187,20 +187,24 @@ namespace cserve {
 NgramProposer resolve_speculation(const EngineConfig& config) {
   NgramProposer p;
   if (config.speculative_method.empty()) return p;
-  if (config.speculative_method != "ngram")
+  if (config.speculative_method != "ngram" && config.speculative_method != "draft_model")
     throw NotSupported("speculative decoding method '" + config.speculative_method +
-                       "' is not supported yet (supported: ngram)");
+                       "' is not supported yet (supported: ngram, draft_model)");
+  if (config.speculative_method == "draft_model" && config.speculative_model.empty())
+    throw InvalidArgument("speculative decoding method draft_model needs a draft model path");
   if (config.num_speculative_tokens <= 0)
     throw InvalidArgument("num_speculative_tokens must be > 0, got " + std::to_string(config.num_speculative_tokens));
-  if (config.prompt_lookup_min < 1 || config.prompt_lookup_max < 1)
+  const bool ngram = config.speculative_method == "ngram";
+  if (ngram && (config.prompt_lookup_min < 1 || config.prompt_lookup_max < 1))
     throw InvalidArgument("prompt_lookup_min and prompt_lookup_max must be >= 1");
-  if (config.prompt_lookup_min > config.prompt_lookup_max)
+  if (ngram && config.prompt_lookup_min > config.prompt_lookup_max)
     throw InvalidArgument("prompt_lookup_min=" + std::to_string(config.prompt_lookup_min) + " must be <= prompt_lookup_max=" +
                           std::to_string(config.prompt_lookup_max));
   if (config.speculative_disable_by_batch_size != 0 && config.speculative_disable_by_batch_size < 2)
     throw InvalidArgument("Expect the batch size threshold of disabling speculative decoding is > 1, but got "
                           "disable_by_batch_size=" + std::to_string(config.speculative_disable_by_batch_size));
   p.num_speculative_tokens = config.num_speculative_tokens;
+  if (config.speculative_method == "draft_model") return p;  // the draft model proposes
   p.min_n = config.prompt_lookup_min;
   p.max_n = config.prompt_lookup_max;
   return p;

@@ -48,7 +48,8 @@ constexpr double kDefaultGpuMemoryUtilization = 0.9;
 KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& model, DType kv_dtype,
                           int64_t max_model_len, int64_t weight_bytes, const DeviceMemoryUse* device = nullptr);
 
-// The n-gram proposer of speculative_method "ngram" (num_speculative_tokens 0: speculation off).
+// The n-gram proposer of speculative_method "ngram" (num_speculative_tokens 0: speculation off);
+// for "draft_model" only its num_speculative_tokens (the draft model proposes).
 // Throws NotSupported for another method, InvalidArgument for values vLLM refuses too.
 NgramProposer resolve_speculation(const EngineConfig& config);
 

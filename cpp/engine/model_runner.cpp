@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "util/memory.h"
+#include "engine/kv_cache_memory.h"
 
 namespace cserve {
 
@@ -49,6 +49,12 @@ ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, in
   resize_kv_cache(num_blocks);
 }
 
+void ModelRunner::set_draft_proposer(std::unique_ptr<DraftProposer> draft, int64_t max_num_seqs) {
+  draft_ = std::move(draft);
+  draft_max_num_seqs_ = max_num_seqs;
+  draft_->resize_kv_cache(kv_layers_.empty() ? 0 : kv_layers_[0].k.dim(0), max_num_seqs);
+}
+
 void ModelRunner::set_rank_link(RankLink* link) {
   link_ = link;
   if (link_) link_->send_resize_kv_cache(kv_layers_.empty() ? 0 : kv_layers_[0].k.dim(0));
@@ -71,19 +77,9 @@ void ModelRunner::resize_kv_cache(int64_t num_blocks) {
   // With graphs, one more block than the scheduler knows of: the padding tokens' keys go there.
   pad_block_ = graph_sizes_.empty() ? -1 : static_cast<int32_t>(num_blocks);
   if (!graph_sizes_.empty()) ++num_blocks;
-  const int64_t per_layer = num_blocks * c.num_key_value_heads * block_size_ * c.head_dim;
-  const size_t layer_bytes = static_cast<size_t>(per_layer) * dtype_size(kv_dtype);
-  kv_memory_ = backend_.allocate(layer_bytes * 2 * static_cast<size_t>(c.num_hidden_layers));
-  // In host memory, every page now: the size logged at start is what the process holds, and a
-  // shortfall fails here rather than as an out-of-memory kill under load.
-  if (backend_.host_memory())
-    commit_host_memory(kv_memory_.data(), kv_memory_.size(), "KV cache",
-                       "Set VLLM_CPU_KVCACHE_SPACE (GiB) or --kv-cache-memory-bytes to a size that fits.");
-  std::vector<int64_t> shape{num_blocks, c.num_key_value_heads, block_size_, c.head_dim};
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    char* base = kv_memory_.as<char>() + 2 * l * layer_bytes;
-    kv_layers_.push_back(KVCacheLayer{Tensor{base, kv_dtype, shape}, Tensor{base + layer_bytes, kv_dtype, shape}});
-  }
+  // In host memory every page is committed now: the size logged at start is what the process holds.
+  kv_layers_ = allocate_kv_cache(backend_, c, kv_dtype, num_blocks, block_size_, "KV cache", kv_memory_);
+  if (draft_) draft_->resize_kv_cache(num_blocks, draft_max_num_seqs_);
 }
 
 void ModelRunner::build_batch(const SchedulerOutput& out) {
@@ -141,6 +137,7 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   result.prompt_logprobs.resize(n);
   if (!out.block_copies.empty())
     for (auto& layer : kv_layers_) backend_.copy_blocks(layer, out.block_copies);
+  if (draft_) draft_->copy_blocks(out.block_copies);
   if (n == 0) {
     if (link_ && !out.block_copies.empty()) link_->send_forward(ForwardBatch{}, out.block_copies);
     return result;
@@ -154,8 +151,32 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   grammar_masks_.begin(sampling);  // filled while the forward pass runs
   forward_and_sample(out, result);
   advance_grammars(out, result);
-  if (proposer_.num_speculative_tokens > 0) propose_drafts(out, result);
+  if (draft_) {
+    draft_->follow(batch_);  // the draft's cache then holds what the target's holds
+    propose_with_draft_model(out, result);
+  } else if (proposer_.num_speculative_tokens > 0) {
+    propose_drafts(out, result);
+  }
   return result;
+}
+
+void ModelRunner::propose_with_draft_model(const SchedulerOutput& out, RunnerOutput& result) {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<size_t> which;
+  tokens.reserve(out.scheduled.size());
+  for (size_t i = 0; i < out.scheduled.size(); ++i) {
+    const Request& r = *out.scheduled[i].request;
+    const auto& sampled = result.sampled_token_ids[i];
+    if (sampled.empty() || r.grammar || r.params.grammar) continue;  // as propose_drafts
+    tokens.push_back(r.all_token_ids);
+    tokens.back().insert(tokens.back().end(), sampled.begin(), sampled.end());
+    which.push_back(i);
+  }
+  if (which.empty()) return;
+  std::vector<DraftRequest> requests;
+  for (size_t q = 0; q < which.size(); ++q) requests.push_back({&tokens[q], out.scheduled[which[q]].block_ids});
+  std::vector<std::vector<int32_t>> drafts = draft_->propose(requests);
+  for (size_t q = 0; q < which.size(); ++q) result.draft_token_ids[which[q]] = std::move(drafts[q]);
 }
 
 void ModelRunner::propose_drafts(const SchedulerOutput& out, RunnerOutput& result) const {

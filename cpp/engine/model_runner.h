@@ -8,6 +8,7 @@
 
 #include "backend/backend.h"
 #include "engine/grammar_masks.h"
+#include "engine/draft_model.h"
 #include "engine/ngram_proposer.h"
 #include "engine/rank_link.h"
 #include "model/llama_model.h"
@@ -25,8 +26,11 @@ class ModelRunner {
   // Speculative decoding by prompt lookup: after each step, every request that may speculate
   // gets the proposer's draft tokens for its next one (RunnerOutput::draft_token_ids).
   void set_ngram_proposer(const NgramProposer& proposer) { proposer_ = proposer; }
+  // Speculative decoding with a draft model instead: it follows every forward from now on (set
+  // it before the first request) and proposes each step's drafts.
+  void set_draft_proposer(std::unique_ptr<DraftProposer> draft, int64_t max_num_seqs);
   const LlamaModel& model() const { return *model_; }
-  size_t kv_cache_bytes() const { return kv_memory_.size(); }
+  size_t kv_cache_bytes() const { return kv_memory_.size() + (draft_ ? draft_->kv_cache_bytes() : 0); }
   // One dummy forward over `num_tokens` tokens (logits for the last `logits_rows` of them) so
   // first requests meet warm caches and pools, and scratch buffers reach their peak size
   // (where the backend samples, its sampler's too: those rows are sampled there).
@@ -53,6 +57,7 @@ class ModelRunner {
   void advance_grammars(const SchedulerOutput& out, RunnerOutput& result);
   // result.draft_token_ids of the requests that sampled this step and may speculate.
   void propose_drafts(const SchedulerOutput& out, RunnerOutput& result) const;
+  void propose_with_draft_model(const SchedulerOutput& out, RunnerOutput& result);
   // Whether every logits row of this step can be sampled by the backend (no prompt logprobs,
   // no more top logprobs than it returns).
   bool backend_can_sample(const SchedulerOutput& out) const;
@@ -90,6 +95,8 @@ class ModelRunner {
   };
   std::vector<LogitsRow> row_owner_;
   NgramProposer proposer_;
+  std::unique_ptr<DraftProposer> draft_;
+  int64_t draft_max_num_seqs_ = 0;
   std::vector<float> logits_;
   std::vector<int> graph_sizes_;  // ascending
   int64_t graph_width_ = 0;

@@ -90,8 +90,6 @@ def test_config_defaults_and_checks():
 
 
 @pytest.mark.parametrize("config,name", [
-    ({"model": "some/draft-model", "num_speculative_tokens": 3}, "draft_model"),
-    ({"method": "draft_model", "model": "d", "num_speculative_tokens": 3}, "draft_model"),
     ({"method": "eagle", "model": "e", "num_speculative_tokens": 3}, "eagle"),
     ({"method": "eagle3", "model": "e", "num_speculative_tokens": 3}, "eagle3"),
     ({"method": "medusa", "model": "m", "num_speculative_tokens": 3}, "medusa"),

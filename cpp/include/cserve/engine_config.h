@@ -69,10 +69,12 @@ struct EngineConfig {
   double tensor_parallel_timeout = 60.0;
   // On GPUs: NCCL for every all-reduce, never the custom all-reduce over CUDA IPC buffers.
   bool disable_custom_all_reduce = false;
-  // Speculative decoding (vLLM's --speculative-config): "" (off) or "ngram" (prompt lookup: up to
+  // Speculative decoding (vLLM's --speculative-config): "" (off), "ngram" (prompt lookup: up to
   // num_speculative_tokens drafted after the longest recurring n-gram of prompt_lookup_min to
-  // prompt_lookup_max tokens, verified in one forward pass).
+  // prompt_lookup_max tokens) or "draft_model" (speculative_model, a smaller model of the same
+  // vocabulary, drafts them greedily); the drafts are verified in one forward pass.
   std::string speculative_method;
+  std::string speculative_model;
   int num_speculative_tokens = 0;
   int prompt_lookup_min = 0;
   int prompt_lookup_max = 0;

@@ -1,6 +1,7 @@
 """vLLM's speculative_config (--speculative-config JSON, LLM(speculative_config={...})) resolved into
-the engine's fields, with vLLM's defaults and checks, plus cserve's own auto_disable key. Only the
-"ngram" method (prompt lookup) is built; every other method is refused by name.
+the engine's fields, with vLLM's defaults and checks, plus cserve's own auto_disable key. The
+"ngram" method (prompt lookup) and "draft_model" (a smaller model of the same vocabulary, with
+greedy drafts) are built; every other method is refused by name.
 
 Only the standard library here: `cserve serve --help` imports it.
 """
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-SUPPORTED_METHODS = ("ngram",)
+SUPPORTED_METHODS = ("ngram", "draft_model")
 # cserve's own key (vLLM has no such rule): verify drafts only while the measured step times and
 # acceptance say they raise the output tokens per second (default true; false: always, as vLLM).
 AUTO_DISABLE_KEY = "auto_disable"
 # vLLM's other methods: refused by name.
-OTHER_METHODS = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix", "ngram_gpu",
+OTHER_METHODS = ("eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix", "ngram_gpu",
                  "custom_class", "extract_hidden_states", "dflash", "dspark")
-_NGRAM_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max",
+_METHOD_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max",
                "disable_by_batch_size", AUTO_DISABLE_KEY)
 # Other keys of vLLM's SpeculativeConfig: refused unless left at their default.
 _OTHER_KEYS = {
@@ -53,28 +54,40 @@ def method_of(config: dict) -> str:
 
 
 def speculative_fields(config: Any) -> dict:
-    """EngineConfig fields (speculative_method, num_speculative_tokens, prompt_lookup_min/max) of vLLM's
+    """EngineConfig fields (speculative_method, num_speculative_tokens, prompt_lookup_min/max or
+    speculative_model) of vLLM's
     speculative_config; {} when speculation is off (None or an empty object). Raises ValueError for a
     value vLLM refuses too and NotImplementedError for a method or option cserve has not built."""
     if not config:
         return {}
     if not isinstance(config, dict):
         raise ValueError(f"speculative_config must be a JSON object, got {config!r}")
-    unknown = sorted(k for k in config if k not in _NGRAM_KEYS and k not in _OTHER_KEYS)
+    unknown = sorted(k for k in config if k not in _METHOD_KEYS and k not in _OTHER_KEYS)
     if unknown:
         raise ValueError(f"speculative_config: unknown key(s) {', '.join(unknown)}")
     method = method_of(config)
+    if config.get("method") is None and config.get("model") is None:
+        if config.get("num_speculative_tokens") is not None:
+            raise ValueError("num_speculative_tokens was provided but without speculative model.")
     if method not in SUPPORTED_METHODS:
-        if config.get("method") is None and config.get("model") is None:
-            if config.get("num_speculative_tokens") is not None:
-                raise ValueError("num_speculative_tokens was provided but without speculative model.")
-        raise NotImplementedError(f"speculative decoding method '{method}' is not supported yet (supported: ngram)")
+        raise NotImplementedError(f"speculative decoding method '{method}' is not supported yet "
+                                  "(supported: ngram, draft_model)")
     for key, default in _OTHER_KEYS.items():
         if key in config and config[key] != default:
             raise NotImplementedError(f"speculative_config: {key}={config[key]!r} is not supported yet")
     k = _positive_int(config, "num_speculative_tokens", 1)
     if k is None:
-        raise ValueError("speculative_config: num_speculative_tokens must be provided with the ngram method")
+        raise ValueError(f"speculative_config: num_speculative_tokens must be provided with the {method} method")
+    common = _common_fields(config)
+    if method == "draft_model":
+        model = config.get("model")
+        if not isinstance(model, str) or not model:
+            raise ValueError("speculative_config: the draft_model method needs a draft model path in 'model'")
+        for key in ("prompt_lookup_min", "prompt_lookup_max"):
+            if key in config:
+                raise ValueError(f"speculative_config: {key} applies to the ngram method, not draft_model")
+        return {"speculative_method": "draft_model", "speculative_model": model, "num_speculative_tokens": k,
+                **common}
     low = _positive_int(config, "prompt_lookup_min", 1)
     high = _positive_int(config, "prompt_lookup_max", 1)
     if low is None and high is None:
@@ -85,6 +98,12 @@ def speculative_fields(config: Any) -> dict:
         high = low
     if low > high:
         raise ValueError(f"prompt_lookup_min={low} must be <= prompt_lookup_max={high}")
+    return {"speculative_method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": low,
+            "prompt_lookup_max": high, **common}
+
+
+def _common_fields(config: dict) -> dict:
+    """The keys every method shares: disable_by_batch_size and cserve's auto_disable."""
     by_batch = config.get("disable_by_batch_size")
     if by_batch is not None and (isinstance(by_batch, bool) or not isinstance(by_batch, int)):
         raise ValueError(f"speculative_config: disable_by_batch_size must be an integer, got {by_batch!r}")
@@ -94,6 +113,4 @@ def speculative_fields(config: Any) -> dict:
     auto = config.get(AUTO_DISABLE_KEY, True)
     if not isinstance(auto, bool):
         raise ValueError(f"speculative_config: {AUTO_DISABLE_KEY} must be true or false, got {auto!r}")
-    return {"speculative_method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": low,
-            "prompt_lookup_max": high, "speculative_disable_by_batch_size": by_batch or 0,
-            "speculative_auto_disable": auto}
+    return {"speculative_disable_by_batch_size": by_batch or 0, "speculative_auto_disable": auto}
