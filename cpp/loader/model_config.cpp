@@ -330,7 +330,7 @@ void read_sliding_window(const ConfigReader& r, ModelConfig& c) {
     std::fill(c.layer_sliding_window.begin(), c.layer_sliding_window.end(), window);
     return;
   }
-  bool is_qwen = c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "qwen2_moe";
+  const bool is_qwen = c.model_type == "qwen2" || c.model_type == "qwen3";
   bool is_smollm3 = c.model_type == "smollm3";
   const bool alternating = c.model_type == "gemma2" || c.model_type == "gemma3_text" || c.model_type == "gpt_oss";
   if (c.model_type == "gemma") return;

@@ -141,9 +141,20 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   const bool gelu = c.hidden_act == "gelu_pytorch_tanh";
   const float attn_cap = static_cast<float>(c.attn_logit_softcapping);
 
-  // Each block: [pre-norm] -> sublayer -> [post-norm] -> residual add. Without a post-norm the
-  // output projection adds into x itself (rank 0 adds the residual under tensor parallelism);
-  // with one (OLMo 2, Gemma 2 / 3) it goes to h and rms_norm_add adds its norm into x.
+  // Each block: [pre-norm] -> sublayer -> [post-norm] -> residual add. `write(out, accumulate)`
+  // puts the sublayer's output projection in `out`: without a post-norm it adds into x itself
+  // (rank 0 adds the residual under tensor parallelism); with one (OLMo 2, Gemma 2 / 3) it goes
+  // to h and rms_norm_add adds its norm into x. Summed over ranks either way.
+  auto add_to_residual = [&](const Buffer& out_norm, auto&& write) {
+    if (c.post_norms) {
+      write(h, false);
+      reduce(h);
+      backend_.rms_norm_add(h, f32(out_norm, H), T, H, H, eps, x);
+    } else {
+      write(x, residual);
+      reduce(x);
+    }
+  };
   auto run_layers = [&] {
     for (size_t l = 0; l < weights_.layers.size(); ++l) {
       const LayerWeights& lw = weights_.layers[l];
@@ -169,35 +180,25 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
       AttentionOptions attn_options{scale, window, attn_cap, nullptr};
       if (lw.sinks.size() > 0) attn_options.sinks = lw.sinks.as<float>();
       backend_.attention(q, qkv_dim, NH, kv_cache[l], batch.attn, attn_options, attn);
-      if (c.post_norms) {
-        backend_.linear(*lw.o, attn, q_dim, h, H, false);
-        reduce(h);
-        backend_.rms_norm_add(h, f32(lw.attn_out_norm, H), T, H, H, eps, x);
-      } else {
-        backend_.linear(*lw.o, attn, q_dim, x, H, residual);
-        reduce(x);
-      }
+      add_to_residual(lw.attn_out_norm, [&](Tensor& out, bool accumulate) {
+        backend_.linear(*lw.o, attn, q_dim, out, H, accumulate);
+      });
       if (c.pre_norms) backend_.rms_norm(x, f32(lw.mlp_in_norm, H), T, H, H, x_eps, h);
-      if (lw.router) {  // a mixture of experts: combined into x (or h, then normalized into x)
-        Tensor& out = c.post_norms ? h : x;
-        run_experts(lw, c.pre_norms ? h : x, T, bufs, out, !c.post_norms && residual);
-        reduce(out);
-        if (c.post_norms) backend_.rms_norm_add(h, f32(lw.mlp_out_norm, H), T, H, H, eps, x);
+      const Tensor& mlp_in = c.pre_norms ? h : x;
+      if (lw.router) {  // a mixture of experts (run_experts reads all of mlp_in before it writes out)
+        add_to_residual(lw.mlp_out_norm, [&](Tensor& out, bool accumulate) {
+          run_experts(lw, mlp_in, T, bufs, out, accumulate);
+        });
         continue;
       }
-      backend_.linear(*lw.gate_up, c.pre_norms ? h : x, H, gu, 2 * I, false);
+      backend_.linear(*lw.gate_up, mlp_in, H, gu, 2 * I, false);
       if (gelu)
         backend_.gelu_tanh_mul(gu, T, I, act);
       else
         backend_.silu_mul(gu, T, I, act);
-      if (c.post_norms) {
-        backend_.linear(*lw.down, act, I, h, H, false);
-        reduce(h);
-        backend_.rms_norm_add(h, f32(lw.mlp_out_norm, H), T, H, H, eps, x);
-      } else {
-        backend_.linear(*lw.down, act, I, x, H, residual);
-        reduce(x);
-      }
+      add_to_residual(lw.mlp_out_norm, [&](Tensor& out, bool accumulate) {
+        backend_.linear(*lw.down, act, I, out, H, accumulate);
+      });
     }
   };
   if (!pp_.enabled()) {
