@@ -1,9 +1,14 @@
-"""Decode speed with and without n-gram speculative decoding, one stream and several at once,
-on a repetitive workload (repeat and lightly edit a given text: the output copies the prompt)
-and a non-repetitive one (free writing), with the acceptance counters vLLM reports.
+"""Decode speed with and without speculative decoding (n-gram or a draft model), one stream and
+several at once, on a repetitive workload (repeat and lightly edit a given text: the output copies
+the prompt) and a non-repetitive one (free writing), with the acceptance counters vLLM reports.
 
     python benchmarks/speculative.py --model smollm2-gguf --max-tokens 128 --streams 1 16 \
         --speculative-config '{"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 2, "prompt_lookup_max": 4}'
+    python benchmarks/speculative.py --model smollm2 --dtype bfloat16 --max-tokens 128 --streams 1 16 \
+        --speculative-config '{"model": "smollm2-gguf", "num_speculative_tokens": 3}'
+
+The config's draft "model" may be a path or one of the names --model takes (smollm2,
+smollm2-gguf); --dtype is the target's (the draft computes in it too).
 
 Three engines: no speculation ("off"), the config with every draft verified ("always":
 auto_disable false, as vLLM) and the config as given ("auto": cserve's automatic rule unless the
@@ -64,16 +69,20 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--streams", type=int, nargs="+", default=[1])
+    ap.add_argument("--dtype", default="auto", help="the target's dtype (auto: float32 checkpoints in bfloat16)")
     ap.add_argument("--speculative-config", default=json.dumps(
         {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 2, "prompt_lookup_max": 4}))
     args = ap.parse_args()
     model = bench_common.resolve_model(args.model)
     print(bench_common.machine_line())
     spec = json.loads(args.speculative_config)
+    if spec.get("model") not in (None, "ngram", "[ngram]"):
+        spec["model"] = bench_common.resolve_model(spec["model"])
     configs = {"off": None, "always": {**spec, "auto_disable": False}, "auto": spec}
-    llms = {name: LLM(model, max_model_len=2048, max_num_seqs=max(16, *args.streams), speculative_config=cfg)
+    llms = {name: LLM(model, dtype=args.dtype, max_model_len=2048, max_num_seqs=max(16, *args.streams),
+                      speculative_config=cfg)
             for name, cfg in configs.items()}
-    print(f"model {model}; speculative config {args.speculative_config}")
+    print(f"model {model} ({llms['off'].engine.model_info().dtype}); speculative config {json.dumps(spec)}")
     print(f"{'workload':34} {'streams':>7} {'spec':6} {'tokens':>6} {'s':>7} {'tok/s':>7} {'drafts':>6} "
           f"{'accept':>7} {'mean len':>8} {'speed-up':>8}")
     for (workload, prompt), streams in ((w, s) for w in WORKLOADS.items() for s in args.streams):

@@ -98,6 +98,7 @@ void bind_config(nb::module_& m) {
       .def_rw("max_cudagraph_capture_size", &cserve::EngineConfig::max_cudagraph_capture_size)
       .def_rw("speculative_method", &cserve::EngineConfig::speculative_method)
       .def_rw("speculative_model", &cserve::EngineConfig::speculative_model)
+      .def_rw("speculative_quantization", &cserve::EngineConfig::speculative_quantization)
       .def_rw("num_speculative_tokens", &cserve::EngineConfig::num_speculative_tokens)
       .def_rw("prompt_lookup_min", &cserve::EngineConfig::prompt_lookup_min)
       .def_rw("prompt_lookup_max", &cserve::EngineConfig::prompt_lookup_max)

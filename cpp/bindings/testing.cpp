@@ -68,6 +68,8 @@ class SchedulerHarness {
   // [(request id, start, num_new_tokens, sample, block ids)]
   std::vector<std::tuple<std::string, int64_t, int64_t, bool, std::vector<int32_t>>> schedule() {
     last_ = sched_.schedule();
+    propose_drafts_ = last_.propose_drafts;
+    num_finished_ids_ = static_cast<int64_t>(last_.finished_req_ids.size());
     std::vector<std::tuple<std::string, int64_t, int64_t, bool, std::vector<int32_t>>> out;
     for (const auto& s : last_.scheduled)
       out.emplace_back(name(*s.request), s.start, s.num_new_tokens, s.sample, *s.block_ids);
@@ -121,6 +123,9 @@ class SchedulerHarness {
   int64_t num_waiting() const { return sched_.num_waiting(); }
   int64_t num_free_blocks() const { return kv_.pool().num_free_blocks(); }
   int64_t num_preemptions() const { return sched_.counters().num_preemptions; }
+  // The last schedule()'s SchedulerOutput::propose_drafts and how many finished_req_ids it had.
+  bool propose_drafts() const { return propose_drafts_; }
+  int64_t num_finished_ids() const { return num_finished_ids_; }
   int64_t prefix_cache_queries() const { return kv_.prefix_cache_queries(); }
   int64_t prefix_cache_hits() const { return kv_.prefix_cache_hits(); }
   bool has_unfinished() const { return sched_.has_unfinished(); }
@@ -129,6 +134,8 @@ class SchedulerHarness {
   cserve::KVCacheManager kv_;
   cserve::Scheduler sched_;
   cserve::SchedulerOutput last_;
+  bool propose_drafts_ = true;
+  int64_t num_finished_ids_ = 0;
 };
 
 cserve::DType dtype_of(const std::string& name) { return cserve::parse_dtype(name); }
@@ -136,9 +143,11 @@ cserve::DType dtype_of(const std::string& name) { return cserve::parse_dtype(nam
 }  // namespace
 
 void bind_testing_tp(nb::module_& m);
+void bind_testing_eagle(nb::module_& m);
 
 void bind_testing(nb::module_& m) {
   bind_testing_tp(m);
+  bind_testing_eagle(m);
   nb::class_<cserve::BlockPool>(m, "BlockPool")
       .def(nb::init<int64_t>(), "num_blocks"_a)
       .def_prop_ro("num_free_blocks", &cserve::BlockPool::num_free_blocks)
@@ -169,21 +178,30 @@ void bind_testing(nb::module_& m) {
       .def_rw("max_long_partial_prefills", &cserve::SchedulerConfig::max_long_partial_prefills)
       .def_rw("priority_policy", &cserve::SchedulerConfig::priority_policy)
       .def_rw("speculative_disable_by_batch_size", &cserve::SchedulerConfig::speculative_disable_by_batch_size)
-      .def_rw("speculative_auto_disable", &cserve::SchedulerConfig::speculative_auto_disable);
+      .def_rw("speculative_auto_disable", &cserve::SchedulerConfig::speculative_auto_disable)
+      .def_rw("speculative_proposals_cost", &cserve::SchedulerConfig::speculative_proposals_cost)
+      .def_rw("num_speculative_tokens", &cserve::SchedulerConfig::num_speculative_tokens);
 
   // The speculation governor fed synthetic step times and acceptance; a candidate is
   // (num_drafts, its accepted, its trials).
   nb::class_<cserve::SpeculationGovernor>(m, "SpeculationGovernor")
-      .def("__init__", [](cserve::SpeculationGovernor* g, bool automatic, int disable_by_batch_size, int64_t expiry_steps) {
-        new (g) cserve::SpeculationGovernor({automatic, disable_by_batch_size, expiry_steps});
-      }, "automatic"_a = true, "disable_by_batch_size"_a = 0, "expiry_steps"_a = 256)
+      .def("__init__", [](cserve::SpeculationGovernor* g, bool automatic, int disable_by_batch_size, int64_t expiry_steps,
+                          bool proposals_cost) {
+        cserve::SpeculationGovernorConfig c;
+        c.automatic = automatic;
+        c.disable_by_batch_size = disable_by_batch_size;
+        c.expiry_steps = expiry_steps;
+        c.proposals_cost = proposals_cost;
+        new (g) cserve::SpeculationGovernor(c);
+      }, "automatic"_a = true, "disable_by_batch_size"_a = 0, "expiry_steps"_a = 256, "proposals_cost"_a = false)
       .def("plan", [](const cserve::SpeculationGovernor& g, int64_t num_running,
                       const std::vector<std::tuple<int64_t, int64_t, int64_t>>& candidates) {
         std::vector<cserve::DraftCandidate> c;
         for (const auto& [d, accepted, trials] : candidates) c.push_back({d, {accepted, trials}});
         return g.plan(num_running, c);
       }, "num_running"_a, "candidates"_a)
-      .def("record_step", &cserve::SpeculationGovernor::record_step, "num_tokens"_a, "seconds"_a)
+      .def("record_step", &cserve::SpeculationGovernor::record_step, "num_tokens"_a, "seconds"_a,
+           "speculative"_a = false)
       .def("record_draft", &cserve::SpeculationGovernor::record_draft, "num_drafts"_a, "num_accepted"_a)
       .def("acceptance_rate", [](const cserve::SpeculationGovernor& g, int64_t accepted, int64_t trials) {
         return g.acceptance_rate({accepted, trials});
@@ -210,6 +228,8 @@ void bind_testing(nb::module_& m) {
       .def_prop_ro("num_waiting", &SchedulerHarness::num_waiting)
       .def_prop_ro("num_free_blocks", &SchedulerHarness::num_free_blocks)
       .def_prop_ro("num_preemptions", &SchedulerHarness::num_preemptions)
+      .def_prop_ro("propose_drafts", &SchedulerHarness::propose_drafts)
+      .def_prop_ro("num_finished_ids", &SchedulerHarness::num_finished_ids)
       .def_prop_ro("prefix_cache_queries", &SchedulerHarness::prefix_cache_queries)
       .def_prop_ro("prefix_cache_hits", &SchedulerHarness::prefix_cache_hits)
       .def("has_unfinished", &SchedulerHarness::has_unfinished);
@@ -235,6 +255,11 @@ void bind_testing(nb::module_& m) {
   }, "path"_a, "Loads a model directory or .gguf file as the engine does (no KV cache); returns the weight bytes.");
 
   m.def("isa", [] { return std::string(cserve::cpu::isa_name(cserve::cpu::cpu_isa())); });
+  m.def("qgemm_kernel", [] { return std::string(cserve::cpu::qgemm_kernel_name()); });
+  m.def("cpu_has_avx_vnni", [] { return cserve::cpu::cpu_detects_avx_vnni(); },
+        "Whether the CPU has AVX-VNNI, whatever CSERVE_ISA says.");
+  m.def("cpu_has_amx", [] { return cserve::cpu::cpu_detects_amx(); }, "Whether the CPU has AMX-BF16, whatever CSERVE_ISA says.");
+  m.def("amx_in_use", [] { return cserve::cpu::cpu_has_amx(); }, "Whether the GEMMs use AMX tiles in this process.");
   m.def("round_to_dtype", [](ArrayIn x, const std::string& dtype) {
     const cserve::DType t = cserve::parse_kv_cache_dtype(dtype);
     const size_t n = x.size();

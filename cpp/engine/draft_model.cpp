@@ -5,111 +5,174 @@
 
 #include "cserve/error.h"
 #include "loader/gguf.h"
+#include "loader/gguf_model.h"
 #include "loader/model_config.h"
+#include "loader/quantization_config.h"
 #include "model/model_weights.h"
-#include "engine/kv_cache_memory.h"
 
 namespace cserve {
 
 DraftModel load_draft_model(const EngineConfig& c, Backend& backend, DType dtype, int64_t target_vocab_size) {
   const std::string& path = c.speculative_model;
-  if (is_gguf_path(path))
-    throw NotSupported("speculative_config: a GGUF draft model (" + path + ") is not supported yet");
   if (parallel_group_size(c) > 1)
     throw NotSupported("speculative decoding with a draft model is not supported yet with tensor or pipeline "
                        "parallelism");
-  ModelConfig mc = load_model_config(path);
+  DraftModel d;
+  const bool from_gguf = is_gguf_path(path);
+  ModelConfig mc;
+  if (from_gguf) {
+    d.gguf = std::make_unique<GgufFile>(path);
+    mc = gguf_model_config(*d.gguf);
+  } else {
+    mc = load_model_config(path);
+  }
   if (mc.vocab_size != target_vocab_size)
     throw InvalidArgument("speculative_config: the draft model " + path + " has a vocabulary of " +
                           std::to_string(mc.vocab_size) + " tokens, the target model " +
                           std::to_string(target_vocab_size) + ": they must be the same");
-  DraftModel d;
-  d.checkpoint = std::make_unique<SafetensorsCheckpoint>(path);
-  ModelWeights weights = load_weights(mc, d.checkpoint.get(), dtype, backend, static_cast<uint64_t>(c.seed));
+  try {
+    apply_quantization_flag(mc.quantization, c.speculative_quantization, from_gguf);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(std::string("speculative_config: the draft model: ") + e.what());
+  } catch (const NotSupported& e) {
+    throw NotSupported(std::string("speculative_config: the draft model: ") + e.what());
+  }
+  if (mc.quantization.enabled() && mc.residual_multiplier != mc.embedding_multiplier)
+    throw NotSupported(path + ": quantized checkpoints of models with residual / embedding multipliers (Granite) "
+                       "are not supported yet");
+  if (!from_gguf) d.checkpoint = std::make_unique<SafetensorsCheckpoint>(path);
+  ModelWeights weights = load_weights(mc, d.checkpoint.get(), dtype, backend, static_cast<uint64_t>(c.seed), {},
+                                      d.gguf.get());
+  d.weight_bytes = static_cast<int64_t>(weights.total_bytes);
   d.model = std::make_unique<LlamaModel>(mc, backend, std::move(weights));
   d.num_speculative_tokens = c.num_speculative_tokens;
   return d;
 }
 
 DraftProposer::DraftProposer(Backend& backend, DraftModel draft, int block_size, DType kv_dtype)
-    : backend_(backend), draft_(std::move(draft)), block_size_(block_size), kv_dtype_(kv_dtype) {}
+    : backend_(backend),
+      draft_(std::move(draft)),
+      block_size_(block_size),
+      kv_dtype_(kv_dtype),
+      cache_(backend, draft_.model->config(), block_size, kv_dtype, draft_.num_speculative_tokens,
+             "draft model KV cache") {}
+
+int64_t DraftProposer::num_scratch_blocks(int num_speculative_tokens, int block_size, int64_t max_num_seqs) {
+  return ProposerKVCache::num_scratch_blocks(num_speculative_tokens, block_size, max_num_seqs);
+}
+
+int64_t DraftProposer::bytes_per_block() const { return cache_.bytes_per_block(); }
 
 void DraftProposer::resize_kv_cache(int64_t num_blocks, int64_t max_num_seqs) {
-  const ModelConfig& c = draft_.model->config();
-  kv_layers_.clear();
-  kv_memory_ = Buffer();
-  // A proposal writes k positions from the first uncomputed one: at most this many new blocks.
-  scratch_per_seq_ = (draft_.num_speculative_tokens + block_size_ - 1) / block_size_ + 1;
-  scratch_first_ = num_blocks;
-  max_num_seqs_ = std::max<int64_t>(1, max_num_seqs);
-  const int64_t total = num_blocks + max_num_seqs_ * scratch_per_seq_;
-  kv_layers_ = allocate_kv_cache(backend_, c, kv_dtype_, total, block_size_, "draft model KV cache", kv_memory_);
+  cache_.resize(num_blocks, max_num_seqs);
+  valid_.clear();
 }
 
 void DraftProposer::copy_blocks(const std::vector<std::pair<int32_t, int32_t>>& copies) {
-  if (copies.empty()) return;
-  for (auto& layer : kv_layers_) backend_.copy_blocks(layer, copies);
+  cache_.copy_blocks(copies);
 }
 
-void DraftProposer::follow(const ForwardBatch& batch) {
+void DraftProposer::warm_up(const ForwardBatch& batch, int64_t logits_rows) {
   if (batch.token_ids.empty()) return;
+  valid_.clear();
   ForwardBatch b = batch;
-  b.logits_rows.assign(1, static_cast<int32_t>(b.token_ids.size()) - 1);  // one row: the forward needs some
-  logits_.resize(static_cast<size_t>(draft_.model->config().vocab_size));
-  draft_.model->forward(b, kv_layers_, logits_.data());
+  const int64_t n = static_cast<int64_t>(b.token_ids.size());
+  logits_rows = std::clamp<int64_t>(logits_rows, 1, n);
+  b.logits_rows.clear();
+  for (int64_t r = n - logits_rows; r < n; ++r) b.logits_rows.push_back(static_cast<int32_t>(r));
+  logits_.resize(static_cast<size_t>(logits_rows * draft_.model->config().vocab_size));
+  draft_.model->forward(b, cache_.layers(), logits_.data());
+}
+
+void DraftProposer::forget(const std::vector<std::string>& ids) {
+  for (const std::string& id : ids) valid_.erase(id);
+}
+
+int64_t DraftProposer::valid_prefix(const DraftRequest& r) const {
+  const auto it = valid_.find(*r.id);
+  // A preempted request's blocks were freed (and maybe reused and cached again for the same
+  // tokens by a request that never proposed): nothing it wrote can be trusted.
+  if (it == valid_.end() || it->second.num_preemptions != r.num_preemptions) return 0;
+  const Valid& v = it->second;
+  const std::vector<int32_t>& now = *r.block_ids;
+  size_t same = 0;
+  while (same < v.block_ids.size() && same < now.size() && now[same] == v.block_ids[same]) ++same;
+  const int64_t known = static_cast<int64_t>(r.tokens->size()) - 1;  // committed positions with the target's KV
+  return std::min({v.num_positions, static_cast<int64_t>(same) * block_size_, known});
 }
 
 std::vector<std::vector<int32_t>> DraftProposer::propose(const std::vector<DraftRequest>& requests) {
   const int k = draft_.num_speculative_tokens;
-  const int64_t V = draft_.model->config().vocab_size, bs = block_size_;
+  const int64_t V = draft_.model->config().vocab_size;
+  const int64_t bs = block_size_;
+  const size_t group = static_cast<size_t>(cache_.max_num_seqs());
   std::vector<std::vector<int32_t>> drafts(requests.size());
-  for (size_t first = 0; first < requests.size(); first += static_cast<size_t>(max_num_seqs_)) {
-    const size_t n = std::min(requests.size() - first, static_cast<size_t>(max_num_seqs_));
-    // Per request: its block table for the k positions from its first uncomputed one (L - 1,
-    // the token sampled last): the target's blocks while they hold computed tokens, then scratch.
-    int64_t width = 0;
-    for (size_t q = 0; q < n; ++q) {
-      const int64_t L = static_cast<int64_t>(requests[first + q].tokens->size());
-      width = std::max(width, (L - 1 + k - 1) / bs + 1);
-    }
-    std::vector<int32_t> tables(n * static_cast<size_t>(width), 0);
+  for (size_t first = 0; first < requests.size(); first += group) {
+    const size_t n = std::min(requests.size() - first, group);
+    // Per request: its block table for the positions up to L - 1 + k - 1 (L: its tokens; L - 1,
+    // the token sampled last, is the first one the target has not computed): the target's blocks
+    // while they hold computed tokens, then scratch.
+    std::vector<const std::vector<int32_t>*> blocks, tokens;
+    std::vector<int64_t> computed, from(n), length(n);
     for (size_t q = 0; q < n; ++q) {
       const DraftRequest& r = requests[first + q];
-      const int64_t computed = static_cast<int64_t>(r.tokens->size()) - 1;
-      const int64_t first_scratch = (computed + bs - 1) / bs;
-      for (int64_t b = 0; b < width; ++b)
-        tables[q * width + b] = b < first_scratch ? (*r.block_ids)[b]
-                                                  : static_cast<int32_t>(scratch_first_ + static_cast<int64_t>(q) *
-                                                                         scratch_per_seq_ + (b - first_scratch));
+      blocks.push_back(r.block_ids);
+      tokens.push_back(r.tokens);
+      length[q] = static_cast<int64_t>(r.tokens->size());
+      computed.push_back(length[q] - 1);
+      from[q] = valid_prefix(r);
     }
+    const ProposerKVCache::Tables tables = cache_.proposal_tables(blocks, computed);
+    // Catch-up: positions [from, L) of every request, at most max_batch_tokens_ per forward; the
+    // forward that reaches a request's last token (L - 1) gives its first draft token.
     std::vector<int32_t> next(n);
-    for (size_t q = 0; q < n; ++q) next[q] = requests[first + q].tokens->back();
-    for (int j = 0; j < k; ++j) {
-      ForwardBatch b;
-      AttentionMetadata& m = b.attn;
-      m.block_size = block_size_;
-      m.num_seqs = static_cast<int32_t>(n);
-      m.num_tokens = static_cast<int32_t>(n);
-      m.max_blocks_per_seq = static_cast<int32_t>(width);
-      m.block_tables = tables;
-      m.query_start.push_back(0);
+    while (true) {
+      std::vector<int64_t> begin(n), end(n);
+      int64_t budget = max_batch_tokens_;
+      bool any = false;
       for (size_t q = 0; q < n; ++q) {
-        const int64_t pos = static_cast<int64_t>(requests[first + q].tokens->size()) - 1 + j;
-        b.token_ids.push_back(next[q]);
-        b.token_seq_len.push_back(static_cast<int32_t>(pos + 1));
-        b.logits_rows.push_back(static_cast<int32_t>(q));
-        m.positions.push_back(static_cast<int32_t>(pos));
-        m.slot_mapping.push_back(static_cast<int64_t>(tables[q * width + pos / bs]) * bs + pos % bs);
-        m.seq_lens.push_back(static_cast<int32_t>(pos + 1));
-        m.query_start.push_back(static_cast<int32_t>(q + 1));
+        begin[q] = end[q] = from[q];
+        if (from[q] >= length[q] || budget <= 0) continue;
+        end[q] = from[q] + std::min(length[q] - from[q], budget);
+        budget -= end[q] - begin[q];
+        any = true;
       }
+      if (!any) break;
+      ForwardBatch b = cache_.span_batch(tables, tokens, begin, end);
+      const bool no_rows = b.logits_rows.empty();
+      if (no_rows) b.logits_rows.assign(1, static_cast<int32_t>(b.token_ids.size()) - 1);  // the forward needs one
+      logits_.resize(b.logits_rows.size() * static_cast<size_t>(V));
+      draft_.model->forward(b, cache_.layers(), logits_.data());
+      size_t row = 0;
+      for (size_t q = 0; q < n; ++q) {
+        if (begin[q] < end[q] && end[q] == length[q] && !no_rows) {
+          const float* l = logits_.data() + row++ * V;
+          next[q] = static_cast<int32_t>(std::max_element(l, l + V) - l);  // greedy: the first maximum
+          drafts[first + q].push_back(next[q]);
+        }
+        from[q] = end[q];
+      }
+    }
+    std::vector<int64_t> positions(n);
+    for (int j = 1; j < k; ++j) {
+      for (size_t q = 0; q < n; ++q) positions[q] = computed[q] + j;
       logits_.resize(n * static_cast<size_t>(V));
-      draft_.model->forward(b, kv_layers_, logits_.data());
+      draft_.model->forward(cache_.one_token_batch(tables, next, positions), cache_.layers(), logits_.data());
       for (size_t q = 0; q < n; ++q) {
         const float* row = logits_.data() + q * V;
-        next[q] = static_cast<int32_t>(std::max_element(row, row + V) - row);  // greedy: the first maximum
+        next[q] = static_cast<int32_t>(std::max_element(row, row + V) - row);
         drafts[first + q].push_back(next[q]);
       }
+    }
+    // The committed positions now hold the draft's keys and values: up to L - 1, and L - 1 itself
+    // where it lies in one of the target's blocks (the first position of a block goes to scratch).
+    for (size_t q = 0; q < n; ++q) {
+      const DraftRequest& r = requests[first + q];
+      Valid& v = valid_[*r.id];
+      v.num_positions = computed[q] % bs == 0 ? computed[q] : length[q];
+      v.num_preemptions = r.num_preemptions;
+      const size_t num_blocks = static_cast<size_t>((v.num_positions + bs - 1) / bs);
+      v.block_ids.assign(r.block_ids->begin(), r.block_ids->begin() + num_blocks);
     }
   }
   return drafts;

@@ -163,12 +163,38 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   auto model = std::move(loaded.model);
   const ModelConfig rank_model = model->config();  // this rank's shapes: its KV heads size the cache
   const DType dtype = loaded.dtype, kv_dtype = loaded.kv_dtype;
-  const int64_t weight_bytes = loaded.weight_bytes;
+  int64_t weight_bytes = loaded.weight_bytes;
   const std::vector<int64_t> eos = loaded.eos_token_ids;
   const bool on_device = loaded.on_device;
   size_t free_at_start = loaded.free_at_start, total_bytes = loaded.total_bytes;
   const int64_t max_model_len = resolve_max_model_len(c, model_config);
   const SchedulerConfig sched_config = resolve_scheduler_config(c, max_model_len);
+  // A draft model loads before the KV cache is sized: its weights (in the profiling run's memory
+  // on a device) and its cache come out of the same memory settings as the target's.
+  std::unique_ptr<DraftProposer> draft;
+  ExtraKVCache draft_kv;
+  if (c.speculative_method == "draft_model") {
+    DraftModel d = load_draft_model(c, *backend, dtype, model_config.vocab_size);
+    log_info("Draft model " + c.speculative_model + ": " + d.model->config().architecture + ", " +
+             fixed(d.weight_bytes / 1048576.0, 1) + " MiB of weights");
+    weight_bytes += d.weight_bytes;
+    draft = std::make_unique<DraftProposer>(*backend, std::move(d), c.block_size, kv_dtype);
+    draft_kv.bytes_per_block = draft->bytes_per_block();
+    draft_kv.num_own_blocks =
+        DraftProposer::num_scratch_blocks(c.num_speculative_tokens, c.block_size, sched_config.max_num_seqs);
+  }
+  // An EAGLE head likewise: its weights and its cache (addressed like a draft model's).
+  std::unique_ptr<EagleProposer> eagle;
+  if (c.speculative_method == "eagle" || c.speculative_method == "eagle3") {
+    eagle = std::make_unique<EagleProposer>(*backend, load_eagle_proposer_head(c, *model, *backend, dtype),
+                                            c.num_speculative_tokens, c.block_size, kv_dtype);
+    log_info("EAGLE head (" + c.speculative_method + ") " + c.speculative_model + ": " +
+             fixed(eagle->weight_bytes() / 1048576.0, 1) + " MiB of weights");
+    weight_bytes += static_cast<int64_t>(eagle->weight_bytes());
+    draft_kv.bytes_per_block = eagle->bytes_per_block();
+    draft_kv.num_own_blocks =
+        EagleProposer::num_scratch_blocks(c.num_speculative_tokens, c.block_size, sched_config.max_num_seqs);
+  }
   info.load_seconds = seconds_since(t0);
 
   auto t1 = std::chrono::steady_clock::now();
@@ -187,6 +213,8 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
     const int64_t profile_blocks = (tokens + c.block_size - 1) / c.block_size;
     runner = std::make_unique<ModelRunner>(*backend, std::move(model), profile_blocks, c.block_size, kv_dtype, eos);
     if (link) runner->set_rank_link(link.get());  // the other ranks run the profiling step too
+    if (draft) runner->set_draft_proposer(std::move(draft), sched_config.max_num_seqs, tokens);  // profiled with the target
+    if (eagle) runner->set_eagle_proposer(std::move(eagle), sched_config.max_num_seqs);
     // Logits rows: one per sequence, and one more per draft token with speculative decoding.
     const int64_t rows = int64_t{sched_config.max_num_seqs} * (1 + proposer.num_speculative_tokens);
     runner->warm_up(tokens, std::min<int64_t>(tokens, rows));
@@ -198,9 +226,9 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
                      static_cast<int64_t>(runner->kv_cache_bytes());
     log_info("Memory profiling: " + fixed(use.used_bytes / 1073741824.0, 2) + " GiB in use of " +
              fixed(use.total_bytes / 1073741824.0, 2) + " GiB after a " + std::to_string(tokens) + "-token forward");
-    plan = plan_kv_cache(c, rank_model, kv_dtype, max_model_len, weight_bytes, &use);
+    plan = plan_kv_cache(c, rank_model, kv_dtype, max_model_len, weight_bytes, &use, draft_kv);
   } else {
-    plan = plan_kv_cache(c, rank_model, kv_dtype, max_model_len, weight_bytes);
+    plan = plan_kv_cache(c, rank_model, kv_dtype, max_model_len, weight_bytes, nullptr, draft_kv);
     runner = std::make_unique<ModelRunner>(*backend, std::move(model), plan.num_blocks, c.block_size, kv_dtype, eos);
   }
   if (link && !on_device) runner->set_rank_link(link.get());  // the other ranks allocate the same cache now
@@ -208,11 +236,10 @@ Engine::Impl::Impl(const EngineConfig& c) : config(c) {
   if (!graph_sizes.empty()) runner->enable_graphs(graph_sizes, max_model_len);
   if (on_device || !graph_sizes.empty()) runner->resize_kv_cache(plan.num_blocks);
   runner->set_ngram_proposer(proposer);
-  if (c.speculative_method == "draft_model") {
-    auto draft = std::make_unique<DraftProposer>(*backend, load_draft_model(c, *backend, dtype, model_config.vocab_size),
-                                                 c.block_size, kv_dtype);
-    runner->set_draft_proposer(std::move(draft), sched_config.max_num_seqs);
-  }
+  if (draft)
+    runner->set_draft_proposer(std::move(draft), sched_config.max_num_seqs,
+                               std::min<int64_t>(sched_config.max_num_batched_tokens, max_model_len));
+  if (eagle) runner->set_eagle_proposer(std::move(eagle), sched_config.max_num_seqs);
   kv = std::make_unique<KVCacheManager>(plan.num_blocks, c.block_size, c.enable_prefix_caching,
                                         c.prefix_caching_hash_algo);
   scheduler = std::make_unique<Scheduler>(sched_config, *kv, eos, static_cast<uint64_t>(c.seed));

@@ -79,6 +79,8 @@ SchedulerConfig resolve_scheduler_config(const EngineConfig& config, int64_t max
   s.max_num_partial_prefills = config.max_num_partial_prefills;
   s.speculative_disable_by_batch_size = config.speculative_disable_by_batch_size;
   s.speculative_auto_disable = config.speculative_auto_disable;
+  s.speculative_proposals_cost = config.speculative_method == "draft_model";
+  s.num_speculative_tokens = config.num_speculative_tokens;
   s.max_long_partial_prefills = config.max_long_partial_prefills;
   s.long_prefill_token_threshold = config.long_prefill_token_threshold;
   if (s.long_prefill_token_threshold == 0 && s.max_num_partial_prefills > 1)
@@ -90,18 +92,20 @@ SchedulerConfig resolve_scheduler_config(const EngineConfig& config, int64_t max
 }
 
 KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& m, DType kv_dtype, int64_t max_model_len,
-                          int64_t weight_bytes, const DeviceMemoryUse* device) {
+                          int64_t weight_bytes, const DeviceMemoryUse* device, const ExtraKVCache& extra) {
   KVCachePlan plan;
   if (config.block_size <= 0) throw InvalidArgument("block_size must be positive");
   const double utilization = config.gpu_memory_utilization;
   if (utilization < 0 || utilization > 1)
     throw InvalidArgument("gpu_memory_utilization must be in (0, 1], got " + std::to_string(utilization));
   plan.bytes_per_block = 2 * m.num_hidden_layers * m.num_key_value_heads * m.head_dim * config.block_size *
-                         static_cast<int64_t>(dtype_size(kv_dtype));
+                         static_cast<int64_t>(dtype_size(kv_dtype)) + extra.bytes_per_block;
+  const int64_t extra_own_bytes = extra.num_own_blocks * extra.bytes_per_block;
   const int64_t blocks_per_seq = (max_model_len + config.block_size - 1) / config.block_size;
-  const int64_t seq_bytes = blocks_per_seq * plan.bytes_per_block;
-  // More blocks than max_num_seqs full-length sequences can hold would never be used at once.
-  const int64_t all_seqs_bytes = seq_bytes * config.max_num_seqs;
+  // What one full-length sequence needs (the extra cache's own blocks included) and what
+  // max_num_seqs of them can use: more blocks would never be used at once.
+  const int64_t seq_bytes = blocks_per_seq * plan.bytes_per_block + extra_own_bytes;
+  const int64_t all_seqs_bytes = blocks_per_seq * plan.bytes_per_block * config.max_num_seqs + extra_own_bytes;
   const int64_t env_bytes = device ? 0 : cpu_kvcache_space_bytes();
   int64_t budget = 0;
   if (config.num_gpu_blocks_override > 0) {
@@ -136,7 +140,7 @@ KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& m, DTyp
                 "or lower --max-model-len.");
   }
   if (config.num_gpu_blocks_override <= 0) {
-    plan.num_blocks = budget / plan.bytes_per_block;
+    plan.num_blocks = std::max<int64_t>(budget - extra_own_bytes, 0) / plan.bytes_per_block;
     if (plan.num_blocks < blocks_per_seq)
       throw OutOfMemory("To serve at least one request with the model's max seq len (" + std::to_string(max_model_len) +
                         "), " + format_gib(seq_bytes) + " KV cache is needed, which is larger than the " +
@@ -149,7 +153,7 @@ KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& m, DTyp
   }
   if (!device) {
     // The CPU cache is committed at start: it must fit in what is free now, with room to spare.
-    const int64_t bytes = plan.num_blocks * plan.bytes_per_block;
+    const int64_t bytes = plan.num_blocks * plan.bytes_per_block + extra_own_bytes;
     const int64_t available = host_available_memory_bytes();
     if (bytes > available - cpu_reserve_bytes(available))
       throw OutOfMemory("The CPU KV cache (" + format_gib(bytes) + ", sized by " + plan.source +
@@ -187,11 +191,18 @@ namespace cserve {
 NgramProposer resolve_speculation(const EngineConfig& config) {
   NgramProposer p;
   if (config.speculative_method.empty()) return p;
-  if (config.speculative_method != "ngram" && config.speculative_method != "draft_model")
-    throw NotSupported("speculative decoding method '" + config.speculative_method +
-                       "' is not supported yet (supported: ngram, draft_model)");
-  if (config.speculative_method == "draft_model" && config.speculative_model.empty())
+  const std::string& method = config.speculative_method;
+  const bool eagle = method == "eagle" || method == "eagle3";
+  if (method != "ngram" && method != "draft_model" && !eagle)
+    throw NotSupported("speculative decoding method '" + method +
+                       "' is not supported yet (supported: ngram, draft_model, eagle, eagle3)");
+  if (method == "draft_model" && config.speculative_model.empty())
     throw InvalidArgument("speculative decoding method draft_model needs a draft model path");
+  if (eagle && config.speculative_model.empty())
+    throw InvalidArgument("speculative decoding method " + method + " needs the EAGLE head's directory");
+  if (eagle && parallel_group_size(config) > 1)
+    throw NotSupported("speculative decoding method " + method +
+                       " is not supported yet with tensor or pipeline parallelism");
   if (config.num_speculative_tokens <= 0)
     throw InvalidArgument("num_speculative_tokens must be > 0, got " + std::to_string(config.num_speculative_tokens));
   const bool ngram = config.speculative_method == "ngram";
@@ -204,7 +215,7 @@ NgramProposer resolve_speculation(const EngineConfig& config) {
     throw InvalidArgument("Expect the batch size threshold of disabling speculative decoding is > 1, but got "
                           "disable_by_batch_size=" + std::to_string(config.speculative_disable_by_batch_size));
   p.num_speculative_tokens = config.num_speculative_tokens;
-  if (config.speculative_method == "draft_model") return p;  // the draft model proposes
+  if (config.speculative_method == "draft_model" || eagle) return p;  // the draft model / head proposes
   p.min_n = config.prompt_lookup_min;
   p.max_n = config.prompt_lookup_max;
   return p;

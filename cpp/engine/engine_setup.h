@@ -27,6 +27,12 @@ struct DeviceMemoryUse {
   int64_t total_bytes = 0;
   int64_t used_bytes = 0;
 };
+// A second KV cache addressed by the target's block tables (a draft model's): its bytes per
+// block, which every block of the plan adds, and the blocks of its own beyond the plan's.
+struct ExtraKVCache {
+  int64_t bytes_per_block = 0;
+  int64_t num_own_blocks = 0;
+};
 // The CPU KV cache when nothing sets its size: vLLM-CPU's default for VLLM_CPU_KVCACHE_SPACE.
 constexpr int64_t kDefaultCpuKVCacheBytes = int64_t{4} << 30;
 // gpu_memory_utilization on a device when it is not set (EngineConfig's 0).
@@ -42,14 +48,20 @@ constexpr double kDefaultGpuMemoryUtilization = 0.9;
 //    the weights, capped at what max_num_seqs full-length sequences can use;
 // 5. the default: 4 GiB (vLLM-CPU's), capped at what max_num_seqs full-length sequences can
 //    use, raised to one full-length sequence where 4 GiB does not hold one (with a warning).
+// With `extra` (a draft model's cache), each block costs both caches' bytes (bytes_per_block is
+// the sum) and the extra cache's own blocks come out of the budget first: the settings above
+// bound both caches together, as vLLM's bound every layer of the target and the draft;
+// weight_bytes is then the target's and the draft's weights.
 // Throws OutOfMemory when not even one max_model_len sequence fits (except with
 // num_gpu_blocks_override), and, on the CPU, when the cache does not fit in the host memory
 // available now less a reserve (1 GiB, or a tenth of it): the CPU cache is committed at start.
 KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& model, DType kv_dtype,
-                          int64_t max_model_len, int64_t weight_bytes, const DeviceMemoryUse* device = nullptr);
+                          int64_t max_model_len, int64_t weight_bytes, const DeviceMemoryUse* device = nullptr,
+                          const ExtraKVCache& extra = {});
 
 // The n-gram proposer of speculative_method "ngram" (num_speculative_tokens 0: speculation off);
-// for "draft_model" only its num_speculative_tokens (the draft model proposes).
+// for "draft_model", "eagle" and "eagle3" only its num_speculative_tokens (the draft model or the
+// EAGLE head proposes).
 // Throws NotSupported for another method, InvalidArgument for values vLLM refuses too.
 NgramProposer resolve_speculation(const EngineConfig& config);
 

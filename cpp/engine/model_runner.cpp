@@ -49,10 +49,19 @@ ModelRunner::ModelRunner(Backend& backend, std::unique_ptr<LlamaModel> model, in
   resize_kv_cache(num_blocks);
 }
 
-void ModelRunner::set_draft_proposer(std::unique_ptr<DraftProposer> draft, int64_t max_num_seqs) {
+void ModelRunner::set_draft_proposer(std::unique_ptr<DraftProposer> draft, int64_t max_num_seqs,
+                                     int64_t max_batch_tokens) {
   draft_ = std::move(draft);
   draft_max_num_seqs_ = max_num_seqs;
+  draft_->set_max_batch_tokens(max_batch_tokens);
   draft_->resize_kv_cache(kv_layers_.empty() ? 0 : kv_layers_[0].k.dim(0), max_num_seqs);
+}
+
+void ModelRunner::set_eagle_proposer(std::unique_ptr<EagleProposer> eagle, int64_t max_num_seqs) {
+  eagle_ = std::move(eagle);
+  draft_max_num_seqs_ = max_num_seqs;
+  eagle_->capture_on(*model_);
+  eagle_->resize_kv_cache(kv_layers_.empty() ? 0 : kv_layers_[0].k.dim(0), max_num_seqs);
 }
 
 void ModelRunner::set_rank_link(RankLink* link) {
@@ -80,6 +89,7 @@ void ModelRunner::resize_kv_cache(int64_t num_blocks) {
   // In host memory every page is committed now: the size logged at start is what the process holds.
   kv_layers_ = allocate_kv_cache(backend_, c, kv_dtype, num_blocks, block_size_, "KV cache", kv_memory_);
   if (draft_) draft_->resize_kv_cache(num_blocks, draft_max_num_seqs_);
+  if (eagle_) eagle_->resize_kv_cache(num_blocks, draft_max_num_seqs_);
 }
 
 void ModelRunner::build_batch(const SchedulerOutput& out) {
@@ -138,6 +148,7 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   if (!out.block_copies.empty())
     for (auto& layer : kv_layers_) backend_.copy_blocks(layer, out.block_copies);
   if (draft_) draft_->copy_blocks(out.block_copies);
+  if (eagle_) eagle_->copy_blocks(out.block_copies);
   if (n == 0) {
     if (link_ && !out.block_copies.empty()) link_->send_forward(ForwardBatch{}, out.block_copies);
     return result;
@@ -152,9 +163,12 @@ RunnerOutput ModelRunner::execute(const SchedulerOutput& out) {
   forward_and_sample(out, result);
   advance_grammars(out, result);
   if (draft_) {
-    draft_->follow(batch_);  // the draft's cache then holds what the target's holds
-    propose_with_draft_model(out, result);
-  } else if (proposer_.num_speculative_tokens > 0) {
+    draft_->forget(out.finished_req_ids);
+    // Lazy: the draft computes nothing of a step it proposes nothing after (it catches up then).
+    if (out.propose_drafts) propose_with_draft_model(out, result);
+  } else if (eagle_) {
+    eagle_->step(out, batch_, model_->hidden_states(), result);  // the rows of batch_ (graph padding after them)
+  } else if (proposer_.num_speculative_tokens > 0 && out.propose_drafts) {
     propose_drafts(out, result);
   }
   return result;
@@ -174,7 +188,10 @@ void ModelRunner::propose_with_draft_model(const SchedulerOutput& out, RunnerOut
   }
   if (which.empty()) return;
   std::vector<DraftRequest> requests;
-  for (size_t q = 0; q < which.size(); ++q) requests.push_back({&tokens[q], out.scheduled[which[q]].block_ids});
+  for (size_t q = 0; q < which.size(); ++q) {
+    const Request& r = *out.scheduled[which[q]].request;
+    requests.push_back({&r.id, r.num_preemptions, &tokens[q], out.scheduled[which[q]].block_ids});
+  }
   std::vector<std::vector<int32_t>> drafts = draft_->propose(requests);
   for (size_t q = 0; q < which.size(); ++q) result.draft_token_ids[which[q]] = std::move(drafts[q]);
 }
@@ -479,13 +496,18 @@ void ModelRunner::warm_up(int64_t num_tokens, int64_t logits_rows) {
   logits_rows = std::clamp<int64_t>(logits_rows, 1, num_tokens);
   for (int64_t r = num_tokens - logits_rows; r < num_tokens; ++r) b.logits_rows.push_back(static_cast<int32_t>(r));
   if (link_) link_->send_forward(b, {});
+  // The draft's activations reach their peak in the profiling run too: its largest catch-up
+  // forward (the scheduler's token budget, one logits row per request).
+  if (draft_) draft_->warm_up(b, std::min<int64_t>(num_tokens, std::max<int64_t>(1, draft_max_num_seqs_)));
   if (backend_.can_sample()) {
     model_->forward(b, kv_layers_, nullptr);
+    if (eagle_) eagle_->warm_up(b, model_->hidden_states());  // the head's too
     warm_up_sampling(logits_rows);
     return;
   }
   std::vector<float> logits(static_cast<size_t>(logits_rows * model_->config().vocab_size));
   model_->forward(b, kv_layers_, logits.data());
+  if (eagle_) eagle_->warm_up(b, model_->hidden_states());
 }
 
 void ModelRunner::warm_up_sampling(int64_t rows) {

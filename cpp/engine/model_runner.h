@@ -9,6 +9,7 @@
 #include "backend/backend.h"
 #include "engine/grammar_masks.h"
 #include "engine/draft_model.h"
+#include "engine/eagle_proposer.h"
 #include "engine/ngram_proposer.h"
 #include "engine/rank_link.h"
 #include "model/llama_model.h"
@@ -26,11 +27,17 @@ class ModelRunner {
   // Speculative decoding by prompt lookup: after each step, every request that may speculate
   // gets the proposer's draft tokens for its next one (RunnerOutput::draft_token_ids).
   void set_ngram_proposer(const NgramProposer& proposer) { proposer_ = proposer; }
-  // Speculative decoding with a draft model instead: it follows every forward from now on (set
-  // it before the first request) and proposes each step's drafts.
-  void set_draft_proposer(std::unique_ptr<DraftProposer> draft, int64_t max_num_seqs);
+  // Speculative decoding with a draft model instead (set it before the first request): it
+  // proposes the drafts of each step that asks for them (SchedulerOutput::propose_drafts),
+  // catching up first over the positions it has not computed, max_batch_tokens per forward.
+  void set_draft_proposer(std::unique_ptr<DraftProposer> draft, int64_t max_num_seqs, int64_t max_batch_tokens);
+  // Speculative decoding with an EAGLE head: the model keeps the hidden states it reads from now
+  // on (set it before the first request and before graphs are captured); it follows every step.
+  void set_eagle_proposer(std::unique_ptr<EagleProposer> eagle, int64_t max_num_seqs);
   const LlamaModel& model() const { return *model_; }
-  size_t kv_cache_bytes() const { return kv_memory_.size() + (draft_ ? draft_->kv_cache_bytes() : 0); }
+  size_t kv_cache_bytes() const {
+    return kv_memory_.size() + (draft_ ? draft_->kv_cache_bytes() : 0) + (eagle_ ? eagle_->kv_cache_bytes() : 0);
+  }
   // One dummy forward over `num_tokens` tokens (logits for the last `logits_rows` of them) so
   // first requests meet warm caches and pools, and scratch buffers reach their peak size
   // (where the backend samples, its sampler's too: those rows are sampled there).
@@ -97,6 +104,7 @@ class ModelRunner {
   NgramProposer proposer_;
   std::unique_ptr<DraftProposer> draft_;
   int64_t draft_max_num_seqs_ = 0;
+  std::unique_ptr<EagleProposer> eagle_;
   std::vector<float> logits_;
   std::vector<int> graph_sizes_;  // ascending
   int64_t graph_width_ = 0;

@@ -75,7 +75,7 @@ bool parse_st_dtype(const std::string& name, DType* out) {
 
 // Element size of a raw (non-float) dtype; 0 for a dtype cserve does not read at all.
 size_t raw_dtype_size(const std::string& name) {
-  if (name == "I8" || name == "U8" || name == "F8_E4M3") return 1;
+  if (name == "I8" || name == "U8" || name == "F8_E4M3" || name == "BOOL") return 1;  // BOOL: EAGLE-3's t2d
   if (name == "I32") return 4;
   if (name == "I64") return 8;
   return 0;
@@ -150,7 +150,7 @@ void SafetensorsCheckpoint::open_file(const std::string& path) {
     const size_t raw_size = raw_dtype_size(dtype->as_string());
     if (raw_size == 0 && !parse_st_dtype(dtype->as_string(), &t.dtype)) {
       throw NotSupported(path + ": tensor " + name + " has unsupported dtype " + dtype->as_string() +
-                         " (supported: F32, F16, BF16; I8, U8, I32, I64, F8_E4M3 in quantized checkpoints)");
+                         " (supported: F32, F16, BF16; I8, U8, I32, I64, F8_E4M3, BOOL in quantized checkpoints and EAGLE heads)");
     }
     const size_t elem_bytes = raw_size ? raw_size : dtype_size(t.dtype);
     for (const Json& d : shape->as_array()) {

@@ -18,9 +18,9 @@ struct SafetensorsEntry {
   std::string file;   // the file it lives in (for error messages)
 };
 
-// A tensor of a type that holds no weights of its own (I8, U8, I32, I64, F8_E4M3): the packed
+// A tensor of a type that holds no weights of its own (I8, U8, I32, I64, F8_E4M3, BOOL): the packed
 // codes, zero points, indices and fp8 values of quantized checkpoints, read in place by the
-// quantized-checkpoint loader only.
+// quantized-checkpoint loader, and EAGLE-3's draft-to-target id table (d2t).
 struct SafetensorsRawEntry {
   const uint8_t* data = nullptr;
   std::string dtype;  // the file's name for it: "I32", "F8_E4M3", ...

@@ -155,11 +155,19 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
       reduce(x);
     }
   };
+  // capture_hidden_states: each captured state in its own columns of one [T][W] buffer.
+  const int64_t hidden_w = hidden_states_width();
+  if (hidden_w > 0) hidden_ = scratch(bufs.hidden, T, hidden_w);
   auto run_layers = [&] {
     for (size_t l = 0; l < weights_.layers.size(); ++l) {
       const LayerWeights& lw = weights_.layers[l];
       // The config's per-layer settings are the whole model's: this stage starts at first_layer.
       const size_t global = static_cast<size_t>(pp_.enabled() ? pp_.first_layer : 0) + l;
+      for (size_t j = 0; j < capture_layers_.size(); ++j) {
+        if (capture_layers_[j] != static_cast<int32_t>(global)) continue;
+        Tensor cols = offset(hidden_, H, static_cast<int64_t>(j) * H);
+        backend_.copy_rows_strided(x, H, cols, hidden_w, T, H);
+      }
       if (c.pre_norms) backend_.rms_norm(x, f32(lw.attn_in_norm, H), T, H, H, x_eps, h);
       backend_.linear(*lw.qkv, c.pre_norms ? h : x, H, qkv, qkv_dim, false);
       Tensor q = offset(qkv, q_dim, 0), k = offset(qkv, kv_dim, q_dim), v = offset(qkv, kv_dim, q_dim + kv_dim);
@@ -204,6 +212,15 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   if (!pp_.enabled()) {
     embed();
     run_layers();
+    if (capture_final_) {  // after the captured layer inputs, normed as the logits' rows are
+      Tensor last = offset(hidden_, H, hidden_w - H);
+      if (hidden_w == H) {
+        backend_.rms_norm(x, f32(weights_.final_norm, H), T, H, H, x_eps, last);
+      } else {
+        backend_.rms_norm(x, f32(weights_.final_norm, H), T, H, H, x_eps, h);
+        backend_.copy_rows_strided(h, H, last, hidden_w, T, H);
+      }
+    }
   } else if (in_micro_batch_) {
     // This micro-batch from the previous stage (or the tokens), through this stage's layers, to
     // the next stage; the last one computes its logits rows below.
@@ -306,6 +323,21 @@ void LlamaModel::run_experts(const LayerWeights& lw, const Tensor& in, int64_t T
     backend_.linear(*lw.down, shared_act, SI, tail, H, false);
   }
   backend_.combine_rows(ys, routing_.rows.data(), routing_.weights.data(), T, routing_.slots, H, out, accumulate);
+}
+
+void LlamaModel::capture_hidden_states(std::vector<int32_t> layer_inputs, bool final_normed) {
+  if (tp_.enabled() || pp_.enabled())
+    throw NotSupported("hidden states for an EAGLE head are not captured yet with tensor or pipeline parallelism");
+  for (int32_t l : layer_inputs)
+    if (l < 0 || l >= config_.num_hidden_layers)
+      throw InvalidArgument("hidden state capture: layer " + std::to_string(l) + " is not one of the model's " +
+                            std::to_string(config_.num_hidden_layers));
+  capture_layers_ = std::move(layer_inputs);
+  capture_final_ = final_normed;
+}
+
+int64_t LlamaModel::hidden_states_width() const {
+  return config_.hidden_size * (static_cast<int64_t>(capture_layers_.size()) + (capture_final_ ? 1 : 0));
 }
 
 bool LlamaModel::graph_capturable(std::string& why) const {

@@ -57,6 +57,15 @@ class LlamaModel {
   int micro_batch_count(const ForwardBatch& batch) const;
   // The last forward's logits in backend memory (when it was given no host array).
   const Tensor& device_logits() const { return device_logits_; }
+  // Hidden states an EAGLE head reads, kept for every token of each forward from now on (no
+  // pipeline or tensor parallelism): the residual stream entering each of `layer_inputs` (vLLM's
+  // aux hidden states, in ascending layer order), then with `final_normed` the last layer's output
+  // after the final norm (what vLLM's model returns), side by side per token.
+  void capture_hidden_states(std::vector<int32_t> layer_inputs, bool final_normed);
+  // The last forward's captured states: [num_tokens][hidden x count] f32 in backend memory.
+  const Tensor& hidden_states() const { return hidden_; }
+  int64_t hidden_states_width() const;
+  const ModelWeights& weights() const { return weights_; }
 
  private:
   Tensor scratch(Buffer& buf, int64_t rows, int64_t cols);
@@ -72,6 +81,7 @@ class LlamaModel {
   struct Scratch {
     Buffer x, h, qkv, attn, gu, act, cos, sin, cos_local, sin_local, sel, logits, shard_logits, gathered;
     Buffer router, moe_in, moe_gate_up, moe_act, moe_out;  // mixture-of-experts layers
+    Buffer hidden;                                          // capture_hidden_states
   };
   Scratch scratch_[2];
   // Pipeline parallelism: the step cut into micro-batches that flow through the stages, each
@@ -92,6 +102,9 @@ class LlamaModel {
   std::vector<int32_t> local_ids_;
   Tensor device_logits_;
   std::vector<float> rope_host_;  // rope tables made on the host for a device backend
+  std::vector<int32_t> capture_layers_;
+  bool capture_final_ = false;
+  Tensor hidden_;
 };
 
 }  // namespace cserve

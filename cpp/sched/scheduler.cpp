@@ -12,12 +12,20 @@ namespace {
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+
+SpeculationGovernorConfig governor_config(const SchedulerConfig& c) {
+  SpeculationGovernorConfig g;
+  g.automatic = c.speculative_auto_disable;
+  g.disable_by_batch_size = c.speculative_disable_by_batch_size;
+  g.proposals_cost = c.speculative_proposals_cost;
+  return g;
+}
 }  // namespace
 
 Scheduler::Scheduler(const SchedulerConfig& config, KVCacheManager& kv, std::vector<int64_t> eos_token_ids,
                      uint64_t seed)
     : config_(config),
-      governor_({config.speculative_auto_disable, config.speculative_disable_by_batch_size}),
+      governor_(governor_config(config)),
       kv_(kv),
       eos_(std::move(eos_token_ids)),
       seed_rng_(seed) {}
@@ -78,6 +86,7 @@ Request* Scheduler::choose_victim() const {
 void Scheduler::preempt(Request* victim) {
   running_.erase(std::find(running_.begin(), running_.end(), victim));
   kv_.free(*victim);
+  ended_ids_.push_back(victim->id);
   victim->num_computed_tokens = 0;
   victim->draft_token_ids.clear();
   victim->unverified_draft.clear();
@@ -209,7 +218,30 @@ SchedulerOutput Scheduler::schedule() {
     out.num_scheduled_tokens += num_new;
     budget -= num_new;
   }
+  out.propose_drafts = worth_proposing(out);
+  out.finished_req_ids = std::move(ended_ids_);
+  ended_ids_.clear();
   return out;
+}
+
+bool Scheduler::worth_proposing(const SchedulerOutput& out) const {
+  const int by_batch = config_.speculative_disable_by_batch_size;
+  if (by_batch > 0 && static_cast<int64_t>(running_.size()) > by_batch) return false;
+  if (!config_.speculative_proposals_cost || !config_.speculative_auto_disable) return true;
+  // The requests that sample this step are those in decode next step: the rule's plan for them,
+  // as if each had its full draft, says whether any draft would be verified.
+  std::vector<DraftCandidate> candidates;
+  for (const ScheduledRequest& s : out.scheduled) {
+    const Request& r = *s.request;
+    if (!s.sample || r.grammar || r.params.grammar) continue;
+    const int64_t by_max_tokens = r.params.max_tokens - static_cast<int64_t>(r.output_token_ids.size()) - 2;
+    const int64_t by_model_len = config_.max_model_len - r.num_tokens() - 2;
+    const int64_t num_drafts = std::min<int64_t>({config_.num_speculative_tokens, by_max_tokens, by_model_len});
+    candidates.push_back({std::max<int64_t>(0, num_drafts), r.draft_acceptance});
+  }
+  for (const int64_t count : governor_.plan(static_cast<int64_t>(running_.size()), candidates))
+    if (count > 0) return true;
+  return false;
 }
 
 void Scheduler::fork_siblings(Request& first, std::vector<std::pair<int32_t, int32_t>>& copies) {
@@ -280,9 +312,16 @@ void Scheduler::compare_unverified_draft(Request& r) {
 
 void Scheduler::record_step_seconds(const SchedulerOutput& out, double seconds) {
   if (out.scheduled.empty()) return;
-  for (const ScheduledRequest& s : out.scheduled)  // decode only: each request's last token and its drafts
+  size_t num_drafts = 0;
+  for (const ScheduledRequest& s : out.scheduled) {  // decode only: each request's last token and its drafts
     if (!s.sample || s.num_new_tokens != 1 + static_cast<int64_t>(s.draft_token_ids.size())) return;
-  governor_.record_step(out.num_scheduled_tokens, seconds);
+    num_drafts += s.draft_token_ids.size();
+  }
+  // Where proposing costs forwards, a step's time counts them exactly when it verifies drafts:
+  // a step that proposes and verifies none (speculation switching on, the draft catching up) or
+  // verifies drafts and proposes none would skew the figures.
+  if (config_.speculative_proposals_cost && out.propose_drafts != (num_drafts > 0)) return;
+  governor_.record_step(out.num_scheduled_tokens, seconds, num_drafts > 0);
 }
 
 bool Scheduler::append_sampled(Request& r, const std::vector<int32_t>& tokens, size_t& num_appended) {
@@ -346,6 +385,7 @@ void Scheduler::finish(Request& r, FinishReason reason) {
   if (r.finish_reason == FinishReason::None) r.finish_reason = reason;
   r.status = RequestStatus::Finished;
   kv_.free(r);
+  ended_ids_.push_back(r.id);
   auto rit = std::find(running_.begin(), running_.end(), &r);
   if (rit != running_.end()) running_.erase(rit);
   erase_waiting(&r);

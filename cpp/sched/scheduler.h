@@ -32,6 +32,10 @@ struct SchedulerConfig {
   // run; 0: no limit) and whether drafts are verified only where they are expected to pay.
   int speculative_disable_by_batch_size = 0;
   bool speculative_auto_disable = false;
+  // Whether proposing costs forwards of its own (a draft model): the automatic rule then decides
+  // whether a step proposes too, for up to num_speculative_tokens drafts per request.
+  bool speculative_proposals_cost = false;
+  int num_speculative_tokens = 0;
 };
 
 // At most this many prompt tokens of requests that want prompt logprobs are computed per step.
@@ -95,6 +99,8 @@ class Scheduler {
   void count_draft(size_t num_draft_tokens, size_t num_accepted);
   // The speculation governor's draft tokens per running request in decode this step.
   std::unordered_map<const Request*, int64_t> plan_drafts() const;
+  // Whether this step proposes drafts for its next one (SchedulerOutput::propose_drafts).
+  bool worth_proposing(const SchedulerOutput& out) const;
   // After r's output grew: how its unverified draft compares with the new tokens, once known.
   void compare_unverified_draft(Request& r);
   RequestOutput make_output(Request& r);
@@ -118,6 +124,7 @@ class Scheduler {
   std::vector<Request*> running_;
   std::vector<std::pair<int32_t, int32_t>> pending_copies_;
   std::vector<Request*> out_of_blocks_;  // ended by schedule(): alone, they still outgrew the KV cache
+  std::vector<std::string> ended_ids_;   // finished or preempted since the last schedule() (internal ids)
   SchedulerCounters counters_;
 };
 

@@ -27,6 +27,14 @@ struct SchedulerOutput {
   int64_t num_scheduled_tokens = 0;
   // KV blocks to copy (src, dst) before the forward pass (n > 1 forks).
   std::vector<std::pair<int32_t, int32_t>> block_copies;
+  // Whether the runner proposes drafts after this step: not while more requests run than
+  // disable_by_batch_size, when the next step would verify none; with a draft model and the
+  // automatic rule, only where the rule expects the next step to verify some (its proposals are
+  // forwards of its own, not worth running for nothing).
+  bool propose_drafts = true;
+  // Requests finished or preempted since the last step (Request::id): state a proposer keeps
+  // of them is void.
+  std::vector<std::string> finished_req_ids;
   bool empty() const { return scheduled.empty(); }
 };
 

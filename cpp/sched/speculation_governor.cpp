@@ -14,9 +14,10 @@ double SpeculationGovernor::acceptance_rate(const DraftAcceptance& own) const {
          (static_cast<double>(own.trials) + config_.prior_weight);
 }
 
-std::vector<std::pair<int64_t, double>> SpeculationGovernor::fresh_step_times() const {
+std::vector<std::pair<int64_t, double>> SpeculationGovernor::fresh_step_times(
+    const std::map<int64_t, StepTime>& times) const {
   std::vector<std::pair<int64_t, double>> out;
-  for (const auto& [tokens, t] : step_times_)
+  for (const auto& [tokens, t] : times)
     if (fresh(t)) out.emplace_back(tokens, t.seconds);
   return out;
 }
@@ -37,9 +38,10 @@ double SpeculationGovernor::step_seconds(int64_t num_tokens) const {
   return interpolate(fresh_step_times(), num_tokens);
 }
 
-void SpeculationGovernor::record_step(int64_t num_tokens, double seconds) {
+void SpeculationGovernor::record_step(int64_t num_tokens, double seconds, bool speculative) {
   ++steps_;
-  auto [it, inserted] = step_times_.try_emplace(num_tokens);
+  auto& times = config_.proposals_cost && speculative ? speculative_times_ : step_times_;
+  auto [it, inserted] = times.try_emplace(num_tokens);
   StepTime& t = it->second;
   if (inserted || !fresh(t)) t.seconds = seconds;  // an expired figure starts over
   else t.seconds += config_.smoothing * (seconds - t.seconds);
@@ -56,6 +58,15 @@ std::vector<int64_t> SpeculationGovernor::plan(int64_t num_running, const std::v
   const auto n = static_cast<int64_t>(candidates.size());
   const auto figures = fresh_step_times();
   const double base_seconds = interpolate(figures, n);
+  // A step with d drafts: where proposals cost, the drafting steps' own figures (below the
+  // smallest one, that one: the draft's forwards dominate; none at all, the plain figures, so
+  // speculation is tried and measured), else the plain figures (drafts are just more tokens).
+  const auto drafting = config_.proposals_cost ? fresh_step_times(speculative_times_) : figures;
+  auto drafting_seconds = [&](int64_t num_tokens) {
+    if (drafting.empty()) return interpolate(figures, num_tokens);
+    if (num_tokens < drafting.front().first) return drafting.front().second;
+    return interpolate(drafting, num_tokens);
+  };
   if (base_seconds <= 0) return counts;  // the plain step is measured first: it is the yardstick
   // Every draft token's expected accepted tokens (the j-th of a request: a^j), best first; the
   // first D of them are the best D drafts to verify (a request's own come in order, as a^j falls).
@@ -75,7 +86,7 @@ std::vector<int64_t> SpeculationGovernor::plan(int64_t num_running, const std::v
   size_t best = 0;
   for (size_t d = 1; d <= gains.size(); ++d) {
     tokens += gains[d - 1].tokens;
-    const double rate = tokens / interpolate(figures, n + static_cast<int64_t>(d));
+    const double rate = tokens / drafting_seconds(n + static_cast<int64_t>(d));
     if (rate > best_rate) {
       best_rate = rate;
       best = d;

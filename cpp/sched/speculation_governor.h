@@ -42,6 +42,10 @@ struct SpeculationGovernorConfig {
   int64_t expiry_steps = 256;     // a step-time figure older than this many decode-only steps is retried
   double smoothing = 0.25;        // weight of a new step-time measurement
   double prior_weight = 4;        // the engine-wide acceptance rate counts as this many trials of a request
+  // Proposing costs forwards of its own (a draft model): steps that verify drafts (and propose)
+  // are timed apart from plain ones, and a plain step is the yardstick only where measured at or
+  // above its token count.
+  bool proposals_cost = false;
 };
 
 class SpeculationGovernor {
@@ -53,7 +57,8 @@ class SpeculationGovernor {
   std::vector<int64_t> plan(int64_t num_running, const std::vector<DraftCandidate>& candidates) const;
   // A decode-only step of num_tokens tokens (every request's last token and its drafts) took
   // `seconds`.
-  void record_step(int64_t num_tokens, double seconds);
+  // `speculative`: it verified drafts (where proposals cost, their step times are kept apart).
+  void record_step(int64_t num_tokens, double seconds, bool speculative = false);
   // A draft of num_drafts tokens of which the first num_accepted matched the target's tokens.
   void record_draft(int64_t num_drafts, int64_t num_accepted) { engine_wide_.add(num_drafts, num_accepted); }
 
@@ -70,13 +75,15 @@ class SpeculationGovernor {
   };
   bool fresh(const StepTime& t) const { return steps_ - t.measured_at < config_.expiry_steps; }
   // (token count, seconds) of the fresh figures, by token count.
-  std::vector<std::pair<int64_t, double>> fresh_step_times() const;
+  std::vector<std::pair<int64_t, double>> fresh_step_times(const std::map<int64_t, StepTime>& times) const;
+  std::vector<std::pair<int64_t, double>> fresh_step_times() const { return fresh_step_times(step_times_); }
   // The figures' estimate for num_tokens: linear between the nearest ones, that of the largest
   // one beyond it; negative below the smallest.
   static double interpolate(const std::vector<std::pair<int64_t, double>>& figures, int64_t num_tokens);
 
   SpeculationGovernorConfig config_;
   std::map<int64_t, StepTime> step_times_;  // by token count
+  std::map<int64_t, StepTime> speculative_times_;  // steps that verified drafts, where proposals cost
   int64_t steps_ = 0;                       // decode-only steps recorded
   DraftAcceptance engine_wide_;
 };

@@ -25,8 +25,9 @@ _ENGINE_FIELDS = {
     "max_num_partial_prefills", "max_long_partial_prefills", "scheduling_policy", "max_logprobs",
     "disable_sliding_window", "max_model_len", "device", "enforce_eager", "cudagraph_capture_sizes",
     "max_cudagraph_capture_size", "tensor_parallel_size", "pipeline_parallel_size", "disable_custom_all_reduce",
-    "hf_overrides", "hf_config_path", "speculative_method", "speculative_model", "num_speculative_tokens",
-    "prompt_lookup_min", "prompt_lookup_max", "speculative_disable_by_batch_size", "speculative_auto_disable",
+    "hf_overrides", "hf_config_path", "speculative_method", "speculative_model", "speculative_quantization",
+    "num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max", "speculative_disable_by_batch_size",
+    "speculative_auto_disable",
 }
 
 

@@ -22,10 +22,30 @@ def test_isa_name():
     assert T.isa() in ISAS
     want = os.environ.get("CSERVE_ISA")
     if want:
-        # The variable lowers the level, never raises it.
-        assert ISAS.index(T.isa()) <= ISAS.index(want)
-        if want in ("scalar", "avx2"):
-            assert T.isa() == want
+        # The variable lowers the level, never raises it; avx2_vnni is the avx2 level, amx avx512_bf16's.
+        level = {"avx2_vnni": "avx2", "amx": "avx512_bf16"}.get(want, want)
+        assert ISAS.index(T.isa()) <= ISAS.index(level)
+        if level in ("scalar", "avx2"):
+            assert T.isa() == level
+
+
+def test_amx_follows_the_isa():
+    # AMX tiles only where the CPU has them and CSERVE_ISA is unset or "amx".
+    want = os.environ.get("CSERVE_ISA", "")
+    assert T.amx_in_use() == (T.cpu_has_amx() and T.isa() == "avx512_bf16" and want in ("", "amx"))
+
+
+def test_quantized_kernel_follows_the_isa():
+    want = os.environ.get("CSERVE_ISA", "")
+    kernel = T.qgemm_kernel()
+    if T.isa() == "scalar":
+        assert kernel == "scalar"
+    elif want == "avx2":  # plain AVX2, even on a CPU with AVX-VNNI
+        assert kernel == "avx2"
+    elif want == "avx2_vnni":
+        assert kernel == ("avx2_vnni" if T.cpu_has_avx_vnni() else "avx2")
+    else:
+        assert kernel in ("avx512_vnni", "avx2_vnni" if T.cpu_has_avx_vnni() else "avx2")
 
 
 def _gemm_tol(x, w, dtype):
@@ -37,7 +57,9 @@ def _gemm_tol(x, w, dtype):
 
 
 GEMM_SHAPES = [(1, 1, 1), (1, 17, 33), (3, 16, 64), (5, 33, 7), (17, 47, 130), (64, 96, 64), (7, 100, 257),
-               (33, 5, 512), (2, 300, 31)]
+               (33, 5, 512), (2, 300, 31),
+               # k a multiple of 32 and 4+ rows: the AMX tiles (pairs of panels and of row tiles, tails)
+               (4, 16, 32), (16, 64, 576), (40, 33, 96), (50, 80, 64)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -56,6 +78,18 @@ def test_gemm(m, n, k, dtype):
     err = np.abs(y - want)
     tol = _gemm_tol(x, w, dtype)
     assert (err <= tol).all(), f"max err {err.max()} at {np.unravel_index(err.argmax(), err.shape)}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_row_does_not_depend_on_its_batch(dtype):
+    # Rows of one call equal the rows computed alone, bit for bit, for every row count (AMX
+    # tiles included): a verification step must decode exactly as plain decoding does.
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((70, 96), dtype=np.float32)
+    x = rng.standard_normal((40, 96), dtype=np.float32)
+    alone = np.concatenate([T.gemm(w, x[i:i + 1], dtype) for i in range(40)])
+    for m in [2, 3, 4, 5, 9, 16, 17, 33, 40]:
+        np.testing.assert_array_equal(T.gemm(w, x[:m], dtype, num_threads=2), alone[:m], err_msg=str(m))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

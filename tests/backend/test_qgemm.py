@@ -65,7 +65,10 @@ def test_dequantize_matches_gguf(qtype):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("m", [1, 3, 5, 6, 7, 8, 17])
+# Every row count of 1..17: the AVX2 and AVX-512 kernels block 1..8 rows in one pass and
+# larger m in passes of a few rows plus a remainder. 4- and 8-bit codes, f16 scales (the
+# simple types) and f32 scales (the K-quants).
+@pytest.mark.parametrize("m", range(1, 18))
 @pytest.mark.parametrize("qtype", SIMPLE + K_QUANTS, ids=lambda t: t.name)
 def test_quant_linear(qtype, m):
     rng = np.random.default_rng(100 * int(qtype) + m)
@@ -83,6 +86,41 @@ def test_quant_linear(qtype, m):
     assert np.abs(y - x @ w.T).max() <= 2e-2 * scale.max() / np.sqrt(k)
 
 
+def _extreme_blocks(qtype: Q, rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Raw blocks whose codes are all at the ends of their range (4-bit 0/15, 8-bit -128/127),
+    row by row of one kind: the largest integer dot products a block can have."""
+    per_row = k // 32
+    if qtype == Q.Q8_0:  # f16 d, 32 int8
+        blocks = np.zeros((rows, per_row, 34), dtype=np.uint8)
+        blocks[:, :, 0:2] = f16_bytes(rng.uniform(0.001, 0.01, rows * per_row)).reshape(rows, per_row, 2)
+        codes = np.where(rng.random((rows, 1, 1)) < 0.5, 0x80, 0x7F).astype(np.uint8)
+        blocks[:, :, 2:] = codes
+    else:  # Q4_1: f16 d, f16 m, 16 bytes of nibbles
+        blocks = np.zeros((rows, per_row, 20), dtype=np.uint8)
+        blocks[:, :, 0:2] = f16_bytes(rng.uniform(0.001, 0.01, rows * per_row)).reshape(rows, per_row, 2)
+        blocks[:, :, 2:4] = f16_bytes(rng.uniform(-0.01, 0.01, rows * per_row)).reshape(rows, per_row, 2)
+        blocks[:, :, 4:] = np.where(rng.random((rows, 1, 1)) < 0.5, 0x00, 0xFF).astype(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("m", [1, 4, 8, 9, 17])
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0], ids=lambda t: t.name)
+def test_extreme_codes_and_activations_do_not_saturate(qtype, m):
+    # Every activation of a row at +-its block maximum (int8 codes +-127) against codes at the
+    # ends of their range: 16-bit intermediate sums (AVX2 maddubs) at their largest.
+    rng = np.random.default_rng(31 + m)
+    n, k = 40, 256
+    raw = _extreme_blocks(qtype, n, k, rng)
+    w = quants.dequantize(raw, qtype).reshape(n, k).astype(np.float32)
+    signs = np.where(rng.random((m, 1)) < 0.5, -1.0, 1.0)
+    x = (signs * rng.uniform(0.5, 2.0, (m, k // 32)).repeat(32, axis=1)).astype(np.float32)
+    x[m // 2] *= np.where(np.arange(k) % 2 == 0, 1.0, -1.0).astype(np.float32)  # and one alternating row
+    y, _ = T.quant_linear(int(qtype), raw.tobytes(), n, k, x)
+    exact = quantize_acts(x) @ w.T
+    scale = np.abs(x).sum(axis=1, keepdims=True) * np.abs(w).max()
+    assert np.abs(y - exact).max() <= 1e-5 * scale.max()
+
+
 def test_threads_agree():
     rng = np.random.default_rng(7)
     raw, _ = make_weight(Q.Q4_1, 130, 128, rng)
@@ -95,12 +133,13 @@ def test_threads_agree():
 @pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0], ids=lambda t: t.name)
 def test_a_row_does_not_depend_on_its_batch(qtype):
     # A verification step computes a token and its drafts together: each row must be what it
-    # would be alone, bit for bit, or greedy speculation could pick another token.
+    # would be alone, bit for bit, or greedy speculation could pick another token. Up to 40 rows:
+    # past a few rows the AMX tiles take over where the CPU has them, with the same results.
     rng = np.random.default_rng(11)
     raw, _ = make_weight(qtype, 40, 128, rng)
-    x = rng.standard_normal((9, 128)).astype(np.float32)
-    alone = np.concatenate([T.quant_linear(int(qtype), raw, 40, 128, x[i:i + 1])[0] for i in range(9)])
-    for m in range(2, 10):
+    x = rng.standard_normal((40, 128)).astype(np.float32)
+    alone = np.concatenate([T.quant_linear(int(qtype), raw, 40, 128, x[i:i + 1])[0] for i in range(40)])
+    for m in [*range(2, 18), 31, 32, 33, 40]:
         np.testing.assert_array_equal(T.quant_linear(int(qtype), raw, 40, 128, x[:m])[0], alone[:m], err_msg=str(m))
 
 

@@ -18,8 +18,8 @@ from cserve.cli.flags import (
     BY_NAME, FLAG, FLOAT, INT, LIST, LIST_FLOAT, LIST_INT, NO_EFFECT, ONLY, SUPPORTED, UNSUPPORTED,
     WORKER_FLAGS,
 )
-from cserve.cli.sglang_args import vllm_values
-from cserve.cli.sglang_flags import SGLANG_BY_NAME, SGLANG_FLAGS, SGLANG_GROUPS
+from cserve.cli.sglang_args import make_sglang_parser, vllm_values
+from cserve.cli.sglang_flags import SGLANG_BY_NAME, SGLANG_FLAGS, SGLANG_GROUPS, speculative_config_of
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 MODEL = "some/model"
@@ -177,7 +177,8 @@ def test_every_flag_parses(flag):
         for value in flag.accepted:
             if value is not None:
                 assert getattr(sgl(flag.name, str(value)).sglang, flag.dest) == value
-        refused = [c for c in flag.choices or () if c not in flag.accepted] or [2 if flag.kind == INT else "x"]
+        refused = [c for c in flag.choices or () if c not in flag.accepted] or \
+            [{INT: 2, FLOAT: 0.5}.get(flag.kind, "x")]
         assert refusal(flag.name, str(refused[0])) == f"{flag.name} {refused[0]} is not supported yet"
 
 
@@ -287,6 +288,54 @@ def test_chat_template(tmp_path):
 ])
 def test_refusals_name_the_flag_and_value(argv, message):
     assert refusal(*argv) == message
+
+
+@pytest.mark.parametrize("argv, config", [
+    ([], None),
+    (["--speculative-num-steps", "4"], None),  # no algorithm: no speculation, as SGLang
+    (["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", "/d.gguf"],
+     {"method": "draft_model", "model": "/d.gguf", "num_speculative_tokens": 3}),  # SGLang's 3 steps, top-k 1
+    (["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", "/d", "--speculative-num-steps", "5",
+      "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "9"],
+     {"method": "draft_model", "model": "/d", "num_speculative_tokens": 5}),  # top-k 1: draft tokens = steps + 1
+    (["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", "/d",
+      "--speculative-num-draft-tokens", "3"], {"method": "draft_model", "model": "/d", "num_speculative_tokens": 2}),
+    (["--speculative-algorithm", "NGRAM"],
+     {"method": "ngram", "num_speculative_tokens": 11, "prompt_lookup_min": 1, "prompt_lookup_max": 12}),
+    (["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", "6", "--speculative-num-steps", "2"],
+     {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 1, "prompt_lookup_max": 12}),
+])
+def test_speculative_flags_make_the_speculative_config(argv, config):
+    args = sgl(*argv)
+    assert args.speculative_config == config
+    fields = engine_options(args)
+    assert fields.get("speculative_method", "") == ("" if config is None else config["method"])
+    if config:
+        assert fields["num_speculative_tokens"] == config["num_speculative_tokens"]
+
+
+@pytest.mark.parametrize("algorithm, method", [("EAGLE", "eagle"), ("EAGLE3", "eagle3"), ("NEXTN", "mtp")])
+def test_eagle_algorithms_map_to_vllms_methods(algorithm, method):
+    ns = make_sglang_parser().parse_args(["--model-path", MODEL, "--speculative-algorithm", algorithm,
+                                          "--speculative-draft-model-path", "/e", "--speculative-num-steps", "2"])
+    assert speculative_config_of(ns) == {"method": method, "model": "/e", "num_speculative_tokens": 2}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--speculative-algorithm", "NEXTN"], "--speculative-algorithm NEXTN: speculative decoding method 'mtp' is not "
+                                           "supported yet"),
+    (["--speculative-algorithm", "STANDALONE"], "--speculative-algorithm STANDALONE needs "
+                                                "--speculative-draft-model-path"),
+    (["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", "/d", "--speculative-eagle-topk",
+      "4"], "--speculative-eagle-topk 4 is not supported yet"),
+    (["--speculative-accept-threshold-single", "0.9"],
+     "--speculative-accept-threshold-single 0.9 is not supported yet"),
+    (["--speculative-accept-threshold-acc", "0.5"], "--speculative-accept-threshold-acc 0.5 is not supported yet"),
+    (["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", "1"],
+     "--speculative-num-draft-tokens 1: must be >= 2"),
+])
+def test_speculative_refusals(argv, message):
+    assert refusal(*argv).startswith(message)
 
 
 def test_parallel_sizes_map_onto_the_vllm_flags():

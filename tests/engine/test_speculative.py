@@ -90,8 +90,6 @@ def test_config_defaults_and_checks():
 
 
 @pytest.mark.parametrize("config,name", [
-    ({"method": "eagle", "model": "e", "num_speculative_tokens": 3}, "eagle"),
-    ({"method": "eagle3", "model": "e", "num_speculative_tokens": 3}, "eagle3"),
     ({"method": "medusa", "model": "m", "num_speculative_tokens": 3}, "medusa"),
     ({"method": "deepseek_mtp", "num_speculative_tokens": 1}, "mtp"),
 ])
@@ -107,8 +105,8 @@ def test_serve_flags_refuse_other_methods_and_the_old_flags():
 
     args = parse_serve_args(["m", "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 3}'])
     assert engine_options(args)["num_speculative_tokens"] == 3 and engine_options(args)["prompt_lookup_max"] == 5
-    with pytest.raises(UnsupportedFlagError, match="--speculative-config: speculative decoding method 'eagle3'"):
-        parse_serve_args(["m", "--speculative-config", '{"method": "eagle3", "model": "x", "num_speculative_tokens": 2}'])
+    with pytest.raises(UnsupportedFlagError, match="--speculative-config: speculative decoding method 'medusa'"):
+        parse_serve_args(["m", "--speculative-config", '{"method": "medusa", "model": "x", "num_speculative_tokens": 2}'])
     with pytest.raises(ServeArgsError, match="prompt_lookup_min=3 must be <= prompt_lookup_max=1"):
         parse_serve_args(["m", "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2, '
                                                       '"prompt_lookup_min": 3, "prompt_lookup_max": 1}'])

@@ -1,16 +1,20 @@
 """Speculative decoding with a draft model (vLLM's "draft_model" method): the config's keys and
 refusals, greedy output identical to no speculation with a random 1-layer draft and with the
 target as its own draft (every draft then accepted), under batching, chunked prefill and prefix
-caching."""
+caching; drafts in their own weight formats (GGUF, AWQ, online fp8); the draft's weights and KV
+cache inside the memory the settings allow."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cserve import SamplingParams
+from cserve import SamplingParams, _core
 from cserve.cli.speculative_config import speculative_fields
+from tests.helpers import quant_formats as qf
+from tests.helpers.gguf_files import write_llama_gguf
 from tests.helpers.models import SPECS, make_llm, random_prompt, with_config
+from tests.helpers.speculation import prompts_with_shared_prefix, run, spec_counts
 
 K = 3
 
@@ -36,21 +40,7 @@ def draft(model_zoo):
 
 @pytest.fixture(scope="module")
 def prompts(target):
-    rng = np.random.default_rng(11)
-    shared = random_prompt(rng, 40, target.vocab_size)
-    return [shared + random_prompt(rng, n, target.vocab_size) for n in (3, 17, 30)] + \
-        [random_prompt(rng, 9, target.vocab_size)]
-
-
-def run(llm, prompts, max_tokens=24):
-    sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
-
-
-def spec_counts(llm) -> tuple[int, int]:
-    s = llm.engine.stats()
-    return s.spec_decode_num_draft_tokens, s.spec_decode_num_accepted_tokens
+    return prompts_with_shared_prefix(target.vocab_size)
 
 
 def test_config_keys():
@@ -64,14 +54,102 @@ def test_config_keys():
         speculative_fields({"model": "/d"})
     with pytest.raises(ValueError, match="prompt_lookup_min applies to the ngram method"):
         speculative_fields({"model": "/d", "num_speculative_tokens": 2, "prompt_lookup_min": 2})
+    # vLLM's draft keys: quantization (unset: the checkpoint's own), draft_tensor_parallel_size 1.
+    assert fields["speculative_quantization"] == ""
+    assert speculative_fields({"model": "/d", "num_speculative_tokens": 2, "quantization": "awq",
+                               "draft_tensor_parallel_size": 1})["speculative_quantization"] == "awq"
+    with pytest.raises(NotImplementedError, match="draft_tensor_parallel_size=2"):
+        speculative_fields({"model": "/d", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 2})
+    with pytest.raises(ValueError, match="quantization must be a method name"):
+        speculative_fields({"model": "/d", "num_speculative_tokens": 2, "quantization": 4})
+    # Keys of the draft model only: the ngram method ignores them, as vLLM does.
+    assert "speculative_quantization" not in speculative_fields({"method": "ngram", "num_speculative_tokens": 2,
+                                                                 "quantization": "awq"})
 
 
-def test_refusals(target, draft, tmp_path):
+def test_refusals(target, draft, model_zoo, tmp_path):
     other_vocab = with_config(draft, tmp_path / "vocab", vocab_size=300)
     with pytest.raises(ValueError, match="vocabulary of 300 tokens, the target model 256"):
         make_llm(target.path, speculative_config=draft_config(other_vocab))
-    with pytest.raises(NotImplementedError, match="a GGUF draft model"):
-        make_llm(target.path, speculative_config=draft_config(str(tmp_path / "draft.gguf")))
+    other_vocab_gguf = tmp_path / "vocab.gguf"
+    spec = dict(SPECS["llama"], num_hidden_layers=1, vocab_size=300)
+    model_type = spec.pop("model_type")
+    write_llama_gguf(model_zoo.custom("llama_vocab300", model_type, **spec).model, other_vocab_gguf)
+    with pytest.raises(ValueError, match="vocabulary of 300 tokens, the target model 256"):
+        make_llm(target.path, speculative_config=draft_config(str(other_vocab_gguf)))
+    # The draft's quantization is checked against its checkpoint as --quantization is the target's.
+    with pytest.raises(ValueError, match=r"the draft model: Quantization method specified in the model config "
+                                         r"\(none\) does not match .* \(awq\)"):
+        make_llm(target.path, speculative_config=draft_config(draft.path, quantization="awq"))
+    with pytest.raises(ValueError, match="the draft model: Unknown quantization method: q9"):
+        make_llm(target.path, speculative_config=draft_config(draft.path, quantization="q9"))
+    with pytest.raises(NotImplementedError, match="the draft model: quantization method 'bitsandbytes' is not "
+                                                  "supported"):
+        make_llm(target.path, speculative_config=draft_config(draft.path, quantization="bitsandbytes"))
+
+
+@pytest.fixture(scope="module")
+def target_q8_gguf(target, tmp_path_factory):
+    """The target itself, quantized to Q8_0 in a GGUF file: the same model, quantized harder."""
+    import gguf
+
+    path = tmp_path_factory.mktemp("gguf") / "target-q8_0.gguf"
+    write_llama_gguf(target.model, path, gguf.GGMLQuantizationType.Q8_0)
+    return str(path)
+
+
+@pytest.mark.parametrize("quantization", [None, "gguf"])
+def test_gguf_draft_keeps_greedy_output(target, target_q8_gguf, prompts, quantization):
+    want = run(make_llm(target.path), prompts)
+    extra = {"quantization": quantization} if quantization else {}
+    spec = make_llm(target.path, speculative_config=draft_config(target_q8_gguf, **extra))
+    assert run(spec, prompts) == want
+    drafted, accepted = spec_counts(spec)
+    # The target quantized to 8 bits proposes mostly the target's own choices.
+    assert drafted > 0 and accepted > 0.5 * drafted
+
+
+def test_q4_gguf_draft_with_chunked_prefill_and_prefix_caching(target, prompts, tmp_path):
+    import gguf
+
+    path = tmp_path / "target-q4_1.gguf"
+    write_llama_gguf(target.model, path, gguf.GGMLQuantizationType.Q4_1)
+    options = dict(enable_prefix_caching=True, enable_chunked_prefill=True, max_num_batched_tokens=16, block_size=16)
+    want = run(make_llm(target.path, **options), prompts)
+    spec = make_llm(target.path, speculative_config=draft_config(str(path)), **options)
+    assert run(spec, prompts) == want
+    assert run(spec, prompts) == want
+    drafted, accepted = spec_counts(spec)
+    assert drafted > 0 and accepted > 0 and spec.engine.stats().prefix_cache_hits > 0
+
+
+def _awq_copy(built, path) -> str:
+    """built's checkpoint with every linear layer of its decoder in AWQ 4-bit (group 32)."""
+    state = {k: v.detach().numpy().copy() for k, v in built.model.state_dict().items()}
+    for layer in range(built.config["num_hidden_layers"]):
+        for lin in qf.LINEARS:
+            name = f"model.layers.{layer}.{lin}"
+            q = qf.quantize_int(state.pop(name + ".weight"), 32)
+            for suffix, value in qf.awq_tensors(q).items():
+                state[f"{name}.{suffix}"] = value
+    qc = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"}
+    return qf.write_checkpoint(path, built.config, state, qc)
+
+
+def test_quantized_safetensors_drafts_keep_greedy_output(target, prompts, tmp_path):
+    want = run(make_llm(target.path), prompts)
+    awq = _awq_copy(target, tmp_path / "awq")
+    float_bytes = _core.testing.load_model(target.path)
+    assert _core.testing.load_model(awq) < 0.7 * float_bytes  # the draft's weights stay 4-bit
+    # An AWQ checkpoint (its quantization_config; "awq" named or not), and vLLM's online fp8 of a
+    # float checkpoint.
+    for config in (draft_config(awq), draft_config(awq, quantization="awq"),
+                   draft_config(target.path, quantization="fp8")):
+        spec = make_llm(target.path, speculative_config=config)
+        assert run(spec, prompts) == want
+        drafted, accepted = spec_counts(spec)
+        # 4-bit weights of this tiny random model keep about half of its choices (a wrong read: ~0).
+        assert drafted > 0 and accepted > 0.3 * drafted, config
 
 
 def test_target_as_its_own_draft_accepts_every_draft(target, prompts):
@@ -155,5 +233,127 @@ def test_with_graph_padding(target, prompts, monkeypatch):
     want = run(make_llm(target.path, device="cpu"), prompts)
     spec = make_llm(target.path, device="cpu", speculative_config=draft_config(target.path))
     assert run(spec, prompts) == want
+    drafted, accepted = spec_counts(spec)
+    assert drafted > 0 and accepted == drafted
+
+
+def test_draft_weights_and_cache_are_counted(target, draft, prompts):
+    """kv_cache_memory_bytes bounds the target's and the draft's caches together: each block costs
+    both models' bytes and the draft's scratch blocks (its proposals' keys) come out of the budget."""
+    budget = 3 << 20
+    options = dict(kv_cache_memory_bytes=budget, block_size=16, max_num_seqs=8)
+    plain = make_llm(target.path, **options).engine.model_info()
+    spec_llm = make_llm(target.path, speculative_config=draft_config(draft.path), **options)
+    spec = spec_llm.engine.model_info()
+    target_block = plain.kv_cache_bytes // plain.num_kv_blocks
+    draft_block = target_block * draft.config["num_hidden_layers"] // target.config["num_hidden_layers"]
+    scratch = spec.max_num_seqs * ((K + 15) // 16 + 1)
+    assert spec.num_kv_blocks == (budget - scratch * draft_block) // (target_block + draft_block)
+    assert spec.kv_cache_bytes == spec.num_kv_blocks * (target_block + draft_block) + scratch * draft_block
+    assert spec.kv_cache_bytes <= budget < spec.kv_cache_bytes + target_block + draft_block
+    assert spec.num_kv_blocks < plain.num_kv_blocks
+    # With no size set, the CPU cache holds max_num_seqs full-length sequences in both caches, the
+    # draft's scratch blocks besides.
+    capped = dict(block_size=16, max_num_seqs=8)
+    plain_capped = make_llm(target.path, **capped).engine.model_info()
+    spec_capped = make_llm(target.path, speculative_config=draft_config(draft.path), **capped).engine.model_info()
+    assert spec_capped.num_kv_blocks == plain_capped.num_kv_blocks == 8 * 256 // 16
+    draft_bytes = (spec_capped.num_kv_blocks + scratch) * draft_block
+    assert spec_capped.kv_cache_bytes == plain_capped.kv_cache_bytes + draft_bytes
+    # The weights the engine reports are both models'.
+    assert spec.weight_bytes == plain.weight_bytes + _core.testing.load_model(draft.path)
+    assert run(spec_llm, prompts) == run(make_llm(target.path, **options), prompts)
+
+
+def test_disable_by_batch_size(target, draft, prompts):
+    # More requests than disable_by_batch_size: no drafts (none proposed, none verified); one
+    # request alone still speculates. Greedy output unchanged either way.
+    spec = make_llm(target.path, speculative_config=draft_config(draft.path, disable_by_batch_size=2))
+    assert run(spec, prompts) == run(make_llm(target.path), prompts)
+    assert spec_counts(spec)[0] == 0
+    assert run(spec, prompts[:1]) == run(make_llm(target.path), prompts[:1])
+    assert spec_counts(spec)[0] > 0
+
+
+def test_draft_catches_up_after_speculation_was_off(target, prompts):
+    # Three requests run (more than disable_by_batch_size): no proposals, and the lazy draft
+    # computes nothing. Once the two short ones end, the long one proposes again: the draft first
+    # catches up over every position it missed, and the target as its own draft then has every
+    # draft accepted, which it could not with a wrong key or value anywhere in its cache.
+    inputs = [{"prompt_token_ids": p} for p in prompts[:3]]
+    params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for m in (48, 10, 12)]
+    plain = make_llm(target.path, block_size=8)
+    want = [list(o.outputs[0].token_ids) for o in plain.generate(inputs, params, use_tqdm=False)]
+    spec = make_llm(target.path, block_size=8,
+                    speculative_config=draft_config(target.path, disable_by_batch_size=2))
+    got = [list(o.outputs[0].token_ids) for o in spec.generate(inputs, params, use_tqdm=False)]
+    assert got == want
+    drafted, accepted = spec_counts(spec)
+    assert drafted > 0 and accepted == drafted  # proposed only once the long request ran alone
+
+
+def test_prefix_cache_hit_proposes_from_its_own_catch_up(target, prompts):
+    # The second request finds the first one's prompt blocks in the prefix cache: the draft never
+    # saw it compute them and catches up over them (rewriting the shared blocks with the same
+    # keys), so the target as its own draft still has every draft accepted.
+    options = dict(enable_prefix_caching=True, block_size=16)
+    rng = np.random.default_rng(5)
+    shared = prompts[0][:40]
+    first, second = shared + random_prompt(rng, 5, target.vocab_size), shared + random_prompt(rng, 7, target.vocab_size)
+    want = run(make_llm(target.path, **options), [first]) + run(make_llm(target.path, **options), [second])
+    spec = make_llm(target.path, speculative_config=draft_config(target.path), **options)
+    assert run(spec, [first]) + run(spec, [second]) == want
+    assert spec.engine.stats().prefix_cache_hits > 0
+    drafted, accepted = spec_counts(spec)
+    assert drafted > 0 and accepted == drafted
+
+
+def test_preemption_then_resume_without_prefix_caching(target, prompts):
+    # Preempted requests lose their blocks; resumed, they are recomputed into other blocks (no
+    # prefix cache to find the old ones): the draft starts over for them and still proposes what
+    # the target would, every draft accepted.
+    options = dict(max_num_batched_tokens=32, block_size=8, num_gpu_blocks_override=18, enable_prefix_caching=False)
+    want = run(make_llm(target.path, **options), prompts, max_tokens=40)
+    spec = make_llm(target.path, speculative_config=draft_config(target.path), **options)
+    assert run(spec, prompts, max_tokens=40) == want
+    stats = spec.engine.stats()
+    assert stats.num_preemptions > 0 and stats.num_free_blocks == 18
+    drafted, accepted = spec_counts(spec)
+    assert drafted > 0 and accepted == drafted
+
+
+def test_smollm2_as_its_own_draft_catches_up_after_speculation_was_off(smollm2_model_dir):
+    # The same with real weights (a tiny random model hardly reads its context; SmolLM2's drafts
+    # go wrong at once without the keys of the positions before): while three requests run, no
+    # proposals; alone, the long one catches up over its prompt and the tokens it sampled since.
+    path = str(smollm2_model_dir)
+    rng = np.random.default_rng(3)
+    inputs = [{"prompt_token_ids": [1] + [int(t) for t in rng.integers(100, 20000, n)]} for n in (5, 12, 30)]
+    params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for m in (40, 8, 10)]
+    options = dict(block_size=8, max_model_len=512)
+    want = [list(o.outputs[0].token_ids) for o in make_llm(path, **options).generate(inputs, params, use_tqdm=False)]
+    spec = make_llm(path, **options, speculative_config=draft_config(path, disable_by_batch_size=2))
+    assert [list(o.outputs[0].token_ids) for o in spec.generate(inputs, params, use_tqdm=False)] == want
+    drafted, accepted = spec_counts(spec)
+    assert drafted > 0 and accepted == drafted
+
+
+def test_smollm2_as_its_own_draft_after_prefix_cache_hits_and_preemption(smollm2_model_dir):
+    # Real weights again: the second round's prompts hit the blocks the first one cached (the
+    # draft catches up over them), and a cache of 16 blocks of 8 tokens preempts requests (the
+    # draft starts over for them); every draft is still accepted.
+    path = str(smollm2_model_dir)
+    rng = np.random.default_rng(4)
+    shared = [1] + [int(t) for t in rng.integers(100, 20000, 23)]
+    inputs = [{"prompt_token_ids": shared + [int(t) for t in rng.integers(100, 20000, n)]} for n in (3, 9, 14)]
+    sp = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    options = dict(block_size=8, max_model_len=512, enable_prefix_caching=True, num_gpu_blocks_override=16,
+                   max_num_batched_tokens=32)
+    want = [list(o.outputs[0].token_ids) for o in make_llm(path, **options).generate(inputs, sp, use_tqdm=False)]
+    spec = make_llm(path, **options, speculative_config=draft_config(path))
+    for _ in range(2):
+        assert [list(o.outputs[0].token_ids) for o in spec.generate(inputs, sp, use_tqdm=False)] == want
+    stats = spec.engine.stats()
+    assert stats.prefix_cache_hits > 0 and stats.num_preemptions > 0
     drafted, accepted = spec_counts(spec)
     assert drafted > 0 and accepted == drafted

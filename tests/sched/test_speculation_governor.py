@@ -140,3 +140,50 @@ def test_unverified_drafts_still_teach_acceptance_in_the_scheduler():
         h.schedule()
     assert h.scheduled_drafts()["r"] != []
     assert i < 40, "the rate should recover within a few dozen matching tokens"
+
+
+def test_costly_proposals_are_weighed_with_the_drafting_steps_own_times():
+    # A draft model: steps that verify drafts also pay the draft's forwards, timed apart from plain
+    # steps. Cheap drafting keeps drafting; drafting that costs more than its accepted tokens stops.
+    def plan(spec_seconds):
+        g = SpeculationGovernor(proposals_cost=True)
+        g.record_step(16, 0.020)  # a plain step of 16 requests
+        assert g.plan(16, [good(3)] * 16) == [3] * 16  # drafting never measured: tried
+        g.record_step(64, spec_seconds, speculative=True)
+        return g.plan(16, [good(3)] * 16)
+
+    assert plan(0.030) == [3] * 16  # 16 + ~40 tokens in 30 ms beats 16 in 20 ms
+    assert plan(0.100) == [0] * 16  # the draft's forwards cost more than its tokens gain
+    # Fewer drafts cost no less than the measured drafting step (the draft's forwards dominate).
+    g = SpeculationGovernor(proposals_cost=True)
+    g.record_step(16, 0.020)
+    g.record_step(64, 0.100, speculative=True)
+    assert g.step_seconds(16) == pytest.approx(0.020)
+
+
+def test_costly_proposals_stop_with_the_drafts_in_the_scheduler():
+    # A draft model's proposals cost forwards: the scheduler asks for them only where its plan
+    # would verify some next step, and tells the runner which requests ended (their draft state).
+    h = scheduler(speculative_proposals_cost=True, num_speculative_tokens=3)
+    p = _core.SamplingParams()
+    p.max_tokens = 200
+    h.add_request("r", list(range(10, 20)), p)
+    h.schedule()
+    assert not h.propose_drafts  # no plain step measured yet: the yardstick comes first
+    h.update_speculative({"r": [5]}, {})
+    h.schedule()
+    assert not h.propose_drafts
+    h.update_speculative({"r": [6]}, {}, step_seconds=0.010)  # the plain one-request step
+    h.schedule()
+    assert h.propose_drafts  # drafting never measured: tried
+    h.update_speculative({"r": [7]}, {"r": [1, 2, 3]}, step_seconds=0.5)  # proposes, verifies none: not a figure
+    h.schedule()
+    assert h.scheduled_drafts() == {"r": [1, 2, 3]} and h.propose_drafts
+    h.update_speculative({"r": [1, 2, 3, 8]}, {"r": [1, 2, 3]}, step_seconds=0.100)  # drafting costs 10x
+    h.schedule()
+    assert h.scheduled_drafts() == {"r": []} and not h.propose_drafts
+    h.update_speculative({"r": [9]}, {})
+    assert h.abort("r")
+    h.add_request("s", list(range(10, 20)), p)
+    h.schedule()
+    assert h.num_finished_ids == 1  # "r": the runner forgets it

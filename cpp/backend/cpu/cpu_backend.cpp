@@ -112,7 +112,12 @@ class CpuBackend : public Backend {
     emulate_graphs_ = env_flag("CSERVE_CPU_EMULATE_GRAPHS");
     emulate_sampling_ = env_flag("CSERVE_CPU_EMULATE_DEVICE_SAMPLING");
   }
-  std::string name() const override { return std::string("cpu (") + cpu::isa_name(cpu::cpu_isa()) + ")"; }
+  std::string name() const override {
+    // The quantized GEMM's AVX-VNNI use is named where it runs (an AVX2 level on a CPU with it).
+    const bool avx_vnni = std::string(cpu::qgemm_kernel_name()) == "avx2_vnni";
+    return std::string("cpu (") + cpu::isa_name(cpu::cpu_isa()) + (avx_vnni ? " + avx_vnni" : "") +
+           (cpu::cpu_has_amx() ? " + amx" : "") + ")";
+  }
   DType activation_dtype() const override { return DType::F32; }
   int num_threads() const override { return pool_.num_threads(); }
   Buffer allocate(size_t bytes) override { return Buffer(bytes); }

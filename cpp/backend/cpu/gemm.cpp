@@ -48,6 +48,13 @@ void gemm_panels_scalar(const GemmArgs& a, int64_t panel_begin, int64_t panel_en
 
 }  // namespace detail
 
+namespace {
+// Fewest rows of x for the AMX kernel. One: a row alone is as fast either way (bandwidth-bound;
+// benchmarks/cpu_probes/amx_gemm.cpp), and with every row count on the same kernel a row's
+// result never depends on its batch (a verification step equals plain decoding bit for bit).
+constexpr int64_t kAmxMinRows = 1;
+}  // namespace
+
 void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
           bool accumulate, ThreadPool& pool) {
   if (m <= 0) return;
@@ -74,11 +81,16 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
     case Isa::Avx512: kernel = detail::gemm_panels_avx512; break;
     case Isa::Avx512Bf16: kernel = detail::gemm_panels_avx512bf16; break;
   }
+  const bool amx = isa == Isa::Avx512Bf16 && w.dtype == DType::BF16 && m >= kAmxMinRows &&
+                   w.k_padded % 32 == 0 && cpu_has_amx();
+  if (amx) kernel = detail::gemm_panels_amx_bf16;
   if (isa == Isa::Avx512Bf16 && w.dtype == DType::BF16) {
-    // x rounded to bf16 once per call; the scratch lives with the calling thread.
+    // x rounded to bf16 once per call; the scratch lives with the calling thread. AMX loads
+    // whole 16-row tiles: the rows past m are allocated (their sums are never stored).
     thread_local std::vector<uint16_t> xb;
     const int64_t ldxb = (w.k_padded + 31) / 32 * 32;
-    if (xb.size() < static_cast<size_t>(m * ldxb)) xb.resize(static_cast<size_t>(m * ldxb));
+    const int64_t rows = (m + 15) / 16 * 16;
+    if (xb.size() < static_cast<size_t>(rows * ldxb)) xb.resize(static_cast<size_t>(rows * ldxb));
     uint16_t* xbp = xb.data();
     const int64_t row_grain = std::max<int64_t>(1, (int64_t{1} << 16) / w.k);
     pool.parallel_for(m, row_grain, [&](int64_t r0, int64_t r1) {

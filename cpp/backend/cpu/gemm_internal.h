@@ -30,6 +30,38 @@ void gemm_panels_avx2(const GemmArgs& a, int64_t panel_begin, int64_t panel_end)
 void gemm_panels_avx512(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
 // bf16 weights with vdpbf16ps; needs a.xb. Other dtypes go to gemm_panels_avx512.
 void gemm_panels_avx512bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
+// AMX bf16 building blocks (gemm_amx.cpp), shared by the bf16 and the quantized GEMMs.
+// One or two panels of bf16 weights in the pair layout [k_padded/2][16][2] (k_padded a multiple
+// of 32), the first of them panel number `first` of the output.
+struct AmxPanels {
+  const uint16_t* panel[2];  // panel[1] may be null
+  int64_t first;
+  int64_t k_padded;
+};
+struct AmxOutput {
+  float* y;
+  int64_t ldy;
+  const float* bias;  // n values or null
+  int64_t n;
+  bool accumulate;
+};
+// AMX's 64-byte tile configuration (palette 1): bytes per row and rows of each tile register.
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+// The calling thread's tile registers: configured before amx_bf16_panels, released after.
+void amx_configure_tiles();
+void amx_release_tiles();
+// out (= or +=) xb[m][k_padded] (bf16, row stride ldxb, rows allocated up to a multiple of 16)
+// times the panels, plus bias.
+void amx_bf16_panels(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t m, const AmxOutput& out);
+// bf16 weights with AMX tiles (k_padded a multiple of 32); needs a.xb with rows up to the next
+// multiple of 16 allocated.
+void gemm_panels_amx_bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
 // Rounds rows of x to bf16 (nearest even) into out[m][k_padded] (ld_out), zero padding k..k_padded.
 void convert_rows_bf16_avx512bf16(const float* x, int64_t m, int64_t ldx, int64_t k,
                                   int64_t k_padded, uint16_t* out, int64_t ld_out);

@@ -44,15 +44,34 @@ Isa detect_isa() {
 Isa detect_isa() { return Isa::Scalar; }
 #endif
 
-Isa requested_isa() {
+// The CSERVE_ISA request: a level, and whether AVX-VNNI may be used at the AVX2 level
+// ("avx2" is plain AVX2 even on a CPU with AVX-VNNI; "avx2_vnni" allows it).
+struct Request {
+  Isa level = Isa::Avx512Bf16;
+  bool avx_vnni = true;
+};
+
+Request requested_isa() {
   const char* env = std::getenv("CSERVE_ISA");
-  if (env == nullptr || *env == '\0') return Isa::Avx512Bf16;
+  if (env == nullptr || *env == '\0') return {};
   std::string s(env);
-  if (s == "scalar") return Isa::Scalar;
-  if (s == "avx2") return Isa::Avx2;
-  if (s == "avx512") return Isa::Avx512;
-  if (s == "avx512_bf16") return Isa::Avx512Bf16;
-  throw InvalidArgument("CSERVE_ISA='" + s + "': expected scalar, avx2, avx512 or avx512_bf16");
+  if (s == "scalar") return {Isa::Scalar, false};
+  if (s == "avx2") return {Isa::Avx2, false};
+  if (s == "avx2_vnni") return {Isa::Avx2, true};
+  if (s == "avx512") return {Isa::Avx512, true};
+  if (s == "avx512_bf16" || s == "amx") return {Isa::Avx512Bf16, true};  // "amx": see cpu_has_amx
+  throw InvalidArgument("CSERVE_ISA='" + s + "': expected scalar, avx2, avx2_vnni, avx512, avx512_bf16 or amx");
+}
+
+bool detect_avx_vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  if (detect_isa() == Isa::Scalar || __get_cpuid_max(0, nullptr) < 7) return false;
+  unsigned a, b, c, d;
+  __cpuid_count(7, 1, a, b, c, d);
+  return (a & (1u << 4)) != 0;  // AVX-VNNI: VEX-encoded vpdpbusd on ymm
+#else
+  return false;
+#endif
 }
 
 }  // namespace
@@ -61,7 +80,7 @@ Isa cpu_isa() {
   // Detected once; the CPU and the environment of a process do not change.
   static const Isa isa = [] {
     Isa detected = detect_isa();
-    Isa requested = requested_isa();
+    Isa requested = requested_isa().level;
     return static_cast<int>(requested) < static_cast<int>(detected) ? requested : detected;
   }();
   return isa;
@@ -78,6 +97,16 @@ bool cpu_has_avx512_vnni() {
     return false;
 #endif
   }();
+  return vnni;
+}
+
+bool cpu_has_avx_vnni() {
+  static const bool vnni = cpu_isa() != Isa::Scalar && requested_isa().avx_vnni && detect_avx_vnni();
+  return vnni;
+}
+
+bool cpu_detects_avx_vnni() {
+  static const bool vnni = detect_avx_vnni();
   return vnni;
 }
 

@@ -16,11 +16,25 @@ namespace cserve::cpu {
 enum class Isa { Scalar, Avx2, Avx512, Avx512Bf16 };
 
 // Best ISA this CPU supports (cpuid + xgetbv). The environment variable
-// CSERVE_ISA=scalar|avx2|avx512|avx512_bf16 lowers it (never raises it) for tests.
+// CSERVE_ISA=scalar|avx2|avx2_vnni|avx512|avx512_bf16 lowers it (never raises it) for tests
+// and measurements: "avx2" is plain AVX2 (+FMA, F16C), as on Zen 3, even on a CPU that has
+// AVX-VNNI; "avx2_vnni" is the AVX2 level with AVX-VNNI where the CPU has it (Alder Lake,
+// Sapphire Rapids, Zen 5), as such a CPU without AVX-512 runs. Unset: the best of everything.
 Isa cpu_isa();
 const char* isa_name(Isa isa);
 // AVX512_VNNI (vpdpbusd), used by the quantized kernels when cpu_isa() is an AVX-512 level.
 bool cpu_has_avx512_vnni();
+// AVX-VNNI (VEX vpdpbusd on ymm, cpuid 7.1 eax bit 4), used by the AVX2 quantized kernels
+// when the CPU has it, cpu_isa() is not scalar and CSERVE_ISA is not "avx2".
+bool cpu_has_avx_vnni();
+// Whether the CPU has AVX-VNNI at all, whatever CSERVE_ISA says (tests).
+bool cpu_detects_avx_vnni();
+// AMX-BF16 tiles (Sapphire Rapids and later), used by the bf16 GEMM for several rows when
+// cpu_isa() is avx512_bf16, CSERVE_ISA is unset or "amx" ("avx512_bf16" keeps the vdpbf16ps
+// kernels), and Linux grants the process the tile state.
+bool cpu_has_amx();
+// Whether the CPU has AMX-BF16 at all, whatever CSERVE_ISA says (tests).
+bool cpu_detects_amx();
 
 // A weight matrix W[n][k] (y = x W^T + bias) repacked at load into the layout
 // the GEMM kernels stream through: panels of 16 output rows. bf16 uses the

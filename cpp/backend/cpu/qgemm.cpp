@@ -130,6 +130,12 @@ QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& p
   return w;
 }
 
+namespace {
+// From this many rows on, AMX tiles beat vpdpbusd (same results; measured with
+// benchmarks/cpu_probes/amx_gemm.cpp): below, the per-block scaling, not the products, bounds both.
+constexpr int64_t kAmxMinRows = 32;
+}  // namespace
+
 void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, bool accumulate,
            ThreadPool& pool) {
   thread_local detail::QuantActs acts;
@@ -141,15 +147,29 @@ void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
     x = permuted.data();
     ldx = w.k;
   }
-  if (cpu_has_avx512_vnni()) detail::quantize_acts_avx512(x, m, ldx, w.k, acts);
-  else detail::quantize_acts(x, m, ldx, w.k, acts);
-  detail::QGemmArgs g{&w, &acts, y, ldy, accumulate};
+  auto quantize = detail::quantize_acts;
   auto kernel = detail::qgemm_panels_scalar;
-  if (cpu_has_avx512_vnni()) kernel = detail::qgemm_panels_avx512vnni;
-  else if (cpu_isa() != Isa::Scalar) kernel = detail::qgemm_panels_avx2;
+  if (cpu_has_avx512_vnni()) {
+    quantize = detail::quantize_acts_avx512;
+    kernel = detail::qgemm_panels_avx512vnni;
+  } else if (cpu_isa() != Isa::Scalar) {
+    quantize = detail::quantize_acts_avx2;
+    kernel = cpu_has_avx_vnni() ? detail::qgemm_panels_avxvnni : detail::qgemm_panels_avx2;
+  }
+  const bool amx = m >= kAmxMinRows && cpu_has_amx();
+  if (amx) kernel = detail::qgemm_panels_amx;
+  quantize(x, m, ldx, w.k, acts);
+  if (amx) acts.q.resize(static_cast<size_t>((m + 15) / 16 * 16 * w.k));  // whole A tiles
+  detail::QGemmArgs g{&w, &acts, y, ldy, accumulate};
   // Enough panels per task to amortize the dispatch when m is small.
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, m));
   pool.parallel_for(w.panels, grain, [&](int64_t begin, int64_t end) { kernel(g, begin, end); });
+}
+
+const char* qgemm_kernel_name() {
+  if (cpu_has_avx512_vnni()) return "avx512_vnni";
+  if (cpu_isa() == Isa::Scalar) return "scalar";
+  return cpu_has_avx_vnni() ? "avx2_vnni" : "avx2";
 }
 
 void qgather_rows(const QuantMatrix& w, const int32_t* ids, int64_t num_ids, float* out) {

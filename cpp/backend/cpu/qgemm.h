@@ -2,8 +2,8 @@
 // (core/quant.h's blocks of 32: w = d * u + m). Each activation row is quantized to int8
 // per block of 32 (scale dx, codes q), so a block's contribution is
 //   d_w * dx * sum(u * q) + m_w * (dx * sum(q)),
-// integer dot products of unsigned codes by signed activations (AVX512_VNNI vpdpbusd, or
-// AVX2 maddubs), one float scale per block.
+// integer dot products of unsigned codes by signed activations (AVX512_VNNI vpdpbusd, AVX-VNNI's
+// ymm vpdpbusd, or AVX2 maddubs), one float scale per block.
 //
 // Layout: panels of 16 weight rows. Within a panel, block b (32 values of each row) is
 // stored so one 64-byte load holds 4 consecutive values of all 16 rows (8-bit: 8 loads per
@@ -72,6 +72,10 @@ QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& p
 void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, bool accumulate,
            ThreadPool& pool);
 
+// The kernel qgemm() runs on this CPU under CSERVE_ISA: "avx512_vnni", "avx2_vnni" (AVX2 +
+// AVX-VNNI), "avx2" or "scalar".
+const char* qgemm_kernel_name();
+
 // out[i][:] = row ids[i] of W, dequantized (tied embeddings).
 void qgather_rows(const QuantMatrix& w, const int32_t* ids, int64_t num_ids, float* out);
 
@@ -94,8 +98,9 @@ struct QuantActs {
   }
 };
 void quantize_acts(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out);
-// The same, vectorized (identical results: round to nearest even in both).
+// The same, vectorized (identical results: round to nearest even in all).
 void quantize_acts_avx512(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out);
+void quantize_acts_avx2(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out);
 
 struct QGemmArgs {
   const QuantMatrix* w = nullptr;
@@ -107,7 +112,12 @@ struct QGemmArgs {
 // Panels [panel_begin, panel_end) (16 output columns each) for every activation row.
 void qgemm_panels_scalar(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end);
 void qgemm_panels_avx2(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end);
+void qgemm_panels_avxvnni(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end);  // AVX2 + AVX-VNNI
 void qgemm_panels_avx512vnni(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end);
+
+// AMX-INT8 tiles (qgemm_amx.cpp), bit for bit qgemm_panels_avx512vnni; the activations' q
+// must hold whole 16-row tiles (rows past m allocated, never stored).
+void qgemm_panels_amx(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end);
 
 // Writes the 16 outputs of a panel for activation row `row` (fewer at the end of n):
 // bias added, accumulate mode honoured.

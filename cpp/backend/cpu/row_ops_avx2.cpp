@@ -1,6 +1,7 @@
 // AVX2 row routines (compiled with -mavx2 -mfma -mf16c); tails are scalar.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -55,57 +56,132 @@ void to_f32(const void* src, DType t, float* dst, int64_t n) {
   }
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+// Eight values of a row of type T (F32, F16 or BF16) from element idx, as f32.
+template <DType T>
+inline __m256 load8_as_f32(const void* src, int64_t idx) {
+  if constexpr (T == DType::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(src) + idx);
+  } else if constexpr (T == DType::F16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(src) + idx)));
+  } else {
+    const __m256i v = _mm256_cvtepu16_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(src) + idx)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
   }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  float s = hsum(_mm256_add_ps(s0, s1));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 
-void qk(const float* q, const float* k, int64_t nk, int64_t dim, float* s) {
-  for (int64_t j = 0; j < nk; ++j) s[j] = dot(q, k + j * dim, dim);
+template <DType T>
+inline float value_as_f32(const void* src, int64_t idx) {
+  if constexpr (T == DType::F32) return static_cast<const float*>(src)[idx];
+  else if constexpr (T == DType::F16) return f16_to_f32(static_cast<const uint16_t*>(src)[idx]);
+  else return bf16_to_f32(static_cast<const uint16_t*>(src)[idx]);
 }
 
-void pv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v,
-        int64_t nk, int64_t dim) {
-  for (int64_t i = 0; i < rows; ++i) {
-    float* a = acc + i * ld_acc;
-    const float* pi = p + i * ld_p;
-    int64_t d0 = 0;
-    for (; d0 + 32 <= dim; d0 += 32) {
-      __m256 a0 = _mm256_loadu_ps(a + d0), a1 = _mm256_loadu_ps(a + d0 + 8),
-             a2 = _mm256_loadu_ps(a + d0 + 16), a3 = _mm256_loadu_ps(a + d0 + 24);
-      for (int64_t j = 0; j < nk; ++j) {
-        const __m256 pj = _mm256_set1_ps(pi[j]);
-        const float* vj = v + j * dim + d0;
-        a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj), a0);
-        a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8), a1);
-        a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 16), a2);
-        a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 24), a3);
+// Lane j of the result: the sum of the lanes of a[j].
+inline __m256 transpose_sum8(const __m256 (&a)[8]) {
+  const __m256 b0 = _mm256_hadd_ps(a[0], a[1]), b1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 b2 = _mm256_hadd_ps(a[4], a[5]), b3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 c0 = _mm256_hadd_ps(b0, b1), c1 = _mm256_hadd_ps(b2, b3);  // per 128-bit half: a0..a3 | a4..a7
+  return _mm256_add_ps(_mm256_permute2f128_ps(c0, c1, 0x20), _mm256_permute2f128_ps(c0, c1, 0x31));
+}
+
+// Eight (or fewer) dot products at a time, reduced together; K rows of type T are converted
+// in registers (no f32 copy of the cache).
+template <DType T>
+void qk_t(const float* q, const void* k, int64_t nk, int64_t dim, float* s) {
+  const int64_t dim8 = dim / 8 * 8;
+  for (int64_t j0 = 0; j0 < nk; j0 += 8) {
+    const int64_t cnt = std::min<int64_t>(8, nk - j0);
+    __m256 acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < dim8; d += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + d);
+      for (int j = 0; j < 8; ++j)
+        if (j < cnt) acc[j] = _mm256_fmadd_ps(qv, load8_as_f32<T>(k, (j0 + j) * dim + d), acc[j]);
+    }
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, transpose_sum8(acc));
+    for (int64_t j = 0; j < cnt; ++j) {
+      float v = sums[j];
+      for (int64_t d = dim8; d < dim; ++d) v += q[d] * value_as_f32<T>(k, (j0 + j) * dim + d);
+      s[j0 + j] = v;
+    }
+  }
+}
+
+void qk_kv(const float* q, const void* k, DType t, int64_t nk, int64_t dim, float* s) {
+  if (t == DType::F16) qk_t<DType::F16>(q, k, nk, dim, s);
+  else if (t == DType::BF16) qk_t<DType::BF16>(q, k, nk, dim, s);
+  else qk_t<DType::F32>(q, k, nk, dim, s);
+}
+
+void qk(const float* q, const float* k, int64_t nk, int64_t dim, float* s) { qk_t<DType::F32>(q, k, nk, dim, s); }
+
+// acc[i] += p[i] . V for NR query rows sharing each converted V slice (a GQA group shares
+// its K/V): 16 dims at a time (NR x 2 accumulators), then 8, then the scalar rest.
+template <DType T, int NR>
+void pv_rows(float* acc, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, int64_t nk, int64_t dim) {
+  int64_t d0 = 0;
+  for (; d0 + 16 <= dim; d0 += 16) {
+    __m256 a[NR][2];
+    for (int r = 0; r < NR; ++r) {
+      a[r][0] = _mm256_loadu_ps(acc + r * ld_acc + d0);
+      a[r][1] = _mm256_loadu_ps(acc + r * ld_acc + d0 + 8);
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      const __m256 v0 = load8_as_f32<T>(v, j * dim + d0), v1 = load8_as_f32<T>(v, j * dim + d0 + 8);
+      for (int r = 0; r < NR; ++r) {
+        const __m256 pj = _mm256_broadcast_ss(p + r * ld_p + j);
+        a[r][0] = _mm256_fmadd_ps(pj, v0, a[r][0]);
+        a[r][1] = _mm256_fmadd_ps(pj, v1, a[r][1]);
       }
-      _mm256_storeu_ps(a + d0, a0);
-      _mm256_storeu_ps(a + d0 + 8, a1);
-      _mm256_storeu_ps(a + d0 + 16, a2);
-      _mm256_storeu_ps(a + d0 + 24, a3);
     }
-    for (; d0 + 8 <= dim; d0 += 8) {
-      __m256 a0 = _mm256_loadu_ps(a + d0);
-      for (int64_t j = 0; j < nk; ++j)
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(pi[j]), _mm256_loadu_ps(v + j * dim + d0), a0);
-      _mm256_storeu_ps(a + d0, a0);
-    }
-    for (; d0 < dim; ++d0) {
-      float s = a[d0];
-      for (int64_t j = 0; j < nk; ++j) s += pi[j] * v[j * dim + d0];
-      a[d0] = s;
+    for (int r = 0; r < NR; ++r) {
+      _mm256_storeu_ps(acc + r * ld_acc + d0, a[r][0]);
+      _mm256_storeu_ps(acc + r * ld_acc + d0 + 8, a[r][1]);
     }
   }
+  for (; d0 + 8 <= dim; d0 += 8) {
+    __m256 a[NR];
+    for (int r = 0; r < NR; ++r) a[r] = _mm256_loadu_ps(acc + r * ld_acc + d0);
+    for (int64_t j = 0; j < nk; ++j) {
+      const __m256 v0 = load8_as_f32<T>(v, j * dim + d0);
+      for (int r = 0; r < NR; ++r) a[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + r * ld_p + j), v0, a[r]);
+    }
+    for (int r = 0; r < NR; ++r) _mm256_storeu_ps(acc + r * ld_acc + d0, a[r]);
+  }
+  for (; d0 < dim; ++d0) {
+    for (int r = 0; r < NR; ++r) {
+      float s = acc[r * ld_acc + d0];
+      for (int64_t j = 0; j < nk; ++j) s += p[r * ld_p + j] * value_as_f32<T>(v, j * dim + d0);
+      acc[r * ld_acc + d0] = s;
+    }
+  }
+}
+
+template <DType T>
+void pv_t(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, int64_t nk,
+          int64_t dim) {
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) pv_rows<T, 4>(acc + i * ld_acc, ld_acc, p + i * ld_p, ld_p, v, nk, dim);
+  switch (rows - i) {
+    case 3: pv_rows<T, 3>(acc + i * ld_acc, ld_acc, p + i * ld_p, ld_p, v, nk, dim); break;
+    case 2: pv_rows<T, 2>(acc + i * ld_acc, ld_acc, p + i * ld_p, ld_p, v, nk, dim); break;
+    case 1: pv_rows<T, 1>(acc + i * ld_acc, ld_acc, p + i * ld_p, ld_p, v, nk, dim); break;
+    default: break;
+  }
+}
+
+void pv_kv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, DType t,
+           int64_t nk, int64_t dim) {
+  if (t == DType::F16) pv_t<DType::F16>(acc, rows, ld_acc, p, ld_p, v, nk, dim);
+  else if (t == DType::BF16) pv_t<DType::BF16>(acc, rows, ld_acc, p, ld_p, v, nk, dim);
+  else pv_t<DType::F32>(acc, rows, ld_acc, p, ld_p, v, nk, dim);
+}
+
+void pv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v, int64_t nk,
+        int64_t dim) {
+  pv_t<DType::F32>(acc, rows, ld_acc, p, ld_p, v, nk, dim);
 }
 
 float exp_shift_sum(float* x, int64_t n, float shift) {
@@ -187,6 +263,6 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 }  // namespace
 
 const RowOps kRowOpsAvx2 = {to_f32, qk, pv, exp_shift_sum, silu_mul, gelu_tanh_mul, softcap, sum_squares, scale_mul,
-                            nullptr, nullptr};
+                            qk_kv, pv_kv};
 
 }  // namespace cserve::cpu::detail

@@ -71,10 +71,16 @@ struct EngineConfig {
   bool disable_custom_all_reduce = false;
   // Speculative decoding (vLLM's --speculative-config): "" (off), "ngram" (prompt lookup: up to
   // num_speculative_tokens drafted after the longest recurring n-gram of prompt_lookup_min to
-  // prompt_lookup_max tokens) or "draft_model" (speculative_model, a smaller model of the same
-  // vocabulary, drafts them greedily); the drafts are verified in one forward pass.
+  // prompt_lookup_max tokens), "draft_model" (speculative_model, a smaller model of the same
+  // vocabulary, drafts them greedily) or "eagle" / "eagle3" (speculative_model, an EAGLE-1 /
+  // EAGLE-3 head over the target's hidden states, drafts them greedily); the drafts are verified
+  // in one forward pass.
   std::string speculative_method;
-  std::string speculative_model;
+  std::string speculative_model;  // a config.json directory or a .gguf file (an EAGLE head: a directory)
+  // The draft's quantization (vLLM's speculative_config "quantization"; "" unset): checked
+  // against the draft checkpoint as --quantization is against the target's ("fp8" quantizes a
+  // float draft at load). The draft computes in the target's dtype, with its own weight formats.
+  std::string speculative_quantization;
   int num_speculative_tokens = 0;
   int prompt_lookup_min = 0;
   int prompt_lookup_max = 0;
@@ -108,9 +114,10 @@ struct ModelInfo {
   int64_t kv_cache_tokens = 0;
   double max_concurrency = 0;  // kv_cache_tokens / max_model_len
   int max_num_seqs = 0;        // as resolved: the most sequences (all n completions count) per step
-  std::string speculative_method;  // "" (no speculative decoding) or "ngram"
+  std::string speculative_method;  // "" (no speculative decoding), "ngram", "draft_model", "eagle" or "eagle3"
   int num_speculative_tokens = 0;
   double load_seconds = 0, kv_alloc_seconds = 0, warmup_seconds = 0;
+  // Both count a draft model's (speculative_method "draft_model") with the target's.
   int64_t weight_bytes = 0, kv_cache_bytes = 0;
 };
 

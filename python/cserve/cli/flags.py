@@ -598,9 +598,11 @@ FLAGS: tuple = (
         "VllmConfig",
         Flag("--speculative-config", JSON, None, "Speculative decoding configuration (JSON): method ngram "
              "(prompt lookup) with num_speculative_tokens, prompt_lookup_min, prompt_lookup_max and "
-             "disable_by_batch_size, or draft_model (model: a draft model of the same vocabulary, greedy "
-             "drafts), plus cserve's auto_disable (default true: drafts are verified only while the "
-             "measured step times say they pay); other methods (EAGLE, MTP, ...) are refused.", **ok("server")),
+             "disable_by_batch_size, or draft_model (model: a draft model of the same vocabulary, a "
+             "directory or a .gguf file, with its quantization; greedy drafts), or eagle / eagle3 (model: an EAGLE-1 / "
+             "EAGLE-3 head directory for a Llama-family target; greedy chain drafts), plus cserve's auto_disable "
+             "(default true: drafts are verified only while the "
+             "measured step times say they pay); other methods (MTP, medusa, ...) are refused.", **ok("server")),
         Flag("--kv-transfer-config", JSON, None, "Distributed KV cache transfer configuration (JSON)."),
         Flag("--kv-events-config", JSON, None, "KV cache event publishing configuration (JSON)."),
         Flag("--ec-transfer-config", JSON, None, "Distributed encoder cache transfer configuration (JSON)."),

@@ -60,6 +60,58 @@ def _model_override_args(value, ns) -> dict:
     return {"hf_overrides": overrides}
 
 
+# SGLang's --speculative-algorithm -> the speculative_config method (vLLM's names). NEXTN is SGLang's
+# name of multi-token prediction (vLLM's "mtp"); the config's validation refuses the methods not built.
+SGLANG_SPECULATIVE_METHODS = {"NGRAM": "ngram", "STANDALONE": "draft_model", "EAGLE": "eagle", "EAGLE3": "eagle3",
+                              "NEXTN": "mtp"}
+# SGLang's defaults: NGRAM verifies --speculative-num-draft-tokens (default: the longest match window,
+# 12) including the last verified token and matches windows of 1 to 12 tokens; a draft model with
+# top-k 1 runs 3 steps (4 draft tokens).
+SGLANG_NGRAM_DRAFT_TOKENS, SGLANG_NGRAM_WINDOW = 12, (1, 12)
+SGLANG_DRAFT_STEPS = 3
+
+
+def speculative_config_of(ns) -> dict | None:
+    """vLLM's speculative_config for SGLang's --speculative-* flags (None when no algorithm is set).
+    Top-k 1 only: each verification checks a chain of num_steps drafts, num_draft_tokens - 1 of them
+    (SGLang's count includes the last verified token) when only that is given."""
+    algorithm = ns.speculative_algorithm
+    if algorithm is None:
+        return None
+    method = SGLANG_SPECULATIVE_METHODS[algorithm]
+    steps, draft_tokens = ns.speculative_num_steps, ns.speculative_num_draft_tokens
+    if draft_tokens is not None and draft_tokens < 2:
+        raise SGLangValueError(f"--speculative-num-draft-tokens {draft_tokens}: must be >= 2 (the last verified "
+                               "token and at least one draft)")
+    if steps is not None and steps < 1:
+        raise SGLangValueError(f"--speculative-num-steps {steps}: must be >= 1")
+    if method == "ngram":  # SGLang's NGRAM verifies num_draft_tokens; it has no draft steps
+        num_drafts = (draft_tokens or SGLANG_NGRAM_DRAFT_TOKENS) - 1
+    else:  # with top-k 1 SGLang sets num_draft_tokens to num_steps + 1
+        num_drafts = steps if steps is not None else draft_tokens - 1 if draft_tokens is not None \
+            else SGLANG_DRAFT_STEPS
+    config = {"method": method, "num_speculative_tokens": num_drafts}
+    if method == "ngram":
+        config["prompt_lookup_min"], config["prompt_lookup_max"] = SGLANG_NGRAM_WINDOW
+    else:
+        if ns.speculative_draft_model_path is None and method == "draft_model":
+            raise SGLangValueError("--speculative-algorithm STANDALONE needs --speculative-draft-model-path")
+        if ns.speculative_draft_model_path is not None:
+            config["model"] = ns.speculative_draft_model_path
+    return config
+
+
+def _speculative(value, ns) -> dict:
+    from cserve.cli.speculative_config import speculative_fields
+
+    config = speculative_config_of(ns)
+    try:
+        speculative_fields(config)
+    except (NotImplementedError, ValueError) as e:
+        raise SGLangValueError(f"--speculative-algorithm {ns.speculative_algorithm}: {e}") from None
+    return {"speculative_config": config}
+
+
 def _served_model_name(value, ns) -> dict:
     return {"served_model_name": None if value is None else [value]}
 
@@ -205,7 +257,9 @@ _HICACHE = "the hierarchical cache is not supported yet"
 _PD = "prefill/decode disaggregation is not supported yet"
 _DS = "double sparsity is not supported yet"
 _DUMP = "tensor dumps are not supported yet"
-_SPEC = "speculative decoding is not supported yet"
+_SPEC = "EAGLE's draft vocabulary and verification graphs are not built yet"
+# The --speculative-* flags SGLang's speculation reads: all of them make one speculative_config.
+_SPEC_TO = to("--speculative-config", convert=_speculative)
 
 SGLANG_FLAGS: tuple = (
     *_group(
@@ -403,15 +457,25 @@ SGLANG_FLAGS: tuple = (
     ),
     *_group(
         "SpeculativeDecoding",
-        Flag("--speculative-algorithm", STR, None, "Speculative decoding algorithm (EAGLE, EAGLE3, NEXTN, ...)."),
-        Flag("--speculative-draft-model-path", STR, None, "Draft model weights."),
-        Flag("--speculative-num-steps", INT, None, "Draft steps per verification."),
-        Flag("--speculative-eagle-topk", INT, None, "Tokens the draft samples per step in EAGLE-2."),
-        Flag("--speculative-num-draft-tokens", INT, None, "Draft tokens per verification."),
+        Flag("--speculative-algorithm", STR, None, "Speculative decoding algorithm: NGRAM (prompt lookup, "
+             "vLLM's ngram method, match windows of 1 to 12 tokens), STANDALONE (a draft model, vLLM's "
+             "draft_model), EAGLE / EAGLE3 (vLLM's eagle / eagle3: the head at --speculative-draft-model-path); "
+             "NEXTN (vLLM's mtp) is refused.",
+             choices=tuple(SGLANG_SPECULATIVE_METHODS), **_SPEC_TO),
+        Flag("--speculative-draft-model-path", STR, None, "The draft model: a directory or a .gguf file of the "
+             "target's vocabulary.", **_SPEC_TO),
+        Flag("--speculative-num-steps", INT, None, "Draft steps per verification: the drafts per step "
+             "(default 3).", **_SPEC_TO),
+        Flag("--speculative-eagle-topk", INT, None, "Tokens the draft samples per step in EAGLE-2: only 1 (a "
+             "chain of drafts).", **only_to(None, 1, names=("--speculative-config",), convert=_speculative)),
+        Flag("--speculative-num-draft-tokens", INT, None, "Draft tokens per verification, the last verified "
+             "token included: with NGRAM the drafts per step are one fewer (default 12); with a draft model "
+             "it is num_steps + 1 (used when --speculative-num-steps is unset).", **_SPEC_TO),
         Flag("--speculative-accept-threshold-single", FLOAT, 1.0, "Accept a draft token whose target probability "
-             "is above this."),
+             "is above this (only 1.0: drafts are kept where the target drew them).", **only_to(1.0)),
         Flag("--speculative-accept-threshold-acc", FLOAT, 1.0, "Raise a draft token's acceptance probability "
-             "from p to min(1, p / this)."),
+             "from p to min(1, p / this) (only 1.0: drafts are kept where the target drew them).",
+             **only_to(1.0)),
         Flag("--speculative-token-map", STR, None, "The draft model's small vocabulary.", **noop(_SPEC)),
         Flag("--mm-attention-backend", STR, None, "Attention backend of the multimodal encoder.",
              choices=("sdpa", "fa3", "triton_attn"), **noop(_NO_MM)),

@@ -1,0 +1,175 @@
+// AMX bf16 GEMM (Sapphire Rapids and later): tdpbf16ps multiplies a 16-row x 32-k tile of x by a
+// 32-k x 16-column tile of W into 16 x 16 float sums. The packed bf16 layout [n/16][k/2][16][2]
+// is already AMX's B-tile layout (a 64-byte row = 16 columns x one k pair), so B tiles load
+// straight from the weights, and A tiles from the bf16 copy of x. Two row tiles x two panels
+// of sums (4 C tiles) take two A and two B loads per 32 k.
+// GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/cpu/gemm_internal.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+namespace cserve::cpu {
+
+namespace {
+
+// Linux keeps AMX tile data off until the process asks for it (arch_prctl, Linux 5.16+).
+bool request_tile_permission() {
+#if defined(__x86_64__) && defined(SYS_arch_prctl)
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+bool detect_amx_bf16() {
+#if defined(__x86_64__)
+  unsigned a, b, c, d;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24);
+  return amx_bf16 && amx_tile;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool cpu_detects_amx() {
+  static const bool amx = detect_amx_bf16();
+  return amx;
+}
+
+bool cpu_has_amx() {
+  static const bool amx = [] {
+    if (cpu_isa() != Isa::Avx512Bf16 || !cpu_detects_amx()) return false;
+    const char* env = std::getenv("CSERVE_ISA");
+    if (env != nullptr && *env != '\0' && std::strcmp(env, "amx") != 0) return false;
+    return request_tile_permission();
+  }();
+  return amx;
+}
+
+namespace detail {
+
+namespace {
+
+constexpr int kTileRows = 16;
+constexpr int kTileBytes = 64;  // per tile row: 16 floats, 32 bf16 or 16 bf16 pairs
+
+// Adds bias / the old y and stores `rows` rows of a 16 x 16 block of sums, columns < n.
+void store_block(const AmxOutput& out, const float* sums, int64_t row0, int64_t rows, int64_t panel) {
+  const int64_t col0 = panel * kPanel;
+  const int64_t valid = std::min<int64_t>(kPanel, out.n - col0);
+  const __mmask16 mask = valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1u);
+  const __m512 bias = out.bias != nullptr ? _mm512_maskz_loadu_ps(mask, out.bias + col0) : _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* y = out.y + (row0 + r) * out.ldy + col0;
+    __m512 v = _mm512_add_ps(_mm512_load_ps(sums + r * kPanel), bias);
+    if (out.accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, y));
+    _mm512_mask_storeu_ps(y, mask, v);
+  }
+}
+
+// Sums of row tiles [row0, row0 + 16 * RT) over one or two panels (NP), all of k.
+template <int RT, int NP>
+void tile_block(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t row0, float* sums) {
+  const uint16_t* x0 = xb + row0 * ldxb;
+  const uint16_t* x1 = x0 + kTileRows * ldxb;
+  const int64_t x_stride = ldxb * 2;
+  _tile_zero(0);
+  if constexpr (NP > 1) _tile_zero(1);
+  if constexpr (RT > 1) _tile_zero(2);
+  if constexpr (RT > 1 && NP > 1) _tile_zero(3);
+  for (int64_t k = 0; k < w.k_padded; k += 32) {
+    // A 32-k step of a panel is 16 pair rows of 64 bytes, contiguous.
+    _tile_loadd(6, w.panel[0] + k * kPanel, kTileBytes);
+    _tile_loadd(4, x0 + k, x_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NP > 1) {
+      _tile_loadd(7, w.panel[1] + k * kPanel, kTileBytes);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    if constexpr (RT > 1) {
+      _tile_loadd(5, x1 + k, x_stride);
+      _tile_dpbf16ps(2, 5, 6);
+      if constexpr (NP > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, sums, kPanel * 4);
+  if constexpr (NP > 1) _tile_stored(1, sums + 256, kPanel * 4);
+  if constexpr (RT > 1) _tile_stored(2, sums + 512, kPanel * 4);
+  if constexpr (RT > 1 && NP > 1) _tile_stored(3, sums + 768, kPanel * 4);
+}
+
+template <int RT, int NP>
+void run_block(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t m, int64_t row0,
+               const AmxOutput& out, float* sums) {
+  tile_block<RT, NP>(w, xb, ldxb, row0, sums);
+  for (int r = 0; r < RT; ++r) {
+    const int64_t rows = std::min<int64_t>(kTileRows, m - row0 - r * kTileRows);
+    for (int p = 0; p < NP; ++p) store_block(out, sums + (2 * r + p) * 256, row0 + r * kTileRows, rows, w.first + p);
+  }
+}
+
+}  // namespace
+
+void amx_configure_tiles() {
+  // Tiles 0-3: sums (row tile r, panel p) at 2 * r + p; 4, 5: x; 6, 7: weights. A constant in
+  // memory: GCC does not see ldtilecfg read its operand and may drop stores to a local one.
+  static const AmxTileConfig cfg = [] {
+    AmxTileConfig c;
+    for (int t = 0; t < 8; ++t) {
+      c.colsb[t] = kTileBytes;
+      c.rows[t] = kTileRows;
+    }
+    return c;
+  }();
+  _tile_loadconfig(&cfg);
+}
+
+void amx_release_tiles() { _tile_release(); }
+
+void amx_bf16_panels(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t m, const AmxOutput& out) {
+  alignas(64) float sums[4 * 256];
+  const int64_t row_tiles = (m + kTileRows - 1) / kTileRows;
+  const bool pair = w.panel[1] != nullptr;
+  int64_t t = 0;
+  for (; t + 2 <= row_tiles; t += 2) {
+    if (pair) run_block<2, 2>(w, xb, ldxb, m, t * kTileRows, out, sums);
+    else run_block<2, 1>(w, xb, ldxb, m, t * kTileRows, out, sums);
+  }
+  if (t < row_tiles) {
+    if (pair) run_block<1, 2>(w, xb, ldxb, m, t * kTileRows, out, sums);
+    else run_block<1, 1>(w, xb, ldxb, m, t * kTileRows, out, sums);
+  }
+}
+
+void gemm_panels_amx_bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
+  amx_configure_tiles();
+  const AmxOutput out{a.y, a.ldy, a.bias, a.w->n, a.accumulate};
+  const int64_t panel_elems = a.w->k_padded * kPanel;  // bf16 values per panel
+  const uint16_t* data = a.w->data.as<uint16_t>();
+  for (int64_t p = panel_begin; p < panel_end; p += 2) {
+    const bool pair = p + 1 < panel_end;
+    const AmxPanels w{{data + p * panel_elems, pair ? data + (p + 1) * panel_elems : nullptr}, p, a.w->k_padded};
+    amx_bf16_panels(w, a.xb, a.ldxb, a.m, out);
+  }
+  amx_release_tiles();
+}
+
+}  // namespace detail
+
+}  // namespace cserve::cpu
