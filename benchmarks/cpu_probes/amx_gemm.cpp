@@ -1,8 +1,10 @@
 // The GEMMs of one SmolLM2-135M forward (30 layers of qkv 960x576, o 576x576, gate_up 3072x576,
 // down 576x1536, then the 49152x576 LM head) for m rows, through cserve's CPU gemm() (bf16
 // weights) or qgemm() (Q4_1 or Q8_0 blocks), on 2 threads: median and best of `reps` passes.
-// Which kernels run follows CSERVE_ISA as in the server: unset (AMX where the CPU has it) or
-// "avx512_bf16" (vdpbf16ps / vpdpbusd), to compare the two in one session. Against a build tree:
+// Which kernels run follows CSERVE_ISA as in the server: unset (AMX tiles for bf16 where the CPU
+// has them) or "avx512_bf16" (vdpbf16ps), to compare the two in one session; the quantized GEMM
+// runs vpdpbusd either way (an AMX-INT8 version, exact and so scaled block by block, measured
+// slower than vpdpbusd at every row count here, 4 to 512). Against a build tree:
 //   g++ -O2 -std=c++17 -I cpp -I cpp/include benchmarks/cpu_probes/amx_gemm.cpp \
 //       BUILD/libcserve_backend.a BUILD/libcserve_core.a BUILD/libcserve_util.a -lpthread -ldl -o amx_gemm
 //   ./amx_gemm q4_1 16 20      # kind (bf16, q4_1, q8_0), m rows, passes

@@ -133,8 +133,7 @@ def test_threads_agree():
 @pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0], ids=lambda t: t.name)
 def test_a_row_does_not_depend_on_its_batch(qtype):
     # A verification step computes a token and its drafts together: each row must be what it
-    # would be alone, bit for bit, or greedy speculation could pick another token. Up to 40 rows:
-    # past a few rows the AMX tiles take over where the CPU has them, with the same results.
+    # would be alone, bit for bit, or greedy speculation could pick another token.
     rng = np.random.default_rng(11)
     raw, _ = make_weight(qtype, 40, 128, rng)
     x = rng.standard_normal((40, 128)).astype(np.float32)

@@ -30,7 +30,7 @@ void gemm_panels_avx2(const GemmArgs& a, int64_t panel_begin, int64_t panel_end)
 void gemm_panels_avx512(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
 // bf16 weights with vdpbf16ps; needs a.xb. Other dtypes go to gemm_panels_avx512.
 void gemm_panels_avx512bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
-// AMX bf16 building blocks (gemm_amx.cpp), shared by the bf16 and the quantized GEMMs.
+// AMX bf16 building blocks (gemm_amx.cpp).
 // One or two panels of bf16 weights in the pair layout [k_padded/2][16][2] (k_padded a multiple
 // of 32), the first of them panel number `first` of the output.
 struct AmxPanels {

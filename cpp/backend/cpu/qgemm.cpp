@@ -130,12 +130,6 @@ QuantMatrix pack_quant_matrix(const std::vector<QuantPart>& parts, ThreadPool& p
   return w;
 }
 
-namespace {
-// From this many rows on, AMX tiles beat vpdpbusd (same results; measured with
-// benchmarks/cpu_probes/amx_gemm.cpp): below, the per-block scaling, not the products, bounds both.
-constexpr int64_t kAmxMinRows = 32;
-}  // namespace
-
 void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy, bool accumulate,
            ThreadPool& pool) {
   thread_local detail::QuantActs acts;
@@ -156,10 +150,7 @@ void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
     quantize = detail::quantize_acts_avx2;
     kernel = cpu_has_avx_vnni() ? detail::qgemm_panels_avxvnni : detail::qgemm_panels_avx2;
   }
-  const bool amx = m >= kAmxMinRows && cpu_has_amx();
-  if (amx) kernel = detail::qgemm_panels_amx;
   quantize(x, m, ldx, w.k, acts);
-  if (amx) acts.q.resize(static_cast<size_t>((m + 15) / 16 * 16 * w.k));  // whole A tiles
   detail::QGemmArgs g{&w, &acts, y, ldy, accumulate};
   // Enough panels per task to amortize the dispatch when m is small.
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, m));

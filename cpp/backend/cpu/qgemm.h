@@ -115,10 +115,6 @@ void qgemm_panels_avx2(const QGemmArgs& g, int64_t panel_begin, int64_t panel_en
 void qgemm_panels_avxvnni(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end);  // AVX2 + AVX-VNNI
 void qgemm_panels_avx512vnni(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end);
 
-// AMX-INT8 tiles (qgemm_amx.cpp), bit for bit qgemm_panels_avx512vnni; the activations' q
-// must hold whole 16-row tiles (rows past m allocated, never stored).
-void qgemm_panels_amx(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end);
-
 // Writes the 16 outputs of a panel for activation row `row` (fewer at the end of n):
 // bias added, accumulate mode honoured.
 inline void qgemm_store_panel(const QGemmArgs& g, int64_t row, int64_t panel, const float* v) {
