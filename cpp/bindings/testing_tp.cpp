@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "comm/communicator.h"
+#include "engine/kv_cache_memory.h"
 #include "engine/model_loading.h"
 #include "model/micro_batches.h"
 
@@ -64,15 +65,9 @@ std::unique_ptr<Rank> load_rank(const std::string& path, int rank, int tp, int p
   config.pipeline_micro_batches = micro_batches;
   config.tensor_parallel_group = group;
   r->loaded = cserve::load_model(config, rank, r->comm.get());
-  const cserve::ModelConfig& local = r->loaded.model->config();
-  const std::vector<int64_t> shape{kv_blocks, local.num_key_value_heads, block, local.head_dim};
-  const size_t layer_bytes = static_cast<size_t>(kv_blocks * local.num_key_value_heads * block * local.head_dim) * 4;
-  r->kv_memory = r->loaded.backend->allocate(layer_bytes * 2 * static_cast<size_t>(local.num_hidden_layers));
-  for (int64_t l = 0; l < local.num_hidden_layers; ++l) {
-    char* base = r->kv_memory.as<char>() + 2 * l * layer_bytes;
-    r->kv.push_back({cserve::Tensor{base, cserve::DType::F32, shape},
-                     cserve::Tensor{base + layer_bytes, cserve::DType::F32, shape}});
-  }
+  // This rank's shapes: its KV heads size the cache.
+  r->kv = cserve::allocate_kv_cache(*r->loaded.backend, r->loaded.model->config(), cserve::DType::F32, kv_blocks,
+                                    block, "KV cache", r->kv_memory);
   return r;
 }
 

@@ -7,11 +7,10 @@
 #include <algorithm>
 
 #include "cserve/error.h"
+#include "util/vector_clones.h"
 
 namespace cserve::comm {
 namespace {
-
-#define CSERVE_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 // Elements summed per pass: the f32 accumulator stays in L1.
 constexpr int64_t kBlock = 1024;

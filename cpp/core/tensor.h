@@ -1,6 +1,7 @@
 // A non-owning view: pointer, dtype and row-major shape. Views never own.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -22,5 +23,12 @@ struct Tensor {
   template <typename T>
   T* as() const { return static_cast<T*>(data); }
 };
+
+// "[2, 3]": a shape as errors name it.
+inline std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
 
 }  // namespace cserve

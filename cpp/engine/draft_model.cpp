@@ -9,6 +9,7 @@
 #include "loader/model_config.h"
 #include "loader/quantization_config.h"
 #include "model/model_weights.h"
+#include "util/first_largest.h"
 
 namespace cserve {
 
@@ -146,8 +147,7 @@ std::vector<std::vector<int32_t>> DraftProposer::propose(const std::vector<Draft
       size_t row = 0;
       for (size_t q = 0; q < n; ++q) {
         if (begin[q] < end[q] && end[q] == length[q] && !no_rows) {
-          const float* l = logits_.data() + row++ * V;
-          next[q] = static_cast<int32_t>(std::max_element(l, l + V) - l);  // greedy: the first maximum
+          next[q] = greedy_token(logits_.data() + row++ * V, V);
           drafts[first + q].push_back(next[q]);
         }
         from[q] = end[q];
@@ -159,8 +159,7 @@ std::vector<std::vector<int32_t>> DraftProposer::propose(const std::vector<Draft
       logits_.resize(n * static_cast<size_t>(V));
       draft_.model->forward(cache_.one_token_batch(tables, next, positions), cache_.layers(), logits_.data());
       for (size_t q = 0; q < n; ++q) {
-        const float* row = logits_.data() + q * V;
-        next[q] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+        next[q] = greedy_token(logits_.data() + q * V, V);
         drafts[first + q].push_back(next[q]);
       }
     }

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cserve/error.h"
+#include "engine/kv_cache_memory.h"
 #include "util/logging.h"
 #include "util/memory.h"
 
@@ -98,8 +99,7 @@ KVCachePlan plan_kv_cache(const EngineConfig& config, const ModelConfig& m, DTyp
   const double utilization = config.gpu_memory_utilization;
   if (utilization < 0 || utilization > 1)
     throw InvalidArgument("gpu_memory_utilization must be in (0, 1], got " + std::to_string(utilization));
-  plan.bytes_per_block = 2 * m.num_hidden_layers * m.num_key_value_heads * m.head_dim * config.block_size *
-                         static_cast<int64_t>(dtype_size(kv_dtype)) + extra.bytes_per_block;
+  plan.bytes_per_block = kv_cache_bytes_per_block(m, kv_dtype, config.block_size) + extra.bytes_per_block;
   const int64_t extra_own_bytes = extra.num_own_blocks * extra.bytes_per_block;
   const int64_t blocks_per_seq = (max_model_len + config.block_size - 1) / config.block_size;
   // What one full-length sequence needs (the extra cache's own blocks included) and what

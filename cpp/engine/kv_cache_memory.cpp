@@ -4,6 +4,11 @@
 
 namespace cserve {
 
+int64_t kv_cache_bytes_per_block(const ModelConfig& c, DType kv_dtype, int64_t block_size) {
+  return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * block_size *
+         static_cast<int64_t>(dtype_size(kv_dtype));
+}
+
 std::vector<KVCacheLayer> allocate_kv_cache(Backend& backend, const ModelConfig& c, DType kv_dtype, int64_t num_blocks,
                                             int64_t block_size, const std::string& what, Buffer& memory) {
   memory = Buffer();  // the old cache is freed before the new one is allocated

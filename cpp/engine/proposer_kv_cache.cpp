@@ -15,21 +15,25 @@ ProposerKVCache::ProposerKVCache(Backend& backend, const ModelConfig& layout, in
       num_speculative_tokens_(num_speculative_tokens),
       what_(std::move(what)) {}
 
+namespace {
+// A proposal writes k positions from the first uncomputed one: at most this many new blocks.
+int64_t scratch_blocks_per_seq(int num_speculative_tokens, int block_size) {
+  return (num_speculative_tokens + block_size - 1) / block_size + 1;
+}
+}  // namespace
+
 int64_t ProposerKVCache::num_scratch_blocks(int num_speculative_tokens, int block_size, int64_t max_num_seqs) {
-  // A proposal writes k positions from the first uncomputed one: at most this many new blocks.
-  const int64_t per_seq = (num_speculative_tokens + block_size - 1) / block_size + 1;
-  return std::max<int64_t>(1, max_num_seqs) * per_seq;
+  return std::max<int64_t>(1, max_num_seqs) * scratch_blocks_per_seq(num_speculative_tokens, block_size);
 }
 
 int64_t ProposerKVCache::bytes_per_block() const {
-  return 2 * layout_.num_hidden_layers * layout_.num_key_value_heads * layout_.head_dim * block_size_ *
-         static_cast<int64_t>(dtype_size(kv_dtype_));
+  return kv_cache_bytes_per_block(layout_, kv_dtype_, block_size_);
 }
 
 void ProposerKVCache::resize(int64_t num_blocks, int64_t max_num_seqs) {
   layers_.clear();
   memory_ = Buffer();
-  scratch_per_seq_ = (num_speculative_tokens_ + block_size_ - 1) / block_size_ + 1;
+  scratch_per_seq_ = scratch_blocks_per_seq(num_speculative_tokens_, block_size_);
   scratch_first_ = num_blocks;
   max_num_seqs_ = std::max<int64_t>(1, max_num_seqs);
   const int64_t total = num_blocks + num_scratch_blocks(num_speculative_tokens_, block_size_, max_num_seqs_);

@@ -10,12 +10,6 @@ namespace {
 
 constexpr int64_t kBlockBytes = kQBlock / 2;  // 32 FP4 values
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 const SafetensorsRawEntry& u8_tensor(const SafetensorsCheckpoint& ckpt, const std::string& name,
                                      const std::vector<int64_t>& shape) {
   const SafetensorsRawEntry* e = ckpt.raw(name);
@@ -25,8 +19,8 @@ const SafetensorsRawEntry& u8_tensor(const SafetensorsCheckpoint& ckpt, const st
   }
   if (e->dtype != "U8") throw InvalidArgument(e->file + ": tensor " + name + " has dtype " + e->dtype + ", expected U8");
   if (e->shape != shape)
-    throw InvalidArgument(e->file + ": tensor " + name + " has shape " + shape_str(e->shape) + ", expected " +
-                          shape_str(shape));
+    throw InvalidArgument(e->file + ": tensor " + name + " has shape " + shape_text(e->shape) + ", expected " +
+                          shape_text(shape));
   return *e;
 }
 

@@ -13,12 +13,6 @@ namespace cserve {
 
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 // Tensors of one module, fetched and checked by name.
 class ModuleTensors {
  public:
@@ -55,8 +49,8 @@ class ModuleTensors {
   void check_shape(const std::string& file, const std::string& suffix, const std::vector<int64_t>& got,
                    const std::vector<int64_t>& want) const {
     if (got != want)
-      throw InvalidArgument(file + ": tensor " + module_ + "." + suffix + " has shape " + shape_str(got) +
-                            ", expected " + shape_str(want));
+      throw InvalidArgument(file + ": tensor " + module_ + "." + suffix + " has shape " + shape_text(got) +
+                            ", expected " + shape_text(want));
   }
   const std::string& module() const { return module_; }
 

@@ -5,17 +5,13 @@
 #include <set>
 
 #include "cserve/error.h"
+#include "model/model_weights.h"
+#include "util/first_largest.h"
 #include "util/json.h"
 
 namespace cserve {
 
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 // The head's tensors by vLLM's names, checked against their shapes.
 class HeadTensors {
@@ -45,20 +41,7 @@ class HeadTensors {
   }
   // A norm weight as f32 in the backend's memory, rounded through the compute dtype.
   Buffer norm(const std::string& name, int64_t n) {
-    const Tensor t = get(name, {n});
-    std::vector<float> f(static_cast<size_t>(n));
-    convert_to_f32(t.data, t.dtype, f.data(), f.size());
-    if (dtype_ != DType::F32) {
-      std::vector<char> tmp(f.size() * dtype_size(dtype_));
-      convert_from_f32(f.data(), tmp.data(), dtype_, f.size());
-      convert_to_f32(tmp.data(), dtype_, f.data(), f.size());
-    }
-    Buffer b = backend_.allocate(f.size() * sizeof(float));
-    if (backend_.host_memory())
-      std::copy(f.begin(), f.end(), b.as<float>());
-    else
-      backend_.upload(b.data(), f.data(), f.size() * sizeof(float));
-    return b;
+    return in_backend_memory(rounded_f32(get(name, {n}), dtype_), backend_);
   }
 
  private:
@@ -222,10 +205,7 @@ void EagleHead::argmax_rows(const Tensor& logits, int64_t rows, int64_t vocab, s
       backend_.download(host_.data(), logits.data, host_.size() * sizeof(float));
       data = host_.data();
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = data + r * vocab;
-      out[r] = static_cast<int32_t>(std::max_element(row, row + vocab) - row);  // the first maximum, as argmax
-    }
+    for (int64_t r = 0; r < rows; ++r) out[r] = greedy_token(data + r * vocab, vocab);
   }
   if (!weights_.draft_to_target.empty())
     for (int32_t& id : out) id = weights_.draft_to_target[static_cast<size_t>(id)];

@@ -130,8 +130,8 @@ class TensorSource {
     const SafetensorsEntry& e = ckpt_->get(name);
     fetched_.push_back(e.view);
     if (e.view.shape != shape)
-      throw InvalidArgument(e.file + ": tensor " + name + " has shape " + shape_str(e.view.shape) +
-                            ", expected " + shape_str(shape));
+      throw InvalidArgument(e.file + ": tensor " + name + " has shape " + shape_text(e.view.shape) +
+                            ", expected " + shape_text(shape));
     return e.view;
   }
 
@@ -170,8 +170,8 @@ class TensorSource {
       return s;
     };
     if (squeezed(t.shape) != squeezed(want) || expert >= config_->num_experts)
-      throw InvalidArgument(gguf_->path() + ": tensor " + gname + " has shape " + shape_str(t.shape) +
-                            ", expected " + shape_str(want));
+      throw InvalidArgument(gguf_->path() + ": tensor " + gname + " has shape " + shape_text(t.shape) +
+                            ", expected " + shape_text(want));
     if (expert >= 0) {
       t.nbytes /= static_cast<size_t>(config_->num_experts);
       t.data += static_cast<size_t>(expert) * t.nbytes;
@@ -232,11 +232,6 @@ class TensorSource {
     fetched_.push_back(Tensor{const_cast<uint8_t*>(t.data), DType::F32, {static_cast<int64_t>(t.nbytes / 4)}});
   }
 
-  static std::string shape_str(const std::vector<int64_t>& s) {
-    std::string out = "[";
-    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-    return out + "]";
-  }
   Tensor make_dummy(const std::vector<int64_t>& shape, float fill) {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
@@ -283,8 +278,9 @@ class TensorSource {
 
 constexpr float kRandom = std::numeric_limits<float>::quiet_NaN();
 
-// Small parameters (norms) kept as f32, rounded through the compute dtype as the model would hold them.
-Buffer to_f32(const Tensor& t, DType dtype) {
+}  // namespace
+
+Buffer rounded_f32(const Tensor& t, DType dtype) {
   Buffer out(static_cast<size_t>(t.numel()) * sizeof(float));
   convert_to_f32(t.data, t.dtype, out.as<float>(), static_cast<size_t>(t.numel()));
   if (dtype != DType::F32) {
@@ -295,7 +291,12 @@ Buffer to_f32(const Tensor& t, DType dtype) {
   return out;
 }
 
-}  // namespace
+Buffer in_backend_memory(Buffer host, Backend& backend) {
+  if (backend.host_memory()) return host;
+  Buffer dev = backend.allocate(host.size());
+  backend.upload(dev.data(), host.data(), host.size());
+  return dev;
+}
 
 ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckpt, DType dtype, Backend& backend,
                           uint64_t seed, const LoadProgress& progress, const GgufFile* gguf,
@@ -374,22 +375,15 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     scaled.clear();
     return packed;
   };
-  // Small host-made parameters, moved to the backend's memory when that is not the host's.
-  auto in_backend = [&](Buffer host) {
-    if (backend.host_memory()) return host;
-    Buffer dev = backend.allocate(host.size());
-    backend.upload(dev.data(), host.data(), host.size());
-    return dev;
-  };
   // Norm weights as the model scales by them: Gemma stores w for a scale of (1 + w), added in
   // f32 after the weight's own rounding, as transformers computes it.
   const double offset = c.norm_weight_offset;
   auto norm = [&](const std::string& name, int64_t n, double scale = 1.0) {
-    Buffer b = to_f32(src.get(name, {n}, static_cast<float>(1.0 - offset)), dtype);
+    Buffer b = rounded_f32(src.get(name, {n}, static_cast<float>(1.0 - offset)), dtype);
     if (scale != 1.0 || offset != 0.0)
       for (int64_t i = 0; i < n; ++i) b.as<float>()[i] = static_cast<float>((b.as<float>()[i] + offset) * scale);
     src.release_scratch();
-    return in_backend(std::move(b));
+    return in_backend_memory(std::move(b), backend);
   };
 
   // The decoder's tensors: under model., or in a multimodal checkpoint (Gemma 3) its language
@@ -536,9 +530,9 @@ ModelWeights load_weights(const ModelConfig& c, const SafetensorsCheckpoint* ckp
     if (c.attention_sinks) {  // this rank's heads' sinks
       const int64_t heads = local.num_attention_heads;
       const Slice mine = tp.enabled() ? Slice{tp.rank * heads, heads} : Slice{};
-      Buffer b = to_f32(src.get(p + "self_attn.sinks", {c.num_attention_heads}, 0.0f, mine), dtype);
+      Buffer b = rounded_f32(src.get(p + "self_attn.sinks", {c.num_attention_heads}, 0.0f, mine), dtype);
       src.release_scratch();
-      lw.sinks = in_backend(std::move(b));
+      lw.sinks = in_backend_memory(std::move(b), backend);
     }
     w.layers.push_back(std::move(lw));
     if (progress) progress(l - first_layer + 1, steps);

@@ -59,4 +59,10 @@ ModelWeights load_weights(const ModelConfig& config, const SafetensorsCheckpoint
                           const GgufFile* gguf = nullptr, const TensorParallel& tp = {},
                           const PipelineStage& pp = {});
 
+// A small parameter (norm weights, attention sinks) as f32 on the host, rounded through the
+// compute dtype as the model holds it.
+Buffer rounded_f32(const Tensor& t, DType dtype);
+// A host buffer in the backend's memory (itself when that is the host's).
+Buffer in_backend_memory(Buffer host, Backend& backend);
+
 }  // namespace cserve

@@ -8,6 +8,9 @@
 #include <numeric>
 #include <unordered_map>
 
+#include "util/first_largest.h"
+#include "util/vector_clones.h"
+
 namespace cserve {
 
 namespace {
@@ -20,10 +23,7 @@ int32_t argmax(const float* x, int64_t n) {
 // NaN sorts below everything (as -inf), so comparisons stay a strict weak order.
 float ordered(float v) { return v == v ? v : kNegInf; }
 
-// The vocabulary-wide loops of sampling, written so the compiler vectorizes them;
-// target_clones picks the AVX-512 / AVX2 / baseline version at load time.
-#define CSERVE_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
+// The vocabulary-wide loops of sampling are CSERVE_VECTOR_CLONES (util/vector_clones.h).
 // NaN logits (a broken model) become -inf, impossible like masked ones; returns the maximum.
 CSERVE_VECTOR_CLONES float nan_to_neg_inf_max(float* x, int64_t n) {
   float m = kNegInf;
@@ -65,26 +65,6 @@ CSERVE_VECTOR_CLONES void exp_shifted(float* x, int64_t n, float shift) {
     __builtin_memcpy(&scale, &bits, 4);
     x[i] = negligible ? 0.0f : poly * scale;
   }
-}
-// The largest value, NaN skipped (-inf when there is none); x is left as it is.
-CSERVE_VECTOR_CLONES float max_skipping_nan(const float* x, int64_t n) {
-  float m = kNegInf;
-  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
-  return m;
-}
-
-// The first i with x[i] == value (n when none): blocks of 64 are compared whole, which
-// vectorizes, and only the block holding it is searched one by one.
-CSERVE_VECTOR_CLONES int64_t first_index_of(const float* x, int64_t n, float value) {
-  int64_t i = 0;
-  for (; i + 64 <= n; i += 64) {
-    bool any = false;
-    for (int64_t j = 0; j < 64; ++j) any |= x[i + j] == value;
-    if (any) break;
-  }
-  for (; i < n; ++i)
-    if (x[i] == value) return i;
-  return n;
 }
 
 // Tokens outside the grammar's mask become impossible.
@@ -135,8 +115,8 @@ int32_t Sampler::sample(float* logits, Request& r, const uint32_t* allowed) cons
   if (p.greedy()) {
     // The first largest logit, as argmax over the row with NaN as -inf; read only, as greedy
     // needs nothing else. A row without a finite or +inf maximum takes the path below.
-    const float top = max_skipping_nan(logits, vocab_);
-    if (top > kNegInf) return static_cast<int32_t>(first_index_of(logits, vocab_, top));
+    const int64_t first = first_largest(logits, vocab_);
+    if (first < vocab_) return static_cast<int32_t>(first);
   }
   // A row with no possible token (every logit masked or NaN) or an infinite one has no
   // distribution to draw from: it takes the first largest logit, as greedy does (token 0 when
