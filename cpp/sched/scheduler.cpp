@@ -234,10 +234,8 @@ bool Scheduler::worth_proposing(const SchedulerOutput& out) const {
   for (const ScheduledRequest& s : out.scheduled) {
     const Request& r = *s.request;
     if (!s.sample || r.grammar || r.params.grammar) continue;
-    const int64_t by_max_tokens = r.params.max_tokens - static_cast<int64_t>(r.output_token_ids.size()) - 2;
-    const int64_t by_model_len = config_.max_model_len - r.num_tokens() - 2;
-    const int64_t num_drafts = std::min<int64_t>({config_.num_speculative_tokens, by_max_tokens, by_model_len});
-    candidates.push_back({std::max<int64_t>(0, num_drafts), r.draft_acceptance});
+    // Its full draft, after the token it samples this step.
+    candidates.push_back({num_drafts_allowed(r, config_.num_speculative_tokens, 1), r.draft_acceptance});
   }
   for (const int64_t count : governor_.plan(static_cast<int64_t>(running_.size()), candidates))
     if (count > 0) return true;
@@ -262,11 +260,12 @@ void Scheduler::fork_siblings(Request& first, std::vector<std::pair<int32_t, int
   pending_forks_.erase(it);
 }
 
-int64_t Scheduler::num_drafts_allowed(const Request& r) const {
-  // Verifying d drafts yields up to d + 1 tokens.
-  const int64_t by_max_tokens = r.params.max_tokens - static_cast<int64_t>(r.output_token_ids.size()) - 1;
-  const int64_t by_model_len = config_.max_model_len - r.num_tokens() - 1;
-  return std::max<int64_t>(0, std::min({static_cast<int64_t>(r.draft_token_ids.size()), by_max_tokens, by_model_len}));
+int64_t Scheduler::num_drafts_allowed(const Request& r, int64_t num_drafts, int64_t num_pending) const {
+  // Verifying d drafts yields up to d + 1 tokens, after the num_pending still to be appended.
+  const int64_t used = static_cast<int64_t>(r.output_token_ids.size()) + num_pending + 1;
+  const int64_t by_max_tokens = r.params.max_tokens - used;
+  const int64_t by_model_len = config_.max_model_len - (r.num_tokens() + num_pending + 1);
+  return std::max<int64_t>(0, std::min({num_drafts, by_max_tokens, by_model_len}));
 }
 
 void Scheduler::count_draft(size_t num_draft_tokens, size_t num_accepted) {
@@ -284,7 +283,8 @@ std::unordered_map<const Request*, int64_t> Scheduler::plan_drafts() const {
   bool any_drafts = false;
   for (const Request* r : running_) {
     if (r->num_tokens() - r->num_computed_tokens != 1) continue;  // not in decode
-    candidates.push_back({num_drafts_allowed(*r), r->draft_acceptance});
+    candidates.push_back({num_drafts_allowed(*r, static_cast<int64_t>(r->draft_token_ids.size()), 0),
+                          r->draft_acceptance});
     who.push_back(r);
     any_drafts = any_drafts || candidates.back().num_drafts > 0;
   }

@@ -91,9 +91,10 @@ class Scheduler {
   Request* choose_victim() const;
   void fork_siblings(Request& first, std::vector<std::pair<int32_t, int32_t>>& copies);
   bool check_stop(Request& r) const;
-  // How many of r's draft tokens this step may verify: as many as could still be output
-  // (max_tokens, max_model_len), so no verified token is thrown away for length.
-  int64_t num_drafts_allowed(const Request& r) const;
+  // How many of num_drafts draft tokens of r may be verified once num_pending more tokens are
+  // appended: as many as could still be output (max_tokens, max_model_len), so no verified
+  // token is thrown away for length.
+  int64_t num_drafts_allowed(const Request& r, int64_t num_drafts, int64_t num_pending) const;
   // Appends the runner's tokens for r in order until one stops it; returns whether one did.
   bool append_sampled(Request& r, const std::vector<int32_t>& tokens, size_t& num_appended);
   void count_draft(size_t num_draft_tokens, size_t num_accepted);
