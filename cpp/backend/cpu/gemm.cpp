@@ -48,13 +48,6 @@ void gemm_panels_scalar(const GemmArgs& a, int64_t panel_begin, int64_t panel_en
 
 }  // namespace detail
 
-namespace {
-// Fewest rows of x for the AMX kernel. One: a row alone is as fast either way (bandwidth-bound;
-// benchmarks/cpu_probes/amx_gemm.cpp), and with every row count on the same kernel a row's
-// result never depends on its batch (a verification step equals plain decoding bit for bit).
-constexpr int64_t kAmxMinRows = 1;
-}  // namespace
-
 void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
           bool accumulate, ThreadPool& pool) {
   if (m <= 0) return;
@@ -81,8 +74,10 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
     case Isa::Avx512: kernel = detail::gemm_panels_avx512; break;
     case Isa::Avx512Bf16: kernel = detail::gemm_panels_avx512bf16; break;
   }
-  const bool amx = isa == Isa::Avx512Bf16 && w.dtype == DType::BF16 && m >= kAmxMinRows &&
-                   w.k_padded % 32 == 0 && cpu_has_amx();
+  // AMX tiles for every row count: a row alone is as fast either way (bandwidth-bound;
+  // benchmarks/cpu_probes/amx_gemm.cpp), and on one kernel a row's result never depends on its
+  // batch (a verification step equals plain decoding bit for bit).
+  const bool amx = isa == Isa::Avx512Bf16 && w.dtype == DType::BF16 && w.k_padded % 32 == 0 && cpu_has_amx();
   if (amx) kernel = detail::gemm_panels_amx_bf16;
   if (isa == Isa::Avx512Bf16 && w.dtype == DType::BF16) {
     // x rounded to bf16 once per call; the scratch lives with the calling thread. AMX loads
