@@ -17,6 +17,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/row_ops.h"
 #include "cserve/error.h"
+#include "util/first_largest.h"
 
 namespace cserve::cpu {
 
@@ -90,23 +91,52 @@ void validate(const AttentionMetadata& meta, const Shape& s, const KVLayer& cach
   }
 }
 
-// Asks for the K and V rows of keys [p_lo, p_hi) of a unit's sequence and kv head: blocks
-// are scattered, so the hardware prefetcher cannot guess them.
-void prefetch_keys(const KVLayer& cache, const AttentionMetadata& meta, const Shape& s, const Unit& u,
-                   int64_t p_lo, int64_t p_hi) {
-  const int64_t bs = s.block_size, dim = s.dim;
-  const int64_t ek = static_cast<int64_t>(dtype_size(cache.k.dtype)), ev = static_cast<int64_t>(dtype_size(cache.v.dtype));
-  const int32_t* table = meta.block_tables.data() + static_cast<int64_t>(u.seq) * meta.max_blocks_per_seq;
-  for (int64_t p = p_lo; p < p_hi;) {
-    const int64_t b = p / bs, end = std::min(p_hi, (b + 1) * bs);
-    const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + (p - b * bs);
-    const char* kp = static_cast<const char*>(cache.k.data) + row0 * dim * ek;
-    const char* vp = static_cast<const char*>(cache.v.data) + row0 * dim * ev;
-    for (int64_t off = 0; off < (end - p) * dim * ek; off += 64) _mm_prefetch(kp + off, _MM_HINT_T0);
-    for (int64_t off = 0; off < (end - p) * dim * ev; off += 64) _mm_prefetch(vp + off, _MM_HINT_T1);
-    p = end;
+// The cache lines of the K and V rows of keys [p_lo, p_hi) of a unit's sequence and kv head,
+// asked for a few at a time between pieces of work: blocks are scattered, so the hardware
+// prefetcher cannot guess them, and asking for all at once would stall the thread once its
+// line fill buffers are full instead of letting it compute meanwhile. Into L2 (T1): measured
+// faster than into L1 at 128 to 1024 keys (benchmarks/cpu_probes/decode_attention.cpp).
+class KeyPrefetch {
+ public:
+  void plan(const KVLayer& cache, const AttentionMetadata& meta, const Shape& s, const Unit& u, int64_t p_lo,
+            int64_t p_hi) {
+    n_ = next_ = 0;
+    const int64_t bs = s.block_size, dim = s.dim;
+    const int64_t ek = static_cast<int64_t>(dtype_size(cache.k.dtype)), ev = static_cast<int64_t>(dtype_size(cache.v.dtype));
+    const int32_t* table = meta.block_tables.data() + static_cast<int64_t>(u.seq) * meta.max_blocks_per_seq;
+    for (int64_t p = p_lo; p < p_hi && n_ + 2 <= kMaxSegments;) {
+      const int64_t b = p / bs, end = std::min(p_hi, (b + 1) * bs);
+      const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + (p - b * bs);
+      add(static_cast<const char*>(cache.k.data) + row0 * dim * ek, (end - p) * dim * ek);
+      add(static_cast<const char*>(cache.v.data) + row0 * dim * ev, (end - p) * dim * ev);
+      p = end;
+    }
   }
-}
+  // Asks for the next `lines` cache lines of the plan.
+  void issue(int64_t lines) {
+    for (; lines > 0 && next_ < n_; ++next_) {
+      Segment& g = seg_[next_];
+      for (; lines > 0 && g.begin < g.end; g.begin += 64, --lines) _mm_prefetch(g.begin, _MM_HINT_T1);
+      if (g.begin < g.end) return;
+    }
+  }
+  void issue_all() { issue(std::numeric_limits<int64_t>::max()); }
+  int64_t lines_left() const {
+    int64_t n = 0;
+    for (int64_t i = next_; i < n_; ++i) n += (seg_[i].end - seg_[i].begin + 63) / 64;
+    return n;
+  }
+
+ private:
+  static constexpr int64_t kMaxSegments = 64;
+  struct Segment {
+    const char* begin;
+    const char* end;
+  };
+  void add(const char* p, int64_t bytes) { seg_[n_++] = {p, p + bytes}; }
+  Segment seg_[kMaxSegments];
+  int64_t n_ = 0, next_ = 0;
+};
 
 // Key positions a token at `pos` attends to: [lo, hi).
 inline void key_range(int64_t pos, int64_t window, int64_t& lo, int64_t& hi) {
@@ -114,9 +144,12 @@ inline void key_range(int64_t pos, int64_t window, int64_t& lo, int64_t& hi) {
   lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
 }
 
-// Runs one unit over keys [part_lo, part_hi) and leaves its softmax state in `out`.
+// Runs one unit over keys [part_lo, part_hi) and leaves its softmax state in `out`. Its first
+// chunk was asked for before; each chunk asks for the next one's lines while it computes, and
+// the last asks for `following` (the first chunk of this thread's next unit).
 void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, const KVLayer& cache,
-              const AttentionMetadata& meta, const Shape& s, const detail::RowOps& ops, Partial out) {
+              const AttentionMetadata& meta, const Shape& s, const detail::RowOps& ops, Partial out,
+              KeyPrefetch& following) {
   const int64_t ntok = u.tok_end - u.tok_begin, rows = ntok * s.group, dim = s.dim, bs = s.block_size;
   // Keys are processed in chunks of whole blocks (about 128 keys) so the per-chunk
   // softmax bookkeeping is amortized even with small blocks.
@@ -164,23 +197,31 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
       p = end;
     }
   };
+  KeyPrefetch ahead;
   for (int64_t c_lo = part_lo; c_lo < part_hi;) {
     const int64_t c_hi = std::min(part_hi, (c_lo / bs + blocks_per_chunk) * bs);
     const int64_t nk = c_hi - c_lo;
-    // The next chunk's rows arrive while this one is computed (the first chunk was asked
-    // for by the worker before it started this unit).
-    if (c_hi < part_hi) prefetch_keys(cache, meta, s, u, c_hi, std::min(part_hi, (c_hi / bs + blocks_per_chunk) * bs));
+    KeyPrefetch* next = &following;
+    if (c_hi < part_hi) {
+      ahead.plan(cache, meta, s, u, c_hi, std::min(part_hi, (c_hi / bs + blocks_per_chunk) * bs));
+      next = &ahead;
+    }
+    // Spread over the chunk's pieces of work: a qk per row and block, a pv per block.
+    const int64_t blocks = (c_hi - 1) / bs - c_lo / bs + 1;
+    const int64_t pace = (next->lines_left() + (rows + 1) * blocks - 1) / ((rows + 1) * blocks);
     // Scores for keys [a, b) of the chunk against query row r: from the f32 copy,
     // or straight from the cache's blocks where the ISA converts in registers.
     const bool direct = ops.qk_kv != nullptr && ops.pv_kv != nullptr;
     if (!direct) gather(cache.k, ek, c_lo, c_hi, kf);
     auto scores = [&](const float* qr, int64_t a, int64_t b, float* out_row) {
       if (!direct) {
+        next->issue(pace * blocks);
         ops.qk(qr, kf + a * dim, b - a, dim, out_row + a);
         return;
       }
       for (int64_t p = c_lo + a; p < c_lo + b;) {
         const int64_t blk = p / bs, end = std::min(c_lo + b, (blk + 1) * bs);
+        next->issue(pace);
         ops.qk_kv(qr, static_cast<const char*>(cache.k.data) + key_row(blk, p) * dim * ek, cache.k.dtype, end - p,
                   dim, out_row + (p - c_lo));
         p = end;
@@ -200,8 +241,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
         any = true;
         scores(qs + r * dim, jl, jh, p);
         if (s.softcap > 0) ops.softcap(p + jl, jh - jl, s.softcap);
-        float bmax = neg_inf;
-        for (int64_t j = jl; j < jh; ++j) bmax = std::max(bmax, p[j]);
+        const float bmax = max_skipping_nan(p + jl, jh - jl);
         const float m_new = std::max(out.m[r], bmax);
         if (out.m[r] != m_new) {
           const float alpha = std::exp(out.m[r] - m_new);  // 0 when m was -inf
@@ -217,15 +257,18 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
     }
     if (any && !direct) {
       gather(cache.v, ev, c_lo, c_hi, vf);
+      next->issue(pace * blocks);
       ops.pv(out.acc, rows, dim, sc, nk, vf, nk, dim);
     } else if (any) {
       for (int64_t p = c_lo; p < c_hi;) {
         const int64_t blk = p / bs, end = std::min(c_hi, (blk + 1) * bs);
+        next->issue(pace);
         ops.pv_kv(out.acc, rows, dim, sc + (p - c_lo), nk,
                   static_cast<const char*>(cache.v.data) + key_row(blk, p) * dim * ev, cache.v.dtype, end - p, dim);
         p = end;
       }
     }
+    next->issue_all();
     c_lo = c_hi;
   }
 }
@@ -338,28 +381,32 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
       plo = lo + (hi - lo) * part / parts;
       phi = lo + (hi - lo) * (part + 1) / parts;
     };
-    auto prefetch_first_chunk = [&](int64_t task) {
+    // The first chunk of a task: up to 128 keys, to the end of a block.
+    auto plan_first_chunk = [&](int64_t task, KeyPrefetch& pf) {
       if (task >= num_tasks) return;
       int64_t plo, phi;
       part_bounds(task, plo, phi);
-      prefetch_keys(cache, meta, s, units[task / parts], plo, std::min(phi, plo + 128));
+      pf.plan(cache, meta, s, units[task / parts], plo,
+              std::min(phi, (plo / s.block_size + std::max<int64_t>(1, 128 / s.block_size)) * s.block_size));
     };
+    KeyPrefetch following;
     int64_t task = next.fetch_add(1);
-    prefetch_first_chunk(task);
+    plan_first_chunk(task, following);
+    following.issue_all();
     for (; task < num_tasks;) {
       // Tasks are taken in turn, so this thread most likely gets task + threads next:
       // its first keys load while this one computes.
-      prefetch_first_chunk(task + threads);
+      plan_first_chunk(task + threads, following);
       const int64_t ui = task / parts, part = task % parts;
       const Unit& u = units[ui];
       int64_t plo, phi;
       part_bounds(task, plo, phi);
       if (parts == 1) {
         const Partial p = partial_in(own.data());
-        run_unit(u, plo, phi, q, cache, meta, s, ops, p);
+        run_unit(u, plo, phi, q, cache, meta, s, ops, p, following);
         finish(u, &p, 1);
       } else {
-        run_unit(u, plo, phi, q, cache, meta, s, ops, partial_at(ui, part));
+        run_unit(u, plo, phi, q, cache, meta, s, ops, partial_at(ui, part), following);
       }
       task = next.fetch_add(1);
     }

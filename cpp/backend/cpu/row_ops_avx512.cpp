@@ -113,8 +113,22 @@ void qk_kv_dp(const float* q, const void* k, DType t, int64_t nk, int64_t dim, f
     km[v] = left >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << left) - 1u);
   }
   const uint16_t* kb = static_cast<const uint16_t*>(k);
-  for (int64_t j0 = 0; j0 < nk; j0 += 16) {
-    const int64_t cnt = std::min<int64_t>(16, nk - j0);
+  // Whole groups of 16 keys without a check per key (blocks of 16 or more are all whole),
+  // then the rest.
+  int64_t j0 = 0;
+  for (; j0 + 16 <= nk; j0 += 16) {
+    __m512 acc[16];
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t v = 0; v < nvec; ++v) {
+      for (int j = 0; j < 16; ++j) {
+        const __m512i kv = _mm512_maskz_loadu_epi16(km[v], kb + (j0 + j) * dim + v * 32);
+        acc[j] = _mm512_dpbf16_ps(acc[j], reinterpret_cast<__m512bh>(qb[v]), reinterpret_cast<__m512bh>(kv));
+      }
+    }
+    _mm512_storeu_ps(s + j0, transpose_sum16(acc));
+  }
+  if (j0 < nk) {
+    const int64_t cnt = nk - j0;
     __m512 acc[16];
     for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
     for (int64_t v = 0; v < nvec; ++v) {
@@ -129,36 +143,59 @@ void qk_kv_dp(const float* q, const void* k, DType t, int64_t nk, int64_t dim, f
   }
 }
 
-// acc[i] += p[i] . V over nk keys, with V rows of type t converted in registers. Each V slice is used by
-// up to four query rows (a GQA group shares its K/V), so it is converted once for them.
+// Rows [0, R) of acc += p . V over nk keys for the 64 columns from d0: the R x 4 accumulators
+// stay in registers (R and the type are constants here) and each V slice is converted once
+// for the R rows (a GQA group shares its K/V).
+template <int R, DType T>
+void pv_slice(float* acc, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, int64_t nk, int64_t dim,
+              int64_t d0) {
+  __mmask16 m[4];
+  for (int c = 0; c < 4; ++c) {
+    const int64_t left = dim - d0 - 16 * c;
+    m[c] = tail_mask(left < 0 ? 0 : left);
+  }
+  __m512 a[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) a[r][c] = _mm512_maskz_loadu_ps(m[c], acc + r * ld_acc + d0 + 16 * c);
+  for (int64_t j = 0; j < nk; ++j) {
+    const int64_t base = j * dim + d0;
+    __m512 vv[4];
+    for (int c = 0; c < 4; ++c) vv[c] = load_as_f32(v, T, base + 16 * c, m[c]);
+    for (int r = 0; r < R; ++r) {
+      const __m512 pj = _mm512_set1_ps(p[r * ld_p + j]);
+      for (int c = 0; c < 4; ++c) a[r][c] = _mm512_fmadd_ps(pj, vv[c], a[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(acc + r * ld_acc + d0 + 16 * c, m[c], a[r][c]);
+}
+
+template <DType T>
+void pv_typed(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, int64_t nk,
+              int64_t dim) {
+  for (int64_t i0 = 0; i0 < rows; i0 += 4) {
+    float* a = acc + i0 * ld_acc;
+    const float* pr = p + i0 * ld_p;
+    for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+      switch (std::min<int64_t>(4, rows - i0)) {
+        case 1: pv_slice<1, T>(a, ld_acc, pr, ld_p, v, nk, dim, d0); break;
+        case 2: pv_slice<2, T>(a, ld_acc, pr, ld_p, v, nk, dim, d0); break;
+        case 3: pv_slice<3, T>(a, ld_acc, pr, ld_p, v, nk, dim, d0); break;
+        default: pv_slice<4, T>(a, ld_acc, pr, ld_p, v, nk, dim, d0); break;
+      }
+    }
+  }
+}
+
+// acc[i] += p[i] . V over nk keys, with V rows of type t converted in registers.
 void pv_kv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, DType t,
            int64_t nk, int64_t dim) {
-  constexpr int kRows = 4;
-  for (int64_t i0 = 0; i0 < rows; i0 += kRows) {
-    const int nr = static_cast<int>(std::min<int64_t>(kRows, rows - i0));
-    for (int64_t d0 = 0; d0 < dim; d0 += 64) {
-      __mmask16 m[4];
-      for (int c = 0; c < 4; ++c) {
-        const int64_t left = dim - d0 - 16 * c;
-        m[c] = tail_mask(left < 0 ? 0 : left);
-      }
-      __m512 a[kRows][4];
-      for (int r = 0; r < kRows; ++r)
-        for (int c = 0; c < 4; ++c)
-          a[r][c] = r < nr ? _mm512_maskz_loadu_ps(m[c], acc + (i0 + r) * ld_acc + d0 + 16 * c) : _mm512_setzero_ps();
-      for (int64_t j = 0; j < nk; ++j) {
-        const int64_t base = j * dim + d0;
-        __m512 vv[4];
-        for (int c = 0; c < 4; ++c) vv[c] = load_as_f32(v, t, base + 16 * c, m[c]);
-        for (int r = 0; r < kRows; ++r) {
-          if (r >= nr) break;
-          const __m512 pj = _mm512_set1_ps(p[(i0 + r) * ld_p + j]);
-          for (int c = 0; c < 4; ++c) a[r][c] = _mm512_fmadd_ps(pj, vv[c], a[r][c]);
-        }
-      }
-      for (int r = 0; r < nr; ++r)
-        for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(acc + (i0 + r) * ld_acc + d0 + 16 * c, m[c], a[r][c]);
-    }
+  switch (t) {
+    case DType::F32: pv_typed<DType::F32>(acc, rows, ld_acc, p, ld_p, v, nk, dim); break;
+    case DType::F16: pv_typed<DType::F16>(acc, rows, ld_acc, p, ld_p, v, nk, dim); break;
+    case DType::BF16: pv_typed<DType::BF16>(acc, rows, ld_acc, p, ld_p, v, nk, dim); break;
+    case DType::F8E4M3:
+    case DType::F8E5M2: break;  // the CPU backend refuses fp8 KV caches
   }
 }
 
