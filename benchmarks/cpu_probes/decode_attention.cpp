@@ -7,8 +7,8 @@
 //       BUILD/libcserve_backend.a BUILD/libcserve_core.a BUILD/libcserve_util.a -lpthread -ldl -o decode_attention
 //   ./decode_attention 16 256 16 20      # seqs, context, block size, steps
 // ONE=1 runs every layer over the first layer's cache (mostly in cache: the compute alone);
-// SEQUENTIAL=1 gives each sequence consecutive blocks instead of scattered ones; HUGE=1 leaves the
-// cache on transparent huge pages (the server keeps its KV cache on 4 KiB pages).
+// SEQUENTIAL=1 gives each sequence consecutive blocks instead of scattered ones; HUGE=1 asks for
+// transparent huge pages for the cache (the server leaves its KV cache to the system's default).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -17,9 +17,10 @@
 #include <random>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "backend/cpu/kernels.h"
 #include "core/buffer.h"
-#include "util/memory.h"
 #include "util/thread_pool.h"
 
 using namespace cserve;
@@ -37,7 +38,7 @@ int main(int argc, char** argv) {
   std::vector<KVCacheLayer> layers;
   for (int64_t l = 0; l < kLayers; ++l) {
     mem.emplace_back(2 * layer_bytes);
-    if (!getenv("HUGE")) keep_small_pages(mem.back().data(), mem.back().size());  // as the server's KV cache
+    if (getenv("HUGE")) madvise(mem.back().data(), mem.back().size(), MADV_HUGEPAGE);  // the server does not
     std::vector<uint16_t> fill(2 * layer_bytes / 2, 0x3c00);  // bf16 1/128: finite scores
     std::copy(fill.begin(), fill.end(), mem.back().as<uint16_t>());
     const std::vector<int64_t> shape{num_blocks, kKvHeads, bs, kDim};

@@ -15,13 +15,9 @@ std::vector<KVCacheLayer> allocate_kv_cache(Backend& backend, const ModelConfig&
   const int64_t per_layer = num_blocks * c.num_key_value_heads * block_size * c.head_dim;
   const size_t layer_bytes = static_cast<size_t>(per_layer) * dtype_size(kv_dtype);
   memory = backend.allocate(layer_bytes * 2 * static_cast<size_t>(c.num_hidden_layers));
-  if (backend.host_memory()) {
-    // Committed whole at start (a cache that does not fit fails now, not mid-request), which
-    // for gigabytes of huge pages took seconds longer: its blocks keep small pages.
-    keep_small_pages(memory.data(), memory.size());
+  if (backend.host_memory())
     commit_host_memory(memory.data(), memory.size(), what,
                        "Set VLLM_CPU_KVCACHE_SPACE (GiB) or --kv-cache-memory-bytes to a size that fits.");
-  }
   std::vector<KVCacheLayer> layers;
   const std::vector<int64_t> shape{num_blocks, c.num_key_value_heads, block_size, c.head_dim};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {

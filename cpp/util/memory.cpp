@@ -145,12 +145,4 @@ void commit_host_memory(void* data, size_t bytes, const std::string& what, const
                         " available now). " + hint);
 }
 
-void keep_small_pages(void* data, size_t bytes) {
-  if (data == nullptr || bytes == 0) return;
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  char* begin = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(data) + page - 1) / page * page);
-  char* end = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(data) + bytes) / page * page);
-  if (end > begin) madvise(begin, static_cast<size_t>(end - begin), MADV_NOHUGEPAGE);
-}
-
 }  // namespace cserve

@@ -20,9 +20,4 @@ std::string format_gib(int64_t bytes);
 // naming `what`, the size and `hint` when the kernel cannot commit it.
 void commit_host_memory(void* data, size_t bytes, const std::string& what, const std::string& hint);
 
-// Asks the kernel for 4 KiB pages over [data, data + bytes) (MADV_NOHUGEPAGE) where a buffer
-// asked for huge pages: committing gigabytes of huge pages at start-up measured several times
-// slower than of small ones here.
-void keep_small_pages(void* data, size_t bytes);
-
 }  // namespace cserve
