@@ -1,4 +1,5 @@
 // Writes into and copies between blocks of the paged KV cache.
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -25,7 +26,24 @@ void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const 
   const int64_t block_size = cache.k.shape[2], dim = cache.k.shape[3];
   if (ld < kv_heads * dim) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
   const size_t ek = dtype_size(cache.k.dtype), ev = dtype_size(cache.v.dtype);
+  // The rows are scattered over the cache and mostly not in any cache level: their lines are
+  // asked for (for writing) kAhead tokens early, so the misses overlap instead of queueing.
+  constexpr int64_t kAhead = 8;
+  auto prefetch_rows = [&](int64_t t) {
+    const int64_t slot = slot_mapping[t];
+    if (slot < 0 || slot >= num_blocks * block_size) return;  // reported below
+    const int64_t block = slot / block_size, offset = slot % block_size;
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      const int64_t row = (block * kv_heads + h) * block_size + offset;
+      const char* kp = static_cast<const char*>(cache.k.data) + row * dim * static_cast<int64_t>(ek);
+      const char* vp = static_cast<const char*>(cache.v.data) + row * dim * static_cast<int64_t>(ev);
+      for (int64_t b = 0; b < dim * static_cast<int64_t>(ek); b += 64) __builtin_prefetch(kp + b, 1);
+      for (int64_t b = 0; b < dim * static_cast<int64_t>(ev); b += 64) __builtin_prefetch(vp + b, 1);
+    }
+  };
+  for (int64_t t = 0; t < std::min(tokens, kAhead); ++t) prefetch_rows(t);
   for (int64_t t = 0; t < tokens; ++t) {
+    if (t + kAhead < tokens) prefetch_rows(t + kAhead);
     const int64_t slot = slot_mapping[t];
     if (slot < 0 || slot >= num_blocks * block_size) {
       throw InvalidArgument("write_kv: slot " + std::to_string(slot) + " out of range");
