@@ -8,7 +8,9 @@
 //   ./decode_attention 16 256 16 20      # seqs, context, block size, steps
 // ONE=1 runs every layer over the first layer's cache (mostly in cache: the compute alone);
 // SEQUENTIAL=1 gives each sequence consecutive blocks instead of scattered ones; HUGE=1 asks for
-// transparent huge pages for the cache (the server leaves its KV cache to the system's default).
+// transparent huge pages for the cache (the server leaves its KV cache to the system's default);
+// SPREAD=N makes the cache N times the blocks in use (default 2); FLUSH=MB streams that many MB
+// through both threads' caches before each layer, as a decode step's GEMMs do (not timed).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -32,7 +34,7 @@ int main(int argc, char** argv) {
   constexpr int64_t kLayers = 30, kHeads = 9, kKvHeads = 3, kDim = 64;
   const int64_t blocks_per_seq = (context + bs - 1) / bs;
   // Twice the blocks in use, so the scattered ids leave gaps as a busy cache does.
-  const int64_t num_blocks = 2 * seqs * blocks_per_seq;
+  const int64_t num_blocks = (getenv("SPREAD") ? atoi(getenv("SPREAD")) : 2) * seqs * blocks_per_seq;
   const size_t layer_bytes = static_cast<size_t>(num_blocks * kKvHeads * bs * kDim) * 2;
   std::vector<Buffer> mem;
   std::vector<KVCacheLayer> layers;
@@ -60,14 +62,29 @@ int main(int argc, char** argv) {
   }
   std::vector<float> q(static_cast<size_t>(seqs * kHeads * kDim), 0.01f), out(q.size());
   ThreadPool pool(2);
+  // FLUSH=MB streams that many MB through the caches between layers, as a decode step's GEMMs do.
+  const size_t flush_bytes = static_cast<size_t>(getenv("FLUSH") ? atoi(getenv("FLUSH")) : 0) << 20;
+  std::vector<char> flush(flush_bytes, 1);
+  volatile char sink = 0;
+  double flush_s = 0;
   std::vector<double> times;
   for (int r = 0; r < reps + 2; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t l = 0; l < kLayers; ++l) {
       const auto& layer = layers[getenv("ONE") ? 0 : l];
+      if (flush_bytes) {
+        const auto f0 = std::chrono::steady_clock::now();
+        pool.parallel_for(static_cast<int64_t>(flush_bytes >> 16), 1, [&](int64_t b, int64_t e) {
+          char acc = 0;
+          for (size_t i = static_cast<size_t>(b) << 16; i < static_cast<size_t>(e) << 16; i += 64) acc ^= flush[i];
+          sink = sink ^ acc;
+        });
+        flush_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+      }
       cpu::paged_attention(q.data(), kHeads * kDim, kHeads, layer, meta, 0.125f, 0, out.data(), pool);
     }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - flush_s;
+    flush_s = 0;
     if (r >= 2) times.push_back(s);
   }
   std::sort(times.begin(), times.end());
