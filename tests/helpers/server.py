@@ -52,7 +52,8 @@ def build_tokenizer(path: Path, vocab_size: int) -> None:
     }))
 
 
-def build_chat_model(path: Path, seed: int = 0, generation_config: Optional[dict] = None) -> Path:
+def build_chat_model(path: Path, seed: int = 0, generation_config: Optional[dict] = None,
+                     max_position_embeddings: int = 8192) -> Path:
     """A tiny random Llama (saved by transformers) with a tokenizer and a ChatML template."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -65,7 +66,7 @@ def build_chat_model(path: Path, seed: int = 0, generation_config: Optional[dict
     torch.manual_seed(seed)
     config = AutoConfig.for_model(
         "llama", vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, bos_token_id=0,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_position_embeddings, bos_token_id=0,
         eos_token_id=2, tie_word_embeddings=False,
     )
     model = AutoModelForCausalLM.from_config(config)

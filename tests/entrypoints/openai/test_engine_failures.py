@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from cserve.grpc_client import GenerationClient
-from tests.helpers.server import ServerProcess, free_port, wait_idle
+from tests.helpers.server import ServerProcess, build_chat_model, free_port, wait_idle
 
 NAME = "tiny"
 POISON = 277  # a token id of the chat model's vocabulary (289); a step that schedules it fails
@@ -109,12 +109,15 @@ def test_a_sticky_failure_kills_the_engine_and_exits_1(chat_model_dir, tmp_path)
     assert statuses[0] == 500, statuses
 
 
-def test_sigterm_drains_then_ends_the_rest_with_an_error(chat_model_dir, tmp_path):
-    proc = ServerProcess(chat_model_dir, "--served-model-name", NAME, "--max-model-len", "8192",
+def test_sigterm_drains_then_ends_the_rest_with_an_error(tmp_path):
+    # A request far longer than the drain window however fast the tiny model decodes (8,000
+    # tokens took under 2 s): a copy of the chat model with room for 130,000.
+    model_dir = build_chat_model(tmp_path / "long_chat", max_position_embeddings=131072)
+    proc = ServerProcess(str(model_dir), "--served-model-name", NAME, "--max-model-len", "131072",
                          "--shutdown-timeout", "2", log_dir=tmp_path)
     with proc:  # stopped whatever happens below
         proc.wait_ready()
-        long_body = {"model": NAME, "prompt": "Tell me a long story", "max_tokens": 8000, "ignore_eos": True,
+        long_body = {"model": NAME, "prompt": "Tell me a long story", "max_tokens": 130000, "ignore_eos": True,
                      "stream": True}
         short_body = {"model": NAME, "prompt": "Hi", "max_tokens": 40, "ignore_eos": True, "stream": True}
         got: dict = {}
