@@ -93,6 +93,20 @@ def test_a_row_does_not_depend_on_its_batch(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_a_large_result_equals_small_batches(dtype):
+    # 1040 x 1050 floats (over 4 MiB): the AMX kernel stores such results past the caches, whole
+    # 16-float rows only (the last panel's 10 columns go the usual way), with and without bias.
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((1050, 64), dtype=np.float32)
+    x = rng.standard_normal((1040, 64), dtype=np.float32)
+    bias = rng.standard_normal(1050, dtype=np.float32)
+    for b in [None, bias]:
+        big = T.gemm(w, x, dtype, bias=b, num_threads=2)
+        small = np.concatenate([T.gemm(w, x[i:i + 16], dtype, bias=b) for i in range(0, 1040, 16)])
+        np.testing.assert_array_equal(big, small)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_bf16_x_rounding_only(dtype):
     """With x exactly representable in bf16, every dtype is exact up to f32 accumulation."""
     rng = np.random.default_rng(5)

@@ -44,6 +44,7 @@ struct AmxOutput {
   const float* bias;  // n values or null
   int64_t n;
   bool accumulate;
+  bool stream;  // whole 64-byte rows of y stored past the caches (y is larger than they are)
 };
 // AMX's 64-byte tile configuration (palette 1): bytes per row and rows of each tile register.
 struct alignas(64) AmxTileConfig {
