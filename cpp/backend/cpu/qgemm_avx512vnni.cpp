@@ -25,6 +25,20 @@ inline __m512i bcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
+// qgemm_store_panel's arithmetic in one vector (the sums, plus the bias or 0, added to the old y
+// when accumulating); whole rows of a large result are stored past the caches.
+inline void store_row(const QGemmArgs& g, int64_t row, int64_t p, __m512 v) {
+  const QuantMatrix& w = *g.w;
+  const int64_t n0 = p * kQPanel;
+  const int64_t valid = std::min<int64_t>(kQPanel, w.n - n0);
+  const __mmask16 mask = valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1u);
+  float* out = g.y + row * g.ldy + n0;
+  v = _mm512_add_ps(v, w.bias.empty() ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, w.bias.data() + n0));
+  if (g.accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), v);
+  if (g.stream && valid == 16 && (reinterpret_cast<uintptr_t>(out) & 63) == 0) _mm512_stream_ps(out, v);
+  else _mm512_mask_storeu_ps(out, mask, v);
+}
+
 template <int Bits, bool Half, int A>
 void panel(const QGemmArgs& g, int64_t p, int64_t i0) {
   const QuantMatrix& w = *g.w;
@@ -66,11 +80,7 @@ void panel(const QGemmArgs& g, int64_t p, int64_t i0) {
       acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(sx), acc[i]);
     }
   }
-  alignas(64) float out[kQPanel];
-  for (int i = 0; i < A; ++i) {
-    _mm512_store_ps(out, acc[i]);
-    qgemm_store_panel(g, i0 + i, p, out);
-  }
+  for (int i = 0; i < A; ++i) store_row(g, i0 + i, p, acc[i]);
 }
 
 template <int Bits, bool Half>
@@ -123,6 +133,7 @@ void qgemm_panels_avx512vnni(const QGemmArgs& g, int64_t panel_begin, int64_t pa
   const bool half = g.w->half_scales;
   if (g.w->bits == 4) half ? run<4, true>(g, panel_begin, panel_end) : run<4, false>(g, panel_begin, panel_end);
   else half ? run<8, true>(g, panel_begin, panel_end) : run<8, false>(g, panel_begin, panel_end);
+  if (g.stream) _mm_sfence();  // the streamed rows are visible before the pool says the chunk is done
 }
 
 }  // namespace cserve::cpu::detail
