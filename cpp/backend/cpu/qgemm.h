@@ -108,7 +108,7 @@ struct QGemmArgs {
   float* y = nullptr;
   int64_t ldy = 0;
   bool accumulate = false;
-  bool stream = false;  // the AVX-512 kernel stores whole 16-float rows of y past the caches
+  bool stream = false;  // the AVX-512 and AVX2 kernels store whole 64-byte rows of y past the caches
 };
 // Panels [panel_begin, panel_end) (16 output columns each) for every activation row.
 void qgemm_panels_scalar(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end);

@@ -140,6 +140,26 @@ inline void panel_pass(const QGemmArgs& g, int64_t p, int64_t i0, int half0, flo
     for (int i = 0; i < A; ++i) _mm256_storeu_ps(out[i] + (half0 + h) * 8, acc[h][i]);
 }
 
+// qgemm_store_panel's arithmetic eight columns at a time (the sums, plus the bias or 0, added to
+// the old y when accumulating); whole 64-byte rows of a large result stored past the caches.
+inline void store_row(const QGemmArgs& g, int64_t row, int64_t p, const float* v) {
+  const QuantMatrix& w = *g.w;
+  const int64_t n0 = p * kQPanel;
+  if (n0 + kQPanel > w.n) {  // the last panel's tail
+    qgemm_store_panel(g, row, p, v);
+    return;
+  }
+  float* out = g.y + row * g.ldy + n0;
+  const bool stream = g.stream && (reinterpret_cast<uintptr_t>(out) & 63) == 0;
+  for (int h = 0; h < 2; ++h) {
+    __m256 x = _mm256_add_ps(_mm256_load_ps(v + 8 * h),
+                             w.bias.empty() ? _mm256_setzero_ps() : _mm256_loadu_ps(w.bias.data() + n0 + 8 * h));
+    if (g.accumulate) x = _mm256_add_ps(_mm256_loadu_ps(out + 8 * h), x);
+    if (stream) _mm256_stream_ps(out + 8 * h, x);
+    else _mm256_storeu_ps(out + 8 * h, x);
+  }
+}
+
 template <int Bits, bool Half, bool Vnni, int A, int kBothMax>
 void panel(const QGemmArgs& g, int64_t p, int64_t i0) {
   alignas(32) float out[A][kQPanel];
@@ -149,7 +169,7 @@ void panel(const QGemmArgs& g, int64_t p, int64_t i0) {
     panel_pass<Bits, Half, Vnni, A, 1>(g, p, i0, 0, out);
     panel_pass<Bits, Half, Vnni, A, 1>(g, p, i0, 1, out);
   }
-  for (int i = 0; i < A; ++i) qgemm_store_panel(g, i0 + i, p, out[i]);
+  for (int i = 0; i < A; ++i) store_row(g, i0 + i, p, out[i]);
 }
 
 // Rows per pass: every m of 1..8 in one pass (a decode step, or a token and its drafts in a
@@ -183,6 +203,7 @@ void dispatch(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end) {
     half ? run<4, true, Vnni, kRows, kBoth4>(g, panel_begin, panel_end) : run<4, false, Vnni, kRows, kBoth4>(g, panel_begin, panel_end);
   else
     half ? run<8, true, Vnni, kRows, kBoth8>(g, panel_begin, panel_end) : run<8, false, Vnni, kRows, kBoth8>(g, panel_begin, panel_end);
+  if (g.stream) _mm_sfence();  // the streamed rows are visible before the pool says the chunk is done
 }
 
 }  // namespace
