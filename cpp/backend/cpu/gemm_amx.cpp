@@ -160,12 +160,7 @@ void amx_bf16_panels(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64
 
 void gemm_panels_amx_bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
   amx_configure_tiles();
-  // A result of 4 MiB or more (a prefill's qkv or gate_up) cannot stay in a core's L2 for its
-  // reader: stored past the caches it is written once instead of read for ownership and then
-  // written back (prefill of 16 x 100 tokens 689 -> 619 ms, median of 5 alternating runs; at
-  // 1 MiB, 16 x 32 tokens were slower).
-  constexpr int64_t kStreamBytes = int64_t{4} << 20;
-  const bool stream = !a.accumulate && a.m * a.w->n * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  const bool stream = stream_result(a.m, a.w->n, a.accumulate);
   const AmxOutput out{a.y, a.ldy, a.bias, a.w->n, a.accumulate, stream};
   const int64_t panel_elems = a.w->k_padded * kPanel;  // bf16 values per panel
   const uint16_t* data = a.w->data.as<uint16_t>();

@@ -151,12 +151,7 @@ void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
     kernel = cpu_has_avx_vnni() ? detail::qgemm_panels_avxvnni : detail::qgemm_panels_avx2;
   }
   quantize(x, m, ldx, w.k, acts);
-  detail::QGemmArgs g{&w, &acts, y, ldy, accumulate};
-  // As in the AMX GEMM (gemm_amx.cpp): a result of 4 MiB or more cannot stay in a core's L2, so
-  // the vector kernels write it past the caches (GGUF prefill of 16 x 100 tokens 1.13 -> 1.05 s
-  // with the AVX-512 kernel).
-  constexpr int64_t kStreamBytes = int64_t{4} << 20;
-  g.stream = !accumulate && m * w.n * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  detail::QGemmArgs g{&w, &acts, y, ldy, accumulate, stream_result(m, w.n, accumulate)};
   // Enough panels per task to amortize the dispatch when m is small.
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, m));
   pool.parallel_for(w.panels, grain, [&](int64_t begin, int64_t end) { kernel(g, begin, end); });
