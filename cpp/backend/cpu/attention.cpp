@@ -91,6 +91,26 @@ void validate(const AttentionMetadata& meta, const Shape& s, const KVLayer& cach
   }
 }
 
+// Keys are processed in chunks of whole blocks (about 128 keys) so the per-chunk softmax
+// bookkeeping is amortized even with small blocks.
+inline int64_t blocks_per_chunk(const Shape& s) { return std::max<int64_t>(1, 128 / s.block_size); }
+
+// The end of the chunk that starts at key p, at most hi.
+inline int64_t chunk_end(const Shape& s, int64_t p, int64_t hi) {
+  return std::min(hi, (p / s.block_size + blocks_per_chunk(s)) * s.block_size);
+}
+
+// A unit's sequence's row of the block tables.
+inline const int32_t* block_table(const AttentionMetadata& meta, const Unit& u) {
+  return meta.block_tables.data() + static_cast<int64_t>(u.seq) * meta.max_blocks_per_seq;
+}
+
+// The row of the cache holding key p of a unit's sequence for its kv head.
+inline int64_t cache_row(const Shape& s, const int32_t* table, const Unit& u, int64_t p) {
+  const int64_t b = p / s.block_size;
+  return (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * s.block_size + (p - b * s.block_size);
+}
+
 // The cache lines of the K and V rows of keys [p_lo, p_hi) of a unit's sequence and kv head,
 // asked for a few at a time between pieces of work: blocks are scattered, so the hardware
 // prefetcher cannot guess them, and asking for all at once would stall the thread once its
@@ -103,10 +123,10 @@ class KeyPrefetch {
     n_ = next_ = 0;
     const int64_t bs = s.block_size, dim = s.dim;
     const int64_t ek = static_cast<int64_t>(dtype_size(cache.k.dtype)), ev = static_cast<int64_t>(dtype_size(cache.v.dtype));
-    const int32_t* table = meta.block_tables.data() + static_cast<int64_t>(u.seq) * meta.max_blocks_per_seq;
+    const int32_t* table = block_table(meta, u);
     for (int64_t p = p_lo; p < p_hi && n_ + 2 <= kMaxSegments;) {
-      const int64_t b = p / bs, end = std::min(p_hi, (b + 1) * bs);
-      const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + (p - b * bs);
+      const int64_t end = std::min(p_hi, (p / bs + 1) * bs);
+      const int64_t row0 = cache_row(s, table, u, p);
       add(static_cast<const char*>(cache.k.data) + row0 * dim * ek, (end - p) * dim * ek);
       add(static_cast<const char*>(cache.v.data) + row0 * dim * ev, (end - p) * dim * ev);
       p = end;
@@ -151,10 +171,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
               const AttentionMetadata& meta, const Shape& s, const detail::RowOps& ops, Partial out,
               KeyPrefetch& following) {
   const int64_t ntok = u.tok_end - u.tok_begin, rows = ntok * s.group, dim = s.dim, bs = s.block_size;
-  // Keys are processed in chunks of whole blocks (about 128 keys) so the per-chunk
-  // softmax bookkeeping is amortized even with small blocks.
-  const int64_t blocks_per_chunk = std::max<int64_t>(1, 128 / bs);
-  const int64_t chunk = blocks_per_chunk * bs;
+  const int64_t chunk = blocks_per_chunk(s) * bs;
   thread_local std::vector<float> scratch;
   const size_t need = static_cast<size_t>(rows * dim + rows * chunk + 2 * chunk * dim + 2 * rows);
   if (scratch.size() < need) scratch.resize(need);
@@ -182,28 +199,23 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
   std::fill(out.acc, out.acc + rows * dim, 0.0f);
 
   const size_t ek = dtype_size(cache.k.dtype), ev = dtype_size(cache.v.dtype);
-  const int32_t* table = meta.block_tables.data() + static_cast<int64_t>(u.seq) * meta.max_blocks_per_seq;
-  // Row of the cache holding position p (in block number blk of the sequence) for this kv head.
-  auto key_row = [&](int64_t blk, int64_t p) {
-    return (static_cast<int64_t>(table[blk]) * s.kv_heads + u.kv_head) * bs + (p - blk * bs);
-  };
+  const int32_t* table = block_table(meta, u);
   // Converts rows [c_lo, c_hi) of K or V, gathered from their blocks, into dst.
   auto gather = [&](const Tensor& src, size_t elem, int64_t c_lo, int64_t c_hi, float* dst) {
     for (int64_t p = c_lo; p < c_hi;) {
-      const int64_t b = p / bs, end = std::min(c_hi, (b + 1) * bs);
-      const int64_t row0 = (static_cast<int64_t>(table[b]) * s.kv_heads + u.kv_head) * bs + (p - b * bs);
-      ops.to_f32(static_cast<const char*>(src.data) + row0 * dim * elem, src.dtype, dst + (p - c_lo) * dim,
-                 (end - p) * dim);
+      const int64_t end = std::min(c_hi, (p / bs + 1) * bs);
+      ops.to_f32(static_cast<const char*>(src.data) + cache_row(s, table, u, p) * dim * elem, src.dtype,
+                 dst + (p - c_lo) * dim, (end - p) * dim);
       p = end;
     }
   };
   KeyPrefetch ahead;
   for (int64_t c_lo = part_lo; c_lo < part_hi;) {
-    const int64_t c_hi = std::min(part_hi, (c_lo / bs + blocks_per_chunk) * bs);
+    const int64_t c_hi = chunk_end(s, c_lo, part_hi);
     const int64_t nk = c_hi - c_lo;
     KeyPrefetch* next = &following;
     if (c_hi < part_hi) {
-      ahead.plan(cache, meta, s, u, c_hi, std::min(part_hi, (c_hi / bs + blocks_per_chunk) * bs));
+      ahead.plan(cache, meta, s, u, c_hi, chunk_end(s, c_hi, part_hi));
       next = &ahead;
     }
     // Spread over the chunk's pieces of work: a qk per row and block, a pv per block.
@@ -220,10 +232,10 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
         return;
       }
       for (int64_t p = c_lo + a; p < c_lo + b;) {
-        const int64_t blk = p / bs, end = std::min(c_lo + b, (blk + 1) * bs);
+        const int64_t end = std::min(c_lo + b, (p / bs + 1) * bs);
         next->issue(pace);
-        ops.qk_kv(qr, static_cast<const char*>(cache.k.data) + key_row(blk, p) * dim * ek, cache.k.dtype, end - p,
-                  dim, out_row + (p - c_lo));
+        ops.qk_kv(qr, static_cast<const char*>(cache.k.data) + cache_row(s, table, u, p) * dim * ek, cache.k.dtype,
+                  end - p, dim, out_row + (p - c_lo));
         p = end;
       }
     };
@@ -261,10 +273,11 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
       ops.pv(out.acc, rows, dim, sc, nk, vf, nk, dim);
     } else if (any) {
       for (int64_t p = c_lo; p < c_hi;) {
-        const int64_t blk = p / bs, end = std::min(c_hi, (blk + 1) * bs);
+        const int64_t end = std::min(c_hi, (p / bs + 1) * bs);
         next->issue(pace);
         ops.pv_kv(out.acc, rows, dim, sc + (p - c_lo), nk,
-                  static_cast<const char*>(cache.v.data) + key_row(blk, p) * dim * ev, cache.v.dtype, end - p, dim);
+                  static_cast<const char*>(cache.v.data) + cache_row(s, table, u, p) * dim * ev, cache.v.dtype,
+                  end - p, dim);
         p = end;
       }
     }
@@ -381,13 +394,11 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
       plo = lo + (hi - lo) * part / parts;
       phi = lo + (hi - lo) * (part + 1) / parts;
     };
-    // The first chunk of a task: up to 128 keys, to the end of a block.
     auto plan_first_chunk = [&](int64_t task, KeyPrefetch& pf) {
       if (task >= num_tasks) return;
       int64_t plo, phi;
       part_bounds(task, plo, phi);
-      pf.plan(cache, meta, s, units[task / parts], plo,
-              std::min(phi, (plo / s.block_size + std::max<int64_t>(1, 128 / s.block_size)) * s.block_size));
+      pf.plan(cache, meta, s, units[task / parts], plo, chunk_end(s, plo, phi));
     };
     // Tasks are taken `take` at a time: without key parts, a chunk of a sequence's tokens for
     // all its kv heads, whose K/V rows share the cache's pages (fewer TLB misses than when the
