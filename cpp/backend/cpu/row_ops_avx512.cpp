@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "backend/cpu/row_ops.h"
 
@@ -113,34 +114,23 @@ void qk_kv_dp(const float* q, const void* k, DType t, int64_t nk, int64_t dim, f
     km[v] = left >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << left) - 1u);
   }
   const uint16_t* kb = static_cast<const uint16_t*>(k);
-  // Whole groups of 16 keys without a check per key (blocks of 16 or more are all whole),
-  // then the rest.
-  int64_t j0 = 0;
-  for (; j0 + 16 <= nk; j0 += 16) {
+  // Scores of keys [j0, j0 + cnt), cnt <= 16, summed across their lanes together. Whole groups
+  // (blocks of 16 or more are all whole) go without a check per key.
+  auto group = [&](int64_t j0, int64_t cnt, auto whole) {
     __m512 acc[16];
     for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
     for (int64_t v = 0; v < nvec; ++v) {
       for (int j = 0; j < 16; ++j) {
+        if (!decltype(whole)::value && j >= cnt) break;
         const __m512i kv = _mm512_maskz_loadu_epi16(km[v], kb + (j0 + j) * dim + v * 32);
         acc[j] = _mm512_dpbf16_ps(acc[j], reinterpret_cast<__m512bh>(qb[v]), reinterpret_cast<__m512bh>(kv));
       }
     }
-    _mm512_storeu_ps(s + j0, transpose_sum16(acc));
-  }
-  if (j0 < nk) {
-    const int64_t cnt = nk - j0;
-    __m512 acc[16];
-    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
-    for (int64_t v = 0; v < nvec; ++v) {
-      for (int j = 0; j < 16; ++j) {
-        if (j < cnt) {
-          const __m512i kv = _mm512_maskz_loadu_epi16(km[v], kb + (j0 + j) * dim + v * 32);
-          acc[j] = _mm512_dpbf16_ps(acc[j], reinterpret_cast<__m512bh>(qb[v]), reinterpret_cast<__m512bh>(kv));
-        }
-      }
-    }
-    _mm512_mask_storeu_ps(s + j0, tail_mask(cnt), transpose_sum16(acc));
-  }
+    return transpose_sum16(acc);
+  };
+  int64_t j0 = 0;
+  for (; j0 + 16 <= nk; j0 += 16) _mm512_storeu_ps(s + j0, group(j0, 16, std::true_type{}));
+  if (j0 < nk) _mm512_mask_storeu_ps(s + j0, tail_mask(nk - j0), group(j0, nk - j0, std::false_type{}));
 }
 
 // Rows [0, R) of acc += p . V over nk keys for the 64 columns from d0: the R x 4 accumulators
