@@ -25,36 +25,34 @@ void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const 
   const int64_t num_blocks = cache.k.shape[0], kv_heads = cache.k.shape[1];
   const int64_t block_size = cache.k.shape[2], dim = cache.k.shape[3];
   if (ld < kv_heads * dim) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
-  const size_t ek = dtype_size(cache.k.dtype), ev = dtype_size(cache.v.dtype);
+  auto in_range = [&](int64_t slot) { return slot >= 0 && slot < num_blocks * block_size; };
+  // Where head h of the token in `slot` goes in K or V, and its bytes.
+  auto row_of = [&](const Tensor& part, int64_t slot, int64_t h) {
+    const int64_t row = (slot / block_size * kv_heads + h) * block_size + slot % block_size;
+    return static_cast<char*>(part.data) + row * dim * static_cast<int64_t>(dtype_size(part.dtype));
+  };
+  auto row_bytes = [&](const Tensor& part) { return dim * static_cast<int64_t>(dtype_size(part.dtype)); };
   // The rows are scattered over the cache and mostly not in any cache level: their lines are
   // asked for (for writing) kAhead tokens early, so the misses overlap instead of queueing.
   constexpr int64_t kAhead = 8;
   auto prefetch_rows = [&](int64_t t) {
     const int64_t slot = slot_mapping[t];
-    if (slot < 0 || slot >= num_blocks * block_size) return;  // reported below
-    const int64_t block = slot / block_size, offset = slot % block_size;
+    if (!in_range(slot)) return;  // reported below
     for (int64_t h = 0; h < kv_heads; ++h) {
-      const int64_t row = (block * kv_heads + h) * block_size + offset;
-      const char* kp = static_cast<const char*>(cache.k.data) + row * dim * static_cast<int64_t>(ek);
-      const char* vp = static_cast<const char*>(cache.v.data) + row * dim * static_cast<int64_t>(ev);
-      for (int64_t b = 0; b < dim * static_cast<int64_t>(ek); b += 64) __builtin_prefetch(kp + b, 1);
-      for (int64_t b = 0; b < dim * static_cast<int64_t>(ev); b += 64) __builtin_prefetch(vp + b, 1);
+      for (const Tensor* part : {&cache.k, &cache.v}) {
+        const char* p = row_of(*part, slot, h);
+        for (int64_t b = 0; b < row_bytes(*part); b += 64) __builtin_prefetch(p + b, 1);
+      }
     }
   };
   for (int64_t t = 0; t < std::min(tokens, kAhead); ++t) prefetch_rows(t);
   for (int64_t t = 0; t < tokens; ++t) {
     if (t + kAhead < tokens) prefetch_rows(t + kAhead);
     const int64_t slot = slot_mapping[t];
-    if (slot < 0 || slot >= num_blocks * block_size) {
-      throw InvalidArgument("write_kv: slot " + std::to_string(slot) + " out of range");
-    }
-    const int64_t block = slot / block_size, offset = slot % block_size;
+    if (!in_range(slot)) throw InvalidArgument("write_kv: slot " + std::to_string(slot) + " out of range");
     for (int64_t h = 0; h < kv_heads; ++h) {
-      const int64_t row = (block * kv_heads + h) * block_size + offset;
-      convert_from_f32(k + t * ld + h * dim, static_cast<char*>(cache.k.data) + row * dim * ek,
-                       cache.k.dtype, static_cast<size_t>(dim));
-      convert_from_f32(v + t * ld + h * dim, static_cast<char*>(cache.v.data) + row * dim * ev,
-                       cache.v.dtype, static_cast<size_t>(dim));
+      convert_from_f32(k + t * ld + h * dim, row_of(cache.k, slot, h), cache.k.dtype, static_cast<size_t>(dim));
+      convert_from_f32(v + t * ld + h * dim, row_of(cache.v, slot, h), cache.v.dtype, static_cast<size_t>(dim));
     }
   }
 }
