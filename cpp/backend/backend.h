@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/attention_metadata.h"
+#include "backend/gated_activation.h"
 #include "core/buffer.h"
 #include "core/quant.h"
 #include "core/tensor.h"
@@ -120,6 +121,18 @@ class Backend {
   // y (= or +=) x W^T + bias. x [m][k], y [m][n]; leading dims in elements.
   virtual void linear(const LinearWeight& w, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy,
                       bool accumulate) = 0;
+  // out [m][n / 2] = act(g) * u for [g | u] = x W^T + bias, W's first n / 2 rows the gate: an MLP's
+  // gate_up projection and gated activation. A backend with a fused kernel never writes gate_up
+  // ([m][n] scratch); the default runs linear into it, then silu_mul / gelu_tanh_mul.
+  virtual void linear_gated(const LinearWeight& w, const Tensor& x, int64_t ldx, GatedActivation act,
+                            Tensor& gate_up, Tensor& out) {
+    const int64_t m = x.dim(0), n = w.n();
+    linear(w, x, ldx, gate_up, n, false);
+    if (act == GatedActivation::GeluTanh)
+      gelu_tanh_mul(gate_up, m, n / 2, out);
+    else
+      silu_mul(gate_up, m, n / 2, out);
+  }
   // Rows of an embedding table (plain [rows][dim]) or of a packed weight (tied embeddings).
   virtual void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) = 0;
   virtual void embedding(const LinearWeight& w, const int32_t* ids, int64_t n, Tensor& out) = 0;

@@ -293,6 +293,33 @@ void bind_testing(nb::module_& m) {
     return y;
   }, "w"_a, "x"_a, "dtype"_a, "bias"_a.none() = nb::none(), "num_threads"_a = 2);
 
+  // A backend's linear_gated over float weights packed as `dtype`: (out, whether the gate_up
+  // scratch was left untouched, i.e. the backend fused the product and the activation).
+  m.def("backend_linear_gated", [](const std::string& device, ArrayIn w, ArrayIn x, const std::string& dtype,
+                                   std::optional<ArrayIn> bias, const std::string& act) {
+    if (act != "silu" && act != "gelu_tanh") throw cserve::InvalidArgument("act: silu or gelu_tanh");
+    std::unique_ptr<cserve::Backend> backend = cserve::make_backend(device, 2);
+    std::vector<cserve::Tensor> biases;
+    if (bias) biases.push_back(view(*bias));
+    std::unique_ptr<cserve::LinearWeight> lw = backend->pack_linear({view(w)}, biases, dtype_of(dtype));
+    const int64_t m_rows = static_cast<int64_t>(x.shape(0)), k = static_cast<int64_t>(x.shape(1)), n = lw->n();
+    cserve::Buffer dx = backend->allocate(static_cast<size_t>(m_rows * k) * 4);
+    cserve::Buffer dgu = backend->allocate(static_cast<size_t>(m_rows * n) * 4);
+    cserve::Buffer dout = backend->allocate(static_cast<size_t>(m_rows * n / 2) * 4);
+    backend->upload(dx.data(), x.data(), dx.size());
+    const std::vector<float> sentinel(static_cast<size_t>(m_rows * n), 12345.0f);
+    backend->upload(dgu.data(), sentinel.data(), dgu.size());
+    cserve::Tensor tx{dx.data(), cserve::DType::F32, {m_rows, k}}, tgu{dgu.data(), cserve::DType::F32, {m_rows, n}};
+    cserve::Tensor tout{dout.data(), cserve::DType::F32, {m_rows, n / 2}};
+    const auto a = act == "silu" ? cserve::GatedActivation::Silu : cserve::GatedActivation::GeluTanh;
+    backend->linear_gated(*lw, tx, k, a, tgu, tout);
+    Array out = make_array({m_rows, n / 2});
+    backend->download(out.data(), dout.data(), dout.size());
+    std::vector<float> gu(sentinel.size());
+    backend->download(gu.data(), dgu.data(), dgu.size());
+    return nb::make_tuple(out, gu == sentinel);
+  }, "device"_a, "w"_a, "x"_a, "dtype"_a, "bias"_a.none() = nb::none(), "act"_a = "silu");
+
   // Quantized weights given as raw ggml blocks (bytes of n rows of k values of ggml type `type`).
   m.def("dequantize", [](uint32_t type, nb::bytes data, int64_t n, int64_t k) {
     const auto t = static_cast<cserve::GgmlType>(type);

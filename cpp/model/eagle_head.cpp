@@ -298,8 +298,7 @@ void EagleHead::forward(const ForwardBatch& batch, const Tensor& hidden, int64_t
     backend_.attention(q, qkv_dim, NH, kv[l], batch.attn, AttentionOptions{scale, 0, 0.0f, nullptr}, attn);
     backend_.linear(*lw.o, attn, q_dim, x, H, true);
     backend_.rms_norm(x, f32(lw.post_norm, H), T, H, H, eps, h);
-    backend_.linear(*lw.gate_up, h, H, gu, 2 * I, false);
-    backend_.silu_mul(gu, T, I, act);
+    backend_.linear_gated(*lw.gate_up, h, H, GatedActivation::Silu, gu, act);
     backend_.linear(*lw.down, act, I, x, H, true);
   }
 

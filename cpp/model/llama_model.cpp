@@ -138,7 +138,8 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
   };
 
   // The MLP's gated activation, from config.json's hidden_act.
-  const bool gelu = c.hidden_act == "gelu_pytorch_tanh";
+  const GatedActivation mlp_act =
+      c.hidden_act == "gelu_pytorch_tanh" ? GatedActivation::GeluTanh : GatedActivation::Silu;
   const float attn_cap = static_cast<float>(c.attn_logit_softcapping);
 
   // Each block: [pre-norm] -> sublayer -> [post-norm] -> residual add. `write(out, accumulate)`
@@ -199,11 +200,7 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
         });
         continue;
       }
-      backend_.linear(*lw.gate_up, mlp_in, H, gu, 2 * I, false);
-      if (gelu)
-        backend_.gelu_tanh_mul(gu, T, I, act);
-      else
-        backend_.silu_mul(gu, T, I, act);
+      backend_.linear_gated(*lw.gate_up, mlp_in, H, mlp_act, gu, act);
       add_to_residual(lw.mlp_out_norm, [&](Tensor& out, bool accumulate) {
         backend_.linear(*lw.down, act, I, out, H, accumulate);
       });
@@ -317,8 +314,7 @@ void LlamaModel::run_experts(const LayerWeights& lw, const Tensor& in, int64_t T
     // bufs.gu / act hold the shared expert's width too (forward() sized them), so these views
     // leave forward()'s own valid.
     Tensor shared_gu = scratch(bufs.gu, T, 2 * SI), shared_act = scratch(bufs.act, T, SI);
-    backend_.linear(*lw.gate_up, in, H, shared_gu, 2 * SI, false);
-    backend_.silu_mul(shared_gu, T, SI, shared_act);
+    backend_.linear_gated(*lw.gate_up, in, H, GatedActivation::Silu, shared_gu, shared_act);
     Tensor tail = rows(ys, n, T, H);
     backend_.linear(*lw.down, shared_act, SI, tail, H, false);
   }

@@ -59,7 +59,9 @@ def _gemm_tol(x, w, dtype):
 GEMM_SHAPES = [(1, 1, 1), (1, 17, 33), (3, 16, 64), (5, 33, 7), (17, 47, 130), (64, 96, 64), (7, 100, 257),
                (33, 5, 512), (2, 300, 31),
                # k a multiple of 32 and 4+ rows: the AMX tiles (pairs of panels and of row tiles, tails)
-               (4, 16, 32), (16, 64, 576), (40, 33, 96), (50, 80, 64)]
+               (4, 16, 32), (16, 64, 576), (40, 33, 96), (50, 80, 64),
+               # rows in blocks of 32 (a 160 KiB bf16 block of x at k = 1536), the last one short
+               (300, 40, 1536)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -80,13 +82,15 @@ def test_gemm(m, n, k, dtype):
     assert (err <= tol).all(), f"max err {err.max()} at {np.unravel_index(err.argmax(), err.shape)}"
 
 
+@pytest.mark.parametrize("k", [96, 1536])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_row_does_not_depend_on_its_batch(dtype):
+def test_a_row_does_not_depend_on_its_batch(dtype, k):
     # Rows of one call equal the rows computed alone, bit for bit, for every row count (AMX
-    # tiles included): a verification step must decode exactly as plain decoding does.
+    # tiles included, at k = 1536 in blocks of 32 rows): a verification step must decode exactly
+    # as plain decoding does.
     rng = np.random.default_rng(12)
-    w = rng.standard_normal((70, 96), dtype=np.float32)
-    x = rng.standard_normal((40, 96), dtype=np.float32)
+    w = rng.standard_normal((70, k), dtype=np.float32)
+    x = rng.standard_normal((40, k), dtype=np.float32)
     alone = np.concatenate([T.gemm(w, x[i:i + 1], dtype) for i in range(40)])
     for m in [2, 3, 4, 5, 9, 16, 17, 33, 40]:
         np.testing.assert_array_equal(T.gemm(w, x[:m], dtype, num_threads=2), alone[:m], err_msg=str(m))
@@ -104,6 +108,25 @@ def test_a_large_result_equals_small_batches(dtype):
         big = T.gemm(w, x, dtype, bias=b, num_threads=2)
         small = np.concatenate([T.gemm(w, x[i:i + 16], dtype, bias=b) for i in range(0, 1040, 16)])
         np.testing.assert_array_equal(big, small)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,half,k", [(1, 16, 32), (5, 48, 96), (16, 96, 576), (33, 32, 64), (70, 80, 40),
+                                      (3, 24, 64), (1100, 1024, 32), (200, 32, 1024)])
+def test_linear_gated_equals_linear_then_activation(m, half, k, dtype, act):
+    # The MLP's gate_up product and activation in one pass where the CPU has the fused kernel
+    # (AMX, bf16 weights, gate width a multiple of 16; 1100 x 1024 is stored past the caches),
+    # gemm then the activation elsewhere: the same floats either way.
+    rng = np.random.default_rng(m + half + k)
+    w = rng.standard_normal((2 * half, k), dtype=np.float32)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    bias = rng.standard_normal(2 * half, dtype=np.float32) if m % 2 else None
+    out, fused = T.backend_linear_gated("cpu", w, x, dtype, bias=bias, act=act)
+    assert fused == (T.amx_in_use() and dtype == "bfloat16" and k % 32 == 0 and half % 16 == 0)
+    gate_up = T.gemm(w, x, dtype, bias=bias)
+    want = T.silu_mul(gate_up) if act == "silu" else T.gelu_tanh_mul(gate_up)
+    np.testing.assert_array_equal(out, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -143,6 +143,13 @@ class CpuBackend : public Backend {
     }
     cpu::gemm(packed(w), x.as<float>(), x.dim(0), ldx, y.as<float>(), ldy, accumulate, pool_);
   }
+  void linear_gated(const LinearWeight& w, const Tensor& x, int64_t ldx, GatedActivation act, Tensor& gate_up,
+                    Tensor& out) override {
+    if (quantized(w) == nullptr &&
+        cpu::gemm_gated(packed(w), x.as<float>(), x.dim(0), ldx, act, out.as<float>(), w.n() / 2, pool_))
+      return;
+    Backend::linear_gated(w, x, ldx, act, gate_up, out);
+  }
   void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) override {
     cpu::embedding(table, ids, n, out.as<float>());
   }

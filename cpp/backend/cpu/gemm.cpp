@@ -6,6 +6,7 @@
 
 #include "backend/cpu/gemm_internal.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/row_ops.h"
 #include "cserve/error.h"
 
 namespace cserve::cpu {
@@ -48,14 +49,19 @@ void gemm_panels_scalar(const GemmArgs& a, int64_t panel_begin, int64_t panel_en
 
 }  // namespace detail
 
-void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
-          bool accumulate, ThreadPool& pool) {
-  if (m <= 0) return;
-  if (ldx < w.k || ldy < w.n) {
-    throw InvalidArgument("gemm: leading dimensions too small (ldx " + std::to_string(ldx) +
-                          " < k " + std::to_string(w.k) + " or ldy " + std::to_string(ldy) +
-                          " < n " + std::to_string(w.n) + ")");
-  }
+namespace {
+
+using PanelKernel = void (*)(const detail::GemmArgs&, int64_t, int64_t);
+
+// Whether bf16 weights take the AMX tiles: for every row count, as a row alone is as fast either
+// way (bandwidth-bound; benchmarks/cpu_probes/amx_gemm.cpp), and on one kernel a row's result
+// never depends on its batch (a verification step equals plain decoding bit for bit).
+bool amx_kernel(const PackedMatrix& w) {
+  return cpu_isa() == Isa::Avx512Bf16 && w.dtype == DType::BF16 && w.k_padded % 32 == 0 && cpu_has_amx();
+}
+
+detail::GemmArgs gemm_args(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
+                           bool accumulate) {
   detail::GemmArgs a;
   a.w = &w;
   a.x = x;
@@ -65,46 +71,83 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
   a.ldy = ldy;
   a.accumulate = accumulate;
   a.bias = w.bias.empty() ? nullptr : w.bias.data();
+  return a;
+}
 
+// x rounded to bf16 once per call, for the vdpbf16ps and AMX kernels; the scratch lives with the
+// calling thread. AMX loads whole 16-row tiles: the rows past m are allocated (their sums are
+// never stored).
+void round_x_bf16(detail::GemmArgs& a, ThreadPool& pool) {
+  const PackedMatrix& w = *a.w;
+  thread_local std::vector<uint16_t> xb;
+  const int64_t ldxb = (w.k_padded + 31) / 32 * 32;
+  const int64_t rows = (a.m + 15) / 16 * 16;
+  if (xb.size() < static_cast<size_t>(rows * ldxb)) xb.resize(static_cast<size_t>(rows * ldxb));
+  uint16_t* xbp = xb.data();
+  const int64_t row_grain = std::max<int64_t>(1, (int64_t{1} << 16) / w.k);
+  pool.parallel_for(a.m, row_grain, [&](int64_t r0, int64_t r1) {
+    detail::convert_rows_bf16_avx512bf16(a.x + r0 * a.ldx, r1 - r0, a.ldx, w.k, w.k_padded, xbp + r0 * ldxb, ldxb);
+  });
+  a.xb = xbp;
+  a.ldxb = ldxb;
+}
+
+// Output panels [0, num_panels) over the pool, each reading `weights_per_panel` panels of w.
+// Chunks are whole groups of 4 panels (the kernels' widest tile) of at least ~64 KiB of weights,
+// fewer when many rows make each panel expensive.
+void run_panels(const detail::GemmArgs& a, PanelKernel kernel, int64_t num_panels, int64_t weights_per_panel,
+                ThreadPool& pool) {
+  constexpr int64_t kGroup = 4;
+  const PackedMatrix& w = *a.w;
+  const int64_t num_groups = (num_panels + kGroup - 1) / kGroup;
+  const int64_t group_bytes =
+      kGroup * weights_per_panel * w.k_padded * detail::kPanel * static_cast<int64_t>(dtype_size(w.dtype));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (group_bytes * (1 + a.m / 4)));
+  pool.parallel_for(num_groups, grain, [&](int64_t begin, int64_t end) {
+    kernel(a, begin * kGroup, std::min(num_panels, end * kGroup));
+  });
+}
+
+}  // namespace
+
+void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
+          bool accumulate, ThreadPool& pool) {
+  if (m <= 0) return;
+  if (ldx < w.k || ldy < w.n) {
+    throw InvalidArgument("gemm: leading dimensions too small (ldx " + std::to_string(ldx) +
+                          " < k " + std::to_string(w.k) + " or ldy " + std::to_string(ldy) +
+                          " < n " + std::to_string(w.n) + ")");
+  }
+  detail::GemmArgs a = gemm_args(w, x, m, ldx, y, ldy, accumulate);
   const Isa isa = cpu_isa();
-  void (*kernel)(const detail::GemmArgs&, int64_t, int64_t) = detail::gemm_panels_scalar;
+  PanelKernel kernel = detail::gemm_panels_scalar;
   switch (isa) {
     case Isa::Scalar: kernel = detail::gemm_panels_scalar; break;
     case Isa::Avx2: kernel = detail::gemm_panels_avx2; break;
     case Isa::Avx512: kernel = detail::gemm_panels_avx512; break;
     case Isa::Avx512Bf16: kernel = detail::gemm_panels_avx512bf16; break;
   }
-  // AMX tiles for every row count: a row alone is as fast either way (bandwidth-bound;
-  // benchmarks/cpu_probes/amx_gemm.cpp), and on one kernel a row's result never depends on its
-  // batch (a verification step equals plain decoding bit for bit).
-  const bool amx = isa == Isa::Avx512Bf16 && w.dtype == DType::BF16 && w.k_padded % 32 == 0 && cpu_has_amx();
-  if (amx) kernel = detail::gemm_panels_amx_bf16;
-  if (isa == Isa::Avx512Bf16 && w.dtype == DType::BF16) {
-    // x rounded to bf16 once per call; the scratch lives with the calling thread. AMX loads
-    // whole 16-row tiles: the rows past m are allocated (their sums are never stored).
-    thread_local std::vector<uint16_t> xb;
-    const int64_t ldxb = (w.k_padded + 31) / 32 * 32;
-    const int64_t rows = (m + 15) / 16 * 16;
-    if (xb.size() < static_cast<size_t>(rows * ldxb)) xb.resize(static_cast<size_t>(rows * ldxb));
-    uint16_t* xbp = xb.data();
-    const int64_t row_grain = std::max<int64_t>(1, (int64_t{1} << 16) / w.k);
-    pool.parallel_for(m, row_grain, [&](int64_t r0, int64_t r1) {
-      detail::convert_rows_bf16_avx512bf16(x + r0 * ldx, r1 - r0, ldx, w.k, w.k_padded, xbp + r0 * ldxb, ldxb);
-    });
-    a.xb = xb.data();
-    a.ldxb = ldxb;
-  }
+  if (amx_kernel(w)) kernel = detail::gemm_panels_amx_bf16;
+  if (isa == Isa::Avx512Bf16 && w.dtype == DType::BF16) round_x_bf16(a, pool);
+  run_panels(a, kernel, w.n_padded / detail::kPanel, 1, pool);
+}
 
-  // Chunks are whole groups of 4 panels (the kernels' widest tile) of at least
-  // ~64 KiB of weights, fewer when many rows make each panel expensive.
-  constexpr int64_t kGroup = 4;
-  const int64_t num_panels = w.n_padded / detail::kPanel;
-  const int64_t num_groups = (num_panels + kGroup - 1) / kGroup;
-  const int64_t group_bytes = kGroup * w.k_padded * detail::kPanel * static_cast<int64_t>(dtype_size(w.dtype));
-  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (group_bytes * (1 + m / 4)));
-  pool.parallel_for(num_groups, grain, [&](int64_t begin, int64_t end) {
-    kernel(a, begin * kGroup, std::min(num_panels, end * kGroup));
-  });
+bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, GatedActivation act, float* out,
+                int64_t ldo, ThreadPool& pool) {
+  const int64_t half = w.n / 2;
+  if (!amx_kernel(w) || w.n % 2 != 0 || half % detail::kPanel != 0) return false;
+  if (m <= 0) return true;
+  if (ldx < w.k || ldo < half) {
+    throw InvalidArgument("gemm_gated: leading dimensions too small (ldx " + std::to_string(ldx) + " < k " +
+                          std::to_string(w.k) + " or ldo " + std::to_string(ldo) + " < n / 2 " +
+                          std::to_string(half) + ")");
+  }
+  detail::GemmArgs a = gemm_args(w, x, m, ldx, out, ldo, false);
+  const detail::RowOps& ops = detail::row_ops();
+  a.gate = act == GatedActivation::GeluTanh ? ops.gelu_tanh_mul : ops.silu_mul;
+  round_x_bf16(a, pool);
+  run_panels(a, detail::gemm_panels_amx_bf16, half / detail::kPanel, 2, pool);
+  return true;
 }
 
 }  // namespace cserve::cpu

@@ -8,6 +8,9 @@
 
 namespace cserve::cpu::detail {
 
+// out[i] = act(g[i]) * u[i] for i < n, elementwise (out may be g): a row op of row_ops.h.
+using GateFn = void (*)(const float* g, const float* u, float* out, int64_t n);
+
 struct GemmArgs {
   const PackedMatrix* w = nullptr;
   const float* x = nullptr;  // [m][k], row stride ldx
@@ -20,6 +23,9 @@ struct GemmArgs {
   // Only set for the AVX512_BF16 path with bf16 weights.
   const uint16_t* xb = nullptr;
   int64_t ldxb = 0;
+  // gemm_gated (AMX kernel only): the panels are the gate's, each paired with the up panel n / 2
+  // columns on, and y [m][n / 2] gets gate(g + bias, u + bias) instead of both.
+  GateFn gate = nullptr;
 };
 
 constexpr int64_t kPanel = 16;
@@ -45,6 +51,7 @@ struct AmxOutput {
   int64_t n;
   bool accumulate;
   bool stream;  // whole 64-byte rows of y stored past the caches (y is larger than they are)
+  GateFn gate;   // as GemmArgs::gate: panel[0] the gate's, panel[1] its up panel, y n / 2 wide
 };
 // AMX's 64-byte tile configuration (palette 1): bytes per row and rows of each tile register.
 struct alignas(64) AmxTileConfig {
@@ -59,7 +66,8 @@ void amx_configure_tiles();
 void amx_release_tiles();
 // out (= or +=) xb[m][k_padded] (bf16, row stride ldxb, rows allocated up to a multiple of 16)
 // times the panels, plus bias.
-void amx_bf16_panels(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t m, const AmxOutput& out);
+void amx_bf16_panels(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t m, int64_t tile_begin,
+                     int64_t tile_end, const AmxOutput& out);
 // bf16 weights with AMX tiles (k_padded a multiple of 32); needs a.xb with rows up to the next
 // multiple of 16 allocated.
 void gemm_panels_amx_bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);

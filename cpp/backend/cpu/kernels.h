@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/attention_metadata.h"
+#include "backend/gated_activation.h"
 #include "core/buffer.h"
 #include "core/tensor.h"
 #include "util/thread_pool.h"
@@ -60,6 +61,14 @@ PackedMatrix pack_matrix(const std::vector<Tensor>& parts, const std::vector<Ten
 // (also in accumulate mode).
 void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
           bool accumulate, ThreadPool& pool);
+
+// out[m][n / 2] = act(g) * u for [g | u] = x W^T + bias with W's first n / 2 rows the gate: an
+// MLP's gate_up projection and its activation in one pass, the n-wide product never stored (it is
+// the largest result of a prefill). Equal to gemm, then silu_mul / gelu_tanh_mul. Returns false,
+// computing nothing, where there is no fused kernel for w (it needs AMX, bf16 weights and n / 2 a
+// multiple of 16): the caller runs those two.
+bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, GatedActivation act, float* out,
+                int64_t ldo, ThreadPool& pool);
 
 // Whether the vector GEMMs (gemm's AMX kernel, qgemm's AVX-512 and AVX2 kernels) store an m x n
 // float result past the caches: one of 4 MiB or more (a prefill's qkv or gate_up) cannot stay
