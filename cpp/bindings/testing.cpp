@@ -26,6 +26,7 @@
 #include "loader/safetensors.h"
 #include "model/llama_model.h"
 #include "model/model_weights.h"
+#include "sample/sampler.h"
 #include "sched/scheduler.h"
 #include "sched/speculation_governor.h"
 
@@ -397,6 +398,24 @@ void bind_testing(nb::module_& m) {
     cserve::cpu::rms_norm(x.data(), w.data(), rows, dim, dim, eps, y.data(), pool);
     return y;
   });
+
+  // `draws` tokens sampled from one row of logits by one request's generator (seeded), each draw
+  // from a fresh copy of the row (the sampler works in place).
+  m.def("sample_draws", [](ArrayIn logits, double temperature, double top_p, int draws, uint64_t seed) {
+    const int64_t vocab = static_cast<int64_t>(logits.size());
+    cserve::Sampler sampler(vocab, {});
+    cserve::Request r;
+    r.params.temperature = temperature;
+    r.params.top_p = top_p;
+    r.rng.seed(seed);
+    std::vector<float> row(static_cast<size_t>(vocab));
+    std::vector<int32_t> out;
+    for (int i = 0; i < draws; ++i) {
+      std::copy(logits.data(), logits.data() + vocab, row.begin());
+      out.push_back(sampler.sample(row.data(), r));
+    }
+    return out;
+  }, "logits"_a, "temperature"_a, "top_p"_a = 1.0, "draws"_a = 1, "seed"_a = 0);
 
   m.def("silu_mul", [](ArrayIn gu) {
     int64_t t = static_cast<int64_t>(gu.shape(0)), inter = static_cast<int64_t>(gu.shape(1)) / 2;

@@ -23,24 +23,42 @@ int32_t argmax(const float* x, int64_t n) {
 // NaN sorts below everything (as -inf), so comparisons stay a strict weak order.
 float ordered(float v) { return v == v ? v : kNegInf; }
 
-// The vocabulary-wide loops of sampling are CSERVE_VECTOR_CLONES (util/vector_clones.h).
-// NaN logits (a broken model) become -inf, impossible like masked ones; returns the maximum.
-CSERVE_VECTOR_CLONES float nan_to_neg_inf_max(float* x, int64_t n) {
-  float m = kNegInf;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = x[i] == x[i] ? x[i] : kNegInf;
-    m = x[i] > m ? x[i] : m;
-  }
-  return m;
+// The vocabulary-wide loops of sampling are CSERVE_VECTOR_CLONES (util/vector_clones.h); the
+// maxima are max_skipping_nan's (util/first_largest.h), a running max being left scalar.
+// NaN logits (a broken model) become -inf, impossible like masked ones.
+CSERVE_VECTOR_CLONES void nan_to_neg_inf(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] == x[i] ? x[i] : kNegInf;
 }
 
-CSERVE_VECTOR_CLONES float scale_and_max(float* x, int64_t n, float s) {
-  float m = kNegInf;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] *= s;
-    m = x[i] > m ? x[i] : m;
+CSERVE_VECTOR_CLONES void scale(float* x, int64_t n, float s) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+// Probabilities are summed in blocks: the draw skips whole blocks and walks one.
+constexpr int64_t kSumBlock = 256;
+
+// sums[b] = the sum of x over block b, in double, eight running sums side by side (one running
+// sum is a chain of dependent adds); returns their total.
+CSERVE_VECTOR_CLONES double block_sums(const float* x, int64_t n, double* sums) {
+  using Floats = float __attribute__((vector_size(32)));
+  using Doubles = double __attribute__((vector_size(64)));
+  double total = 0;
+  for (int64_t begin = 0, b = 0; begin < n; begin += kSumBlock, ++b) {
+    const int64_t end = std::min(n, begin + kSumBlock);
+    Doubles lanes = {};
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+      Floats v;
+      std::memcpy(&v, x + i, sizeof v);
+      lanes += __builtin_convertvector(v, Doubles);
+    }
+    double sum = 0;
+    for (; i < end; ++i) sum += x[i];
+    for (int j = 0; j < 8; ++j) sum += lanes[j];
+    sums[b] = sum;
+    total += sum;
   }
-  return m;
+  return total;
 }
 
 // x[i] = exp(x[i] - shift) for x[i] - shift <= 0 (Cephes-style polynomial, ~2 ulp);
@@ -121,12 +139,15 @@ int32_t Sampler::sample(float* logits, Request& r, const uint32_t* allowed) cons
   // A row with no possible token (every logit masked or NaN) or an infinite one has no
   // distribution to draw from: it takes the first largest logit, as greedy does (token 0 when
   // everything is masked), which is what vLLM's samplers return there too.
-  const float top = nan_to_neg_inf_max(logits, vocab_);
+  const float top = max_skipping_nan(logits, vocab_);
+  nan_to_neg_inf(logits, vocab_);
   if (p.greedy() || !std::isfinite(top)) return static_cast<int32_t>(first_index_of(logits, vocab_, top));
 
   // A huge temperature must not scale masked (-inf) logits by 0 into NaN: 1/T stays a normal float.
   const float inv_t = std::max(static_cast<float>(1.0 / p.temperature), std::numeric_limits<float>::min());
-  const float mx = scale_and_max(logits, vocab_, inv_t);
+  scale(logits, vocab_, inv_t);
+  // The largest scaled logit: rounding is monotonic, so scaling by inv_t > 0 keeps the order.
+  const float mx = top * inv_t;
   if (!std::isfinite(mx)) return argmax(logits, vocab_);
   // min_p and top_k as one floor on the (scaled) logits: min_p keeps p >= min_p * p_max,
   // top_k keeps logits >= the k-th largest (ties kept, as vLLM).
@@ -140,19 +161,28 @@ int32_t Sampler::sample(float* logits, Request& r, const uint32_t* allowed) cons
   // Candidates with their unnormalized probabilities.
   std::vector<std::pair<float, int32_t>> cand;
   if (cutoff == kNegInf && p.top_p >= 1.0) {
-    // Plain temperature sampling: draw straight from the whole vocabulary.
+    // Plain temperature sampling: draw straight from the whole vocabulary, skipping whole
+    // blocks of probabilities until u falls in one, then walking it.
     exp_shifted(logits, vocab_, mx);
-    double sum = 0;
-    for (int64_t i = 0; i < vocab_; ++i) sum += logits[i];
-    double u = std::generate_canonical<double, 53>(r.rng) * sum;
-    int32_t last = argmax(logits, vocab_);
-    for (int64_t i = 0; i < vocab_; ++i) {
-      if (logits[i] <= 0) continue;
-      last = static_cast<int32_t>(i);
-      u -= logits[i];
-      if (u < 0) return last;
+    std::vector<double> sums(static_cast<size_t>((vocab_ + kSumBlock - 1) / kSumBlock));
+    double u = std::generate_canonical<double, 53>(r.rng) * block_sums(logits, vocab_, sums.data());
+    for (int64_t begin = 0, b = 0; begin < vocab_; begin += kSumBlock, ++b) {
+      if (u >= sums[b]) {
+        u -= sums[b];
+        continue;
+      }
+      // Rounding may carry u past this block's end: the walk goes on in the next one.
+      for (int64_t i = begin; i < std::min(vocab_, begin + kSumBlock); ++i) {
+        if (logits[i] <= 0) continue;  // zero mass (masked, or below exp's range) is never drawn
+        u -= logits[i];
+        if (u < 0) return static_cast<int32_t>(i);
+      }
     }
-    return last;
+    // Rounding left u at or above the total: the last possible token (the largest logit's has
+    // probability 1 before normalizing, so there is one).
+    for (int64_t i = vocab_; i-- > 0;)
+      if (logits[i] > 0) return static_cast<int32_t>(i);
+    return argmax(logits, vocab_);
   }
   if (cutoff == kNegInf) {
     exp_shifted(logits, vocab_, mx);
