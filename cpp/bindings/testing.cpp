@@ -446,7 +446,8 @@ void bind_testing(nb::module_& m) {
     int64_t t = static_cast<int64_t>(x.shape(0)), h = static_cast<int64_t>(x.shape(1)), d = static_cast<int64_t>(x.shape(2));
     Array y = make_array({t, h, d});
     std::copy(x.data(), x.data() + t * h * d, y.data());
-    cserve::cpu::rope(y.data(), t, h, d, h * d, cos.data(), sin.data(), rotary_dim);
+    cserve::ThreadPool pool(2);
+    cserve::cpu::rope(y.data(), t, h, d, h * d, cos.data(), sin.data(), rotary_dim, pool);
     return y;
   });
 

@@ -202,7 +202,7 @@ def test_softcap(n, cap):
 
 
 @pytest.mark.parametrize("tokens,heads,dim,rotary", [(1, 1, 2, 2), (3, 4, 8, 8), (5, 3, 64, 32), (7, 2, 128, 128),
-                                                     (2, 5, 24, 12)])
+                                                     (2, 5, 24, 12), (400, 4, 64, 64)])  # 400: tokens over threads
 def test_rope(tokens, heads, dim, rotary):
     rng = np.random.default_rng(tokens * heads + dim)
     x = rng.standard_normal((tokens, heads, dim)).astype(np.float32)

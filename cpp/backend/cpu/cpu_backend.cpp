@@ -191,7 +191,7 @@ class CpuBackend : public Backend {
   }
   void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
             const Tensor& sin, int64_t rotary_dim) override {
-    cpu::rope(x.as<float>(), tokens, heads, head_dim, ld, cos.as<float>(), sin.as<float>(), rotary_dim);
+    cpu::rope(x.as<float>(), tokens, heads, head_dim, ld, cos.as<float>(), sin.as<float>(), rotary_dim, pool_);
   }
   void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
                 KVCacheLayer& cache) override {

@@ -6,6 +6,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/row_ops.h"
 #include "cserve/error.h"
+#include "util/vector_clones.h"
 
 namespace cserve::cpu {
 
@@ -102,27 +103,34 @@ void softcap(float* x, int64_t n, float cap, ThreadPool& pool) {
   });
 }
 
+namespace {
+// x1' = x1 c - x2 s, x2' = x2 c + x1 s over one head's rotated pairs, rounded as the portable
+// kernel rounds them (no fused multiply-adds in the AVX2 / AVX-512 clones).
+CSERVE_VECTOR_CLONES __attribute__((optimize("fp-contract=off"))) void rotate_half(float* x1, float* x2, const float* c, const float* s, int64_t half) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x1[i], b = x2[i];
+    x1[i] = a * c[i] - b * s[i];
+    x2[i] = b * c[i] + a * s[i];
+  }
+}
+}  // namespace
+
 void rope(float* x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const float* cos,
-          const float* sin, int64_t rotary_dim) {
+          const float* sin, int64_t rotary_dim, ThreadPool& pool) {
   if (rotary_dim <= 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim) {
     throw InvalidArgument("rope: rotary_dim " + std::to_string(rotary_dim) +
                           " must be even and in (0, head_dim]");
   }
   if (ld < heads * head_dim) throw InvalidArgument("rope: ld < heads * head_dim");
   const int64_t half = rotary_dim / 2;
-  for (int64_t t = 0; t < tokens; ++t) {
-    const float* c = cos + t * half;
-    const float* s = sin + t * half;
-    for (int64_t h = 0; h < heads; ++h) {
-      float* x1 = x + t * ld + h * head_dim;
-      float* x2 = x1 + half;
-      for (int64_t i = 0; i < half; ++i) {
-        const float a = x1[i], b = x2[i];
-        x1[i] = a * c[i] - b * s[i];
-        x2[i] = b * c[i] + a * s[i];
+  pool.parallel_for(tokens, row_grain(heads * rotary_dim), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        float* x1 = x + t * ld + h * head_dim;
+        rotate_half(x1, x1 + half, cos + t * half, sin + t * half, half);
       }
     }
-  }
+  });
 }
 
 }  // namespace cserve::cpu

@@ -112,7 +112,7 @@ void softcap(float* x, int64_t n, float cap, ThreadPool& pool);
 // HF Llama) style: x1 = x[:r/2], x2 = x[r/2:r]; x1' = x1*c - x2*s; x2' = x2*c + x1*s.
 // x: [tokens][heads][head_dim] with token stride ld (floats). cos/sin: [tokens][rotary_dim/2].
 void rope(float* x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld,
-          const float* cos, const float* sin, int64_t rotary_dim);
+          const float* cos, const float* sin, int64_t rotary_dim, ThreadPool& pool);
 
 // One layer's KV cache (see attention_metadata.h).
 using KVLayer = KVCacheLayer;
