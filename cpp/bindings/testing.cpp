@@ -475,10 +475,10 @@ void bind_testing(nb::module_& m) {
     meta.max_blocks_per_seq = static_cast<int32_t>(block_ids.size());
     std::vector<int64_t> slots;
     for (int64_t p = 0; p < len; ++p) slots.push_back(int64_t{block_ids[p / block_size]} * block_size + p % block_size);
-    cserve::cpu::write_kv(k.data(), v.data(), len, nkv * d, slots.data(), cache);
+    cserve::ThreadPool pool(2);
+    cserve::cpu::write_kv(k.data(), v.data(), len, nkv * d, slots.data(), cache, pool);
     for (int64_t j = 0; j < nq; ++j) meta.positions.push_back(static_cast<int32_t>(len - nq + j));
     Array out = make_array({nq, nh * d});
-    cserve::ThreadPool pool(2);
     if (sinks && static_cast<int64_t>(sinks->size()) != nh) throw std::invalid_argument("sinks: one per head");
     cserve::cpu::paged_attention(q.data(), nh * d, nh, cache, meta, scale, sliding_window, out.data(), pool, softcap,
                                  sinks ? sinks->data() : nullptr);

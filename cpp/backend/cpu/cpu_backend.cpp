@@ -195,7 +195,7 @@ class CpuBackend : public Backend {
   }
   void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
                 KVCacheLayer& cache) override {
-    cpu::write_kv(k.as<float>(), v.as<float>(), tokens, ld, slots, cache);
+    cpu::write_kv(k.as<float>(), v.as<float>(), tokens, ld, slots, cache, pool_);
   }
   void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
                  const AttentionMetadata& meta, const AttentionOptions& o, Tensor& out) override {

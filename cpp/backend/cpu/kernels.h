@@ -118,9 +118,10 @@ void rope(float* x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld,
 using KVLayer = KVCacheLayer;
 
 // Writes k[t], v[t] ([tokens][num_kv_heads][head_dim] rows with token stride ld) into
-// slot_mapping[t] = block * block_size + offset.
+// slot_mapping[t] = block * block_size + offset. Throws (writing nothing) when a slot is out of
+// the cache.
 void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const int64_t* slot_mapping,
-              KVLayer& cache);
+              KVLayer& cache, ThreadPool& pool);
 
 // Attention of each new token over its sequence's cached tokens (which already include
 // the new ones, written by write_kv): token j of sequence i at position p attends to

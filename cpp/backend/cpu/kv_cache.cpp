@@ -20,12 +20,17 @@ void check_layer(const KVLayer& cache, const char* what) {
 }  // namespace
 
 void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const int64_t* slot_mapping,
-              KVLayer& cache) {
+              KVLayer& cache, ThreadPool& pool) {
   check_layer(cache, "write_kv");
   const int64_t num_blocks = cache.k.shape[0], kv_heads = cache.k.shape[1];
   const int64_t block_size = cache.k.shape[2], dim = cache.k.shape[3];
   if (ld < kv_heads * dim) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
-  auto in_range = [&](int64_t slot) { return slot >= 0 && slot < num_blocks * block_size; };
+  // Every slot is checked before anything is written: a bad batch leaves the cache as it was.
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t slot = slot_mapping[t];
+    if (slot < 0 || slot >= num_blocks * block_size)
+      throw InvalidArgument("write_kv: slot " + std::to_string(slot) + " out of range");
+  }
   // Where head h of the token in `slot` goes in K or V, and its bytes.
   auto row_of = [&](const Tensor& part, int64_t slot, int64_t h) {
     const int64_t row = (slot / block_size * kv_heads + h) * block_size + slot % block_size;
@@ -36,25 +41,26 @@ void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const 
   // asked for (for writing) kAhead tokens early, so the misses overlap instead of queueing.
   constexpr int64_t kAhead = 8;
   auto prefetch_rows = [&](int64_t t) {
-    const int64_t slot = slot_mapping[t];
-    if (!in_range(slot)) return;  // reported below
     for (int64_t h = 0; h < kv_heads; ++h) {
       for (const Tensor* part : {&cache.k, &cache.v}) {
-        const char* p = row_of(*part, slot, h);
+        const char* p = row_of(*part, slot_mapping[t], h);
         for (int64_t b = 0; b < row_bytes(*part); b += 64) __builtin_prefetch(p + b, 1);
       }
     }
   };
-  for (int64_t t = 0; t < std::min(tokens, kAhead); ++t) prefetch_rows(t);
-  for (int64_t t = 0; t < tokens; ++t) {
-    if (t + kAhead < tokens) prefetch_rows(t + kAhead);
-    const int64_t slot = slot_mapping[t];
-    if (!in_range(slot)) throw InvalidArgument("write_kv: slot " + std::to_string(slot) + " out of range");
-    for (int64_t h = 0; h < kv_heads; ++h) {
-      convert_from_f32(k + t * ld + h * dim, row_of(cache.k, slot, h), cache.k.dtype, static_cast<size_t>(dim));
-      convert_from_f32(v + t * ld + h * dim, row_of(cache.v, slot, h), cache.v.dtype, static_cast<size_t>(dim));
+  // A prefill's tokens over the threads (~16K values a chunk); a decode step's few on one.
+  const int64_t grain = std::max<int64_t>(1, 16384 / (2 * kv_heads * dim));
+  pool.parallel_for(tokens, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < std::min(end, begin + kAhead); ++t) prefetch_rows(t);
+    for (int64_t t = begin; t < end; ++t) {
+      if (t + kAhead < end) prefetch_rows(t + kAhead);
+      const int64_t slot = slot_mapping[t];
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        convert_from_f32(k + t * ld + h * dim, row_of(cache.k, slot, h), cache.k.dtype, static_cast<size_t>(dim));
+        convert_from_f32(v + t * ld + h * dim, row_of(cache.v, slot, h), cache.v.dtype, static_cast<size_t>(dim));
+      }
     }
-  }
+  });
 }
 
 void copy_blocks(KVLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) {
