@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cserve/error.h"
+#include "util/vector_clones.h"
 
 namespace cserve {
 
@@ -163,6 +165,20 @@ void convert_to_f32(const void* src, DType from, float* dst, size_t n) {
   }
 }
 
+namespace {
+
+// f32_to_bf16 over n values, written as selects so that it vectorizes (KV cache rows, weights).
+CSERVE_VECTOR_CLONES void f32_to_bf16_n(const float* src, uint16_t* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, src + i, 4);
+    const uint32_t nan = (u >> 16) | 0x40u, rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    dst[i] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+  }
+}
+
+}  // namespace
+
 void convert_from_f32(const float* src, void* dst, DType to, size_t n) {
   if (n == 0) return;
   switch (to) {
@@ -174,11 +190,9 @@ void convert_from_f32(const float* src, void* dst, DType to, size_t n) {
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
       return;
     }
-    case DType::BF16: {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+    case DType::BF16:
+      f32_to_bf16_n(src, static_cast<uint16_t*>(dst), n);
       return;
-    }
     case DType::F8E4M3:
     case DType::F8E5M2: {
       uint8_t* d = static_cast<uint8_t*>(dst);

@@ -42,3 +42,16 @@ def test_other_dtypes_round_as_numpy(dtype):
 def test_unknown_dtype():
     with pytest.raises(ValueError, match="unknown dtype"):
         _core.testing.round_to_dtype(np.ones(2, np.float32), "fp4")
+
+
+def test_bf16_rounds_to_nearest_even_and_keeps_inf_and_nan():
+    # Every value of values() (ties included), infinities and NaNs (a signaling one comes back
+    # quiet), 6517 of them: the vector loop and its tail.
+    special = np.array([0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFFFFFFF, 0x7F7FFFFF],
+                       dtype=np.uint32).view(np.float32)
+    x = np.concatenate([values(np.random.default_rng(2)), special])
+    got = _core.testing.round_to_dtype(x, "bfloat16")
+    finite = np.isfinite(x) | np.isinf(x)
+    np.testing.assert_array_equal(got[finite], ref.round_bf16(x[finite]))
+    assert np.isnan(got[~finite]).all() and (~finite).sum() == 3
+    assert list(got[-6:-4]) == [np.inf, -np.inf]
