@@ -87,8 +87,10 @@ int main(int argc, char** argv) {
     std::normal_distribution<float> nd;
     for (auto& v : x) v = nd(rng);
     QuantActs a576, a1536;
-    quantize_acts(x.data(), m, 1536, 576, a576);
-    quantize_acts(x.data(), m, 1536, 1536, a1536);
+    a576.reset(m, 576);
+    a1536.reset(m, 1536);
+    quantize_acts(x.data(), 1536, 0, m, a576);
+    quantize_acts(x.data(), 1536, 0, m, a1536);
     printf("%-11d", m);
     // Round robin over the kernels, best time of each: a slow moment of the machine hits all.
     std::vector<double> best(kernels.size(), 1e30);

@@ -12,9 +12,9 @@ namespace cserve::cpu {
 
 namespace detail {
 
-void quantize_acts(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out) {
-  out.reset(m, k);
-  for (int64_t r = 0; r < m; ++r) {
+void quantize_acts(const float* x, int64_t ldx, int64_t row_begin, int64_t row_end, QuantActs& out) {
+  const int64_t k = out.k;
+  for (int64_t r = row_begin; r < row_end; ++r) {
     const float* xr = x + r * ldx;
     for (int64_t b = 0; b < out.blocks; ++b) {
       const float* xb = xr + b * kQBlock;
@@ -150,7 +150,12 @@ void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
     quantize = detail::quantize_acts_avx2;
     kernel = cpu_has_avx_vnni() ? detail::qgemm_panels_avxvnni : detail::qgemm_panels_avx2;
   }
-  quantize(x, m, ldx, w.k, acts);
+  // Rows over the pool: a prefill's 1600 x 576 values are ~1 ms on one thread, per GEMM.
+  acts.reset(m, w.k);
+  detail::QuantActs& quantized = acts;  // this thread's (a worker naming `acts` gets its own)
+  pool.parallel_for(m, std::max<int64_t>(1, 16384 / w.k), [&](int64_t begin, int64_t end) {
+    quantize(x, ldx, begin, end, quantized);
+  });
   detail::QGemmArgs g{&w, &acts, y, ldy, accumulate, stream_result(m, w.n, accumulate)};
   // Enough panels per task to amortize the dispatch when m is small.
   const int64_t grain = std::max<int64_t>(1, 16 / std::max<int64_t>(1, m));

@@ -97,10 +97,11 @@ struct QuantActs {
     sx.resize(static_cast<size_t>(m * blocks));
   }
 };
-void quantize_acts(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out);
+// Rows [row_begin, row_end) of x into those rows of out (sized by out.reset beforehand).
+void quantize_acts(const float* x, int64_t ldx, int64_t row_begin, int64_t row_end, QuantActs& out);
 // The same, vectorized (identical results: round to nearest even in all).
-void quantize_acts_avx512(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out);
-void quantize_acts_avx2(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out);
+void quantize_acts_avx512(const float* x, int64_t ldx, int64_t row_begin, int64_t row_end, QuantActs& out);
+void quantize_acts_avx2(const float* x, int64_t ldx, int64_t row_begin, int64_t row_end, QuantActs& out);
 
 struct QGemmArgs {
   const QuantMatrix* w = nullptr;

@@ -8,11 +8,11 @@ void qgemm_panels_avx2(const QGemmArgs& g, int64_t panel_begin, int64_t panel_en
   dispatch<false, 8, 1, 3>(g, panel_begin, panel_end);
 }
 
-void quantize_acts_avx2(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out) {
-  out.reset(m, k);
+void quantize_acts_avx2(const float* x, int64_t ldx, int64_t row_begin, int64_t row_end, QuantActs& out) {
+  const int64_t k = out.k;
   const __m256 sign = _mm256_set1_ps(-0.0f);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  for (int64_t r = 0; r < m; ++r) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
     for (int64_t b = 0; b < out.blocks; ++b) {
       const float* xb = x + r * ldx + b * kQBlock;
       const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16),

@@ -109,10 +109,10 @@ void run(const QGemmArgs& g, int64_t panel_begin, int64_t panel_end) {
 
 }  // namespace
 
-void quantize_acts_avx512(const float* x, int64_t m, int64_t ldx, int64_t k, QuantActs& out) {
-  out.reset(m, k);
+void quantize_acts_avx512(const float* x, int64_t ldx, int64_t row_begin, int64_t row_end, QuantActs& out) {
+  const int64_t k = out.k;
   const __m512 sign = _mm512_set1_ps(-0.0f);
-  for (int64_t r = 0; r < m; ++r) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
     for (int64_t b = 0; b < out.blocks; ++b) {
       const float* xb = x + r * ldx + b * kQBlock;
       const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
