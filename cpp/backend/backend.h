@@ -133,6 +133,11 @@ class Backend {
     else
       silu_mul(gate_up, m, n / 2, out);
   }
+  // fn(begin, end) over [0, n) items of host work (sampling requests' rows) split over the host
+  // threads the backend keeps (the CPU's pool); here, one call on this thread.
+  virtual void host_parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    if (n > 0) fn(0, n);
+  }
   // Rows of an embedding table (plain [rows][dim]) or of a packed weight (tied embeddings).
   virtual void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) = 0;
   virtual void embedding(const LinearWeight& w, const int32_t* ids, int64_t n, Tensor& out) = 0;

@@ -251,37 +251,48 @@ void ModelRunner::forward_and_sample(const SchedulerOutput& out, RunnerOutput& r
 
 void ModelRunner::sample_on_host(const SchedulerOutput& out, RunnerOutput& result) {
   const int64_t V = model_->config().vocab_size;
-  std::vector<float> raw;
   std::vector<uint8_t> rejected(out.scheduled.size(), 0);  // later sampling rows of the request are void
-  for (size_t row = 0; row < row_owner_.size(); ++row) {
-    const LogitsRow& o = row_owner_[row];
-    const ScheduledRequest& s = out.scheduled[o.seq];
-    Request& r = *s.request;
-    float* logits = logits_.data() + row * V;
-    if (o.prompt_pos >= 0) {
-      int want = *r.params.prompt_logprobs < 0 ? static_cast<int>(V) : *r.params.prompt_logprobs;
-      PositionLogprobs lp;
-      sampler_.logprobs(logits, r.prompt_token_ids[o.prompt_pos + 1], want, lp);
-      result.prompt_logprobs[o.seq].push_back(std::move(lp));
-      continue;
+  // A request's rows are consecutive and sampled in order by one thread (its generator and its
+  // drafts are its own); different requests' rows go to the backend's host threads.
+  std::vector<size_t> runs;  // the first row of each request's rows, then the end
+  for (size_t row = 0; row < row_owner_.size(); ++row)
+    if (row == 0 || row_owner_[row].seq != row_owner_[row - 1].seq) runs.push_back(row);
+  runs.push_back(row_owner_.size());
+  auto sample_rows = [&](size_t first, size_t last) {
+    std::vector<float> raw;
+    for (size_t row = first; row < last; ++row) {
+      const LogitsRow& o = row_owner_[row];
+      const ScheduledRequest& s = out.scheduled[o.seq];
+      Request& r = *s.request;
+      float* logits = logits_.data() + row * V;
+      if (o.prompt_pos >= 0) {
+        int want = *r.params.prompt_logprobs < 0 ? static_cast<int>(V) : *r.params.prompt_logprobs;
+        PositionLogprobs lp;
+        sampler_.logprobs(logits, r.prompt_token_ids[o.prompt_pos + 1], want, lp);
+        result.prompt_logprobs[o.seq].push_back(std::move(lp));
+        continue;
+      }
+      // Rows in order, stopping at the first rejection: the request's generator draws once per
+      // output token, so a seeded request samples what it would without speculation.
+      if (rejected[o.seq]) continue;
+      if (r.params.logprobs) raw.assign(logits, logits + V);
+      int32_t token;
+      {
+        DraftsAsOutput drafts(r, s.draft_token_ids, o.num_drafts_before);
+        token = sampler_.sample(logits, r, grammar_masks_.mask(row));
+      }
+      result.sampled_token_ids[o.seq].push_back(token);
+      if (r.params.logprobs) {
+        int want = *r.params.logprobs < 0 ? static_cast<int>(V) : *r.params.logprobs;
+        result.logprobs[o.seq].emplace_back();
+        sampler_.logprobs(raw.data(), token, want, result.logprobs[o.seq].back());
+      }
+      rejected[o.seq] = rejects_draft(s.draft_token_ids, o.num_drafts_before, token);
     }
-    // Rows in order, stopping at the first rejection: the request's generator draws once per
-    // output token, so a seeded request samples what it would without speculation.
-    if (rejected[o.seq]) continue;
-    if (r.params.logprobs) raw.assign(logits, logits + V);
-    int32_t token;
-    {
-      DraftsAsOutput drafts(r, s.draft_token_ids, o.num_drafts_before);
-      token = sampler_.sample(logits, r, grammar_masks_.mask(row));
-    }
-    result.sampled_token_ids[o.seq].push_back(token);
-    if (r.params.logprobs) {
-      int want = *r.params.logprobs < 0 ? static_cast<int>(V) : *r.params.logprobs;
-      result.logprobs[o.seq].emplace_back();
-      sampler_.logprobs(raw.data(), token, want, result.logprobs[o.seq].back());
-    }
-    rejected[o.seq] = rejects_draft(s.draft_token_ids, o.num_drafts_before, token);
-  }
+  };
+  backend_.host_parallel_for(static_cast<int64_t>(runs.size()) - 1, [&](int64_t begin, int64_t end) {
+    sample_rows(runs[begin], runs[end]);
+  });
 }
 
 bool ModelRunner::backend_can_sample(const SchedulerOutput& out) const {

@@ -150,6 +150,9 @@ class CpuBackend : public Backend {
       return;
     Backend::linear_gated(w, x, ldx, act, gate_up, out);
   }
+  void host_parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) override {
+    pool_.parallel_for(n, 1, fn);
+  }
   void embedding(const Tensor& table, const int32_t* ids, int64_t n, Tensor& out) override {
     cpu::embedding(table, ids, n, out.as<float>());
   }
