@@ -64,8 +64,8 @@ struct alignas(64) AmxTileConfig {
 // The calling thread's tile registers: configured before amx_bf16_panels, released after.
 void amx_configure_tiles();
 void amx_release_tiles();
-// out (= or +=) xb[m][k_padded] (bf16, row stride ldxb, rows allocated up to a multiple of 16)
-// times the panels, plus bias.
+// Rows of 16-row tiles [tile_begin, tile_end) of out (= or +=) xb[m][k_padded] (bf16, row stride
+// ldxb, rows allocated up to a multiple of 16) times the panels, plus bias (or gated: AmxOutput).
 void amx_bf16_panels(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t m, int64_t tile_begin,
                      int64_t tile_end, const AmxOutput& out);
 // bf16 weights with AMX tiles (k_padded a multiple of 32); needs a.xb with rows up to the next
