@@ -28,7 +28,7 @@ namespace {
 // it (the server's event loop, other replicas), then blocks. Polling outlasts the host's work
 // between two decode steps (sampling, scheduling: ~1-1.5 ms at 16 streams), since waking a
 // blocked worker for the next step's first region costs tens of microseconds in a VM (16-stream
-// bf16 decode step 22.1-22.9 -> 20.0-21.7 ms against blocking after 100 us).
+// bf16 decode step 20.5-21.5 -> 19.7-20.5 ms against blocking after 100 us).
 constexpr auto kSpinTime = std::chrono::microseconds(100);
 constexpr auto kPollTime = std::chrono::microseconds(2000);
 // Set while a thread runs a job of some pool: nested parallel regions run inline.
