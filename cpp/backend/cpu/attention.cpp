@@ -95,6 +95,11 @@ void validate(const AttentionMetadata& meta, const Shape& s, const KVLayer& cach
 // bookkeeping is amortized even with small blocks.
 inline int64_t blocks_per_chunk(const Shape& s) { return std::max<int64_t>(1, 128 / s.block_size); }
 
+// The end of the block holding key p, at most hi.
+inline int64_t block_end(const Shape& s, int64_t p, int64_t hi) {
+  return std::min(hi, (p / s.block_size + 1) * s.block_size);
+}
+
 // The end of the chunk that starts at key p, at most hi.
 inline int64_t chunk_end(const Shape& s, int64_t p, int64_t hi) {
   return std::min(hi, (p / s.block_size + blocks_per_chunk(s)) * s.block_size);
@@ -121,11 +126,11 @@ class KeyPrefetch {
   void plan(const KVLayer& cache, const AttentionMetadata& meta, const Shape& s, const Unit& u, int64_t p_lo,
             int64_t p_hi) {
     n_ = next_ = 0;
-    const int64_t bs = s.block_size, dim = s.dim;
+    const int64_t dim = s.dim;
     const int64_t ek = static_cast<int64_t>(dtype_size(cache.k.dtype)), ev = static_cast<int64_t>(dtype_size(cache.v.dtype));
     const int32_t* table = block_table(meta, u);
     for (int64_t p = p_lo; p < p_hi && n_ + 2 <= kMaxSegments;) {
-      const int64_t end = std::min(p_hi, (p / bs + 1) * bs);
+      const int64_t end = block_end(s, p, p_hi);
       const int64_t row0 = cache_row(s, table, u, p);
       add(static_cast<const char*>(cache.k.data) + row0 * dim * ek, (end - p) * dim * ek);
       add(static_cast<const char*>(cache.v.data) + row0 * dim * ev, (end - p) * dim * ev);
@@ -203,7 +208,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
   // Converts rows [c_lo, c_hi) of K or V, gathered from their blocks, into dst.
   auto gather = [&](const Tensor& src, size_t elem, int64_t c_lo, int64_t c_hi, float* dst) {
     for (int64_t p = c_lo; p < c_hi;) {
-      const int64_t end = std::min(c_hi, (p / bs + 1) * bs);
+      const int64_t end = block_end(s, p, c_hi);
       ops.to_f32(static_cast<const char*>(src.data) + cache_row(s, table, u, p) * dim * elem, src.dtype,
                  dst + (p - c_lo) * dim, (end - p) * dim);
       p = end;
@@ -232,7 +237,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
         return;
       }
       for (int64_t p = c_lo + a; p < c_lo + b;) {
-        const int64_t end = std::min(c_lo + b, (p / bs + 1) * bs);
+        const int64_t end = block_end(s, p, c_lo + b);
         next->issue(pace);
         ops.qk_kv(qr, static_cast<const char*>(cache.k.data) + cache_row(s, table, u, p) * dim * ek, cache.k.dtype,
                   end - p, dim, out_row + (p - c_lo));
@@ -273,7 +278,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
       ops.pv(out.acc, rows, dim, sc, nk, vf, nk, dim);
     } else if (any) {
       for (int64_t p = c_lo; p < c_hi;) {
-        const int64_t end = std::min(c_hi, (p / bs + 1) * bs);
+        const int64_t end = block_end(s, p, c_hi);
         next->issue(pace);
         ops.pv_kv(out.acc, rows, dim, sc + (p - c_lo), nk,
                   static_cast<const char*>(cache.v.data) + cache_row(s, table, u, p) * dim * ev, cache.v.dtype,

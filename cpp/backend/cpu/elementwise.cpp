@@ -11,11 +11,6 @@
 namespace cserve::cpu {
 
 namespace {
-// Rows per parallel chunk so that a chunk holds at least ~16K elements.
-int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_len)); }
-}  // namespace
-
-namespace {
 // out = x / rms(x) * w, or out += that when `add`.
 void rms_norm_rows(const char* op, const float* x, const float* w, int64_t rows, int64_t dim, int64_t ld, float eps,
                    float* out, bool add, ThreadPool& pool) {
@@ -106,7 +101,8 @@ void softcap(float* x, int64_t n, float cap, ThreadPool& pool) {
 namespace {
 // x1' = x1 c - x2 s, x2' = x2 c + x1 s over one head's rotated pairs, rounded as the portable
 // kernel rounds them (no fused multiply-adds in the AVX2 / AVX-512 clones).
-CSERVE_VECTOR_CLONES __attribute__((optimize("fp-contract=off"))) void rotate_half(float* x1, float* x2, const float* c, const float* s, int64_t half) {
+CSERVE_VECTOR_CLONES __attribute__((optimize("fp-contract=off"))) void rotate_half(float* x1, float* x2, const float* c,
+                                                                                 const float* s, int64_t half) {
   for (int64_t i = 0; i < half; ++i) {
     const float a = x1[i], b = x2[i];
     x1[i] = a * c[i] - b * s[i];

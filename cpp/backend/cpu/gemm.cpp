@@ -60,6 +60,15 @@ bool amx_kernel(const PackedMatrix& w) {
   return cpu_isa() == Isa::Avx512Bf16 && w.dtype == DType::BF16 && w.k_padded % 32 == 0 && cpu_has_amx();
 }
 
+// Throws unless x's rows hold k values and y's rows `width` ("n" or "n / 2").
+void check_leading_dims(const char* op, int64_t ldx, int64_t k, int64_t ldy, int64_t width, const char* width_name) {
+  if (ldx < k || ldy < width) {
+    throw InvalidArgument(std::string(op) + ": leading dimensions too small (ldx " + std::to_string(ldx) + " < k " +
+                          std::to_string(k) + " or ldy " + std::to_string(ldy) + " < " + width_name + " " +
+                          std::to_string(width) + ")");
+  }
+}
+
 detail::GemmArgs gemm_args(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
                            bool accumulate) {
   detail::GemmArgs a;
@@ -113,11 +122,7 @@ void run_panels(const detail::GemmArgs& a, PanelKernel kernel, int64_t num_panel
 void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
           bool accumulate, ThreadPool& pool) {
   if (m <= 0) return;
-  if (ldx < w.k || ldy < w.n) {
-    throw InvalidArgument("gemm: leading dimensions too small (ldx " + std::to_string(ldx) +
-                          " < k " + std::to_string(w.k) + " or ldy " + std::to_string(ldy) +
-                          " < n " + std::to_string(w.n) + ")");
-  }
+  check_leading_dims("gemm", ldx, w.k, ldy, w.n, "n");
   detail::GemmArgs a = gemm_args(w, x, m, ldx, y, ldy, accumulate);
   const Isa isa = cpu_isa();
   PanelKernel kernel = detail::gemm_panels_scalar;
@@ -137,11 +142,7 @@ bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, G
   const int64_t half = w.n / 2;
   if (!amx_kernel(w) || w.n % 2 != 0 || half % detail::kPanel != 0) return false;
   if (m <= 0) return true;
-  if (ldx < w.k || ldo < half) {
-    throw InvalidArgument("gemm_gated: leading dimensions too small (ldx " + std::to_string(ldx) + " < k " +
-                          std::to_string(w.k) + " or ldo " + std::to_string(ldo) + " < n / 2 " +
-                          std::to_string(half) + ")");
-  }
+  check_leading_dims("gemm_gated", ldx, w.k, ldo, half, "n / 2");
   detail::GemmArgs a = gemm_args(w, x, m, ldx, out, ldo, false);
   const detail::RowOps& ops = detail::row_ops();
   a.gate = act == GatedActivation::GeluTanh ? ops.gelu_tanh_mul : ops.silu_mul;

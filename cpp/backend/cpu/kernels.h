@@ -3,6 +3,7 @@
 // weights and the KV cache are f32, f16 or bf16. The instruction set is chosen
 // at run time (cpu_isa()), so one build runs on any x86-64.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -69,6 +70,9 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
 // multiple of 16): the caller runs those two.
 bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, GatedActivation act, float* out,
                 int64_t ldo, ThreadPool& pool);
+
+// Rows per parallel chunk of a row-wise kernel, so that a chunk holds at least ~16K values.
+inline int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_len)); }
 
 // Whether the vector GEMMs (gemm's AMX kernel, qgemm's AVX-512 and AVX2 kernels) store an m x n
 // float result past the caches: one of 4 MiB or more (a prefill's qkv or gate_up) cannot stay

@@ -48,9 +48,8 @@ void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const 
       }
     }
   };
-  // A prefill's tokens over the threads (~16K values a chunk); a decode step's few on one.
-  const int64_t grain = std::max<int64_t>(1, 16384 / (2 * kv_heads * dim));
-  pool.parallel_for(tokens, grain, [&](int64_t begin, int64_t end) {
+  // A prefill's tokens over the threads; a decode step's few on one.
+  pool.parallel_for(tokens, row_grain(2 * kv_heads * dim), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < std::min(end, begin + kAhead); ++t) prefetch_rows(t);
     for (int64_t t = begin; t < end; ++t) {
       if (t + kAhead < end) prefetch_rows(t + kAhead);

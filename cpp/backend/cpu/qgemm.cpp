@@ -153,7 +153,7 @@ void qgemm(const QuantMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
   // Rows over the pool: a prefill's 1600 x 576 values are ~1 ms on one thread, per GEMM.
   acts.reset(m, w.k);
   detail::QuantActs& quantized = acts;  // this thread's (a worker naming `acts` gets its own)
-  pool.parallel_for(m, std::max<int64_t>(1, 16384 / w.k), [&](int64_t begin, int64_t end) {
+  pool.parallel_for(m, row_grain(w.k), [&](int64_t begin, int64_t end) {
     quantize(x, ldx, begin, end, quantized);
   });
   detail::QGemmArgs g{&w, &acts, y, ldy, accumulate, stream_result(m, w.n, accumulate)};
