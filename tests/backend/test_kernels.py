@@ -235,7 +235,19 @@ ATTN_CASES = [
     (1, 4, 1, 16, 700, 16, 0),   # long decode: keys split over parts and merged
     (2, 8, 1, 8, 600, 1, 300),   # block size 1, long window
     (70, 2, 2, 8, 70, 16, 0),    # more rows than one work unit holds
+    # Many tokens: AMX tiles where the CPU has them (bf16 cache, head_dim a multiple of 32).
+    (100, 9, 3, 64, 100, 16, 0),    # a SmolLM2 layer's prefill: units of 42, 42 and 16 tokens
+    (300, 4, 2, 64, 300, 16, 0),    # keys in several chunks
+    (40, 8, 2, 128, 90, 8, 0),      # chunk in the middle of a sequence, head_dim 128, blocks of 8
+    (50, 6, 3, 96, 50, 32, 20),     # sliding window, head_dim 96
+    (33, 2, 1, 32, 33, 1, 0),       # block size 1, a last row tile of one row
+    (20, 16, 2, 64, 260, 256, 0),   # blocks of 256: one chunk per block
 ]
+
+
+def _amx_attention(nq, d, kv_dtype):
+    """Whether paged attention runs some of these rows on AMX tiles."""
+    return T.amx_in_use() and kv_dtype == "bfloat16" and d % 32 == 0 and nq >= 16
 
 
 @pytest.mark.parametrize("kv_dtype", DTYPES)
@@ -245,15 +257,39 @@ def test_paged_attention(case, kv_dtype):
     q, k, v, block_ids, scale = ref.attention_inputs(case)
     got = T.paged_attention(q, k, v, bs, block_ids, kv_dtype, scale, window)
     assert got.shape == (nq, nh * d)
+    _check_attention(got, q, k, v, scale, window, kv_dtype)
+
+
+def _check_attention(got, q, k, v, scale, window, kv_dtype, **kw):
+    """got against the float64 reference over the cache's stored values, within what the kernel
+    rounds on this CPU."""
+    nq, d = q.shape[0], q.shape[2]
     k_stored, v_stored = ref.round_to(k, kv_dtype), ref.round_to(v, kv_dtype)
     if kv_dtype == "bfloat16" and T.isa() == "avx512_bf16":
         # With AVX512_BF16, q . k over a bf16 cache is a bf16 dot product: the scaled query is
         # rounded to bf16 (as vLLM's bf16 attention does) and accumulated in float32.
         q_scaled = ref.round_bf16((q * np.float32(scale)).astype(np.float32))
-        want = ref.attention(q_scaled, k_stored, v_stored, 1.0, window)
+        want = ref.attention(q_scaled, k_stored, v_stored, 1.0, window, **kw)
     else:
-        want = ref.attention(q, k_stored, v_stored, scale, window)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        want = ref.attention(q, k_stored, v_stored, scale, window, **kw)
+    atol = 1e-4
+    if _amx_attention(nq, d, kv_dtype):
+        # The tiles multiply the values by probabilities rounded to bf16 (each within 2^-9).
+        atol += 2.0**-8 * float(np.abs(v_stored).max())
+        assert np.abs(got - want).max() > 1e-6
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize("kv_dtype", DTYPES)
+@pytest.mark.parametrize("case", [ATTN_CASES[10], ATTN_CASES[13]], ids=["prefill", "window"])
+def test_paged_attention_many_tokens_softcap_and_sinks(case, kv_dtype):
+    """Capped scores and sinks on the many-token path (AMX tiles where the CPU has them)."""
+    nq, nh, nkv, d, length, bs, window = case
+    q, k, v, block_ids, _ = ref.attention_inputs(case)
+    scale, sinks = 0.5, np.linspace(1.0, 5.0, nh).astype(np.float32)
+    got = T.paged_attention(q, k, v, bs, block_ids, kv_dtype, scale, window, softcap=2.0, sinks=sinks)
+    _check_attention(got, q, k, v, scale, window, kv_dtype, softcap=2.0, sinks=sinks)
+    assert np.abs(got - ref.attention(q, k, v, scale, window)).max() > 1e-2
 
 
 @pytest.mark.parametrize("case", [ATTN_CASES[1], ATTN_CASES[3], ATTN_CASES[5], ATTN_CASES[7]],

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/attention_amx.h"
+#include "backend/cpu/gemm_internal.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/row_ops.h"
 #include "cserve/error.h"
@@ -24,6 +26,11 @@ namespace cserve::cpu {
 namespace {
 
 constexpr int64_t kMaxRowsPerUnit = 64;  // query rows (tokens x group heads) per unit
+// On AMX tiles (bf16 cache): units of at least this many tokens, up to this many rows. Fewer
+// tokens (decode, speculative verification) keep the vector path: re-laying the keys for the
+// tiles costs more than a few query rows save.
+constexpr int64_t kAmxMinTokens = 16;
+constexpr int64_t kMaxRowsPerAmxUnit = 128;
 constexpr int64_t kMinKeysPerPart = 64;
 
 struct Shape {
@@ -169,6 +176,45 @@ inline void key_range(int64_t pos, int64_t window, int64_t& lo, int64_t& hi) {
   lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
 }
 
+// A unit's start: each token's key range clipped to the part into rng[ntok][2], its query rows
+// scaled into qs[rows][dim], and an empty softmax state (max and sum; not the accumulator).
+void start_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, const AttentionMetadata& meta,
+                const Shape& s, int32_t* rng, float* qs, Partial out) {
+  const int64_t ntok = u.tok_end - u.tok_begin, width = s.group * s.dim;
+  for (int64_t t = 0; t < ntok; ++t) {
+    int64_t lo, hi;
+    key_range(meta.positions[u.tok_begin + t], s.window, lo, hi);
+    rng[2 * t] = static_cast<int32_t>(std::max(lo, part_lo));
+    rng[2 * t + 1] = static_cast<int32_t>(std::min(hi, part_hi));
+    const float* qt = q + (u.tok_begin + t) * s.ldq + u.kv_head * width;
+    for (int64_t i = 0; i < width; ++i) qs[t * width + i] = qt[i] * s.scale;
+  }
+  std::fill(out.m, out.m + ntok * s.group, -std::numeric_limits<float>::infinity());
+  std::fill(out.l, out.l + ntok * s.group, 0.0f);
+}
+
+// Folds a row's scores p[jl, jh) of a chunk into its running softmax state (max m, sum l,
+// unnormalized accumulator acc[dim]): leaves p[0, width) holding exp(score - m) in [jl, jh) and 0
+// elsewhere, ready to be multiplied by the chunk's values. Nothing to fold when jh <= jl.
+inline void fold_row(float* p, int64_t jl, int64_t jh, int64_t width, const Shape& s, const detail::RowOps& ops,
+                     float& m, float& l, float* acc) {
+  if (jh <= jl) {
+    std::fill(p, p + width, 0.0f);
+    return;
+  }
+  if (s.softcap > 0) ops.softcap(p + jl, jh - jl, s.softcap);
+  const float m_new = std::max(m, max_skipping_nan(p + jl, jh - jl));
+  if (m != m_new) {
+    const float alpha = std::exp(m - m_new);  // 0 when m was -inf
+    l *= alpha;
+    for (int64_t d = 0; d < s.dim; ++d) acc[d] *= alpha;
+    m = m_new;
+  }
+  l += ops.exp_shift_sum(p + jl, jh - jl, m_new);
+  std::fill(p, p + jl, 0.0f);
+  std::fill(p + jh, p + width, 0.0f);
+}
+
 // Runs one unit over keys [part_lo, part_hi) and leaves its softmax state in `out`. Its first
 // chunk was asked for before; each chunk asks for the next one's lines while it computes, and
 // the last asks for `following` (the first chunk of this thread's next unit).
@@ -186,21 +232,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
   float* vf = kf + chunk * dim;    // [chunk][dim]
   // Per token: its key range clipped to the part, as int32 pairs (2 * rows floats of room).
   int32_t* rng = reinterpret_cast<int32_t*>(vf + chunk * dim);  // [ntok][2]
-  for (int64_t t = 0; t < ntok; ++t) {
-    int64_t lo, hi;
-    key_range(meta.positions[u.tok_begin + t], s.window, lo, hi);
-    rng[2 * t] = static_cast<int32_t>(std::max(lo, part_lo));
-    rng[2 * t + 1] = static_cast<int32_t>(std::min(hi, part_hi));
-  }
-  for (int64_t t = 0; t < ntok; ++t) {
-    const float* qt = q + (u.tok_begin + t) * s.ldq + u.kv_head * s.group * dim;
-    for (int64_t i = 0; i < s.group * dim; ++i) qs[t * s.group * dim + i] = qt[i] * s.scale;
-  }
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  for (int64_t r = 0; r < rows; ++r) {
-    out.m[r] = neg_inf;
-    out.l[r] = 0.0f;
-  }
+  start_unit(u, part_lo, part_hi, q, meta, s, rng, qs, out);
   std::fill(out.acc, out.acc + rows * dim, 0.0f);
 
   const size_t ek = dtype_size(cache.k.dtype), ev = dtype_size(cache.v.dtype);
@@ -251,25 +283,11 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
       for (int64_t g = 0; g < s.group; ++g) {
         const int64_t r = t * s.group + g;
         float* p = sc + r * nk;
-        if (jh <= jl) {
-          std::fill(p, p + nk, 0.0f);
-          continue;
+        if (jh > jl) {
+          any = true;
+          scores(qs + r * dim, jl, jh, p);
         }
-        any = true;
-        scores(qs + r * dim, jl, jh, p);
-        if (s.softcap > 0) ops.softcap(p + jl, jh - jl, s.softcap);
-        const float bmax = max_skipping_nan(p + jl, jh - jl);
-        const float m_new = std::max(out.m[r], bmax);
-        if (out.m[r] != m_new) {
-          const float alpha = std::exp(out.m[r] - m_new);  // 0 when m was -inf
-          out.l[r] *= alpha;
-          float* a = out.acc + r * dim;
-          for (int64_t d = 0; d < dim; ++d) a[d] *= alpha;
-          out.m[r] = m_new;
-        }
-        out.l[r] += ops.exp_shift_sum(p + jl, jh - jl, m_new);
-        std::fill(p, p + jl, 0.0f);
-        std::fill(p + jh, p + nk, 0.0f);
+        fold_row(p, jl, jh, nk, s, ops, out.m[r], out.l[r], out.acc + r * dim);
       }
     }
     if (any && !direct) {
@@ -289,6 +307,81 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
     next->issue_all();
     c_lo = c_hi;
   }
+}
+
+
+// run_unit on AMX tiles, for a bf16 cache (dim a multiple of 32): per chunk the keys and values
+// are re-laid for the tiles once, all query rows are scored in one pass, folded row by row as in
+// run_unit, and the probabilities (rounded to bf16, as torch's and vLLM's CPU flash attention
+// round them) multiply the values in a second pass.
+void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, const KVLayer& cache,
+                  const AttentionMetadata& meta, const Shape& s, const detail::RowOps& ops, Partial out,
+                  KeyPrefetch& following) {
+  const int64_t ntok = u.tok_end - u.tok_begin, rows = ntok * s.group, dim = s.dim;
+  const int64_t row_tiles = (rows + 15) / 16, rows_p = row_tiles * 16;
+  const int64_t chunk_p = (blocks_per_chunk(s) * s.block_size + 31) / 32 * 32;
+  thread_local std::vector<float> f32s;
+  thread_local std::vector<uint16_t> bf16s;
+  thread_local std::vector<const uint16_t*> key_rows, value_rows;
+  const size_t f32_need = static_cast<size_t>(2 * rows_p * dim + rows_p * chunk_p + 2 * ntok);
+  const size_t bf16_need = static_cast<size_t>(rows_p * dim + 2 * chunk_p * dim + rows_p * chunk_p);
+  if (f32s.size() < f32_need) f32s.resize(f32_need);
+  if (bf16s.size() < bf16_need) bf16s.resize(bf16_need);
+  if (key_rows.size() < static_cast<size_t>(chunk_p)) {
+    key_rows.resize(chunk_p);
+    value_rows.resize(chunk_p);
+  }
+  float* qs = f32s.data();         // [rows_p][dim], pre-scaled, zero past rows
+  float* o = qs + rows_p * dim;    // [rows_p][dim], the unnormalized accumulator
+  float* sc = o + rows_p * dim;    // [rows_p][width]: scores, then probabilities
+  int32_t* rng = reinterpret_cast<int32_t*>(sc + rows_p * chunk_p);  // [ntok][2]
+  uint16_t* qb = bf16s.data();     // qs in bf16
+  uint16_t* kb = qb + rows_p * dim;  // the chunk's keys, packed
+  uint16_t* vb = kb + chunk_p * dim;  // its values, packed
+  uint16_t* pb = vb + chunk_p * dim;  // sc in bf16
+  start_unit(u, part_lo, part_hi, q, meta, s, rng, qs, out);
+  std::fill(qs + rows * dim, qs + rows_p * dim, 0.0f);
+  std::fill(o, o + rows_p * dim, 0.0f);
+  detail::convert_rows_bf16_avx512bf16(qs, rows_p, dim, dim, dim, qb, dim);
+  detail::amx_configure_tiles();
+
+  const int32_t* table = block_table(meta, u);
+  KeyPrefetch ahead;
+  for (int64_t c_lo = part_lo; c_lo < part_hi;) {
+    const int64_t c_hi = chunk_end(s, c_lo, part_hi), nk = c_hi - c_lo;
+    const int64_t steps = (nk + 31) / 32, width = steps * 32;
+    for (int64_t p = c_lo; p < c_hi; ++p) {
+      const int64_t row = cache_row(s, table, u, p) * dim;
+      key_rows[p - c_lo] = static_cast<const uint16_t*>(cache.k.data) + row;
+      value_rows[p - c_lo] = static_cast<const uint16_t*>(cache.v.data) + row;
+    }
+    detail::amx_pack_keys(key_rows.data(), nk, 2 * steps, dim, kb);
+    KeyPrefetch* next = &following;
+    if (c_hi < part_hi) {
+      ahead.plan(cache, meta, s, u, c_hi, chunk_end(s, c_hi, part_hi));
+      next = &ahead;
+    }
+    next->issue_all();
+    detail::amx_scores(qb, row_tiles, dim, kb, 2 * steps, sc, width);
+    bool any = false;
+    for (int64_t t = 0; t < ntok; ++t) {
+      const int64_t jl = std::max<int64_t>(rng[2 * t] - c_lo, 0);
+      const int64_t jh = std::min<int64_t>(rng[2 * t + 1] - c_lo, nk);
+      any = any || jh > jl;
+      for (int64_t r = t * s.group; r < (t + 1) * s.group; ++r) {
+        fold_row(sc + r * width, jl, jh, width, s, ops, out.m[r], out.l[r], o + r * dim);
+      }
+    }
+    if (any) {
+      // Rows past `rows` score zero queries: their probabilities are never read back.
+      detail::convert_rows_bf16_avx512bf16(sc, rows_p, width, width, width, pb, width);
+      detail::amx_pack_values(value_rows.data(), nk, steps, dim, vb);
+      detail::amx_values(pb, width, row_tiles, vb, steps, dim, o);
+    }
+    c_lo = c_hi;
+  }
+  detail::amx_release_tiles();
+  std::copy(o, o + rows * dim, out.acc);
 }
 
 }  // namespace
@@ -315,7 +408,9 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
   const int64_t dim = s.dim;
 
   // Units: chunks of each sequence's tokens, times kv heads.
-  const int64_t tokens_per_unit = std::max<int64_t>(1, kMaxRowsPerUnit / s.group);
+  const bool amx = cpu_has_amx() && cache.k.dtype == DType::BF16 && cache.v.dtype == DType::BF16 && dim % 32 == 0;
+  const int64_t tokens_per_unit =
+      amx ? std::max<int64_t>(kAmxMinTokens, kMaxRowsPerAmxUnit / s.group) : std::max<int64_t>(1, kMaxRowsPerUnit / s.group);
   // Scratch of the calling thread; the workers reach it through these references
   // (naming a thread_local inside the worker lambda would give the worker's own).
   thread_local std::vector<Unit> units_storage;
@@ -421,12 +516,13 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
       const Unit& u = units[ui];
       int64_t plo, phi;
       part_bounds(task, plo, phi);
+      const auto run = amx && u.tok_end - u.tok_begin >= kAmxMinTokens ? run_unit_amx : run_unit;
       if (parts == 1) {
         const Partial p = partial_in(own.data());
-        run_unit(u, plo, phi, q, cache, meta, s, ops, p, following);
+        run(u, plo, phi, q, cache, meta, s, ops, p, following);
         finish(u, &p, 1);
       } else {
-        run_unit(u, plo, phi, q, cache, meta, s, ops, partial_at(ui, part), following);
+        run(u, plo, phi, q, cache, meta, s, ops, partial_at(ui, part), following);
       }
       if (++task == group + take) group = task = next.fetch_add(take);
     }
