@@ -409,8 +409,8 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
 
   // Units: chunks of each sequence's tokens, times kv heads.
   const bool amx = cpu_has_amx() && cache.k.dtype == DType::BF16 && cache.v.dtype == DType::BF16 && dim % 32 == 0;
-  const int64_t tokens_per_unit =
-      amx ? std::max<int64_t>(kAmxMinTokens, kMaxRowsPerAmxUnit / s.group) : std::max<int64_t>(1, kMaxRowsPerUnit / s.group);
+  const int64_t tokens_per_unit = amx ? std::max<int64_t>(kAmxMinTokens, kMaxRowsPerAmxUnit / s.group)
+                                      : std::max<int64_t>(1, kMaxRowsPerUnit / s.group);
   // Scratch of the calling thread; the workers reach it through these references
   // (naming a thread_local inside the worker lambda would give the worker's own).
   thread_local std::vector<Unit> units_storage;

@@ -86,7 +86,7 @@ detail::GemmArgs gemm_args(const PackedMatrix& w, const float* x, int64_t m, int
 // x rounded to bf16 once per call, for the vdpbf16ps and AMX kernels; the scratch lives with the
 // calling thread. AMX loads whole 16-row tiles: the rows past m are allocated (their sums are
 // never stored).
-void round_x_bf16(detail::GemmArgs& a, ThreadPool& pool) {
+void round_x_bf16(detail::GemmArgs& a, bool tiles, ThreadPool& pool) {
   const PackedMatrix& w = *a.w;
   thread_local std::vector<uint16_t> xb;
   const int64_t ldxb = (w.k_padded + 31) / 32 * 32;
@@ -95,7 +95,8 @@ void round_x_bf16(detail::GemmArgs& a, ThreadPool& pool) {
   uint16_t* xbp = xb.data();
   const int64_t row_grain = std::max<int64_t>(1, (int64_t{1} << 16) / w.k);
   pool.parallel_for(a.m, row_grain, [&](int64_t r0, int64_t r1) {
-    detail::convert_rows_bf16_avx512bf16(a.x + r0 * a.ldx, r1 - r0, a.ldx, w.k, w.k_padded, xbp + r0 * ldxb, ldxb);
+    if (tiles) detail::convert_rows_bf16_tiles_avx512bf16(a.x, r0, r1, a.ldx, w.k, ldxb, xbp);
+    else detail::convert_rows_bf16_avx512bf16(a.x + r0 * a.ldx, r1 - r0, a.ldx, w.k, w.k_padded, xbp + r0 * ldxb, ldxb);
   });
   a.xb = xbp;
   a.ldxb = ldxb;
@@ -133,7 +134,7 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
     case Isa::Avx512Bf16: kernel = detail::gemm_panels_avx512bf16; break;
   }
   if (amx_kernel(w)) kernel = detail::gemm_panels_amx_bf16;
-  if (isa == Isa::Avx512Bf16 && w.dtype == DType::BF16) round_x_bf16(a, pool);
+  if (isa == Isa::Avx512Bf16 && w.dtype == DType::BF16) round_x_bf16(a, amx_kernel(w), pool);
   run_panels(a, kernel, w.n_padded / detail::kPanel, 1, pool);
 }
 
@@ -146,7 +147,7 @@ bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, G
   detail::GemmArgs a = gemm_args(w, x, m, ldx, out, ldo, false);
   const detail::RowOps& ops = detail::row_ops();
   a.gate = act == GatedActivation::GeluTanh ? ops.gelu_tanh_mul : ops.silu_mul;
-  round_x_bf16(a, pool);
+  round_x_bf16(a, true, pool);
   run_panels(a, detail::gemm_panels_amx_bf16, half / detail::kPanel, 2, pool);
   return true;
 }

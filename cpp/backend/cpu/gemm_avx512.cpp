@@ -273,4 +273,26 @@ void convert_rows_bf16_avx512bf16(const float* x, int64_t m, int64_t ldx, int64_
   }
 }
 
+namespace {
+
+// The first n of 16 lanes (none for n <= 0).
+inline __mmask16 first_mask(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n > 0 ? __mmask16((1u << n) - 1u) : __mmask16(0);
+}
+
+}  // namespace
+
+void convert_rows_bf16_tiles_avx512bf16(const float* x, int64_t r0, int64_t r1, int64_t ldx, int64_t k,
+                                        int64_t k_padded, uint16_t* tiles) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* src = x + r * ldx;
+    for (int64_t c = 0; c < k_padded; c += 32) {
+      uint16_t* dst = tiles + amx_tile_of(k_padded, r / 16, c / 32) + (r % 16) * 32;
+      const __m512 lo = _mm512_maskz_loadu_ps(first_mask(k - c), src + c);
+      const __m512 hi = _mm512_maskz_loadu_ps(first_mask(k - c - 16), src + c + 16);
+      _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));  // zeros past k
+    }
+  }
+}
+
 }  // namespace cserve::cpu::detail

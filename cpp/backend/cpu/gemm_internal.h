@@ -19,7 +19,8 @@ struct GemmArgs {
   int64_t ldy = 0;
   bool accumulate = false;
   const float* bias = nullptr;  // n values or nullptr
-  // bf16 copy of x, rows of w->k_padded values (zero padded), row stride ldxb.
+  // bf16 copy of x, rows of w->k_padded values (zero padded), row stride ldxb; for the AMX
+  // kernel tile by tile instead: [row tiles][ldxb / 32][16 rows][32] (amx_tile_of).
   // Only set for the AVX512_BF16 path with bf16 weights.
   const uint16_t* xb = nullptr;
   int64_t ldxb = 0;
@@ -64,8 +65,12 @@ struct alignas(64) AmxTileConfig {
 // The calling thread's tile registers: configured before amx_bf16_panels, released after.
 void amx_configure_tiles();
 void amx_release_tiles();
-// Rows of 16-row tiles [tile_begin, tile_end) of out (= or +=) xb[m][k_padded] (bf16, row stride
-// ldxb, rows allocated up to a multiple of 16) times the panels, plus bias (or gated: AmxOutput).
+// Where the A tile of x's rows [16 t, 16 t + 16) and k [32 s, 32 s + 32) starts in tile-major xb (64-byte rows,
+// contiguous: whole 1 KiB tiles stream in order where a strided load touches 16 scattered lines).
+inline int64_t amx_tile_of(int64_t ldxb, int64_t t, int64_t s) { return (t * (ldxb / 32) + s) * 512; }
+// Rows of 16-row tiles [tile_begin, tile_end) of out (= or +=) xb (bf16, tile-major with k
+// steps of ldxb / 32, rows allocated up to a multiple of 16) times the panels, plus bias (or
+// gated: AmxOutput).
 void amx_bf16_panels(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t m, int64_t tile_begin,
                      int64_t tile_end, const AmxOutput& out);
 // bf16 weights with AMX tiles (k_padded a multiple of 32); needs a.xb with rows up to the next
@@ -74,5 +79,8 @@ void gemm_panels_amx_bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_
 // Rounds rows of x to bf16 (nearest even) into out[m][k_padded] (ld_out), zero padding k..k_padded.
 void convert_rows_bf16_avx512bf16(const float* x, int64_t m, int64_t ldx, int64_t k,
                                   int64_t k_padded, uint16_t* out, int64_t ld_out);
+// The same for rows [r0, r1) of x into tile-major tiles (amx_tile_of) of k steps k_padded / 32.
+void convert_rows_bf16_tiles_avx512bf16(const float* x, int64_t r0, int64_t r1, int64_t ldx, int64_t k,
+                                        int64_t k_padded, uint16_t* tiles);
 
 }  // namespace cserve::cpu::detail
