@@ -323,22 +323,19 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
   thread_local std::vector<float> f32s;
   thread_local std::vector<uint16_t> bf16s;
   thread_local std::vector<const uint16_t*> key_rows, value_rows;
-  const size_t f32_need = static_cast<size_t>(2 * rows_p * dim + rows_p * chunk_p + 2 * ntok);
-  const size_t bf16_need = static_cast<size_t>(rows_p * dim + 2 * chunk_p * dim + rows_p * chunk_p);
-  if (f32s.size() < f32_need) f32s.resize(f32_need);
-  if (bf16s.size() < bf16_need) bf16s.resize(bf16_need);
+  // Every part below is a multiple of 64 bytes long: the tiles start on whole lines.
+  float* qs = aligned_scratch(f32s, static_cast<size_t>(2 * rows_p * dim + rows_p * chunk_p + 2 * ntok));
+  float* o = qs + rows_p * dim;   // qs: [rows_p][dim], pre-scaled, zero past rows; o: the same
+  float* sc = o + rows_p * dim;   // shape, the unnormalized accumulator; sc: [rows_p][width],
+  int32_t* rng = reinterpret_cast<int32_t*>(sc + rows_p * chunk_p);  // scores, then probabilities
+  uint16_t* qb = aligned_scratch(bf16s, static_cast<size_t>(rows_p * dim + 2 * chunk_p * dim + rows_p * chunk_p));
+  uint16_t* kb = qb + rows_p * dim;   // qb: qs in bf16; kb: the chunk's keys, packed
+  uint16_t* vb = kb + chunk_p * dim;  // its values, packed
+  uint16_t* pb = vb + chunk_p * dim;  // sc in bf16
   if (key_rows.size() < static_cast<size_t>(chunk_p)) {
     key_rows.resize(chunk_p);
     value_rows.resize(chunk_p);
   }
-  float* qs = f32s.data();         // [rows_p][dim], pre-scaled, zero past rows
-  float* o = qs + rows_p * dim;    // [rows_p][dim], the unnormalized accumulator
-  float* sc = o + rows_p * dim;    // [rows_p][width]: scores, then probabilities
-  int32_t* rng = reinterpret_cast<int32_t*>(sc + rows_p * chunk_p);  // [ntok][2]
-  uint16_t* qb = bf16s.data();     // qs in bf16
-  uint16_t* kb = qb + rows_p * dim;  // the chunk's keys, packed
-  uint16_t* vb = kb + chunk_p * dim;  // its values, packed
-  uint16_t* pb = vb + chunk_p * dim;  // sc in bf16
   start_unit(u, part_lo, part_hi, q, meta, s, rng, qs, out);
   std::fill(qs + rows * dim, qs + rows_p * dim, 0.0f);
   std::fill(o, o + rows_p * dim, 0.0f);

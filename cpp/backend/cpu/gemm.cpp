@@ -91,8 +91,7 @@ void round_x_bf16(detail::GemmArgs& a, bool tiles, ThreadPool& pool) {
   thread_local std::vector<uint16_t> xb;
   const int64_t ldxb = (w.k_padded + 31) / 32 * 32;
   const int64_t rows = (a.m + 15) / 16 * 16;
-  if (xb.size() < static_cast<size_t>(rows * ldxb)) xb.resize(static_cast<size_t>(rows * ldxb));
-  uint16_t* xbp = xb.data();
+  uint16_t* xbp = aligned_scratch(xb, static_cast<size_t>(rows * ldxb));
   const int64_t row_grain = std::max<int64_t>(1, (int64_t{1} << 16) / w.k);
   pool.parallel_for(a.m, row_grain, [&](int64_t r0, int64_t r1) {
     if (tiles) detail::convert_rows_bf16_tiles_avx512bf16(a.x, r0, r1, a.ldx, w.k, ldxb, xbp);

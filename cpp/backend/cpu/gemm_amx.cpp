@@ -170,9 +170,8 @@ void run_tiles(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t m, 
   const int64_t steps = w.k_padded / 32, blocks = (steps + kMaxBlockSteps - 1) / kMaxBlockSteps;
   const int64_t block_k = (steps + blocks - 1) / blocks * 32;
   const int64_t tiles = tile_end - tile_begin, units = (tiles + 1) / 2;
-  thread_local std::vector<float> storage;  // one 4-tile block of sums per row pair, 64-byte aligned
-  if (storage.size() < static_cast<size_t>(units * 1024 + 16)) storage.resize(static_cast<size_t>(units * 1024 + 16));
-  float* sums = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+  thread_local std::vector<float> storage;
+  float* sums = aligned_scratch(storage, static_cast<size_t>(units * 1024));  // a 4-tile block per row pair
   for (int64_t k0 = 0; k0 < w.k_padded; k0 += block_k) {
     const int64_t k1 = std::min(w.k_padded, k0 + block_k);
     for (int64_t u = 0; u < units; ++u) {

@@ -74,6 +74,15 @@ bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, G
 // Rows per parallel chunk of a row-wise kernel, so that a chunk holds at least ~16K values.
 inline int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_len)); }
 
+// At least n values of scratch in v, starting on a 64-byte line: a misaligned 64-byte row (an AMX
+// tile row, a vector) would touch two lines.
+template <class T>
+T* aligned_scratch(std::vector<T>& v, size_t n) {
+  constexpr size_t kSlack = 64 / sizeof(T);
+  if (v.size() < n + kSlack) v.resize(n + kSlack);
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
+}
+
 // Whether the vector GEMMs (gemm's AMX kernel, qgemm's AVX-512 and AVX2 kernels) store an m x n
 // float result past the caches: one of 4 MiB or more (a prefill's qkv or gate_up) cannot stay
 // in a core's L2 for its reader, so it is written once instead of read for ownership and then
