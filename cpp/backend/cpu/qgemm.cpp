@@ -21,7 +21,7 @@ void quantize_acts(const float* x, int64_t ldx, int64_t row_begin, int64_t row_e
       float amax = 0.0f;
       for (int64_t j = 0; j < kQBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
       const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      int8_t* q = out.q.data() + r * k + b * kQBlock;
+      int8_t* q = out.q + r * k + b * kQBlock;
       int sum = 0;
       for (int64_t j = 0; j < kQBlock; ++j) {
         q[j] = static_cast<int8_t>(std::lrintf(xb[j] * inv));
@@ -42,7 +42,7 @@ void qgemm_panels_scalar(const QGemmArgs& g, int64_t panel_begin, int64_t panel_
       std::fill(out, out + kQPanel, 0.0f);
       for (int64_t b = 0; b < w.blocks; ++b) {
         const uint8_t* codes = w.block_codes(p, b);
-        const int8_t* q = a.q.data() + i * a.k + b * kQBlock;
+        const int8_t* q = a.q + i * a.k + b * kQBlock;
         const float dx = a.dx[i * a.blocks + b], sx = a.sx[i * a.blocks + b];
         for (int64_t r = 0; r < kQPanel; ++r) {
           int dot = 0;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/kernels.h"
 #include "core/buffer.h"
 #include "core/dtype.h"
 #include "core/quant.h"
@@ -85,14 +86,15 @@ namespace detail {
 // sx[m][blocks] = dx * sum(q) of the block.
 struct QuantActs {
   int64_t m = 0, k = 0, blocks = 0;
-  std::vector<int8_t> q;
+  int8_t* q = nullptr;  // [m][k], on whole 64-byte lines (in q_storage)
+  std::vector<int8_t> q_storage;
   std::vector<float> dx, sx;
   // Sizes the arrays for m rows of k values (kept between calls: no allocation once grown).
   void reset(int64_t rows, int64_t cols) {
     m = rows;
     k = cols;
     blocks = cols / kQBlock;
-    q.resize(static_cast<size_t>(m * k));
+    q = aligned_scratch(q_storage, static_cast<size_t>(m * k));
     dx.resize(static_cast<size_t>(m * blocks));
     sx.resize(static_cast<size_t>(m * blocks));
   }

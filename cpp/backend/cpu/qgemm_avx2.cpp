@@ -31,7 +31,7 @@ void quantize_acts_avx2(const float* x, int64_t ldx, int64_t row_begin, int64_t 
       // packs works within 128-bit lanes: the dwords come out as q0[0:4] q1[0:4] q2[0:4] q3[0:4] |
       // q0[4:8] q1[4:8] q2[4:8] q3[4:8]; the permutation restores the value order.
       const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.q.data() + r * k + b * kQBlock),
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.q + r * k + b * kQBlock),
                           _mm256_permutevar8x32_epi32(packed, order));
       const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
       __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));

@@ -110,7 +110,7 @@ inline void panel_pass(const QGemmArgs& g, int64_t p, int64_t i0, int half0, flo
   // Prefetch: 4 blocks ahead in a first (or only) pass, the next panel's block in a second.
   const int64_t ahead = half0 == 0 ? 4 * kBlockBytes : w.blocks * kBlockBytes;
   const int8_t* x[A];
-  for (int i = 0; i < A; ++i) x[i] = a.q.data() + (i0 + i) * a.k;
+  for (int i = 0; i < A; ++i) x[i] = a.q + (i0 + i) * a.k;
   const float* dxs = a.dx.data() + i0 * a.blocks;
   const float* sxs = a.sx.data() + i0 * a.blocks;
   __m256 acc[NH][A];

@@ -44,7 +44,7 @@ void panel(const QGemmArgs& g, int64_t p, int64_t i0) {
   const QuantMatrix& w = *g.w;
   const QuantActs& a = *g.a;
   const int8_t* x[A];
-  for (int i = 0; i < A; ++i) x[i] = a.q.data() + (i0 + i) * a.k;
+  for (int i = 0; i < A; ++i) x[i] = a.q + (i0 + i) * a.k;
   __m512 acc[A];
   for (int i = 0; i < A; ++i) acc[i] = _mm512_setzero_ps();
   const __m512i mask = _mm512_set1_epi8(0x0F);
@@ -120,7 +120,7 @@ void quantize_acts_avx512(const float* x, int64_t ldx, int64_t row_begin, int64_
       const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
       const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
       const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
-      int8_t* q = out.q.data() + r * k + b * kQBlock;
+      int8_t* q = out.q + r * k + b * kQBlock;
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtsepi32_epi8(q0));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtsepi32_epi8(q1));
       out.dx[r * out.blocks + b] = d;
