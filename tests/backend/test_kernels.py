@@ -235,7 +235,13 @@ ATTN_CASES = [
     (1, 4, 1, 16, 700, 16, 0),   # long decode: keys split over parts and merged
     (2, 8, 1, 8, 600, 1, 300),   # block size 1, long window
     (70, 2, 2, 8, 70, 16, 0),    # more rows than one work unit holds
-    # Many tokens: AMX tiles where the CPU has them (bf16 cache, head_dim a multiple of 32).
+    # head_dim a multiple of 32: with a bf16 cache, units of 16+ tokens on AMX tiles where the CPU
+    # has them, fewer tokens on the vector path.
+    (1, 9, 3, 64, 164, 16, 0),      # a SmolLM2 layer's decode step
+    (1, 8, 1, 64, 700, 16, 0),      # long decode: keys split over parts and merged
+    (4, 8, 2, 64, 90, 8, 0),        # a token and 3 drafts, blocks of 8
+    (2, 4, 1, 32, 50, 16, 9),       # window in a decode-ish chunk
+    (1, 16, 1, 64, 40, 16, 0),      # 16 query heads on one kv head
     (100, 9, 3, 64, 100, 16, 0),    # a SmolLM2 layer's prefill: units of 42, 42 and 16 tokens
     (300, 4, 2, 64, 300, 16, 0),    # keys in several chunks
     (40, 8, 2, 128, 90, 8, 0),      # chunk in the middle of a sequence, head_dim 128, blocks of 8
@@ -246,7 +252,7 @@ ATTN_CASES = [
 
 
 def _amx_attention(nq, d, kv_dtype):
-    """Whether paged attention runs some of these rows on AMX tiles."""
+    """Whether paged attention runs some of these rows on AMX tiles (units of 16+ tokens)."""
     return T.amx_in_use() and kv_dtype == "bfloat16" and d % 32 == 0 and nq >= 16
 
 
@@ -276,14 +282,16 @@ def _check_attention(got, q, k, v, scale, window, kv_dtype, **kw):
     if _amx_attention(nq, d, kv_dtype):
         # The tiles multiply the values by probabilities rounded to bf16 (each within 2^-9).
         atol += 2.0**-8 * float(np.abs(v_stored).max())
-        assert np.abs(got - want).max() > 1e-6
+        assert np.abs(got - want).max() > 1e-6  # the tiles ran
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
 
 
 @pytest.mark.parametrize("kv_dtype", DTYPES)
-@pytest.mark.parametrize("case", [ATTN_CASES[10], ATTN_CASES[13]], ids=["prefill", "window"])
-def test_paged_attention_many_tokens_softcap_and_sinks(case, kv_dtype):
-    """Capped scores and sinks on the many-token path (AMX tiles where the CPU has them)."""
+@pytest.mark.parametrize("case", [ATTN_CASES[10], ATTN_CASES[11], ATTN_CASES[15], ATTN_CASES[18]],
+                         ids=["decode", "split", "prefill", "window"])
+def test_paged_attention_softcap_and_sinks_on_bf16_paths(case, kv_dtype):
+    """Capped scores and sinks together, on the paths a bf16 cache takes (AMX tiles for the
+    prefill and the window where the CPU has them)."""
     nq, nh, nkv, d, length, bs, window = case
     q, k, v, block_ids, _ = ref.attention_inputs(case)
     scale, sinks = 0.5, np.linspace(1.0, 5.0, nh).astype(np.float32)

@@ -310,7 +310,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
 }
 
 
-// run_unit on AMX tiles, for a bf16 cache (dim a multiple of 32): per chunk the keys and values
+// run_unit on AMX tiles (configured by the caller), for a bf16 cache (dim a multiple of 32): per chunk the keys and values
 // are re-laid for the tiles once, all query rows are scored in one pass, folded row by row as in
 // run_unit, and the probabilities (rounded to bf16, as torch's and vLLM's CPU flash attention
 // round them) multiply the values in a second pass.
@@ -340,17 +340,18 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
   std::fill(qs + rows * dim, qs + rows_p * dim, 0.0f);
   std::fill(o, o + rows_p * dim, 0.0f);
   detail::convert_rows_bf16_avx512bf16(qs, rows_p, dim, dim, dim, qb, dim);
-  detail::amx_configure_tiles();
 
   const int32_t* table = block_table(meta, u);
   KeyPrefetch ahead;
   for (int64_t c_lo = part_lo; c_lo < part_hi;) {
     const int64_t c_hi = chunk_end(s, c_lo, part_hi), nk = c_hi - c_lo;
     const int64_t steps = (nk + 31) / 32, width = steps * 32;
-    for (int64_t p = c_lo; p < c_hi; ++p) {
-      const int64_t row = cache_row(s, table, u, p) * dim;
-      key_rows[p - c_lo] = static_cast<const uint16_t*>(cache.k.data) + row;
-      value_rows[p - c_lo] = static_cast<const uint16_t*>(cache.v.data) + row;
+    for (int64_t p = c_lo; p < c_hi;) {  // block by block: one division per block
+      const int64_t end = block_end(s, p, c_hi);
+      for (int64_t row = cache_row(s, table, u, p) * dim; p < end; ++p, row += dim) {
+        key_rows[p - c_lo] = static_cast<const uint16_t*>(cache.k.data) + row;
+        value_rows[p - c_lo] = static_cast<const uint16_t*>(cache.v.data) + row;
+      }
     }
     detail::amx_pack_keys(key_rows.data(), nk, 2 * steps, dim, kb);
     KeyPrefetch* next = &following;
@@ -377,7 +378,6 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
     }
     c_lo = c_hi;
   }
-  detail::amx_release_tiles();
   std::copy(o, o + rows * dim, out.acc);
 }
 
@@ -484,6 +484,7 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
   auto worker = [&](int) {
     thread_local std::vector<float> own;  // this thread's partial state when parts == 1
     if (parts == 1 && own.size() < per_partial) own.resize(per_partial);
+    if (amx) detail::amx_configure_tiles();
     auto part_bounds = [&](int64_t task, int64_t& plo, int64_t& phi) {
       int64_t lo, hi;
       key_bounds(units[task / parts], lo, hi);
@@ -523,6 +524,7 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
       }
       if (++task == group + take) group = task = next.fetch_add(take);
     }
+    if (amx) detail::amx_release_tiles();
   };
   if (num_tasks == 1) {
     worker(0);
