@@ -97,16 +97,20 @@ def test_a_row_does_not_depend_on_its_batch(dtype, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_large_result_equals_small_batches(dtype):
+@pytest.mark.parametrize("m,n,k", [(1040, 1050, 64), (700, 1200, 576)], ids=["streamed", "rows-split"])
+def test_a_large_result_equals_small_batches(dtype, m, n, k):
     # 1040 x 1050 floats (over 4 MiB): the AMX kernel stores such results past the caches, whole
-    # 16-float rows only (the last panel's 10 columns go the usual way), with and without bias.
-    rng = np.random.default_rng(13)
-    w = rng.standard_normal((1050, 64), dtype=np.float32)
-    x = rng.standard_normal((1040, 64), dtype=np.float32)
-    bias = rng.standard_normal(1050, dtype=np.float32)
+    # 16-float rows only (the last panel's 10 columns go the usual way). 700 rows of 576 against
+    # 1.4 MB of bf16 weights: the two threads split the rows as well as the panels (two panel
+    # ranges of at most 1 MiB, blocks of 128 rows). With and without bias, every row gets the sums
+    # it gets in a batch of 16.
+    rng = np.random.default_rng(m)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32)
     for b in [None, bias]:
         big = T.gemm(w, x, dtype, bias=b, num_threads=2)
-        small = np.concatenate([T.gemm(w, x[i:i + 16], dtype, bias=b) for i in range(0, 1040, 16)])
+        small = np.concatenate([T.gemm(w, x[i:i + 16], dtype, bias=b) for i in range(0, m, 16)])
         np.testing.assert_array_equal(big, small)
 
 

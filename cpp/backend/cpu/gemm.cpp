@@ -101,6 +101,16 @@ void round_x_bf16(detail::GemmArgs& a, bool tiles, ThreadPool& pool) {
   a.ldxb = ldxb;
 }
 
+constexpr int64_t kRangeBytes = int64_t{1} << 20;
+
+// Whether the AMX kernel's work is split over rows as well as panels: where x (bf16) outweighs
+// the weights and there are at least two row blocks for each thread.
+bool split_rows_too(const detail::GemmArgs& a, int64_t weight_bytes, ThreadPool& pool) {
+  const int64_t row_blocks = ((a.m + 15) / 16 + detail::amx_row_block_tiles(a.ldxb) - 1) /
+                             detail::amx_row_block_tiles(a.ldxb);
+  return pool.num_threads() > 1 && row_blocks >= 2 * pool.num_threads() && a.m * a.ldxb * 2 > weight_bytes / 2;
+}
+
 // Output panels [0, num_panels) over the pool, each reading `weights_per_panel` panels of w.
 // Chunks are whole groups of 4 panels (the kernels' widest tile) of at least ~64 KiB of weights,
 // fewer when many rows make each panel expensive.
@@ -112,6 +122,25 @@ void run_panels(const detail::GemmArgs& a, PanelKernel kernel, int64_t num_panel
   const int64_t group_bytes =
       kGroup * weights_per_panel * w.k_padded * detail::kPanel * static_cast<int64_t>(dtype_size(w.dtype));
   const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (group_bytes * (1 + a.m / 4)));
+  if (kernel == detail::gemm_panels_amx_bf16 && split_rows_too(a, num_groups * group_bytes, pool)) {
+    // Tasks of (a range of panels of ~1 MiB of weights, a block of rows), the panel ranges outer:
+    // a thread's consecutive tasks share their weights in L2, and x is read once per range
+    // instead of once per chunk of panels (prefill GEMMs whose x outweighs the weights).
+    const int64_t rb = detail::amx_row_block_tiles(a.ldxb), row_tiles = (a.m + 15) / 16;
+    const int64_t row_blocks = (row_tiles + rb - 1) / rb;
+    const int64_t ranges = (num_groups * group_bytes + kRangeBytes - 1) / kRangeBytes;
+    pool.parallel_for(ranges * row_blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        detail::GemmArgs part = a;
+        part.tile_begin = t % row_blocks * rb;
+        part.tile_end = std::min(row_tiles, part.tile_begin + rb);
+        const int64_t range = t / row_blocks;
+        const int64_t first = num_groups * range / ranges * kGroup;
+        kernel(part, first, std::min(num_panels, num_groups * (range + 1) / ranges * kGroup));
+      }
+    });
+    return;
+  }
   pool.parallel_for(num_groups, grain, [&](int64_t begin, int64_t end) {
     kernel(a, begin * kGroup, std::min(num_panels, end * kGroup));
   });

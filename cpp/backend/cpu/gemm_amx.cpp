@@ -211,6 +211,11 @@ void amx_bf16_panels(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64
   else run_tiles<1>(w, xb, ldxb, m, tile_begin, tile_end, out);
 }
 
+int64_t amx_row_block_tiles(int64_t ldxb) {
+  constexpr int64_t kRowBlockBytes = 160 << 10;
+  return std::max<int64_t>(2, (kRowBlockBytes / (ldxb * 2) / kTileRows) & ~int64_t{1});
+}
+
 void gemm_panels_amx_bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
   amx_configure_tiles();
   const int64_t width = a.gate != nullptr ? a.w->n / 2 : a.w->n;
@@ -220,10 +225,9 @@ void gemm_panels_amx_bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_
   const uint16_t* data = a.w->data.as<uint16_t>();
   // Rows outer, in blocks of x of ~160 KiB that stay in L2 while the chunk's panels pass over
   // them (a prefill's x, 1.8 MB for 1600 rows of 576, does not: 16 x 100 tokens 0.56 -> 0.52 s).
-  constexpr int64_t kRowBlockBytes = 160 << 10;
-  const int64_t row_tiles = (a.m + kTileRows - 1) / kTileRows;
-  const int64_t rb = std::max<int64_t>(2, (kRowBlockBytes / (a.ldxb * 2) / kTileRows) & ~int64_t{1});
-  for (int64_t t0 = 0; t0 < row_tiles; t0 += rb) {
+  const int64_t row_tiles = a.tile_end >= 0 ? a.tile_end : (a.m + kTileRows - 1) / kTileRows;
+  const int64_t rb = amx_row_block_tiles(a.ldxb);
+  for (int64_t t0 = a.tile_begin; t0 < row_tiles; t0 += rb) {
     const int64_t t1 = std::min(row_tiles, t0 + rb);
     if (a.gate != nullptr) {  // gate panel p with its up panel
       const int64_t up = a.w->n / 2 / kPanel;

@@ -27,6 +27,8 @@ struct GemmArgs {
   // gemm_gated (AMX kernel only): the panels are the gate's, each paired with the up panel n / 2
   // columns on, and y [m][n / 2] gets gate(g + bias, u + bias) instead of both.
   GateFn gate = nullptr;
+  // The AMX kernel: row tiles [tile_begin, tile_end) of the result (all when tile_end < 0).
+  int64_t tile_begin = 0, tile_end = -1;
 };
 
 constexpr int64_t kPanel = 16;
@@ -76,6 +78,9 @@ void amx_bf16_panels(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64
 // bf16 weights with AMX tiles (k_padded a multiple of 32); needs a.xb with rows up to the next
 // multiple of 16 allocated.
 void gemm_panels_amx_bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
+// The row tiles of x the AMX kernel takes together (~160 KiB of bf16 x, an even count): x's
+// block stays in L2 while a range of panels passes over it.
+int64_t amx_row_block_tiles(int64_t ldxb);
 // Rounds rows of x to bf16 (nearest even) into out[m][k_padded] (ld_out), zero padding k..k_padded.
 void convert_rows_bf16_avx512bf16(const float* x, int64_t m, int64_t ldx, int64_t k,
                                   int64_t k_padded, uint16_t* out, int64_t ld_out);
