@@ -162,7 +162,8 @@ void store_sums(const AmxPanels& w, int64_t m, int64_t row0, const AmxOutput& ou
 // Row tiles [tile_begin, tile_end) in pairs (and a last single one), k in blocks of at most
 // kMaxBlockSteps steps of 32: each block's panel steps (16 KiB for two panels) stay in L1 while
 // the row pairs' x tiles pass, where all of k (36 KiB of each at k = 576) would not. Measured
-// alone, a 2 x 2 tile block ran at 990 GFLOP/s with 18 steps, 1370-1540 with 8.
+// alone (benchmarks/cpu_probes/amx_tile_block.cpp, 4 row pairs): 1522-1570 GFLOP/s with 18
+// steps, 1659-1938 with 8.
 template <int NP>
 void run_tiles(const AmxPanels& w, const uint16_t* xb, int64_t ldxb, int64_t m, int64_t tile_begin,
                int64_t tile_end, const AmxOutput& out) {
