@@ -26,11 +26,9 @@ namespace cserve::cpu {
 namespace {
 
 constexpr int64_t kMaxRowsPerUnit = 64;  // query rows (tokens x group heads) per unit
-// On AMX tiles (bf16 cache): units of at least this many tokens, up to this many rows. Fewer
-// tokens (decode, speculative verification) keep the vector path: re-laying the keys for the
-// tiles costs more than a few query rows save.
-constexpr int64_t kAmxMinTokens = 16;
+// On AMX tiles (bf16 cache): units of up to this many rows, and at least this many tokens.
 constexpr int64_t kMaxRowsPerAmxUnit = 128;
+constexpr int64_t kMinTokensPerAmxUnit = 16;
 constexpr int64_t kMinKeysPerPart = 64;
 
 struct Shape {
@@ -309,17 +307,51 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
   }
 }
 
+// Scores of one row tile of queries (packed) against a chunk's nk keys (rows[j]) into s[r][j],
+// four groups of 16 keys at a time: a group whose 16 rows follow each other in one block is read
+// where it is, the rest copied (zeros past nk). The next chunk's lines are asked for a few at a
+// time between the groups (see KeyPrefetch).
+void score_in_place(const uint16_t* const* rows, int64_t nk, const uint16_t* q_packed, int64_t q_rows, int64_t dim,
+                    uint16_t* copies, KeyPrefetch& next, float* s, int64_t lds) {
+  const int64_t groups = (nk + 15) / 16, pace = (next.lines_left() + groups) / (groups + 1);
+  const uint16_t* group_keys[4];
+  int64_t n = 0;
+  for (int64_t j0 = 0; j0 < nk; j0 += 16) {
+    next.issue(pace);
+    const uint16_t* k = rows[j0];
+    bool together = j0 + 16 <= nk;
+    for (int64_t i = 1; together && i < 16; ++i) together = rows[j0 + i] == k + i * dim;
+    if (!together) {
+      uint16_t* copy = copies + 16 * dim * n;
+      for (int64_t i = 0; i < 16; ++i) {
+        if (j0 + i < nk) std::copy(rows[j0 + i], rows[j0 + i] + dim, copy + i * dim);
+        else std::fill(copy + i * dim, copy + (i + 1) * dim, uint16_t{0});
+      }
+      k = copy;
+    }
+    group_keys[n++] = k;
+    if (n == 4 || j0 + 16 >= nk) {
+      detail::amx_scores_in_place(q_packed, q_rows, dim, group_keys, n, dim, s + j0 + 16 - 16 * n, lds);
+      n = 0;
+    }
+  }
+}
 
-// run_unit on AMX tiles (configured by the caller), for a bf16 cache (dim a multiple of 32): per chunk the keys and values
-// are re-laid for the tiles once, all query rows are scored in one pass, folded row by row as in
-// run_unit, and the probabilities (rounded to bf16, as torch's and vLLM's CPU flash attention
-// round them) multiply the values in a second pass.
+// run_unit on AMX tiles (configured by the caller), for a bf16 cache (dim a multiple of 32). Per
+// chunk, all query rows are scored in one pass, folded row by row as in run_unit, and their
+// probabilities (rounded to bf16, as torch's and vLLM's CPU flash attention round them) multiply
+// the values, re-laid for the tiles once, in a second pass. More than one row tile of queries
+// (prefill) score against keys re-laid for the tiles; one row tile (a decode step's GQA group,
+// a token and its drafts) against the keys where they are, 16 at a time, which gives the same
+// sums in the same order. A row's result depends on its own query and the keys only: a token
+// gets the same bits in a cold prefill, in verification, or alone after a prefix-cache hit.
 void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, const KVLayer& cache,
                   const AttentionMetadata& meta, const Shape& s, const detail::RowOps& ops, Partial out,
                   KeyPrefetch& following) {
   const int64_t ntok = u.tok_end - u.tok_begin, rows = ntok * s.group, dim = s.dim;
   const int64_t row_tiles = (rows + 15) / 16, rows_p = row_tiles * 16;
   const int64_t chunk_p = (blocks_per_chunk(s) * s.block_size + 31) / 32 * 32;
+  const bool in_place = row_tiles == 1;
   thread_local std::vector<float> f32s;
   thread_local std::vector<uint16_t> bf16s;
   thread_local std::vector<const uint16_t*> key_rows, value_rows;
@@ -328,10 +360,12 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
   float* o = qs + rows_p * dim;   // qs: [rows_p][dim], pre-scaled, zero past rows; o: the same
   float* sc = o + rows_p * dim;   // shape, the unnormalized accumulator; sc: [rows_p][width],
   int32_t* rng = reinterpret_cast<int32_t*>(sc + rows_p * chunk_p);  // scores, then probabilities
-  uint16_t* qb = aligned_scratch(bf16s, static_cast<size_t>(rows_p * dim + 2 * chunk_p * dim + rows_p * chunk_p));
+  uint16_t* qb = aligned_scratch(bf16s, static_cast<size_t>((rows_p + 2 * chunk_p + 80) * dim + rows_p * chunk_p));
   uint16_t* kb = qb + rows_p * dim;   // qb: qs in bf16; kb: the chunk's keys, packed
   uint16_t* vb = kb + chunk_p * dim;  // its values, packed
   uint16_t* pb = vb + chunk_p * dim;  // sc in bf16
+  uint16_t* q_packed = pb + rows_p * chunk_p;  // in place: qb packed as B tiles (16 x dim), and
+  uint16_t* key_copy = q_packed + 16 * dim;    // up to 4 groups of 16 keys copied (64 x dim)
   if (key_rows.size() < static_cast<size_t>(chunk_p)) {
     key_rows.resize(chunk_p);
     value_rows.resize(chunk_p);
@@ -340,6 +374,10 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
   std::fill(qs + rows * dim, qs + rows_p * dim, 0.0f);
   std::fill(o, o + rows_p * dim, 0.0f);
   detail::convert_rows_bf16_avx512bf16(qs, rows_p, dim, dim, dim, qb, dim);
+  if (in_place) {
+    for (int64_t r = 0; r < rows; ++r) key_rows[r] = qb + r * dim;
+    detail::amx_pack_keys(key_rows.data(), rows, 1, dim, q_packed);
+  }
 
   const int32_t* table = block_table(meta, u);
   KeyPrefetch ahead;
@@ -353,14 +391,18 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
         value_rows[p - c_lo] = static_cast<const uint16_t*>(cache.v.data) + row;
       }
     }
-    detail::amx_pack_keys(key_rows.data(), nk, 2 * steps, dim, kb);
     KeyPrefetch* next = &following;
     if (c_hi < part_hi) {
       ahead.plan(cache, meta, s, u, c_hi, chunk_end(s, c_hi, part_hi));
       next = &ahead;
     }
-    next->issue_all();
-    detail::amx_scores(qb, row_tiles, dim, kb, 2 * steps, sc, width);
+    if (in_place) {
+      score_in_place(key_rows.data(), nk, q_packed, rows, dim, key_copy, *next, sc, width);
+    } else {
+      detail::amx_pack_keys(key_rows.data(), nk, 2 * steps, dim, kb);
+      next->issue_all();
+      detail::amx_scores(qb, row_tiles, dim, kb, 2 * steps, sc, width);
+    }
     bool any = false;
     for (int64_t t = 0; t < ntok; ++t) {
       const int64_t jl = std::max<int64_t>(rng[2 * t] - c_lo, 0);
@@ -371,11 +413,12 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
       }
     }
     if (any) {
-      // Rows past `rows` score zero queries: their probabilities are never read back.
-      detail::convert_rows_bf16_avx512bf16(sc, rows_p, width, width, width, pb, width);
+      // pb's rows past `rows` hold what they hold: they meet only o's rows past `rows`.
+      detail::convert_rows_bf16_avx512bf16(sc, rows, width, width, width, pb, width);
       detail::amx_pack_values(value_rows.data(), nk, steps, dim, vb);
       detail::amx_values(pb, width, row_tiles, vb, steps, dim, o);
     }
+    next->issue_all();
     c_lo = c_hi;
   }
   std::copy(o, o + rows * dim, out.acc);
@@ -406,7 +449,7 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
 
   // Units: chunks of each sequence's tokens, times kv heads.
   const bool amx = cpu_has_amx() && cache.k.dtype == DType::BF16 && cache.v.dtype == DType::BF16 && dim % 32 == 0;
-  const int64_t tokens_per_unit = amx ? std::max<int64_t>(kAmxMinTokens, kMaxRowsPerAmxUnit / s.group)
+  const int64_t tokens_per_unit = amx ? std::max<int64_t>(kMinTokensPerAmxUnit, kMaxRowsPerAmxUnit / s.group)
                                       : std::max<int64_t>(1, kMaxRowsPerUnit / s.group);
   // Scratch of the calling thread; the workers reach it through these references
   // (naming a thread_local inside the worker lambda would give the worker's own).
@@ -514,7 +557,7 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
       const Unit& u = units[ui];
       int64_t plo, phi;
       part_bounds(task, plo, phi);
-      const auto run = amx && u.tok_end - u.tok_begin >= kAmxMinTokens ? run_unit_amx : run_unit;
+      const auto run = amx ? run_unit_amx : run_unit;
       if (parts == 1) {
         const Partial p = partial_in(own.data());
         run(u, plo, phi, q, cache, meta, s, ops, p, following);

@@ -100,6 +100,41 @@ void amx_scores(const uint16_t* q, int64_t row_tiles, int64_t dim, const uint16_
   }
 }
 
+void amx_scores_in_place(const uint16_t* q_packed, int64_t rows, int64_t dim, const uint16_t* const* k,
+                         int64_t groups, int64_t ldk, float* s, int64_t lds) {
+  alignas(64) float t[4][256];  // per group [16 keys][16 query rows]
+  // The groups' sums side by side in tiles 0-3: independent chains, none waiting on the last.
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t st = 0; st < dim / 32; ++st) {
+    _tile_loadd(6, q_packed + st * 512, kTileBytes);
+    _tile_loadd(4, k[0] + st * 32, ldk * 2);
+    _tile_dpbf16ps(0, 4, 6);
+    if (groups > 1) {
+      _tile_loadd(5, k[1] + st * 32, ldk * 2);
+      _tile_dpbf16ps(1, 5, 6);
+    }
+    if (groups > 2) {
+      _tile_loadd(4, k[2] + st * 32, ldk * 2);
+      _tile_dpbf16ps(2, 4, 6);
+    }
+    if (groups > 3) {
+      _tile_loadd(5, k[3] + st * 32, ldk * 2);
+      _tile_dpbf16ps(3, 5, 6);
+    }
+  }
+  _tile_stored(0, t[0], kTileBytes);
+  if (groups > 1) _tile_stored(1, t[1], kTileBytes);
+  if (groups > 2) _tile_stored(2, t[2], kTileBytes);
+  if (groups > 3) _tile_stored(3, t[3], kTileBytes);
+  const __m512i by_key = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t r = 0; r < rows; ++r) _mm512_storeu_ps(s + r * lds + 16 * g, _mm512_i32gather_ps(by_key, t[g] + r, 4));
+  }
+}
+
 void amx_values(const uint16_t* p, int64_t ldp, int64_t row_tiles, const uint16_t* values, int64_t nk_steps,
                 int64_t dim, float* o) {
   const int64_t dim_tiles = dim / 16;

@@ -19,6 +19,12 @@ void amx_pack_values(const uint16_t* const* rows, int64_t nk, int64_t nk_steps, 
 // and key tiles [0, nk_tiles) (an even count) of packed keys; s has row stride lds floats.
 void amx_scores(const uint16_t* q, int64_t row_tiles, int64_t dim, const uint16_t* keys, int64_t nk_tiles, float* s,
                 int64_t lds);
+// amx_scores for one row tile (at most 16 query rows: a decode step's GQA group) without
+// re-laid keys: up to four groups of 16 keys read where they are (k[g], row stride ldk values),
+// against the queries packed as amx_pack_keys packs 16 keys (q_packed). The same sums, added in
+// the same order, as amx_scores gives those rows: keys x rows here, gathered into s's rows.
+void amx_scores_in_place(const uint16_t* q_packed, int64_t rows, int64_t dim, const uint16_t* const* k,
+                         int64_t groups, int64_t ldk, float* s, int64_t lds);
 // o[r][d] += sum_j p[r][j] v[j][d] for row tiles [0, row_tiles) of p (bf16, row stride ldp, keys
 // [0, 32 * nk_steps)) and packed values; o is f32 [16 * row_tiles][dim].
 void amx_values(const uint16_t* p, int64_t ldp, int64_t row_tiles, const uint16_t* values, int64_t nk_steps,

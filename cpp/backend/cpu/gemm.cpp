@@ -104,7 +104,7 @@ void round_x_bf16(detail::GemmArgs& a, bool tiles, ThreadPool& pool) {
 constexpr int64_t kRangeBytes = int64_t{1} << 20;
 
 // Whether the AMX kernel's work is split over rows as well as panels: where x (bf16) outweighs
-// the weights and there are at least two row blocks for each thread.
+// half the weights and there are at least two row blocks for each thread.
 bool split_rows_too(const detail::GemmArgs& a, int64_t weight_bytes, ThreadPool& pool) {
   const int64_t row_blocks = ((a.m + 15) / 16 + detail::amx_row_block_tiles(a.ldxb) - 1) /
                              detail::amx_row_block_tiles(a.ldxb);

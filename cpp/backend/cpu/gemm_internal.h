@@ -67,8 +67,9 @@ struct alignas(64) AmxTileConfig {
 // The calling thread's tile registers: configured before amx_bf16_panels, released after.
 void amx_configure_tiles();
 void amx_release_tiles();
-// Where the A tile of x's rows [16 t, 16 t + 16) and k [32 s, 32 s + 32) starts in tile-major xb (64-byte rows,
-// contiguous: whole 1 KiB tiles stream in order where a strided load touches 16 scattered lines).
+// Where the A tile of x's rows [16 t, 16 t + 16) and k [32 s, 32 s + 32) starts in tile-major xb
+// (64-byte rows, contiguous: whole 1 KiB tiles stream in order where a strided load touches 16
+// scattered lines).
 inline int64_t amx_tile_of(int64_t ldxb, int64_t t, int64_t s) { return (t * (ldxb / 32) + s) * 512; }
 // Rows of 16-row tiles [tile_begin, tile_end) of out (= or +=) xb (bf16, tile-major with k
 // steps of ldxb / 32, rows allocated up to a multiple of 16) times the panels, plus bias (or
