@@ -1,8 +1,9 @@
 // Private to the CPU backend: the AMX tile steps of paged attention over a bf16 KV cache
-// (attention_amx.cpp), for work units with many query rows (prefill). A unit's chunk of keys is
-// re-laid into AMX's B-tile layout once and shared by all its query rows:
+// (attention_amx.cpp). A unit's chunk of keys and values is re-laid into AMX's B-tile layout
+// once and shared by all its query rows:
 //   scores S = Q K^T: A = Q (bf16 rows), B = K^T, 16 keys x one pair of dims per 64-byte row;
 //   values O += P V: A = P (bf16 rows), B = V, 16 dims x one pair of keys per 64-byte row.
+// One row tile of queries (decode) scores S^T = K Q^T instead, the keys read where they are.
 // The caller configures the tiles (amx_configure_tiles) and keeps the softmax between the two.
 #pragma once
 #include <cstdint>
