@@ -357,9 +357,11 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
   thread_local std::vector<const uint16_t*> key_rows, value_rows;
   // Every part below is a multiple of 64 bytes long: the tiles start on whole lines.
   float* qs = aligned_scratch(f32s, static_cast<size_t>(2 * rows_p * dim + rows_p * chunk_p + 2 * ntok));
-  float* o = qs + rows_p * dim;   // qs: [rows_p][dim], pre-scaled, zero past rows; o: the same
-  float* sc = o + rows_p * dim;   // shape, the unnormalized accumulator; sc: [rows_p][width],
-  int32_t* rng = reinterpret_cast<int32_t*>(sc + rows_p * chunk_p);  // scores, then probabilities
+  // Rows past `rows` (to fill the last tile) are never read back: they take whatever the scratch
+  // holds and meet only each other's (a tile's row r of results comes from its row r alone).
+  float* o = qs + rows_p * dim;   // qs: [rows_p][dim], pre-scaled; o: the same shape, the
+  float* sc = o + rows_p * dim;   // unnormalized accumulator; sc: [rows_p][width], scores,
+  int32_t* rng = reinterpret_cast<int32_t*>(sc + rows_p * chunk_p);  // then probabilities
   uint16_t* qb = aligned_scratch(bf16s, static_cast<size_t>((rows_p + 2 * chunk_p + 80) * dim + rows_p * chunk_p));
   uint16_t* kb = qb + rows_p * dim;   // qb: qs in bf16; kb: the chunk's keys, packed
   uint16_t* vb = kb + chunk_p * dim;  // its values, packed
@@ -371,9 +373,8 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
     value_rows.resize(chunk_p);
   }
   start_unit(u, part_lo, part_hi, q, meta, s, rng, qs, out);
-  std::fill(qs + rows * dim, qs + rows_p * dim, 0.0f);
-  std::fill(o, o + rows_p * dim, 0.0f);
-  detail::convert_rows_bf16_avx512bf16(qs, rows_p, dim, dim, dim, qb, dim);
+  std::fill(o, o + rows * dim, 0.0f);
+  detail::convert_rows_bf16_avx512bf16(qs, rows, dim, dim, dim, qb, dim);
   if (in_place) {
     for (int64_t r = 0; r < rows; ++r) key_rows[r] = qb + r * dim;
     detail::amx_pack_keys(key_rows.data(), rows, 1, dim, q_packed);
@@ -413,7 +414,6 @@ void run_unit_amx(const Unit& u, int64_t part_lo, int64_t part_hi, const float* 
       }
     }
     if (any) {
-      // pb's rows past `rows` hold what they hold: they meet only o's rows past `rows`.
       detail::convert_rows_bf16_avx512bf16(sc, rows, width, width, width, pb, width);
       detail::amx_pack_values(value_rows.data(), nk, steps, dim, vb);
       detail::amx_values(pb, width, row_tiles, vb, steps, dim, o);
@@ -528,6 +528,7 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
     thread_local std::vector<float> own;  // this thread's partial state when parts == 1
     if (parts == 1 && own.size() < per_partial) own.resize(per_partial);
     if (amx) detail::amx_configure_tiles();
+    const auto run = amx ? run_unit_amx : run_unit;
     auto part_bounds = [&](int64_t task, int64_t& plo, int64_t& phi) {
       int64_t lo, hi;
       key_bounds(units[task / parts], lo, hi);
@@ -557,7 +558,6 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLay
       const Unit& u = units[ui];
       int64_t plo, phi;
       part_bounds(task, plo, phi);
-      const auto run = amx ? run_unit_amx : run_unit;
       if (parts == 1) {
         const Partial p = partial_in(own.data());
         run(u, plo, phi, q, cache, meta, s, ops, p, following);

@@ -105,9 +105,7 @@ constexpr int64_t kRangeBytes = int64_t{1} << 20;
 
 // Whether the AMX kernel's work is split over rows as well as panels: where x (bf16) outweighs
 // half the weights and there are at least two row blocks for each thread.
-bool split_rows_too(const detail::GemmArgs& a, int64_t weight_bytes, ThreadPool& pool) {
-  const int64_t row_blocks = ((a.m + 15) / 16 + detail::amx_row_block_tiles(a.ldxb) - 1) /
-                             detail::amx_row_block_tiles(a.ldxb);
+bool split_rows_too(const detail::GemmArgs& a, int64_t row_blocks, int64_t weight_bytes, ThreadPool& pool) {
   return pool.num_threads() > 1 && row_blocks >= 2 * pool.num_threads() && a.m * a.ldxb * 2 > weight_bytes / 2;
 }
 
@@ -122,12 +120,13 @@ void run_panels(const detail::GemmArgs& a, PanelKernel kernel, int64_t num_panel
   const int64_t group_bytes =
       kGroup * weights_per_panel * w.k_padded * detail::kPanel * static_cast<int64_t>(dtype_size(w.dtype));
   const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (group_bytes * (1 + a.m / 4)));
-  if (kernel == detail::gemm_panels_amx_bf16 && split_rows_too(a, num_groups * group_bytes, pool)) {
+  // The AMX kernel's row blocks (none for the others: only it has the tiled x, a.ldxb).
+  const int64_t rb = kernel == detail::gemm_panels_amx_bf16 ? detail::amx_row_block_tiles(a.ldxb) : 0;
+  const int64_t row_tiles = (a.m + 15) / 16, row_blocks = rb > 0 ? (row_tiles + rb - 1) / rb : 0;
+  if (rb > 0 && split_rows_too(a, row_blocks, num_groups * group_bytes, pool)) {
     // Tasks of (a range of panels of ~1 MiB of weights, a block of rows), the panel ranges outer:
     // a thread's consecutive tasks share their weights in L2, and x is read once per range
     // instead of once per chunk of panels (prefill GEMMs whose x outweighs the weights).
-    const int64_t rb = detail::amx_row_block_tiles(a.ldxb), row_tiles = (a.m + 15) / 16;
-    const int64_t row_blocks = (row_tiles + rb - 1) / rb;
     const int64_t ranges = (num_groups * group_bytes + kRangeBytes - 1) / kRangeBytes;
     pool.parallel_for(ranges * row_blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {

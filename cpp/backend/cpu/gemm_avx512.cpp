@@ -19,10 +19,14 @@ namespace cserve::cpu::detail {
 
 namespace {
 
+// The first n of 16 lanes (none for n <= 0).
+inline __mmask16 first_mask(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n > 0 ? __mmask16((1u << n) - 1u) : __mmask16(0);
+}
+
 // Adds bias / the old y and stores one row's panel, masking columns >= n.
 inline void store_panel(__m512 acc, const GemmArgs& a, int64_t row, int64_t col0) {
-  const int64_t valid = std::min<int64_t>(kPanel, a.w->n - col0);
-  const __mmask16 mask = valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1u);
+  const __mmask16 mask = first_mask(a.w->n - col0);
   float* y = a.y + row * a.ldy + col0;
   if (a.bias != nullptr) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, a.bias + col0));
   if (a.accumulate) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, y));
@@ -265,22 +269,13 @@ void convert_rows_bf16_avx512bf16(const float* x, int64_t m, int64_t ldx, int64_
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), (__m256i)v);
     }
     if (c < k) {
-      const __mmask16 mask = static_cast<__mmask16>((1u << (k - c)) - 1u);
+      const __mmask16 mask = first_mask(k - c);
       const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src + c));
       _mm256_mask_storeu_epi16(dst + c, mask, (__m256i)v);
     }
     for (int64_t i = k; i < k_padded; ++i) dst[i] = 0;
   }
 }
-
-namespace {
-
-// The first n of 16 lanes (none for n <= 0).
-inline __mmask16 first_mask(int64_t n) {
-  return n >= 16 ? __mmask16(0xffff) : n > 0 ? __mmask16((1u << n) - 1u) : __mmask16(0);
-}
-
-}  // namespace
 
 void convert_rows_bf16_tiles_avx512bf16(const float* x, int64_t r0, int64_t r1, int64_t ldx, int64_t k,
                                         int64_t k_padded, uint16_t* tiles) {
