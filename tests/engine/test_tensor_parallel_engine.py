@@ -7,6 +7,7 @@ error, turns /health to 503, stops the server non-zero and leaves no rank proces
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -117,8 +118,9 @@ def stream_until_killed(http, pid: int) -> list[str]:
 
 
 @pytest.mark.parametrize("flag,marker,count,logged", [
-    ("-tp", "tensor_parallel_worker", 1, "parallel rank 1 exited"),
-    ("-dp", "cserve.engine.replica", 2, "data-parallel replica 0 exited"),
+    # Whichever sees it first names the rank: the rank's watcher, or rank 0's collective.
+    ("-tp", "tensor_parallel_worker", 1, r"parallel rank 1 exited|rank 1 has exited"),
+    ("-dp", "cserve.engine.replica", 2, r"data-parallel replica 0 exited"),
 ], ids=["tp-rank", "dp-replica"])
 def test_a_dead_rank_stops_the_server(chat_model_dir, tmp_path, flag, marker, count, logged):
     """A tensor-parallel rank, or a data-parallel replica, killed mid-stream."""
@@ -144,7 +146,7 @@ def test_a_dead_rank_stops_the_server(chat_model_dir, tmp_path, flag, marker, co
                 time.sleep(0.02)
         assert server.proc.wait(timeout=60) != 0
         assert set(statuses) <= {503}, statuses  # after the error, never healthy again
-        assert logged in server.log()
+        assert re.search(logged, server.log())
     finally:
         server.stop()
     assert all(_gone(pid) for pid in ranks)
