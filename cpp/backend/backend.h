@@ -175,10 +175,12 @@ class Backend {
   virtual void softcap(Tensor& x, int64_t n, float cap) = 0;
   virtual void rope(Tensor& x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t ld, const Tensor& cos,
                     const Tensor& sin, int64_t rotary_dim) = 0;
-  virtual void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
-                        KVCacheLayer& cache) = 0;
-  virtual void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
-                         const AttentionMetadata& meta, const AttentionOptions& options, Tensor& out) = 0;
+  // This step's keys and values (k, v: [tokens][num_kv_heads][head_dim] rows, token stride ldkv)
+  // into the cache at meta.slot_mapping, then each token's attention over its sequence's cache
+  // (q: [tokens][num_heads][head_dim], token stride ldq; out: [tokens][num_heads * head_dim]).
+  virtual void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const Tensor& k, const Tensor& v,
+                         int64_t ldkv, KVCacheLayer& cache, const AttentionMetadata& meta,
+                         const AttentionOptions& options, Tensor& out) = 0;
   virtual void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) = 0;
 
   // Tensor parallelism's vocabulary shards. zero_rows_outside: row t of x ([rows][cols] f32,

@@ -452,10 +452,12 @@ void bind_testing(nb::module_& m) {
   });
 
   // Attention of one sequence's new tokens over a paged cache built from k and v
-  // ([seq_len][kv_heads][head_dim]); blocks are laid out in the given (shuffled) order.
+  // ([seq_len][kv_heads][head_dim]); blocks are laid out in the given (shuffled) order. With
+  // write_new, the queries' own rows of k and v (the last ones) are the step's new keys and
+  // values, written by the attention call (as the model's forward does).
   m.def("paged_attention", [](ArrayIn q, ArrayIn k, ArrayIn v, int block_size, const std::vector<int32_t>& block_ids,
                               const std::string& kv_dtype, float scale, int64_t sliding_window, float softcap,
-                              std::optional<ArrayIn> sinks) {
+                              std::optional<ArrayIn> sinks, bool write_new) {
     int64_t nq = static_cast<int64_t>(q.shape(0)), nh = static_cast<int64_t>(q.shape(1)), d = static_cast<int64_t>(q.shape(2));
     int64_t len = static_cast<int64_t>(k.shape(0)), nkv = static_cast<int64_t>(k.shape(1));
     int64_t num_blocks = 0;
@@ -476,13 +478,17 @@ void bind_testing(nb::module_& m) {
     std::vector<int64_t> slots;
     for (int64_t p = 0; p < len; ++p) slots.push_back(int64_t{block_ids[p / block_size]} * block_size + p % block_size);
     cserve::ThreadPool pool(2);
-    cserve::cpu::write_kv(k.data(), v.data(), len, nkv * d, slots.data(), cache, pool);
+    if (nq > len) throw std::invalid_argument("more queries than keys");
+    cserve::cpu::write_kv(k.data(), v.data(), write_new ? len - nq : len, nkv * d, slots.data(), cache, pool);
+    meta.slot_mapping.assign(slots.end() - nq, slots.end());
+    const cserve::cpu::NewKV fresh{k.data() + (len - nq) * nkv * d, v.data() + (len - nq) * nkv * d, nkv * d};
     for (int64_t j = 0; j < nq; ++j) meta.positions.push_back(static_cast<int32_t>(len - nq + j));
     Array out = make_array({nq, nh * d});
     if (sinks && static_cast<int64_t>(sinks->size()) != nh) throw std::invalid_argument("sinks: one per head");
     cserve::cpu::paged_attention(q.data(), nh * d, nh, cache, meta, scale, sliding_window, out.data(), pool, softcap,
-                                 sinks ? sinks->data() : nullptr);
+                                 sinks ? sinks->data() : nullptr, write_new ? &fresh : nullptr);
     return out;
   }, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("block_size"), nb::arg("block_ids"), nb::arg("kv_dtype"),
-     nb::arg("scale"), nb::arg("sliding_window"), nb::arg("softcap") = 0.0f, nb::arg("sinks") = nb::none());
+     nb::arg("scale"), nb::arg("sliding_window"), nb::arg("softcap") = 0.0f, nb::arg("sinks") = nb::none(),
+     nb::arg("write_new") = false);
 }

@@ -294,8 +294,8 @@ void EagleHead::forward(const ForwardBatch& batch, const Tensor& hidden, int64_t
     Tensor q = cols(qkv, q_dim, 0), k = cols(qkv, kv_dim, q_dim), v = cols(qkv, kv_dim, q_dim + kv_dim);
     backend_.rope(q, T, NH, D, qkv_dim, cos, sin, rope_.rotary_dim());
     backend_.rope(k, T, NKV, D, qkv_dim, cos, sin, rope_.rotary_dim());
-    backend_.write_kv(k, v, T, qkv_dim, batch.attn.slot_mapping.data(), kv[l]);
-    backend_.attention(q, qkv_dim, NH, kv[l], batch.attn, AttentionOptions{scale, 0, 0.0f, nullptr}, attn);
+    backend_.attention(q, qkv_dim, NH, k, v, qkv_dim, kv[l], batch.attn, AttentionOptions{scale, 0, 0.0f, nullptr},
+                       attn);
     backend_.linear(*lw.o, attn, q_dim, x, H, true);
     backend_.rms_norm(x, f32(lw.post_norm, H), T, H, H, eps, h);
     backend_.linear_gated(*lw.gate_up, h, H, GatedActivation::Silu, gu, act);

@@ -185,10 +185,9 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
         backend_.rope(q, T, NH, D, qkv_dim, local ? cos_local : cos, local ? sin_local : sin, rope_.rotary_dim());
         backend_.rope(k, T, NKV, D, qkv_dim, local ? cos_local : cos, local ? sin_local : sin, rope_.rotary_dim());
       }
-      backend_.write_kv(k, v, T, qkv_dim, batch.attn.slot_mapping.data(), kv_cache[l]);
       AttentionOptions attn_options{scale, window, attn_cap, nullptr};
       if (lw.sinks.size() > 0) attn_options.sinks = lw.sinks.as<float>();
-      backend_.attention(q, qkv_dim, NH, kv_cache[l], batch.attn, attn_options, attn);
+      backend_.attention(q, qkv_dim, NH, k, v, qkv_dim, kv_cache[l], batch.attn, attn_options, attn);
       add_to_residual(lw.attn_out_norm, [&](Tensor& out, bool accumulate) {
         backend_.linear(*lw.o, attn, q_dim, out, H, accumulate);
       });

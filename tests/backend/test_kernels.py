@@ -271,6 +271,19 @@ def test_paged_attention(case, kv_dtype):
     _check_attention(got, q, k, v, scale, window, kv_dtype)
 
 
+@pytest.mark.parametrize("kv_dtype", DTYPES)
+@pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "nq{}-h{}-kv{}-d{}-len{}-bs{}-w{}".format(*c))
+def test_paged_attention_writes_the_new_rows(case, kv_dtype):
+    """The queries' own keys and values handed to the call (as the model's forward does: written
+    by each work unit where a sequence's tokens are one unit, before any unit otherwise) give the
+    bits of a cache written beforehand: every query reads its own key and value."""
+    nq, nh, nkv, d, length, bs, window = case
+    q, k, v, block_ids, scale = ref.attention_inputs(case)
+    before = T.paged_attention(q, k, v, bs, block_ids, kv_dtype, scale, window)
+    np.testing.assert_array_equal(T.paged_attention(q, k, v, bs, block_ids, kv_dtype, scale, window, write_new=True),
+                                  before)
+
+
 def _check_attention(got, q, k, v, scale, window, kv_dtype, **kw):
     """got against the float64 reference over the cache's stored values, within what the kernel
     rounds on this CPU."""
@@ -303,8 +316,8 @@ def test_paged_attention_row_does_not_depend_on_its_batch(kv_dtype, heads, kv_he
     q, k, v, block_ids, scale = ref.attention_inputs((length, heads, kv_heads, dim, length, 16, 0))
     full = T.paged_attention(q, k, v, 16, block_ids, kv_dtype, scale, 0)
     for n in [1, 4, 20]:
-        np.testing.assert_array_equal(T.paged_attention(q[-n:], k, v, 16, block_ids, kv_dtype, scale, 0),
-                                      full[-n:], err_msg=str(n))
+        np.testing.assert_array_equal(T.paged_attention(q[-n:], k, v, 16, block_ids, kv_dtype, scale, 0,
+                                                        write_new=True), full[-n:], err_msg=str(n))
 
 
 @pytest.mark.parametrize("kv_dtype", DTYPES)

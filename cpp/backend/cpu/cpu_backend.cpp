@@ -196,14 +196,11 @@ class CpuBackend : public Backend {
             const Tensor& sin, int64_t rotary_dim) override {
     cpu::rope(x.as<float>(), tokens, heads, head_dim, ld, cos.as<float>(), sin.as<float>(), rotary_dim, pool_);
   }
-  void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
-                KVCacheLayer& cache) override {
-    cpu::write_kv(k.as<float>(), v.as<float>(), tokens, ld, slots, cache, pool_);
-  }
-  void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
-                 const AttentionMetadata& meta, const AttentionOptions& o, Tensor& out) override {
+  void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const Tensor& k, const Tensor& v, int64_t ldkv,
+                 KVCacheLayer& cache, const AttentionMetadata& meta, const AttentionOptions& o, Tensor& out) override {
+    const cpu::NewKV fresh{k.as<float>(), v.as<float>(), ldkv};
     cpu::paged_attention(q.as<float>(), ldq, num_heads, cache, meta, o.scale, o.sliding_window, out.as<float>(), pool_,
-                         o.softcap, o.sinks);
+                         o.softcap, o.sinks, &fresh);
   }
   void copy_blocks(KVCacheLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs) override {
     cpu::copy_blocks(cache, pairs);

@@ -135,17 +135,32 @@ using KVLayer = KVCacheLayer;
 // the cache.
 void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const int64_t* slot_mapping,
               KVLayer& cache, ThreadPool& pool);
+// write_kv's check alone: throws unless every slot is in the cache.
+void check_slots(const int64_t* slot_mapping, int64_t tokens, const KVLayer& cache);
+// Head h of tokens [t0, t1) into their slots, on the calling thread (slots checked already).
+void write_kv_head(const float* k, const float* v, int64_t ld, const int64_t* slot_mapping, int64_t t0, int64_t t1,
+                   int64_t h, KVLayer& cache);
 
-// Attention of each new token over its sequence's cached tokens (which already include
-// the new ones, written by write_kv): token j of sequence i at position p attends to
+// A step's new keys and values, for paged_attention to write: [tokens][num_kv_heads][head_dim]
+// rows with token stride ld, going to meta.slot_mapping.
+struct NewKV {
+  const float* k;
+  const float* v;
+  int64_t ld;
+};
+
+// Attention of each new token over its sequence's cached tokens (which include the new ones:
+// written by write_kv before, or passed as new_kv and written here): token j of sequence i at
+// position p attends to
 // cached positions [max(0, p - sliding_window + 1) .. p] (sliding_window 0 = no window).
 // q: [tokens][num_heads][head_dim] with token stride ldq; out: [tokens][num_heads*head_dim].
 // GQA: head h reads kv head h / (num_heads / num_kv_heads). softcap > 0: each scaled score s
 // becomes softcap * tanh(s / softcap) (Gemma 2). sinks: null, or per head a logit in each
 // softmax's denominator that attends to nothing (gpt-oss).
-void paged_attention(const float* q, int64_t ldq, int64_t num_heads, const KVLayer& cache,
+void paged_attention(const float* q, int64_t ldq, int64_t num_heads, KVLayer& cache,
                      const AttentionMetadata& meta, float scale, int64_t sliding_window,
-                     float* out, ThreadPool& pool, float softcap = 0.0f, const float* sinks = nullptr);
+                     float* out, ThreadPool& pool, float softcap = 0.0f, const float* sinks = nullptr,
+                     const NewKV* new_kv = nullptr);
 
 // For each (src, dst) pair copies block src to block dst in k and v.
 void copy_blocks(KVLayer& cache, const std::vector<std::pair<int32_t, int32_t>>& pairs);

@@ -17,26 +17,41 @@ void check_layer(const KVLayer& cache, const char* what) {
   }
 }
 
+// Where head h of the token in `slot` goes in part (K or V), and the bytes of such a row.
+char* row_of(const Tensor& part, int64_t slot, int64_t h) {
+  const int64_t kv_heads = part.shape[1], block_size = part.shape[2], dim = part.shape[3];
+  const int64_t row = (slot / block_size * kv_heads + h) * block_size + slot % block_size;
+  return static_cast<char*>(part.data) + row * dim * static_cast<int64_t>(dtype_size(part.dtype));
+}
+int64_t row_bytes(const Tensor& part) { return part.shape[3] * static_cast<int64_t>(dtype_size(part.dtype)); }
+
 }  // namespace
+
+void check_slots(const int64_t* slot_mapping, int64_t tokens, const KVLayer& cache) {
+  check_layer(cache, "write_kv");
+  const int64_t slots = cache.k.shape[0] * cache.k.shape[2];
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (slot_mapping[t] < 0 || slot_mapping[t] >= slots)
+      throw InvalidArgument("write_kv: slot " + std::to_string(slot_mapping[t]) + " out of range");
+  }
+}
+
+void write_kv_head(const float* k, const float* v, int64_t ld, const int64_t* slot_mapping, int64_t t0, int64_t t1,
+                   int64_t h, KVLayer& cache) {
+  const int64_t dim = cache.k.shape[3];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t slot = slot_mapping[t];
+    convert_from_f32(k + t * ld + h * dim, row_of(cache.k, slot, h), cache.k.dtype, static_cast<size_t>(dim));
+    convert_from_f32(v + t * ld + h * dim, row_of(cache.v, slot, h), cache.v.dtype, static_cast<size_t>(dim));
+  }
+}
 
 void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const int64_t* slot_mapping,
               KVLayer& cache, ThreadPool& pool) {
-  check_layer(cache, "write_kv");
-  const int64_t num_blocks = cache.k.shape[0], kv_heads = cache.k.shape[1];
-  const int64_t block_size = cache.k.shape[2], dim = cache.k.shape[3];
-  if (ld < kv_heads * dim) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
   // Every slot is checked before anything is written: a bad batch leaves the cache as it was.
-  for (int64_t t = 0; t < tokens; ++t) {
-    const int64_t slot = slot_mapping[t];
-    if (slot < 0 || slot >= num_blocks * block_size)
-      throw InvalidArgument("write_kv: slot " + std::to_string(slot) + " out of range");
-  }
-  // Where head h of the token in `slot` goes in K or V, and its bytes.
-  auto row_of = [&](const Tensor& part, int64_t slot, int64_t h) {
-    const int64_t row = (slot / block_size * kv_heads + h) * block_size + slot % block_size;
-    return static_cast<char*>(part.data) + row * dim * static_cast<int64_t>(dtype_size(part.dtype));
-  };
-  auto row_bytes = [&](const Tensor& part) { return dim * static_cast<int64_t>(dtype_size(part.dtype)); };
+  check_slots(slot_mapping, tokens, cache);
+  const int64_t kv_heads = cache.k.shape[1], dim = cache.k.shape[3];
+  if (ld < kv_heads * dim) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
   // The rows are scattered over the cache and mostly not in any cache level: their lines are
   // asked for (for writing) kAhead tokens early, so the misses overlap instead of queueing.
   constexpr int64_t kAhead = 8;
@@ -53,11 +68,7 @@ void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const 
     for (int64_t t = begin; t < std::min(end, begin + kAhead); ++t) prefetch_rows(t);
     for (int64_t t = begin; t < end; ++t) {
       if (t + kAhead < end) prefetch_rows(t + kAhead);
-      const int64_t slot = slot_mapping[t];
-      for (int64_t h = 0; h < kv_heads; ++h) {
-        convert_from_f32(k + t * ld + h * dim, row_of(cache.k, slot, h), cache.k.dtype, static_cast<size_t>(dim));
-        convert_from_f32(v + t * ld + h * dim, row_of(cache.v, slot, h), cache.v.dtype, static_cast<size_t>(dim));
-      }
+      for (int64_t h = 0; h < kv_heads; ++h) write_kv_head(k, v, ld, slot_mapping, t, t + 1, h, cache);
     }
   });
 }

@@ -341,16 +341,17 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
                      dtype_id(DType::F32), stream_);
   }
   void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
-                KVCacheLayer& cache) override {
+                KVCacheLayer& cache) {
     const int64_t* dev_slots =
         slots == staged_.slots_host ? staged_.slots : upload_array(slots, tokens, region(slots_dev_, graph_slots_dev_));
     if (!launches()) return;
     cuda::invokeWriteKv(k.data, v.data, tokens, ld, dev_slots, cache.k.data, cache.v.data, cache.k.dim(1),
                         cache.k.dim(3), cache.k.dim(2), dtype_id(DType::F32), dtype_id(cache.k.dtype), stream_);
   }
-  void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const KVCacheLayer& cache,
-                 const AttentionMetadata& meta, const AttentionOptions& o, Tensor& out) override {
+  void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const Tensor& k, const Tensor& v, int64_t ldkv,
+                 KVCacheLayer& cache, const AttentionMetadata& meta, const AttentionOptions& o, Tensor& out) override {
     if (staged_.meta != &meta || staged_.slots_host != meta.slot_mapping.data()) begin_forward(meta);
+    write_kv(k, v, meta.num_tokens, ldkv, meta.slot_mapping.data(), cache);
     cuda::PagedAttentionArgs a;
     a.out = out.data;
     a.q = q.data;
