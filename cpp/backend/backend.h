@@ -121,17 +121,20 @@ class Backend {
   // y (= or +=) x W^T + bias. x [m][k], y [m][n]; leading dims in elements.
   virtual void linear(const LinearWeight& w, const Tensor& x, int64_t ldx, Tensor& y, int64_t ldy,
                       bool accumulate) = 0;
-  // out [m][n / 2] = act(g) * u for [g | u] = x W^T + bias, W's first n / 2 rows the gate: an MLP's
-  // gate_up projection and gated activation. A backend with a fused kernel never writes gate_up
-  // ([m][n] scratch); the default runs linear into it, then silu_mul / gelu_tanh_mul.
-  virtual void linear_gated(const LinearWeight& w, const Tensor& x, int64_t ldx, GatedActivation act,
-                            Tensor& gate_up, Tensor& out) {
-    const int64_t m = x.dim(0), n = w.n();
-    linear(w, x, ldx, gate_up, n, false);
+  // A gated MLP: out [m][down.n] (= or +=) a down^T + down's bias, for a = act(g) * u and
+  // [g | u] = x gate_up^T + bias (gate_up's first n / 2 rows the gate). gate_up_buf ([m][n]) and
+  // act_buf ([m][n / 2]) are scratch that a backend with fused kernels need not write; the
+  // default runs linear into the one, silu_mul / gelu_tanh_mul into the other, linear from it.
+  virtual void mlp(const LinearWeight& gate_up, const LinearWeight& down, const Tensor& x, int64_t ldx,
+                   GatedActivation act, Tensor& gate_up_buf, Tensor& act_buf, Tensor& out, int64_t ldo,
+                   bool accumulate) {
+    const int64_t m = x.dim(0), half = gate_up.n() / 2;
+    linear(gate_up, x, ldx, gate_up_buf, gate_up.n(), false);
     if (act == GatedActivation::GeluTanh)
-      gelu_tanh_mul(gate_up, m, n / 2, out);
+      gelu_tanh_mul(gate_up_buf, m, half, act_buf);
     else
-      silu_mul(gate_up, m, n / 2, out);
+      silu_mul(gate_up_buf, m, half, act_buf);
+    linear(down, act_buf, half, out, ldo, accumulate);
   }
   // fn(begin, end) over [0, n) items of host work (sampling requests' rows) split over the host
   // threads the backend keeps (the CPU's pool); here, one call on this thread.

@@ -9,6 +9,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 
@@ -294,32 +295,45 @@ void bind_testing(nb::module_& m) {
     return y;
   }, "w"_a, "x"_a, "dtype"_a, "bias"_a.none() = nb::none(), "num_threads"_a = 2);
 
-  // A backend's linear_gated over float weights packed as `dtype`: (out, whether the gate_up
-  // scratch was left untouched, i.e. the backend fused the product and the activation).
-  m.def("backend_linear_gated", [](const std::string& device, ArrayIn w, ArrayIn x, const std::string& dtype,
-                                   std::optional<ArrayIn> bias, const std::string& act) {
+  // A backend's gated MLP over float weights packed as `dtype`: (out, whether the gate_up scratch
+  // was left untouched, whether the activation's was: what the backend fused).
+  m.def("backend_mlp", [](const std::string& device, ArrayIn w_gate_up, ArrayIn w_down, ArrayIn x,
+                          const std::string& dtype, std::optional<ArrayIn> bias, std::optional<ArrayIn> down_bias,
+                          const std::string& act) {
     if (act != "silu" && act != "gelu_tanh") throw cserve::InvalidArgument("act: silu or gelu_tanh");
     std::unique_ptr<cserve::Backend> backend = cserve::make_backend(device, 2);
-    std::vector<cserve::Tensor> biases;
-    if (bias) biases.push_back(view(*bias));
-    std::unique_ptr<cserve::LinearWeight> lw = backend->pack_linear({view(w)}, biases, dtype_of(dtype));
-    const int64_t m_rows = static_cast<int64_t>(x.shape(0)), k = static_cast<int64_t>(x.shape(1)), n = lw->n();
+    auto pack = [&](ArrayIn w, const std::optional<ArrayIn>& b) {
+      std::vector<cserve::Tensor> biases;
+      if (b) biases.push_back(view(*b));
+      return backend->pack_linear({view(w)}, biases, dtype_of(dtype));
+    };
+    std::unique_ptr<cserve::LinearWeight> gate_up = pack(w_gate_up, bias), down = pack(w_down, down_bias);
+    const int64_t m_rows = static_cast<int64_t>(x.shape(0)), k = static_cast<int64_t>(x.shape(1));
+    const int64_t n = gate_up->n(), n_out = down->n();
+    auto buffer = [&](int64_t cols, float fill) {
+      cserve::Buffer b = backend->allocate(static_cast<size_t>(m_rows * cols) * 4);
+      const std::vector<float> host(static_cast<size_t>(m_rows * cols), fill);
+      backend->upload(b.data(), host.data(), b.size());
+      return b;
+    };
+    auto untouched = [&](const cserve::Buffer& b, float fill) {
+      std::vector<float> host(b.size() / 4);
+      backend->download(host.data(), b.data(), b.size());
+      return std::all_of(host.begin(), host.end(), [&](float v) { return v == fill; });
+    };
     cserve::Buffer dx = backend->allocate(static_cast<size_t>(m_rows * k) * 4);
-    cserve::Buffer dgu = backend->allocate(static_cast<size_t>(m_rows * n) * 4);
-    cserve::Buffer dout = backend->allocate(static_cast<size_t>(m_rows * n / 2) * 4);
     backend->upload(dx.data(), x.data(), dx.size());
-    const std::vector<float> sentinel(static_cast<size_t>(m_rows * n), 12345.0f);
-    backend->upload(dgu.data(), sentinel.data(), dgu.size());
+    cserve::Buffer dgu = buffer(n, 12345.0f), dact = buffer(n / 2, 12345.0f), dout = buffer(n_out, 0.0f);
     cserve::Tensor tx{dx.data(), cserve::DType::F32, {m_rows, k}}, tgu{dgu.data(), cserve::DType::F32, {m_rows, n}};
-    cserve::Tensor tout{dout.data(), cserve::DType::F32, {m_rows, n / 2}};
+    cserve::Tensor tact{dact.data(), cserve::DType::F32, {m_rows, n / 2}};
+    cserve::Tensor tout{dout.data(), cserve::DType::F32, {m_rows, n_out}};
     const auto a = act == "silu" ? cserve::GatedActivation::Silu : cserve::GatedActivation::GeluTanh;
-    backend->linear_gated(*lw, tx, k, a, tgu, tout);
-    Array out = make_array({m_rows, n / 2});
+    backend->mlp(*gate_up, *down, tx, k, a, tgu, tact, tout, n_out, false);
+    Array out = make_array({m_rows, n_out});
     backend->download(out.data(), dout.data(), dout.size());
-    std::vector<float> gu(sentinel.size());
-    backend->download(gu.data(), dgu.data(), dgu.size());
-    return nb::make_tuple(out, gu == sentinel);
-  }, "device"_a, "w"_a, "x"_a, "dtype"_a, "bias"_a.none() = nb::none(), "act"_a = "silu");
+    return nb::make_tuple(out, untouched(dgu, 12345.0f), untouched(dact, 12345.0f));
+  }, "device"_a, "w_gate_up"_a, "w_down"_a, "x"_a, "dtype"_a, "bias"_a.none() = nb::none(),
+     "down_bias"_a.none() = nb::none(), "act"_a = "silu");
 
   // Quantized weights given as raw ggml blocks (bytes of n rows of k values of ggml type `type`).
   m.def("dequantize", [](uint32_t type, nb::bytes data, int64_t n, int64_t k) {

@@ -298,8 +298,7 @@ void EagleHead::forward(const ForwardBatch& batch, const Tensor& hidden, int64_t
                        attn);
     backend_.linear(*lw.o, attn, q_dim, x, H, true);
     backend_.rms_norm(x, f32(lw.post_norm, H), T, H, H, eps, h);
-    backend_.linear_gated(*lw.gate_up, h, H, GatedActivation::Silu, gu, act);
-    backend_.linear(*lw.down, act, I, x, H, true);
+    backend_.mlp(*lw.gate_up, *lw.down, h, H, GatedActivation::Silu, gu, act, x, H, true);
   }
 
   const int64_t R = static_cast<int64_t>(batch.logits_rows.size());

@@ -199,9 +199,8 @@ void LlamaModel::forward(const ForwardBatch& batch, std::vector<KVCacheLayer>& k
         });
         continue;
       }
-      backend_.linear_gated(*lw.gate_up, mlp_in, H, mlp_act, gu, act);
       add_to_residual(lw.mlp_out_norm, [&](Tensor& out, bool accumulate) {
-        backend_.linear(*lw.down, act, I, out, H, accumulate);
+        backend_.mlp(*lw.gate_up, *lw.down, mlp_in, H, mlp_act, gu, act, out, H, accumulate);
       });
     }
   };
@@ -313,9 +312,8 @@ void LlamaModel::run_experts(const LayerWeights& lw, const Tensor& in, int64_t T
     // bufs.gu / act hold the shared expert's width too (forward() sized them), so these views
     // leave forward()'s own valid.
     Tensor shared_gu = scratch(bufs.gu, T, 2 * SI), shared_act = scratch(bufs.act, T, SI);
-    backend_.linear_gated(*lw.gate_up, in, H, GatedActivation::Silu, shared_gu, shared_act);
     Tensor tail = rows(ys, n, T, H);
-    backend_.linear(*lw.down, shared_act, SI, tail, H, false);
+    backend_.mlp(*lw.gate_up, *lw.down, in, H, GatedActivation::Silu, shared_gu, shared_act, tail, H, false);
   }
   backend_.combine_rows(ys, routing_.rows.data(), routing_.weights.data(), T, routing_.slots, H, out, accumulate);
 }

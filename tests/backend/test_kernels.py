@@ -116,21 +116,28 @@ def test_a_large_result_equals_small_batches(dtype, m, n, k):
 
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,half,k", [(1, 16, 32), (5, 48, 96), (16, 96, 576), (33, 32, 64), (70, 80, 40),
-                                      (3, 24, 64), (1100, 1024, 32), (200, 32, 1024)])
-def test_linear_gated_equals_linear_then_activation(m, half, k, dtype, act):
-    # The MLP's gate_up product and activation in one pass where the CPU has the fused kernel
-    # (AMX, bf16 weights, gate width a multiple of 16; 1100 x 1024 is stored past the caches),
-    # gemm then the activation elsewhere: the same floats either way.
+@pytest.mark.parametrize("m,half,k,n", [(1, 16, 32, 40), (5, 48, 96, 96), (16, 96, 576, 576), (33, 32, 64, 17),
+                                        (70, 80, 40, 64), (3, 24, 64, 32), (1100, 1024, 32, 48),
+                                        (200, 32, 1024, 1024), (16, 1536, 576, 576)])
+def test_mlp_equals_linear_activation_linear(m, half, k, n, dtype, act):
+    # The gate_up product and activation in one pass where the CPU has the fused kernel (AMX, bf16
+    # weights, gate width a multiple of 16; 1100 x 1024 is stored past the caches), the activation
+    # handed to the down projection as its bf16 tiles where that width is a multiple of 32; gemm,
+    # the activation and gemm elsewhere: the same floats every way.
     rng = np.random.default_rng(m + half + k)
     w = rng.standard_normal((2 * half, k), dtype=np.float32)
+    w_down = rng.standard_normal((n, half), dtype=np.float32)
     x = rng.standard_normal((m, k), dtype=np.float32)
     bias = rng.standard_normal(2 * half, dtype=np.float32) if m % 2 else None
-    out, fused = T.backend_linear_gated("cpu", w, x, dtype, bias=bias, act=act)
-    assert fused == (T.amx_in_use() and dtype == "bfloat16" and k % 32 == 0 and half % 16 == 0)
+    down_bias = rng.standard_normal(n, dtype=np.float32) if m % 3 else None
+    out, gate_up_unused, act_unused = T.backend_mlp("cpu", w, w_down, x, dtype, bias=bias, down_bias=down_bias,
+                                                     act=act)
+    gated = T.amx_in_use() and dtype == "bfloat16" and k % 32 == 0 and half % 16 == 0
+    assert gate_up_unused == gated
+    assert act_unused == (gated and half % 32 == 0)
     gate_up = T.gemm(w, x, dtype, bias=bias)
-    want = T.silu_mul(gate_up) if act == "silu" else T.gelu_tanh_mul(gate_up)
-    np.testing.assert_array_equal(out, want)
+    a = T.silu_mul(gate_up) if act == "silu" else T.gelu_tanh_mul(gate_up)
+    np.testing.assert_array_equal(out, T.gemm(w_down, a, dtype, bias=down_bias))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

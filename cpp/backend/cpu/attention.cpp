@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/attention_amx.h"
@@ -50,6 +51,30 @@ struct Partial {
   float* l;    // [rows]
   float* acc;  // [rows][dim]
 };
+
+// Whether a sequence reads a block that another's new tokens go to: prefix caching can hand a
+// request the blocks another one fills in the same step, and padded graph batches point every
+// padding token at one block.
+bool new_rows_shared(const AttentionMetadata& meta) {
+  thread_local std::vector<std::pair<int64_t, int32_t>> written;  // (block, sequence)
+  written.clear();
+  for (int32_t i = 0; i < meta.num_seqs; ++i) {
+    for (int32_t t = meta.query_start[i]; t < meta.query_start[i + 1]; ++t) {
+      const std::pair<int64_t, int32_t> e{meta.slot_mapping[t] / meta.block_size, i};
+      if (written.empty() || written.back() != e) written.push_back(e);
+    }
+  }
+  std::sort(written.begin(), written.end());
+  for (int32_t i = 0; i < meta.num_seqs; ++i) {
+    const int32_t* row = meta.block_tables.data() + int64_t{i} * meta.max_blocks_per_seq;
+    for (int64_t j = 0; j * meta.block_size < meta.seq_lens[i]; ++j) {
+      auto it = std::lower_bound(written.begin(), written.end(), std::pair<int64_t, int32_t>{row[j], -1});
+      for (; it != written.end() && it->first == row[j]; ++it)
+        if (it->second != i) return true;
+    }
+  }
+  return false;
+}
 
 void validate(const AttentionMetadata& meta, const Shape& s, const KVLayer& cache) {
   if (cache.k.shape.size() != 4 || cache.k.shape != cache.v.shape) {
@@ -474,12 +499,14 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, KVLayer& ca
     parts = std::min<int64_t>((4 * threads + num_units - 1) / num_units,
                               std::max<int64_t>(1, max_keys / kMinKeysPerPart));
   }
-  // The step's new keys and values: where each sequence's new tokens are one unit per kv head and
-  // no unit is split into key parts (decode, a token and its drafts), each unit writes its own
-  // rows first, on its thread: they are the lines it reads next, so the writes add no trip to
-  // memory and no serial pass (16-stream decode step: ~0.4 ms of 21). Otherwise (a prefill's
-  // units read each other's rows) all are written before any unit starts.
-  const bool units_write = new_kv && parts == 1 && num_units == int64_t{meta.num_seqs} * s.kv_heads;
+  // The step's new keys and values: where each sequence's new tokens are one unit per kv head, no
+  // unit is split into key parts and no sequence reads another's new rows (decode, a token and
+  // its drafts), each unit writes its own rows first, on its thread: they are the lines it reads
+  // next, so the writes add no trip to memory and no serial pass (16-stream decode step: ~0.4 ms
+  // of 21). Otherwise (a prefill's units read each other's rows) all are written before any unit
+  // starts.
+  const bool units_write = new_kv && parts == 1 && num_units == int64_t{meta.num_seqs} * s.kv_heads &&
+                           meta.slot_mapping.size() >= static_cast<size_t>(meta.num_tokens) && !new_rows_shared(meta);
   if (new_kv && meta.slot_mapping.size() < static_cast<size_t>(meta.num_tokens))
     throw InvalidArgument("paged_attention: fewer slots than tokens");
   if (new_kv && units_write) {

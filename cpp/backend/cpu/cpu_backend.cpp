@@ -143,12 +143,19 @@ class CpuBackend : public Backend {
     }
     cpu::gemm(packed(w), x.as<float>(), x.dim(0), ldx, y.as<float>(), ldy, accumulate, pool_);
   }
-  void linear_gated(const LinearWeight& w, const Tensor& x, int64_t ldx, GatedActivation act, Tensor& gate_up,
-                    Tensor& out) override {
-    if (quantized(w) == nullptr &&
-        cpu::gemm_gated(packed(w), x.as<float>(), x.dim(0), ldx, act, out.as<float>(), w.n() / 2, pool_))
+  void mlp(const LinearWeight& gate_up, const LinearWeight& down, const Tensor& x, int64_t ldx, GatedActivation act,
+           Tensor& gate_up_buf, Tensor& act_buf, Tensor& out, int64_t ldo, bool accumulate) override {
+    const int64_t m = x.dim(0), half = gate_up.n() / 2;
+    if (quantized(gate_up) == nullptr && quantized(down) == nullptr &&
+        cpu::gemm_mlp(packed(gate_up), packed(down), x.as<float>(), m, ldx, act, out.as<float>(), ldo, accumulate,
+                      pool_))
       return;
-    Backend::linear_gated(w, x, ldx, act, gate_up, out);
+    if (quantized(gate_up) == nullptr &&
+        cpu::gemm_gated(packed(gate_up), x.as<float>(), m, ldx, act, act_buf.as<float>(), half, pool_)) {
+      linear(down, act_buf, half, out, ldo, accumulate);
+      return;
+    }
+    Backend::mlp(gate_up, down, x, ldx, act, gate_up_buf, act_buf, out, ldo, accumulate);
   }
   void host_parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) override {
     pool_.parallel_for(n, 1, fn);

@@ -179,4 +179,29 @@ bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, G
   return true;
 }
 
+bool gemm_mlp(const PackedMatrix& gate_up, const PackedMatrix& down, const float* x, int64_t m, int64_t ldx,
+              GatedActivation act, float* out, int64_t ldo, bool accumulate, ThreadPool& pool) {
+  const int64_t half = gate_up.n / 2;
+  // The activation lands in down's x tiles as they are: down's k is the gate's width, in whole
+  // 32-value steps (no padding to zero).
+  if (!amx_kernel(gate_up) || !amx_kernel(down) || gate_up.n % 2 != 0 || half % 32 != 0 || down.k != half ||
+      down.k_padded != half)
+    return false;
+  if (m <= 0) return true;
+  check_leading_dims("gemm_mlp", ldx, gate_up.k, ldo, down.n, "n");
+  detail::GemmArgs a = gemm_args(gate_up, x, m, ldx, nullptr, 0, false);
+  const detail::RowOps& ops = detail::row_ops();
+  a.gate = act == GatedActivation::GeluTanh ? ops.gelu_tanh_mul : ops.silu_mul;
+  thread_local std::vector<uint16_t> act_tiles;  // rows up to a whole tile, as round_x_bf16's
+  a.yb = aligned_scratch(act_tiles, static_cast<size_t>((m + 15) / 16 * 16 * half));
+  a.ldyb = half;
+  round_x_bf16(a, true, pool);
+  run_panels(a, detail::gemm_panels_amx_bf16, half / detail::kPanel, 2, pool);
+  detail::GemmArgs b = gemm_args(down, nullptr, m, half, out, ldo, accumulate);
+  b.xb = a.yb;
+  b.ldxb = half;
+  run_panels(b, detail::gemm_panels_amx_bf16, down.n_padded / detail::kPanel, 1, pool);
+  return true;
+}
+
 }  // namespace cserve::cpu

@@ -98,6 +98,14 @@ void store_gated(const AmxOutput& out, float* g, float* u, int64_t row0, int64_t
     }
   }
   out.gate(g, u, g, rows * kPanel);
+  if (out.yb != nullptr) {  // half a tile row each, rounded as convert_rows_bf16_tiles_avx512bf16 does
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t row = row0 + r;
+      uint16_t* dst = out.yb + amx_tile_of(out.ldyb, row / kTileRows, col0 / 32) + row % kTileRows * 32 + col0 % 32;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(g + r * kPanel)));
+    }
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     float* y = out.y + (row0 + r) * out.ldy + col0;
     const __m512 v = _mm512_load_ps(g + r * kPanel);
@@ -220,8 +228,8 @@ int64_t amx_row_block_tiles(int64_t ldxb) {
 void gemm_panels_amx_bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
   amx_configure_tiles();
   const int64_t width = a.gate != nullptr ? a.w->n / 2 : a.w->n;
-  const bool stream = stream_result(a.m, width, a.accumulate);
-  const AmxOutput out{a.y, a.ldy, a.bias, a.w->n, a.accumulate, stream, a.gate};
+  const bool stream = a.yb == nullptr && stream_result(a.m, width, a.accumulate);
+  const AmxOutput out{a.y, a.ldy, a.bias, a.w->n, a.accumulate, stream, a.gate, a.yb, a.ldyb};
   const int64_t panel_elems = a.w->k_padded * kPanel;  // bf16 values per panel
   const uint16_t* data = a.w->data.as<uint16_t>();
   // Rows outer, in blocks of x of ~160 KiB that stay in L2 while the chunk's panels pass over

@@ -27,6 +27,10 @@ struct GemmArgs {
   // gemm_gated (AMX kernel only): the panels are the gate's, each paired with the up panel n / 2
   // columns on, and y [m][n / 2] gets gate(g + bias, u + bias) instead of both.
   GateFn gate = nullptr;
+  // Gated only, instead of y: the result rounded to bf16 into tiles laid out as xb's (steps of
+  // ldyb / 32), the x of a GEMM whose k is n / 2 (the MLP's down projection).
+  uint16_t* yb = nullptr;
+  int64_t ldyb = 0;
   // The AMX kernel: row tiles [tile_begin, tile_end) of the result (all when tile_end < 0).
   int64_t tile_begin = 0, tile_end = -1;
 };
@@ -55,6 +59,8 @@ struct AmxOutput {
   bool accumulate;
   bool stream;  // whole 64-byte rows of y stored past the caches (y is larger than they are)
   GateFn gate;   // as GemmArgs::gate: panel[0] the gate's, panel[1] its up panel, y n / 2 wide
+  uint16_t* yb;  // as GemmArgs::yb
+  int64_t ldyb;
 };
 // AMX's 64-byte tile configuration (palette 1): bytes per row and rows of each tile register.
 struct alignas(64) AmxTileConfig {

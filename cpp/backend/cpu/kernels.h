@@ -71,6 +71,14 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
 bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, GatedActivation act, float* out,
                 int64_t ldo, ThreadPool& pool);
 
+// out[m][down.n] (= or +=) gemm_gated(gate_up, x) times down: a gated MLP, the activation handed
+// from the first GEMM to the second as the bf16 tiles the second reads (never stored as floats,
+// never converted on one thread between them). Equal to gemm_gated, then gemm. Returns false,
+// computing nothing, where there is no such kernel (AMX, bf16 weights, down.k = n / 2 a multiple
+// of 32).
+bool gemm_mlp(const PackedMatrix& gate_up, const PackedMatrix& down, const float* x, int64_t m, int64_t ldx,
+              GatedActivation act, float* out, int64_t ldo, bool accumulate, ThreadPool& pool);
+
 // Rows per parallel chunk of a row-wise kernel, so that a chunk holds at least ~16K values.
 inline int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_len)); }
 
