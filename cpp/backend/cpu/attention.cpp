@@ -21,6 +21,7 @@
 #include "backend/cpu/row_ops.h"
 #include "cserve/error.h"
 #include "util/first_largest.h"
+#include "util/vector_clones.h"
 
 namespace cserve::cpu {
 
@@ -199,6 +200,12 @@ inline void key_range(int64_t pos, int64_t window, int64_t& lo, int64_t& hi) {
   lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
 }
 
+// dst[i] = src[i] * f: a unit's scaled queries and its finished rows, AVX-512 wide where the CPU
+// has it (this file is built for any x86-64: its own loops are 4 wide).
+CSERVE_VECTOR_CLONES void scaled_copy(const float* src, float f, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * f;
+}
+
 // A unit's start: each token's key range clipped to the part into rng[ntok][2], its query rows
 // scaled into qs[rows][dim], and an empty softmax state (max and sum; not the accumulator).
 void start_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, const AttentionMetadata& meta,
@@ -209,8 +216,7 @@ void start_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q,
     key_range(meta.positions[u.tok_begin + t], s.window, lo, hi);
     rng[2 * t] = static_cast<int32_t>(std::max(lo, part_lo));
     rng[2 * t + 1] = static_cast<int32_t>(std::min(hi, part_hi));
-    const float* qt = q + (u.tok_begin + t) * s.ldq + u.kv_head * width;
-    for (int64_t i = 0; i < width; ++i) qs[t * width + i] = qt[i] * s.scale;
+    scaled_copy(q + (u.tok_begin + t) * s.ldq + u.kv_head * width, s.scale, qs + t * width, width);
   }
   std::fill(out.m, out.m + ntok * s.group, -std::numeric_limits<float>::infinity());
   std::fill(out.l, out.l + ntok * s.group, 0.0f);
@@ -227,7 +233,9 @@ inline void fold_row(float* p, int64_t jl, int64_t jh, int64_t width, const Shap
   }
   if (s.softcap > 0) ops.softcap(p + jl, jh - jl, s.softcap);
   const float m_new = std::max(m, max_skipping_nan(p + jl, jh - jl));
-  if (m != m_new) {
+  if (m == -std::numeric_limits<float>::infinity()) {
+    m = m_new;  // the row's first scores: l and acc are still 0, nothing to rescale
+  } else if (m != m_new) {
     const float alpha = std::exp(m - m_new);  // 0 when m was -inf
     l *= alpha;
     for (int64_t d = 0; d < s.dim; ++d) acc[d] *= alpha;
@@ -538,6 +546,10 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, KVLayer& ca
       float m = -std::numeric_limits<float>::infinity();
       for (int64_t p = 0; p < count; ++p) m = std::max(m, ps[p].m[r]);
       if (sinks) m = std::max(m, sinks[head]);
+      if (count == 1 && !sinks) {  // one part: its state is the row's (the weight below would be 1)
+        scaled_copy(ps[0].acc + r * dim, 1.0f / ps[0].l[r], o, dim);
+        continue;
+      }
       float l = sinks ? std::exp(sinks[head] - m) : 0.0f;
       std::fill(o, o + dim, 0.0f);
       for (int64_t p = 0; p < count; ++p) {
