@@ -59,8 +59,12 @@ int main(int argc, char** argv) {
     meta.seq_lens.push_back(static_cast<int32_t>(context));
     meta.positions.push_back(static_cast<int32_t>(context - 1));
     for (int64_t b = 0; b < blocks_per_seq; ++b) meta.block_tables.push_back(ids[i * blocks_per_seq + b]);
+    meta.slot_mapping.push_back(int64_t{meta.block_tables.back()} * bs + (context - 1) % bs);
   }
   std::vector<float> q(static_cast<size_t>(seqs * kHeads * kDim), 0.01f), out(q.size());
+  // Each sequence's new key and value, written by the call as the model's forward has it do.
+  const std::vector<float> kv_new(static_cast<size_t>(seqs * kKvHeads * kDim), 0.0078125f);
+  const cpu::NewKV fresh{kv_new.data(), kv_new.data(), kKvHeads * kDim};
   ThreadPool pool(2);
   // FLUSH=MB streams that many MB through the caches between layers, as a decode step's GEMMs do.
   const size_t flush_bytes = static_cast<size_t>(getenv("FLUSH") ? atoi(getenv("FLUSH")) : 0) << 20;
@@ -71,7 +75,7 @@ int main(int argc, char** argv) {
   for (int r = 0; r < reps + 2; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t l = 0; l < kLayers; ++l) {
-      const auto& layer = layers[getenv("ONE") ? 0 : l];
+      auto& layer = layers[getenv("ONE") ? 0 : l];
       if (flush_bytes) {
         const auto f0 = std::chrono::steady_clock::now();
         pool.parallel_for(static_cast<int64_t>(flush_bytes >> 16), 1, [&](int64_t b, int64_t e) {
@@ -81,7 +85,8 @@ int main(int argc, char** argv) {
         });
         flush_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
       }
-      cpu::paged_attention(q.data(), kHeads * kDim, kHeads, layer, meta, 0.125f, 0, out.data(), pool);
+      cpu::paged_attention(q.data(), kHeads * kDim, kHeads, layer, meta, 0.125f, 0, out.data(), pool, 0.0f, nullptr,
+                           getenv("NOFRESH") ? nullptr : &fresh);
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - flush_s;
     flush_s = 0;

@@ -97,9 +97,9 @@ def test_a_row_does_not_depend_on_its_batch(dtype, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,n,k", [(1040, 1050, 64), (700, 1200, 576)], ids=["streamed", "rows-split"])
+@pytest.mark.parametrize("m,n,k", [(4100, 1050, 64), (700, 1200, 576)], ids=["streamed", "rows-split"])
 def test_a_large_result_equals_small_batches(dtype, m, n, k):
-    # 1040 x 1050 floats (over 4 MiB): the AMX kernel stores such results past the caches, whole
+    # 4100 x 1050 floats (over 16 MiB): the AMX kernel stores such results past the caches, whole
     # 16-float rows only (the last panel's 10 columns go the usual way). 700 rows of 576 against
     # 1.4 MB of bf16 weights: the two threads split the rows as well as the panels (two panel
     # ranges of at most 1 MiB, blocks of 128 rows). With and without bias, every row gets the sums
@@ -121,7 +121,7 @@ def test_a_large_result_equals_small_batches(dtype, m, n, k):
                                         (200, 32, 1024, 1024), (16, 1536, 576, 576)])
 def test_mlp_equals_linear_activation_linear(m, half, k, n, dtype, act):
     # The gate_up product and activation in one pass where the CPU has the fused kernel (AMX, bf16
-    # weights, gate width a multiple of 16; 1100 x 1024 is stored past the caches), the activation
+    # weights, gate width a multiple of 16), the activation
     # handed to the down projection as its bf16 tiles where that width is a multiple of 32; gemm,
     # the activation and gemm elsewhere: the same floats every way.
     rng = np.random.default_rng(m + half + k)

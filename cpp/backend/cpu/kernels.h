@@ -92,12 +92,15 @@ T* aligned_scratch(std::vector<T>& v, size_t n) {
 }
 
 // Whether the vector GEMMs (gemm's AMX kernel, qgemm's AVX-512 and AVX2 kernels) store an m x n
-// float result past the caches: one of 4 MiB or more (a prefill's qkv or gate_up) cannot stay
-// in a core's L2 for its reader, so it is written once instead of read for ownership and then
-// written back (bf16 prefill of 16 x 100 tokens 689 -> 619 ms, GGUF 1.13 -> 1.05 s; at 1 MiB,
-// 16 x 32 tokens were slower). Accumulating results are read anyway and stay on the usual path.
+// float result past the caches: one of 16 MiB or more (a quantized prefill's gate_up) cannot
+// stay in the caches for its reader, so it is written once instead of read for ownership and
+// then written back (at 4 MiB: bf16 prefill of 16 x 100 tokens 689 -> 619 ms, GGUF 1.13 ->
+// 1.05 s). A smaller one is read back from the caches (the qkv of 16 x 100 tokens, 6 MB, by the
+// rotary embedding and attention right after: prefill 0.294-0.298 -> 0.281-0.292 s, GGUF 0.77-0.79
+// -> 0.76-0.77 s against 4 MiB; never streamed, GGUF 0.80 s). Accumulating results are read
+// anyway and stay on the usual path.
 inline bool stream_result(int64_t m, int64_t n, bool accumulate) {
-  constexpr int64_t kStreamBytes = int64_t{4} << 20;
+  constexpr int64_t kStreamBytes = int64_t{16} << 20;
   return !accumulate && m * n * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
 }
 
