@@ -236,7 +236,7 @@ inline void fold_row(float* p, int64_t jl, int64_t jh, int64_t width, const Shap
   if (m == -std::numeric_limits<float>::infinity()) {
     m = m_new;  // the row's first scores: l and acc are still 0, nothing to rescale
   } else if (m != m_new) {
-    const float alpha = std::exp(m - m_new);  // 0 when m was -inf
+    const float alpha = std::exp(m - m_new);
     l *= alpha;
     for (int64_t d = 0; d < s.dim; ++d) acc[d] *= alpha;
     m = m_new;
@@ -517,7 +517,7 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, KVLayer& ca
                            meta.slot_mapping.size() >= static_cast<size_t>(meta.num_tokens) && !new_rows_shared(meta);
   if (new_kv && meta.slot_mapping.size() < static_cast<size_t>(meta.num_tokens))
     throw InvalidArgument("paged_attention: fewer slots than tokens");
-  if (new_kv && units_write) {
+  if (units_write) {
     if (new_kv->ld < s.kv_heads * dim) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
     check_slots(meta.slot_mapping.data(), meta.num_tokens, cache);
   } else if (new_kv) {
