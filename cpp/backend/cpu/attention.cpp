@@ -513,13 +513,12 @@ void paged_attention(const float* q, int64_t ldq, int64_t num_heads, KVLayer& ca
   // next, so the writes add no trip to memory and no serial pass (16-stream decode step: ~0.4 ms
   // of 21). Otherwise (a prefill's units read each other's rows) all are written before any unit
   // starts.
-  const bool units_write = new_kv && parts == 1 && num_units == int64_t{meta.num_seqs} * s.kv_heads &&
-                           meta.slot_mapping.size() >= static_cast<size_t>(meta.num_tokens) && !new_rows_shared(meta);
   if (new_kv && meta.slot_mapping.size() < static_cast<size_t>(meta.num_tokens))
     throw InvalidArgument("paged_attention: fewer slots than tokens");
+  const bool units_write =
+      new_kv && parts == 1 && num_units == int64_t{meta.num_seqs} * s.kv_heads && !new_rows_shared(meta);
   if (units_write) {
-    if (new_kv->ld < s.kv_heads * dim) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
-    check_slots(meta.slot_mapping.data(), meta.num_tokens, cache);
+    check_kv_rows(new_kv->ld, meta.slot_mapping.data(), meta.num_tokens, cache);
   } else if (new_kv) {
     write_kv(new_kv->k, new_kv->v, meta.num_tokens, new_kv->ld, meta.slot_mapping.data(), cache, pool);
   }

@@ -146,8 +146,9 @@ using KVLayer = KVCacheLayer;
 // the cache.
 void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const int64_t* slot_mapping,
               KVLayer& cache, ThreadPool& pool);
-// write_kv's check alone: throws unless every slot is in the cache.
-void check_slots(const int64_t* slot_mapping, int64_t tokens, const KVLayer& cache);
+// write_kv's checks alone: throws unless the rows' stride holds every kv head and every slot is in
+// the cache.
+void check_kv_rows(int64_t ld, const int64_t* slot_mapping, int64_t tokens, const KVLayer& cache);
 // Head h of tokens [t0, t1) into their slots, on the calling thread (slots checked already).
 void write_kv_head(const float* k, const float* v, int64_t ld, const int64_t* slot_mapping, int64_t t0, int64_t t1,
                    int64_t h, KVLayer& cache);

@@ -27,8 +27,9 @@ int64_t row_bytes(const Tensor& part) { return part.shape[3] * static_cast<int64
 
 }  // namespace
 
-void check_slots(const int64_t* slot_mapping, int64_t tokens, const KVLayer& cache) {
+void check_kv_rows(int64_t ld, const int64_t* slot_mapping, int64_t tokens, const KVLayer& cache) {
   check_layer(cache, "write_kv");
+  if (ld < cache.k.shape[1] * cache.k.shape[3]) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
   const int64_t slots = cache.k.shape[0] * cache.k.shape[2];
   for (int64_t t = 0; t < tokens; ++t) {
     if (slot_mapping[t] < 0 || slot_mapping[t] >= slots)
@@ -49,9 +50,8 @@ void write_kv_head(const float* k, const float* v, int64_t ld, const int64_t* sl
 void write_kv(const float* k, const float* v, int64_t tokens, int64_t ld, const int64_t* slot_mapping,
               KVLayer& cache, ThreadPool& pool) {
   // Every slot is checked before anything is written: a bad batch leaves the cache as it was.
-  check_slots(slot_mapping, tokens, cache);
+  check_kv_rows(ld, slot_mapping, tokens, cache);
   const int64_t kv_heads = cache.k.shape[1], dim = cache.k.shape[3];
-  if (ld < kv_heads * dim) throw InvalidArgument("write_kv: ld < num_kv_heads * head_dim");
   // The rows are scattered over the cache and mostly not in any cache level: their lines are
   // asked for (for writing) kAhead tokens early, so the misses overlap instead of queueing.
   constexpr int64_t kAhead = 8;

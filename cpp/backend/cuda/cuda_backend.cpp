@@ -340,14 +340,6 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
     cuda::invokeRope(x.data, tokens, heads, head_dim, ld, cos.as<float>(), sin.as<float>(), rotary_dim,
                      dtype_id(DType::F32), stream_);
   }
-  void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
-                KVCacheLayer& cache) {
-    const int64_t* dev_slots =
-        slots == staged_.slots_host ? staged_.slots : upload_array(slots, tokens, region(slots_dev_, graph_slots_dev_));
-    if (!launches()) return;
-    cuda::invokeWriteKv(k.data, v.data, tokens, ld, dev_slots, cache.k.data, cache.v.data, cache.k.dim(1),
-                        cache.k.dim(3), cache.k.dim(2), dtype_id(DType::F32), dtype_id(cache.k.dtype), stream_);
-  }
   void attention(const Tensor& q, int64_t ldq, int64_t num_heads, const Tensor& k, const Tensor& v, int64_t ldkv,
                  KVCacheLayer& cache, const AttentionMetadata& meta, const AttentionOptions& o, Tensor& out) override {
     if (staged_.meta != &meta || staged_.slots_host != meta.slot_mapping.data()) begin_forward(meta);
@@ -598,6 +590,15 @@ class CudaBackend : public Backend, public CudaDeviceAccess {
   // The engine is built on one thread and stepped on another; the current device is per
   // thread, so each entry point that starts work makes it this backend's.
   void use_device() { check(cudaSetDevice(ordinal_), "cudaSetDevice"); }
+  // The step's keys and values into the cache (attention's first step).
+  void write_kv(const Tensor& k, const Tensor& v, int64_t tokens, int64_t ld, const int64_t* slots,
+                KVCacheLayer& cache) {
+    const int64_t* dev_slots =
+        slots == staged_.slots_host ? staged_.slots : upload_array(slots, tokens, region(slots_dev_, graph_slots_dev_));
+    if (!launches()) return;
+    cuda::invokeWriteKv(k.data, v.data, tokens, ld, dev_slots, cache.k.data, cache.v.data, cache.k.dim(1),
+                        cache.k.dim(3), cache.k.dim(2), dtype_id(DType::F32), dtype_id(cache.k.dtype), stream_);
+  }
 
   // Eager: ops launch kernels. Size: they launch nothing, grow the graph buffers and count the
   // staging (before the first capture). Capture: they are recorded into a graph. Replay: they
