@@ -36,6 +36,11 @@ int main(int argc, char** argv) {
     const Tensor t{w.data(), DType::F32, {s.n, s.k}};
     const cpu::PackedMatrix packed = cpu::pack_matrix({t}, {}, DType::BF16);
     double best = 1e30;
+    if (s.gated && !cpu::gemm_gated(packed, x.data(), 0, s.k, GatedActivation::Silu, y.data(), s.n / 2, pool)) {
+      std::printf("%lld x %lld gated: no fused kernel on this CPU\n", static_cast<long long>(s.n),
+                  static_cast<long long>(s.k));
+      continue;
+    }
     for (int r = 0; r < reps; ++r) {
       const auto t0 = std::chrono::steady_clock::now();
       if (s.gated) cpu::gemm_gated(packed, x.data(), m, s.k, GatedActivation::Silu, y.data(), s.n / 2, pool);

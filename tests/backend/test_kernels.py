@@ -120,10 +120,11 @@ def test_a_large_result_equals_small_batches(dtype, m, n, k):
                                         (70, 80, 40, 64), (3, 24, 64, 32), (1100, 1024, 32, 48),
                                         (200, 32, 1024, 1024), (16, 1536, 576, 576)])
 def test_mlp_equals_linear_activation_linear(m, half, k, n, dtype, act):
-    # The gate_up product and activation in one pass where the CPU has the fused kernel (AMX, bf16
-    # weights, gate width a multiple of 16), the activation
-    # handed to the down projection as its bf16 tiles where that width is a multiple of 32; gemm,
-    # the activation and gemm elsewhere: the same floats every way.
+    # The gate_up product and activation in one pass where gemm's kernel for it fuses them (bf16
+    # weights on an AVX512_BF16 CPU: AMX tiles or vdpbf16ps; gate width a multiple of 16), the
+    # activation handed to the down projection as the bf16 rows or tiles it reads where down takes
+    # the same kernel (AMX: a width in whole 32-value steps); gemm, the activation and gemm
+    # elsewhere: the same floats every way.
     rng = np.random.default_rng(m + half + k)
     w = rng.standard_normal((2 * half, k), dtype=np.float32)
     w_down = rng.standard_normal((n, half), dtype=np.float32)
@@ -132,9 +133,14 @@ def test_mlp_equals_linear_activation_linear(m, half, k, n, dtype, act):
     down_bias = rng.standard_normal(n, dtype=np.float32) if m % 3 else None
     out, gate_up_unused, act_unused = T.backend_mlp("cpu", w, w_down, x, dtype, bias=bias, down_bias=down_bias,
                                                      act=act)
-    gated = T.amx_in_use() and dtype == "bfloat16" and k % 32 == 0 and half % 16 == 0
+    def kernel(cols):  # gemm's bf16 kernel for a matrix of `cols` inputs
+        if dtype != "bfloat16" or T.isa() != "avx512_bf16":
+            return None
+        return "amx" if T.amx_in_use() and (cols + 1) // 2 * 2 % 32 == 0 else "vdpbf16ps"
+
+    gated = kernel(k) is not None and half % 16 == 0
     assert gate_up_unused == gated
-    assert act_unused == (gated and half % 32 == 0)
+    assert act_unused == (gated and kernel(half) == kernel(k) and half % (32 if kernel(k) == "amx" else 16) == 0)
     gate_up = T.gemm(w, x, dtype, bias=bias)
     a = T.silu_mul(gate_up) if act == "silu" else T.gelu_tanh_mul(gate_up)
     np.testing.assert_array_equal(out, T.gemm(w_down, a, dtype, bias=down_bias))

@@ -60,6 +60,17 @@ bool amx_kernel(const PackedMatrix& w) {
   return cpu_isa() == Isa::Avx512Bf16 && w.dtype == DType::BF16 && w.k_padded % 32 == 0 && cpu_has_amx();
 }
 
+// The kernel that gemm() takes for w where it can also fuse a gated activation: AMX tiles or
+// vdpbf16ps (bf16 weights on an AVX512_BF16 CPU); none elsewhere.
+enum class Fused { None, Amx, Dp };
+Fused fused_kernel(const PackedMatrix& w) {
+  if (amx_kernel(w)) return Fused::Amx;
+  return cpu_isa() == Isa::Avx512Bf16 && w.dtype == DType::BF16 ? Fused::Dp : Fused::None;
+}
+PanelKernel fused_panels(Fused f) {
+  return f == Fused::Amx ? detail::gemm_panels_amx_bf16 : detail::gemm_panels_avx512bf16;
+}
+
 // Throws unless x's rows hold k values and y's rows `width` ("n" or "n / 2").
 void check_leading_dims(const char* op, int64_t ldx, int64_t k, int64_t ldy, int64_t width, const char* width_name) {
   if (ldx < k || ldy < width) {
@@ -168,39 +179,41 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
 bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, GatedActivation act, float* out,
                 int64_t ldo, ThreadPool& pool) {
   const int64_t half = w.n / 2;
-  if (!amx_kernel(w) || w.n % 2 != 0 || half % detail::kPanel != 0) return false;
+  const Fused f = fused_kernel(w);
+  if (f == Fused::None || w.n % 2 != 0 || half % detail::kPanel != 0) return false;
   if (m <= 0) return true;
   check_leading_dims("gemm_gated", ldx, w.k, ldo, half, "n / 2");
   detail::GemmArgs a = gemm_args(w, x, m, ldx, out, ldo, false);
   const detail::RowOps& ops = detail::row_ops();
   a.gate = act == GatedActivation::GeluTanh ? ops.gelu_tanh_mul : ops.silu_mul;
-  round_x_bf16(a, true, pool);
-  run_panels(a, detail::gemm_panels_amx_bf16, half / detail::kPanel, 2, pool);
+  round_x_bf16(a, f == Fused::Amx, pool);
+  run_panels(a, fused_panels(f), half / detail::kPanel, 2, pool);
   return true;
 }
 
 bool gemm_mlp(const PackedMatrix& gate_up, const PackedMatrix& down, const float* x, int64_t m, int64_t ldx,
               GatedActivation act, float* out, int64_t ldo, bool accumulate, ThreadPool& pool) {
   const int64_t half = gate_up.n / 2;
-  // The activation lands in down's x tiles as they are: down's k is the gate's width, in whole
-  // 32-value steps (no padding to zero).
-  if (!amx_kernel(gate_up) || !amx_kernel(down) || gate_up.n % 2 != 0 || half % 32 != 0 || down.k != half ||
-      down.k_padded != half)
+  // The activation lands in down's x as that kernel reads it: both GEMMs on one kernel, down's k
+  // the gate's width with no padding to zero (whole 32-value steps for AMX's tiles).
+  const Fused f = fused_kernel(gate_up);
+  if (f == Fused::None || fused_kernel(down) != f || gate_up.n % 2 != 0 ||
+      half % (f == Fused::Amx ? 32 : detail::kPanel) != 0 || down.k != half || down.k_padded != half)
     return false;
   if (m <= 0) return true;
   check_leading_dims("gemm_mlp", ldx, gate_up.k, ldo, down.n, "n");
   detail::GemmArgs a = gemm_args(gate_up, x, m, ldx, nullptr, 0, false);
   const detail::RowOps& ops = detail::row_ops();
   a.gate = act == GatedActivation::GeluTanh ? ops.gelu_tanh_mul : ops.silu_mul;
-  thread_local std::vector<uint16_t> act_tiles;  // rows up to a whole tile, as round_x_bf16's
-  a.yb = aligned_scratch(act_tiles, static_cast<size_t>((m + 15) / 16 * 16 * half));
+  thread_local std::vector<uint16_t> act_rows;  // up to a whole tile, as round_x_bf16's
+  a.yb = aligned_scratch(act_rows, static_cast<size_t>((m + 15) / 16 * 16 * half));
   a.ldyb = half;
-  round_x_bf16(a, true, pool);
-  run_panels(a, detail::gemm_panels_amx_bf16, half / detail::kPanel, 2, pool);
+  round_x_bf16(a, f == Fused::Amx, pool);
+  run_panels(a, fused_panels(f), half / detail::kPanel, 2, pool);
   detail::GemmArgs b = gemm_args(down, nullptr, m, half, out, ldo, accumulate);
   b.xb = a.yb;
   b.ldxb = half;
-  run_panels(b, detail::gemm_panels_amx_bf16, down.n_padded / detail::kPanel, 1, pool);
+  run_panels(b, fused_panels(f), down.n_padded / detail::kPanel, 1, pool);
   return true;
 }
 

@@ -149,10 +149,51 @@ __attribute__((noinline)) void tile_bf16_shift(const GemmArgs& a, int64_t row0, 
 
 // ---- bf16 weights with vdpbf16ps against bf16-rounded x ----
 
+// The panels a tile reads: NP from panel0 on, or for a gated GEMM NP / 2 gate panels from panel0
+// on, then their up panels (n / 2 columns on).
+template <int NP>
+inline void tile_panels(const GemmArgs& a, int64_t panel0, const uint32_t* (&wp)[NP]) {
+  const int64_t stride = a.w->k_padded / 2 * kPanel;  // in uint32 pairs
+  const int64_t up = a.gate != nullptr ? a.w->n / 2 / kPanel - NP / 2 : 0;
+  for (int p = 0; p < NP; ++p) wp[p] = a.w->data.as<uint32_t>() + (panel0 + p + (p >= NP / 2 ? up : 0)) * stride;
+}
+
+// A gated tile's result: gate(g + bias, u + bias) for its NP / 2 gate panels (acc[r][p]) and
+// their up panels (acc[r][p + NP / 2]), into y's columns of the gate panels, or rounded to bf16
+// into yb's (as convert_rows_bf16_avx512bf16 rounds). n / 2 is a multiple of 16.
+template <int MR, int NP>
+inline void store_gated(__m512 (&acc)[MR][NP], const GemmArgs& a, int64_t row0, int64_t panel0) {
+  constexpr int G = NP / 2;
+  const int64_t half = a.w->n / 2, col0 = panel0 * kPanel;
+  alignas(64) float g[MR * G * kPanel], u[MR * G * kPanel];
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < G; ++p) {
+      __m512 gv = acc[r][p], uv = acc[r][p + G];
+      if (a.bias != nullptr) {
+        gv = _mm512_add_ps(gv, _mm512_loadu_ps(a.bias + col0 + p * kPanel));
+        uv = _mm512_add_ps(uv, _mm512_loadu_ps(a.bias + half + col0 + p * kPanel));
+      }
+      _mm512_store_ps(g + (r * G + p) * kPanel, gv);
+      _mm512_store_ps(u + (r * G + p) * kPanel, uv);
+    }
+  a.gate(g, u, g, MR * G * kPanel);
+  for (int r = 0; r < MR; ++r)
+    for (int p = 0; p < G; ++p) {
+      const __m512 v = _mm512_load_ps(g + (r * G + p) * kPanel);
+      const int64_t col = col0 + p * kPanel;
+      if (a.yb != nullptr) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.yb + (row0 + r) * a.ldyb + col),
+                            (__m256i)_mm512_cvtneps_pbh(v));
+      } else {
+        _mm512_storeu_ps(a.y + (row0 + r) * a.ldy + col, v);
+      }
+    }
+}
+
 template <int MR, int NP>
 __attribute__((noinline)) void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
-  const int64_t pairs = a.w->k_padded / 2, stride = pairs * kPanel;  // in uint32 pairs
-  const uint32_t* wbase = a.w->data.as<uint32_t>() + panel0 * stride;
+  const uint32_t* wp[NP];
+  tile_panels<NP>(a, panel0, wp);
   const uint32_t* xb = reinterpret_cast<const uint32_t*>(a.xb + row0 * a.ldxb);
   const int64_t ldxb = a.ldxb / 2;
   __m512 acc[MR][NP];
@@ -160,18 +201,19 @@ __attribute__((noinline)) void tile_bf16_dp(const GemmArgs& a, int64_t row0, int
   int64_t next_pf = kr.prefetch > 0 ? kr.begin + kr.pf_phase : kr.end;
   for (int64_t c2 = kr.begin; c2 < kr.end; ++c2) {
     if (c2 == next_pf) {
-      for (int p = 0; p < NP; ++p) prefetch_l2(wbase + p * stride + (c2 + kr.prefetch) * kPanel);
+      for (int p = 0; p < NP; ++p) prefetch_l2(wp[p] + (c2 + kr.prefetch) * kPanel);
       next_pf += kr.pf_period;
     }
     __m512i w[NP];
-    for (int p = 0; p < NP; ++p) w[p] = _mm512_loadu_si512(wbase + p * stride + c2 * kPanel);
+    for (int p = 0; p < NP; ++p) w[p] = _mm512_loadu_si512(wp[p] + c2 * kPanel);
     for (int r = 0; r < MR; ++r) {
       const __m512i xv = _mm512_set1_epi32(static_cast<int>(xb[r * ldxb + c2]));
       for (int p = 0; p < NP; ++p)
         acc[r][p] = _mm512_dpbf16_ps(acc[r][p], (__m512bh)xv, (__m512bh)w[p]);
     }
   }
-  store_tile<MR, NP>(acc, a, row0, panel0, kr);
+  if (a.gate != nullptr && kr.last) store_gated<MR, NP>(acc, a, row0, panel0);
+  else store_tile<MR, NP>(acc, a, row0, panel0, kr);
 }
 
 // ---- drivers ----
@@ -229,6 +271,11 @@ void run_panels(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
   static_assert(MRMAX <= 6 && NPMAX == 4 && kRowChunk % MRMAX == 0, "tile shape");
   alignas(64) float park[kRowChunk * kAccStride];
   int64_t p = panel_begin;
+  if (a.gate != nullptr) {  // gate panels, two at a time with their two up panels
+    for (; p + 2 <= panel_end; p += 2) rows_over_group<K, MRMAX, 4>(a, p, park);
+    if (p < panel_end) rows_over_group<K, MRMAX, 2>(a, p, park);
+    return;
+  }
   for (; p + NPMAX <= panel_end; p += NPMAX) rows_over_group<K, MRMAX, NPMAX>(a, p, park);
   switch (panel_end - p) {
     case 1: rows_over_group<K, MRMAX, 1>(a, p, park); break;

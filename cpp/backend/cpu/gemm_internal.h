@@ -24,11 +24,12 @@ struct GemmArgs {
   // Only set for the AVX512_BF16 path with bf16 weights.
   const uint16_t* xb = nullptr;
   int64_t ldxb = 0;
-  // gemm_gated (AMX kernel only): the panels are the gate's, each paired with the up panel n / 2
-  // columns on, and y [m][n / 2] gets gate(g + bias, u + bias) instead of both.
+  // gemm_gated (the AMX and vdpbf16ps kernels only): the panels are the gate's, each paired with
+  // the up panel n / 2 columns on, and y [m][n / 2] gets gate(g + bias, u + bias) instead of both.
   GateFn gate = nullptr;
-  // Gated only, instead of y: the result rounded to bf16 into tiles laid out as xb's (steps of
-  // ldyb / 32), the x of a GEMM whose k is n / 2 (the MLP's down projection).
+  // Gated only, instead of y: the result rounded to bf16 as the x of a GEMM whose k is n / 2 (the
+  // MLP's down projection) reads it: tiles laid out as xb's (steps of ldyb / 32) for AMX, rows of
+  // ldyb values for vdpbf16ps.
   uint16_t* yb = nullptr;
   int64_t ldyb = 0;
   // The AMX kernel: row tiles [tile_begin, tile_end) of the result (all when tile_end < 0).
@@ -41,7 +42,7 @@ void gemm_panels_scalar(const GemmArgs& a, int64_t panel_begin, int64_t panel_en
 void gemm_panels_avx2(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
 // f32/f16 weights, and bf16 weights by the shift-convert path.
 void gemm_panels_avx512(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
-// bf16 weights with vdpbf16ps; needs a.xb. Other dtypes go to gemm_panels_avx512.
+// bf16 weights with vdpbf16ps; needs a.xb (and takes a.gate). Other dtypes go to gemm_panels_avx512.
 void gemm_panels_avx512bf16(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
 // AMX bf16 building blocks (gemm_amx.cpp).
 // One or two panels of bf16 weights in the pair layout [k_padded/2][16][2] (k_padded a multiple

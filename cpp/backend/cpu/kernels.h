@@ -66,16 +66,16 @@ void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* 
 // out[m][n / 2] = act(g) * u for [g | u] = x W^T + bias with W's first n / 2 rows the gate: an
 // MLP's gate_up projection and its activation in one pass, the n-wide product never stored (it is
 // the largest result of a prefill). Equal to gemm, then silu_mul / gelu_tanh_mul. Returns false,
-// computing nothing, where there is no fused kernel for w (it needs AMX, bf16 weights and n / 2 a
-// multiple of 16): the caller runs those two.
+// computing nothing, where there is no fused kernel for w (it needs bf16 weights on an AVX512_BF16
+// CPU, AMX or not, and n / 2 a multiple of 16): the caller runs those two.
 bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, GatedActivation act, float* out,
                 int64_t ldo, ThreadPool& pool);
 
 // out[m][down.n] (= or +=) gemm_gated(gate_up, x) times down: a gated MLP, the activation handed
-// from the first GEMM to the second as the bf16 tiles the second reads (never stored as floats,
-// never converted on one thread between them). Equal to gemm_gated, then gemm. Returns false,
-// computing nothing, where there is no such kernel (AMX, bf16 weights, down.k = n / 2 a multiple
-// of 32).
+// from the first GEMM to the second as the bf16 rows or tiles the second reads (never stored as
+// floats, never converted on one thread between them). Equal to gemm_gated, then gemm. Returns
+// false, computing nothing, where there is no such kernel (gemm_gated's, the same kernel for
+// down, down.k = n / 2; a multiple of 32 for AMX).
 bool gemm_mlp(const PackedMatrix& gate_up, const PackedMatrix& down, const float* x, int64_t m, int64_t ldx,
               GatedActivation act, float* out, int64_t ldo, bool accumulate, ThreadPool& pool);
 
