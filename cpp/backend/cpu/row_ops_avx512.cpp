@@ -145,18 +145,28 @@ void pv_slice(float* acc, int64_t ld_acc, const float* p, int64_t ld_p, const vo
     m[c] = tail_mask(left < 0 ? 0 : left);
   }
   __m512 a[R][4];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) a[r][c] = _mm512_maskz_loadu_ps(m[c], acc + r * ld_acc + d0 + 16 * c);
+  const float* pr[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) pr[r] = p + r * ld_p;
   for (int64_t j = 0; j < nk; ++j) {
     const int64_t base = j * dim + d0;
     __m512 vv[4];
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) vv[c] = load_as_f32(v, T, base + 16 * c, m[c]);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const __m512 pj = _mm512_set1_ps(p[r * ld_p + j]);
+      const __m512 pj = _mm512_set1_ps(pr[r][j]);
+#pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) a[r][c] = _mm512_fmadd_ps(pj, vv[c], a[r][c]);
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(acc + r * ld_acc + d0 + 16 * c, m[c], a[r][c]);
 }
 
