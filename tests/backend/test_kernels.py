@@ -269,9 +269,11 @@ ATTN_CASES = [
 ]
 
 
-def _amx_attention(d, kv_dtype):
-    """Whether paged attention runs on AMX tiles (every row count: prefill, decode, verification)."""
-    return T.amx_in_use() and kv_dtype == "bfloat16" and d % 32 == 0
+def _bf16_probabilities(d, kv_dtype):
+    """Whether paged attention multiplies the values by probabilities rounded to bf16: on AMX
+    tiles (every row count: prefill, decode, verification), or by vdpbf16ps over pairs of keys on
+    other AVX512_BF16 CPUs; a bf16 cache and whole 32-value vectors either way."""
+    return T.isa() == "avx512_bf16" and kv_dtype == "bfloat16" and d % 32 == 0
 
 
 @pytest.mark.parametrize("kv_dtype", DTYPES)
@@ -310,10 +312,10 @@ def _check_attention(got, q, k, v, scale, window, kv_dtype, **kw):
     else:
         want = ref.attention(q, k_stored, v_stored, scale, window, **kw)
     atol = 1e-4
-    if _amx_attention(d, kv_dtype):
-        # The tiles multiply the values by probabilities rounded to bf16 (each within 2^-9).
+    if _bf16_probabilities(d, kv_dtype):
+        # Probabilities rounded to bf16 (each within 2^-9).
         atol += 2.0**-8 * float(np.abs(v_stored).max())
-        if length >= 32:  # so many probabilities are not all bf16 values: the tiles ran
+        if length >= 32:  # so many probabilities are not all bf16 values: the bf16 path ran
             assert np.abs(got - want).max() > 1e-6
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
 

@@ -199,6 +199,91 @@ void pv_kv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_
   }
 }
 
+// Rows [0, R) of acc += p . V over nk keys for the W x 32 columns from d0, V in bf16, with
+// vdpbf16ps over pairs of keys: the probabilities rounded to bf16 (as the AMX tiles take them),
+// two V rows interleaved 16 bits at a time in registers, so one instruction multiplies and adds
+// both keys' values (half the multiply-adds of widening V to f32, no conversions). The unpack
+// leaves each accumulator's 16 columns in the order of `lo_cols` / `hi_cols`, undone once at the end.
+template <int R, int W>
+void pv_pairs(float* acc, int64_t ld_acc, const float* p, int64_t ld_p, const uint16_t* v, int64_t nk, int64_t dim,
+              int64_t d0) {
+  __m512 a[R][2 * W];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < 2 * W; ++c) a[r][c] = _mm512_setzero_ps();
+  alignas(64) uint32_t pairs[R][16];  // 32 keys' probabilities per row, as bf16 pairs
+  for (int64_t j0 = 0; j0 < nk; j0 += 32) {
+    const int64_t left = nk - j0;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const float* pr = p + r * ld_p + j0;
+      const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(left), pr);
+      const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(left > 16 ? left - 16 : 0), pr + 16);
+      _mm512_store_si512(pairs[r], (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    const int64_t npairs = std::min<int64_t>(16, (left + 1) / 2);
+    for (int64_t i = 0; i < npairs; ++i) {
+      const uint16_t* v0 = v + (j0 + 2 * i) * dim + d0;
+      const bool odd_end = j0 + 2 * i + 1 >= nk;  // the last key alone: its partner's values are 0
+      __m512i x[2 * W];
+#pragma GCC unroll 4
+      for (int c = 0; c < W; ++c) {
+        const __m512i k0 = _mm512_loadu_si512(v0 + 32 * c);
+        const __m512i k1 = odd_end ? _mm512_setzero_si512() : _mm512_loadu_si512(v0 + dim + 32 * c);
+        x[2 * c] = _mm512_unpacklo_epi16(k0, k1);
+        x[2 * c + 1] = _mm512_unpackhi_epi16(k0, k1);
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const __m512bh pj = (__m512bh)_mm512_set1_epi32(static_cast<int>(pairs[r][i]));
+#pragma GCC unroll 4
+        for (int c = 0; c < 2 * W; ++c) a[r][c] = _mm512_dpbf16_ps(a[r][c], pj, (__m512bh)x[c]);
+      }
+    }
+  }
+  // Column e of 32: unpacklo holds columns 8 (e / 4) + e % 4 of each 128-bit lane, unpackhi those 4 on.
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < W; ++c) {
+      float* out = acc + r * ld_acc + d0 + 32 * c;
+      const __m512 lo = a[r][2 * c], hi = a[r][2 * c + 1];
+      _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), _mm512_permutex2var_ps(lo, first, hi)));
+      _mm512_storeu_ps(out + 16, _mm512_add_ps(_mm512_loadu_ps(out + 16), _mm512_permutex2var_ps(lo, second, hi)));
+    }
+}
+
+template <int R>
+void pv_pairs_rows(float* acc, int64_t ld_acc, const float* p, int64_t ld_p, const uint16_t* v, int64_t nk,
+                   int64_t dim) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= dim; d0 += 64) pv_pairs<R, 2>(acc, ld_acc, p, ld_p, v, nk, dim, d0);
+  if (d0 < dim) pv_pairs<R, 1>(acc, ld_acc, p, ld_p, v, nk, dim, d0);
+}
+
+// pv_kv on CPUs with AVX512_BF16: a bf16 V whose rows are whole 32-column vectors takes pv_pairs.
+void pv_kv_dp(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const void* v, DType t,
+              int64_t nk, int64_t dim) {
+  if (t != DType::BF16 || dim % 32 != 0) {
+    pv_kv(acc, rows, ld_acc, p, ld_p, v, t, nk, dim);
+    return;
+  }
+  const uint16_t* vb = static_cast<const uint16_t*>(v);
+  for (int64_t i0 = 0; i0 < rows; i0 += 4) {
+    float* a = acc + i0 * ld_acc;
+    const float* pr = p + i0 * ld_p;
+    switch (std::min<int64_t>(4, rows - i0)) {
+      case 1: pv_pairs_rows<1>(a, ld_acc, pr, ld_p, vb, nk, dim); break;
+      case 2: pv_pairs_rows<2>(a, ld_acc, pr, ld_p, vb, nk, dim); break;
+      case 3: pv_pairs_rows<3>(a, ld_acc, pr, ld_p, vb, nk, dim); break;
+      default: pv_pairs_rows<4>(a, ld_acc, pr, ld_p, vb, nk, dim); break;
+    }
+  }
+}
+
 void qk(const float* q, const float* k, int64_t nk, int64_t dim, float* s) { qk_kv(q, k, DType::F32, nk, dim, s); }
 
 void pv(float* acc, int64_t rows, int64_t ld_acc, const float* p, int64_t ld_p, const float* v, int64_t nk,
@@ -275,6 +360,6 @@ void scale_mul(const float* x, float s, const float* w, float* out, int64_t n) {
 const RowOps kRowOpsAvx512 = {to_f32, qk,       pv,        exp_shift_sum, silu_mul, gelu_tanh_mul,
                               softcap, sum_squares, scale_mul, qk_kv,        pv_kv};
 const RowOps kRowOpsAvx512Bf16 = {to_f32,  qk,          pv,        exp_shift_sum, silu_mul, gelu_tanh_mul,
-                                  softcap, sum_squares, scale_mul, qk_kv_dp,      pv_kv};
+                                  softcap, sum_squares, scale_mul, qk_kv_dp,      pv_kv_dp};
 
 }  // namespace cserve::cpu::detail
