@@ -235,23 +235,36 @@ constexpr int64_t kStepsPerBlock = K == Kind::F16 ? 128 : 64;
 // Rows whose partial sums are parked at once (a multiple of every MRMAX).
 constexpr int64_t kRowChunk = 48;
 
+// Where x has more rows than one chunk (a prefill), a block is the whole k, up to 256 KiB of a
+// 4-panel group (in L2): no sums parked between blocks, and the weights come from memory for the
+// first tile only (Zen 5, the layer's GEMMs for 1600 rows: 8-17% faster than 16 KiB blocks).
+// Fewer rows interleave their tiles block by block, so the weights stream at an even pace.
+template <Kind K>
+int64_t steps_per_block(int64_t m, int64_t steps) {
+  return m > kRowChunk ? std::min(steps, 16 * kStepsPerBlock<K>) : kStepsPerBlock<K>;
+}
+
 template <Kind K, int MRMAX, int NP>
 void rows_over_group(const GemmArgs& a, int64_t panel0, float* park) {
   const int64_t steps = (K == Kind::F32 || K == Kind::F16) ? a.w->k : a.w->k_padded / 2;
+  const int64_t block = steps_per_block<K>(a.m, steps);
+  const int64_t steps_per_line = K == Kind::F16 ? 2 : 1;
   for (int64_t chunk = 0; chunk < a.m; chunk += kRowChunk) {
     const int64_t chunk_end = std::min(a.m, chunk + kRowChunk);
-    for (int64_t s0 = 0; s0 < steps; s0 += kStepsPerBlock<K>) {
+    for (int64_t s0 = 0; s0 < steps; s0 += block) {
       const int64_t tiles = (chunk_end - chunk + MRMAX - 1) / MRMAX;
-      // Prefetch the next block into L2 while this one is computed (only in the
-      // first row chunk: later chunks find the weights in cache).
-      const int64_t steps_per_line = K == Kind::F16 ? 2 : 1;
-      KRange kr{s0, std::min(steps, s0 + kStepsPerBlock<K>), s0 == 0, s0 + kStepsPerBlock<K> >= steps,
-                nullptr, chunk == 0 ? kStepsPerBlock<K> : 0, 0, tiles * steps_per_line};
+      // Prefetch a block of kStepsPerBlock ahead into L2 while this one is computed, only in the
+      // first row chunk (later chunks find the weights in cache): the tiles of a block share the
+      // lines, or the first tile asks for them all where a block is the whole k.
+      const bool shared = block == kStepsPerBlock<K>;
+      KRange kr{s0, std::min(steps, s0 + block), s0 == 0, s0 + block >= steps, nullptr,
+                chunk == 0 ? kStepsPerBlock<K> : 0, 0, (shared ? tiles : 1) * steps_per_line};
       int64_t row = chunk;
       for (; row + MRMAX <= chunk_end; row += MRMAX) {
         kr.park = park + (row - chunk) * kAccStride;
         run_tile<K, MRMAX, NP>(a, row, panel0, kr);
         kr.pf_phase += steps_per_line;
+        if (!shared) kr.prefetch = 0;
       }
       kr.park = park + (row - chunk) * kAccStride;
       switch (chunk_end - row) {
