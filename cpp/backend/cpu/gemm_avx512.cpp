@@ -194,6 +194,7 @@ template <int MR, int NP>
 __attribute__((noinline)) void tile_bf16_dp(const GemmArgs& a, int64_t row0, int64_t panel0, const KRange& kr) {
   const uint32_t* wp[NP];
   tile_panels<NP>(a, panel0, wp);
+  const int64_t steps = a.w->k_padded / 2, stride = steps * kPanel;
   const uint32_t* xb = reinterpret_cast<const uint32_t*>(a.xb + row0 * a.ldxb);
   const int64_t ldxb = a.ldxb / 2;
   __m512 acc[MR][NP];
@@ -201,7 +202,10 @@ __attribute__((noinline)) void tile_bf16_dp(const GemmArgs& a, int64_t row0, int
   int64_t next_pf = kr.prefetch > 0 ? kr.begin + kr.pf_phase : kr.end;
   for (int64_t c2 = kr.begin; c2 < kr.end; ++c2) {
     if (c2 == next_pf) {
-      for (int p = 0; p < NP; ++p) prefetch_l2(wp[p] + (c2 + kr.prefetch) * kPanel);
+      // Past the end of k: the same steps of the next group's panels (where the thread goes next).
+      const int64_t ahead = c2 + kr.prefetch;
+      const int64_t skip = ahead < steps ? 0 : (a.gate != nullptr ? NP / 2 : NP) * stride - steps * kPanel;
+      for (int p = 0; p < NP; ++p) prefetch_l2(wp[p] + skip + ahead * kPanel);
       next_pf += kr.pf_period;
     }
     __m512i w[NP];
