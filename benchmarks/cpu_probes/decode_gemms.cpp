@@ -4,6 +4,7 @@
 //   g++ -O2 -std=c++17 -I cpp -I cpp/include benchmarks/cpu_probes/decode_gemms.cpp \
 //       BUILD/libcserve_backend.a BUILD/libcserve_core.a BUILD/libcserve_util.a -lpthread -ldl -o decode_gemms
 //   ./decode_gemms 16 30     # m = 16 rows, 30 steps
+// THREADS=N runs the pool with N threads (default 2).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -15,7 +16,7 @@ using namespace cserve;
 int main(int argc, char** argv) {
   int m = argc > 1 ? atoi(argv[1]) : 16;
   int reps = argc > 2 ? atoi(argv[2]) : 20;
-  ThreadPool pool(2);
+  ThreadPool pool(getenv("THREADS") ? atoi(getenv("THREADS")) : 2);
   struct L { int64_t n, k; };
   std::vector<L> shapes;
   for (int l = 0; l < 30; ++l) { shapes.push_back({960, 576}); shapes.push_back({576, 576}); shapes.push_back({3072, 576}); shapes.push_back({576, 1536}); }
