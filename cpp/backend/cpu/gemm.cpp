@@ -117,10 +117,18 @@ constexpr int64_t kRangeBytes = int64_t{1} << 20;
 // row chunks, ~220 KiB of bf16 x at k = 576: in L2 across a range's panels).
 constexpr int64_t kRowBlock = 192;
 
-// a's rows [r0, r1) alone: x, its bf16 copy (rows) and the result offset (not AMX's tiles).
-detail::GemmArgs rows_of(const detail::GemmArgs& a, int64_t r0, int64_t r1) {
+// Block `b` of a's rows alone: for the AMX kernel its row tiles [b rb, b rb + rb) of the tiled x
+// (rb tiles a block), for the others rows [b kRowBlock, ...) by offset into x, its bf16 rows and
+// the result.
+detail::GemmArgs row_block(const detail::GemmArgs& a, int64_t b, int64_t rb) {
   detail::GemmArgs part = a;
-  part.m = r1 - r0;
+  if (rb > 0) {
+    part.tile_begin = b * rb;
+    part.tile_end = std::min((a.m + 15) / 16, part.tile_begin + rb);
+    return part;
+  }
+  const int64_t r0 = b * kRowBlock;
+  part.m = std::min(a.m, r0 + kRowBlock) - r0;
   part.x = a.x != nullptr ? a.x + r0 * a.ldx : nullptr;
   part.xb = a.xb != nullptr ? a.xb + r0 * a.ldxb : nullptr;
   part.y = a.y != nullptr ? a.y + r0 * a.ldy : nullptr;
@@ -128,10 +136,17 @@ detail::GemmArgs rows_of(const detail::GemmArgs& a, int64_t r0, int64_t r1) {
   return part;
 }
 
-// Whether the AMX kernel's work is split over rows as well as panels: where x (bf16) outweighs
-// half the weights and there are at least two row blocks for each thread.
-bool split_rows_too(const detail::GemmArgs& a, int64_t row_blocks, int64_t weight_bytes, ThreadPool& pool) {
-  return pool.num_threads() > 1 && row_blocks >= 2 * pool.num_threads() && a.m * a.ldxb * 2 > weight_bytes / 2;
+// Whether the work is split over blocks of rows as well as panels. The AMX kernel: where x (bf16)
+// outweighs half the weights and there are at least two row blocks for each thread. The others:
+// two whole blocks for each thread (a prefill); groups of panels alone left a thread idle for up
+// to a group at the end of GEMMs with few (9 for a 576-wide output: 10% of the prefill's o
+// projection on Zen 5).
+bool split_rows_too(const detail::GemmArgs& a, bool amx, int64_t row_blocks, int64_t weight_bytes,
+                    ThreadPool& pool) {
+  const int64_t threads = pool.num_threads();
+  if (threads <= 1) return false;
+  if (!amx) return a.m >= 2 * threads * kRowBlock;
+  return row_blocks >= 2 * threads && a.m * a.ldxb * 2 > weight_bytes / 2;
 }
 
 // Output panels [0, num_panels) over the pool, each reading `weights_per_panel` panels of w.
@@ -145,37 +160,21 @@ void run_panels(const detail::GemmArgs& a, PanelKernel kernel, int64_t num_panel
   const int64_t group_bytes =
       kGroup * weights_per_panel * w.k_padded * detail::kPanel * static_cast<int64_t>(dtype_size(w.dtype));
   const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (group_bytes * (1 + a.m / 4)));
-  // The AMX kernel's row blocks (tiles of its tiled x, a.ldxb).
-  const int64_t rb = kernel == detail::gemm_panels_amx_bf16 ? detail::amx_row_block_tiles(a.ldxb) : 0;
-  const int64_t row_tiles = (a.m + 15) / 16, row_blocks = rb > 0 ? (row_tiles + rb - 1) / rb : 0;
-  const int64_t ranges = (num_groups * group_bytes + kRangeBytes - 1) / kRangeBytes;
-  if (rb == 0 && pool.num_threads() > 1 && a.m >= 2 * pool.num_threads() * kRowBlock) {
-    // The other kernels, many rows (a prefill): tasks of (a range of panels, a block of rows), as
-    // below; the kernel gets the block's rows by offset (a row's sums do not depend on the
-    // others). Groups alone left a thread idle for up to a group at the end of GEMMs with few
-    // (9 for a 576-wide output: 10% of the prefill's o projection on Zen 5).
-    const int64_t blocks = (a.m + kRowBlock - 1) / kRowBlock;
-    pool.parallel_for(ranges * blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t r0 = t % blocks * kRowBlock, range = t / blocks;
-        kernel(rows_of(a, r0, std::min(a.m, r0 + kRowBlock)), num_groups * range / ranges * kGroup,
-               std::min(num_panels, num_groups * (range + 1) / ranges * kGroup));
-      }
-    });
-    return;
-  }
-  if (rb > 0 && split_rows_too(a, row_blocks, num_groups * group_bytes, pool)) {
+  // Row blocks: the AMX kernel's in tiles of its tiled x (a.ldxb), the others' of kRowBlock rows.
+  const bool amx = kernel == detail::gemm_panels_amx_bf16;
+  const int64_t rb = amx ? detail::amx_row_block_tiles(a.ldxb) : 0;
+  const int64_t row_blocks = amx ? ((a.m + 15) / 16 + rb - 1) / rb : (a.m + kRowBlock - 1) / kRowBlock;
+  if (split_rows_too(a, amx, row_blocks, num_groups * group_bytes, pool)) {
     // Tasks of (a range of panels of ~1 MiB of weights, a block of rows), the panel ranges outer:
     // a thread's consecutive tasks share their weights in L2, and x is read once per range
-    // instead of once per chunk of panels (prefill GEMMs whose x outweighs the weights).
+    // instead of once per chunk of panels (prefill GEMMs whose x outweighs the weights). A row's
+    // sums do not depend on the others.
+    const int64_t ranges = (num_groups * group_bytes + kRangeBytes - 1) / kRangeBytes;
     pool.parallel_for(ranges * row_blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
-        detail::GemmArgs part = a;
-        part.tile_begin = t % row_blocks * rb;
-        part.tile_end = std::min(row_tiles, part.tile_begin + rb);
         const int64_t range = t / row_blocks;
-        const int64_t first = num_groups * range / ranges * kGroup;
-        kernel(part, first, std::min(num_panels, num_groups * (range + 1) / ranges * kGroup));
+        kernel(row_block(a, t % row_blocks, rb), num_groups * range / ranges * kGroup,
+               std::min(num_panels, num_groups * (range + 1) / ranges * kGroup));
       }
     });
     return;
