@@ -12,6 +12,9 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <thread>
+#include <tuple>
 
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
@@ -28,6 +31,7 @@
 #include "model/llama_model.h"
 #include "model/model_weights.h"
 #include "sample/sampler.h"
+#include "util/thread_pool.h"
 #include "sched/scheduler.h"
 #include "sched/speculation_governor.h"
 
@@ -283,6 +287,20 @@ void bind_testing(nb::module_& m) {
     return std::make_tuple(plan.num_blocks, plan.bytes_per_block, std::string(plan.source));
   }, "config"_a, "num_layers"_a, "num_kv_heads"_a, "head_dim"_a, "kv_dtype"_a, "max_model_len"_a, "weight_bytes"_a = 0,
         "The CPU KV cache plan (num_blocks, bytes_per_block, source) for a model of this shape.");
+
+  m.def("parallel_walk", [](int64_t n, int64_t grain, int num_threads) {
+    // Every chunk as (thread, begin, end, descending), each thread's in the order it ran them.
+    std::mutex mu;
+    std::map<std::thread::id, int> ids;
+    std::vector<std::tuple<int, int64_t, int64_t, bool>> chunks;
+    cserve::ThreadPool pool(num_threads);
+    pool.parallel_walk(n, grain, [&](int64_t begin, int64_t end, bool descending) {
+      std::lock_guard<std::mutex> lk(mu);
+      const int id = ids.emplace(std::this_thread::get_id(), static_cast<int>(ids.size())).first->second;
+      chunks.emplace_back(id, begin, end, descending);
+    });
+    return chunks;
+  }, "n"_a, "grain"_a, "num_threads"_a);
 
   m.def("gemm", [](ArrayIn w, ArrayIn x, const std::string& dtype, std::optional<ArrayIn> bias, int num_threads) {
     std::vector<cserve::Tensor> biases;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -191,6 +192,46 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
       if (!next.compare_exchange_weak(begin, begin + size, std::memory_order_relaxed)) continue;
       fn(begin, std::min(n, begin + size));
       begin = next.load(std::memory_order_relaxed);
+    }
+  });
+}
+
+void ThreadPool::parallel_walk(int64_t n, int64_t grain,
+                               const std::function<void(int64_t, int64_t, bool)>& fn) {
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  const int64_t threads = impl_->num_threads;
+  if (n <= grain || threads <= 1 || t_in_pool_job || n > int64_t{UINT32_MAX}) {
+    fn(0, n, false);
+    return;
+  }
+  // Per pair: the next item up (high half) and the end of what is left (low half) in one word,
+  // so that a claim from either end is one compare-and-swap.
+  struct alignas(64) Ends {
+    std::atomic<uint64_t> word;
+  };
+  const int64_t pairs = (threads + 1) / 2;
+  std::vector<Ends> ends(static_cast<size_t>(pairs));
+  for (int64_t s = 0; s < pairs; ++s) {  // shares in proportion to the pair's threads
+    const uint64_t lo = n * 2 * s / threads, hi = n * std::min(2 * s + 2, threads) / threads;
+    ends[s].word.store(lo << 32 | hi, std::memory_order_relaxed);
+  }
+  impl_->run([&](int t) {
+    std::atomic<uint64_t>& word = ends[t / 2].word;
+    const bool down = t % 2 == 1;
+    const bool alone = 2 * (t / 2) + 1 >= threads;  // the last of an odd count takes its share whole
+    uint64_t cur = word.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t lo = cur >> 32, hi = cur & 0xffffffffu;
+      if (lo >= hi) return;
+      // As parallel_for: a quarter of what is left (half of the thread's half), at least grain.
+      const uint64_t take = alone ? hi - lo
+                                  : std::min<uint64_t>(hi - lo, std::max<uint64_t>(grain, (hi - lo) / 4));
+      const uint64_t next = down ? (lo << 32 | (hi - take)) : ((lo + take) << 32 | hi);
+      if (!word.compare_exchange_weak(cur, next, std::memory_order_relaxed)) continue;
+      if (down) fn(static_cast<int64_t>(hi - take), static_cast<int64_t>(hi), true);
+      else fn(static_cast<int64_t>(lo), static_cast<int64_t>(lo + take), false);
+      cur = word.load(std::memory_order_relaxed);
     }
   });
 }

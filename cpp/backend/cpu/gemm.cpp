@@ -179,8 +179,15 @@ void run_panels(const detail::GemmArgs& a, PanelKernel kernel, int64_t num_panel
     });
     return;
   }
-  pool.parallel_for(num_groups, grain, [&](int64_t begin, int64_t end) {
-    kernel(a, begin * kGroup, std::min(num_panels, end * kGroup));
+  // A thread's groups next to each other, so its prefetches past a group's end go to the next one
+  // it takes: with chunks anywhere every chunk began cold (decode_gemms 16 on Zen 5, alternating
+  // in one process: 6.9-7.1 -> 6.5-6.8 ms; one row 4.9-5.0 -> 4.7-4.8 ms).
+  pool.parallel_walk(num_groups, grain, [&](int64_t begin, int64_t end, bool descending) {
+    detail::GemmArgs part = a;
+    part.descending = descending;
+    if (!descending) kernel(part, begin * kGroup, std::min(num_panels, end * kGroup));
+    for (int64_t g = end - 1; descending && g >= begin; --g)
+      kernel(part, g * kGroup, std::min(num_panels, (g + 1) * kGroup));
   });
 }
 

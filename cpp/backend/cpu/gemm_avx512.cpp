@@ -202,9 +202,12 @@ __attribute__((noinline)) void tile_bf16_dp(const GemmArgs& a, int64_t row0, int
   int64_t next_pf = kr.prefetch > 0 ? kr.begin + kr.pf_phase : kr.end;
   for (int64_t c2 = kr.begin; c2 < kr.end; ++c2) {
     if (c2 == next_pf) {
-      // Past the end of k: the same steps of the next group's panels (where the thread goes next).
+      // Past the end of k: the same steps of the next group's panels (where the thread goes next:
+      // the group above, or the whole one below for a thread walking down).
       const int64_t ahead = c2 + kr.prefetch;
-      const int64_t skip = ahead < steps ? 0 : (a.gate != nullptr ? NP / 2 : NP) * stride - steps * kPanel;
+      const bool gated = a.gate != nullptr;
+      const int64_t next = a.descending ? -(gated ? 2 : 4) : gated ? NP / 2 : NP;
+      const int64_t skip = ahead < steps ? 0 : next * stride - steps * kPanel;
       for (int p = 0; p < NP; ++p) prefetch_l2(wp[p] + skip + ahead * kPanel);
       next_pf += kr.pf_period;
     }
@@ -289,6 +292,12 @@ void run_panels(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
   alignas(64) float park[kRowChunk * kAccStride];
   int64_t p = panel_begin;
   if (a.gate != nullptr) {  // gate panels, two at a time with their two up panels
+    if (a.descending) {  // the odd panel at the top first, then pairs downward
+      int64_t top = panel_end;
+      if ((panel_end - panel_begin) % 2 != 0) rows_over_group<K, MRMAX, 2>(a, --top, park);
+      for (; top - 2 >= panel_begin; top -= 2) rows_over_group<K, MRMAX, 4>(a, top - 2, park);
+      return;
+    }
     for (; p + 2 <= panel_end; p += 2) rows_over_group<K, MRMAX, 4>(a, p, park);
     if (p < panel_end) rows_over_group<K, MRMAX, 2>(a, p, park);
     return;

@@ -34,6 +34,9 @@ struct GemmArgs {
   int64_t ldyb = 0;
   // The AMX kernel: row tiles [tile_begin, tile_end) of the result (all when tile_end < 0).
   int64_t tile_begin = 0, tile_end = -1;
+  // The thread walks its groups of panels downward: the vdpbf16ps kernel's prefetches past the
+  // end of k go to the group below instead of the one above.
+  bool descending = false;
 };
 
 constexpr int64_t kPanel = 16;
