@@ -163,7 +163,8 @@ class KeyPrefetch {
   void extend(const KVLayer& cache, const AttentionMetadata& meta, const Shape& s, const Unit& u, int64_t p_lo,
               int64_t p_hi) {
     const int64_t dim = s.dim;
-    const int64_t ek = static_cast<int64_t>(dtype_size(cache.k.dtype)), ev = static_cast<int64_t>(dtype_size(cache.v.dtype));
+    const int64_t ek = static_cast<int64_t>(dtype_size(cache.k.dtype));
+    const int64_t ev = static_cast<int64_t>(dtype_size(cache.v.dtype));
     const int32_t* table = block_table(meta, u);
     for (int64_t p = p_lo; p < p_hi && n_ + 2 <= kMaxSegments;) {
       const int64_t end = block_end(s, p, p_hi);

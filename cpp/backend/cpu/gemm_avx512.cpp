@@ -67,6 +67,14 @@ inline void store_tile(__m512 (&acc)[MR][NP], const GemmArgs& a, int64_t row0, i
 
 inline void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
 
+// prefetch_offset for a tile of NP panels: groups of 4, or a gated tile's NP / 2 gate panels
+// (groups of 2) with their up panels.
+template <int NP>
+inline int64_t tile_prefetch_offset(const GemmArgs& a, int64_t ahead, int64_t steps, int64_t step, int64_t stride) {
+  const bool gated = a.gate != nullptr;
+  return prefetch_offset(a, gated ? NP / 2 : NP, gated ? 2 : 4, ahead, steps, step, stride);
+}
+
 // ---- f32 / f16 weights: [n/16][k][16] ----
 
 template <bool F16>
@@ -90,7 +98,8 @@ __attribute__((noinline)) void tile_fp(const GemmArgs& a, int64_t row0, int64_t 
   int64_t next_pf = kr.prefetch > 0 ? kr.begin + kr.pf_phase : kr.end;
   for (int64_t c = kr.begin; c < kr.end; ++c) {
     if (c == next_pf) {
-      for (int p = 0; p < NP; ++p) prefetch_l2(wbase + (p * stride + (c + kr.prefetch) * kPanel) * esize);
+      const int64_t at = tile_prefetch_offset<NP>(a, c + kr.prefetch, a.w->k_padded, kPanel, stride);
+      for (int p = 0; p < NP; ++p) prefetch_l2(wbase + (p * stride + at) * esize);
       next_pf += kr.pf_period;
     }
     __m512 w[NP];
@@ -117,7 +126,8 @@ __attribute__((noinline)) void tile_bf16_shift(const GemmArgs& a, int64_t row0, 
   int64_t next_pf = kr.prefetch > 0 ? kr.begin + kr.pf_phase : kr.end;
   for (int64_t c2 = kr.begin; c2 < std::min(kr.end, full_pairs); ++c2) {
     if (c2 == next_pf) {
-      for (int p = 0; p < NP; ++p) prefetch_l2(wbase + p * stride + (c2 + kr.prefetch) * 2 * kPanel);
+      const int64_t at = tile_prefetch_offset<NP>(a, c2 + kr.prefetch, a.w->k_padded / 2, 2 * kPanel, stride);
+      for (int p = 0; p < NP; ++p) prefetch_l2(wbase + p * stride + at);
       next_pf += kr.pf_period;
     }
     __m512 we[NP], wo[NP];
@@ -202,13 +212,8 @@ __attribute__((noinline)) void tile_bf16_dp(const GemmArgs& a, int64_t row0, int
   int64_t next_pf = kr.prefetch > 0 ? kr.begin + kr.pf_phase : kr.end;
   for (int64_t c2 = kr.begin; c2 < kr.end; ++c2) {
     if (c2 == next_pf) {
-      // Past the end of k: the same steps of the next group's panels (where the thread goes next:
-      // the group above, or the whole one below for a thread walking down).
-      const int64_t ahead = c2 + kr.prefetch;
-      const bool gated = a.gate != nullptr;
-      const int64_t next = a.descending ? -(gated ? 2 : 4) : gated ? NP / 2 : NP;
-      const int64_t skip = ahead < steps ? 0 : next * stride - steps * kPanel;
-      for (int p = 0; p < NP; ++p) prefetch_l2(wp[p] + skip + ahead * kPanel);
+      const int64_t at = tile_prefetch_offset<NP>(a, c2 + kr.prefetch, steps, kPanel, stride);
+      for (int p = 0; p < NP; ++p) prefetch_l2(wp[p] + at);
       next_pf += kr.pf_period;
     }
     __m512i w[NP];

@@ -34,12 +34,22 @@ struct GemmArgs {
   int64_t ldyb = 0;
   // The AMX kernel: row tiles [tile_begin, tile_end) of the result (all when tile_end < 0).
   int64_t tile_begin = 0, tile_end = -1;
-  // The thread walks its groups of panels downward: the vdpbf16ps kernel's prefetches past the
-  // end of k go to the group below instead of the one above.
+  // The thread walks its groups of panels downward (ThreadPool::parallel_walk): the kernels'
+  // prefetches past the end of k go to the group below instead of the one above.
   bool descending = false;
 };
 
 constexpr int64_t kPanel = 16;
+
+// Where a tile's software prefetch `ahead` steps into each of its panels lands, in elements from
+// the panel's start (panels of `steps` steps of `step` elements, `stride` elements apart): past
+// the end of k, the same steps of the next group the thread walks to (ThreadPool::parallel_walk),
+// `up` panels on, or `down` panels back (the whole group below) for a thread walking down.
+inline int64_t prefetch_offset(const GemmArgs& a, int64_t up, int64_t down, int64_t ahead, int64_t steps,
+                               int64_t step, int64_t stride) {
+  if (ahead < steps) return ahead * step;
+  return (a.descending ? -down : up) * stride + (ahead - steps) * step;
+}
 
 void gemm_panels_scalar(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
 void gemm_panels_avx2(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
