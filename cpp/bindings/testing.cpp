@@ -31,9 +31,9 @@
 #include "model/llama_model.h"
 #include "model/model_weights.h"
 #include "sample/sampler.h"
-#include "util/thread_pool.h"
 #include "sched/scheduler.h"
 #include "sched/speculation_governor.h"
+#include "util/thread_pool.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
