@@ -292,11 +292,12 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
   // unit's last chunk, or from the chunk before it on, spread over both: a short last chunk had
   // it all to ask for in a few pieces (decode_attention 16 164 16, alternating in one process:
   // 1.76-2.03 -> 1.54-1.62 ms; 16 x 140 keys 1.97 -> 1.48; FLUSH=16 2.20 -> 1.76).
+  auto blocks_of = [&](int64_t lo, int64_t hi) { return (hi - 1) / bs - lo / bs + 1; };  // keys [lo, hi)
   KeyPrefetch ahead;
   for (int64_t c_lo = part_lo; c_lo < part_hi;) {
     const int64_t c_hi = chunk_end(s, c_lo, part_hi);
     const int64_t nk = c_hi - c_lo;
-    const int64_t blocks = (c_hi - 1) / bs - c_lo / bs + 1;
+    const int64_t blocks = blocks_of(c_lo, c_hi);
     int64_t pieces = (rows + 1) * blocks;
     KeyPrefetch* next = &following;
     bool rolls_over = false;  // the plan goes on over the next chunk
@@ -305,7 +306,7 @@ void run_unit(const Unit& u, int64_t part_lo, int64_t part_hi, const float* q, c
       ahead.plan(cache, meta, s, u, c_hi, n_hi);
       if (n_hi >= part_hi) {
         ahead.extend(following);
-        pieces += (rows + 1) * ((n_hi - 1) / bs - c_hi / bs + 1);
+        pieces += (rows + 1) * blocks_of(c_hi, n_hi);
         rolls_over = true;
       }
       next = &ahead;

@@ -168,15 +168,9 @@ void rows_over_group(const GemmArgs& a, int64_t panel0) {
 
 template <Kind K, int MRMAX>
 void run_panels(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
-  if (a.descending) {  // the odd panel at the top first, then pairs downward
-    int64_t top = panel_end;
-    if ((panel_end - panel_begin) % 2 != 0) rows_over_group<K, MRMAX, 1>(a, --top);
-    for (; top - 2 >= panel_begin; top -= 2) rows_over_group<K, MRMAX, 2>(a, top - 2);
-    return;
-  }
-  int64_t p = panel_begin;
-  for (; p + 2 <= panel_end; p += 2) rows_over_group<K, MRMAX, 2>(a, p);
-  if (p < panel_end) rows_over_group<K, MRMAX, 1>(a, p);
+  walk_pairs(
+      a, panel_begin, panel_end, [&](int64_t p) { rows_over_group<K, MRMAX, 2>(a, p); },
+      [&](int64_t p) { rows_over_group<K, MRMAX, 1>(a, p); });
 }
 
 }  // namespace

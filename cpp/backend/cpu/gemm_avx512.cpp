@@ -297,14 +297,9 @@ void run_panels(const GemmArgs& a, int64_t panel_begin, int64_t panel_end) {
   alignas(64) float park[kRowChunk * kAccStride];
   int64_t p = panel_begin;
   if (a.gate != nullptr) {  // gate panels, two at a time with their two up panels
-    if (a.descending) {  // the odd panel at the top first, then pairs downward
-      int64_t top = panel_end;
-      if ((panel_end - panel_begin) % 2 != 0) rows_over_group<K, MRMAX, 2>(a, --top, park);
-      for (; top - 2 >= panel_begin; top -= 2) rows_over_group<K, MRMAX, 4>(a, top - 2, park);
-      return;
-    }
-    for (; p + 2 <= panel_end; p += 2) rows_over_group<K, MRMAX, 4>(a, p, park);
-    if (p < panel_end) rows_over_group<K, MRMAX, 2>(a, p, park);
+    walk_pairs(
+        a, panel_begin, panel_end, [&](int64_t q) { rows_over_group<K, MRMAX, 4>(a, q, park); },
+        [&](int64_t q) { rows_over_group<K, MRMAX, 2>(a, q, park); });
     return;
   }
   for (; p + NPMAX <= panel_end; p += NPMAX) rows_over_group<K, MRMAX, NPMAX>(a, p, park);

@@ -51,6 +51,22 @@ inline int64_t prefetch_offset(const GemmArgs& a, int64_t up, int64_t down, int6
   return (a.descending ? -down : up) * stride + (ahead - steps) * step;
 }
 
+// Panels [begin, end) two at a time, two(p) for [p, p + 2) and one(p) for a lone panel, in the
+// thread's direction: upward with the lone panel last, or downward with it first (it is the top
+// of a range only where the range ends the matrix).
+template <class Two, class One>
+void walk_pairs(const GemmArgs& a, int64_t begin, int64_t end, Two two, One one) {
+  if (a.descending) {
+    int64_t top = end;
+    if ((end - begin) % 2 != 0) one(--top);
+    for (; top - 2 >= begin; top -= 2) two(top - 2);
+    return;
+  }
+  int64_t p = begin;
+  for (; p + 2 <= end; p += 2) two(p);
+  if (p < end) one(p);
+}
+
 void gemm_panels_scalar(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
 void gemm_panels_avx2(const GemmArgs& a, int64_t panel_begin, int64_t panel_end);
 // f32/f16 weights, and bf16 weights by the shift-convert path.
