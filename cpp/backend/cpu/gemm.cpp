@@ -193,6 +193,14 @@ void run_panels(const detail::GemmArgs& a, PanelKernel kernel, int64_t num_panel
   });
 }
 
+// a's gate panels on kernel f with the activation fused: gate(g, u) into a.y, or a.yb where set.
+void run_gated(detail::GemmArgs& a, Fused f, GatedActivation act, ThreadPool& pool) {
+  const detail::RowOps& ops = detail::row_ops();
+  a.gate = act == GatedActivation::GeluTanh ? ops.gelu_tanh_mul : ops.silu_mul;
+  round_x_bf16(a, f == Fused::Amx, pool);
+  run_panels(a, fused_panels(f), a.w->n / 2 / detail::kPanel, 2, pool);
+}
+
 }  // namespace
 
 void gemm(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, float* y, int64_t ldy,
@@ -221,10 +229,7 @@ bool gemm_gated(const PackedMatrix& w, const float* x, int64_t m, int64_t ldx, G
   if (m <= 0) return true;
   check_leading_dims("gemm_gated", ldx, w.k, ldo, half, "n / 2");
   detail::GemmArgs a = gemm_args(w, x, m, ldx, out, ldo, false);
-  const detail::RowOps& ops = detail::row_ops();
-  a.gate = act == GatedActivation::GeluTanh ? ops.gelu_tanh_mul : ops.silu_mul;
-  round_x_bf16(a, f == Fused::Amx, pool);
-  run_panels(a, fused_panels(f), half / detail::kPanel, 2, pool);
+  run_gated(a, f, act, pool);
   return true;
 }
 
@@ -240,13 +245,10 @@ bool gemm_mlp(const PackedMatrix& gate_up, const PackedMatrix& down, const float
   if (m <= 0) return true;
   check_leading_dims("gemm_mlp", ldx, gate_up.k, ldo, down.n, "n");
   detail::GemmArgs a = gemm_args(gate_up, x, m, ldx, nullptr, 0, false);
-  const detail::RowOps& ops = detail::row_ops();
-  a.gate = act == GatedActivation::GeluTanh ? ops.gelu_tanh_mul : ops.silu_mul;
   thread_local std::vector<uint16_t> act_rows;  // up to a whole tile, as round_x_bf16's
   a.yb = aligned_scratch(act_rows, static_cast<size_t>((m + 15) / 16 * 16 * half));
   a.ldyb = half;
-  round_x_bf16(a, f == Fused::Amx, pool);
-  run_panels(a, fused_panels(f), half / detail::kPanel, 2, pool);
+  run_gated(a, f, act, pool);
   detail::GemmArgs b = gemm_args(down, nullptr, m, half, out, ldo, accumulate);
   b.xb = a.yb;
   b.ldxb = half;
